@@ -1,0 +1,122 @@
+"""Pretraining configuration: fvcore CfgNode defaults, YAML files with `_BASE_`, `--opts` overrides.
+
+The same mechanism detectron2 uses, so pretraining and fine-tuning configs read alike.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+from fvcore.common.config import CfgNode as CN
+
+_C = CN()
+_C.SEED = 0
+_C.OUTPUT_DIR = "output/pretrain/default"
+
+_C.DATA = CN()
+# Root of an ImageNet-style tree (train/<wnid>/*.JPEG, val/..., Annotation/<split>/<wnid>/*.xml).
+_C.DATA.ROOT = "datasets/context_bias"
+# Make the embedded generated data set at ROOT when ROOT holds no finished generation.
+_C.DATA.GENERATE = False
+_C.DATA.TRAIN_SPLIT = "train"
+_C.DATA.VAL_SPLIT = "val"
+# Box source per split. "" = Pascal-VOC XML under ROOT/Annotation/<split>; a path ending in .csv =
+# Kaggle LOC_*_solution.csv; any other path = a folder of XMLs (<dir>/<wnid>/<stem>.xml or flat).
+_C.DATA.TRAIN_BOXES = ""
+_C.DATA.VAL_BOXES = ""
+# Flat val folder labels: "" = class folders; else a file with one wnid or class index per line
+# (ILSVRC2012_validation_ground_truth.txt style) or LOC_val_solution.csv.
+_C.DATA.VAL_LABELS = ""
+_C.DATA.IMAGE_SIZE = 64          # training crop / val centre crop size
+_C.DATA.VAL_RESIZE = 73          # val: resize shorter side to this, then centre crop IMAGE_SIZE
+_C.DATA.CROP_SCALE = (0.08, 1.0)
+_C.DATA.CROP_RATIO = (3.0 / 4.0, 4.0 / 3.0)
+_C.DATA.NUM_WORKERS = 2
+# False: bad files are skipped, counted and reported; True: the first bad file is an error.
+_C.DATA.STRICT = False
+_C.DATA.CACHE_DIR = ""           # "" = ROOT/.als_det_cache (falls back to OUTPUT_DIR if read-only)
+_C.DATA.MAX_PER_CLASS = 0        # 0 = all; >0 keeps the first N images of each class (smoke runs)
+
+# Generated context-bias data set (als_det.data.generated), used when DATA.GENERATE is True.
+_C.DATA.GEN = CN()
+_C.DATA.GEN.SEED = 0
+_C.DATA.GEN.NUM_CLASSES = 10
+_C.DATA.GEN.TRAIN_PER_CLASS = 200
+_C.DATA.GEN.VAL_PER_CLASS = 50
+_C.DATA.GEN.IMAGE_SIZE = 64
+_C.DATA.GEN.CONTEXT_RATE = 0.9
+_C.DATA.GEN.MIN_AREA = 0.02
+_C.DATA.GEN.MAX_AREA = 0.8
+_C.DATA.GEN.NO_BOX_FRACTION = 0.0  # fraction of train images whose XML is withheld
+_C.DATA.GEN.DETECTION_TRAIN = 200
+_C.DATA.GEN.DETECTION_VAL = 50
+_C.DATA.GEN.DETECTION_IMAGE_SIZE = 128
+
+_C.MODEL = CN()
+_C.MODEL.ARCH = "resnet18"       # any torchvision ResNet: resnet18/34/50/101/152
+
+_C.LABELS = CN()
+_C.LABELS.STRATEGY = "als"       # hard | ls | als
+_C.LABELS.EPSILON = 0.1          # ls
+_C.LABELS.E_MIN = 0.0            # als clip
+_C.LABELS.E_MAX = 1.0
+_C.LABELS.NO_BOX = "ls"          # als, images without boxes: ls | hard | skip
+_C.LABELS.NO_BOX_EPSILON = 0.1
+
+_C.SOLVER = CN()
+_C.SOLVER.EPOCHS = 90
+_C.SOLVER.BATCH_SIZE = 32        # per process
+_C.SOLVER.BASE_LR = 0.1          # for REFERENCE_BATCH images; scaled linearly with the global batch
+_C.SOLVER.REFERENCE_BATCH = 256
+_C.SOLVER.MOMENTUM = 0.9
+_C.SOLVER.NESTEROV = False
+_C.SOLVER.WEIGHT_DECAY = 1e-4
+_C.SOLVER.WARMUP_EPOCHS = 5
+_C.SOLVER.SCHEDULE = "cosine"    # cosine | step
+_C.SOLVER.STEPS = (30, 60, 80)   # epochs, for "step"
+_C.SOLVER.GAMMA = 0.1
+
+_C.TRAIN = CN()
+_C.TRAIN.AMP = "none"            # none | bf16 | fp16 (autocast, GPU only)
+_C.TRAIN.CHANNELS_LAST = True    # GPU only
+_C.TRAIN.COMPILE = False         # torch.compile the model
+_C.TRAIN.EVAL_PERIOD = 1         # epochs
+_C.TRAIN.MAX_ITERS_PER_EPOCH = 0 # 0 = full epoch; >0 truncates (smoke runs)
+_C.TRAIN.DETERMINISTIC = False
+
+
+def get_cfg() -> CN:
+    """A fresh copy of the pretraining defaults."""
+    return _C.clone()
+
+
+def load_config(path: str | None = None, opts: Sequence[str] | None = None) -> CN:
+    """Defaults, then `path` (with `_BASE_` inheritance), then `KEY VALUE` overrides; frozen."""
+    cfg = get_cfg()
+    if path:
+        cfg.merge_from_file(path)
+    if opts:
+        if len(opts) % 2:
+            raise ValueError(f"--opts needs KEY VALUE pairs, got {list(opts)}")
+        cfg.merge_from_list(list(opts))
+    validate(cfg)
+    cfg.freeze()
+    return cfg
+
+
+def validate(cfg: CN) -> None:
+    """Reject values that would otherwise fail hours into a run."""
+    if cfg.LABELS.STRATEGY not in ("hard", "ls", "als"):
+        raise ValueError(f"LABELS.STRATEGY must be hard, ls or als, got {cfg.LABELS.STRATEGY!r}")
+    if cfg.LABELS.NO_BOX not in ("ls", "hard", "skip"):
+        raise ValueError(f"LABELS.NO_BOX must be ls, hard or skip, got {cfg.LABELS.NO_BOX!r}")
+    if not 0.0 <= cfg.LABELS.E_MIN <= cfg.LABELS.E_MAX <= 1.0:
+        raise ValueError("LABELS needs 0 <= E_MIN <= E_MAX <= 1")
+    for key in ("EPSILON", "NO_BOX_EPSILON"):
+        if not 0.0 <= getattr(cfg.LABELS, key) <= 1.0:
+            raise ValueError(f"LABELS.{key} must lie in [0, 1]")
+    if cfg.SOLVER.SCHEDULE not in ("cosine", "step"):
+        raise ValueError(f"SOLVER.SCHEDULE must be cosine or step, got {cfg.SOLVER.SCHEDULE!r}")
+    if cfg.TRAIN.AMP not in ("none", "bf16", "fp16"):
+        raise ValueError(f"TRAIN.AMP must be none, bf16 or fp16, got {cfg.TRAIN.AMP!r}")
+    if not cfg.MODEL.ARCH.startswith("resnet"):
+        raise ValueError(f"MODEL.ARCH must be a torchvision ResNet, got {cfg.MODEL.ARCH!r}")
