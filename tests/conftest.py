@@ -1,0 +1,40 @@
+"""Shared fixtures. Real-data fixtures live in ../shared/data beside the checkout."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(os.environ.get("ALS_DET_SHARED_DATA", REPO.parent / "shared" / "data"))
+
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+
+def _shared(sub: str) -> Path:
+    path = SHARED_DATA / sub
+    if not path.is_dir():
+        reason = f"real-data fixture {path} is absent (see ../shared/data/README.md)"
+        if os.environ.get("ALS_DET_REQUIRE_SHARED_DATA") == "1":
+            pytest.fail(reason + "; CI requires it (ALS_DET_REQUIRE_SHARED_DATA=1)")
+        pytest.skip(reason)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_imagenet() -> Path:
+    """../shared/data/tiny-imagenet-10: real ImageNet photos with Pascal-VOC boxes."""
+    return _shared("tiny-imagenet-10")
+
+
+@pytest.fixture(scope="session")
+def coco_mini() -> Path:
+    """../shared/data/coco-mini: real COCO 2017 images in the official layout."""
+    return _shared("coco-mini")
+
+
+@pytest.fixture(scope="session")
+def repo_root() -> Path:
+    return REPO
