@@ -8,7 +8,6 @@ SEEDS ?= 1
 
 setup:
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade "pip>=23"
 	$(PY) -m pip install -q -c constraints.txt torch torchvision
 	$(PY) -m pip install -q -c constraints.txt -e ".[dev]"
 	$(PY) scripts/install_detectron2.py
