@@ -7,7 +7,9 @@ stops), and installs the patched tree. The result is a pure-Python detectron2 wh
 ROIAlign and NMS run on torchvision ops (CPU and CUDA). It lacks the C++-only ops: rotated boxes,
 deformable convolution and the fast C++ COCOeval (pycocotools' COCOeval is used instead).
 
-Usage: python scripts/install_detectron2.py [--cache DIR] [--force]
+Usage: python scripts/install_detectron2.py [--cache DIR] [--force] [--wheel-dir DIR]
+(--wheel-dir builds the patched wheel into DIR instead of installing it; used by
+benchmarks/build_wheelhouse.sh for machines without network.)
 """
 from __future__ import annotations
 
@@ -148,11 +150,41 @@ def check_installed() -> None:
     _run([sys.executable, "-c", code])
 
 
+def patched_tree(sdist: Path, tmp: Path) -> Path:
+    """Unpack `sdist` into `tmp` and patch it; returns the source root."""
+    with tarfile.open(sdist) as tar:
+        tar.extractall(tmp, filter="data")
+    root = tmp / SDIST_FILE.removesuffix(".tar.gz")
+    patch_tree(root)
+    shutil.rmtree(root / "pb1_detectron2.egg-info", ignore_errors=True)
+    return root
+
+
+def build_wheel(cache: Path, wheel_dir: Path) -> Path:
+    """Build the patched pure-Python detectron2 wheel into `wheel_dir`; returns its path."""
+    sdist = fetch_sdist(cache)
+    wheel_dir.mkdir(parents=True, exist_ok=True)
+    before = set(wheel_dir.glob("*.whl"))
+    with tempfile.TemporaryDirectory(prefix="d2-") as tmp:
+        root = patched_tree(sdist, Path(tmp))
+        _run([sys.executable, "-m", "pip", "wheel", "--no-build-isolation", "--no-deps",
+              "--no-cache-dir", "-w", str(wheel_dir), str(root)])
+    built = [w for w in wheel_dir.glob("*detectron2*.whl") if w not in before] or \
+        sorted(wheel_dir.glob("*detectron2*.whl"))
+    if not built:
+        raise SystemExit(f"pip wheel produced no detectron2 wheel in {wheel_dir}")
+    return built[-1]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cache", default="build/detectron2", help="where the sdist is kept")
     parser.add_argument("--force", action="store_true", help="reinstall even if importable")
+    parser.add_argument("--wheel-dir", default="", help="build a wheel into this folder; install nothing")
     args = parser.parse_args()
+    if args.wheel_dir:
+        print(f"built {build_wheel(Path(args.cache), Path(args.wheel_dir))}")
+        return
     if detectron2_importable() and not args.force:
         import detectron2
 
@@ -161,11 +193,7 @@ def main() -> None:
         return
     sdist = fetch_sdist(Path(args.cache))
     with tempfile.TemporaryDirectory(prefix="d2-") as tmp:
-        with tarfile.open(sdist) as tar:
-            tar.extractall(tmp, filter="data")
-        root = Path(tmp) / SDIST_FILE.removesuffix(".tar.gz")
-        patch_tree(root)
-        shutil.rmtree(root / "pb1_detectron2.egg-info", ignore_errors=True)
+        root = patched_tree(sdist, Path(tmp))
         # Dependencies come from the project's own requirements (pinned by constraints.txt).
         _run([sys.executable, "-m", "pip", "install", "--no-build-isolation", "--no-deps",
               "--no-cache-dir", str(root)])
