@@ -1,0 +1,115 @@
+"""The training/eval Dataset: decoded image, random crop + flip (or centre crop), box coverage."""
+from __future__ import annotations
+
+import logging
+from typing import Sequence
+
+import numpy as np
+import torch
+import torchvision.transforms.functional as TF
+from torch.utils.data import Dataset
+
+from als_det.data.boxes import ImageRecord
+from als_det.data.crops import center_crop_box, coverage, random_resized_crop_params
+from als_det.data.images import BadImageError, load_rgb
+
+log = logging.getLogger(__name__)
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+_MASK64 = (1 << 64) - 1
+
+
+def _splitmix64(x: int) -> int:
+    x = (x + 0x9E3779B97F4A7C15) & _MASK64
+    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
+    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & _MASK64
+    return x ^ (x >> 31)
+
+
+def sample_seed(seed: int, epoch: int, index: int) -> int:
+    """A well-mixed seed for one (seed, epoch, index): crops never depend on worker or arm."""
+    return _splitmix64(_splitmix64(_splitmix64(seed & _MASK64) ^ epoch) ^ index)
+
+
+class ImageNetBoxes(Dataset):
+    """`(image, label, coverage, has_box)` per record; knows nothing of the label strategy.
+
+    train: `random_resized_crop_params` on a generator seeded from (seed, epoch, index), resized
+    crop to `image_size`, horizontal flip with p=0.5 from the same generator. eval: resize the
+    shorter side to `val_resize`, centre crop `image_size`. Coverage is that crop's box coverage
+    (0.0 without boxes). Images that fail to decode (truncated data): with `strict` a
+    `BadImageError` naming the file; otherwise a zero image with label -1 (a warning names the
+    file once per process) which the trainer masks out of loss and metrics and counts.
+    Records are stored as flat arrays so forked DataLoader workers share them without copying.
+    """
+
+    def __init__(self, records: Sequence[ImageRecord], classes: Sequence[str], train: bool,
+                 image_size: int, val_resize: int | None = None,
+                 scale: Sequence[float] = (0.08, 1.0), ratio: Sequence[float] = (3 / 4, 4 / 3),
+                 seed: int = 0, strict: bool = False) -> None:
+        self.classes = list(classes)
+        self.train = train
+        self.image_size = int(image_size)
+        self.val_resize = int(val_resize) if val_resize else round(self.image_size * 256 / 224)
+        if not train and self.val_resize < self.image_size:
+            raise ValueError(f"val_resize {self.val_resize} < image_size {self.image_size}")
+        self.scale = tuple(float(s) for s in scale)
+        self.ratio = tuple(float(r) for r in ratio)
+        self.seed = int(seed)
+        self.strict = strict
+        self.epoch = 0
+        self._paths = np.array([r.path for r in records], dtype=np.str_)
+        self._labels = np.array([r.label for r in records], dtype=np.int64)
+        counts = np.array([len(r.boxes) for r in records], dtype=np.int64)
+        self._offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+        self._boxes = (np.concatenate([r.boxes for r in records]).astype(np.float32)
+                       if len(records) else np.zeros((0, 4), np.float32))
+        self._warned: set[str] = set()
+
+    def __len__(self) -> int:
+        return len(self._labels)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Crops depend only on (seed, epoch, index)."""
+        self.epoch = int(epoch)
+
+    def boxes(self, index: int) -> np.ndarray:
+        return self._boxes[self._offsets[index]:self._offsets[index + 1]]
+
+    def label(self, index: int) -> int:
+        return int(self._labels[index])
+
+    def path(self, index: int) -> str:
+        return str(self._paths[index])
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int, float, bool]:
+        path = str(self._paths[index])
+        try:
+            img = load_rgb(path)
+        except BadImageError:
+            if self.strict:
+                raise
+            if path not in self._warned:
+                self._warned.add(path)
+                log.warning("undecodable image %s: returned with label -1 (masked by the trainer)",
+                            path)
+            return torch.zeros(3, self.image_size, self.image_size), -1, 0.0, False
+        boxes = self.boxes(index)
+        width, height = img.size
+        size = [self.image_size, self.image_size]
+        if self.train:
+            g = torch.Generator()
+            g.manual_seed(sample_seed(self.seed, self.epoch, index))
+            top, left, h, w = random_resized_crop_params(width, height, self.scale, self.ratio, g)
+            flip = bool(torch.rand(1, generator=g).item() < 0.5)
+            cov = coverage(boxes, (left, top, left + w, top + h)) if len(boxes) else 0.0
+            img = TF.resized_crop(img, top, left, h, w, size, antialias=True)
+            if flip:
+                img = TF.hflip(img)
+        else:
+            cov = (coverage(boxes, center_crop_box(width, height, self.val_resize, self.image_size))
+                   if len(boxes) else 0.0)
+            img = TF.center_crop(TF.resize(img, self.val_resize, antialias=True), size)
+        tensor = TF.normalize(TF.to_tensor(img), IMAGENET_MEAN, IMAGENET_STD)
+        return tensor, int(self._labels[index]), float(cov), bool(len(boxes))

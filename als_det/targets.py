@@ -1,0 +1,107 @@
+"""Label strategies: box coverage -> smoothing factor e -> soft targets -> soft cross entropy.
+
+ALS (Krothapalli & Abbott, 2020): e = clip(1 - coverage, e_min, e_max) and the target is
+(1 - e) * onehot + e / K, so a constant e is exactly torch's `label_smoothing=e`.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+STRATEGIES = ("hard", "ls", "als")
+NO_BOX_POLICIES = ("ls", "hard", "skip")
+
+
+@dataclass(frozen=True)
+class LabelStrategy:
+    """Which targets an arm trains on. `no_box`/`no_box_epsilon` only matter for "als"."""
+
+    name: str
+    epsilon: float = 0.1
+    e_min: float = 0.0
+    e_max: float = 1.0
+    no_box: str = "ls"
+    no_box_epsilon: float = 0.1
+
+    def __post_init__(self) -> None:
+        if self.name not in STRATEGIES:
+            raise ValueError(f"label strategy must be one of {STRATEGIES}, got {self.name!r}")
+        if self.no_box not in NO_BOX_POLICIES:
+            raise ValueError(f"no-box policy must be one of {NO_BOX_POLICIES}, got {self.no_box!r}")
+        if not 0.0 <= self.e_min <= self.e_max <= 1.0:
+            raise ValueError(f"need 0 <= e_min <= e_max <= 1, got {self.e_min}, {self.e_max}")
+        for key in ("epsilon", "no_box_epsilon"):
+            if not 0.0 <= getattr(self, key) <= 1.0:
+                raise ValueError(f"{key} must lie in [0, 1], got {getattr(self, key)}")
+
+    @classmethod
+    def from_cfg(cls, labels_cfg: Any) -> "LabelStrategy":
+        """From the config's `LABELS` node."""
+        return cls(name=labels_cfg.STRATEGY, epsilon=float(labels_cfg.EPSILON),
+                   e_min=float(labels_cfg.E_MIN), e_max=float(labels_cfg.E_MAX),
+                   no_box=labels_cfg.NO_BOX, no_box_epsilon=float(labels_cfg.NO_BOX_EPSILON))
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def smoothing(strategy: LabelStrategy, coverage: torch.Tensor, has_box: torch.Tensor) -> torch.Tensor:
+    """Per-sample smoothing factor e (float32, shape [B]); NaN marks a sample to skip.
+
+    hard: 0; ls: epsilon; als: clip(1 - coverage, e_min, e_max) where the image has boxes, else
+    the no-box policy (ls: no_box_epsilon, hard: 0, skip: NaN).
+    """
+    coverage = torch.as_tensor(coverage, dtype=torch.float32)
+    has_box = torch.as_tensor(has_box, dtype=torch.bool, device=coverage.device)
+    if strategy.name == "hard":
+        return torch.zeros_like(coverage)
+    if strategy.name == "ls":
+        return torch.full_like(coverage, strategy.epsilon)
+    e = (1.0 - coverage).clamp(strategy.e_min, strategy.e_max)
+    no_box_e = {"ls": strategy.no_box_epsilon, "hard": 0.0, "skip": float("nan")}[strategy.no_box]
+    return torch.where(has_box, e, torch.full_like(e, no_box_e))
+
+
+def soft_targets(labels: torch.Tensor, eps: torch.Tensor | float, num_classes: int) -> torch.Tensor:
+    """(1 - e) * onehot(labels) + e / K, shape [B, K]; `eps` is a scalar or one value per sample."""
+    onehot = F.one_hot(labels.long(), num_classes).float()
+    e = torch.as_tensor(eps, dtype=torch.float32, device=onehot.device)
+    if e.dim() == 1:
+        e = e[:, None]
+    return (1.0 - e) * onehot + e / num_classes
+
+
+def soft_cross_entropy(logits: torch.Tensor, targets: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
+    """-sum(targets * log_softmax(logits)) per sample, computed stably in float32."""
+    loss = -(targets * F.log_softmax(logits.float(), dim=1)).sum(dim=1)
+    if reduction == "mean":
+        return loss.mean()
+    if reduction == "sum":
+        return loss.sum()
+    if reduction == "none":
+        return loss
+    raise ValueError(f"reduction must be mean, sum or none, got {reduction!r}")
+
+
+def loss_for_batch(strategy: LabelStrategy, logits: torch.Tensor, labels: torch.Tensor,
+                   coverage: torch.Tensor, has_box: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """(mean loss over used samples, per-sample e, number of skipped samples).
+
+    Samples with label -1 (undecodable images, see `ImageNetBoxes`) and samples the no-box policy
+    skips (e = NaN) are left out of the mean; they are not counted in each other's tallies:
+    the returned count is the no-box skips among valid labels. A batch with no usable sample gives
+    a zero loss that still depends on `logits` (so backward and DDP gradient sync still run).
+    """
+    labels = labels.to(logits.device)
+    e = smoothing(strategy, coverage.to(logits.device), has_box.to(logits.device))
+    valid_label = labels >= 0
+    skipped = valid_label & torch.isnan(e)
+    use = valid_label & ~torch.isnan(e)
+    n_use = int(use.sum())
+    if n_use == 0:
+        return logits.sum() * 0.0, e, int(skipped.sum())
+    targets = soft_targets(labels[use], e[use], logits.shape[1])
+    return soft_cross_entropy(logits[use], targets), e, int(skipped.sum())
