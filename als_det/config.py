@@ -82,6 +82,7 @@ _C.TRAIN.COMPILE = False         # torch.compile the model
 _C.TRAIN.EVAL_PERIOD = 1         # epochs
 _C.TRAIN.MAX_ITERS_PER_EPOCH = 0 # 0 = full epoch; >0 truncates (smoke runs)
 _C.TRAIN.DETERMINISTIC = False
+_C.TRAIN.DEVICE = "auto"         # auto (GPU when available) | cpu | cuda
 
 
 def get_cfg() -> CN:
@@ -118,5 +119,7 @@ def validate(cfg: CN) -> None:
         raise ValueError(f"SOLVER.SCHEDULE must be cosine or step, got {cfg.SOLVER.SCHEDULE!r}")
     if cfg.TRAIN.AMP not in ("none", "bf16", "fp16"):
         raise ValueError(f"TRAIN.AMP must be none, bf16 or fp16, got {cfg.TRAIN.AMP!r}")
+    if cfg.TRAIN.DEVICE not in ("auto", "cpu", "cuda"):
+        raise ValueError(f"TRAIN.DEVICE must be auto, cpu or cuda, got {cfg.TRAIN.DEVICE!r}")
     if not cfg.MODEL.ARCH.startswith("resnet"):
         raise ValueError(f"MODEL.ARCH must be a torchvision ResNet, got {cfg.MODEL.ARCH!r}")
