@@ -1,0 +1,51 @@
+#!/usr/bin/env python
+"""Convert a torchvision ResNet checkpoint to a detectron2 backbone .pkl (optionally verified).
+
+    python tools/convert_to_d2.py output/pretrain/als/best.pth pretrained/r18_als.pkl --verify
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from als_det.convert import DEFAULT_VERIFY_CONFIG, ConversionError, VerificationFailed, convert_file
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("input", help="torchvision ResNet .pth: a state_dict or a dict with 'model'/'state_dict' "
+                                      "(a trusted file: it is unpickled)")
+    parser.add_argument("output", help="detectron2 .pkl to write (atomically)")
+    parser.add_argument("--force", action="store_true", help="replace an existing OUTPUT")
+    parser.add_argument("--verify", action="store_true",
+                        help="load the file into a detectron2 model through DetectionCheckpointer and "
+                             "compare res2..res5 with torchvision; OUTPUT is written only if it passes")
+    parser.add_argument("--config-file", default=str(DEFAULT_VERIFY_CONFIG),
+                        help="detectron2 config to verify in (FPN or C4; depth is set from INPUT)")
+    parser.add_argument("--verify-size", type=int, default=224, help="random input size for --verify")
+    args = parser.parse_args(argv)
+    try:
+        result = convert_file(args.input, args.output, force=args.force,
+                              verify_config=args.config_file,
+                              verify_size=args.verify_size if args.verify else 0)
+    except VerificationFailed as err:
+        print(err, file=sys.stderr)
+        print(f"verification failed: {args.output} was not written", file=sys.stderr)
+        return 1
+    except ConversionError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    meta = result["als_det"]
+    print(f"wrote {result['output']}: resnet{meta['depth']}, {result['num_tensors']} tensors, "
+          f"source sha256 {meta['source_sha256'][:12]}, label strategy "
+          f"{json.dumps(meta.get('label_strategy', 'unknown'))}")
+    if result["verify"] is not None:
+        v = result["verify"]
+        print(f"verified: loaded {v['loaded_tensors']}/{v['expected_tensors']} backbone tensors, "
+              f"max abs difference {v['max_diff']:.3g} (< {v['tolerance']:g})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
