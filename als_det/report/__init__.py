@@ -1,0 +1,1 @@
+"""Result files -> tables and figures (knows nothing of models or training)."""

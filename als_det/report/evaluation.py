@@ -1,0 +1,182 @@
+"""metrics.json (from als_det.analysis.evaluate) -> report.md with tables (models as columns) and figures."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from als_det.io import atomic_write_text
+from als_det.report.figures import confidence_histograms, reliability_diagrams
+
+VARIANT_TEXT = {
+    "bg_only": "boxes filled: context alone",
+    "outside_crop": "largest crop touching no box: context alone, no fill",
+    "fg_only": "background filled: the object alone",
+    "val_mixed": "generated: objects on random backgrounds",
+    "val_bg_only": "generated: backgrounds of the class alone",
+}
+FORMS = (("ratio_absolute", "absolute"),
+         ("ratio_above_chance", "above chance: (c - 1/K) / (1 - 1/K)"),
+         ("ratio_relative_to_val", "relative to own val confidence"))
+
+
+def _num(v: Any, spec: str) -> str:
+    if v is None:
+        return "n/a"
+    if isinstance(v, str):
+        return v
+    return format(v, spec)
+
+
+def _table(names: Sequence[str], rows: Sequence[tuple[str, Callable[[str], Any], str]]) -> str:
+    """Markdown table: a row per (label, getter(model name), format), a column per model."""
+    lines = ["| | " + " | ".join(names) + " |", "| --- |" + " ---: |" * len(names)]
+    for label, get, spec in rows:
+        lines.append(f"| {label} | " + " | ".join(_num(get(n), spec) for n in names) + " |")
+    return "\n".join(lines)
+
+
+def _get(d: dict[str, Any], *keys: str) -> Any:
+    for k in keys:
+        if not isinstance(d, dict) or k not in d:
+            return None
+        d = d[k]
+    return d
+
+
+def _skips(d: dict[str, Any] | None) -> str:
+    if not d or not d.get("skipped"):
+        return "none"
+    items = [f"{k} {v}" for k, v in d["skipped"].items() if v]
+    return ", ".join(items) or "none"
+
+
+def render_report(metrics: dict[str, Any]) -> str:
+    """The Markdown text of the report (figures referenced by relative links)."""
+    models = metrics["models"]
+    names = list(models)
+    data = metrics["data"]
+    figs = metrics.get("figures", {})
+    m = lambda *keys: (lambda n: _get(models[n], *keys))  # noqa: E731
+    out = [f"# Evaluation: {', '.join(names)}", ""]
+    out.append(f"Data: `{data['root']}` split `{data['split']}`, {data['images_evaluated']} of "
+               f"{data['images_in_index']} indexed images evaluated ({data['with_boxes']} with boxes), "
+               f"{len(data['classes'])} classes; run on {data['world_size']} process(es), device {data['device']}. "
+               f"Fill for box variants: `{metrics['options']['fill']}`.")
+    out += ["", "## Checkpoints", ""]
+    out.append(_table(names, [
+        ("label strategy", m("label_strategy", "name"), ""),
+        ("epsilon / e_min / e_max", lambda n: "{epsilon} / {e_min} / {e_max}".format(**models[n]["label_strategy"]), ""),
+        ("no-box policy", m("label_strategy", "no_box"), ""),
+        ("arch", m("checkpoint", "arch"), ""),
+        ("epochs", m("checkpoint", "epoch"), "d"),
+        ("input size / val resize", lambda n: f"{models[n]['checkpoint']['preprocessing']['image_size']} / "
+                                              f"{models[n]['checkpoint']['val_resize']}", ""),
+        ("sha256", lambda n: models[n]["checkpoint"]["sha256"][:12], ""),
+    ]))
+    out.append("")
+    out += [f"- `{n}`: `{models[n]['checkpoint']['path']}`" for n in names]
+
+    out += ["", "## Classification", ""]
+    out.append(_table(names, [("top-1", m("val", "top1"), ".2%"), ("top-5", m("val", "top5"), ".2%"),
+                              ("NLL", m("val", "nll"), ".4f"), ("images", m("val", "n"), "d"),
+                              ("left out", lambda n: _skips(models[n]["val"]), "")]))
+
+    out += ["", "## Calibration", "",
+            "15 equal-width bins on the top-label confidence (ECE, MCE); ACE uses 15 equal-mass bins; "
+            "Brier is the multi-class score in [0, 2].", ""]
+    rows = [("ECE", m("val", "ece"), ".4f"), ("MCE", m("val", "mce"), ".4f"), ("ACE", m("val", "ace"), ".4f"),
+            ("Brier", m("val", "brier"), ".4f"), ("mean confidence", m("val", "mean_confidence"), ".3f"),
+            ("top-1 - mean confidence", lambda n: models[n]["val"]["top1"] - models[n]["val"]["mean_confidence"],
+             "+.3f")]
+    if any("temperature_scaling" in models[n] for n in names):
+        ts = next(models[n]["temperature_scaling"] for n in names if "temperature_scaling" in models[n])
+        rows += [("temperature T", m("temperature_scaling", "temperature"), ".3f"),
+                 ("ECE before / after T (held-out part)",
+                  lambda n: f"{models[n]['temperature_scaling']['before']['ece']:.4f} / "
+                            f"{models[n]['temperature_scaling']['after']['ece']:.4f}", ""),
+                 ("NLL before / after T (held-out part)",
+                  lambda n: f"{models[n]['temperature_scaling']['before']['nll']:.4f} / "
+                            f"{models[n]['temperature_scaling']['after']['nll']:.4f}", "")]
+        out.append(f"Temperature fitted by LBFGS on NLL over a seeded {ts['fit_fraction']:.0%} of val "
+                   f"(seed {ts['seed']}, {ts['n_fit']} images) and evaluated on the other {ts['n_eval']}.")
+        out.append("")
+    out.append(_table(names, rows))
+    if "reliability" in figs:
+        out += ["", f"![reliability diagrams]({figs['reliability']})"]
+
+    out += ["", "## Context-only evaluation", "",
+            "Mean max-softmax confidence, the fraction of images above 0.5, and accuracy. Where the object is "
+            "absent, *context accuracy* is how often the model still predicts the labelled class from context "
+            "alone. Images without boxes leave every box variant (counted).", ""]
+    variants = [v for v in ("bg_only", "outside_crop", "fg_only", "val_mixed", "val_bg_only")
+                if any(v in models[n]["variants"] for n in names)]
+    rows = [("intact val: mean confidence", m("val", "mean_confidence"), ".3f"),
+            ("intact val: fraction > 0.5", m("val", "frac_confidence_gt_0.5"), ".3f")]
+    for v in variants:
+        meaning = "context accuracy" if v in ("bg_only", "outside_crop", "val_bg_only") else "accuracy"
+        key = "context_accuracy" if meaning == "context accuracy" else "accuracy"
+        rows += [(f"**{v}** ({VARIANT_TEXT[v]}): mean confidence", m("variants", v, "mean_confidence"), ".3f"),
+                 (f"{v}: fraction > 0.5", m("variants", v, "frac_confidence_gt_0.5"), ".3f"),
+                 (f"{v}: {meaning}", m("variants", v, key), ".2%"),
+                 (f"{v}: images", m("variants", v, "n"), "d"),
+                 (f"{v}: left out", lambda n, v=v: _skips(models[n]["variants"].get(v)), "")]
+        if v == "val_mixed":
+            rows += [("val_mixed: ECE", m("variants", v, "ece"), ".4f")]
+    out.append(_table(names, rows))
+    if "bg_only_confidence" in figs:
+        out += ["", f"![bg_only confidence histogram]({figs['bg_only_confidence']})"]
+
+    out += ["", "## Where the model looks", ""]
+    cam_method = next((models[n]["cam"]["method"] for n in names), "cam")
+    out.append(f"Fraction of the positive {cam_method.upper()} energy for the labelled class (upsampled to the "
+               "network input) that falls inside the labelled boxes, averaged over val images with boxes. "
+               "The box area fraction is what a uniform map would score.")
+    out.append("")
+    rows = [("energy inside boxes (val)", m("cam", "mean_energy_inside_boxes"), ".3f"),
+            ("box area fraction (val)", m("cam", "mean_box_area_fraction"), ".3f"),
+            ("images", m("cam", "n"), "d"), ("left out", lambda n: _skips(models[n]["cam"]), "")]
+    if any(_get(models[n], "variants", "val_mixed", "cam") for n in names):
+        rows += [("energy inside boxes (val_mixed)", m("variants", "val_mixed", "cam", "mean_energy_inside_boxes"),
+                  ".3f"),
+                 ("box area fraction (val_mixed)", m("variants", "val_mixed", "cam", "mean_box_area_fraction"), ".3f")]
+    out.append(_table(names, rows))
+    if "cam_grid" in figs:
+        out += ["", f"![class activation maps]({figs['cam_grid']})"]
+
+    out += ["", "## Headline: confidence from context alone, model / baseline", ""]
+    head = metrics["headline"]
+    comps = head["comparisons"]
+    if not comps:
+        out.append(f"Only the baseline `{head['baseline']}` was evaluated: no ratio to report.")
+    else:
+        out.append(f"Ratio of mean confidence on context-only images, each model over the baseline "
+                   f"`{head['baseline']}`, in three forms. Absolute alone misleads when a model is less confident "
+                   "everywhere; with few classes the chance floor 1/K caps any absolute ratio.")
+        cols = list(comps)
+        for source in ("bg_only", "outside_crop", "val_bg_only"):
+            if not any(source in comps[c] for c in cols):
+                continue
+            out += ["", f"### {source}" + (" (primary)" if source == head["primary_source"] else ""), ""]
+            out.append(_table(cols, [(label, lambda c, k=key, s=source: _get(comps[c], s, k), ".3f")
+                                     for key, label in FORMS]))
+            out.append("")
+            out += [f"- {comps[c][source]['sentence']}" for c in cols if source in comps[c]]
+    out.append("")
+    versions = metrics.get("versions", {})
+    out.append("Versions: " + ", ".join(f"{k} {v}" for k, v in versions.items()) + ".")
+    return "\n".join(out) + "\n"
+
+
+def write_report(metrics: dict[str, Any], out_dir: str | Path) -> Path:
+    """Draw the figures into `out_dir` (recorded in metrics["figures"]) and write report.md."""
+    out = Path(out_dir)
+    models = metrics["models"]
+    figs = metrics.setdefault("figures", {})
+    figs["reliability"] = reliability_diagrams({n: m["val"] for n, m in models.items()}, out / "reliability.png").name
+    hists = {n: m["variants"]["bg_only"]["confidence_histogram"] for n, m in models.items()
+             if _get(m, "variants", "bg_only", "confidence_histogram")}
+    if hists:
+        figs["bg_only_confidence"] = confidence_histograms(
+            hists, f"bg_only ({metrics['options']['fill']} fill): max softmax confidence",
+            out / "bg_only_confidence.png").name
+    return atomic_write_text(out / "report.md", render_report(metrics))

@@ -1,0 +1,66 @@
+"""Figures drawn from result dicts alone (no models): reliability diagrams, confidence histograms."""
+from __future__ import annotations
+
+import io
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from matplotlib.figure import Figure
+
+from als_det.io import atomic_write_bytes
+
+
+def _save(fig: Figure, path: str | Path) -> Path:
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    return atomic_write_bytes(path, buf.getvalue())
+
+
+def reliability_diagrams(models: dict[str, dict[str, Any]], path: str | Path) -> Path:
+    """A panel per model: accuracy per confidence bin against the diagonal, gaps shaded, ECE in the title.
+
+    `models[name]` is a `calibration_metrics` dict (with "bins").
+    """
+    names = list(models)
+    fig = Figure(figsize=(3.4 * len(names), 3.6))
+    axes = fig.subplots(1, len(names), squeeze=False)[0]
+    for ax, name in zip(axes, names):
+        m = models[name]
+        edges = np.asarray(m["bins"]["edges"])
+        width = np.diff(edges)
+        centres = edges[:-1] + width / 2
+        acc = np.array([np.nan if a is None else a for a in m["bins"]["accuracy"]])
+        conf = np.array([np.nan if c is None else c for c in m["bins"]["confidence"]])
+        filled = ~np.isnan(acc)
+        ax.bar(centres[filled], acc[filled], width=width[filled], color="tab:blue", edgecolor="black",
+               linewidth=0.5, label="accuracy")
+        ax.bar(centres[filled], (conf - acc)[filled], bottom=acc[filled], width=width[filled], color="tab:red",
+               alpha=0.35, edgecolor="tab:red", linewidth=0.5, label="gap to confidence")
+        ax.plot([0, 1], [0, 1], "k--", linewidth=1)
+        ax.set_xlim(0, 1)
+        ax.set_ylim(0, 1)
+        ax.set_xlabel("confidence (top label)")
+        ax.set_ylabel("accuracy")
+        ax.set_title(f"{name}: ECE {m['ece']:.3f}, top-1 {m['top1']:.1%}", fontsize=9)
+        ax.legend(loc="upper left", fontsize=7)
+    return _save(fig, path)
+
+
+def confidence_histograms(hists: dict[str, dict[str, Any]], title: str, path: str | Path) -> Path:
+    """Overlaid step histograms of max-softmax confidence, one line per model (fractions of images)."""
+    fig = Figure(figsize=(5.5, 3.6))
+    ax = fig.subplots()
+    for name, h in hists.items():
+        counts = np.asarray(h["counts"], dtype=float)
+        total = counts.sum()
+        frac = counts / total if total else counts
+        ax.stairs(frac, np.asarray(h["edges"]), label=f"{name} (n={int(total)})", linewidth=1.8)
+    ax.axvline(0.5, color="grey", linestyle=":", linewidth=1)
+    ax.set_xlim(0, 1)
+    ax.set_xlabel("max softmax confidence")
+    ax.set_ylabel("fraction of images")
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=8)
+    return _save(fig, path)
