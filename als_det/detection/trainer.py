@@ -1,0 +1,238 @@
+"""Fine-tune Faster R-CNN on COCO-format data from a converted backbone (detectron2 train_net style).
+
+`setup(args)` builds the config (device, data sets, class count resolved and logged, then
+detectron2's `default_setup`); `run_finetune(args)` trains with `FinetuneTrainer` (detectron2's
+`DefaultTrainer` + strict backbone loading + `COCOEvaluator`) or only evaluates, then writes
+`OUTPUT_DIR/results.json`. `launch_finetune(args)` runs it through `detectron2.engine.launch`
+(one process per GPU, any number of machines).
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import random
+from pathlib import Path
+from typing import Any
+
+import torch
+from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.data import MetadataCatalog
+from detectron2.data.datasets.coco import convert_to_coco_json
+from detectron2.engine import DefaultTrainer, default_argument_parser, default_setup, launch
+from detectron2.evaluation import COCOEvaluator
+from detectron2.utils import comm
+from detectron2.utils.logger import setup_logger
+
+from als_det.detection import datasets as ds
+from als_det.detection.config import DetectionCfgNode, get_detection_cfg
+from als_det.detection.results import write_results
+from als_det.detection.weights import load_backbone_weights
+
+logger = logging.getLogger("als_det.detection")
+
+DEFAULT_CONFIG = "configs/detection/faster_rcnn_R_18_FPN_demo.yaml"
+
+
+class FinetuneTrainer(DefaultTrainer):
+    """detectron2's DefaultTrainer with strict `MODEL.WEIGHTS` loading and COCO evaluation.
+
+    The backbone's provenance (file, sha256, label strategy) is part of the trainer state, so a
+    resumed run and a later `--eval-only` of its checkpoint still know which backbone it was.
+    """
+
+    def __init__(self, cfg: DetectionCfgNode, allow_random_backbone: bool = False) -> None:
+        super().__init__(cfg)
+        self.allow_random_backbone = allow_random_backbone
+        self.backbone: dict[str, Any] = {}
+
+    def resume_or_load(self, resume: bool = True) -> None:
+        """Resume everything from OUTPUT_DIR's last checkpoint, or load MODEL.WEIGHTS strictly."""
+        if resume and self.checkpointer.has_checkpoint():
+            super().resume_or_load(resume=True)
+            logger.info("Resumed from %s at iteration %d", self.checkpointer.get_checkpoint_file(),
+                        self.start_iter)
+        else:
+            load = load_backbone_weights(self.checkpointer.model, self.cfg,
+                                         self.allow_random_backbone)
+            self.backbone = load.provenance()
+
+    def state_dict(self) -> dict[str, Any]:
+        ret = super().state_dict()
+        ret["als_det_backbone"] = self.backbone
+        return ret
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        super().load_state_dict(state_dict)
+        self.backbone = state_dict.get("als_det_backbone", {})
+
+    def train(self) -> dict[str, Any]:
+        """Train, then return the final evaluation ({dataset: {"bbox": ...}})."""
+        super().train()
+        return self._last_eval_results
+
+    @classmethod
+    def build_evaluator(cls, cfg: DetectionCfgNode, dataset_name: str) -> COCOEvaluator:
+        """COCOEvaluator (pycocotools COCOeval). The first test set writes into OUTPUT_DIR."""
+        out = (cfg.OUTPUT_DIR if dataset_name == cfg.DATASETS.TEST[0]
+               else os.path.join(cfg.OUTPUT_DIR, "inference", dataset_name))
+        meta = MetadataCatalog.get(dataset_name)
+        if not hasattr(meta, "json_file"):  # boxes were dropped: ground truth from cleaned dicts
+            gt = os.path.join(out, f"{dataset_name}_coco_format.json")
+            if comm.is_main_process():
+                convert_to_coco_json(dataset_name, gt, allow_cached=False)
+            comm.synchronize()
+            meta.json_file = gt
+        return COCOEvaluator(dataset_name, tasks=("bbox",), distributed=True, output_dir=out,
+                             use_fast_impl=False)
+
+    @classmethod
+    def test(cls, cfg: DetectionCfgNode, model: torch.nn.Module, evaluators=None) -> dict:
+        """detectron2's test, always keyed by data set name (also for a single test set)."""
+        results = super().test(cfg, model, evaluators)
+        return {cfg.DATASETS.TEST[0]: results} if len(cfg.DATASETS.TEST) == 1 else results
+
+
+def finetune_argument_parser(epilog: str | None = None) -> argparse.ArgumentParser:
+    """detectron2's `default_argument_parser` plus the data set and backbone options."""
+    parser = default_argument_parser(epilog=epilog)
+    parser.set_defaults(config_file=DEFAULT_CONFIG)
+    parser.add_argument("--coco-root", nargs="?", const=str(ds.coco_root_default()), default=None,
+                        metavar="DIR",
+                        help="train/test on COCO 2017 in the official layout under DIR "
+                             "(annotations/instances_{train,val}2017.json, {train,val}2017/); "
+                             "without DIR: $DETECTRON2_DATASETS/coco")
+    parser.add_argument("--dataset", action="append", default=[], metavar="NAME=JSON:IMAGE_DIR",
+                        help="register a COCO-format data set under NAME (repeatable)")
+    parser.add_argument("--train-dataset", action="append", default=[], metavar="NAME",
+                        help="train on NAME (repeatable; default: DATASETS.TRAIN if given among "
+                             "the trailing options, else coco_2017_train with --coco-root, else "
+                             "the generated set)")
+    parser.add_argument("--test-dataset", action="append", default=[], metavar="NAME",
+                        help="evaluate on NAME (repeatable; defaults as for --train-dataset)")
+    parser.add_argument("--generated-config", default="", metavar="FILE",
+                        help="pretraining config whose DATA.ROOT / DATA.GEN describe the generated "
+                             "data set (default: the pretraining defaults)")
+    parser.add_argument("--generated-root", default="", metavar="DIR",
+                        help="root of the generated data set (overrides DATA.ROOT)")
+    parser.add_argument("--allow-random-backbone", action="store_true",
+                        help="train even though backbone tensors are missing from MODEL.WEIGHTS "
+                             "(training from scratch on purpose)")
+    return parser
+
+
+def _opts_set(opts: list[str], key: str) -> bool:
+    return key in opts[::2]
+
+
+def _choose(args: argparse.Namespace, cfg: DetectionCfgNode, split: str) -> list[str]:
+    """The data sets for `split` ("TRAIN"/"TEST"), by the precedence in the parser's help."""
+    chosen = args.train_dataset if split == "TRAIN" else args.test_dataset
+    if chosen:
+        return list(chosen)
+    if _opts_set(args.opts or [], f"DATASETS.{split}"):
+        return list(getattr(cfg.DATASETS, split))
+    i = 0 if split == "TRAIN" else 1
+    if args.coco_root:
+        return [list(ds.COCO_SPLITS)[i]]
+    return [list(ds.GENERATED_SPLITS)[i]]
+
+
+def _generated_detection_root(args: argparse.Namespace) -> Path:
+    """Make the generated data set if its root holds none (main process), return its detection/."""
+    from als_det.config import load_config
+    from als_det.data.generated import ensure_generated
+
+    pre = load_config(args.generated_config or None)
+    root = Path(args.generated_root or pre.DATA.ROOT)
+    if comm.is_main_process():
+        ensure_generated(root, pre.DATA.GEN)
+    comm.synchronize()
+    return root / "detection"
+
+
+def register_datasets(args: argparse.Namespace, names: list[str]) -> list[ds.CocoValidationReport]:
+    """Validate and register every data set in `names`; see the parser's help for the sources."""
+    specs = {}
+    for spec in args.dataset:
+        name, json_file, image_dir = ds.parse_dataset_spec(spec)
+        specs[name] = (json_file, image_dir)
+    unused = sorted(set(specs) - set(names))
+    if unused:
+        raise ds.DatasetError(f"--dataset {unused} registered but neither trained nor tested on; "
+                              "select it with --train-dataset/--test-dataset")
+    reports = []
+    for name in dict.fromkeys(names):
+        if name in specs:
+            json_file, image_dir = specs[name]
+        elif name in ds.COCO_SPLITS:
+            json_file, image_dir = ds.coco_split_paths(args.coco_root or ds.coco_root_default(),
+                                                       ds.COCO_SPLITS[name])
+        elif name in ds.GENERATED_SPLITS:
+            json_file, image_dir = ds.coco_split_paths(_generated_detection_root(args),
+                                                       ds.GENERATED_SPLITS[name])
+        else:
+            raise ds.DatasetError(f"unknown data set {name!r}: register it with "
+                                  f"--dataset {name}=JSON:IMAGE_DIR")
+        reports.append(ds.register_coco_detection(name, json_file, image_dir))
+    return reports
+
+
+def setup(args: argparse.Namespace) -> DetectionCfgNode:
+    """Config with device, seed, data sets and class count resolved (each change logged), then
+    detectron2's `default_setup` (loggers, config.yaml, seeding). Returns the frozen config."""
+    cfg = get_detection_cfg(args.config_file, args.opts)
+    setup_logger(cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="als_det")
+    if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
+        if args.num_gpus > 1:
+            raise RuntimeError(f"--num-gpus {args.num_gpus} but CUDA is not available")
+        cfg.MODEL.DEVICE = "cpu"
+        logger.warning("CUDA is not available: MODEL.DEVICE set to cpu")
+    if cfg.SEED < 0:
+        cfg.SEED = random.SystemRandom().randrange(2**31)
+        logger.info("SEED was negative: drew seed %d (recorded in config.yaml)", cfg.SEED)
+
+    cfg.DATASETS.TRAIN = tuple(_choose(args, cfg, "TRAIN"))
+    cfg.DATASETS.TEST = tuple(_choose(args, cfg, "TEST"))
+    names = list(cfg.DATASETS.TEST) if args.eval_only else [*cfg.DATASETS.TRAIN, *cfg.DATASETS.TEST]
+    reports = register_datasets(args, names)
+    categories = ds.check_same_categories(reports)
+    if cfg.MODEL.ROI_HEADS.NUM_CLASSES != len(categories):
+        logger.info("MODEL.ROI_HEADS.NUM_CLASSES set to %d from the data's categories (config had "
+                    "%d)", len(categories), cfg.MODEL.ROI_HEADS.NUM_CLASSES)
+        cfg.MODEL.ROI_HEADS.NUM_CLASSES = len(categories)
+    cfg.freeze()
+    default_setup(cfg, args)
+    return cfg
+
+
+def run_finetune(args: argparse.Namespace) -> dict[str, Any]:
+    """Train (or `--eval-only` evaluate) and write results.json; returns the evaluation results."""
+    cfg = setup(args)
+    if args.eval_only:
+        model = FinetuneTrainer.build_model(cfg)
+        checkpointer = DetectionCheckpointer(model, cfg.OUTPUT_DIR)
+        path = (checkpointer.get_checkpoint_file()
+                if args.resume and checkpointer.has_checkpoint() else cfg.MODEL.WEIGHTS)
+        load = load_backbone_weights(model, cfg, args.allow_random_backbone, path=path)
+        results = FinetuneTrainer.test(cfg, model)
+        backbone = load.provenance()
+        iterations = 0 if load.iteration is None else load.iteration + 1
+    else:
+        trainer = FinetuneTrainer(cfg, allow_random_backbone=args.allow_random_backbone)
+        trainer.resume_or_load(resume=args.resume)
+        results = trainer.train()
+        backbone, iterations = trainer.backbone, cfg.SOLVER.MAX_ITER
+    if comm.is_main_process():
+        path = write_results(cfg.OUTPUT_DIR, results, backbone, iterations=iterations,
+                             seed=cfg.SEED, train_datasets=list(cfg.DATASETS.TRAIN),
+                             eval_only=bool(args.eval_only), device=cfg.MODEL.DEVICE,
+                             world_size=comm.get_world_size())
+        logger.info("Wrote %s", path)
+    return results
+
+
+def launch_finetune(args: argparse.Namespace) -> None:
+    """`run_finetune` on every process of a (multi-GPU, multi-machine) job."""
+    launch(run_finetune, args.num_gpus, num_machines=args.num_machines,
+           machine_rank=args.machine_rank, dist_url=args.dist_url, args=(args,))

@@ -1,0 +1,219 @@
+"""Compare fine-tuning runs: results.json files -> per-strategy mean ± std table and AP bar chart.
+
+Runs are grouped by their backbone's label strategy (`backbone.label_strategy.name`; when runs
+sharing a name differ in the strategy's parameters, the differing ones join the group label).
+Several seeds per strategy give a mean and a sample standard deviation (n shown); each metric's
+difference to the baseline strategy's mean is reported.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+from matplotlib.figure import Figure
+
+from als_det.io import atomic_write_bytes, atomic_write_json, atomic_write_text
+
+METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
+STRATEGY_ORDER = ("hard", "ls", "als")
+FORMATS = {"markdown": "md", "csv": "csv", "latex": "tex"}
+
+
+class ResultsError(ValueError):
+    """A results.json that cannot be compared; the message names the file."""
+
+
+@dataclass
+class Run:
+    path: Path
+    strategy: dict[str, Any]
+    seed: int | None
+    metrics: dict[str, float]
+
+
+@dataclass
+class Group:
+    name: str
+    runs: list[Run] = field(default_factory=list)
+
+    @property
+    def n(self) -> int:
+        return len(self.runs)
+
+    def values(self, metric: str) -> np.ndarray:
+        return np.array([r.metrics[metric] for r in self.runs], dtype=np.float64)
+
+    def mean(self, metric: str) -> float:
+        return float(self.values(metric).mean())
+
+    def std(self, metric: str) -> float:
+        """Sample standard deviation (ddof=1); NaN for a single run."""
+        return float(self.values(metric).std(ddof=1)) if self.n > 1 else math.nan
+
+
+def results_path(path: str | Path) -> Path:
+    """A run folder or its results.json -> the results.json path."""
+    path = Path(path)
+    return path / "results.json" if path.is_dir() else path
+
+
+def load_run(path: str | Path) -> Run:
+    """Read and check one results.json (a run folder or the file itself)."""
+    file = results_path(path)
+    try:
+        data = json.loads(file.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ResultsError(f"{file}: no results.json (did the fine-tuning run finish?)") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ResultsError(f"{file}: not a readable json file: {e}") from e
+    if not isinstance(data, dict) or not isinstance(data.get("bbox"), dict):
+        raise ResultsError(f"{file}: no 'bbox' object; not a fine-tuning results.json")
+    metrics = {}
+    for m in METRICS:
+        v = data["bbox"].get(m)
+        if not isinstance(v, (int, float)) or isinstance(v, bool) or math.isnan(v):
+            raise ResultsError(f"{file}: bbox.{m} is {v!r}, expected a number")
+        metrics[m] = float(v)
+    strategy = (data.get("backbone") or {}).get("label_strategy")
+    if isinstance(strategy, str):
+        strategy = {"name": strategy}
+    if not isinstance(strategy, dict) or not strategy.get("name"):
+        raise ResultsError(f"{file}: backbone.label_strategy.name is missing; cannot group the run "
+                           "(was the backbone converted from an als_det pretraining checkpoint?)")
+    return Run(path=file, strategy=strategy, seed=data.get("seed"), metrics=metrics)
+
+
+def _sort_key(name: str) -> tuple[int, str]:
+    base = name.split("[")[0]
+    return (STRATEGY_ORDER.index(base) if base in STRATEGY_ORDER else len(STRATEGY_ORDER), name)
+
+
+def group_runs(runs: Sequence[Run]) -> list[Group]:
+    """Group by strategy name, adding the parameters that differ among runs of the same name."""
+    files = [r.path.resolve() for r in runs]
+    dup = sorted({str(f) for f in files if files.count(f) > 1})
+    if dup:
+        raise ResultsError(f"the same results.json given more than once: {dup}")
+    by_name: dict[str, list[Run]] = {}
+    for r in runs:
+        by_name.setdefault(r.strategy["name"], []).append(r)
+    groups: dict[str, Group] = {}
+    for name, members in by_name.items():
+        keys = sorted({k for r in members for k in r.strategy if k != "name"})
+        varying = [k for k in keys if len({json.dumps(r.strategy.get(k)) for r in members}) > 1]
+        for r in members:
+            label = name
+            if varying:
+                label += "[" + ",".join(f"{k}={r.strategy.get(k)}" for k in varying) + "]"
+            groups.setdefault(label, Group(label)).runs.append(r)
+    return sorted(groups.values(), key=lambda g: _sort_key(g.name))
+
+
+@dataclass
+class Comparison:
+    groups: list[Group]
+    baseline: str
+
+    def base(self) -> Group:
+        return next(g for g in self.groups if g.name == self.baseline)
+
+    def delta(self, group: Group, metric: str) -> float:
+        return group.mean(metric) - self.base().mean(metric)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"baseline": self.baseline, "metrics": list(METRICS), "groups": {
+            g.name: {"n": g.n, "runs": [str(r.path) for r in g.runs],
+                     "seeds": [r.seed for r in g.runs],
+                     **{m: {"mean": g.mean(m), "std": None if g.n < 2 else g.std(m),
+                            "delta": self.delta(g, m)} for m in METRICS}}
+            for g in self.groups}}
+
+
+def compare(paths: Sequence[str | Path], baseline: str = "hard") -> Comparison:
+    """Load every run, group by strategy and check the baseline is among the groups."""
+    if not paths:
+        raise ResultsError("no run folders given")
+    groups = group_runs([load_run(p) for p in paths])
+    names = [g.name for g in groups]
+    if baseline not in names:
+        raise ResultsError(f"baseline {baseline!r} is not among the strategies {names}; "
+                           "pass --baseline NAME")
+    return Comparison(groups, baseline)
+
+
+def _cell(mean: float, std: float) -> str:
+    return f"{mean:.2f}" if math.isnan(std) else f"{mean:.2f} ± {std:.2f}"
+
+
+def format_table(comp: Comparison, fmt: str = "markdown") -> str:
+    """The table: one row per strategy, `mean ± std (Δ vs baseline)` per metric, and n."""
+    if fmt not in FORMATS:
+        raise ValueError(f"format must be one of {list(FORMATS)}, got {fmt!r}")
+    if fmt == "csv":
+        buf = io.StringIO()
+        w = csv.writer(buf, lineterminator="\n")
+        w.writerow(["strategy", "n"] + [f"{m}_{s}" for m in METRICS for s in ("mean", "std", "delta")])
+        for g in comp.groups:
+            w.writerow([g.name, g.n] + [f"{v:.4f}" for m in METRICS
+                                        for v in (g.mean(m), g.std(m), comp.delta(g, m))])
+        return buf.getvalue()
+    rows = []
+    for g in comp.groups:
+        cells = []
+        for m in METRICS:
+            cell = _cell(g.mean(m), g.std(m))
+            if g.name != comp.baseline:
+                cell += f" ({comp.delta(g, m):+.2f})"
+            cells.append(cell)
+        rows.append([g.name, str(g.n)] + cells)
+    head = ["strategy", "n", *METRICS]
+    if fmt == "markdown":
+        lines = ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] * len(head)) + "|"]
+        lines += ["| " + " | ".join(r) + " |" for r in rows]
+        return "\n".join(lines) + f"\n\nmean ± sample std over n runs; (Δ) vs {comp.baseline}\n"
+    lines = [r"\begin{tabular}{l r " + "r " * len(METRICS) + "}", r"\toprule",
+             " & ".join(head) + r" \\", r"\midrule"]
+    lines += [" & ".join(c.replace("±", r"$\pm$").replace("_", r"\_") for c in r) + r" \\"
+              for r in rows]
+    lines += [r"\bottomrule", r"\end{tabular}"]
+    return "\n".join(lines) + "\n"
+
+
+def bar_chart(comp: Comparison, path: str | Path, metric: str = "AP") -> Path:
+    """PNG bar chart of `metric` by strategy, error bars = sample std (none for n = 1)."""
+    fig = Figure(figsize=(1.2 + 1.1 * len(comp.groups), 3.2))
+    ax = fig.add_subplot()
+    means = [g.mean(metric) for g in comp.groups]
+    stds = [0.0 if g.n < 2 else g.std(metric) for g in comp.groups]
+    x = np.arange(len(comp.groups))
+    ax.bar(x, means, yerr=stds, capsize=4, color=["0.6" if g.name == comp.baseline else "C0"
+                                                   for g in comp.groups])
+    ax.set_xticks(x, [f"{g.name}\n(n={g.n})" for g in comp.groups])
+    ax.set_ylabel(f"box {metric}")
+    ax.set_title(f"Detection {metric} by pretraining label strategy")
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    return atomic_write_bytes(path, buf.getvalue())
+
+
+def write_comparison(comp: Comparison, out_dir: str | Path, fmt: str = "markdown") -> dict[str, Path]:
+    """Write the table (chosen format), comparison.json and ap_by_strategy.png into `out_dir`."""
+    out_dir = Path(out_dir)
+    return {"table": atomic_write_text(out_dir / f"comparison.{FORMATS[fmt]}", format_table(comp, fmt)),
+            "json": atomic_write_json(out_dir / "comparison.json", comp.to_json()),
+            "chart": bar_chart(comp, out_dir / "ap_by_strategy.png")}
+
+
+def run_compare(paths: Sequence[str | Path], baseline: str = "hard", fmt: str = "markdown",
+                out_dir: str | Path = "output/compare") -> str:
+    """`tools/compare.py`: compare, write the files, return the table followed by where they are."""
+    comp = compare(paths, baseline)
+    written = write_comparison(comp, out_dir, fmt)
+    return format_table(comp, fmt) + "\n" + "\n".join(f"wrote {p}" for p in written.values())

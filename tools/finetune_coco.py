@@ -1,0 +1,15 @@
+#!/usr/bin/env python
+"""Fine-tune Faster R-CNN (detectron2) from a converted pretrained backbone; writes results.json.
+
+    python tools/finetune_coco.py --config-file configs/detection/faster_rcnn_R_18_FPN_demo.yaml \
+        MODEL.WEIGHTS pretrained/als.pkl OUTPUT_DIR output/finetune/als
+    python tools/finetune_coco.py --coco-root /data/coco --num-gpus 8 \
+        --config-file configs/detection/faster_rcnn_R_50_FPN_1x.yaml MODEL.WEIGHTS pretrained/r50_als.pkl
+
+MODEL.WEIGHTS must be a .pkl from tools/convert_to_d2.py (or a detectron2 checkpoint); every
+backbone tensor must come from it unless --allow-random-backbone. See `--help` for data sets.
+"""
+from als_det.detection.trainer import finetune_argument_parser, launch_finetune
+
+if __name__ == "__main__":
+    launch_finetune(finetune_argument_parser(epilog=__doc__).parse_args())
