@@ -1,0 +1,198 @@
+"""The evaluation run end to end on a tiny image tree with hand-built checkpoints (random ResNet-18s)."""
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from als_det.analysis.evaluate import (
+    EvalOptions,
+    EvaluationInputError,
+    evaluate_checkpoints,
+    headline_comparison,
+)
+from als_det.config import get_cfg
+from als_det.engine.checkpoint import save_checkpoint
+from als_det.models import build_resnet
+
+CLASSES = ["n00000001", "n00000002", "n00000003"]
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _voc(wnid: str, stem: str, w: int, h: int, box: tuple[int, int, int, int]) -> str:
+    x0, y0, x1, y1 = box
+    return (f"<annotation><filename>{stem}</filename><size><width>{w}</width><height>{h}</height>"
+            f"<depth>3</depth></size><object><name>{wnid}</name><bndbox><xmin>{x0}</xmin><ymin>{y0}</ymin>"
+            f"<xmax>{x1}</xmax><ymax>{y1}</ymax></bndbox></object></annotation>")
+
+
+def make_tree(root: Path, classes=CLASSES, per_class: int = 4) -> Path:
+    """val/<wnid>/*.JPEG with VOC boxes; the last image of each class has no box file."""
+    rng = np.random.default_rng(0)
+    for k, wnid in enumerate(classes):
+        (root / "val" / wnid).mkdir(parents=True)
+        (root / "Annotation" / "val" / wnid).mkdir(parents=True)
+        for i in range(per_class):
+            w, h = 48 + 4 * i, 40
+            img = rng.integers(0, 255, (h, w, 3), dtype=np.uint8)
+            stem = f"{wnid}_{i}"
+            Image.fromarray(img).save(root / "val" / wnid / f"{stem}.JPEG")
+            if i < per_class - 1:
+                box = (4 + i, 6, 20 + 2 * i, 30)
+                (root / "Annotation" / "val" / wnid / f"{stem}.xml").write_text(_voc(wnid, stem, w, h, box))
+    return root
+
+
+def make_checkpoint(path: Path, strategy: str, classes=CLASSES, seed: int = 0, arch: str = "resnet18") -> Path:
+    torch.manual_seed(seed)
+    model = build_resnet(arch, len(classes))
+    cfg = get_cfg()
+    cfg.DATA.IMAGE_SIZE, cfg.DATA.VAL_RESIZE, cfg.LABELS.STRATEGY = 32, 37, strategy
+    save_checkpoint(path, {
+        "model": model.state_dict(), "optimizer": {}, "scheduler": {}, "scaler": None, "epoch": 1, "arch": arch,
+        "num_classes": len(classes), "classes": list(classes),
+        "label_strategy": {"name": strategy, "epsilon": 0.1, "e_min": 0.0, "e_max": 1.0, "no_box": "ls",
+                           "no_box_epsilon": 0.1},
+        "preprocessing": {"input_format": "RGB", "pixel_mean": [123.675, 116.28, 103.53],
+                          "pixel_std": [58.395, 57.12, 57.375], "image_size": 32},
+        "config": cfg.dump(), "seed": seed, "rng_state": {}, "metrics": {}, "versions": {}})
+    return path
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    base = tmp_path_factory.mktemp("eval")
+    root = make_tree(base / "data")
+    ckpts = [make_checkpoint(base / "hard.pth", "hard", seed=0), make_checkpoint(base / "als.pth", "als", seed=1)]
+    return base, root, ckpts
+
+
+def _opts(**kw) -> EvalOptions:
+    return EvalOptions(batch_size=4, workers=0, grid_images=3, progress=False, device="cpu", **kw)
+
+
+def test_evaluation_writes_every_section(setup) -> None:
+    base, root, ckpts = setup
+    out = base / "out"
+    metrics = evaluate_checkpoints([str(c) for c in ckpts], str(root), str(out),
+                                   opts=_opts(temperature_scaling=True))
+    on_disk = json.loads((out / "metrics.json").read_text())
+    assert set(on_disk["models"]) == {"hard", "als"}
+    hard = on_disk["models"]["hard"]
+    assert hard["val"]["n"] == 12
+    assert hard["checkpoint"]["sha256"] and hard["label_strategy"]["name"] == "hard"
+    # 3 images without boxes leave every box variant, counted.
+    assert hard["variants"]["bg_only"]["n"] == 9 and hard["variants"]["bg_only"]["skipped"]["no_box"] == 3
+    assert "context_accuracy" in hard["variants"]["bg_only"] and "accuracy" in hard["variants"]["fg_only"]
+    assert hard["variants"]["outside_crop"]["n"] + sum(hard["variants"]["outside_crop"]["skipped"].values()) == 12
+    cam = hard["cam"]
+    assert cam["skipped"]["no_box"] == 3 and cam["n"] + cam["skipped"]["no_positive_energy"] == 9
+    assert cam["n"] == 0 or 0.0 <= cam["mean_energy_inside_boxes"] <= 1.0
+    assert "temperature" in hard["temperature_scaling"]
+    head = on_disk["headline"]
+    assert head["baseline"] == "hard" and "bg_only" in head["comparisons"]["als"]
+    assert on_disk["versions"]["torch"] == torch.__version__.split("+")[0]
+    report = (out / "report.md").read_text()
+    for section in ("## Classification", "## Calibration", "## Context-only evaluation", "## Where the model looks",
+                    "## Headline"):
+        assert section in report
+    for fig in ("reliability.png", "bg_only_confidence.png", "cam_grid.png"):
+        assert f"]({fig})" in report
+        assert (out / fig).read_bytes()[:4] == b"\x89PNG"
+    assert metrics["headline"] == on_disk["headline"]
+
+
+def test_bg_only_confidence_differs_from_intact(setup) -> None:
+    """The variant really changes the input: confidences on bg_only differ from intact val."""
+    base, root, ckpts = setup
+    m = json.loads((base / "out" / "metrics.json").read_text())["models"]["hard"]
+    assert m["variants"]["bg_only"]["mean_confidence"] != pytest.approx(m["val"]["mean_confidence"], abs=1e-6)
+
+
+def test_checkpoint_with_other_class_count_is_a_clear_error(setup, tmp_path) -> None:
+    _, root, ckpts = setup
+    bad = make_checkpoint(tmp_path / "k4.pth", "hard", classes=CLASSES + ["n00000004"])
+    with pytest.raises(EvaluationInputError, match=r"k4\.pth: a resnet18 with 4 classes cannot be evaluated"):
+        evaluate_checkpoints([str(ckpts[0]), str(bad)], str(root), str(tmp_path / "o"), names=["a", "b"],
+                             opts=_opts())
+    assert not (tmp_path / "o" / "metrics.json").exists()
+
+
+def test_checkpoint_with_other_classes_is_a_clear_error(setup, tmp_path) -> None:
+    _, root, _ = setup
+    bad = make_checkpoint(tmp_path / "other.pth", "hard", classes=["n00000001", "n00000002", "n09999999"])
+    with pytest.raises(EvaluationInputError, match=r"other\.pth: its classes differ .*n09999999"):
+        evaluate_checkpoints([str(bad)], str(root), str(tmp_path / "o"), opts=_opts())
+
+
+def test_checkpoint_whose_weights_are_another_architecture_is_a_clear_error(setup, tmp_path) -> None:
+    _, root, _ = setup
+    path = make_checkpoint(tmp_path / "r18.pth", "hard")
+    ckpt = torch.load(path, weights_only=True)
+    ckpt["arch"] = "resnet34"
+    save_checkpoint(path, ckpt)
+    with pytest.raises(ValueError, match=r"r18\.pth: weights do not fit resnet34"):
+        evaluate_checkpoints([str(path)], str(root), str(tmp_path / "o"), opts=_opts())
+
+
+def test_duplicate_names_are_rejected(setup, tmp_path) -> None:
+    _, root, ckpts = setup
+    with pytest.raises(EvaluationInputError, match="both named 'hard'"):
+        evaluate_checkpoints([str(ckpts[0]), str(ckpts[0])], str(root), str(tmp_path / "o"), opts=_opts())
+
+
+def _fake(conf_bg: float, conf_val: float, top1: float, ece: float, k: int = 10) -> dict:
+    return {"val": {"num_classes": k, "mean_confidence": conf_val, "top1": top1, "ece": ece},
+            "variants": {"bg_only": {"n": 100, "mean_confidence": conf_bg}}}
+
+
+def test_headline_three_forms_and_the_sentence_follow_the_numbers() -> None:
+    # The independent 64 px check: ALS lowers bg_only confidence, but only as much as val confidence.
+    als, hard = _fake(0.33, 0.33 / 0.96, 0.44, 0.11), _fake(0.56, 0.56 / 0.93, 0.59, 0.04)
+    h = headline_comparison("als", "hard", als, hard, "bg_only")
+    assert h["ratio_absolute"] == pytest.approx(0.33 / 0.56)
+    assert h["ratio_above_chance"] == pytest.approx((0.33 - 0.1) / (0.56 - 0.1))
+    assert h["ratio_relative_to_val"] == pytest.approx(0.96 / 0.93)
+    assert "lowers" in h["sentence"] and "relies on context no less than hard" in h["sentence"]
+    # A model as confident as the baseline on val but much less on bg_only relies less on context.
+    h2 = headline_comparison("als", "hard", _fake(0.3, 0.6, 0.6, 0.04), _fake(0.6, 0.6, 0.6, 0.04), "bg_only")
+    assert h2["ratio_relative_to_val"] == pytest.approx(0.5)
+    assert "relies less on context than hard" in h2["sentence"] and "none of the bg_only drop" in h2["sentence"]
+    share = math.log(h["ratio_val_confidence"]) / math.log(h["ratio_absolute"])
+    assert f"{min(share, 9.99):.0%}" in h["sentence"]
+
+
+@pytest.mark.slow
+def test_torchrun_two_processes_match_one(setup, tmp_path) -> None:
+    """Under torchrun (gloo, CPU) each image is counted once and the numbers equal a single process."""
+    base, root, ckpts = setup
+    single = json.loads((base / "out" / "metrics.json").read_text())
+    torchrun = Path(sys.executable).with_name("torchrun")
+    cmd = [str(torchrun), "--standalone", "--nproc_per_node", "2", str(REPO / "tools" / "evaluate.py"),
+           "--checkpoint", str(ckpts[0]), "--checkpoint", str(ckpts[1]), "--data", str(root), "--out",
+           str(tmp_path / "dist"), "--workers", "0", "--batch-size", "4", "--grid-images", "3",
+           "--temperature-scaling", "--device", "cpu"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    multi = json.loads((tmp_path / "dist" / "metrics.json").read_text())
+    assert multi["data"]["world_size"] == 2
+    for name in ("hard", "als"):
+        a, b = single["models"][name], multi["models"][name]
+        assert b["val"]["n"] == a["val"]["n"] == 12
+        for key in ("top1", "nll", "ece", "brier"):
+            assert b["val"][key] == pytest.approx(a["val"][key], abs=1e-5)
+        for v in ("bg_only", "fg_only", "outside_crop"):
+            assert b["variants"][v]["n"] == a["variants"][v]["n"]
+            assert b["variants"][v]["mean_confidence"] == pytest.approx(a["variants"][v]["mean_confidence"], abs=1e-5)
+        assert b["cam"]["mean_energy_inside_boxes"] == pytest.approx(a["cam"]["mean_energy_inside_boxes"], abs=1e-5)
+    shutil.rmtree(tmp_path / "dist")
