@@ -1,0 +1,127 @@
+"""COCO-format data set validation and registration (als_det.detection.datasets)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from als_det.detection import datasets as ds
+from detectron2.data import DatasetCatalog, MetadataCatalog
+
+
+def _tiny_coco(root: Path, images=2, anns=None, cats=None, write_images=True) -> tuple[Path, Path]:
+    """A hand-made COCO json with `images` 32x24 JPEGs; categories with non-contiguous ids."""
+    img_dir = root / "img"
+    img_dir.mkdir(parents=True, exist_ok=True)
+    ims = [{"id": 100 + i, "file_name": f"{i}.jpg", "width": 32, "height": 24} for i in range(images)]
+    if write_images:
+        for im in ims:
+            Image.fromarray(np.zeros((24, 32, 3), np.uint8)).save(img_dir / im["file_name"])
+    cats = cats if cats is not None else [{"id": 3, "name": "cat"}, {"id": 7, "name": "dog"}]
+    anns = anns if anns is not None else [
+        {"id": 1, "image_id": 100, "category_id": 3, "bbox": [1, 2, 10, 8], "area": 80, "iscrowd": 0},
+        {"id": 2, "image_id": 100, "category_id": 7, "bbox": [5, 5, 0, 4], "area": 0, "iscrowd": 0},
+        {"id": 3, "image_id": 101, "category_id": 7, "bbox": [0, 0, 20, 20], "area": 400, "iscrowd": 1},
+    ]
+    js = root / "instances.json"
+    js.write_text(json.dumps({"images": ims, "annotations": anns, "categories": cats}))
+    return js, img_dir
+
+
+def test_valid_set_reports_counts_and_drops_degenerate_boxes(tmp_path):
+    js, img = _tiny_coco(tmp_path)
+    rep = ds.register_coco_detection("als_test_tiny", js, img)
+    assert (rep.images, rep.annotations, rep.crowd) == (2, 3, 1)
+    assert rep.dropped_boxes == [2]
+    assert rep.categories == [(3, "cat"), (7, "dog")]
+    assert "1 boxes of non-positive size dropped" in rep.summary()
+    dicts = DatasetCatalog.get("als_test_tiny")
+    kept = sorted(a["id"] for d in dicts for a in d["annotations"])
+    assert kept == [1, 3]
+    meta = MetadataCatalog.get("als_test_tiny")
+    assert meta.thing_classes == ["cat", "dog"]
+    assert meta.thing_dataset_id_to_contiguous_id == {3: 0, 7: 1}
+    # ground truth for the evaluator is then built from the cleaned dicts, not the original json
+    assert not hasattr(meta, "json_file")
+    assert {a["category_id"] for d in dicts for a in d["annotations"]} == {0, 1}
+
+
+@pytest.mark.parametrize("case, needle", [
+    ("missing_image", "1 of 2 images missing on disk"),
+    ("dup_image", "duplicate image ids: 100"),
+    ("dup_ann", "duplicate annotation ids: 1"),
+    ("unknown_cat", "unknown ids: 5"),
+    ("unknown_image", "image_id is not in 'images'"),
+    ("bad_bbox", "4-number bbox"),
+    ("no_categories", "'categories' is empty"),
+])
+def test_bad_json_is_a_clear_error_naming_the_file(tmp_path, case, needle):
+    good = {"id": 1, "image_id": 100, "category_id": 3, "bbox": [1, 2, 3, 4], "iscrowd": 0}
+    kwargs: dict = {}
+    if case == "missing_image":
+        js, img = _tiny_coco(tmp_path, anns=[good])
+        (img / "1.jpg").unlink()
+    else:
+        anns = {"dup_ann": [good, dict(good)], "unknown_cat": [dict(good, category_id=5)],
+                "unknown_image": [dict(good, image_id=999)],
+                "bad_bbox": [dict(good, bbox=[1, 2])]}.get(case, [good])
+        if case == "no_categories":
+            kwargs["cats"] = []
+        js, img = _tiny_coco(tmp_path, anns=anns, **kwargs)
+        if case == "dup_image":
+            data = json.loads(js.read_text())
+            data["images"][1]["id"] = 100
+            js.write_text(json.dumps(data))
+    with pytest.raises(ds.DatasetError, match=needle) as err:
+        ds.validate_coco_json("x", js, img)
+    assert str(js) in str(err.value)
+
+
+def test_unreadable_json_and_missing_folder(tmp_path):
+    bad = tmp_path / "bad.json"
+    bad.write_text("{oops")
+    with pytest.raises(ds.DatasetError, match="not a readable json"):
+        ds.validate_coco_json("x", bad, tmp_path)
+    with pytest.raises(ds.DatasetError, match="image folder not found"):
+        ds.validate_coco_json("x", bad, tmp_path / "nope")
+    with pytest.raises(ds.DatasetError, match="annotation file not found"):
+        ds.validate_coco_json("x", tmp_path / "none.json", tmp_path)
+
+
+def test_dataset_spec_parsing():
+    assert ds.parse_dataset_spec("mine=/a:b/x.json:/imgs:2") == ("mine", "/a:b/x.json", "/imgs:2")
+    for bad in ("mine", "mine=/x.json", "=/x.json:/imgs", "mine=/x.txt:/imgs"):
+        with pytest.raises(ds.DatasetError, match="NAME=JSON:IMAGE_DIR"):
+            ds.parse_dataset_spec(bad)
+
+
+def test_train_and_test_sets_must_share_categories(tmp_path):
+    a = ds.validate_coco_json("a", *_tiny_coco(tmp_path / "a"))
+    only_cat = [{"id": 1, "image_id": 100, "category_id": 3, "bbox": [1, 2, 3, 4], "iscrowd": 0}]
+    b = ds.validate_coco_json("b", *_tiny_coco(tmp_path / "b", anns=only_cat,
+                                               cats=[{"id": 3, "name": "cat"}, {"id": 8, "name": "dog"}]))
+    assert ds.check_same_categories([a, a]) == [(3, "cat"), (7, "dog")]
+    with pytest.raises(ds.DatasetError, match="different categories"):
+        ds.check_same_categories([a, b])
+
+
+def test_coco_mini_replaces_detectron2_builtin_registration(coco_mini):
+    # detectron2 pre-registers coco_2017_val under $DETECTRON2_DATASETS at import
+    assert "coco_2017_val" in DatasetCatalog.list()
+    rep = ds.register_coco_detection("coco_2017_val", *ds.coco_split_paths(coco_mini, "val2017"))
+    assert rep.images == 47 and rep.annotations == 469 and rep.crowd > 0
+    assert rep.dropped_boxes == []
+    official = json.loads((coco_mini / "annotations/instances_val2017.json").read_text())
+    assert rep.categories == sorted((c["id"], c["name"]) for c in official["categories"])
+    assert len(rep.categories) == 80 and rep.categories[-1][0] == 90
+    meta = MetadataCatalog.get("coco_2017_val")
+    assert meta.image_root == str(coco_mini / "val2017")
+    assert meta.json_file == str(coco_mini / "annotations/instances_val2017.json")
+    dicts = DatasetCatalog.get("coco_2017_val")
+    assert len(dicts) == 47
+    # detectron2's contiguous mapping: official id 90 (toothbrush) -> 79
+    assert meta.thing_dataset_id_to_contiguous_id[90] == 79
+    assert all(0 <= a["category_id"] < 80 for d in dicts for a in d["annotations"])
