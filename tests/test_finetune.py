@@ -1,0 +1,181 @@
+"""Fine-tuning: strict backbone loading, preprocessing checks, and tiny end-to-end runs."""
+from __future__ import annotations
+
+import json
+import pickle
+from pathlib import Path
+
+import pytest
+import torch
+import torchvision
+from detectron2.modeling import build_model
+
+from als_det.convert import convert_file
+from als_det.detection.config import get_detection_cfg
+from als_det.detection.trainer import finetune_argument_parser, run_finetune
+from als_det.detection.weights import WeightsError, backbone_keys, load_backbone_weights
+
+REPO = Path(__file__).resolve().parents[1]
+DEMO = str(REPO / "configs/detection/faster_rcnn_R_18_FPN_demo.yaml")
+TORCHVISION_PRE = {"input_format": "RGB", "pixel_mean": [123.675, 116.28, 103.53],
+                   "pixel_std": [58.395, 57.12, 57.375], "image_size": 64}
+
+
+@pytest.fixture(scope="module")
+def resnet18_pth(tmp_path_factory) -> Path:
+    """A random torchvision ResNet-18 saved like an als_det pretraining checkpoint."""
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("pre") / "resnet18.pth"
+    torch.save({"model": torchvision.models.resnet18(num_classes=10).state_dict(),
+                "arch": "resnet18", "label_strategy": {"name": "als", "epsilon": 0.1},
+                "preprocessing": TORCHVISION_PRE, "seed": 3}, path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def resnet18_pkl(resnet18_pth) -> Path:
+    out = resnet18_pth.with_suffix(".pkl")
+    convert_file(resnet18_pth, out)
+    return out
+
+
+def _model(weights: str | Path, *opts: str):
+    cfg = get_detection_cfg(DEMO, ["MODEL.DEVICE", "cpu", "MODEL.WEIGHTS", str(weights), *opts])
+    return build_model(cfg), cfg
+
+
+def _edited_pkl(src: Path, dst: Path, edit) -> Path:
+    with open(src, "rb") as f:
+        data = pickle.load(f)
+    edit(data)
+    with open(dst, "wb") as f:
+        pickle.dump(data, f)
+    return dst
+
+
+def test_converted_backbone_loads_every_tensor(resnet18_pth, resnet18_pkl):
+    model, cfg = _model(resnet18_pkl)
+    report = load_backbone_weights(model, cfg)
+    keys = backbone_keys(model)
+    # R18 bottom-up under FrozenBN: stem conv + 4 norm buffers, 8 BasicBlocks x 2 convs, 3 shortcuts
+    assert report.backbone_tensors == len(keys) == (1 + 4) + 8 * 2 * 5 + 3 * 5
+    assert report.loaded_tensors == report.backbone_tensors and report.missing == []
+    tv = torch.load(resnet18_pth)["model"]
+    bu = model.backbone.bottom_up
+    assert torch.equal(bu.res4[1].conv2.weight, tv["layer3.1.conv2.weight"])
+    assert torch.equal(bu.res3[0].shortcut.norm.running_var, tv["layer2.0.downsample.1.running_var"])
+    prov = report.provenance()
+    assert prov["label_strategy"]["name"] == "als" and prov["pretrain_seed"] == 3
+    assert prov["source_sha256"] and prov["sha256"] != prov["source_sha256"]
+
+
+def test_one_missing_backbone_tensor_is_refused(resnet18_pkl, tmp_path):
+    bad = _edited_pkl(resnet18_pkl, tmp_path / "bad.pkl",
+                      lambda d: d["model"].pop("res3.1.conv2.weight"))
+    model, cfg = _model(bad)
+    with pytest.raises(WeightsError, match=r"only \d+ of \d+ backbone tensors") as err:
+        load_backbone_weights(model, cfg)
+    assert "backbone.bottom_up.res3.1.conv2.weight" in str(err.value)
+    assert str(bad) in str(err.value)
+    report = load_backbone_weights(model, cfg, allow_random_backbone=True)
+    assert report.missing == ["backbone.bottom_up.res3.1.conv2.weight"]
+    assert report.loaded_tensors == report.backbone_tensors - 1
+
+
+def test_wrong_depth_is_refused(resnet18_pkl):
+    model, cfg = _model(resnet18_pkl, "MODEL.RESNETS.DEPTH", "34")
+    with pytest.raises(WeightsError, match="backbone tensors"):
+        load_backbone_weights(model, cfg)
+
+
+def test_preprocessing_mismatch_is_refused(resnet18_pkl, tmp_path):
+    def bgr(d):
+        d["als_det"]["preprocessing"] = dict(TORCHVISION_PRE, input_format="BGR")
+    model, cfg = _model(_edited_pkl(resnet18_pkl, tmp_path / "bgr.pkl", bgr))
+    with pytest.raises(WeightsError, match="input_format 'BGR' vs INPUT.FORMAT 'RGB'"):
+        load_backbone_weights(model, cfg)
+    model, cfg = _model(resnet18_pkl, "MODEL.PIXEL_STD", "[1.0, 1.0, 1.0]")
+    with pytest.raises(WeightsError, match="pixel_std"):
+        load_backbone_weights(model, cfg)
+
+
+def test_no_weights_or_unconverted_pth_is_refused(resnet18_pth):
+    model, cfg = _model("")
+    with pytest.raises(WeightsError, match="--allow-random-backbone"):
+        load_backbone_weights(model, cfg)
+    assert load_backbone_weights(model, cfg, allow_random_backbone=True).loaded_tensors == 0
+    model, cfg = _model(resnet18_pth)
+    with pytest.raises(WeightsError, match="convert_to_d2.py"):
+        load_backbone_weights(model, cfg)
+
+
+TINY = ["SOLVER.IMS_PER_BATCH", "1", "SOLVER.BASE_LR", "0.001", "SOLVER.WARMUP_ITERS", "1",
+        "INPUT.MIN_SIZE_TRAIN", "(64,)", "INPUT.MAX_SIZE_TRAIN", "96", "INPUT.MIN_SIZE_TEST", "64",
+        "INPUT.MAX_SIZE_TEST", "96", "MODEL.RPN.POST_NMS_TOPK_TEST", "20",
+        "TEST.DETECTIONS_PER_IMAGE", "10", "MODEL.ROI_HEADS.SCORE_THRESH_TEST", "0.0",
+        "DATALOADER.NUM_WORKERS", "0", "SEED", "5"]
+
+
+def _run(*argv: str) -> dict:
+    return run_finetune(finetune_argument_parser().parse_args(["--config-file", DEMO, *argv]))
+
+
+@pytest.mark.slow
+def test_coco_mini_trains_and_evaluates_on_real_categories(coco_mini, resnet18_pkl, tmp_path):
+    out = tmp_path / "coco"
+    _run("--coco-root", str(coco_mini), "MODEL.WEIGHTS", str(resnet18_pkl), "OUTPUT_DIR", str(out),
+         "SOLVER.MAX_ITER", "2", *TINY)
+    official = json.loads((coco_mini / "annotations/instances_val2017.json").read_text())
+    names = {c["name"] for c in official["categories"]}
+    res = json.loads((out / "results.json").read_text())
+    assert res["test_dataset"] == "coco_2017_val" and res["train_datasets"] == ["coco_2017_train"]
+    assert set(res["bbox"]["per_class"]) == names
+    assert all(res["bbox"][m] is not None for m in ("AP", "AP50", "AP75"))
+    assert res["iterations"] == 2 and res["seed"] == 5 and res["device"] == "cpu"
+    assert res["backbone"]["label_strategy"]["name"] == "als"
+    assert res["backbone"]["loaded_tensors"] == res["backbone"]["backbone_tensors"] > 0
+    dets = json.loads((out / "coco_instances_results.json").read_text())
+    cat_ids = {d["category_id"] for d in dets}
+    assert cat_ids <= {c["id"] for c in official["categories"]} and max(cat_ids) > 80
+    assert {d["image_id"] for d in dets} <= {im["id"] for im in official["images"]}
+    for f in ("config.yaml", "metrics.json", "log.txt", "model_final.pth"):
+        assert (out / f).is_file(), f
+    assert "NUM_CLASSES set to 80" in (out / "log.txt").read_text()
+
+    # --eval-only on the fine-tuned checkpoint keeps the backbone's provenance
+    ev = tmp_path / "eval"
+    _run("--coco-root", str(coco_mini), "--eval-only", "MODEL.WEIGHTS", str(out / "model_final.pth"),
+         "OUTPUT_DIR", str(ev), *TINY)
+    res_ev = json.loads((ev / "results.json").read_text())
+    assert res_ev["eval_only"] and res_ev["iterations"] == 2
+    assert res_ev["backbone"]["sha256"] == res["backbone"]["sha256"]
+    assert res_ev["backbone"]["checkpoint"] == str(out / "model_final.pth")
+    assert res_ev["bbox"]["AP"] == pytest.approx(res["bbox"]["AP"], abs=1e-6)
+
+
+@pytest.mark.slow
+def test_custom_dataset_resume_and_refusals(resnet18_pkl, tmp_path):
+    from test_detection_datasets import _tiny_coco
+
+    js, img = _tiny_coco(tmp_path / "data")
+    out = tmp_path / "run"
+    common = ["--dataset", f"tiny={js}:{img}", "--train-dataset", "tiny", "--test-dataset", "tiny"]
+    _run(*common, "MODEL.WEIGHTS", str(resnet18_pkl), "OUTPUT_DIR", str(out),
+         "SOLVER.MAX_ITER", "2", "SOLVER.CHECKPOINT_PERIOD", "1", *TINY)
+    res = json.loads((out / "results.json").read_text())
+    assert set(res["bbox"]["per_class"]) == {"cat", "dog"} and res["iterations"] == 2
+    # the evaluator's ground truth is the cleaned set (degenerate box 2 dropped)
+    gt = json.loads((out / "tiny_coco_format.json").read_text())
+    assert len(gt["annotations"]) == 2
+    # resume: continues from the last checkpoint (iteration 2 of 3), provenance kept even though
+    # MODEL.WEIGHTS is not given again
+    _run(*common, "--resume", "OUTPUT_DIR", str(out), "SOLVER.MAX_ITER", "3", *TINY)
+    log = (out / "log.txt").read_text()
+    assert "Resumed from" in log and "Starting training from iteration 2" in log
+    res2 = json.loads((out / "results.json").read_text())
+    assert res2["iterations"] == 3 and res2["backbone"] == res["backbone"]
+    # refusals before any training: unknown data set, unknown category, random backbone
+    with pytest.raises(ValueError, match="unknown data set 'nope'"):
+        _run("--train-dataset", "nope", "OUTPUT_DIR", str(tmp_path / "x"), *TINY)
+    with pytest.raises(WeightsError, match="MODEL.WEIGHTS is empty"):
+        _run(*common, "OUTPUT_DIR", str(tmp_path / "y"), *TINY)
