@@ -1,11 +1,19 @@
 """Random-resized-crop sampling driven by an explicit generator, and exact box coverage of a crop."""
 from __future__ import annotations
 
+import functools
 import math
 from typing import Sequence
 
 import numpy as np
 import torch
+
+
+@functools.lru_cache(maxsize=16)
+def _log_ratio(ratio: tuple[float, ...]) -> tuple[float, float]:
+    """torchvision's float32 `torch.log(torch.tensor(ratio))`, computed once per ratio."""
+    lr = torch.log(torch.tensor(ratio))
+    return float(lr[0]), float(lr[1])
 
 
 def random_resized_crop_params(width: int, height: int, scale: Sequence[float],
@@ -17,7 +25,7 @@ def random_resized_crop_params(width: int, height: int, scale: Sequence[float],
     global one the result is identical; an explicit generator makes crops depend only on its seed.
     """
     area = height * width
-    log_ratio = torch.log(torch.tensor(ratio))
+    log_ratio = _log_ratio(tuple(ratio))
     for _ in range(10):
         target_area = area * torch.empty(1).uniform_(scale[0], scale[1], generator=generator).item()
         aspect_ratio = torch.exp(
@@ -69,6 +77,10 @@ def coverage(boxes: np.ndarray, crop: Sequence[float]) -> float:
         raise ValueError(f"empty crop {tuple(crop)}")
     if len(boxes) == 0:
         return 0.0
+    if len(boxes) == 1:  # the common case, in plain Python: ~20x faster than numpy on one box
+        x0, y0, x1, y1 = (float(v) for v in np.asarray(boxes).reshape(4))
+        iw, ih = min(x1, cx1) - max(x0, cx0), min(y1, cy1) - max(y0, cy0)
+        return min(1.0, iw * ih / crop_area) if iw > 0 and ih > 0 else 0.0
     b = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
     x0 = np.clip(b[:, 0], cx0, cx1)
     y0 = np.clip(b[:, 1], cy0, cy1)
@@ -78,14 +90,11 @@ def coverage(boxes: np.ndarray, crop: Sequence[float]) -> float:
     if not keep.any():
         return 0.0
     x0, y0, x1, y1 = x0[keep], y0[keep], x1[keep], y1[keep]
-    if len(x0) == 1:
-        inter = (x1[0] - x0[0]) * (y1[0] - y0[0])
-    else:
-        xs = np.unique(np.concatenate([x0, x1]))
-        ys = np.unique(np.concatenate([y0, y1]))
-        # cell (i, j) spans [xs[i], xs[i+1]] x [ys[j], ys[j+1]]; covered if any box contains it
-        in_x = (x0[:, None] <= xs[None, :-1]) & (x1[:, None] >= xs[None, 1:])
-        in_y = (y0[:, None] <= ys[None, :-1]) & (y1[:, None] >= ys[None, 1:])
-        covered = np.einsum("ni,nj->ij", in_x.astype(np.int32), in_y.astype(np.int32)) > 0
-        inter = float(np.diff(xs) @ covered.astype(np.float64) @ np.diff(ys))
+    xs = np.unique(np.concatenate([x0, x1]))
+    ys = np.unique(np.concatenate([y0, y1]))
+    # cell (i, j) spans [xs[i], xs[i+1]] x [ys[j], ys[j+1]]; covered if any box contains it
+    in_x = (x0[:, None] <= xs[None, :-1]) & (x1[:, None] >= xs[None, 1:])
+    in_y = (y0[:, None] <= ys[None, :-1]) & (y1[:, None] >= ys[None, 1:])
+    covered = np.einsum("ni,nj->ij", in_x.astype(np.int32), in_y.astype(np.int32)) > 0
+    inter = float(np.diff(xs) @ covered.astype(np.float64) @ np.diff(ys))
     return float(min(1.0, max(0.0, inter / crop_area)))

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import os
-import warnings
 
 from PIL import Image
 
@@ -34,11 +33,8 @@ def load_rgb(path: str | os.PathLike) -> Image.Image:
     Truncated or corrupt data raises `BadImageError` (PIL's truncated-image tolerance stays off).
     """
     try:
-        with warnings.catch_warnings():
-            # PIL warns (instead of failing) on some corrupt EXIF blocks; those images decode fine.
-            warnings.simplefilter("ignore", UserWarning)
-            with Image.open(path) as img:
-                img.load()
-                return img if img.mode == "RGB" else img.convert("RGB")
+        with Image.open(path) as img:
+            img.load()
+            return img if img.mode == "RGB" else img.convert("RGB")
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
         raise BadImageError(path, f"cannot decode image ({exc})") from exc
