@@ -33,7 +33,7 @@ from als_det.versions import package_versions
 
 log = logging.getLogger(__name__)
 
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 JPEG_QUALITY = 90
 # detection objects: box-area fraction range, objects per image, largest IoU between two objects
 DETECTION_AREA = (0.01, 0.15)
@@ -145,7 +145,7 @@ def background(k: int, size: int, rng: np.random.Generator) -> np.ndarray:
     c0 = _hsv_to_bgr(hue, 0.35 * rng.uniform(0.8, 1.2), v0)
     c1 = _hsv_to_bgr(hue + 40, 0.45 * rng.uniform(0.8, 1.2), v1)
     img = c0 * (1 - mix[..., None]) + c1 * mix[..., None]
-    return img + rng.normal(0, 6, img.shape).astype(np.float32)
+    return img + 6.0 * rng.standard_normal(img.shape, dtype=np.float32)
 
 
 def _unit_polygons(shape: str) -> list[np.ndarray]:
@@ -230,15 +230,20 @@ def draw_object(img: np.ndarray, k: int, polys: list[np.ndarray], box_wh: tuple[
     ys, xs = np.nonzero(mask > 127)
     if len(xs) == 0:
         return None
-    alpha = mask.astype(np.float32)[..., None] / 255.0
+    # blend only where the anti-aliased mask is non-zero
+    rows, cols = np.nonzero(mask.any(1))[0], np.nonzero(mask.any(0))[0]
+    r0, r1, c0, c1 = rows[0], rows[-1] + 1, cols[0], cols[-1] + 1
+    alpha = mask[r0:r1, c0:c1, None].astype(np.float32) / 255.0
     # a light gradient across the object, so it is not a single pixel value
-    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) / size
+    yy, xx = np.mgrid[r0:r1, c0:c1].astype(np.float32) / size
     direction = rng.uniform(0, 2 * math.pi)
     shade = 1.0 + 0.25 * ((xx - xy[0] / size) * math.cos(direction)
                           + (yy - xy[1] / size) * math.sin(direction))
-    fill = colour * shade[..., None] + rng.normal(0, 5, img.shape).astype(np.float32)
-    img *= 1 - alpha
-    img += alpha * fill
+    fill = colour * shade[..., None] + 5.0 * rng.standard_normal(alpha.shape[:2] + (3,),
+                                                                 dtype=np.float32)
+    region = img[r0:r1, c0:c1]
+    region *= 1 - alpha
+    region += alpha * fill
     return int(xs.min()), int(ys.min()), int(xs.max()), int(ys.max()), int(len(xs))
 
 

@@ -59,7 +59,9 @@ class ImageNetBoxes(Dataset):
         self.seed = int(seed)
         self.strict = strict
         self.epoch = 0
-        self._paths = np.array([r.path for r in records], dtype=np.str_)
+        encoded = [r.path.encode("utf-8") for r in records]
+        self._path_bytes = np.frombuffer(b"".join(encoded), dtype=np.uint8)
+        self._path_offsets = np.concatenate([[0], np.cumsum([len(b) for b in encoded])]).astype(np.int64)
         self._labels = np.array([r.label for r in records], dtype=np.int64)
         counts = np.array([len(r.boxes) for r in records], dtype=np.int64)
         self._offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
@@ -81,10 +83,11 @@ class ImageNetBoxes(Dataset):
         return int(self._labels[index])
 
     def path(self, index: int) -> str:
-        return str(self._paths[index])
+        start, end = self._path_offsets[index], self._path_offsets[index + 1]
+        return self._path_bytes[start:end].tobytes().decode("utf-8")
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int, float, bool]:
-        path = str(self._paths[index])
+        path = self.path(index)
         try:
             img = load_rgb(path)
         except BadImageError:
