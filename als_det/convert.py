@@ -406,7 +406,8 @@ def verify(pkl_path: str | os.PathLike, state_dict_or_input: Mapping[str, torch.
     features = create_feature_extractor(
         reference, {"layer1": "res2", "layer2": "res3", "layer3": "res4", "layer4": "res5"})
     features.double().eval()
-    model.double()
+    for part, _ in parts.values():
+        part.double()
     x = torch.randn(batch, 3, input_size, input_size, dtype=torch.float64,
                     generator=torch.Generator().manual_seed(seed))
     with torch.no_grad():
