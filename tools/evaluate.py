@@ -47,7 +47,7 @@ def main() -> None:
     metrics = evaluate_checkpoints(args.checkpoint, args.data, args.out, names=args.name, baseline=args.baseline,
                                    opts=opts, args=vars(args))
     if metrics is not None:
-        print(f"wrote {args.out}/metrics.json and {args.out}/report.md")
+        print(f"wrote {args.out}/metrics.json and {args.out}/report.md ({metrics['wall_time_s']:.0f} s)")
         for comps in metrics["headline"]["comparisons"].values():
             if "bg_only" in comps:
                 print(comps["bg_only"]["sentence"])

@@ -85,7 +85,7 @@ def save_cam_grid(images: Sequence[np.ndarray], boxes: Sequence[np.ndarray], cam
     """
     names = list(cams)
     rows, cols = len(images), 1 + len(names)
-    fig = Figure(figsize=(2.2 * cols, 2.3 * rows))
+    fig = Figure(figsize=(2.2 * max(cols, 2), 2.3 * rows + 0.4))
     axes = fig.subplots(rows, cols, squeeze=False)
     for r in range(rows):
         for c in range(cols):
@@ -103,7 +103,7 @@ def save_cam_grid(images: Sequence[np.ndarray], boxes: Sequence[np.ndarray], cam
                                                edgecolor="white", linewidth=1.5))
             ax.set_xticks([])
             ax.set_yticks([])
-    fig.suptitle("Class activation maps for the labelled class (white: labelled boxes)", fontsize=10)
+    fig.suptitle("CAM of the labelled class\n(white: labelled boxes)", fontsize=9)
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110)

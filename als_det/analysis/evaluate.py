@@ -9,6 +9,8 @@ from __future__ import annotations
 import logging
 import math
 import os
+import stat
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -310,7 +312,9 @@ def headline(models: dict[str, dict[str, Any]], baseline: str) -> dict[str, Any]
 def _cache_dir(root: Path, out_dir: Path, requested: str) -> str:
     if requested:
         return requested
-    if os.access(root, os.W_OK):
+    # Mode bits as well as access(): root may write anywhere, but a folder marked read-only is data
+    # to leave alone.
+    if os.access(root, os.W_OK) and os.stat(root).st_mode & stat.S_IWUSR:
         return ""
     log.info("data root %s is read-only: caching the box index under %s", root, out_dir / ".als_det_cache")
     return str(out_dir / ".als_det_cache")
@@ -364,6 +368,7 @@ def evaluate_checkpoints(checkpoints: Sequence[str], data_root: str, out_dir: st
     """
     from als_det.report.evaluation import write_report
 
+    start = time.perf_counter()
     opts = opts or EvalOptions()
     opts.validate()
     root, out = Path(data_root), Path(out_dir)
@@ -440,6 +445,7 @@ def evaluate_checkpoints(checkpoints: Sequence[str], data_root: str, out_dir: st
         "versions": package_versions(),
         "args": args or {},
     }
+    metrics["wall_time_s"] = round(time.perf_counter() - start, 1)
     write_report(metrics, out)
     atomic_write_json(out / "metrics.json", metrics)
     return metrics

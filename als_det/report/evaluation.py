@@ -61,7 +61,8 @@ def render_report(metrics: dict[str, Any]) -> str:
     out.append(f"Data: `{data['root']}` split `{data['split']}`, {data['images_evaluated']} of "
                f"{data['images_in_index']} indexed images evaluated ({data['with_boxes']} with boxes), "
                f"{len(data['classes'])} classes; run on {data['world_size']} process(es), device {data['device']}. "
-               f"Fill for box variants: `{metrics['options']['fill']}`.")
+               f"Fill for box variants: `{metrics['options']['fill']}`."
+               + (f" Wall time {metrics['wall_time_s']:.0f} s." if metrics.get("wall_time_s") is not None else ""))
     out += ["", "## Checkpoints", ""]
     out.append(_table(names, [
         ("label strategy", m("label_strategy", "name"), ""),
