@@ -31,7 +31,7 @@ from als_det.detection.weights import load_backbone_weights
 
 logger = logging.getLogger("als_det.detection")
 
-DEFAULT_CONFIG = "configs/detection/faster_rcnn_R_18_FPN_demo.yaml"
+DEFAULT_CONFIG = str(Path(__file__).resolve().parents[2] / "configs/detection/faster_rcnn_R_18_FPN_demo.yaml")
 
 
 class FinetuneTrainer(DefaultTrainer):
