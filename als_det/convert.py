@@ -229,6 +229,7 @@ def convert_file(input: str | os.PathLike, output: str | os.PathLike, force: boo
     try:
         atomic_pickle_dump(tmp, converted)
         checked = verify(tmp, state_dict, config_file=verify_config, input_size=verify_size)
+        checked.pkl = str(output)  # report the destination, not the temporary name
         result["verify"] = checked.to_dict()
         if not checked.ok:
             raise VerificationFailed(checked)
@@ -309,9 +310,14 @@ def verify(pkl_path: str | os.PathLike, state_dict_or_input: Mapping[str, torch.
     from detectron2.modeling.backbone import ResNet
     from torchvision.models.feature_extraction import create_feature_extractor
 
-    from als_det.detection.config import get_detection_cfg
+    from als_det.detection.config import MODEL_ZOO_PREFIX, get_detection_cfg
 
     pkl_path = Path(pkl_path)
+    config_file = str(config_file or DEFAULT_VERIFY_CONFIG)
+    if not (config_file.startswith(MODEL_ZOO_PREFIX) or Path(config_file).is_file()):
+        raise ConversionError(f"{config_file}: no such detection config")
+    if not pkl_path.is_file():
+        raise ConversionError(f"{pkl_path}: no such file")
     if isinstance(state_dict_or_input, (str, os.PathLike)):
         source_sd, _ = load_checkpoint_file(state_dict_or_input)
         source = str(state_dict_or_input)
@@ -329,7 +335,6 @@ def verify(pkl_path: str | os.PathLike, state_dict_or_input: Mapping[str, torch.
         raise ConversionError(f"{pkl_path}: not an {AUTHOR} detectron2 conversion")
     file_model: dict[str, np.ndarray] = data["model"]
 
-    config_file = str(config_file or DEFAULT_VERIFY_CONFIG)
     cfg = get_detection_cfg(config_file, [
         "MODEL.RESNETS.DEPTH", str(depth),
         "MODEL.RESNETS.RES2_OUT_CHANNELS", "64" if depth < 50 else "256",
@@ -352,7 +357,6 @@ def verify(pkl_path: str | os.PathLike, state_dict_or_input: Mapping[str, torch.
             if key in prep and not _same(prep[key], value):
                 result.problems.append(f"pretraining {key} {prep[key]} != config {value}")
 
-    torch.manual_seed(seed)
     model = build_model(cfg).eval()
     bottom_up = getattr(model.backbone, "bottom_up", model.backbone)
     if not isinstance(bottom_up, ResNet):
