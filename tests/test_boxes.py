@@ -256,3 +256,14 @@ def test_parse_voc_xml_reads_objects(tmp_path: Path) -> None:
     with pytest.raises(DataError, match="b.xml"):
         (tmp_path / "b.xml").write_text("<annotation><object><name>n1</name></object></annotation>")
         parse_voc_xml(tmp_path / "b.xml")
+
+
+def test_read_only_root_is_not_written_without_cache_dir(tmp_path: Path) -> None:
+    root = tmp_path / "ro"
+    jpeg(root / "train/n1/n1_0.JPEG")
+    root.chmod(0o555)
+    try:
+        assert build_index(root, "train")[2].images == 1
+        assert not (root / ".als_det_cache").exists()
+    finally:
+        root.chmod(0o755)

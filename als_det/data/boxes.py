@@ -39,6 +39,7 @@ import json
 import logging
 import os
 import pickle
+import stat
 import xml.etree.ElementTree as ET
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -407,7 +408,8 @@ def build_index(root: str | os.PathLike, split: str, boxes: str = "", val_labels
                 strict: bool = False, cache_dir: str | os.PathLike = "", max_per_class: int = 0,
                 classes: Sequence[str] | None = None
                 ) -> tuple[list[ImageRecord], list[str], IndexReport]:
-    """Index `root/split` with its boxes; cached under `cache_dir` (default ROOT/.als_det_cache).
+    """Index `root/split` with its boxes; cached under `cache_dir` (default ROOT/.als_det_cache,
+    not written when ROOT is marked read-only).
 
     The cache file is keyed by a hash of the arguments and the mtimes of the image and box
     folders (a folder's mtime changes when files are added or removed), checked on load and
@@ -442,6 +444,11 @@ def build_index(root: str | os.PathLike, split: str, boxes: str = "", val_labels
 
     records, classes, report = _build(root, split, boxes, val_labels, strict, max_per_class, classes)
     log.info("%s", report.summary())
+    if not cache_dir and not root.stat().st_mode & stat.S_IWUSR:
+        # a data root marked read-only stays untouched, even for a root user who could write it
+        log.warning("data root %s is read-only: index not cached; pass cache_dir= (DATA.CACHE_DIR) "
+                    "so it is not rebuilt at every start", root)
+        return records, classes, report
     data = {"format": CACHE_FORMAT, "key": key_material, "classes": classes,
             "report": asdict(report), **_pack(records, root)}
     try:
