@@ -552,6 +552,24 @@ def _spawn(name: str, plan: Plan, out: Path, smoke: bool) -> dict[str, Any]:
     return figures
 
 
+MIN_ALS_OVER_HARD = 0.98
+
+
+def checks(sections: dict[str, dict[str, Any]], smoke: bool) -> dict[str, str]:
+    """The pass/fail claims: ALS targets cost at most 2% of pretraining step throughput."""
+    out = {}
+    for tag in ("eager", "compiled"):
+        ratio = sections.get("pretrain", {}).get(f"{tag}_als_over_hard")
+        name = f"{tag} ALS/hard >= {MIN_ALS_OVER_HARD}"
+        if ratio is None:
+            out[name] = "not measured"
+        elif smoke:
+            out[name] = f"{ratio} (not checked: CPU smoke timings)"
+        else:
+            out[name] = f"{'ok' if ratio >= MIN_ALS_OVER_HARD else 'FAIL'} ({ratio})"
+    return out
+
+
 def table(results: dict[str, dict[str, Any]]) -> str:
     from tabulate import tabulate
 
@@ -588,11 +606,13 @@ def main() -> None:
                 continue
         report["sections"][name] = _spawn(name, plan, out, args.cpu_smoke)
         atomic_write_json(out / "gpu_check.json", report)
+    report["checks"] = checks(report["sections"], args.cpu_smoke)
     atomic_write_json(out / "gpu_check.json", report)
-    print(table(report["sections"]))
+    print(table({**report["sections"], "checks": report["checks"]}))
     failed = [n for n, f in report["sections"].items() if not str(f.get("status", "")).startswith(("ok", "skipped"))]
+    failed += [n for n, v in report["checks"].items() if v.startswith("FAIL")]
     if failed:
-        raise SystemExit(f"sections not completed: {failed} (figures so far in {out / 'gpu_check.json'})")
+        raise SystemExit(f"not completed or failed: {failed} (figures in {out / 'gpu_check.json'})")
 
 
 if __name__ == "__main__":
