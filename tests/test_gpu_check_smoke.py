@@ -1,0 +1,95 @@
+"""The GPU check's pieces that run on a CPU in seconds.
+
+The whole `benchmarks/gpu_check.sh --cpu-smoke` (wheelhouse build, fresh venv, every section)
+takes about 3 minutes, so it is documented in docs/benchmarks.md rather than run here.
+"""
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _load(name: str):
+    spec = importlib.util.spec_from_file_location(name, REPO / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def gpu_check():
+    return _load("gpu_check")
+
+
+def test_preinstalled_folder_has_torch_but_none_of_the_wheelhouse(tmp_path: Path) -> None:
+    emulate = _load("emulate_preinstalled")
+    names = emulate.build(tmp_path / "pre")
+    linked = {p.name for p in (tmp_path / "pre").iterdir()}
+    assert {"torch", "torchvision", "numpy", "PIL", "cv2", "tensorboard"} <= linked
+    assert not linked & {"detectron2", "pycocotools", "fvcore", "iopath", "yacs", "termcolor", "omegaconf",
+                         "hydra", "antlr4", "als_det"}
+    assert "torch" in names and "pb1-detectron2" not in names
+    assert all((tmp_path / "pre" / n).is_symlink() for n in linked)
+
+
+def test_header_path_tracks_the_same_crops_as_imagenetboxes(gpu_check, tmp_path: Path) -> None:
+    """Workers that never decode draw the crops and coverage ImageNetBoxes draws; decoding then
+    cropping the bytes gives (nearly) the image ImageNetBoxes makes with PIL."""
+    from als_det.data.imagenet import ImageNetBoxes
+
+    plan = gpu_check.smoke_plan()
+    records, classes = gpu_check.make_jpeg_set(tmp_path / "jpegs", plan, processes=1)
+    records = records[:12]
+    assert any(len(r.boxes) == 0 for r in records) and any(len(r.boxes) for r in records)
+    dataset = ImageNetBoxes(records, classes, train=True, image_size=plan.image_size, seed=3)
+    dataset.set_epoch(2)
+    encoded = gpu_check.EncodedCrops(dataset)
+    batch = encoded.collate([encoded[i] for i in range(len(records))])
+    flat, lengths, labels, cov, has_box, params = batch
+    images = gpu_check.decode_crop(flat, lengths, params, plan.image_size, torch.device("cpu"))
+    assert images.shape == (len(records), 3, plan.image_size, plan.image_size)
+    for i in range(len(records)):
+        image, label, coverage, box = dataset[i]
+        assert (label, box) == (int(labels[i]), bool(has_box[i]))
+        assert cov[i].item() == pytest.approx(coverage, abs=1e-6)
+        # PIL's and torch's antialiased bilinear resizes differ slightly, not in content.
+        assert (images[i] - image).abs().mean().item() < 0.02
+    assert 0.0 < cov[has_box].mean().item() <= 1.0
+    assert not cov[~has_box].any()
+
+
+def test_decode_crop_rejects_a_header_that_lies(gpu_check, tmp_path: Path) -> None:
+    plan = gpu_check.smoke_plan()
+    records, _ = gpu_check.make_jpeg_set(tmp_path / "jpegs", plan, processes=1)
+    data = torch.from_numpy(np.fromfile(records[0].path, dtype=np.uint8))
+    wrong = torch.tensor([[0, 0, 10, 10, 0, records[0].height + 1, records[0].width]])
+    with pytest.raises(ValueError, match="header size"):
+        gpu_check.decode_crop(data, torch.tensor([len(data)]), wrong, 8, torch.device("cpu"))
+
+
+def test_detectron2_log_figures(gpu_check) -> None:
+    log = ("[11/28 00:57:40] d2.utils.events INFO:  eta: 0:00:01  iter: 39  total_loss: 2.1  time: 0.2 "
+           "data_time: 0.01  lr: 0.01  max_mem: 1500M\n"
+           "[11/28 00:57:41] d2.utils.events INFO:  eta: 0:00:00  iter: 49  total_loss: 2.0  time: 0.2 "
+           "data_time: 0.01  lr: 0.01  max_mem: 3072M\n"
+           "[11/28 00:57:46] d2.engine.hooks INFO: Overall training speed: 47 iterations in 0:00:09 "
+           "(0.2125 s / it)\n")
+    assert gpu_check._detectron2_log_figures(log) == {"timed_iterations": 47, "s_per_iter": 0.2125,
+                                                      "peak_mem_gib": 3.0}
+    assert gpu_check._detectron2_log_figures("no such lines")["s_per_iter"] is None
+
+
+def test_checks_flag_a_slow_als_step(gpu_check) -> None:
+    sections = {"pretrain": {"eager_als_over_hard": 0.97, "compiled_als_over_hard": 0.995}}
+    result = gpu_check.checks(sections, smoke=False)
+    assert result[f"eager ALS/hard >= {gpu_check.MIN_ALS_OVER_HARD}"].startswith("FAIL")
+    assert result[f"compiled ALS/hard >= {gpu_check.MIN_ALS_OVER_HARD}"].startswith("ok")
+    assert all("not checked" in v for v in gpu_check.checks(sections, smoke=True).values())
