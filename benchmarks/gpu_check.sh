@@ -51,8 +51,14 @@ if [[ $SMOKE -eq 1 ]]; then
   echo "$OUT/preinstalled" > "$SITE/gpu_machine_preinstalled.pth"
 else
   WHEELHOUSE="${WHEELHOUSE:-$REPO/wheelhouse}"
-  # The preinstalled torch stays visible; the wheelhouse adds only what is missing.
-  "$PY" -m venv --without-pip --system-site-packages "$VENV"
+  # A bare venv that sees the interpreter's own packages (torch, pip, ...) after its own, through
+  # a .pth: unlike --system-site-packages this also works when python3 is itself a venv/conda env.
+  "$PY" -m venv --without-pip "$VENV"
+  SITE="$("$VENV/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
+  "$PY" -c 'import os, site
+for d in site.getsitepackages() + [site.getusersitepackages()]:
+    if os.path.isdir(d):
+        print(f"import site; site.addsitedir({d!r})")' > "$SITE/gpu_machine_preinstalled.pth"
 fi
 VPY="$VENV/bin/python"
 PYVER="$("$VPY" -c 'import sys; print(f"{sys.version_info[0]}.{sys.version_info[1]}")')"
@@ -66,7 +72,7 @@ WANT="$("$VPY" -c 'import json,sys; print(json.load(open(sys.argv[1]))["python_v
   echo "  rebuild: python benchmarks/build_wheelhouse.py --python-version $PYVER $WHEELHOUSE" >&2; exit 2; }
 
 echo "== installing $(ls "$WHEELHOUSE"/*.whl | wc -l) wheels from $WHEELHOUSE into $VENV (no index)"
-"$VPY" -m pip --disable-pip-version-check install -q --no-index --no-deps "$WHEELHOUSE"/*.whl \
+"$VPY" -m pip --disable-pip-version-check install -q --no-index --no-deps --ignore-installed "$WHEELHOUSE"/*.whl \
   > "$OUT/pip_install.log" 2>&1 || { cat "$OUT/pip_install.log"; exit 1; }
 if [[ $SMOKE -eq 1 ]]; then
   # Every requirement of every installed distribution must be met by wheelhouse + preinstalled,
