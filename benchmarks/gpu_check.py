@@ -113,7 +113,7 @@ def sync(device: torch.device) -> None:
 
 
 def peak_mem_gib(device: torch.device) -> float | None:
-    return torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
+    return round(torch.cuda.max_memory_allocated(device) / 2**30, 2) if device.type == "cuda" else None
 
 
 # ---------------------------------------------------------------------------------------------
