@@ -15,6 +15,7 @@ import torch
 from PIL import Image
 
 from als_det.analysis.evaluate import (
+    bootstrap_ratio_intervals,
     EvalOptions,
     EvaluationInputError,
     evaluate_checkpoints,
@@ -196,3 +197,26 @@ def test_torchrun_two_processes_match_one(setup, tmp_path) -> None:
             assert b["variants"][v]["mean_confidence"] == pytest.approx(a["variants"][v]["mean_confidence"], abs=1e-5)
         assert b["cam"]["mean_energy_inside_boxes"] == pytest.approx(a["cam"]["mean_energy_inside_boxes"], abs=1e-5)
     shutil.rmtree(tmp_path / "dist")
+
+
+def test_bootstrap_intervals_cover_one_only_when_models_agree() -> None:
+    g = torch.Generator().manual_seed(0)
+    val = torch.rand(400, generator=g) * 0.5 + 0.4
+    bg = torch.rand(300, generator=g) * 0.5 + 0.2
+    same = {"a": {"val": val, "bg_only": bg}, "b": {"val": val.clone(), "bg_only": bg.clone()}}
+    iv = bootstrap_ratio_intervals(same, "a", "b", "bg_only", k=10, n_boot=200)
+    assert all(lo == pytest.approx(1.0) and hi == pytest.approx(1.0) for lo, hi in iv.values())
+    # b is less confident on bg_only alone (by 30%): absolute and relative ratios exclude 1.
+    less = {"a": {"val": val, "bg_only": bg}, "b": {"val": val, "bg_only": bg * 0.7}}
+    iv = bootstrap_ratio_intervals(less, "a", "b", "bg_only", k=10, n_boot=200)
+    assert iv["ratio_absolute"][0] > 1.3 and iv["ratio_relative_to_val"][0] > 1.3
+    # b is less confident everywhere by the same factor: the relative ratio stays at 1.
+    scaled = {"a": {"val": val, "bg_only": bg}, "b": {"val": val * 0.7, "bg_only": bg * 0.7}}
+    iv = bootstrap_ratio_intervals(scaled, "a", "b", "bg_only", k=10, n_boot=200)
+    assert iv["ratio_relative_to_val"][0] < 1 < iv["ratio_relative_to_val"][1] and iv["ratio_absolute"][0] > 1.3
+
+
+def test_sentence_says_alike_when_the_relative_interval_includes_one() -> None:
+    als, hard = _fake(0.33, 0.33 / 0.96, 0.44, 0.11), _fake(0.56, 0.56 / 0.93, 0.59, 0.04)
+    h = headline_comparison("als", "hard", als, hard, "bg_only", {"ratio_relative_to_val": [0.95, 1.12]})
+    assert "rely on context alike" in h["sentence"] and "95% CI 0.95-1.12" in h["sentence"]

@@ -88,6 +88,7 @@ class LoadedModel:
     prep: Preprocessing
     sha256: str = ""
     results: dict[str, Any] = field(default_factory=dict)
+    confidences: dict[str, torch.Tensor] = field(default_factory=dict)   # per image, by view
 
 
 def _val_resize(ckpt: dict[str, Any], path: str) -> int:
@@ -244,8 +245,45 @@ def _fmt(v: float | None, spec: str = ".2f") -> str:
     return "n/a" if v is None else format(v, spec)
 
 
-def headline_comparison(a: str, b: str, ma: dict[str, Any], mb: dict[str, Any], source: str) -> dict[str, Any] | None:
-    """bg-confidence ratio of model `a` over baseline `b` in three forms, plus a sentence from the numbers."""
+def bootstrap_ratio_intervals(conf: dict[str, dict[str, torch.Tensor]], a: str, b: str, source: str, k: int,
+                              n_boot: int = 1000, seed: int = 0, level: float = 0.95) -> dict[str, list[float]]:
+    """Percentile bootstrap intervals of the three ratios, resampling images with replacement.
+
+    `conf[model][view]` holds per-image max-softmax confidences ("val" and `source`), the same
+    images in the same order for every model, so resamples are paired across the two models; the
+    val and context-only image sets are resampled separately.
+    """
+    g = torch.Generator().manual_seed(seed)
+
+    def means(view: str) -> tuple[torch.Tensor, torch.Tensor]:
+        ca, cb = conf[a][view].double(), conf[b][view].double()
+        out_a, out_b = [], []
+        for start in range(0, n_boot, 100):
+            idx = torch.randint(0, ca.shape[0], (min(100, n_boot - start), ca.shape[0]), generator=g)
+            out_a.append(ca[idx].mean(1))
+            out_b.append(cb[idx].mean(1))
+        return torch.cat(out_a), torch.cat(out_b)
+
+    sa, sb = means(source)
+    va, vb = means("val")
+    chance = 1.0 / k
+    samples = {"ratio_absolute": sa / sb,
+               "ratio_above_chance": ((sa - chance) / (1 - chance)) / ((sb - chance) / (1 - chance)),
+               "ratio_relative_to_val": (sa / va) / (sb / vb)}
+    q = torch.tensor([(1 - level) / 2, 1 - (1 - level) / 2], dtype=torch.float64)
+    out = {key: [float(v) for v in torch.quantile(x, q)] for key, x in samples.items()}
+    if not bool(((sb - chance) > 0).all()):
+        del out["ratio_above_chance"]   # the baseline touches chance in some resamples: no finite interval
+    return out
+
+
+def headline_comparison(a: str, b: str, ma: dict[str, Any], mb: dict[str, Any], source: str,
+                        intervals: dict[str, list[float]] | None = None) -> dict[str, Any] | None:
+    """bg-confidence ratio of model `a` over baseline `b` in three forms, plus a sentence from the numbers.
+
+    `intervals` (from `bootstrap_ratio_intervals`) lets the sentence say whether a ratio is
+    distinguishable from 1.
+    """
     va, vb = ma["variants"].get(source), mb["variants"].get(source)
     if not va or not vb or not va.get("n") or not vb.get("n"):
         return None
@@ -254,18 +292,20 @@ def headline_comparison(a: str, b: str, ma: dict[str, Any], mb: dict[str, Any], 
     wa, wb = ma["val"]["mean_confidence"], mb["val"]["mean_confidence"]
     chance = 1.0 / k
     na, nb = (ca - chance) / (1 - chance), (cb - chance) / (1 - chance)
-    absolute = _ratio(ca, cb)
-    above_chance = _ratio(na, nb) if nb > 0 else None
     rel_a, rel_b = ca / wa, cb / wb
-    relative = _ratio(rel_a, rel_b)
-    val_ratio = wa / wb
     out = {"model": a, "baseline": b, "source": source, "num_classes": k,
            "confidence": {a: ca, b: cb}, "val_confidence": {a: wa, b: wb},
            "above_chance": {a: na, b: nb}, "relative_to_val": {a: rel_a, b: rel_b},
-           "ratio_absolute": absolute, "ratio_above_chance": above_chance, "ratio_relative_to_val": relative,
-           "ratio_val_confidence": val_ratio}
+           "ratio_absolute": _ratio(ca, cb), "ratio_above_chance": _ratio(na, nb) if nb > 0 else None,
+           "ratio_relative_to_val": _ratio(rel_a, rel_b), "ratio_val_confidence": wa / wb,
+           "intervals_95": intervals or {}}
     out["sentence"] = _headline_sentence(out, ma["val"]["top1"], mb["val"]["top1"], ma["val"]["ece"], mb["val"]["ece"])
     return out
+
+
+def _ci(h: dict[str, Any], key: str) -> str:
+    iv = h["intervals_95"].get(key)
+    return f", 95% CI {iv[0]:.2f}-{iv[1]:.2f}" if iv else ""
 
 
 def _headline_sentence(h: dict[str, Any], top1_a: float, top1_b: float, ece_a: float, ece_b: float) -> str:
@@ -273,22 +313,26 @@ def _headline_sentence(h: dict[str, Any], top1_a: float, top1_b: float, ece_a: f
     ca, cb = h["confidence"][a], h["confidence"][b]
     verb = "lowers" if ca < cb else "raises"
     parts = [f"{a} {verb} mean {s} confidence from {cb:.2f} ({b}) to {ca:.2f} "
-             f"({ca - cb:+.2f} absolute, ratio {_fmt(h['ratio_absolute'])}; ratio above chance "
-             f"{_fmt(h['ratio_above_chance'])} with K={h['num_classes']})."]
+             f"({ca - cb:+.2f} absolute, ratio {_fmt(h['ratio_absolute'])}{_ci(h, 'ratio_absolute')}; ratio above "
+             f"chance {_fmt(h['ratio_above_chance'])} with K={h['num_classes']})."]
     wa, wb = h["val_confidence"][a], h["val_confidence"][b]
     parts.append(f"On intact val its mean confidence is {wa:.2f} vs {wb:.2f} (ratio {h['ratio_val_confidence']:.2f}), "
                  f"top-1 {top1_a:.1%} vs {top1_b:.1%}, ECE {ece_a:.3f} vs {ece_b:.3f}.")
     rel = h["ratio_relative_to_val"]
     ra, rb = h["relative_to_val"][a], h["relative_to_val"][b]
     parts.append(f"Relative to each model's own val confidence, {s}/val is {ra:.2f} for {a} and {rb:.2f} for {b} "
-                 f"(ratio {rel:.2f}):")
+                 f"(ratio {rel:.2f}{_ci(h, 'ratio_relative_to_val')}):")
     absolute, val_ratio = h["ratio_absolute"], h["ratio_val_confidence"]
     if absolute is not None and absolute < 1 and val_ratio < 1:
         share = math.log(val_ratio) / math.log(absolute)
         parts.append(f"the lower val confidence accounts for {min(share, 9.99):.0%} of the {s} drop in log terms,")
     elif absolute is not None and absolute < 1:
         parts.append(f"none of the {s} drop comes from lower val confidence,")
-    if rel < 1:
+    iv = h["intervals_95"].get("ratio_relative_to_val")
+    if iv and iv[0] <= 1 <= iv[1]:
+        parts.append(f"so once overall confidence is accounted for, {a} and {b} rely on context alike "
+                     "(the interval includes 1).")
+    elif rel < 1:
         parts.append(f"so {a} relies less on context than {b} even after accounting for its overall confidence "
                      f"(by a factor {rel:.2f}).")
     else:
@@ -296,17 +340,25 @@ def _headline_sentence(h: dict[str, Any], top1_a: float, top1_b: float, ece_a: f
     return " ".join(parts)
 
 
-def headline(models: dict[str, dict[str, Any]], baseline: str) -> dict[str, Any]:
-    """Comparisons of every model with the baseline on each context-only source (bg_only first)."""
+def headline(models: dict[str, dict[str, Any]], baseline: str,
+             conf: dict[str, dict[str, torch.Tensor]] | None = None, seed: int = 0) -> dict[str, Any]:
+    """Comparisons of every model with the baseline on each context-only source (bg_only first);
+    with per-image confidences `conf`, each ratio gets a bootstrap interval."""
     comps: dict[str, dict[str, Any]] = {}
     for name, m in models.items():
         if name == baseline:
             continue
         for source in CONTEXT_SOURCES:
-            h = headline_comparison(name, baseline, m, models[baseline], source)
+            intervals = None
+            ca, cb = (conf or {}).get(name, {}).get(source), (conf or {}).get(baseline, {}).get(source)
+            if ca is not None and cb is not None and ca.numel() and ca.shape == cb.shape:
+                intervals = bootstrap_ratio_intervals(conf, name, baseline, source, int(m["val"]["num_classes"]),
+                                                      seed=seed)
+            h = headline_comparison(name, baseline, m, models[baseline], source, intervals)
             if h is not None:
                 comps.setdefault(name, {})[source] = h
-    return {"baseline": baseline, "primary_source": "bg_only", "comparisons": comps}
+    return {"baseline": baseline, "primary_source": "bg_only", "comparisons": comps,
+            "interval_method": "percentile bootstrap, 1000 resamples of images, paired across models"}
 
 
 def _cache_dir(root: Path, out_dir: Path, requested: str) -> str:
@@ -400,6 +452,7 @@ def evaluate_checkpoints(checkpoints: Sequence[str], data_root: str, out_dir: st
                     if k in ("frac_confidence_gt_0.5", "confidence_histogram")})
         val["skipped"] = res["skipped"]
         lm.results["val"] = val
+        lm.confidences = {"val": res["logits"].softmax(1).max(1).values}
         lm.results["cam"] = cam_summary(res, records, lm.prep, opts.cam_method)
         if opts.temperature_scaling:
             lm.results["temperature_scaling"] = temperature_scaling_report(
@@ -408,9 +461,11 @@ def evaluate_checkpoints(checkpoints: Sequence[str], data_root: str, out_dir: st
         for v in BOX_VARIANTS:
             r = _drop_undecodable(run_pass(lm, records, v, opts, info, f"{lm.name} {v}", False))
             variants[v] = {**confidence_summary(r["logits"], r["labels"], v), "skipped": r["skipped"]}
+            lm.confidences[v] = r["logits"].softmax(1).max(1).values
         for split, recs in extra.items():
             r = _drop_undecodable(run_pass(lm, recs, "intact", opts, info, f"{lm.name} {split}", split == "val_mixed"))
             variants[split] = {**confidence_summary(r["logits"], r["labels"], split), "skipped": r["skipped"]}
+            lm.confidences[split] = r["logits"].softmax(1).max(1).values
             if split == "val_mixed" and len(r["labels"]):
                 cal = calibration_metrics_from_logits(r["logits"], r["labels"])
                 variants[split].update({k: cal[k] for k in ("top1", "top5", "nll", "brier", "ece", "mce", "ace")})
@@ -435,7 +490,7 @@ def evaluate_checkpoints(checkpoints: Sequence[str], data_root: str, out_dir: st
         figures["cam_grid"] = grid.name
     metrics = {
         "models": metrics_models,
-        "headline": headline(metrics_models, baseline),
+        "headline": headline(metrics_models, baseline, {lm.name: lm.confidences for lm in models}, opts.seed),
         "data": {"root": str(root.resolve()), "split": opts.split, "classes": classes,
                  "index": report.summary(), "images_in_index": len(records_all), "images_evaluated": len(records),
                  "with_boxes": sum(1 for r in records if len(r.boxes)), "extra_splits": list(extra),

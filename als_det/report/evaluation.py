@@ -50,6 +50,13 @@ def _skips(d: dict[str, Any] | None) -> str:
     return ", ".join(items) or "none"
 
 
+def _with_interval(h: dict[str, Any] | None, key: str) -> str:
+    if not h or h.get(key) is None:
+        return "n/a"
+    iv = h.get("intervals_95", {}).get(key)
+    return f"{h[key]:.3f}" + (f" ({iv[0]:.3f}-{iv[1]:.3f})" if iv else "")
+
+
 def render_report(metrics: dict[str, Any]) -> str:
     """The Markdown text of the report (figures referenced by relative links)."""
     models = metrics["models"]
@@ -152,13 +159,14 @@ def render_report(metrics: dict[str, Any]) -> str:
     else:
         out.append(f"Ratio of mean confidence on context-only images, each model over the baseline "
                    f"`{head['baseline']}`, in three forms. Absolute alone misleads when a model is less confident "
-                   "everywhere; with few classes the chance floor 1/K caps any absolute ratio.")
+                   "everywhere; with few classes the chance floor 1/K caps any absolute ratio. In brackets: 95% "
+                   f"intervals ({head.get('interval_method', 'bootstrap')}).")
         cols = list(comps)
         for source in ("bg_only", "outside_crop", "val_bg_only"):
             if not any(source in comps[c] for c in cols):
                 continue
             out += ["", f"### {source}" + (" (primary)" if source == head["primary_source"] else ""), ""]
-            out.append(_table(cols, [(label, lambda c, k=key, s=source: _get(comps[c], s, k), ".3f")
+            out.append(_table(cols, [(label, lambda c, k=key, s=source: _with_interval(comps[c].get(s), k), "")
                                      for key, label in FORMS]))
             out.append("")
             out += [f"- {comps[c][source]['sentence']}" for c in cols if source in comps[c]]
