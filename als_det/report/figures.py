@@ -19,7 +19,7 @@ def _save(fig: Figure, path: str | Path) -> Path:
 
 
 def reliability_diagrams(models: dict[str, dict[str, Any]], path: str | Path) -> Path:
-    """A panel per model: accuracy per confidence bin against the diagonal, gaps shaded, ECE in the title.
+    """A panel per model: accuracy per confidence bin (bars) and the bin's mean confidence (red), ECE in the title.
 
     `models[name]` is a `calibration_metrics` dict (with "bins").
     """
@@ -34,10 +34,10 @@ def reliability_diagrams(models: dict[str, dict[str, Any]], path: str | Path) ->
         acc = np.array([np.nan if a is None else a for a in m["bins"]["accuracy"]])
         conf = np.array([np.nan if c is None else c for c in m["bins"]["confidence"]])
         filled = ~np.isnan(acc)
-        ax.bar(centres[filled], acc[filled], width=width[filled], color="tab:blue", edgecolor="black",
-               linewidth=0.5, label="accuracy")
-        ax.bar(centres[filled], (conf - acc)[filled], bottom=acc[filled], width=width[filled], color="tab:red",
-               alpha=0.35, edgecolor="tab:red", linewidth=0.5, label="gap to confidence")
+        ax.bar(centres[filled], acc[filled], width=width[filled], color="tab:blue", alpha=0.75, edgecolor="black",
+               linewidth=0.5, label="accuracy in bin")
+        ax.hlines(conf[filled], edges[:-1][filled], edges[1:][filled], colors="tab:red", linewidth=2,
+                  label="mean confidence in bin")
         ax.plot([0, 1], [0, 1], "k--", linewidth=1)
         ax.set_xlim(0, 1)
         ax.set_ylim(0, 1)
