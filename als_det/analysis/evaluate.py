@@ -358,7 +358,8 @@ def headline(models: dict[str, dict[str, Any]], baseline: str,
             if h is not None:
                 comps.setdefault(name, {})[source] = h
     return {"baseline": baseline, "primary_source": "bg_only", "comparisons": comps,
-            "interval_method": "percentile bootstrap, 1000 resamples of images, paired across models"}
+            "interval_method": "percentile bootstrap, 1000 resamples of images, paired across models; it covers "
+                               "the choice of images only, not seed-to-seed training variance"}
 
 
 def _cache_dir(root: Path, out_dir: Path, requested: str) -> str:
