@@ -73,6 +73,11 @@ def make_checkpoint(path: Path, strategy: str, classes=CLASSES, seed: int = 0, a
 def setup(tmp_path_factory):
     base = tmp_path_factory.mktemp("eval")
     root = make_tree(base / "data")
+    # The generated data set's layout: its own val_mixed (with boxes) and val_bg_only (no boxes) splits.
+    shutil.copytree(root / "val", root / "val_mixed")
+    shutil.copytree(root / "Annotation" / "val", root / "Annotation" / "val_mixed")
+    shutil.copytree(root / "val", root / "val_bg_only")
+    (root / "generation.json").write_text("{}")
     ckpts = [make_checkpoint(base / "hard.pth", "hard", seed=0), make_checkpoint(base / "als.pth", "als", seed=1)]
     return base, root, ckpts
 
@@ -99,6 +104,11 @@ def test_evaluation_writes_every_section(setup) -> None:
     assert cam["skipped"]["no_box"] == 3 and cam["n"] + cam["skipped"]["no_positive_energy"] == 9
     assert cam["n"] == 0 or 0.0 <= cam["mean_energy_inside_boxes"] <= 1.0
     assert "temperature" in hard["temperature_scaling"]
+    assert hard["variants"]["val_mixed"]["n"] == 12 and "ece" in hard["variants"]["val_mixed"]
+    assert hard["variants"]["val_bg_only"]["n"] == 12 and "context_accuracy" in hard["variants"]["val_bg_only"]
+    # val_mixed here holds the very images of val: the same numbers.
+    assert hard["variants"]["val_mixed"]["top1"] == hard["val"]["top1"]
+    assert "val_bg_only" in on_disk["headline"]["comparisons"]["als"]
     head = on_disk["headline"]
     assert head["baseline"] == "hard" and "bg_only" in head["comparisons"]["als"]
     assert on_disk["versions"]["torch"] == torch.__version__.split("+")[0]
