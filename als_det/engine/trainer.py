@@ -247,7 +247,8 @@ def evaluate(model: nn.Module, loader: DataLoader, device: torch.device, num_cla
     good = y >= 0
     if not good.any():
         raise ValueError("evaluation found no readable val image")
-    out = {k: v for k, v in calibration_metrics_from_logits(z[good], y[good]).items() if not isinstance(v, (dict, list))}
+    metrics = calibration_metrics_from_logits(z[good], y[good])
+    out = {k: v for k, v in metrics.items() if not isinstance(v, (dict, list))}  # scalars; no reliability bins
     out.update(n=int(good.sum()), bad_images=int((~good).sum()))
     return out
 
@@ -291,11 +292,15 @@ def train(cfg: CfgNode, resume: str | None = None, stop_after_epoch: int | None 
     with checkpoints) after that many epochs, the schedule still planned for SOLVER.EPOCHS, as if
     preempted. model_hook: called with the freshly built model (e.g. to attach forward hooks).
     """
+    owns_group = not torch.distributed.is_initialized()
+    deterministic = torch.are_deterministic_algorithms_enabled()
     info = init_distributed(cfg.TRAIN.DEVICE)
     try:
         return _train(cfg, info, resume, stop_after_epoch, model_hook)
     finally:
-        cleanup_distributed()
+        torch.use_deterministic_algorithms(deterministic)
+        if owns_group:
+            cleanup_distributed()
 
 
 def _train(cfg: CfgNode, info: DistInfo, resume: str | None, stop_after_epoch: int | None,
