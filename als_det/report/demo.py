@@ -1,0 +1,154 @@
+"""The demo's one page: pretraining curves, classification/calibration/context table, the detector
+AP table, every figure, stage timings. Reads only result files (metrics.jsonl, metrics.json,
+comparison.*), so it can be redrawn from a finished `demo_output/` at any time."""
+from __future__ import annotations
+
+import io
+import json
+import math
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+from matplotlib.figure import Figure
+
+from als_det.io import atomic_write_bytes, atomic_write_text
+from als_det.versions import package_versions
+
+# (label, path into a model's metrics.json entry, format)
+CONTEXT_COLUMNS: list[tuple[str, tuple[str, ...], str]] = [
+    ("top-1", ("val", "top1"), ".3f"),
+    ("ECE", ("val", "ece"), ".3f"),
+    ("NLL", ("val", "nll"), ".3f"),
+    ("conf val", ("val", "mean_confidence"), ".3f"),
+    ("conf bg_only", ("variants", "bg_only", "mean_confidence"), ".3f"),
+    ("conf val_bg_only", ("variants", "val_bg_only", "mean_confidence"), ".3f"),
+    ("bg_only / val", None, ".3f"),  # computed: relative confidence
+    ("top-1 val_mixed", ("variants", "val_mixed", "context_accuracy"), ".3f"),
+    ("CAM in box", ("cam", "mean_energy_inside_boxes"), ".3f"),
+]
+
+
+def _get(d: Mapping[str, Any], path: Sequence[str]) -> float | None:
+    for key in path:
+        if not isinstance(d, Mapping) or key not in d:
+            return None
+        d = d[key]
+    return None if d is None else float(d)
+
+
+def _arm(name: str) -> str:
+    return name.rsplit("_s", 1)[0] if "_s" in name else name
+
+
+def _cell(values: list[float], spec: str) -> str:
+    values = [v for v in values if v is not None and not math.isnan(v)]
+    if not values:
+        return "–"
+    if len(values) == 1:
+        return format(values[0], spec)
+    return f"{format(float(np.mean(values)), spec)} ± {format(float(np.std(values, ddof=1)), spec)}"
+
+
+def context_table(models: Mapping[str, Mapping[str, Any]]) -> str:
+    """Markdown table, one row per arm (mean ± sample std over seeds when there are several)."""
+    by_arm: dict[str, list[Mapping[str, Any]]] = defaultdict(list)
+    for name, m in models.items():
+        by_arm[_arm(name)].append(m)
+    header = ["arm", "n"] + [c[0] for c in CONTEXT_COLUMNS]
+    rows = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for arm, ms in by_arm.items():
+        cells = [arm, str(len(ms))]
+        for label, path, spec in CONTEXT_COLUMNS:
+            if path is None:
+                vals = [(_get(m, ("variants", "bg_only", "mean_confidence")) or math.nan)
+                        / (_get(m, ("val", "mean_confidence")) or math.nan) for m in ms]
+            else:
+                vals = [_get(m, path) for m in ms]
+            cells.append(_cell(vals, spec))
+        rows.append("| " + " | ".join(cells) + " |")
+    return "\n".join(rows)
+
+
+def pretrain_table(runs: Mapping[str, Path]) -> tuple[str, dict[str, list[dict[str, Any]]]]:
+    """Per run: epochs, final val top-1 and ECE, mean ALS smoothing, wall time; plus the curves."""
+    curves: dict[str, list[dict[str, Any]]] = {}
+    rows = ["| run | epochs | val top-1 | val ECE | mean e | train s |", "|---|---|---|---|---|---|"]
+    for name, ckpt in runs.items():
+        path = ckpt.parent / "metrics.jsonl"
+        lines = [json.loads(x) for x in path.read_text().splitlines() if x.strip()] if path.is_file() else []
+        curves[name] = lines
+        last = lines[-1] if lines else {}
+        total = sum(float(x.get("epoch_time_s") or 0.0) for x in lines)
+        rows.append(f"| {name} | {last.get('epoch', '–')} | {_fmt(last.get('val_top1'))} | "
+                    f"{_fmt(last.get('val_ece'))} | {_fmt(last.get('mean_e'))} | "
+                    f"{total:.0f} |")
+    return "\n".join(rows), curves
+
+
+def _fmt(v: Any, spec: str = ".3f") -> str:
+    return "–" if v is None else format(float(v), spec)
+
+
+def curves_figure(curves: Mapping[str, list[dict[str, Any]]], path: Path) -> Path | None:
+    if not any(curves.values()):
+        return None
+    fig = Figure(figsize=(9, 3.2))
+    axes = fig.subplots(1, 2)
+    for name, lines in curves.items():
+        epochs = [x["epoch"] for x in lines]
+        axes[0].plot(epochs, [x.get("train_loss") for x in lines], marker="o", label=name)
+        axes[1].plot(epochs, [x.get("val_top1") for x in lines], marker="o", label=name)
+    axes[0].set(title="train loss", xlabel="epoch")
+    axes[1].set(title="val top-1", xlabel="epoch", ylim=(0, 1))
+    axes[1].legend(fontsize=8)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100)
+    return atomic_write_bytes(path, buf.getvalue())
+
+
+def write_demo_report(out: Path, plan: Any, ckpts: Mapping[str, Path], eval_dir: Path, det_dirs: Sequence[Path],
+                      compare_dir: Path, timings: Mapping[str, float]) -> tuple[Path, str]:
+    """Write OUT/report.md; return it and the two tables printed at the end of `make demo`."""
+    metrics = json.loads((eval_dir / "metrics.json").read_text())
+    ctx = context_table(metrics["models"])
+    ap_table = (compare_dir / "comparison.md").read_text().strip()
+    pre_table, curves = pretrain_table(ckpts)
+    curves_png = curves_figure(curves, out / "pretrain_curves.png")
+    sentences = [c.get("sentence") for c in metrics.get("headline", {}).get("comparisons", {}).values()
+                 if isinstance(c, Mapping) and c.get("sentence")]
+    rel = lambda p: Path(p).relative_to(out).as_posix()  # noqa: E731
+    figures = metrics.get("figures", {})
+    seeds = list(plan.seeds)
+
+    md = [f"# als_det demo report\n",
+          f"Generated {time.strftime('%Y-%m-%d %H:%M')} by `make demo` (seeds {seeds}) on the generated "
+          "context-bias data set. **Demo-scale numbers on generated data**, not ImageNet/COCO results.\n",
+          "## Pretraining\n", pre_table, ""]
+    if curves_png:
+        md += [f"![pretraining curves]({rel(curves_png)})\n"]
+    md += ["## Classification, calibration and context reliance\n",
+           "conf = mean max-softmax confidence. `bg_only`: val images with every box of the labelled class "
+           "filled; `val_bg_only`: generated backgrounds with no object; `bg_only / val`: context-only "
+           "confidence relative to the same model's confidence on intact images; `CAM in box`: share of "
+           "class-activation energy inside the labelled boxes.\n",
+           ctx, ""]
+    if sentences:
+        md += ["**What the numbers say** (from `evaluation/metrics.json`):\n"] + [f"- {s}" for s in sentences] + [""]
+    for key, title in (("reliability", "Reliability diagrams"), ("bg_only_confidence", "Confidence on bg_only"),
+                       ("cam_grid", "Class activation maps")):
+        if figures.get(key):
+            md += [f"### {title}\n", f"![{title}]({rel(eval_dir / Path(figures[key]).name)})\n"]
+    md += [f"Full evaluation report: [evaluation/report.md]({rel(eval_dir / 'report.md')})\n",
+           "## Detection transfer (Faster R-CNN, COCO-style box AP)\n", ap_table, "",
+           f"![AP by strategy]({rel(compare_dir / 'ap_by_strategy.png')})\n",
+           "## Stages\n", "| stage | seconds |", "|---|---|"]
+    md += [f"| {k} | {v:.0f} |" for k, v in timings.items()]
+    md += ["", "## Versions\n", "```", json.dumps(package_versions(), indent=1), "```", ""]
+    report = atomic_write_text(out / "report.md", "\n".join(md))
+    tables = ("Classification / calibration / context (demo scale, generated data)\n" + ctx +
+              "\n\nDetection AP (demo scale, generated data)\n" + ap_table)
+    return report, tables
