@@ -15,12 +15,15 @@ It writes OUT_DIR/wheelhouse.json (target Python, wheels, sizes, sha256) and pri
 `benchmarks/gpu_check.sh` installs the result with `pip install --no-index --no-deps`.
 
 Usage: python benchmarks/build_wheelhouse.py [--python-version 3.12] [OUT_DIR]   (default wheelhouse/)
+       python benchmarks/build_wheelhouse.py --check-fresh [OUT_DIR]   (als_det wheel vs the tree)
 """
 from __future__ import annotations
 
 import argparse
+import hashlib
 import importlib.metadata
 import importlib.util
+import json
 import shutil
 import subprocess
 import sys
@@ -88,6 +91,25 @@ def build_als_det(out: Path) -> None:
         _run(_pip("wheel", "--no-deps", "--no-build-isolation", "-w", str(out), tmp))
 
 
+def source_digest(root: Path = REPO) -> str:
+    """sha256 over the als_det sources the wheel is built from (paths and contents)."""
+    h = hashlib.sha256()
+    files = [root / "pyproject.toml"] + sorted((root / "als_det").rglob("*.py"))
+    for file in files:
+        h.update(file.relative_to(root).as_posix().encode() + b"\0" + file.read_bytes() + b"\0")
+    return h.hexdigest()
+
+
+def check_fresh(out: Path) -> None:
+    """Stop if OUT's als_det wheel was built from other sources than this tree's."""
+    built = json.loads((out / "wheelhouse.json").read_text()).get("als_det_source_sha256")
+    if built != source_digest():
+        raise SystemExit(f"{out}: its als_det wheel was built from other sources than this tree's "
+                         f"als_det/ (changed since); rebuild: python benchmarks/build_wheelhouse.py "
+                         f"--python-version X.Y {out}")
+    print(f"{out}: als_det wheel matches this tree's sources")
+
+
 def check_pure(wheels: list[Path], binary_prefixes: tuple[str, ...]) -> None:
     for wheel in wheels:
         if wheel.name.lower().startswith(binary_prefixes):
@@ -114,6 +136,7 @@ def build(out: Path, python_version: str) -> dict:
     manifest = {
         "python_version": python_version,
         "built_with": sys.version.split()[0],
+        "als_det_source_sha256": source_digest(),
         "total_bytes": total,
         "wheels": [{"file": w.name, "bytes": w.stat().st_size, "sha256": sha256_file(w)} for w in wheels],
     }
@@ -126,7 +149,12 @@ def main() -> None:
     parser.add_argument("out", nargs="?", default=str(REPO / "wheelhouse"), help="output folder")
     parser.add_argument("--python-version", default="3.12",
                         help="target interpreter, e.g. 3.12 (the GPU machine) or 3.11 (this machine)")
+    parser.add_argument("--check-fresh", action="store_true",
+                        help="build nothing; fail if OUT's als_det wheel is older than the tree's sources")
     args = parser.parse_args()
+    if args.check_fresh:
+        check_fresh(Path(args.out))
+        return
     manifest = build(Path(args.out), args.python_version)
     for w in manifest["wheels"]:
         print(f"  {w['bytes'] / 2**20:7.2f} MiB  {w['file']}")

@@ -71,6 +71,8 @@ WANT="$("$VPY" -c 'import json,sys; print(json.load(open(sys.argv[1]))["python_v
   echo "gpu_check.sh: $WHEELHOUSE was built for python $WANT but this interpreter is $PYVER;" >&2
   echo "  rebuild: python benchmarks/build_wheelhouse.py --python-version $PYVER $WHEELHOUSE" >&2; exit 2; }
 
+"$VPY" "$REPO/benchmarks/build_wheelhouse.py" --check-fresh "$WHEELHOUSE"
+
 echo "== installing $(ls "$WHEELHOUSE"/*.whl | wc -l) wheels from $WHEELHOUSE into $VENV (no index)"
 "$VPY" -m pip --disable-pip-version-check install -q --no-index --no-deps --ignore-installed "$WHEELHOUSE"/*.whl \
   > "$OUT/pip_install.log" 2>&1 || { cat "$OUT/pip_install.log"; exit 1; }
