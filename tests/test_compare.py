@@ -4,6 +4,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 import statistics
 import subprocess
 import sys
@@ -83,6 +84,18 @@ def test_single_run_has_no_std_and_differing_params_split_groups(tmp_path):
     assert [g.name for g in comp.groups] == ["hard", "als[e_max=0.5]", "als[e_max=1.0]"]
     assert all(g.n == 1 for g in comp.groups)
     assert "±" not in format_table(comp).split("\n")[2]
+
+
+def test_null_size_metric_is_shown_as_missing(tmp_path):
+    a = _write_run(tmp_path, "hard", {"name": "hard"}, 0, 30.0, APl=None)
+    b = _write_run(tmp_path, "als", {"name": "als"}, 0, 33.0, APl=None)
+    comp = compare([a, b])
+    assert math.isnan(comp.groups[1].mean("APl"))
+    assert comp.to_json()["groups"]["als"]["APl"] == {"mean": None, "std": None, "delta": None}
+    assert format_table(comp).split("\n")[3].endswith("| 31.00 (+3.00) | n/a |")
+    c = _write_run(tmp_path, "ls", {"name": "ls"}, 0, 31.0, AP=None)
+    with pytest.raises(ResultsError, match="bbox.AP is None"):
+        compare([a, c])
 
 
 def test_tool_writes_table_json_and_chart(runs, tmp_path):

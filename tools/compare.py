@@ -5,8 +5,9 @@
         [--baseline hard] [--format markdown|csv|latex] [--out output/compare]
 """
 import argparse
+import sys
 
-from als_det.report.compare import FORMATS, run_compare
+from als_det.report.compare import FORMATS, ResultsError, run_compare
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__,
@@ -18,4 +19,7 @@ if __name__ == "__main__":
     parser.add_argument("--out", default="output/compare",
                         help="folder for the table, comparison.json and ap_by_strategy.png")
     args = parser.parse_args()
-    print(run_compare(args.runs, args.baseline, args.format, args.out))
+    try:
+        print(run_compare(args.runs, args.baseline, args.format, args.out))
+    except ResultsError as err:
+        sys.exit(f"error: {err}")

@@ -76,7 +76,11 @@ def load_run(path: str | Path) -> Run:
         raise ResultsError(f"{file}: no 'bbox' object; not a fine-tuning results.json")
     metrics = {}
     for m in METRICS:
-        v = data["bbox"].get(m)
+        v = data["bbox"].get(m, "absent")
+        # null: COCOeval had no ground truth for it (e.g. APl on a set without large objects)
+        if v is None and m != "AP":
+            metrics[m] = math.nan
+            continue
         if not isinstance(v, (int, float)) or isinstance(v, bool) or math.isnan(v):
             raise ResultsError(f"{file}: bbox.{m} is {v!r}, expected a number")
         metrics[m] = float(v)
@@ -130,8 +134,9 @@ class Comparison:
         return {"baseline": self.baseline, "metrics": list(METRICS), "groups": {
             g.name: {"n": g.n, "runs": [str(r.path) for r in g.runs],
                      "seeds": [r.seed for r in g.runs],
-                     **{m: {"mean": g.mean(m), "std": None if g.n < 2 else g.std(m),
-                            "delta": self.delta(g, m)} for m in METRICS}}
+                     **{m: {k: None if math.isnan(v) else v for k, v in
+                            (("mean", g.mean(m)), ("std", g.std(m)), ("delta", self.delta(g, m)))}
+                        for m in METRICS}}
             for g in self.groups}}
 
 
@@ -148,6 +153,8 @@ def compare(paths: Sequence[str | Path], baseline: str = "hard") -> Comparison:
 
 
 def _cell(mean: float, std: float) -> str:
+    if math.isnan(mean):
+        return "n/a"
     return f"{mean:.2f}" if math.isnan(std) else f"{mean:.2f} ± {std:.2f}"
 
 
@@ -168,7 +175,7 @@ def format_table(comp: Comparison, fmt: str = "markdown") -> str:
         cells = []
         for m in METRICS:
             cell = _cell(g.mean(m), g.std(m))
-            if g.name != comp.baseline:
+            if g.name != comp.baseline and not math.isnan(comp.delta(g, m)):
                 cell += f" ({comp.delta(g, m):+.2f})"
             cells.append(cell)
         rows.append([g.name, str(g.n)] + cells)
