@@ -24,7 +24,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 from fvcore.common.config import CfgNode
-from torch.utils.data import DataLoader, Dataset, Subset
+from torch.utils.data import DataLoader, Subset
 from torch.utils.data.distributed import DistributedSampler
 from tqdm import tqdm
 
@@ -216,7 +216,7 @@ def train_one_epoch(model: nn.Module, loader: DataLoader, optimizer: torch.optim
     seconds = time.perf_counter() - start
     s = sums.tolist()
     return {"train_loss": s[0] / max(1.0, s[1]), "mean_e": s[2] / max(1.0, s[1]),
-            "mean_coverage": s[3] / s[4] if s[4] else float("nan"), "with_box_fraction": s[4] / max(1.0, s[1]),
+            "mean_coverage": s[3] / s[4] if s[4] else None, "with_box_fraction": s[4] / max(1.0, s[1]),
             "images": int(s[7]), "used": int(s[1]), "bad_images": int(s[5]), "skipped_no_box": int(s[6]),
             "iterations": n_iters, "images_per_s": s[7] / seconds, "train_time_s": seconds}
 
@@ -369,11 +369,11 @@ def _train(cfg: CfgNode, info: DistInfo, resume: str | None, stop_after_epoch: i
         history = _read_metrics(out_dir / "metrics.jsonl", start_epoch)
         _log(f"resumed from {resume_path} after epoch {start_epoch}", main)
 
-    raw_model = model
     if info.distributed:
         model = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if on_gpu else None)
     if cfg.TRAIN.COMPILE:
         model = torch.compile(model)
+    raw_model = unwrap_model(model)  # saved and evaluated: torchvision key names, no collectives
 
     writer = None
     if main:
@@ -426,10 +426,10 @@ def _train(cfg: CfgNode, info: DistInfo, resume: str | None, stop_after_epoch: i
             writer.flush()
             val_txt = (f", val top1 {row['val_top1']:.3f} top5 {row['val_top5']:.3f} nll {row['val_nll']:.3f} "
                        f"ece {row['val_ece']:.3f}") if "val_top1" in row else ""
+            cov = "n/a" if row["mean_coverage"] is None else f"{row['mean_coverage']:.3f}"
             _log(f"epoch {epoch + 1}/{cfg.SOLVER.EPOCHS}: loss {row['train_loss']:.4f}, mean e {row['mean_e']:.3f}, "
-                 f"mean crop coverage {row['mean_coverage']:.3f}, {row['images_per_s']:.0f} img/s, "
-                 f"bad images {row['bad_images']}, no-box skips {row['skipped_no_box']}{val_txt} "
-                 f"({row['epoch_time_s']:.1f} s)")
+                 f"mean crop coverage {cov}, {row['images_per_s']:.0f} img/s, bad images {row['bad_images']}, "
+                 f"no-box skips {row['skipped_no_box']}{val_txt} ({row['epoch_time_s']:.1f} s)")
         barrier()
     if writer is not None:
         writer.close()
