@@ -142,10 +142,14 @@ def test_nan_stops_and_keeps_last_good_checkpoint(tiny_root, runs, tmp_path):
         assert torch.equal(ckpt["model"][key], value), key
     assert [r["epoch"] for r in rows(tmp_path)] == [1]
 
+    # a fresh run in the same OUTPUT_DIR replaces the failed one instead of mixing with it
+    train(tiny_cfg(tiny_root, tmp_path, "TRAIN.MAX_ITERS_PER_EPOCH", "1", "SOLVER.EPOCHS", "1"))
+    (row,) = rows(tmp_path)
+    assert row["iterations"] == 1 and load_checkpoint(tmp_path / "last.pth")["epoch"] == 1
+    assert len(list((tmp_path / "tb").glob("events.out.tfevents.*"))) == 1
 
-def test_fresh_run_refuses_an_existing_run(runs, tiny_root):
-    with pytest.raises(FileExistsError, match="--resume"):
-        train(tiny_cfg(tiny_root, runs["a"]))
+
+def test_missing_resume_checkpoint_is_an_error(runs, tiny_root):
     with pytest.raises(FileNotFoundError, match="nothing.pth"):
         train(tiny_cfg(tiny_root, runs["a"]), resume=str(runs["a"] / "nothing.pth"))
 

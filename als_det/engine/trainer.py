@@ -14,6 +14,7 @@ import json
 import math
 import os
 import random
+import shutil
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -274,6 +275,19 @@ def _check_finite(model: nn.Module, epoch: int) -> None:
             raise NonFiniteLossError(f"non-finite value in {name} after epoch {epoch}; checkpoint not written")
 
 
+def _clear_previous_run(out_dir: Path) -> None:
+    """A fresh run replaces an earlier one in OUTPUT_DIR, so files of two runs never mix."""
+    old = [p for p in (out_dir / n for n in ("last.pth", "best.pth", "metrics.jsonl", "tb")) if p.exists()]
+    if old:
+        _log(f"note: {out_dir} held an earlier run; starting afresh and removing {', '.join(p.name for p in old)} "
+             "(pass --resume to continue a run instead)")
+    for path in old:
+        if path.is_dir():
+            shutil.rmtree(path)
+        else:
+            path.unlink()
+
+
 def _resolve_resume(resume: str | None, out_dir: Path) -> Path | None:
     if not resume:
         return None
@@ -287,8 +301,9 @@ def train(cfg: CfgNode, resume: str | None = None, stop_after_epoch: int | None 
           model_hook: Callable[[nn.Module], None] | None = None) -> Path:
     """Pretrain one arm as `cfg` says; returns OUTPUT_DIR.
 
-    resume: None (fresh run; OUTPUT_DIR must hold no checkpoint), "last" (OUTPUT_DIR/last.pth) or a
-    checkpoint path: continues exactly where that run stopped. stop_after_epoch: end (cleanly,
+    resume: None (a fresh run, replacing any earlier run's checkpoints, metrics and events in
+    OUTPUT_DIR), "last" (OUTPUT_DIR/last.pth) or a checkpoint path: continues exactly where that
+    run stopped. stop_after_epoch: end (cleanly,
     with checkpoints) after that many epochs, the schedule still planned for SOLVER.EPOCHS, as if
     preempted. model_hook: called with the freshly built model (e.g. to attach forward hooks).
     """
@@ -308,9 +323,6 @@ def _train(cfg: CfgNode, info: DistInfo, resume: str | None, stop_after_epoch: i
     out_dir = Path(cfg.OUTPUT_DIR)
     main, device = info.is_main, info.device
     resume_path = _resolve_resume(resume, out_dir)
-    if resume_path is None and (out_dir / "last.pth").exists():
-        raise FileExistsError(f"{out_dir} already holds a run (last.pth); pass --resume to continue it or "
-                              "choose another OUTPUT_DIR")
     if cfg.TRAIN.DETERMINISTIC:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         torch.use_deterministic_algorithms(True)
@@ -326,6 +338,8 @@ def _train(cfg: CfgNode, info: DistInfo, resume: str | None, stop_after_epoch: i
         _log(f"note: TRAIN.AMP={cfg.TRAIN.AMP} applies on GPU only; this CPU run uses float32", main)
     if main:
         out_dir.mkdir(parents=True, exist_ok=True)
+        if resume_path is None:
+            _clear_previous_run(out_dir)
         atomic_write_text(out_dir / "config.yaml", cfg.dump())
 
     data = build_data(cfg, info, out_dir)
