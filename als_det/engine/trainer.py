@@ -15,6 +15,7 @@ import math
 import os
 import random
 import shutil
+import stat
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -103,11 +104,14 @@ class DataBundle:
 
 
 def _cache_dir(cfg: CfgNode, out_dir: Path) -> str:
-    """DATA.CACHE_DIR, else ROOT's default cache when ROOT is writable, else OUTPUT_DIR/index_cache."""
+    """DATA.CACHE_DIR, else ROOT's default cache, else (ROOT marked read-only) OUTPUT_DIR/index_cache.
+
+    The mode bits decide, as in `build_index`: a root user could write a read-only-marked root.
+    """
     if cfg.DATA.CACHE_DIR:
         return cfg.DATA.CACHE_DIR
     root = Path(cfg.DATA.ROOT)
-    return "" if os.access(root, os.W_OK) else str(out_dir / "index_cache")
+    return "" if root.stat().st_mode & stat.S_IWUSR else str(out_dir / "index_cache")
 
 
 def mean_box_area(records: list[ImageRecord]) -> float:
