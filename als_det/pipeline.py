@@ -104,13 +104,14 @@ class Stages:
         print(f"[demo] {name}: {shlex.join(full)}" + ("  (resuming)" if can_resume else ""), flush=True)
         start = time.perf_counter()
         env = dict(os.environ, PYTHONUNBUFFERED="1")
-        with open(log_file, "a") if log_file else open(os.devnull, "w") as tee:
-            proc = subprocess.Popen(full, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                    text=True, bufsize=1)
+        # Bytes, not lines: progress bars redraw with "\r" and must reach the terminal as they are.
+        with open(log_file, "ab") if log_file else open(os.devnull, "wb") as tee:
+            proc = subprocess.Popen(full, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
             assert proc.stdout is not None
-            for line in proc.stdout:
-                sys.stdout.write(line)
-                tee.write(line)
+            while chunk := proc.stdout.read1(65536):
+                sys.stdout.buffer.write(chunk)
+                sys.stdout.buffer.flush()
+                tee.write(chunk)
             rc = proc.wait()
         elapsed = time.perf_counter() - start
         self.timings[name] = elapsed
