@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
-import stat
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -25,7 +23,7 @@ from tqdm import tqdm
 
 from als_det.analysis.cam import CAM_METHODS, compute_cams, energy_inside, features_and_logits, save_cam_grid
 from als_det.analysis.context import FILLS, Preprocessing, VariantDataset, centre_mask, plan_variant
-from als_det.data.boxes import ImageRecord, build_index
+from als_det.data.boxes import ImageRecord, build_index, index_cache_dir
 from als_det.data.images import load_rgb
 from als_det.engine.checkpoint import load_backbone
 from als_det.engine.distributed import DistInfo, init_distributed
@@ -371,17 +369,6 @@ def headline(models: dict[str, dict[str, Any]], baseline: str,
                                "the choice of images only, not seed-to-seed training variance"}
 
 
-def _cache_dir(root: Path, out_dir: Path, requested: str) -> str:
-    if requested:
-        return requested
-    # Mode bits as well as access(): root may write anywhere, but a folder marked read-only is data
-    # to leave alone.
-    if os.access(root, os.W_OK) and os.stat(root).st_mode & stat.S_IWUSR:
-        return ""
-    log.info("data root %s is read-only: caching the box index under %s", root, out_dir / ".als_det_cache")
-    return str(out_dir / ".als_det_cache")
-
-
 def _extra_splits(root: Path) -> list[str]:
     """The generated data set's own val_mixed and val_bg_only splits, when `root` is one."""
     if not (root / "generation.json").is_file():
@@ -442,7 +429,7 @@ def evaluate_checkpoints(checkpoints: Sequence[str], data_root: str, out_dir: st
         baseline = "hard" if any(m.name == "hard" for m in models) else models[0].name
     if baseline not in {m.name for m in models}:
         raise EvaluationInputError(f"--baseline {baseline!r} is none of the model names {[m.name for m in models]}")
-    cache_dir = _cache_dir(root, out, opts.cache_dir)
+    cache_dir = index_cache_dir(root, out / ".als_det_cache", opts.cache_dir)
     records_all, classes, report = build_index(root, opts.split, boxes=opts.boxes, val_labels=opts.val_labels,
                                                cache_dir=cache_dir)
     check_models_fit_data(models, classes, f"{root}/{opts.split}")

@@ -404,6 +404,23 @@ def _unpack(data: dict, root: Path) -> list[ImageRecord]:
             for i, (p, lb, wh) in enumerate(zip(data["paths"], data["labels"], data["sizes"]))]
 
 
+def is_marked_read_only(path: str | os.PathLike) -> bool:
+    """True when `path`'s mode bits deny writing. Mode bits, not access(): root may write anywhere,
+    but a folder marked read-only (shared fixtures) is data to leave alone."""
+    return not Path(path).stat().st_mode & stat.S_IWUSR
+
+
+def index_cache_dir(root: str | os.PathLike, fallback: str | os.PathLike, requested: str = "") -> str:
+    """Where to cache `root`'s box index: `requested`, else ROOT's default ("" for build_index),
+    else — ROOT marked read-only — `fallback` (a run's own output folder)."""
+    if requested:
+        return str(requested)
+    if not is_marked_read_only(root):
+        return ""
+    log.info("data root %s is read-only: caching its box index under %s", root, fallback)
+    return str(fallback)
+
+
 def build_index(root: str | os.PathLike, split: str, boxes: str = "", val_labels: str = "",
                 strict: bool = False, cache_dir: str | os.PathLike = "", max_per_class: int = 0,
                 classes: Sequence[str] | None = None
@@ -444,8 +461,7 @@ def build_index(root: str | os.PathLike, split: str, boxes: str = "", val_labels
 
     records, classes, report = _build(root, split, boxes, val_labels, strict, max_per_class, classes)
     log.info("%s", report.summary())
-    if not cache_dir and not root.stat().st_mode & stat.S_IWUSR:
-        # a data root marked read-only stays untouched, even for a root user who could write it
+    if not cache_dir and is_marked_read_only(root):
         log.warning("data root %s is read-only: index not cached; pass cache_dir= (DATA.CACHE_DIR) "
                     "so it is not rebuilt at every start", root)
         return records, classes, report

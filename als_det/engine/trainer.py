@@ -15,7 +15,6 @@ import math
 import os
 import random
 import shutil
-import stat
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -30,7 +29,7 @@ from torch.utils.data import DataLoader, Subset
 from torch.utils.data.distributed import DistributedSampler
 from tqdm import tqdm
 
-from als_det.data.boxes import IndexReport, ImageRecord, build_index
+from als_det.data.boxes import IndexReport, ImageRecord, build_index, index_cache_dir
 from als_det.data.crops import coverage as box_coverage
 from als_det.data.imagenet import IMAGENET_MEAN, IMAGENET_STD, ImageNetBoxes
 from als_det.engine.checkpoint import (get_rng_state, load_checkpoint, save_checkpoint, set_rng_state,
@@ -103,17 +102,6 @@ class DataBundle:
     box_area: float  # mean over train images with boxes of area(union(boxes)) / image area
 
 
-def _cache_dir(cfg: CfgNode, out_dir: Path) -> str:
-    """DATA.CACHE_DIR, else ROOT's default cache, else (ROOT marked read-only) OUTPUT_DIR/index_cache.
-
-    The mode bits decide, as in `build_index`: a root user could write a read-only-marked root.
-    """
-    if cfg.DATA.CACHE_DIR:
-        return cfg.DATA.CACHE_DIR
-    root = Path(cfg.DATA.ROOT)
-    return "" if root.stat().st_mode & stat.S_IWUSR else str(out_dir / "index_cache")
-
-
 def mean_box_area(records: list[ImageRecord]) -> float:
     """Mean coverage of the whole image by the labelled boxes, over images that have boxes."""
     areas = [box_coverage(r.boxes, (0.0, 0.0, float(r.width), float(r.height))) for r in records if len(r.boxes)]
@@ -135,7 +123,7 @@ def build_data(cfg: CfgNode, info: DistInfo, out_dir: Path) -> DataBundle:
             if not (root / cfg.DATA.TRAIN_SPLIT).is_dir():
                 raise FileNotFoundError(f"DATA.ROOT {root} has no '{cfg.DATA.TRAIN_SPLIT}' folder "
                                         "(set DATA.GENERATE True to make the demo data there)")
-            cache = _cache_dir(cfg, out_dir)
+            cache = index_cache_dir(cfg.DATA.ROOT, out_dir / "index_cache", cfg.DATA.CACHE_DIR)
             train_records, classes, train_report = build_index(
                 root, cfg.DATA.TRAIN_SPLIT, boxes=cfg.DATA.TRAIN_BOXES, strict=cfg.DATA.STRICT,
                 cache_dir=cache, max_per_class=cfg.DATA.MAX_PER_CLASS)

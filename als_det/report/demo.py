@@ -124,7 +124,7 @@ def write_demo_report(out: Path, plan: Any, ckpts: Mapping[str, Path], eval_dir:
     figures = metrics.get("figures", {})
     seeds = list(plan.seeds)
 
-    md = [f"# als_det demo report\n",
+    md = ["# als_det demo report\n",
           f"Generated {time.strftime('%Y-%m-%d %H:%M')} by `make demo` (seeds {seeds}) on the generated "
           "context-bias data set. **Demo-scale numbers on generated data**, not ImageNet/COCO results.\n",
           "## Pretraining\n", pre_table, ""]
