@@ -24,9 +24,10 @@ CONTEXT_COLUMNS: list[tuple[str, tuple[str, ...], str]] = [
     ("NLL", ("val", "nll"), ".3f"),
     ("conf val", ("val", "mean_confidence"), ".3f"),
     ("conf bg_only", ("variants", "bg_only", "mean_confidence"), ".3f"),
+    ("conf outside_crop", ("variants", "outside_crop", "mean_confidence"), ".3f"),
     ("conf val_bg_only", ("variants", "val_bg_only", "mean_confidence"), ".3f"),
     ("bg_only / val", None, ".3f"),  # computed: relative confidence
-    ("top-1 val_mixed", ("variants", "val_mixed", "context_accuracy"), ".3f"),
+    ("top-1 val_mixed", ("variants", "val_mixed", "top1"), ".3f"),
     ("CAM in box", ("cam", "mean_energy_inside_boxes"), ".3f"),
 ]
 
@@ -118,8 +119,10 @@ def write_demo_report(out: Path, plan: Any, ckpts: Mapping[str, Path], eval_dir:
     ap_table = (compare_dir / "comparison.md").read_text().strip()
     pre_table, curves = pretrain_table(ckpts)
     curves_png = curves_figure(curves, out / "pretrain_curves.png")
-    sentences = [c.get("sentence") for c in metrics.get("headline", {}).get("comparisons", {}).values()
-                 if isinstance(c, Mapping) and c.get("sentence")]
+    headline = metrics.get("headline", {})
+    primary = headline.get("primary_source", "bg_only")
+    sentences = [by_source[primary]["sentence"] for by_source in headline.get("comparisons", {}).values()
+                 if isinstance(by_source.get(primary), Mapping) and by_source[primary].get("sentence")]
     rel = lambda p: Path(p).relative_to(out).as_posix()  # noqa: E731
     figures = metrics.get("figures", {})
     seeds = list(plan.seeds)
@@ -132,7 +135,8 @@ def write_demo_report(out: Path, plan: Any, ckpts: Mapping[str, Path], eval_dir:
         md += [f"![pretraining curves]({rel(curves_png)})\n"]
     md += ["## Classification, calibration and context reliance\n",
            "conf = mean max-softmax confidence. `bg_only`: val images with every box of the labelled class "
-           "filled; `val_bg_only`: generated backgrounds with no object; `bg_only / val`: context-only "
+           "filled; `outside_crop`: the largest crop that avoids every box (no fill); `val_bg_only`: generated "
+           "backgrounds with no object; `top-1 val_mixed`: objects on random backgrounds; `bg_only / val`: context-only "
            "confidence relative to the same model's confidence on intact images; `CAM in box`: share of "
            "class-activation energy inside the labelled boxes.\n",
            ctx, ""]
