@@ -168,3 +168,15 @@ def test_lr_schedule_and_scaling():
     opt = build_optimizer(torch.nn.Linear(2, 2), cfg, world_size=8)  # 32 x 8 = 256 images
     assert opt.param_groups[0]["lr"] == pytest.approx(0.1)
     assert build_optimizer(torch.nn.Linear(2, 2), cfg, world_size=2).param_groups[0]["lr"] == pytest.approx(0.025)
+
+
+def test_fresh_run_sets_an_earlier_run_aside(tiny_root, tmp_path):
+    out = tmp_path / "run"
+    train(tiny_cfg(tiny_root, out, "SOLVER.EPOCHS", "1", "TRAIN.MAX_ITERS_PER_EPOCH", "1"))
+    first = (out / "last.pth").read_bytes()
+    train(tiny_cfg(tiny_root, out, "SOLVER.EPOCHS", "1", "TRAIN.MAX_ITERS_PER_EPOCH", "1", "SEED", "1"))
+    aside = list(out.glob("previous-*"))
+    assert len(aside) == 1
+    assert (aside[0] / "last.pth").read_bytes() == first  # the earlier result survives, untouched
+    assert (aside[0] / "metrics.jsonl").is_file() and (out / "metrics.jsonl").is_file()
+    assert len(rows(out)) == 1  # the new run's history holds only its own epoch

@@ -14,10 +14,10 @@ import json
 import math
 import os
 import random
-import shutil
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Callable
 
@@ -267,17 +267,19 @@ def _check_finite(model: nn.Module, epoch: int) -> None:
             raise NonFiniteLossError(f"non-finite value in {name} after epoch {epoch}; checkpoint not written")
 
 
-def _clear_previous_run(out_dir: Path) -> None:
-    """A fresh run replaces an earlier one in OUTPUT_DIR, so files of two runs never mix."""
-    old = [p for p in (out_dir / n for n in ("last.pth", "best.pth", "metrics.jsonl", "tb")) if p.exists()]
-    if old:
-        _log(f"note: {out_dir} held an earlier run; starting afresh and removing {', '.join(p.name for p in old)} "
-             "(pass --resume to continue a run instead)")
+def _set_aside_previous_run(out_dir: Path) -> None:
+    """A fresh run into an OUTPUT_DIR that holds an earlier run moves that run's files into
+    OUTPUT_DIR/previous-<time>/ first: files of two runs never mix, and no result is destroyed."""
+    names = ("last.pth", "best.pth", "metrics.jsonl", "run.json", "config.yaml", "tb")
+    old = [p for p in (out_dir / n for n in names) if p.exists()]
+    if not any(p.name in ("last.pth", "metrics.jsonl") for p in old):
+        return
+    aside = out_dir / datetime.now().strftime("previous-%Y%m%d-%H%M%S-%f")
+    aside.mkdir()
     for path in old:
-        if path.is_dir():
-            shutil.rmtree(path)
-        else:
-            path.unlink()
+        path.rename(aside / path.name)
+    _log(f"note: {out_dir} held an earlier run; starting afresh, its files moved to {aside} "
+         "(pass --resume to continue a run instead)")
 
 
 def _resolve_resume(resume: str | None, out_dir: Path) -> Path | None:
@@ -331,7 +333,7 @@ def _train(cfg: CfgNode, info: DistInfo, resume: str | None, stop_after_epoch: i
     if main:
         out_dir.mkdir(parents=True, exist_ok=True)
         if resume_path is None:
-            _clear_previous_run(out_dir)
+            _set_aside_previous_run(out_dir)
         atomic_write_text(out_dir / "config.yaml", cfg.dump())
 
     data = build_data(cfg, info, out_dir)
