@@ -43,7 +43,7 @@ import stat
 import xml.etree.ElementTree as ET
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 from tqdm import tqdm
@@ -159,24 +159,29 @@ def _scan_xml_dir(box_dir: Path) -> dict[str, str]:
 def _read_loc_csv(path: Path, report: IndexReport, strict: bool) -> dict[str, _BoxFile]:
     """Kaggle LOC_*_solution.csv: ImageId -> boxes (no size: the CSV is in the JPEG's pixels)."""
     out: dict[str, _BoxFile] = {}
+    for line_no, row in _loc_csv_rows(path):
+        where = f"{path}:{line_no}"
+        try:
+            image_id, pred = row[0].strip(), row[1].split()
+            if len(pred) % 5:
+                raise ValueError("PredictionString is not groups of 'wnid x0 y0 x1 y1'")
+            objects = [(pred[i], *(float(v) for v in pred[i + 1:i + 5]))
+                       for i in range(0, len(pred), 5)]
+        except (IndexError, ValueError) as exc:
+            report.skip("malformed_box_file", where, strict, str(exc))
+            continue
+        out[image_id] = _BoxFile(where, None, objects)
+    return out
+
+
+def _loc_csv_rows(path: Path) -> Iterator[tuple[int, list[str]]]:
+    """(line number, row) of a Kaggle LOC_*_solution.csv, after checking its header."""
     with open(path, newline="") as f:
         reader = csv.reader(f)
         header = next(reader, None)
         if header is None or [h.strip() for h in header[:2]] != ["ImageId", "PredictionString"]:
             raise DataError(f"{path}: expected header 'ImageId,PredictionString', got {header}")
-        for line_no, row in enumerate(reader, start=2):
-            where = f"{path}:{line_no}"
-            try:
-                image_id, pred = row[0].strip(), row[1].split()
-                if len(pred) % 5:
-                    raise ValueError("PredictionString is not groups of 'wnid x0 y0 x1 y1'")
-                objects = [(pred[i], *(float(v) for v in pred[i + 1:i + 5]))
-                           for i in range(0, len(pred), 5)]
-            except (IndexError, ValueError) as exc:
-                report.skip("malformed_box_file", where, strict, str(exc))
-                continue
-            out[image_id] = _BoxFile(where, None, objects)
-    return out
+        yield from enumerate(reader, start=2)
 
 
 def _read_val_labels(path: Path, image_names: list[str], classes: list[str] | None
@@ -188,15 +193,10 @@ def _read_val_labels(path: Path, image_names: list[str], classes: list[str] | No
     labels: list[str | int | None]
     if path.suffix.lower() == ".csv":
         by_id: dict[str, str] = {}
-        with open(path, newline="") as f:
-            reader = csv.reader(f)
-            header = next(reader, None)
-            if header is None or [h.strip() for h in header[:2]] != ["ImageId", "PredictionString"]:
-                raise DataError(f"{path}: expected header 'ImageId,PredictionString', got {header}")
-            for line_no, row in enumerate(reader, start=2):
-                if len(row) < 2 or not row[1].split():
-                    raise DataError(f"{path}:{line_no}: row without a class")
-                by_id[row[0].strip()] = row[1].split()[0]
+        for line_no, row in _loc_csv_rows(path):
+            if len(row) < 2 or not row[1].split():
+                raise DataError(f"{path}:{line_no}: row without a class")
+            by_id[row[0].strip()] = row[1].split()[0]
         labels = [by_id.get(os.path.splitext(n)[0]) for n in image_names]
     else:
         lines = [ln.strip() for ln in path.read_text().splitlines() if ln.strip()]
