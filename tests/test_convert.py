@@ -11,6 +11,7 @@ import pytest
 import torch
 import torchvision
 
+from als_det.engine.checkpoint import get_rng_state
 from als_det.convert import (ConversionError, VerificationFailed, backbone_state_dict,
                              convert_file, convert_torchvision_resnet, d2_name, infer_depth, verify)
 
@@ -41,7 +42,7 @@ def suite_checkpoint(model: torch.nn.Module, arch: str, prefix: str = "") -> dic
     return {"model": {prefix + k: v for k, v in model.state_dict().items()}, "arch": arch,
             "num_classes": 10, "label_strategy": STRATEGY, "preprocessing": PREPROCESSING,
             "config": "MODEL:\n  ARCH: resnet18\n", "epoch": 3, "seed": 1,
-            "rng_state": {"numpy": np.random.get_state()}, "versions": {"torch": torch.__version__}}
+            "rng_state": get_rng_state(), "versions": {"torch": str(torch.__version__)}}
 
 
 @pytest.fixture(scope="module")
