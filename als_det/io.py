@@ -16,7 +16,8 @@ import socket
 import tempfile
 import time
 from pathlib import Path
-from typing import IO, Any, Callable
+from collections.abc import Callable
+from typing import IO, Any
 
 logger = logging.getLogger(__name__)
 

@@ -58,9 +58,9 @@ def read_torch_file(path: str | os.PathLike, unsafe_load: bool = False,
     try:
         return torch.load(path, map_location=map_location, weights_only=True), False
     except pickle.UnpicklingError as err:
-        if not _is_pickle_based(path):
-            raise WeightsFileError(f"{path}: not a readable torch checkpoint ({err})") from err
         reason = _weights_only_reason(str(err))
+        if not _is_pickle_based(path):
+            raise WeightsFileError(f"{path}: not a readable torch checkpoint ({reason})") from err
         if not unsafe_load:
             raise UnsafeFileError(f"{path}: refused: torch's weights-only reader cannot load it "
                                   f"({reason}). {UNSAFE_HINT}") from err
@@ -157,7 +157,8 @@ def read_detectron2_pickle(path: str | os.PathLike, unsafe_load: bool = False) -
         reason = err
     except (pickle.UnpicklingError, EOFError, ValueError, TypeError, IndexError, KeyError,
             AttributeError, OSError) as err:
-        raise WeightsFileError(f"{path}: not a readable pickle ({type(err).__name__}: {err})") from err
+        raise WeightsFileError(f"{path}: not a readable pickle "
+                               f"({type(err).__name__}: {err})") from err
     logger.warning("%s: loading with full unpickling (--unsafe-load; the restricted reader refused "
                    "it: %s)", path, reason)
     try:

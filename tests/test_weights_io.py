@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import io
 import logging
 import pickle
 import pickletools
@@ -57,8 +58,6 @@ class _Py2Pickler(pickle._Pickler):
 
 def py2_era_pickle(obj: object) -> bytes:
     """`obj` as a Python 2 / numpy 1 model-zoo file: protocol 2, 8-bit strings, numpy.core."""
-    import io
-
     buf = io.BytesIO()
     _Py2Pickler(buf, protocol=2).dump(obj)
     return buf.getvalue().replace(b"numpy._core.multiarray\n", b"numpy.core.multiarray\n")
@@ -78,7 +77,7 @@ def test_numpy_pickles_reference_only_the_allowed_globals(tmp_path: Path) -> Non
 
     for protocol in range(pickle.HIGHEST_PROTOCOL + 1):
         data = pickle.dumps(values, protocol=protocol)
-        Recording(__import__("io").BytesIO(data)).load()
+        Recording(io.BytesIO(data)).load()
         (tmp_path / "x.pkl").write_bytes(data)
         loaded, unsafe = read_detectron2_pickle(tmp_path / "x.pkl")
         assert not unsafe
@@ -132,7 +131,8 @@ def test_a_trusted_legacy_checkpoint_needs_the_opt_in(tmp_path: Path,
         read_torch_file(path)
     with caplog.at_level(logging.WARNING, logger="als_det.weights_io"):
         obj, unsafe = read_torch_file(path, unsafe_load=True)
-    assert unsafe and obj["args"].lr == 0.1 and torch.equal(obj["model"]["fc.bias"], state["fc.bias"])
+    assert unsafe and obj["args"].lr == 0.1
+    assert torch.equal(obj["model"]["fc.bias"], state["fc.bias"])
     assert "reference.pth: loading with full unpickling (--unsafe-load" in caplog.text
     torch.save({"model": state, "epoch": 3}, tmp_path / "plain.pth")
     obj, unsafe = read_torch_file(tmp_path / "plain.pth", unsafe_load=True)
@@ -151,5 +151,6 @@ def test_unreadable_files_are_named(tmp_path: Path) -> None:
 
 
 def test_wrapper_prefixes_are_stripped() -> None:
-    assert strip_wrapper_prefixes("module._orig_mod.layer1.0.conv1.weight") == "layer1.0.conv1.weight"
+    stripped = strip_wrapper_prefixes("module._orig_mod.layer1.0.conv1.weight")
+    assert stripped == "layer1.0.conv1.weight"
     assert strip_wrapper_prefixes("layer1.module.weight") == "layer1.module.weight"

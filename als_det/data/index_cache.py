@@ -14,7 +14,8 @@ import logging
 import os
 import zipfile
 from pathlib import Path
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 import numpy as np
 
@@ -93,9 +94,11 @@ def load(path: Path, key: dict[str, Any], files: dict[str, str]) -> dict[str, An
     if meta.get("format") != CACHE_FORMAT or meta.get("key") != key:
         logger.warning("box index cache %s was built with other arguments; rebuilding", path)
         return None
-    changed = sorted(k for k in set(files) | set(meta["files"]) if files.get(k) != meta["files"].get(k))
+    built_from = meta["files"]
+    changed = sorted(k for k in set(files) | set(built_from) if files.get(k) != built_from.get(k))
     if changed:
-        shown = ", ".join(changed[:3]) + (f", ... ({len(changed) - 3} more)" if len(changed) > 3 else "")
+        shown = ", ".join(changed[:3]) + (f", ... ({len(changed) - 3} more)"
+                                          if len(changed) > 3 else "")
         logger.warning("box index cache %s is stale: %d folder(s)/file(s) changed since it was "
                        "built (%s); rebuilding", path, len(changed), shown)
         return None

@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from detectron2.data import MetadataCatalog
 from detectron2.data.datasets.coco import convert_to_coco_json
-from detectron2.engine import DefaultTrainer, default_argument_parser, default_setup, launch
+from detectron2.engine import DefaultTrainer, default_argument_parser, default_setup, hooks, launch
 from detectron2.evaluation import COCOEvaluator
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
@@ -49,11 +49,14 @@ class FinetuneTrainer(DefaultTrainer):
         self.allow_random_backbone = allow_random_backbone
         self.unsafe_load = unsafe_load
         self.backbone: dict[str, Any] = {}
-        # Resuming reads through the safe checkpointer; the periodic-checkpoint hook keeps
-        # detectron2's own for writing.
+        # DefaultTrainer's checkpointer, replaced (in its periodic-checkpoint hook too) by the
+        # one that reads files safely
         self.checkpointer = RecordingCheckpointer(
             self.checkpointer.model, cfg.OUTPUT_DIR, unsafe_load=unsafe_load,
             trainer=weakref.proxy(self))
+        for hook in self._hooks:
+            if isinstance(hook, hooks.PeriodicCheckpointer):
+                hook.checkpointer = self.checkpointer
 
     def resume_or_load(self, resume: bool = True) -> None:
         """Resume everything from OUTPUT_DIR's last checkpoint, or load MODEL.WEIGHTS strictly."""
