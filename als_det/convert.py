@@ -7,9 +7,9 @@ Extra top-level keys (our `als_det` metadata) are returned unused by the checkpo
 """
 from __future__ import annotations
 
+import logging
 import math
 import os
-import pickle
 import re
 import tempfile
 from dataclasses import asdict, dataclass, field
@@ -21,22 +21,18 @@ import torch
 import torchvision
 
 from als_det.io import atomic_pickle_dump, sha256_file
+from als_det.models import RESNET_LAYOUTS
 from als_det.versions import package_versions
+from als_det.weights_io import (WeightsFileError, read_detectron2_pickle, read_torch_file,
+                                strip_wrapper_prefixes)
+
+logger = logging.getLogger(__name__)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_VERIFY_CONFIG = REPO_ROOT / "configs" / "detection" / "faster_rcnn_R_50_FPN_1x.yaml"
 VERIFY_TOLERANCE = 1e-4
 AUTHOR = "als_det"
 
-# depth -> (bottleneck blocks?, blocks in layer1..layer4), as torchvision builds them
-RESNET_LAYOUTS: dict[int, tuple[bool, tuple[int, int, int, int]]] = {
-    18: (False, (2, 2, 2, 2)),
-    34: (False, (3, 4, 6, 3)),
-    50: (True, (3, 4, 6, 3)),
-    101: (True, (3, 4, 23, 3)),
-    152: (True, (3, 8, 36, 3)),
-}
-_WRAPPER_PREFIXES = ("module.", "_orig_mod.")  # DDP, torch.compile
 _STEM = {"conv1.weight": "stem.conv1.weight"}
 _BLOCK_RE = re.compile(r"^layer([1-4])\.(\d+)\.(conv\d|bn\d|downsample\.0|downsample\.1)\.(\w+)$")
 
@@ -46,21 +42,24 @@ class ConversionError(ValueError):
 
 
 # ----------------------------------------------------------------------------- reading the input
-def load_checkpoint_file(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """Read a `.pth`: (the ResNet state_dict with wrapper prefixes stripped, checkpoint metadata).
+@dataclass
+class SourceCheckpoint:
+    """A `.pth` read for conversion: its ResNet state_dict (wrapper prefixes stripped), the rest of
+    the checkpoint dict, and whether reading it needed full unpickling (`unsafe_load`)."""
 
-    The file is a trusted pickle (our own pretraining checkpoints hold numpy RNG states, which
-    `weights_only=True` refuses), so it is read with `weights_only=False`.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise ConversionError(f"{path}: no such file")
+    state_dict: dict[str, torch.Tensor]
+    metadata: dict[str, Any]
+    unsafe_load: bool = False
+
+
+def load_checkpoint_file(path: str | os.PathLike, unsafe_load: bool = False) -> SourceCheckpoint:
+    """Read a `.pth` with `weights_only=True` (full unpickling only with `unsafe_load`)."""
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as err:  # torch raises many types for truncated / foreign files
-        raise ConversionError(f"{path}: not a readable torch checkpoint "
-                              f"({type(err).__name__}: {err})") from err
-    return extract_state_dict(obj, str(path))
+        obj, unsafe_used = read_torch_file(path, unsafe_load=unsafe_load)
+    except WeightsFileError as err:
+        raise ConversionError(str(err)) from err
+    state_dict, meta = extract_state_dict(obj, str(path))
+    return SourceCheckpoint(state_dict, meta, unsafe_used)
 
 
 def extract_state_dict(obj: Any, source: str = "<state_dict>"
@@ -81,13 +80,7 @@ def extract_state_dict(obj: Any, source: str = "<state_dict>"
     if non_tensors:
         raise ConversionError(f"{source}: not a state_dict (non-tensor entries {non_tensors[:5]}); "
                               "expected a state_dict or a dict with a 'model'/'state_dict' key")
-    return {_strip_wrappers(k): v for k, v in obj.items()}, meta
-
-
-def _strip_wrappers(key: str) -> str:
-    while key.startswith(_WRAPPER_PREFIXES):
-        key = key.split(".", 1)[1]
-    return key
+    return {strip_wrapper_prefixes(k): v for k, v in obj.items()}, meta
 
 
 def infer_depth(state_dict: Mapping[str, torch.Tensor], source: str = "<state_dict>") -> int:
@@ -164,18 +157,21 @@ def d2_name(key: str) -> str:
 
 def convert_torchvision_resnet(state_dict: Mapping[str, torch.Tensor]) -> dict[str, np.ndarray]:
     """A torchvision ResNet state_dict -> {detectron2 name: float numpy array} of its backbone."""
-    state_dict = {_strip_wrappers(k): v for k, v in state_dict.items()}
+    state_dict = {strip_wrapper_prefixes(k): v for k, v in state_dict.items()}
     depth = infer_depth(state_dict)
     backbone = backbone_state_dict(state_dict, depth)
     return {d2_name(k): v.detach().cpu().numpy().copy() for k, v in backbone.items()}
 
 
 # ----------------------------------------------------------------------------- files
-def conversion_metadata(source: Path, depth: int, meta: Mapping[str, Any]) -> dict[str, Any]:
-    """What the `.pkl` records about where its weights came from (see pretrained/README.md)."""
+def conversion_metadata(source: Path, depth: int, meta: Mapping[str, Any],
+                        unsafe_load: bool = False) -> dict[str, Any]:
+    """What the `.pkl` records about where its weights came from (see pretrained/README.md);
+    `unsafe_load`: reading the source needed full unpickling (`--unsafe-load`)."""
     out: dict[str, Any] = {
         "source": str(source.resolve()),
         "source_sha256": sha256_file(source),
+        "unsafe_load": unsafe_load,
         "depth": depth,
         "arch": f"resnet{depth}",
         "versions": package_versions(),
@@ -190,10 +186,12 @@ def conversion_metadata(source: Path, depth: int, meta: Mapping[str, Any]) -> di
 
 
 def convert_file(input: str | os.PathLike, output: str | os.PathLike, force: bool = False, *,
-                 verify_config: str | os.PathLike | None = None, verify_size: int = 0
-                 ) -> dict[str, Any]:
+                 verify_config: str | os.PathLike | None = None, verify_size: int = 0,
+                 unsafe_load: bool = False) -> dict[str, Any]:
     """Convert `input` (.pth) to detectron2 `output` (.pkl), written atomically.
 
+    `input` is read with `weights_only=True`; `unsafe_load` allows full unpickling of a trusted
+    file that needs it (recorded as `unsafe_load` in the output's `als_det` metadata).
     With `verify_size > 0` the file is first written beside `output` under a temporary name,
     verified (see `verify`) with a `verify_size`-pixel input, and only moved into place if it
     passes; otherwise a `VerificationFailed` is raised and nothing is written.
@@ -205,7 +203,8 @@ def convert_file(input: str | os.PathLike, output: str | os.PathLike, force: boo
                               "files as converted model-zoo weights)")
     if output.exists() and not force:
         raise ConversionError(f"{output}: already exists (use force=True / --force to replace it)")
-    state_dict, meta = load_checkpoint_file(source)
+    checkpoint = load_checkpoint_file(source, unsafe_load=unsafe_load)
+    state_dict, meta = checkpoint.state_dict, checkpoint.metadata
     depth = infer_depth(state_dict, str(source))
     if "arch" in meta and meta["arch"] != f"resnet{depth}":
         raise ConversionError(f"{source}: records arch {meta['arch']!r} but its tensors are a "
@@ -215,7 +214,7 @@ def convert_file(input: str | os.PathLike, output: str | os.PathLike, force: boo
         "model": {d2_name(k): v.detach().cpu().numpy().copy() for k, v in backbone.items()},
         "__author__": AUTHOR,
         "matching_heuristics": True,
-        "als_det": conversion_metadata(source, depth, meta),
+        "als_det": conversion_metadata(source, depth, meta, checkpoint.unsafe_load),
     }
     result: dict[str, Any] = {"output": str(output), "num_tensors": len(converted["model"]),
                               "als_det": converted["als_det"], "verify": None}
@@ -282,34 +281,23 @@ class VerificationFailed(ConversionError):
         self.result = result
 
 
-def _recording_checkpointer(model: torch.nn.Module):
-    """detectron2's DetectionCheckpointer that keeps the incompatible keys it would only log."""
-    from detectron2.checkpoint import DetectionCheckpointer
-
-    class RecordingCheckpointer(DetectionCheckpointer):
-        incompatible = None
-
-        def _log_incompatible_keys(self, incompatible) -> None:
-            self.incompatible = incompatible
-
-    return RecordingCheckpointer(model, save_to_disk=False)
-
-
 def verify(pkl_path: str | os.PathLike, state_dict_or_input: Mapping[str, torch.Tensor] | str | os.PathLike,
            config_file: str | os.PathLike | None = None, input_size: int = 224, batch: int = 2,
-           seed: int = 0) -> VerifyResult:
+           seed: int = 0, unsafe_load: bool = False) -> VerifyResult:
     """Load `pkl_path` into a detectron2 model the way a fine-tune does and compare with torchvision.
 
     Builds the whole detectron2 model from `config_file` (default: our R50-FPN 1x config, depth and
     RES2_OUT_CHANNELS set from the source), loads the file through `DetectionCheckpointer`, then
     checks that (1) no backbone tensor is missing, misshapen or left over, (2) every backbone tensor
     equals its torchvision source exactly, (3) res2..res5 on random input match torchvision's
-    layer1..layer4 (eval mode, float64) within `VERIFY_TOLERANCE`.
+    layer1..layer4 (eval mode, float64) within `VERIFY_TOLERANCE`. Both files are read without
+    full unpickling (`unsafe_load` allows it for a trusted source `.pth` that needs it).
     """
     from detectron2.modeling import build_model
     from detectron2.modeling.backbone import ResNet
     from torchvision.models.feature_extraction import create_feature_extractor
 
+    from als_det.detection.checkpoint import RecordingCheckpointer
     from als_det.detection.config import MODEL_ZOO_PREFIX, get_detection_cfg
 
     pkl_path = Path(pkl_path)
@@ -319,18 +307,17 @@ def verify(pkl_path: str | os.PathLike, state_dict_or_input: Mapping[str, torch.
     if not pkl_path.is_file():
         raise ConversionError(f"{pkl_path}: no such file")
     if isinstance(state_dict_or_input, (str, os.PathLike)):
-        source_sd, _ = load_checkpoint_file(state_dict_or_input)
+        source_sd = load_checkpoint_file(state_dict_or_input, unsafe_load).state_dict
         source = str(state_dict_or_input)
     else:
         source_sd, _ = extract_state_dict(state_dict_or_input)
         source = "<state_dict>"
     depth = infer_depth(source_sd, source)
     source_sd = backbone_state_dict(source_sd, depth, source)
-    with open(pkl_path, "rb") as f:
-        try:
-            data = pickle.load(f, encoding="latin1")
-        except Exception as err:
-            raise ConversionError(f"{pkl_path}: not a readable pickle ({err})") from err
+    try:
+        data, _ = read_detectron2_pickle(pkl_path)
+    except WeightsFileError as err:
+        raise ConversionError(str(err)) from err
     if not (isinstance(data, dict) and data.get("__author__") == AUTHOR and "model" in data):
         raise ConversionError(f"{pkl_path}: not an {AUTHOR} detectron2 conversion")
     file_model: dict[str, np.ndarray] = data["model"]
@@ -370,10 +357,10 @@ def verify(pkl_path: str | os.PathLike, state_dict_or_input: Mapping[str, torch.
     expected = {p + k: fp + k for p, (part, fp) in parts.items() for k in part.state_dict()}
     result.expected_tensors = len(expected)
 
-    checkpointer = _recording_checkpointer(model)
+    checkpointer = RecordingCheckpointer(model, save_to_disk=False, log_incompatible=False)
     checkpointer.load(str(pkl_path), checkpointables=[])
     inc = checkpointer.incompatible
-    missing = sorted(set(inc.missing_keys) & set(expected))
+    missing = sorted(set(expected) - checkpointer.supplied)
     if missing:
         result.problems.append(f"{len(missing)} backbone tensors not loaded: {missing[:5]}")
     if inc.unexpected_keys:

@@ -1,10 +1,18 @@
-"""torchvision ResNet factories (the backbones every arm trains)."""
+"""torchvision ResNet factories (the backbones every arm trains) and their layouts."""
 from __future__ import annotations
 
 import torch.nn as nn
 import torchvision
 
-RESNET_DEPTHS = {"resnet18": 18, "resnet34": 34, "resnet50": 50, "resnet101": 101, "resnet152": 152}
+# depth -> (bottleneck blocks?, blocks in layer1..layer4), as torchvision builds them
+RESNET_LAYOUTS: dict[int, tuple[bool, tuple[int, int, int, int]]] = {
+    18: (False, (2, 2, 2, 2)),
+    34: (False, (3, 4, 6, 3)),
+    50: (True, (3, 4, 6, 3)),
+    101: (True, (3, 4, 23, 3)),
+    152: (True, (3, 8, 36, 3)),
+}
+RESNET_DEPTHS = {f"resnet{depth}": depth for depth in RESNET_LAYOUTS}
 
 
 def build_resnet(arch: str, num_classes: int) -> nn.Module:

@@ -1,8 +1,11 @@
 """The box index: real ILSVRC-style layout, every ImageNet layout variant, bad input, the cache."""
 from __future__ import annotations
 
+import io
 import json
+import logging
 import os
+import pickle
 from pathlib import Path
 
 import numpy as np
@@ -52,7 +55,7 @@ def test_tiny_imagenet_index_matches_its_coco_json(tiny_imagenet: Path, tmp_path
 def test_cache_is_used_validated_and_invalidated(tiny_imagenet: Path, tmp_path: Path,
                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     first = build_index(tiny_imagenet, "val", cache_dir=tmp_path)
-    (cache_file,) = tmp_path.glob("index-val-*.pkl")
+    (cache_file,) = tmp_path.glob("index-val-*.npz")
 
     def no_rebuild(*args, **kwargs):
         raise AssertionError("index rebuilt although the cache is valid")
@@ -63,11 +66,11 @@ def test_cache_is_used_validated_and_invalidated(tiny_imagenet: Path, tmp_path: 
     assert all(np.array_equal(a.boxes, b.boxes) for a, b in zip(again[0], first[0]))
     assert again[1:] == first[1:]
     monkeypatch.undo()
-    cache_file.write_bytes(b"not a pickle")  # a damaged cache is rebuilt, not trusted
+    cache_file.write_bytes(b"not a cache")  # a damaged cache is rebuilt, not trusted
     rebuilt = build_index(tiny_imagenet, "val", cache_dir=tmp_path)
     assert rebuilt[2] == first[2]
     other = build_index(tiny_imagenet, "val", cache_dir=tmp_path, max_per_class=2)
-    assert other[2].images == 20 and len(list(tmp_path.glob("index-val-*.pkl"))) == 2
+    assert other[2].images == 20 and len(list(tmp_path.glob("index-val-*.npz"))) == 2
 
 
 def test_cache_notices_added_images(tmp_path: Path) -> None:
@@ -75,6 +78,49 @@ def test_cache_notices_added_images(tmp_path: Path) -> None:
     assert build_index(tmp_path / "d", "train")[2].images == 1
     jpeg(tmp_path / "d/train/n1/n1_1.JPEG")
     assert build_index(tmp_path / "d", "train")[2].images == 2
+
+
+def test_cache_notices_a_box_file_fixed_in_place(tmp_path: Path,
+                                                 caplog: pytest.LogCaptureFixture) -> None:
+    root = tmp_path / "d"
+    jpeg(root / "train/n1/n1_0.JPEG")
+    xml = root / "Annotation/train/n1/n1_0.xml"
+    xml.parent.mkdir(parents=True)
+    xml.write_text("<annotation><object><name>n1</name><bndbox><xmin>3</xmin>")
+    folder_mtimes = {p: p.stat().st_mtime_ns for p in (xml.parent, xml.parent.parent)}
+    assert build_index(root, "train")[2].skipped["malformed_box_file"] == [str(xml)]
+    voc(xml, [("n1", 0, 0, 9, 9)])  # rewritten in place: no folder changes
+    assert {p: p.stat().st_mtime_ns for p in folder_mtimes} == folder_mtimes
+    with caplog.at_level(logging.INFO, logger="als_det.data"):
+        records, _, report = build_index(root, "train")
+    assert not report.skipped and report.with_boxes == 1
+    np.testing.assert_array_equal(records[0].boxes, [[0, 0, 10, 10]])
+    assert f"1 folder(s)/file(s) changed since it was built ({xml.parent})" in caplog.text
+
+
+def test_a_tampered_cache_runs_nothing(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    root, marker = tmp_path / "d", tmp_path / "marker"
+    jpeg(root / "train/n1/n1_0.JPEG")
+    first = build_index(root, "train")
+    (cache_file,) = (root / ".als_det_cache").iterdir()
+
+    class Payload:
+        def __reduce__(self):
+            return (open, (str(marker), "w"))
+
+    payloads = {"pickle": pickle.dumps({"paths": [], "x": Payload()}), "npz": io.BytesIO()}
+    np.savez(payloads["npz"], meta=np.array([Payload()], dtype=object))
+    payloads["npz"] = payloads["npz"].getvalue()
+    for name, payload in payloads.items():
+        cache_file.write_bytes(payload)
+        with caplog.at_level(logging.WARNING, logger="als_det.data"):
+            again = build_index(root, "train")
+        assert not marker.exists(), name
+        assert "ignoring unreadable box index cache" in caplog.text, name
+        assert again[2] == first[2] and again[1] == first[1]
+        caplog.clear()
+    pickle.loads(payloads["pickle"])  # the payload does run when unpickled
+    assert marker.exists()
 
 
 # ----------------------------------------------------------------------------- layouts

@@ -11,6 +11,7 @@ import pytest
 import torch
 import torchvision
 
+from als_det.engine.checkpoint import get_rng_state
 from als_det.convert import (ConversionError, VerificationFailed, backbone_state_dict,
                              convert_file, convert_torchvision_resnet, d2_name, infer_depth, verify)
 
@@ -41,7 +42,7 @@ def suite_checkpoint(model: torch.nn.Module, arch: str, prefix: str = "") -> dic
     return {"model": {prefix + k: v for k, v in model.state_dict().items()}, "arch": arch,
             "num_classes": 10, "label_strategy": STRATEGY, "preprocessing": PREPROCESSING,
             "config": "MODEL:\n  ARCH: resnet18\n", "epoch": 3, "seed": 1,
-            "rng_state": {"numpy": np.random.get_state()}, "versions": {"torch": torch.__version__}}
+            "rng_state": get_rng_state(), "versions": {"torch": str(torch.__version__)}}
 
 
 @pytest.fixture(scope="module")
@@ -96,7 +97,7 @@ def test_converted_file_holds_weights_and_metadata(r18_files):
     assert len(data["model"]) == 100  # ResNet-18: 20 convs + 20 BNs x 4 tensors
     np.testing.assert_array_equal(data["model"]["stem.conv1.weight"], model.conv1.weight.detach().numpy())
     meta = data["als_det"]
-    assert meta["depth"] == 18 and meta["label_strategy"] == STRATEGY
+    assert meta["depth"] == 18 and meta["label_strategy"] == STRATEGY and meta["unsafe_load"] is False
     assert meta["preprocessing"] == PREPROCESSING and meta["pretrain_config"].startswith("MODEL:")
     from als_det.io import sha256_file
     assert meta["source_sha256"] == sha256_file(src)
@@ -230,3 +231,46 @@ def test_resnet50_verifies_in_fpn_and_c4(tmp_path):
                 config_file=C4_CONFIG, input_size=32)
     # C4: res2..res4 in the backbone, res5 in the ROI head, all from the same file
     assert c4.ok and c4.loaded_tensors == 265, c4.summary()
+
+
+def _tool(repo_root: Path, *args: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(repo_root / "tools" / "convert_to_d2.py"), *args],
+                          capture_output=True, text=True, cwd=cwd)
+
+
+def test_tool_refuses_crafted_files_and_runs_nothing(tmp_path, repo_root):
+    from test_weights_io import crafted_files
+
+    pth, pkl, marker = crafted_files(tmp_path)
+    for src in (pth, pkl):
+        run = _tool(repo_root, str(src), str(tmp_path / "out.pkl"), "--verify", cwd=tmp_path)
+        assert run.returncode == 2, run.stderr
+        assert f"error: {src}: refused" in run.stderr and "--unsafe-load" in run.stderr
+        assert not marker.exists() and not (tmp_path / "out.pkl").exists()
+
+
+def test_verify_reads_the_pkl_without_unpickling_code(r18_files, tmp_path):
+    from test_weights_io import crafted_files
+
+    src, _, _ = r18_files
+    _, pkl, marker = crafted_files(tmp_path)
+    with pytest.raises(ConversionError, match="crafted.pkl: refused.*io.open"):
+        verify(pkl, src, input_size=32)
+    assert not marker.exists()
+
+
+def test_unsafe_load_converts_a_trusted_legacy_checkpoint_and_says_so(tmp_path, repo_root):
+    import argparse
+
+    src = tmp_path / "reference.pth"  # torchvision's reference scripts pickle their args
+    torch.save({"model": resnet(18).state_dict(), "args": argparse.Namespace(lr=0.1)}, src)
+    out = tmp_path / "out.pkl"
+    with pytest.raises(ConversionError, match="argparse.Namespace.*--unsafe-load"):
+        convert_file(src, out)
+    assert not out.exists()
+    run = _tool(repo_root, str(src), str(out), "--unsafe-load", "--verify", "--verify-size", "32",
+                cwd=tmp_path)
+    assert run.returncode == 0, run.stderr
+    assert "loading with full unpickling (--unsafe-load" in run.stderr
+    assert "INPUT read with full unpickling: --unsafe-load" in run.stdout
+    assert pickle.loads(out.read_bytes())["als_det"]["unsafe_load"] is True

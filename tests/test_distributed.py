@@ -60,7 +60,7 @@ def test_collectives_with_uneven_shards(tmp_path):
     mp.start_processes(_gather_worker, args=(_free_port(), str(tmp_path)), nprocs=2, join=True, start_method="fork")
     expected = torch.cat([torch.zeros(2, 3), torch.ones(3, 3)])
     for rank in (0, 1):
-        got = torch.load(tmp_path / f"{rank}.pt")
+        got = torch.load(tmp_path / f"{rank}.pt", weights_only=True)
         assert torch.equal(got["gathered"], expected)  # no padding rows, rank order
         assert got["total"].item() == 3.0
         assert got["token"] == {"from": 0}

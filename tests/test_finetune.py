@@ -60,7 +60,7 @@ def test_converted_backbone_loads_every_tensor(resnet18_pth, resnet18_pkl):
     # R18 bottom-up under FrozenBN: stem conv + 4 norm buffers, 8 BasicBlocks x 2 convs, 3 shortcuts
     assert report.backbone_tensors == len(keys) == (1 + 4) + 8 * 2 * 5 + 3 * 5
     assert report.loaded_tensors == report.backbone_tensors and report.missing == []
-    tv = torch.load(resnet18_pth)["model"]
+    tv = torch.load(resnet18_pth, weights_only=True)["model"]
     bu = model.backbone.bottom_up
     assert torch.equal(bu.res4[1].conv2.weight, tv["layer3.1.conv2.weight"])
     assert torch.equal(bu.res3[0].shortcut.norm.running_var, tv["layer2.0.downsample.1.running_var"])
@@ -80,6 +80,66 @@ def test_one_missing_backbone_tensor_is_refused(resnet18_pkl, tmp_path):
     report = load_backbone_weights(model, cfg, allow_random_backbone=True)
     assert report.missing == ["backbone.bottom_up.res3.1.conv2.weight"]
     assert report.loaded_tensors == report.backbone_tensors - 1
+
+
+def test_missing_bn_statistics_are_refused(resnet18_pkl, tmp_path):
+    # FrozenBatchNorm2d fills a missing running_var with ones and reports nothing missing
+    bad = _edited_pkl(resnet18_pkl, tmp_path / "no_var.pkl",
+                      lambda d: d["model"].pop("res3.0.conv1.norm.running_var"))
+    model, cfg = _model(bad)
+    with pytest.raises(WeightsError, match=r"supplies only 99 of 100 backbone tensors") as err:
+        load_backbone_weights(model, cfg)
+    assert "backbone.bottom_up.res3.0.conv1.norm.running_var" in str(err.value)
+
+
+def test_a_python2_era_model_zoo_file_loads_completely(resnet18_pkl, tmp_path):
+    from test_weights_io import py2_era_pickle
+
+    with open(resnet18_pkl, "rb") as f:
+        weights = pickle.load(f)["model"]
+    zoo = tmp_path / "zoo.pkl"
+    zoo.write_bytes(py2_era_pickle({"model": weights, "__author__": "Detectron2 Model Zoo",
+                                    "matching_heuristics": True}))
+    model, cfg = _model(zoo)
+    report = load_backbone_weights(model, cfg)
+    assert report.loaded_tensors == report.backbone_tensors == 100 and not report.unsafe_load
+    bu = model.backbone.bottom_up
+    assert torch.equal(bu.res3[0].conv1.norm.running_var,
+                       torch.as_tensor(weights["res3.0.conv1.norm.running_var"]))
+
+
+def _caffe2_name(d2_name: str) -> str:
+    """detectron2 ResNet name -> Caffe2 Detectron blob name (inverse of convert_basic_c2_names)."""
+    name = d2_name.replace("stem.conv1.norm.", "res_conv1_bn_").replace("stem.conv1.", "conv1_")
+    for d2, c2 in (("conv1.", "branch2a_"), ("conv2.", "branch2b_"), ("conv3.", "branch2c_"),
+                   ("shortcut.", "branch1_"), ("norm.", "bn_")):
+        name = name.replace(d2, c2)
+    for d2, c2 in (("running_mean", "rm"), ("running_var", "riv"), ("bn_weight", "bn_s"),
+                   ("bn_bias", "bn_b"), ("weight", "w")):
+        name = name.replace(d2, c2)
+    return name.replace(".", "_")
+
+
+def test_caffe2_blobs_load_with_affine_channel_bn(resnet18_pkl, tmp_path, caplog):
+    with open(resnet18_pkl, "rb") as f:
+        weights = pickle.load(f)["model"]
+    blobs = {_caffe2_name(k): v for k, v in weights.items()}
+    assert "res3_0_branch1_bn_riv" in blobs and "res_conv1_bn_s" in blobs
+    affine = {k: v for k, v in blobs.items() if not k.endswith(("_rm", "_riv"))}
+    (tmp_path / "msra.pkl").write_bytes(pickle.dumps({"blobs": affine}, protocol=2))
+    model, cfg = _model(tmp_path / "msra.pkl")
+    with caplog.at_level("INFO", logger="als_det.detection"):
+        report = load_backbone_weights(model, cfg)
+    assert report.loaded_tensors == report.backbone_tensors
+    assert "without BN statistics (AffineChannel): 40 running_mean/running_var" in caplog.text
+    assert torch.equal(model.backbone.bottom_up.res2[0].conv1.weight,
+                       torch.as_tensor(weights["res2.0.conv1.weight"]))
+    # a Caffe2 file that has statistics must have all of them
+    partial = {k: v for k, v in blobs.items() if k != "res4_1_branch2b_bn_riv"}
+    (tmp_path / "partial.pkl").write_bytes(pickle.dumps(partial, protocol=2))
+    model, cfg = _model(tmp_path / "partial.pkl")
+    with pytest.raises(WeightsError, match="res4.1.conv2.norm.running_var"):
+        load_backbone_weights(model, cfg)
 
 
 def test_wrong_depth_is_refused(resnet18_pkl):
@@ -120,6 +180,41 @@ def _run(*argv: str) -> dict:
     return run_finetune(finetune_argument_parser().parse_args(["--config-file", DEMO, *argv]))
 
 
+def test_finetune_tool_refuses_crafted_weights_and_runs_nothing(tmp_path, repo_root):
+    import subprocess
+    import sys
+
+    from test_detection_datasets import _tiny_coco
+    from test_weights_io import crafted_files
+
+    js, img = _tiny_coco(tmp_path / "data")
+    pth, pkl, marker = crafted_files(tmp_path)
+    for weights in (pkl, pth):
+        run = subprocess.run(
+            [sys.executable, str(repo_root / "tools/finetune_coco.py"), "--config-file", DEMO,
+             "--dataset", f"tiny={js}:{img}", "--train-dataset", "tiny", "--test-dataset", "tiny",
+             "MODEL.WEIGHTS", str(weights), "OUTPUT_DIR", str(tmp_path / "out"), *TINY,
+             "SOLVER.MAX_ITER", "1"], capture_output=True, text=True, cwd=tmp_path)
+        assert run.returncode != 0
+        assert f"error: {weights}: refused" in run.stderr and "--unsafe-load" in run.stderr
+        assert not marker.exists()
+        assert not (tmp_path / "out" / "model_final.pth").exists()
+
+
+def test_unsafe_load_of_a_trusted_file_is_recorded(resnet18_pkl, tmp_path):
+    import argparse
+
+    def legacy(d):  # a trusted file that only full unpickling reads
+        d["args"] = argparse.Namespace(lr=0.1)
+    trusted = _edited_pkl(resnet18_pkl, tmp_path / "trusted.pkl", legacy)
+    model, cfg = _model(trusted)
+    with pytest.raises(WeightsError, match="argparse.Namespace.*--unsafe-load"):
+        load_backbone_weights(model, cfg)
+    report = load_backbone_weights(model, cfg, unsafe_load=True)
+    assert report.loaded_tensors == report.backbone_tensors
+    assert report.provenance()["unsafe_load"] is True
+
+
 @pytest.mark.slow
 def test_coco_mini_trains_and_evaluates_on_real_categories(coco_mini, resnet18_pkl, tmp_path):
     out = tmp_path / "coco"
@@ -154,6 +249,7 @@ def test_custom_dataset_resume_and_refusals(resnet18_pkl, tmp_path):
          "SOLVER.MAX_ITER", "2", "SOLVER.CHECKPOINT_PERIOD", "1", *TINY)
     res = json.loads((out / "results.json").read_text())
     assert set(res["bbox"]["per_class"]) == {"cat", "dog"} and res["iterations"] == 2
+    assert res["backbone"]["unsafe_load"] is False and res["backbone"]["source_unsafe_load"] is False
     # the evaluator's ground truth is the cleaned set (degenerate box 2 dropped)
     gt = json.loads((out / "tiny_coco_format.json").read_text())
     assert len(gt["annotations"]) == 2

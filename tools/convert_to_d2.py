@@ -15,7 +15,7 @@ from als_det.convert import DEFAULT_VERIFY_CONFIG, ConversionError, Verification
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("input", help="torchvision ResNet .pth: a state_dict or a dict with 'model'/'state_dict' "
-                                      "(a trusted file: it is unpickled)")
+                                      "(read with torch.load(weights_only=True))")
     parser.add_argument("output", help="detectron2 .pkl to write (atomically)")
     parser.add_argument("--force", action="store_true", help="replace an existing OUTPUT")
     parser.add_argument("--verify", action="store_true",
@@ -24,11 +24,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config-file", default=str(DEFAULT_VERIFY_CONFIG),
                         help="detectron2 config to verify in (FPN or C4; depth is set from INPUT)")
     parser.add_argument("--verify-size", type=int, default=224, help="random input size for --verify")
+    parser.add_argument("--unsafe-load", action="store_true",
+                        help="allow full unpickling of a trusted INPUT that weights_only=True refuses "
+                             "(it can run code; recorded in OUTPUT's metadata)")
     args = parser.parse_args(argv)
     try:
         result = convert_file(args.input, args.output, force=args.force,
                               verify_config=args.config_file,
-                              verify_size=args.verify_size if args.verify else 0)
+                              verify_size=args.verify_size if args.verify else 0,
+                              unsafe_load=args.unsafe_load)
     except VerificationFailed as err:
         print(err, file=sys.stderr)
         print(f"verification failed: {args.output} was not written", file=sys.stderr)
@@ -39,7 +43,8 @@ def main(argv: list[str] | None = None) -> int:
     meta = result["als_det"]
     print(f"wrote {result['output']}: resnet{meta['depth']}, {result['num_tensors']} tensors, "
           f"source sha256 {meta['source_sha256'][:12]}, label strategy "
-          f"{json.dumps(meta.get('label_strategy', 'unknown'))}")
+          f"{json.dumps(meta.get('label_strategy', 'unknown'))}"
+          + (" (INPUT read with full unpickling: --unsafe-load)" if meta["unsafe_load"] else ""))
     if result["verify"] is not None:
         v = result["verify"]
         print(f"verified: loaded {v['loaded_tensors']}/{v['expected_tensors']} backbone tensors, "

@@ -7,9 +7,16 @@
         --config-file configs/detection/faster_rcnn_R_50_FPN_1x.yaml MODEL.WEIGHTS pretrained/r50_als.pkl
 
 MODEL.WEIGHTS must be a .pkl from tools/convert_to_d2.py (or a detectron2 checkpoint); every
-backbone tensor must come from it unless --allow-random-backbone. See `--help` for data sets.
+backbone tensor must come from it unless --allow-random-backbone. Weight files are read without
+full unpickling unless --unsafe-load. See `--help` for data sets.
 """
+import sys
+
 from als_det.detection.trainer import finetune_argument_parser, launch_finetune
+from als_det.detection.weights import WeightsError
 
 if __name__ == "__main__":
-    launch_finetune(finetune_argument_parser(epilog=__doc__).parse_args())
+    try:
+        launch_finetune(finetune_argument_parser(epilog=__doc__).parse_args())
+    except WeightsError as err:
+        sys.exit(f"error: {err}")

@@ -38,8 +38,8 @@ import hashlib
 import json
 import logging
 import os
-import pickle
 import stat
+import time
 import xml.etree.ElementTree as ET
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -48,13 +48,12 @@ from typing import Iterable, Iterator, Sequence
 import numpy as np
 from tqdm import tqdm
 
+from als_det.data import index_cache
 from als_det.data.images import BadImageError, image_size
-from als_det.io import atomic_pickle_dump
 
 log = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = (".jpeg", ".jpg", ".png")
-CACHE_FORMAT = 1
 CACHE_SUBDIR = ".als_det_cache"
 
 
@@ -310,21 +309,6 @@ def _box_source(root: Path, split: str, boxes: str) -> tuple[str, Path | None]:
     return ("csv" if path.suffix.lower() == ".csv" else "xml"), path
 
 
-def _fingerprint(paths: Iterable[Path | None]) -> list[tuple[str, int, int]]:
-    """mtime/size of each path and, for folders, of their immediate subfolders."""
-    out = []
-    for p in paths:
-        if p is None or not p.exists():
-            continue
-        st = p.stat()
-        out.append((str(p), st.st_mtime_ns, st.st_size))
-        if p.is_dir():
-            for e in _visible(os.scandir(p)):
-                if e.is_dir():
-                    out.append((e.path, e.stat().st_mtime_ns, 0))
-    return out
-
-
 def _build(root: Path, split: str, boxes: str, val_labels: str, strict: bool, max_per_class: int,
            classes: list[str] | None) -> tuple[list[ImageRecord], list[str], IndexReport]:
     split_dir = root / split
@@ -385,23 +369,12 @@ def _build(root: Path, split: str, boxes: str, val_labels: str, strict: bool, ma
     return records, classes, report
 
 
-def _pack(records: list[ImageRecord], root: Path) -> dict:
-    counts = np.array([len(r.boxes) for r in records], dtype=np.int64)
-    return {
-        "paths": [os.path.relpath(r.path, root) for r in records],
-        "labels": np.array([r.label for r in records], dtype=np.int64),
-        "sizes": np.array([(r.width, r.height) for r in records], dtype=np.int64).reshape(-1, 2),
-        "offsets": np.concatenate([[0], np.cumsum(counts)]),
-        "boxes": (np.concatenate([r.boxes for r in records]) if records
-                  else np.zeros((0, 4), np.float32)).astype(np.float32),
-    }
-
-
 def _unpack(data: dict, root: Path) -> list[ImageRecord]:
     off = data["offsets"]
     return [ImageRecord(os.path.join(root, p), int(lb), data["boxes"][off[i]:off[i + 1]],
                         int(wh[0]), int(wh[1]))
-            for i, (p, lb, wh) in enumerate(zip(data["paths"], data["labels"], data["sizes"]))]
+            for i, (p, lb, wh) in enumerate(zip(data["meta"]["paths"], data["labels"],
+                                                data["sizes"]))]
 
 
 def is_marked_read_only(path: str | os.PathLike) -> bool:
@@ -428,47 +401,39 @@ def build_index(root: str | os.PathLike, split: str, boxes: str = "", val_labels
     """Index `root/split` with its boxes; cached under `cache_dir` (default ROOT/.als_det_cache,
     not written when ROOT is marked read-only).
 
-    The cache file is keyed by a hash of the arguments and the mtimes of the image and box
-    folders (a folder's mtime changes when files are added or removed), checked on load and
-    written atomically; a valid cache is never rebuilt. `classes` fixes the class list
-    (val must use train's); by default it is the sorted class folder names.
+    The cache (`als_det.data.index_cache`: arrays only, no pickle) is keyed by the arguments and
+    checked on load against the name, size and mtime of every file in the image and box folders
+    (and of the labels/CSV files), so any added, removed or edited file rebuilds it, with the
+    reason logged; it is written atomically. `classes` fixes the class list (val must use
+    train's); by default it is the sorted class folder names.
     """
     root = Path(root).resolve()
     classes = list(classes) if classes is not None else None
     _, box_path = _box_source(root, split, boxes)
-    key_material = json.dumps({
-        "format": CACHE_FORMAT, "root": str(root), "split": split, "boxes": str(boxes),
-        "val_labels": str(val_labels), "strict": strict, "max_per_class": max_per_class,
-        "classes": classes,
-        "files": _fingerprint([root / split, box_path, Path(val_labels) if val_labels else None]),
-    }, sort_keys=True)
-    key = hashlib.sha256(key_material.encode()).hexdigest()[:20]
-    cache = Path(cache_dir or root / CACHE_SUBDIR) / f"index-{split.replace('/', '_')}-{key}.pkl"
+    key = {"root": str(root), "split": split, "boxes": str(boxes), "val_labels": str(val_labels),
+           "strict": strict, "max_per_class": max_per_class, "classes": classes}
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]
+    cache = Path(cache_dir or root / CACHE_SUBDIR) / f"index-{split.replace('/', '_')}-{digest}.npz"
+    started = time.perf_counter()
+    files = index_cache.fingerprint([root / split, box_path, Path(val_labels) if val_labels else None])
+    log.debug("fingerprinted %d folders/files for the %s index in %.2f s", len(files), split,
+              time.perf_counter() - started)
 
-    if cache.is_file():
-        try:
-            with open(cache, "rb") as f:
-                data = pickle.load(f)
-            if data.get("format") != CACHE_FORMAT or data.get("key") != key_material:
-                raise ValueError("key mismatch")
-            report = IndexReport(**data["report"])
-            if len(data["paths"]) != report.images or len(data["offsets"]) != report.images + 1:
-                raise ValueError("record count mismatch")
-            log.info("loaded box index from %s", cache)
-            return _unpack(data, root), list(data["classes"]), report
-        except (OSError, pickle.UnpicklingError, EOFError, ValueError, KeyError, TypeError) as exc:
-            log.warning("ignoring invalid index cache %s (%s); rebuilding", cache, exc)
+    cached = index_cache.load(cache, key, files)
+    if cached is not None:
+        log.info("loaded box index from %s", cache)
+        meta = cached["meta"]
+        return _unpack(cached, root), list(meta["classes"]), IndexReport(**meta["report"])
 
+    started = time.perf_counter()
     records, classes, report = _build(root, split, boxes, val_labels, strict, max_per_class, classes)
-    log.info("%s", report.summary())
+    log.info("%s\n  built in %.1f s", report.summary(), time.perf_counter() - started)
     if not cache_dir and is_marked_read_only(root):
         log.warning("data root %s is read-only: index not cached; pass cache_dir= (DATA.CACHE_DIR) "
                     "so it is not rebuilt at every start", root)
         return records, classes, report
-    data = {"format": CACHE_FORMAT, "key": key_material, "classes": classes,
-            "report": asdict(report), **_pack(records, root)}
     try:
-        atomic_pickle_dump(cache, data)
+        index_cache.save(cache, key, files, classes, asdict(report), records, root)
     except OSError as exc:
         log.warning("could not write the index cache %s (%s); pass cache_dir= to a writable "
                     "folder so the index is not rebuilt at every start", cache, exc)

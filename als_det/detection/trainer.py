@@ -12,19 +12,20 @@ import argparse
 import logging
 import os
 import random
+import weakref
 from pathlib import Path
 from typing import Any
 
 import torch
-from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.data import MetadataCatalog
 from detectron2.data.datasets.coco import convert_to_coco_json
-from detectron2.engine import DefaultTrainer, default_argument_parser, default_setup, launch
+from detectron2.engine import DefaultTrainer, default_argument_parser, default_setup, hooks, launch
 from detectron2.evaluation import COCOEvaluator
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
 from als_det.detection import datasets as ds
+from als_det.detection.checkpoint import RecordingCheckpointer
 from als_det.detection.config import DetectionCfgNode, get_detection_cfg
 from als_det.detection.results import write_results
 from als_det.detection.weights import load_backbone_weights
@@ -39,12 +40,23 @@ class FinetuneTrainer(DefaultTrainer):
 
     The backbone's provenance (file, sha256, label strategy) is part of the trainer state, so a
     resumed run and a later `--eval-only` of its checkpoint still know which backbone it was.
+    Every file is read without full unpickling unless `unsafe_load` (`--unsafe-load`).
     """
 
-    def __init__(self, cfg: DetectionCfgNode, allow_random_backbone: bool = False) -> None:
+    def __init__(self, cfg: DetectionCfgNode, allow_random_backbone: bool = False,
+                 unsafe_load: bool = False) -> None:
         super().__init__(cfg)
         self.allow_random_backbone = allow_random_backbone
+        self.unsafe_load = unsafe_load
         self.backbone: dict[str, Any] = {}
+        # DefaultTrainer's checkpointer, replaced (in its periodic-checkpoint hook too) by the
+        # one that reads files safely
+        self.checkpointer = RecordingCheckpointer(
+            self.checkpointer.model, cfg.OUTPUT_DIR, unsafe_load=unsafe_load,
+            trainer=weakref.proxy(self))
+        for hook in self._hooks:
+            if isinstance(hook, hooks.PeriodicCheckpointer):
+                hook.checkpointer = self.checkpointer
 
     def resume_or_load(self, resume: bool = True) -> None:
         """Resume everything from OUTPUT_DIR's last checkpoint, or load MODEL.WEIGHTS strictly."""
@@ -54,7 +66,7 @@ class FinetuneTrainer(DefaultTrainer):
                         self.start_iter)
         else:
             load = load_backbone_weights(self.checkpointer.model, self.cfg,
-                                         self.allow_random_backbone)
+                                         self.allow_random_backbone, unsafe_load=self.unsafe_load)
             self.backbone = load.provenance()
 
     def state_dict(self) -> dict[str, Any]:
@@ -118,6 +130,9 @@ def finetune_argument_parser(epilog: str | None = None) -> argparse.ArgumentPars
     parser.add_argument("--allow-random-backbone", action="store_true",
                         help="train even though backbone tensors are missing from MODEL.WEIGHTS "
                              "(training from scratch on purpose)")
+    parser.add_argument("--unsafe-load", action="store_true",
+                        help="allow full unpickling of a trusted MODEL.WEIGHTS or checkpoint that "
+                             "the safe readers refuse (it can run code; recorded in results.json)")
     return parser
 
 
@@ -211,15 +226,17 @@ def run_finetune(args: argparse.Namespace) -> dict[str, Any]:
     cfg = setup(args)
     if args.eval_only:
         model = FinetuneTrainer.build_model(cfg)
-        checkpointer = DetectionCheckpointer(model, cfg.OUTPUT_DIR)
+        checkpointer = RecordingCheckpointer(model, cfg.OUTPUT_DIR)
         path = (checkpointer.get_checkpoint_file()
                 if args.resume and checkpointer.has_checkpoint() else cfg.MODEL.WEIGHTS)
-        load = load_backbone_weights(model, cfg, args.allow_random_backbone, path=path)
+        load = load_backbone_weights(model, cfg, args.allow_random_backbone, path=path,
+                                     unsafe_load=args.unsafe_load)
         results = FinetuneTrainer.test(cfg, model)
         backbone = load.provenance()
         iterations = 0 if load.iteration is None else load.iteration + 1
     else:
-        trainer = FinetuneTrainer(cfg, allow_random_backbone=args.allow_random_backbone)
+        trainer = FinetuneTrainer(cfg, allow_random_backbone=args.allow_random_backbone,
+                                  unsafe_load=args.unsafe_load)
         trainer.resume_or_load(resume=args.resume)
         results = trainer.train()
         backbone, iterations = trainer.backbone, cfg.SOLVER.MAX_ITER

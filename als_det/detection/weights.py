@@ -1,9 +1,11 @@
 """Strict loading of a pretrained backbone into a detectron2 model.
 
 detectron2 loads `MODEL.WEIGHTS` leniently: keys it cannot match are logged and left at their
-random initialisation. For a transfer experiment that silently measures a random backbone, so
-here every backbone (bottom-up) parameter and buffer must come from the file, and the file's
-recorded preprocessing (from `als_det.convert`, key `"als_det"`) must match the config.
+random initialisation, and `FrozenBatchNorm2d` fills missing running statistics with 0/1. For a
+transfer experiment that silently measures a random backbone, so here every backbone (bottom-up)
+parameter and buffer must come from the file itself, and the file's recorded preprocessing (from
+`als_det.convert`, key `"als_det"`) must match the config. The file is read without full
+unpickling (`als_det.detection.checkpoint`) unless the caller passes `unsafe_load`.
 """
 from __future__ import annotations
 
@@ -12,12 +14,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import CfgNode
 from detectron2.utils.file_io import PathManager
 from torch import nn
 
+from als_det.detection.checkpoint import RecordingCheckpointer
 from als_det.io import sha256_file
+from als_det.weights_io import UnsafeFileError
 
 logger = logging.getLogger(__name__)
 
@@ -42,32 +45,25 @@ class BackboneLoad:
     # When the file is a checkpoint of an als_det fine-tuning run: that run's backbone record.
     finetuned_from: dict[str, Any] | None = None
     iteration: int | None = None
+    unsafe_load: bool = False  # reading the file needed full unpickling (--unsafe-load)
 
     def provenance(self) -> dict[str, Any]:
         """The `backbone` entry of results.json: the pretrained file, its label strategy and
         pretraining config; for a fine-tuned checkpoint, that run's record plus the checkpoint."""
         if self.finetuned_from:
             return {**self.finetuned_from, "checkpoint": self.path,
-                    "checkpoint_sha256": self.sha256, "checkpoint_iteration": self.iteration}
+                    "checkpoint_sha256": self.sha256, "checkpoint_iteration": self.iteration,
+                    "checkpoint_unsafe_load": self.unsafe_load}
         meta = self.metadata or {}
-        return {"path": self.path, "sha256": self.sha256,
+        return {"path": self.path, "sha256": self.sha256, "unsafe_load": self.unsafe_load,
                 "label_strategy": meta.get("label_strategy"),
                 "pretrain_config": meta.get("pretrain_config"),
                 "source": meta.get("source"), "source_sha256": meta.get("source_sha256"),
+                "source_unsafe_load": meta.get("unsafe_load"),
                 "depth": meta.get("depth"), "preprocessing": meta.get("preprocessing"),
                 "pretrain_seed": meta.get("pretrain_seed"),
                 "pretrain_epoch": meta.get("pretrain_epoch"),
                 "backbone_tensors": self.backbone_tensors, "loaded_tensors": self.loaded_tensors}
-
-
-class _RecordingCheckpointer(DetectionCheckpointer):
-    """DetectionCheckpointer that keeps the incompatible-keys record it would only log."""
-
-    incompatible: Any = None
-
-    def _load_model(self, checkpoint: Any) -> Any:
-        self.incompatible = super()._load_model(checkpoint)
-        return self.incompatible
 
 
 def backbone_prefixes(model: nn.Module) -> list[str]:
@@ -110,11 +106,30 @@ def check_preprocessing(cfg: CfgNode, metadata: dict[str, Any] | None, path: str
                            + "; ".join(problems))
 
 
+def _unfilled_backbone_keys(checkpointer: RecordingCheckpointer, keys: list[str], path: str
+                           ) -> list[str]:
+    """The backbone keys the file did not supply. Caffe2-format files without any BN statistics
+    (MSRA's AffineChannel ResNets: statistics folded into scale and bias) are the one case where
+    FrozenBatchNorm2d's filled-in identity statistics are what the file means."""
+    missing = [k for k in keys if k not in checkpointer.supplied]
+    stats = ("running_mean", "running_var")
+    if checkpointer.author == "Caffe2" and not any(
+            k.endswith(stats) for k in checkpointer.supplied):
+        folded = [k for k in missing if k.endswith(stats)]
+        if folded:
+            logger.info("%s: a Caffe2-format file without BN statistics (AffineChannel): %d "
+                        "running_mean/running_var buffers keep the identity values 0/1",
+                        path, len(folded))
+        missing = [k for k in missing if k not in folded]
+    return missing
+
+
 def load_backbone_weights(model: nn.Module, cfg: CfgNode, allow_random_backbone: bool = False,
-                          path: str | None = None) -> BackboneLoad:
+                          path: str | None = None, unsafe_load: bool = False) -> BackboneLoad:
     """Load `path` (default `cfg.MODEL.WEIGHTS`) into `model` through detectron2's checkpointer,
     then refuse (WeightsError) unless every backbone tensor came from the file and its recorded
-    preprocessing matches `cfg`. `allow_random_backbone` is the only way to train without them."""
+    preprocessing matches `cfg`. `allow_random_backbone` is the only way to train without them.
+    `unsafe_load` allows full unpickling of a trusted file that needs it (recorded)."""
     path = cfg.MODEL.WEIGHTS if path is None else path
     keys = backbone_keys(model)
     if not path:
@@ -128,22 +143,23 @@ def load_backbone_weights(model: nn.Module, cfg: CfgNode, allow_random_backbone:
                             missing=keys)
 
     local = PathManager.get_local_path(path)
-    checkpointer = _RecordingCheckpointer(model)
+    checkpointer = RecordingCheckpointer(model, unsafe_load=unsafe_load)
     try:
         extra = checkpointer.load(local, checkpointables=[])
+    except UnsafeFileError as e:
+        raise WeightsError(str(e)) from e
     except Exception as e:  # any reader failure: name the file and say what is expected
         raise WeightsError(f"cannot read {path} as detectron2 weights ({type(e).__name__}: {e}). "
                            f"Expected a .pkl from tools/convert_to_d2.py or a detectron2 .pth "
                            f"checkpoint. {CONVERT_HINT}") from e
     inc = checkpointer.incompatible
-    not_loaded = set(inc.missing_keys) | {k for k, *_ in inc.incorrect_shapes}
-    missing = [k for k in keys if k in not_loaded]
+    missing = _unfilled_backbone_keys(checkpointer, keys, path)
     finetuned_from = (extra.get("trainer") or {}).get("als_det_backbone") or None
     metadata = extra.get("als_det") or finetuned_from
     report = BackboneLoad(path=path, sha256=sha256_file(local), backbone_tensors=len(keys),
                           loaded_tensors=len(keys) - len(missing), metadata=extra.get("als_det"),
                           missing=missing, finetuned_from=finetuned_from,
-                          iteration=extra.get("iteration"))
+                          iteration=extra.get("iteration"), unsafe_load=checkpointer.unsafe_used)
     logger.info("Backbone: %d of %d tensors loaded from %s (%d unexpected keys in the file "
                 "ignored)", report.loaded_tensors, len(keys), path, len(inc.unexpected_keys))
     if missing:

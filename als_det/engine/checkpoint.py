@@ -5,9 +5,7 @@ weights_only=True)`: nobody has to unpickle arbitrary objects to read a backbone
 """
 from __future__ import annotations
 
-import pickle
 import random
-import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -17,10 +15,10 @@ import torch.nn as nn
 
 from als_det.io import atomic_torch_save
 from als_det.models import build_resnet
+from als_det.weights_io import WRAPPER_PREFIXES, WeightsFileError, read_torch_file
 
 REQUIRED_KEYS = ("model", "optimizer", "scheduler", "scaler", "epoch", "arch", "num_classes", "classes",
                  "label_strategy", "preprocessing", "config", "seed", "rng_state", "metrics", "versions")
-_WRAPPER_PREFIXES = ("module.", "_orig_mod.")
 
 
 class CheckpointError(ValueError):
@@ -43,7 +41,7 @@ def save_checkpoint(path: str | Path, state: dict[str, Any]) -> Path:
     missing = [k for k in REQUIRED_KEYS if k not in state]
     if missing:
         raise KeyError(f"checkpoint for {path} lacks {missing}")
-    wrapped = [k for k in state["model"] if k.startswith(_WRAPPER_PREFIXES)]
+    wrapped = [k for k in state["model"] if k.startswith(WRAPPER_PREFIXES)]
     if wrapped:
         raise ValueError(f"checkpoint for {path}: model keys carry a wrapper prefix, e.g. {wrapped[0]!r}; "
                          "save unwrap_model(model).state_dict()")
@@ -56,9 +54,9 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist")
     try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=True)
-    except (RuntimeError, pickle.UnpicklingError, zipfile.BadZipFile, EOFError, ValueError) as exc:
-        raise CheckpointError(f"{path} is not a readable torch checkpoint: {exc}") from exc
+        ckpt, _ = read_torch_file(path, map_location=map_location)
+    except WeightsFileError as exc:
+        raise CheckpointError(str(exc)) from exc
     if not isinstance(ckpt, dict):
         raise CheckpointError(f"{path} holds a {type(ckpt).__name__}, not an als_det pretraining checkpoint")
     missing = [k for k in REQUIRED_KEYS if k not in ckpt]
