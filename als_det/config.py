@@ -59,7 +59,7 @@ _C.LABELS.STRATEGY = "als"       # hard | ls | als | cutmix | mixup (docs/als.md
 _C.LABELS.EPSILON = 0.1          # ls
 _C.LABELS.E_MIN = 0.0            # als: e = clip((1 - a) ** POWER, E_MIN, E_MAX)
 _C.LABELS.E_MAX = 1.0
-_C.LABELS.COVERAGE = "crop"      # als, what a is: crop (share of the crop on the object) | object (share of the object in the crop)
+_C.LABELS.COVERAGE = "crop"      # als, what a is: crop (crop's share on the object) | object (object's share in crop)
 _C.LABELS.POWER = 1.0            # als
 _C.LABELS.NO_BOX = "ls"          # als, images without boxes: ls | hard | skip
 _C.LABELS.NO_BOX_EPSILON = 0.1

@@ -145,3 +145,6 @@ def test_evaluate_tool_recognises_the_layout(tree, tmp_path) -> None:
     line = next(x for x in out.splitlines() if x.startswith("hard:"))
     assert "original 11.1% (ref 95.6%)" in line and "mixed_rand 5.9% (ref 78.9%)" in line
     assert "BG-Gap 21.4% (ref 7.3%" in line  # 3/11 - 1/17
+    refused = subprocess.run([sys.executable, str(REPO / "tools" / "evaluate.py"), "--checkpoint", str(ckpt),
+                              "--data", str(tree), "--fill", "mean"], capture_output=True, text=True)
+    assert refused.returncode == 2 and "--fill do(es) not apply to ImageNet-9 data" in refused.stderr

@@ -196,7 +196,8 @@ def _first_inputs(store: list) -> Callable[[torch.nn.Module], None]:
 def test_cutmix_mixes_the_crops_the_hard_arm_sees_and_resumes_exactly(tiny_root, tmp_path):
     one = ("SOLVER.EPOCHS", "1", "TRAIN.MAX_ITERS_PER_EPOCH", "1")
     hard_inputs, cutmix_inputs = [], []
-    train(tiny_cfg(tiny_root, tmp_path / "hard", "LABELS.STRATEGY", "hard", *one), model_hook=_first_inputs(hard_inputs))
+    train(tiny_cfg(tiny_root, tmp_path / "hard", "LABELS.STRATEGY", "hard", *one),
+          model_hook=_first_inputs(hard_inputs))
     train(tiny_cfg(tiny_root, tmp_path / "cm1", "LABELS.STRATEGY", "cutmix", *one),
           model_hook=_first_inputs(cutmix_inputs))
     # one batch of 8 crops: undecodable image masked, the others mixed as BatchMixer mixes them

@@ -22,6 +22,11 @@ from als_det.analysis.evaluate import EvalOptions, evaluate_checkpoints
 from als_det.report.backgrounds import summary_lines
 
 
+# Options of the box-based evaluation that an ImageNet-9 tree has no use for.
+IN9_IGNORES = ("split", "boxes", "val_labels", "baseline", "temperature_scaling", "fill", "min_crop_fraction", "cam",
+               "grid_images", "max_images", "cache_dir")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", action="append", required=True, help="a pretraining checkpoint (repeat)")
@@ -55,6 +60,9 @@ def main() -> None:
                        cam_method=args.cam, grid_images=args.grid_images, device=args.device,
                        cache_dir=args.cache_dir)
     if is_in9_layout(args.data):
+        unused = [f"--{k.replace('_', '-')}" for k in IN9_IGNORES if getattr(args, k) != p.get_default(k)]
+        if unused:
+            p.error(f"{' '.join(unused)} do(es) not apply to ImageNet-9 data ({args.data} has original/val)")
         metrics = evaluate_in9(args.checkpoint, args.data, args.out, names=args.name, in_to_in9=args.in_to_in9,
                                opts=opts, args=vars(args))
         if metrics is not None:

@@ -89,8 +89,8 @@ def output_mapping(lm: LoadedModel, classes: Sequence[str], mapping_path: str | 
     if ck_classes == list(classes):
         return None
     if not mapping_path:
-        raise EvaluationInputError(f"{lm.path}: its {len(ck_classes)} classes are not the IN-9 folders {list(classes)}; "
-                                   "pass --in-to-in9 in_to_in9.json (the challenge's class mapping)")
+        raise EvaluationInputError(f"{lm.path}: its {len(ck_classes)} classes are not the IN-9 folders "
+                                   f"{list(classes)}; pass --in-to-in9 in_to_in9.json (the challenge's mapping)")
     return load_in9_mapping(mapping_path, int(lm.ckpt["num_classes"]))
 
 

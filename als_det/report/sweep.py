@@ -161,8 +161,9 @@ def summarize(cells: Sequence[SweepCell], baseline: str = "hard", main_epochs: i
     for r in results[1:]:
         if r.data != first:
             diff = [k for k in DATA_KEYS if r.data.get(k) != first.get(k)]
-            raise SweepInputError(f"{r.cell.eval_metrics} was evaluated on other data than {results[0].cell.eval_metrics} "
-                                  f"(differs in {diff}); every cell must see the same images")
+            raise SweepInputError(f"{r.cell.eval_metrics} was evaluated on other data than "
+                                  f"{results[0].cell.eval_metrics} (differs in {diff}); every cell must see the same "
+                                  "images")
     _pair_with_baseline(results, baseline)
     if main_epochs is None:
         main_epochs = Counter(r.epochs for r in results).most_common(1)[0][0]

@@ -8,6 +8,8 @@ from tabulate import tabulate
 
 from als_det.report.sweep import FORMS, NEUTRAL_POINTS, Group, Sweep, describe
 
+TABLE = {"tablefmt": "pipe", "disable_numparse": True}
+
 INTERVAL_METHOD = ("95% Student-t interval over seeds of the paired (same seed, same crops) differences and "
                    "ratios to the baseline; it covers seed-to-seed training variance on this val set, not the "
                    "choice of val images (each evaluation's bootstrap) nor other classes or data sets")
@@ -47,7 +49,7 @@ def accuracy_table(sweep: Sweep) -> str:
              _pm(g, "conf_val"), _pm(g, "mean_e"), _pm(g, "train_time_s", 1 / 60, ".1f")] for g in sweep.groups]
     return tabulate(rows, headers=["setting", "targets", "epochs", "seeds", "top-1 (%)",
                                    f"Δ top-1 vs {sweep.baseline} (points)", "ECE", f"Δ ECE vs {sweep.baseline}",
-                                   "val confidence", "mean e (last epoch)", "training (min)"], tablefmt="pipe", disable_numparse=True)
+                                   "val confidence", "mean e (last epoch)", "training (min)"], **TABLE)
 
 
 def reliance_table(sweep: Sweep, source: str) -> str:
@@ -57,7 +59,7 @@ def reliance_table(sweep: Sweep, source: str) -> str:
         row += ["—" if g.setting == sweep.baseline else _ci(g, f"{key}_{source}") for key, _ in FORMS]
         rows.append(row)
     return tabulate(rows, headers=["setting", "epochs", f"{source} confidence", f"{source} / own val confidence"]
-                    + [f"/{sweep.baseline}: {label}" for _, label in FORMS], tablefmt="pipe", disable_numparse=True)
+                    + [f"/{sweep.baseline}: {label}" for _, label in FORMS], **TABLE)
 
 
 def verdict(sweep: Sweep, source: str = PRIMARY) -> str:
@@ -78,11 +80,17 @@ def verdict(sweep: Sweep, source: str = PRIMARY) -> str:
 
     lower = [g for g in groups if g.stats[key]["interval"] and g.stats[key]["interval"][1] < 1.0]
     good = [g for g in lower if g.stats["d_top1"]["mean"] >= -NEUTRAL_POINTS / 100]
-    lines = [f"**{source}, {sweep.main_epochs}-epoch runs** (95% t-intervals over seeds, paired with {sweep.baseline}):"]
+    lines = [f"**{source}, {sweep.main_epochs}-epoch runs** (95% t-intervals over seeds, paired with "
+             f"{sweep.baseline}):"]
+    def cost_note(g: Group) -> str:
+        iv = g.stats["d_top1"]["interval"]
+        if iv and iv[0] >= -NEUTRAL_POINTS / 100:
+            return ""
+        return f" (the top-1 interval reaches below -{NEUTRAL_POINTS:g} point)"
+
     if good:
         lines += [f"- lowers relative context reliance at ≤ {NEUTRAL_POINTS:g} point mean top-1 cost: {numbers(g)}"
-                  + ("" if g.stats["d_top1"]["interval"] and g.stats["d_top1"]["interval"][0] >= -NEUTRAL_POINTS / 100 else
-                     f" (the top-1 interval reaches below -{NEUTRAL_POINTS:g} point)") for g in good]
+                  + cost_note(g) for g in good]
     else:
         lines.append(f"- no setting lowers {source} confidence relative to its own val confidence (interval below 1) "
                      f"at a mean top-1 cost of at most {NEUTRAL_POINTS:g} point.")
@@ -103,7 +111,7 @@ def cells_table(sweep: Sweep) -> str:
                          "" if v.get(f"conf_{PRIMARY}") is None else f"{v[f'conf_{PRIMARY}']:.3f}",
                          "" if rel is None else f"{rel:.3f}", f"`{c.cell.run_dir}`", f"`{c.cell.eval_metrics}`"])
     return tabulate(rows, headers=["setting", "seed", "epochs", "top-1 (%)", "ECE", f"{PRIMARY} confidence",
-                                   f"{PRIMARY} ratio rel. to val", "run", "evaluation"], tablefmt="pipe", disable_numparse=True)
+                                   f"{PRIMARY} ratio rel. to val", "run", "evaluation"], **TABLE)
 
 
 def render_sweep_report(sweep: Sweep, figures: dict[str, str], title: str = "") -> str:
