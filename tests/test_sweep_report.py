@@ -99,6 +99,8 @@ def test_cells_that_cannot_be_paired_are_refused(cells, tmp_path) -> None:
     als = next(c for c in cells if c.setting == "als" and c.seed == 0)
     with pytest.raises(SweepInputError, match="no evaluated checkpoint"):
         summarize([SweepCell("als", 0, als.run_dir, cells[-1].eval_metrics)])
+    with pytest.raises(SweepInputError, match="model 'hard' is .*, not a checkpoint in"):
+        summarize([SweepCell("als", 0, als.run_dir, als.eval_metrics, model="hard")])
     # an evaluation of fewer images cannot be compared with the others
     other = tmp_path / "other_eval"
     evaluate_checkpoints([str(Path(als.run_dir) / "last.pth")], str(_data_root(als)), str(other),

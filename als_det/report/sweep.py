@@ -83,12 +83,16 @@ def _find_model(models: dict[str, Any], cell: SweepCell) -> str:
     if cell.model is not None:
         if cell.model not in models:
             raise SweepInputError(f"{cell.eval_metrics} has no model {cell.model!r} (it has {sorted(models)})")
-        names = [cell.model]
-    else:
-        names = [n for n, m in models.items() if Path(m["checkpoint"]["path"]).parent == run]
-    if len(names) != 1 or Path(models[names[0]]["checkpoint"]["path"]).parent != run:
-        raise SweepInputError(f"{cell.eval_metrics}: {'no' if not names else 'more than one'} evaluated checkpoint "
-                              f"of {cell.setting} seed {cell.seed} lies in {run}")
+        if Path(models[cell.model]["checkpoint"]["path"]).parent != run:
+            raise SweepInputError(f"{cell.eval_metrics}: model {cell.model!r} is "
+                                  f"{models[cell.model]['checkpoint']['path']}, not a checkpoint in {run}")
+        return cell.model
+    names = [n for n, m in models.items() if Path(m["checkpoint"]["path"]).parent == run]
+    if not names:
+        raise SweepInputError(f"{cell.eval_metrics}: no evaluated checkpoint of {cell.setting} seed {cell.seed} "
+                              f"lies in {run}")
+    if len(names) > 1:
+        raise SweepInputError(f"{cell.eval_metrics}: checkpoints {names} all lie in {run}; name the cell's model")
     return names[0]
 
 
@@ -103,10 +107,10 @@ def load_cell(cell: SweepCell) -> CellResult:
     ck = model["checkpoint"]
     if int(ck["seed"]) != int(cell.seed):
         raise SweepInputError(f"{cell.setting} seed {cell.seed}: its checkpoint {ck['path']} has seed {ck['seed']}")
-    rows = [json.loads(line) for line in history_path.read_text().splitlines() if line.strip()]
+    rows = [r for r in (json.loads(line) for line in history_path.read_text().splitlines() if line.strip())
+            if r["epoch"] <= int(ck["epoch"])]
     if not rows or rows[-1]["epoch"] != int(ck["epoch"]):
-        raise SweepInputError(f"{history_path} ends at epoch {rows[-1]['epoch'] if rows else 0}, the evaluated "
-                              f"checkpoint at epoch {ck['epoch']}")
+        raise SweepInputError(f"{history_path} has no row for epoch {ck['epoch']}, the evaluated checkpoint's")
     last = rows[-1]
     values = {"top1": model["val"]["top1"], "ece": model["val"]["ece"], "nll": model["val"]["nll"],
               "conf_val": model["val"]["mean_confidence"], "mean_e": last.get("mean_e"),
