@@ -55,12 +55,15 @@ _C.MODEL = CN()
 _C.MODEL.ARCH = "resnet18"       # any torchvision ResNet: resnet18/34/50/101/152
 
 _C.LABELS = CN()
-_C.LABELS.STRATEGY = "als"       # hard | ls | als
+_C.LABELS.STRATEGY = "als"       # hard | ls | als | cutmix | mixup (docs/als.md)
 _C.LABELS.EPSILON = 0.1          # ls
-_C.LABELS.E_MIN = 0.0            # als clip
+_C.LABELS.E_MIN = 0.0            # als: e = clip((1 - a) ** POWER, E_MIN, E_MAX)
 _C.LABELS.E_MAX = 1.0
+_C.LABELS.COVERAGE = "crop"      # als, what a is: crop (crop's share on the object) | object (object's share in crop)
+_C.LABELS.POWER = 1.0            # als
 _C.LABELS.NO_BOX = "ls"          # als, images without boxes: ls | hard | skip
 _C.LABELS.NO_BOX_EPSILON = 0.1
+_C.LABELS.MIX_ALPHA = 1.0        # cutmix | mixup: mixing ratio ~ Beta(alpha, alpha) (torchvision's default 1.0)
 
 _C.SOLVER = CN()
 _C.SOLVER.EPOCHS = 90
@@ -106,8 +109,13 @@ def load_config(path: str | None = None, opts: Sequence[str] | None = None) -> C
 
 def validate(cfg: CN) -> None:
     """Reject values that would otherwise fail hours into a run."""
-    if cfg.LABELS.STRATEGY not in ("hard", "ls", "als"):
-        raise ValueError(f"LABELS.STRATEGY must be hard, ls or als, got {cfg.LABELS.STRATEGY!r}")
+    if cfg.LABELS.STRATEGY not in ("hard", "ls", "als", "cutmix", "mixup"):
+        raise ValueError(f"LABELS.STRATEGY must be hard, ls, als, cutmix or mixup, got {cfg.LABELS.STRATEGY!r}")
+    if cfg.LABELS.COVERAGE not in ("crop", "object"):
+        raise ValueError(f"LABELS.COVERAGE must be crop or object, got {cfg.LABELS.COVERAGE!r}")
+    for key in ("POWER", "MIX_ALPHA"):
+        if not getattr(cfg.LABELS, key) > 0:
+            raise ValueError(f"LABELS.{key} must be > 0, got {getattr(cfg.LABELS, key)}")
     if cfg.LABELS.NO_BOX not in ("ls", "hard", "skip"):
         raise ValueError(f"LABELS.NO_BOX must be ls, hard or skip, got {cfg.LABELS.NO_BOX!r}")
     if not 0.0 <= cfg.LABELS.E_MIN <= cfg.LABELS.E_MAX <= 1.0:

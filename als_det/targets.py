@@ -1,7 +1,9 @@
 """Label strategies: box coverage -> smoothing factor e -> soft targets -> soft cross entropy.
 
-ALS (Krothapalli & Abbott, 2020): e = clip(1 - coverage, e_min, e_max) and the target is
-(1 - e) * onehot + e / K, so a constant e is exactly torch's `label_smoothing=e`.
+ALS (Krothapalli & Abbott, 2020): e = clip((1 - a) ** power, e_min, e_max) with `a` the crop
+coverage (default) or the object coverage, and the target is (1 - e) * onehot + e / K, so a
+constant e is exactly torch's `label_smoothing=e`. The CutMix and MixUp baselines mix images and
+labels over the batch instead (`als_det.mixing`); their strategies only carry `mix_alpha` here.
 """
 from __future__ import annotations
 
@@ -11,13 +13,16 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-STRATEGIES = ("hard", "ls", "als")
+STRATEGIES = ("hard", "ls", "als", "cutmix", "mixup")
+MIX_STRATEGIES = ("cutmix", "mixup")
 NO_BOX_POLICIES = ("ls", "hard", "skip")
+COVERAGES = ("crop", "object")
 
 
 @dataclass(frozen=True)
 class LabelStrategy:
-    """Which targets an arm trains on. `no_box`/`no_box_epsilon` only matter for "als"."""
+    """Which targets an arm trains on. `no_box`, `no_box_epsilon`, `coverage` and `power` only
+    matter for "als", `mix_alpha` (the Beta(alpha, alpha) of the mixing ratio) for "cutmix"/"mixup"."""
 
     name: str
     epsilon: float = 0.1
@@ -25,6 +30,9 @@ class LabelStrategy:
     e_max: float = 1.0
     no_box: str = "ls"
     no_box_epsilon: float = 0.1
+    coverage: str = "crop"
+    power: float = 1.0
+    mix_alpha: float = 1.0
 
     def __post_init__(self) -> None:
         if self.name not in STRATEGIES:
@@ -36,31 +44,60 @@ class LabelStrategy:
         for key in ("epsilon", "no_box_epsilon"):
             if not 0.0 <= getattr(self, key) <= 1.0:
                 raise ValueError(f"{key} must lie in [0, 1], got {getattr(self, key)}")
+        if self.coverage not in COVERAGES:
+            raise ValueError(f"coverage must be one of {COVERAGES}, got {self.coverage!r}")
+        if not self.power > 0.0:
+            raise ValueError(f"power must be > 0, got {self.power}")
+        if not self.mix_alpha > 0.0:
+            raise ValueError(f"mix_alpha must be > 0, got {self.mix_alpha}")
+
+    @property
+    def mixes(self) -> bool:
+        """CutMix/MixUp: targets come from mixing the batch (`als_det.mixing`), not from coverage."""
+        return self.name in MIX_STRATEGIES
 
     @classmethod
     def from_cfg(cls, labels_cfg: Any) -> "LabelStrategy":
         """From the config's `LABELS` node."""
         return cls(name=labels_cfg.STRATEGY, epsilon=float(labels_cfg.EPSILON),
                    e_min=float(labels_cfg.E_MIN), e_max=float(labels_cfg.E_MAX),
-                   no_box=labels_cfg.NO_BOX, no_box_epsilon=float(labels_cfg.NO_BOX_EPSILON))
+                   no_box=labels_cfg.NO_BOX, no_box_epsilon=float(labels_cfg.NO_BOX_EPSILON),
+                   coverage=labels_cfg.COVERAGE, power=float(labels_cfg.POWER),
+                   mix_alpha=float(labels_cfg.MIX_ALPHA))
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "LabelStrategy":
+        """From `to_dict()` output; keys a checkpoint predates take their defaults (today's behaviour)."""
+        return cls(**d)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
-def smoothing(strategy: LabelStrategy, coverage: torch.Tensor, has_box: torch.Tensor) -> torch.Tensor:
+def smoothing(strategy: LabelStrategy, coverage: torch.Tensor, has_box: torch.Tensor,
+              object_coverage: torch.Tensor | None = None) -> torch.Tensor:
     """Per-sample smoothing factor e (float32, shape [B]); NaN marks a sample to skip.
 
-    hard: 0; ls: epsilon; als: clip(1 - coverage, e_min, e_max) where the image has boxes, else
-    the no-box policy (ls: no_box_epsilon, hard: 0, skip: NaN).
+    hard: 0; ls: epsilon; als: clip((1 - a) ** power, e_min, e_max) where the image has boxes,
+    with a = `coverage` (crop coverage) or `object_coverage` as the strategy says; else the no-box
+    policy (ls: no_box_epsilon, hard: 0, skip: NaN).
     """
+    if strategy.mixes:
+        raise ValueError(f"{strategy.name} targets come from mixing the batch (als_det.mixing), not from coverage")
+    if strategy.name == "als" and strategy.coverage == "object":
+        if object_coverage is None:
+            raise ValueError("LABELS.COVERAGE object needs the object coverage of every sample")
+        coverage = object_coverage
     coverage = torch.as_tensor(coverage, dtype=torch.float32)
     has_box = torch.as_tensor(has_box, dtype=torch.bool, device=coverage.device)
     if strategy.name == "hard":
         return torch.zeros_like(coverage)
     if strategy.name == "ls":
         return torch.full_like(coverage, strategy.epsilon)
-    e = (1.0 - coverage).clamp(strategy.e_min, strategy.e_max)
+    e = 1.0 - coverage
+    if strategy.power != 1.0:
+        e = e.pow(strategy.power)
+    e = e.clamp(strategy.e_min, strategy.e_max)
     no_box_e = {"ls": strategy.no_box_epsilon, "hard": 0.0, "skip": float("nan")}[strategy.no_box]
     return torch.where(has_box, e, torch.full_like(e, no_box_e))
 
@@ -86,8 +123,9 @@ def soft_cross_entropy(logits: torch.Tensor, targets: torch.Tensor, reduction: s
     raise ValueError(f"reduction must be mean, sum or none, got {reduction!r}")
 
 
-def loss_for_batch(strategy: LabelStrategy, logits: torch.Tensor, labels: torch.Tensor,
-                   coverage: torch.Tensor, has_box: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int]:
+def loss_for_batch(strategy: LabelStrategy, logits: torch.Tensor, labels: torch.Tensor, coverage: torch.Tensor,
+                   has_box: torch.Tensor, object_coverage: torch.Tensor | None = None
+                   ) -> tuple[torch.Tensor, torch.Tensor, int]:
     """(mean loss over used samples, per-sample e, number of skipped samples).
 
     Samples with label -1 (undecodable images, see `ImageNetBoxes`) and samples the no-box policy
@@ -96,7 +134,8 @@ def loss_for_batch(strategy: LabelStrategy, logits: torch.Tensor, labels: torch.
     a zero loss that still depends on `logits` (so backward and DDP gradient sync still run).
     """
     labels = labels.to(logits.device)
-    e = smoothing(strategy, coverage.to(logits.device), has_box.to(logits.device))
+    e = smoothing(strategy, coverage.to(logits.device), has_box.to(logits.device),
+                  None if object_coverage is None else object_coverage.to(logits.device))
     valid_label = labels >= 0
     skipped = valid_label & torch.isnan(e)
     use = valid_label & ~torch.isnan(e)

@@ -49,7 +49,7 @@ def _epoch_als(ds: ImageNetBoxes, strategy: LabelStrategy, batch: int, workers: 
     g = torch.Generator().manual_seed(seed)
     start = time.perf_counter()
     n = 0
-    for images, labels, cov, has_box in DataLoader(ds, batch_size=batch, shuffle=True,
+    for images, labels, cov, _, has_box in DataLoader(ds, batch_size=batch, shuffle=True,
                                                    num_workers=workers, generator=g):
         targets = soft_targets(labels, smoothing(strategy, cov, has_box), len(ds.classes))
         n += len(targets)

@@ -41,7 +41,8 @@ def main() -> None:
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda it: 1.0)
     scaler = torch.amp.GradScaler("cuda", enabled=False)
     batch = (torch.randn(args.batch, 3, args.size, args.size), torch.randint(0, args.classes, (args.batch,)),
-             torch.rand(args.batch, dtype=torch.float64), torch.ones(args.batch, dtype=torch.bool))
+             torch.rand(args.batch, dtype=torch.float64), torch.rand(args.batch, dtype=torch.float64),
+             torch.ones(args.batch, dtype=torch.bool))
     loader = [batch] * args.steps
     arms = {name: LabelStrategy(name) for name in ("hard", "als")}
 

@@ -135,9 +135,10 @@ def _synthetic_batches(plan: Plan, device: torch.device, n: int = 4) -> list[tup
         images = torch.randn(plan.batch, 3, plan.image_size, plan.image_size, generator=g)
         labels = torch.randint(0, plan.num_classes, (plan.batch,), generator=g)
         cov = torch.rand(plan.batch, generator=g)
+        obj_cov = torch.rand(plan.batch, generator=g)
         has_box = torch.rand(plan.batch, generator=g) < 0.9
         batches.append(tuple(t.to(device) for t in (
-            images.contiguous(memory_format=torch.channels_last), labels, cov, has_box)))
+            images.contiguous(memory_format=torch.channels_last), labels, cov, obj_cov, has_box)))
     return batches
 
 
@@ -358,7 +359,7 @@ class EncodedCrops(torch.utils.data.Dataset):
         from PIL import Image
         from torchvision.io import read_file
 
-        from als_det.data.crops import coverage, random_resized_crop_params
+        from als_det.data.crops import coverage, object_coverage, random_resized_crop_params
         from als_det.data.imagenet import sample_seed
 
         path, base = self.base.path(index), self.base
@@ -369,16 +370,17 @@ class EncodedCrops(torch.utils.data.Dataset):
         top, left, h, w = random_resized_crop_params(width, height, base.scale, base.ratio, g)
         flip = bool(torch.rand(1, generator=g).item() < 0.5)
         boxes = base.boxes(index)
-        cov = coverage(boxes, (left, top, left + w, top + h)) if len(boxes) else 0.0
-        return read_file(path), base.label(index), cov, bool(len(boxes)), (top, left, h, w, flip, height, width)
+        crop = (left, top, left + w, top + h)
+        cov, obj = (coverage(boxes, crop), object_coverage(boxes, crop)) if len(boxes) else (0.0, 0.0)
+        return read_file(path), base.label(index), cov, obj, bool(len(boxes)), (top, left, h, w, flip, height, width)
 
     @staticmethod
     def collate(items):
         """One flat byte tensor per batch (one shared-memory handle, not one per image)."""
-        data, labels, cov, has_box, params = zip(*items)
+        data, labels, cov, obj, has_box, params = zip(*items)
         lengths = torch.tensor([len(d) for d in data])
         return (torch.cat(data), lengths, torch.tensor(labels), torch.tensor(cov, dtype=torch.float32),
-                torch.tensor(has_box), torch.tensor(params))
+                torch.tensor(obj, dtype=torch.float32), torch.tensor(has_box), torch.tensor(params))
 
 
 def decode_crop(flat: torch.Tensor, lengths: torch.Tensor, params: torch.Tensor, size: int,
@@ -403,7 +405,7 @@ def decode_crop(flat: torch.Tensor, lengths: torch.Tensor, params: torch.Tensor,
 
 
 class GpuDecodedLoader:
-    """Wraps a loader of `EncodedCrops` batches into `(images, labels, coverage, has_box)` on device."""
+    """Wraps a loader of `EncodedCrops` batches into `ImageNetBoxes`' batches, images on device."""
 
     def __init__(self, loader, size: int, device: torch.device) -> None:
         self.loader, self.size, self.device = loader, size, device
@@ -412,8 +414,8 @@ class GpuDecodedLoader:
         return len(self.loader)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, ...]]:
-        for flat, lengths, labels, cov, has_box, params in self.loader:
-            yield decode_crop(flat, lengths, params, self.size, self.device), labels, cov, has_box
+        for flat, lengths, labels, cov, obj, has_box, params in self.loader:
+            yield decode_crop(flat, lengths, params, self.size, self.device), labels, cov, obj, has_box
 
 
 def section_gpu_decode(plan: Plan, sec: Section, out: Path) -> None:
@@ -428,7 +430,7 @@ def section_gpu_decode(plan: Plan, sec: Section, out: Path) -> None:
     w = max(plan.workers)
 
     def consume(batch) -> torch.Tensor:
-        return decode_crop(batch[0], batch[1], batch[5], plan.image_size, device)
+        return decode_crop(batch[0], batch[1], batch[6], plan.image_size, device)
 
     sec.put(**{f"decode_crop_{w}w_img_s": round(loader_rate(encoded, plan, w, device, consume), 1)})
     model, opt = _model(plan, device)

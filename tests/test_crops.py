@@ -1,4 +1,4 @@
-"""Crop sampling identical to torchvision's; exact coverage against a pixel raster."""
+"""Crop sampling identical to torchvision's; exact crop and object coverage against a pixel raster."""
 from __future__ import annotations
 
 import numpy as np
@@ -8,7 +8,7 @@ import torchvision.transforms as T
 import torchvision.transforms.functional as TF
 from PIL import Image
 
-from als_det.data.crops import center_crop_box, coverage, random_resized_crop_params
+from als_det.data.crops import center_crop_box, coverage, object_coverage, random_resized_crop_params
 
 
 @pytest.mark.parametrize("size", [(64, 64), (500, 375), (120, 300), (1000, 12), (7, 400)])
@@ -82,3 +82,35 @@ def test_center_crop_box_matches_torchvision_resize() -> None:
     assert center_crop_box(64, 64, 64, 64) == (0, 0, 64, 64)
     with pytest.raises(ValueError):
         center_crop_box(64, 64, 32, 48)
+
+
+def test_object_coverage_simple_cases() -> None:
+    box = np.array([[10, 10, 50, 50]], np.float32)         # 40 x 40
+    assert object_coverage(box, (0, 0, 100, 100)) == 1.0     # the whole object in view
+    assert object_coverage(box, (20, 20, 40, 40)) == pytest.approx(400 / 1600)  # crop inside the box
+    assert object_coverage(box, (60, 0, 70, 10)) == 0.0      # disjoint
+    assert object_coverage(np.zeros((0, 4)), (0, 0, 5, 5)) == 0.0
+    two_same = np.array([[0, 0, 10, 10], [0, 0, 10, 10]], np.float32)
+    assert object_coverage(two_same, (0, 0, 5, 10)) == pytest.approx(0.5)   # union, not the sum
+    apart = np.array([[0, 0, 10, 10], [20, 0, 30, 10]], np.float32)         # two instances, 200 px
+    assert object_coverage(apart, (0, 0, 15, 10)) == pytest.approx(0.5)
+    with pytest.raises(ValueError, match="empty crop"):
+        object_coverage(box, (5, 5, 5, 9))
+
+
+def test_object_coverage_matches_pixel_raster() -> None:
+    rng = np.random.default_rng(1)
+    for _ in range(300):
+        n = int(rng.integers(1, 6))
+        xy0 = rng.integers(0, 50, size=(n, 2))
+        boxes = np.concatenate([xy0, xy0 + rng.integers(1, 30, size=(n, 2))], 1).astype(np.float32)
+        cx0, cy0 = rng.integers(0, 60, size=2)
+        cx1, cy1 = cx0 + rng.integers(1, 40), cy0 + rng.integers(1, 40)
+        raster = np.zeros((100, 100), bool)
+        for x0, y0, x1, y1 in boxes.astype(int):
+            raster[y0:y1, x0:x1] = True
+        expected = raster[cy0:cy1, cx0:cx1].sum() / raster.sum()
+        assert object_coverage(boxes, (cx0, cy0, cx1, cy1)) == pytest.approx(expected, abs=1e-9)
+        # both coverages count the same covered pixels, over different areas
+        crop_area = (cx1 - cx0) * (cy1 - cy0)
+        assert coverage(boxes, (cx0, cy0, cx1, cy1)) * crop_area == pytest.approx(expected * raster.sum())

@@ -78,6 +78,7 @@ def setup(tmp_path_factory):
     shutil.copytree(root / "Annotation" / "val", root / "Annotation" / "val_mixed")
     shutil.copytree(root / "val", root / "val_bg_only")
     (root / "generation.json").write_text("{}")
+    (root / "classes.json").write_text(json.dumps(dict(zip(CLASSES, ("disc", "ring", "cross")))))
     ckpts = [make_checkpoint(base / "hard.pth", "hard", seed=0), make_checkpoint(base / "als.pth", "als", seed=1)]
     return base, root, ckpts
 
@@ -120,6 +121,9 @@ def test_evaluation_writes_every_section(setup) -> None:
         assert f"]({fig})" in report
         assert (out / fig).read_bytes()[:4] == b"\x89PNG"
     assert metrics["headline"] == on_disk["headline"]
+    # readable class names (the generated set's classes.json) in the data record and the report
+    assert on_disk["data"]["class_names"] == ["disc", "ring", "cross"] and on_disk["data"]["classes"] == CLASSES
+    assert "Classes: disc, ring, cross." in report
 
 
 def test_bg_only_confidence_differs_from_intact(setup) -> None:

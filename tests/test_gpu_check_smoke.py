@@ -53,13 +53,14 @@ def test_header_path_tracks_the_same_crops_as_imagenetboxes(gpu_check, tmp_path:
     dataset.set_epoch(2)
     encoded = gpu_check.EncodedCrops(dataset)
     batch = encoded.collate([encoded[i] for i in range(len(records))])
-    flat, lengths, labels, cov, has_box, params = batch
+    flat, lengths, labels, cov, obj, has_box, params = batch
     images = gpu_check.decode_crop(flat, lengths, params, plan.image_size, torch.device("cpu"))
     assert images.shape == (len(records), 3, plan.image_size, plan.image_size)
     for i in range(len(records)):
-        image, label, coverage, box = dataset[i]
+        image, label, coverage, object_coverage, box = dataset[i]
         assert (label, box) == (int(labels[i]), bool(has_box[i]))
         assert cov[i].item() == pytest.approx(coverage, abs=1e-6)
+        assert obj[i].item() == pytest.approx(object_coverage, abs=1e-6)
         # PIL's and torch's antialiased bilinear resizes differ slightly, not in content.
         assert (images[i] - image).abs().mean().item() < 0.02
     assert 0.0 < cov[has_box].mean().item() <= 1.0

@@ -13,7 +13,8 @@ from torch.utils.data import DataLoader
 
 from als_det.data.boxes import ImageRecord, build_index
 from als_det.data.images import BadImageError, load_rgb
-from als_det.data.imagenet import IMAGENET_MEAN, IMAGENET_STD, ImageNetBoxes
+from als_det.data.crops import center_crop_box, random_resized_crop_params
+from als_det.data.imagenet import IMAGENET_MEAN, IMAGENET_STD, ImageNetBoxes, sample_seed
 
 
 @pytest.fixture(scope="module")
@@ -56,8 +57,18 @@ def test_same_batches_for_any_worker_count(tiny_train) -> None:
             assert torch.equal(t0, t2)
 
 
+def _crop_rect(ds: ImageNetBoxes, index: int, rec: ImageRecord) -> tuple[int, int, int, int]:
+    """The crop `ds[index]` takes, from the same seeded draws, rounded to whole pixels."""
+    if not ds.train:
+        return tuple(int(round(v)) for v in center_crop_box(rec.width, rec.height, ds.val_resize, ds.image_size))
+    g = torch.Generator().manual_seed(sample_seed(ds.seed, ds.epoch, index))
+    top, left, h, w = random_resized_crop_params(rec.width, rec.height, ds.scale, ds.ratio, g)
+    return left, top, left + w, top + h
+
+
 def test_coverage_is_the_box_fraction_of_the_actual_crop(tmp_path: Path) -> None:
-    """White box on black: the crop's mean brightness is its box coverage (up to resampling)."""
+    """White box on black: the crop's mean brightness is its crop coverage (up to resampling), and
+    its object coverage is the share of the box's pixels inside that crop."""
     rng = np.random.default_rng(0)
     records = []
     for i in range(12):
@@ -75,20 +86,27 @@ def test_coverage_is_the_box_fraction_of_the_actual_crop(tmp_path: Path) -> None
         covs = []
         for epoch in range(3):
             ds.set_epoch(epoch)
-            for img, label, cov, has_box in _all(ds):
+            for i, (img, label, cov, obj, has_box) in enumerate(_all(ds)):
                 brightness = float((img * std + mean).mean())
                 assert has_box and label == 0
                 assert cov == pytest.approx(brightness, abs=0.04)
-                covs.append(cov)
-        assert sum(0.05 < c < 0.95 for c in covs) >= 5  # partial crops, not only trivial ones
+                # object coverage: the box's pixels inside that crop over all its pixels (a raster)
+                x0, y0, x1, y1 = records[i].boxes[0].astype(int)
+                cx0, cy0, cx1, cy1 = _crop_rect(ds, i, records[i])
+                raster = np.zeros((records[i].height, records[i].width), bool)
+                raster[y0:y1, x0:x1] = True
+                assert obj == pytest.approx(raster[cy0:cy1, cx0:cx1].sum() / raster.sum(), abs=0.02)
+                covs.append((cov, obj))
+        assert sum(0.05 < c < 0.95 for c, _ in covs) >= 5  # partial crops, not only trivial ones
+        assert sum(0.05 < o < 0.95 for _, o in covs) >= 5
 
 
 def test_no_box_record_has_zero_coverage(tmp_path: Path) -> None:
     path = tmp_path / "x.jpg"
     Image.new("RGB", (40, 30), (255, 255, 255)).save(path)
     rec = ImageRecord(str(path), 2, np.zeros((0, 4), np.float32), 40, 30)
-    img, label, cov, has_box = ImageNetBoxes([rec], ["a", "b", "c"], True, 16)[0]
-    assert img.shape == (3, 16, 16) and label == 2 and cov == 0.0 and has_box is False
+    img, label, cov, obj, has_box = ImageNetBoxes([rec], ["a", "b", "c"], True, 16)[0]
+    assert img.shape == (3, 16, 16) and label == 2 and cov == 0.0 and obj == 0.0 and has_box is False
 
 
 def test_eval_mode_is_deterministic_centre_crop(tiny_train) -> None:
@@ -97,7 +115,7 @@ def test_eval_mode_is_deterministic_centre_crop(tiny_train) -> None:
     x = ds[0]
     ds.set_epoch(5)
     y = ds[0]
-    assert x[0].shape == (3, 56, 56) and torch.equal(x[0], y[0]) and x[2] == y[2]
+    assert x[0].shape == (3, 56, 56) and torch.equal(x[0], y[0]) and x[2:] == y[2:]
 
 
 def test_greyscale_and_cmyk_become_rgb(tmp_path: Path, tiny_imagenet: Path) -> None:
@@ -131,9 +149,9 @@ def test_truncated_jpeg_gives_label_minus_one_and_one_warning(tmp_path: Path,
         load_rgb(rec.path)
     ds = ImageNetBoxes([rec, rec], ["a", "b"], True, 32)
     with caplog.at_level(logging.WARNING, logger="als_det.data.imagenet"):
-        img, label, cov, has_box = ds[0]
+        img, label, cov, obj, has_box = ds[0]
         ds[1]
-    assert label == -1 and cov == 0.0 and has_box is False and torch.all(img == 0)
+    assert label == -1 and cov == 0.0 and obj == 0.0 and has_box is False and torch.all(img == 0)
     assert img.shape == (3, 32, 32)
     assert [r.getMessage().count("truncated.jpg") for r in caplog.records] == [1]
     strict = ImageNetBoxes([rec], ["a", "b"], True, 32, strict=True)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -121,3 +122,28 @@ def test_split_is_seeded_and_disjoint() -> None:
     a2, _ = split_indices(100, 0.3, seed=1)
     assert torch.equal(a, a2) and len(a) == 30
     assert sorted(torch.cat([a, b]).tolist()) == list(range(100))
+
+
+def test_t_quantiles_match_the_standard_table_and_the_cauchy_closed_form() -> None:
+    from als_det.metrics.intervals import t_quantile
+
+    # two-sided 95% critical values of any t table (e.g. NIST/SEMATECH e-Handbook, table 1.3.6.7.2)
+    for df, value in ((2, 4.303), (3, 3.182), (4, 2.776), (9, 2.262), (30, 2.042)):
+        assert t_quantile(0.975, df) == pytest.approx(value, abs=5e-4)
+    for p in (0.6, 0.9, 0.99):  # df = 1 is Cauchy
+        assert t_quantile(p, 1) == pytest.approx(math.tan(math.pi * (p - 0.5)), rel=1e-7)
+    assert t_quantile(0.975, 10_000) == pytest.approx(1.95996, abs=1e-3)  # the normal limit
+    with pytest.raises(ValueError):
+        t_quantile(0.3, 2)
+
+
+def test_t_interval_covers_the_mean_at_its_level_with_three_seeds() -> None:
+    from als_det.metrics.intervals import t_interval
+
+    rng = np.random.default_rng(0)
+    hits = 0
+    for _ in range(4000):
+        _, lo, hi = t_interval(rng.normal(5.0, 2.0, size=3))
+        hits += lo <= 5.0 <= hi
+    assert 0.94 < hits / 4000 < 0.96
+    assert t_interval([1.0]) is None

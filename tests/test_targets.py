@@ -118,3 +118,52 @@ def test_strategy_validation_and_config_round_trip() -> None:
     s = LabelStrategy.from_cfg(cfg.LABELS)
     assert s == LabelStrategy("als", 0.1, 0.0, 0.9, "ls", 0.1)
     assert LabelStrategy(**s.to_dict()) == s
+
+
+def test_default_als_targets_are_unchanged_by_the_new_options() -> None:
+    """Defaults (crop coverage, power 1) give bit for bit the targets of e = clip(1 - a, e_min, e_max)."""
+    g = torch.Generator().manual_seed(3)
+    cov, obj = torch.rand(64, generator=g), torch.rand(64, generator=g)
+    has = torch.rand(64, generator=g) < 0.8
+    for e_min, e_max in ((0.0, 1.0), (0.05, 0.5)):
+        before = torch.where(has, (1.0 - cov).clamp(e_min, e_max), torch.full_like(cov, 0.1))
+        got = smoothing(LabelStrategy("als", e_min=e_min, e_max=e_max), cov, has, obj)
+        assert torch.equal(got, before)
+    assert LabelStrategy.from_cfg(get_cfg().LABELS) == LabelStrategy("als")
+
+
+def test_als_power_and_object_coverage() -> None:
+    cov = torch.tensor([0.0, 0.25, 0.6, 1.0])
+    obj = torch.tensor([1.0, 0.5, 0.1, 0.0])
+    has = torch.ones(4, dtype=torch.bool)
+    squared = smoothing(LabelStrategy("als", power=2.0), cov, has)
+    torch.testing.assert_close(squared, torch.tensor([1.0, 0.5625, 0.16, 0.0]))
+    clipped = smoothing(LabelStrategy("als", power=0.5, e_max=0.8), cov, has)
+    torch.testing.assert_close(clipped, torch.tensor([0.8, 0.8, 0.4 ** 0.5, 0.0]))  # 0.75 ** 0.5 > 0.8
+    by_object = smoothing(LabelStrategy("als", coverage="object"), cov, has, obj)
+    torch.testing.assert_close(by_object, torch.tensor([0.0, 0.5, 0.9, 1.0]))
+    with pytest.raises(ValueError, match="object coverage"):
+        smoothing(LabelStrategy("als", coverage="object"), cov, has)
+    # the coverage choice belongs to ALS: hard and ls ignore it
+    assert torch.all(smoothing(LabelStrategy("hard", coverage="object"), cov, has, obj) == 0)
+    # through the loss: object coverage picks each row's label smoothing
+    logits, labels = torch.randn(4, 3), torch.tensor([0, 1, 2, 0])
+    loss, e, _ = loss_for_batch(LabelStrategy("als", coverage="object"), logits, labels, cov, has, obj)
+    ref = torch.stack([F.cross_entropy(logits[i:i + 1], labels[i:i + 1], label_smoothing=float(1 - obj[i]))
+                       for i in range(4)]).mean()
+    torch.testing.assert_close(loss, ref)
+
+
+def test_mix_strategies_carry_alpha_but_no_coverage_targets() -> None:
+    with pytest.raises(ValueError, match="mixing"):
+        smoothing(LabelStrategy("cutmix"), torch.zeros(2), torch.ones(2, dtype=torch.bool))
+    for bad in ({"coverage": "box"}, {"power": 0.0}, {"mix_alpha": -1.0}):
+        with pytest.raises(ValueError):
+            LabelStrategy("als", **bad)
+    cfg = get_cfg()
+    cfg.LABELS.STRATEGY, cfg.LABELS.MIX_ALPHA = "mixup", 0.2
+    s = LabelStrategy.from_cfg(cfg.LABELS)
+    assert s.mixes and s.mix_alpha == 0.2 and not LabelStrategy("als").mixes
+    # a checkpoint written before these keys existed reads back as today's defaults
+    old = {"name": "als", "epsilon": 0.1, "e_min": 0.0, "e_max": 1.0, "no_box": "ls", "no_box_epsilon": 0.1}
+    assert LabelStrategy.from_dict(old) == LabelStrategy("als")

@@ -1,10 +1,12 @@
-"""The trainer on a tiny generated data set: exact resume, NaN stop, checkpoint contents, lr schedule."""
+"""The trainer on a tiny generated data set: exact resume, NaN stop, checkpoint contents, lr schedule,
+the CutMix arm on the hard arm's crops, object coverage."""
 from __future__ import annotations
 
 import json
 import math
 import shutil
 from pathlib import Path
+from typing import Callable
 
 import pytest
 import torch
@@ -15,6 +17,8 @@ from als_det.config import get_cfg, load_config
 from als_det.data.generated import generate
 from als_det.engine.checkpoint import REQUIRED_KEYS, load_backbone, load_checkpoint
 from als_det.engine.trainer import NonFiniteLossError, build_optimizer, lr_factor, train
+from als_det.mixing import BatchMixer
+from als_det.targets import LabelStrategy
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "pretrain"
 TINY_GEN = {"NUM_CLASSES": 3, "TRAIN_PER_CLASS": 8, "VAL_PER_CLASS": 3, "IMAGE_SIZE": 16,
@@ -102,7 +106,8 @@ def test_checkpoint_contents(runs, tiny_root):
     assert ckpt["arch"] == "resnet18" and ckpt["num_classes"] == 3 and ckpt["epoch"] == 2
     assert ckpt["classes"] == sorted(p.name for p in (tiny_root / "train").iterdir())
     assert ckpt["label_strategy"] == {"name": "als", "epsilon": 0.1, "e_min": 0.0, "e_max": 1.0,
-                                      "no_box": "skip", "no_box_epsilon": 0.1}
+                                      "no_box": "skip", "no_box_epsilon": 0.1, "coverage": "crop",
+                                      "power": 1.0, "mix_alpha": 1.0}
     assert ckpt["preprocessing"] == {"input_format": "RGB", "pixel_mean": pytest.approx([123.675, 116.28, 103.53]),
                                      "pixel_std": pytest.approx([58.395, 57.12, 57.375]), "image_size": 16}
     saved_cfg = get_cfg()
@@ -180,3 +185,46 @@ def test_fresh_run_sets_an_earlier_run_aside(tiny_root, tmp_path):
     assert (aside[0] / "last.pth").read_bytes() == first  # the earlier result survives, untouched
     assert (aside[0] / "metrics.jsonl").is_file() and (out / "metrics.jsonl").is_file()
     assert len(rows(out)) == 1  # the new run's history holds only its own epoch
+
+
+def _first_inputs(store: list) -> Callable[[torch.nn.Module], None]:
+    def hook(model: torch.nn.Module) -> None:
+        model.register_forward_pre_hook(lambda m, args: store.append(args[0].clone()) if m.training else None)
+    return hook
+
+
+def test_cutmix_mixes_the_crops_the_hard_arm_sees_and_resumes_exactly(tiny_root, tmp_path):
+    one = ("SOLVER.EPOCHS", "1", "TRAIN.MAX_ITERS_PER_EPOCH", "1")
+    hard_inputs, cutmix_inputs = [], []
+    train(tiny_cfg(tiny_root, tmp_path / "hard", "LABELS.STRATEGY", "hard", *one),
+          model_hook=_first_inputs(hard_inputs))
+    train(tiny_cfg(tiny_root, tmp_path / "cm1", "LABELS.STRATEGY", "cutmix", *one),
+          model_hook=_first_inputs(cutmix_inputs))
+    # one batch of 8 crops: undecodable image masked, the others mixed as BatchMixer mixes them
+    labels = torch.tensor([-1 if x.abs().sum() == 0 else 0 for x in hard_inputs[0]])
+    expected, _ = BatchMixer(LabelStrategy("cutmix"), 3, seed=0)(hard_inputs[0], labels, 1, 0)
+    assert torch.equal(cutmix_inputs[0], expected) and not torch.equal(expected, hard_inputs[0])
+
+    cfg = ("LABELS.STRATEGY", "cutmix", "LABELS.MIX_ALPHA", "0.5")
+    straight = train(tiny_cfg(tiny_root, tmp_path / "a", *cfg))
+    resumed_cfg = tiny_cfg(tiny_root, tmp_path / "b", *cfg)
+    train(resumed_cfg, stop_after_epoch=1)
+    train(resumed_cfg, resume="last")
+    a, b = load_checkpoint(straight / "last.pth"), load_checkpoint(tmp_path / "b" / "last.pth")
+    assert a["label_strategy"]["name"] == "cutmix" and a["label_strategy"]["mix_alpha"] == 0.5
+    for key in a["model"]:
+        assert torch.equal(a["model"][key], b["model"][key]), key
+    for x, y in zip(rows(straight), rows(tmp_path / "b")):
+        assert x["train_loss"] == y["train_loss"] and x["mean_e"] == y["mean_e"]
+        assert 0.0 < x["mean_e"] < 1.0 and 0.0 < x["mean_coverage"] < 1.0  # crops' coverage, before mixing
+        assert x["used"] == 23  # mixing uses every decodable image; the no-box policy is ALS's
+
+
+def test_als_object_coverage_run_logs_its_coverage(tiny_root, tmp_path):
+    out = train(tiny_cfg(tiny_root, tmp_path, "LABELS.COVERAGE", "object", "LABELS.POWER", "2.0",
+                         "SOLVER.EPOCHS", "1"))
+    (row,) = rows(out)
+    assert 0.0 < row["mean_coverage"] < row["mean_object_coverage"] <= 1.0  # objects are smaller than crops
+    assert row["mean_e"] <= 1.0 - row["mean_object_coverage"]  # (1 - a) ** 2 <= 1 - a, mean over crops
+    with pytest.raises(ValueError, match="trained with"):  # a resume must not switch the coverage
+        train(tiny_cfg(tiny_root, tmp_path, "LABELS.POWER", "2.0", "SOLVER.EPOCHS", "2"), resume="last")

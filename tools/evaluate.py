@@ -5,13 +5,26 @@
     torchrun --nproc_per_node 8 tools/evaluate.py --checkpoint A.pth --checkpoint B.pth --data /data/imagenet --out out/eval
 
 Writes DIR/metrics.json, DIR/report.md and PNG figures (reliability diagrams, bg_only confidence, CAM grid).
+
+An ImageNet-9 Backgrounds Challenge tree (ROOT/<variant>/val/<class>/*, variants original,
+only_bg_b, only_bg_t, no_fg, only_fg, mixed_same, mixed_rand, mixed_next) is recognised by its
+original/val folder: per-variant accuracy and BG-Gap go to DIR/in9_metrics.json and DIR/in9_report.md.
+
+    python tools/evaluate.py --checkpoint out/r50_als/last.pth --data bg_challenge --in-to-in9 in_to_in9.json --out out/in9
 """
 from __future__ import annotations
 
 import argparse
 import logging
 
+from als_det.analysis.backgrounds import evaluate_in9, is_in9_layout
 from als_det.analysis.evaluate import EvalOptions, evaluate_checkpoints
+from als_det.report.backgrounds import summary_lines
+
+
+# Options of the box-based evaluation that an ImageNet-9 tree has no use for.
+IN9_IGNORES = ("split", "boxes", "val_labels", "baseline", "temperature_scaling", "fill", "min_crop_fraction", "cam",
+               "grid_images", "max_images", "cache_dir")
 
 
 def main() -> None:
@@ -37,6 +50,8 @@ def main() -> None:
     p.add_argument("--max-images", type=int, default=0, help="evaluate N images spread over the split (0 = all)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     p.add_argument("--cache-dir", default="", help="box index cache (default ROOT/.als_det_cache, or DIR's if read-only)")
+    p.add_argument("--in-to-in9", default=None, metavar="JSON",
+                   help="ImageNet-9 data: the challenge's in_to_in9.json, for models whose classes are not IN-9's")
     args = p.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     opts = EvalOptions(split=args.split, boxes=args.boxes, val_labels=args.val_labels, fill=args.fill,
@@ -44,6 +59,18 @@ def main() -> None:
                        max_images=args.max_images, temperature_scaling=args.temperature_scaling, seed=args.seed,
                        cam_method=args.cam, grid_images=args.grid_images, device=args.device,
                        cache_dir=args.cache_dir)
+    if is_in9_layout(args.data):
+        unused = [f"--{k.replace('_', '-')}" for k in IN9_IGNORES if getattr(args, k) != p.get_default(k)]
+        if unused:
+            p.error(f"{' '.join(unused)} do(es) not apply to ImageNet-9 data ({args.data} has original/val)")
+        metrics = evaluate_in9(args.checkpoint, args.data, args.out, names=args.name, in_to_in9=args.in_to_in9,
+                               opts=opts, args=vars(args))
+        if metrics is not None:
+            print(f"wrote {args.out}/in9_metrics.json and {args.out}/in9_report.md ({metrics['wall_time_s']:.0f} s)")
+            print("\n".join(summary_lines(metrics)))
+        return
+    if args.in_to_in9:
+        p.error(f"--in-to-in9 applies to ImageNet-9 data; {args.data} has no original/val folder")
     metrics = evaluate_checkpoints(args.checkpoint, args.data, args.out, names=args.name, baseline=args.baseline,
                                    opts=opts, args=vars(args))
     if metrics is not None:

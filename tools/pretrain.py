@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Pretrain one ResNet arm (hard | ls | als).
+"""Pretrain one ResNet arm (hard | ls | als | cutmix | mixup; docs/als.md).
 
     python tools/pretrain.py --config configs/pretrain/demo_als.yaml
     python tools/pretrain.py --config configs/pretrain/demo_als.yaml --opts DATA.ROOT ../shared/data/tiny-imagenet-10 DATA.GENERATE False

@@ -24,6 +24,7 @@ from tqdm import tqdm
 from als_det.analysis.cam import CAM_METHODS, compute_cams, energy_inside, features_and_logits, save_cam_grid
 from als_det.analysis.context import FILLS, Preprocessing, VariantDataset, centre_mask, plan_variant
 from als_det.data.boxes import ImageRecord, build_index, index_cache_dir
+from als_det.data.class_names import class_names
 from als_det.data.images import load_rgb
 from als_det.engine.checkpoint import load_backbone
 from als_det.engine.distributed import DistInfo, init_distributed
@@ -376,9 +377,10 @@ def _extra_splits(root: Path) -> list[str]:
     return [s for s in ("val_mixed", "val_bg_only") if (root / s).is_dir()]
 
 
-def _cam_grid(models: Sequence[LoadedModel], records: Sequence[ImageRecord], classes: Sequence[str],
+def _cam_grid(models: Sequence[LoadedModel], records: Sequence[ImageRecord], names: Sequence[str],
               opts: EvalOptions, path: Path) -> Path | None:
-    """The fixed grid: `grid_images` boxed val images spread over the index, CAMs of every model."""
+    """The fixed grid: `grid_images` boxed val images spread over the index, CAMs of every model;
+    `names`: a display name per class index."""
     boxed = [i for i, r in enumerate(records) if len(r.boxes)]
     if not boxed or not opts.grid_images:
         return None
@@ -390,7 +392,7 @@ def _cam_grid(models: Sequence[LoadedModel], records: Sequence[ImageRecord], cla
         img = load_rgb(rec.path)
         images.append(np.asarray(prep.resize_crop(img)))
         boxes.append(prep.boxes_in_input(rec.boxes, *img.size))
-        row_labels.append(f"{classes[rec.label]}\n{Path(rec.path).stem}")
+        row_labels.append(f"{names[rec.label]}\n{Path(rec.path).stem}")
     cams: dict[str, list[np.ndarray]] = {}
     titles: dict[str, list[str]] = {}
     for lm in models:
@@ -404,7 +406,7 @@ def _cam_grid(models: Sequence[LoadedModel], records: Sequence[ImageRecord], cla
         probs = logits.softmax(1).cpu()
         conf, pred = probs.max(1)
         cams[lm.name] = [m.cpu().numpy() for m in maps]
-        titles[lm.name] = [f"pred {classes[int(c)]} {float(q):.2f}" for c, q in zip(pred, conf)]
+        titles[lm.name] = [f"pred {names[int(c)]} {float(q):.2f}" for c, q in zip(pred, conf)]
     return save_cam_grid(images, boxes, cams, titles, row_labels, path)
 
 
@@ -482,13 +484,14 @@ def evaluate_checkpoints(checkpoints: Sequence[str], data_root: str, out_dir: st
             **lm.results,
         }
     figures = {}
-    grid = _cam_grid(models, records, classes, opts, out / "cam_grid.png")
+    display_names = class_names(root, classes)
+    grid = _cam_grid(models, records, display_names, opts, out / "cam_grid.png")
     if grid is not None:
         figures["cam_grid"] = grid.name
     metrics = {
         "models": metrics_models,
         "headline": headline(metrics_models, baseline, {lm.name: lm.confidences for lm in models}, opts.seed),
-        "data": {"root": str(root.resolve()), "split": opts.split, "classes": classes,
+        "data": {"root": str(root.resolve()), "split": opts.split, "classes": classes, "class_names": display_names,
                  "index": report.summary(), "images_in_index": len(records_all), "images_evaluated": len(records),
                  "with_boxes": sum(1 for r in records if len(r.boxes)), "extra_splits": list(extra),
                  "world_size": info.world_size, "device": str(info.device)},

@@ -66,21 +66,15 @@ def center_crop_box(width: int, height: int, resize: int, size: int) -> tuple[fl
     return left * sx, top * sy, (left + size) * sx, (top + size) * sy
 
 
-def coverage(boxes: np.ndarray, crop: Sequence[float]) -> float:
-    """area(union(boxes) ∩ crop) / area(crop), exactly (coordinate compression).
-
-    `boxes` is (N, 4) of (x0, y0, x1, y1); `crop` is (x0, y0, x1, y1). Overlaps count once.
-    """
-    cx0, cy0, cx1, cy1 = (float(v) for v in crop)
-    crop_area = (cx1 - cx0) * (cy1 - cy0)
-    if crop_area <= 0:
-        raise ValueError(f"empty crop {tuple(crop)}")
+def _union_area(boxes: np.ndarray, rect: Sequence[float]) -> float:
+    """area(union(boxes) ∩ rect), exactly (coordinate compression); overlaps count once."""
+    cx0, cy0, cx1, cy1 = (float(v) for v in rect)
     if len(boxes) == 0:
         return 0.0
     if len(boxes) == 1:  # the common case, in plain Python: ~20x faster than numpy on one box
         x0, y0, x1, y1 = (float(v) for v in np.asarray(boxes).reshape(4))
         iw, ih = min(x1, cx1) - max(x0, cx0), min(y1, cy1) - max(y0, cy0)
-        return min(1.0, iw * ih / crop_area) if iw > 0 and ih > 0 else 0.0
+        return iw * ih if iw > 0 and ih > 0 else 0.0
     b = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
     x0 = np.clip(b[:, 0], cx0, cx1)
     y0 = np.clip(b[:, 1], cy0, cy1)
@@ -96,5 +90,34 @@ def coverage(boxes: np.ndarray, crop: Sequence[float]) -> float:
     in_x = (x0[:, None] <= xs[None, :-1]) & (x1[:, None] >= xs[None, 1:])
     in_y = (y0[:, None] <= ys[None, :-1]) & (y1[:, None] >= ys[None, 1:])
     covered = np.einsum("ni,nj->ij", in_x.astype(np.int32), in_y.astype(np.int32)) > 0
-    inter = float(np.diff(xs) @ covered.astype(np.float64) @ np.diff(ys))
-    return float(min(1.0, max(0.0, inter / crop_area)))
+    return float(np.diff(xs) @ covered.astype(np.float64) @ np.diff(ys))
+
+
+def _area(rect: Sequence[float]) -> float:
+    area = (float(rect[2]) - float(rect[0])) * (float(rect[3]) - float(rect[1]))
+    if area <= 0:
+        raise ValueError(f"empty crop {tuple(rect)}")
+    return area
+
+
+def coverage(boxes: np.ndarray, crop: Sequence[float]) -> float:
+    """Crop coverage: area(union(boxes) ∩ crop) / area(crop), exactly; overlaps count once.
+
+    `boxes` is (N, 4) of (x0, y0, x1, y1); `crop` is (x0, y0, x1, y1).
+    """
+    crop_area = _area(crop)
+    return float(min(1.0, max(0.0, _union_area(boxes, crop) / crop_area)))
+
+
+def object_coverage(boxes: np.ndarray, crop: Sequence[float]) -> float:
+    """Object coverage: area(union(boxes) ∩ crop) / area(union(boxes)), exactly: the share of the
+    object (all the labelled class's boxes together) that the crop shows. 0.0 without boxes."""
+    _area(crop)
+    b = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+    if len(b) == 0:
+        return 0.0
+    hull = (b[:, 0].min(), b[:, 1].min(), b[:, 2].max(), b[:, 3].max())
+    total = _union_area(b, hull)
+    if total <= 0:
+        raise ValueError(f"boxes with no area: {b.tolist()}")
+    return float(min(1.0, max(0.0, _union_area(b, crop) / total)))

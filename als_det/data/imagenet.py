@@ -1,4 +1,4 @@
-"""The training/eval Dataset: decoded image, random crop + flip (or centre crop), box coverage."""
+"""The training/eval Dataset: decoded image, random crop + flip (or centre crop), box coverages."""
 from __future__ import annotations
 
 import logging
@@ -10,7 +10,7 @@ import torchvision.transforms.functional as TF
 from torch.utils.data import Dataset
 
 from als_det.data.boxes import ImageRecord
-from als_det.data.crops import center_crop_box, coverage, random_resized_crop_params
+from als_det.data.crops import center_crop_box, coverage, object_coverage, random_resized_crop_params
 from als_det.data.images import BadImageError, load_rgb
 
 log = logging.getLogger(__name__)
@@ -33,14 +33,16 @@ def sample_seed(seed: int, epoch: int, index: int) -> int:
 
 
 class ImageNetBoxes(Dataset):
-    """`(image, label, coverage, has_box)` per record; knows nothing of the label strategy.
+    """`(image, label, coverage, object_coverage, has_box)` per record; knows no label strategy.
 
     train: `random_resized_crop_params` on a generator seeded from (seed, epoch, index), resized
     crop to `image_size`, horizontal flip with p=0.5 from the same generator. eval: resize the
-    shorter side to `val_resize`, centre crop `image_size`. Coverage is that crop's box coverage
-    (0.0 without boxes). Images that fail to decode (truncated data): with `strict` a
-    `BadImageError` naming the file; otherwise a zero image with label -1 (a warning names the
-    file once per process) which the trainer masks out of loss and metrics and counts.
+    shorter side to `val_resize`, centre crop `image_size`. `coverage` is the share of that crop
+    covered by the labelled boxes, `object_coverage` the share of the boxes' union inside the
+    crop (both 0.0 without boxes; a strategy picks one, see `als_det.targets`). Images that fail
+    to decode (truncated data): with `strict` a `BadImageError` naming the file; otherwise a zero
+    image with label -1 (a warning names the file once per process) which the trainer masks out
+    of loss and metrics and counts.
     Records are stored as flat arrays so forked DataLoader workers share them without copying.
     """
 
@@ -86,7 +88,7 @@ class ImageNetBoxes(Dataset):
         start, end = self._path_offsets[index], self._path_offsets[index + 1]
         return self._path_bytes[start:end].tobytes().decode("utf-8")
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, int, float, bool]:
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int, float, float, bool]:
         path = self.path(index)
         try:
             img = load_rgb(path)
@@ -97,7 +99,7 @@ class ImageNetBoxes(Dataset):
                 self._warned.add(path)
                 log.warning("undecodable image %s: returned with label -1 (masked by the trainer)",
                             path)
-            return torch.zeros(3, self.image_size, self.image_size), -1, 0.0, False
+            return torch.zeros(3, self.image_size, self.image_size), -1, 0.0, 0.0, False
         boxes = self.boxes(index)
         width, height = img.size
         size = [self.image_size, self.image_size]
@@ -106,13 +108,13 @@ class ImageNetBoxes(Dataset):
             g.manual_seed(sample_seed(self.seed, self.epoch, index))
             top, left, h, w = random_resized_crop_params(width, height, self.scale, self.ratio, g)
             flip = bool(torch.rand(1, generator=g).item() < 0.5)
-            cov = coverage(boxes, (left, top, left + w, top + h)) if len(boxes) else 0.0
+            crop = (left, top, left + w, top + h)
             img = TF.resized_crop(img, top, left, h, w, size, antialias=True)
             if flip:
                 img = TF.hflip(img)
         else:
-            cov = (coverage(boxes, center_crop_box(width, height, self.val_resize, self.image_size))
-                   if len(boxes) else 0.0)
+            crop = center_crop_box(width, height, self.val_resize, self.image_size)
             img = TF.center_crop(TF.resize(img, self.val_resize, antialias=True), size)
+        cov, obj = (coverage(boxes, crop), object_coverage(boxes, crop)) if len(boxes) else (0.0, 0.0)
         tensor = TF.normalize(TF.to_tensor(img), IMAGENET_MEAN, IMAGENET_STD)
-        return tensor, int(self._labels[index]), float(cov), bool(len(boxes))
+        return tensor, int(self._labels[index]), float(cov), float(obj), bool(len(boxes))

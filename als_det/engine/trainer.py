@@ -38,6 +38,7 @@ from als_det.engine.distributed import (DistInfo, all_gather_cat, all_reduce_sum
                                         init_distributed)
 from als_det.io import atomic_write_json, atomic_write_text
 from als_det.metrics.calibration import calibration_metrics_from_logits
+from als_det.mixing import BatchMixer, loss_for_mixed_batch
 from als_det.models import build_resnet
 from als_det.targets import LabelStrategy, loss_for_batch
 from als_det.versions import package_versions
@@ -161,35 +162,47 @@ def _loaders(cfg: CfgNode, data: DataBundle, info: DistInfo) -> tuple[DataLoader
 def train_one_epoch(model: nn.Module, loader: DataLoader, optimizer: torch.optim.Optimizer,
                     scheduler: torch.optim.lr_scheduler.LRScheduler, scaler: torch.amp.GradScaler,
                     strategy: LabelStrategy, device: torch.device, epoch: int, *, amp: str = "none",
-                    channels_last: bool = False, max_iters: int = 0, progress: bool = True) -> dict[str, float]:
+                    channels_last: bool = False, max_iters: int = 0, progress: bool = True,
+                    mixer: BatchMixer | None = None) -> dict[str, float]:
     """One pass over `loader`; returns the epoch's statistics summed over all ranks.
 
     `epoch` is 1-based (for messages). A NaN/inf loss on any rank raises NonFiniteLossError on
-    every rank before the optimizer step.
+    every rank before the optimizer step. A cutmix/mixup strategy needs its `mixer`, which mixes
+    each batch after loading (coverage statistics are those of the crops before mixing).
     """
+    if strategy.mixes and mixer is None:
+        raise ValueError(f"label strategy {strategy.name} needs a BatchMixer")
     model.train()
     n_iters = len(loader) if max_iters <= 0 else min(max_iters, len(loader))
-    # sums: loss*n_used, n_used, e over used, coverage over used with box, n with box, bad, skipped, seen
-    sums = torch.zeros(8, dtype=torch.float64, device=device)
+    # sums: loss*n_used, n_used, e over used, coverage over used with box, n with box, bad, skipped, seen,
+    # object coverage over used with box
+    sums = torch.zeros(9, dtype=torch.float64, device=device)
     start = time.perf_counter()
     bar = tqdm(total=n_iters, desc=f"epoch {epoch}", disable=not progress, dynamic_ncols=True, leave=False)
-    for it, (images, labels, cov, has_box) in enumerate(loader):
+    for it, (images, labels, cov, obj_cov, has_box) in enumerate(loader):
         if it >= n_iters:
             break
         images = images.to(device, non_blocking=True)
+        labels, cov, obj_cov, has_box = labels.to(device), cov.to(device), obj_cov.to(device), has_box.to(device)
+        mixed_targets = None
+        if mixer is not None:
+            images, mixed_targets = mixer(images, labels, epoch, it)
         if channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
-        labels, cov, has_box = labels.to(device), cov.to(device), has_box.to(device)
         with _autocast(device, amp):
             logits = model(images)
-        loss, e, n_skipped = loss_for_batch(strategy, logits, labels, cov, has_box)
+        if mixed_targets is not None:
+            loss, e, n_skipped = loss_for_mixed_batch(logits, labels, mixed_targets)
+        else:
+            loss, e, n_skipped = loss_for_batch(strategy, logits, labels, cov, has_box, obj_cov)
         used = (labels >= 0) & ~torch.isnan(e)
         n_used = used.sum()
         batch = torch.stack([loss.detach().double() * n_used, n_used.double(),
                              e[used].double().sum(), cov[used & has_box].double().sum(),
                              (used & has_box).sum().double(), (labels < 0).sum().double(),
                              torch.tensor(float(n_skipped), dtype=torch.float64, device=device),
-                             torch.tensor(float(labels.shape[0]), dtype=torch.float64, device=device)])
+                             torch.tensor(float(labels.shape[0]), dtype=torch.float64, device=device),
+                             obj_cov[used & has_box].double().sum()])
         all_reduce_sum(batch)
         if not torch.isfinite(batch[0]):
             raise NonFiniteLossError(f"non-finite training loss at epoch {epoch}, iteration {it + 1}/{n_iters} "
@@ -209,7 +222,8 @@ def train_one_epoch(model: nn.Module, loader: DataLoader, optimizer: torch.optim
     seconds = time.perf_counter() - start
     s = sums.tolist()
     return {"train_loss": s[0] / max(1.0, s[1]), "mean_e": s[2] / max(1.0, s[1]),
-            "mean_coverage": s[3] / s[4] if s[4] else None, "with_box_fraction": s[4] / max(1.0, s[1]),
+            "mean_coverage": s[3] / s[4] if s[4] else None,
+            "mean_object_coverage": s[8] / s[4] if s[4] else None, "with_box_fraction": s[4] / max(1.0, s[1]),
             "images": int(s[7]), "used": int(s[1]), "bad_images": int(s[5]), "skipped_no_box": int(s[6]),
             "iterations": n_iters, "images_per_s": s[7] / seconds, "train_time_s": seconds}
 
@@ -224,7 +238,7 @@ def evaluate(model: nn.Module, loader: DataLoader, device: torch.device, num_cla
     """
     model.eval()
     outputs, labels = [], []
-    for images, target, _, _ in tqdm(loader, desc="eval", disable=not progress, leave=False, dynamic_ncols=True):
+    for images, target, *_ in tqdm(loader, desc="eval", disable=not progress, leave=False, dynamic_ncols=True):
         images = images.to(device, non_blocking=True)
         if channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
@@ -339,6 +353,7 @@ def _train(cfg: CfgNode, info: DistInfo, resume: str | None, stop_after_epoch: i
     data = build_data(cfg, info, out_dir)
     num_classes = len(data.classes)
     strategy = LabelStrategy.from_cfg(cfg.LABELS)
+    mixer = BatchMixer(strategy, num_classes, cfg.SEED, info.rank) if strategy.mixes else None
     train_loader, sampler, val_loader = _loaders(cfg, data, info)
     iters_per_epoch = len(train_loader) if cfg.TRAIN.MAX_ITERS_PER_EPOCH <= 0 else \
         min(cfg.TRAIN.MAX_ITERS_PER_EPOCH, len(train_loader))
@@ -363,7 +378,7 @@ def _train(cfg: CfgNode, info: DistInfo, resume: str | None, stop_after_epoch: i
     history: list[dict[str, Any]] = []
     if resume_path is not None:
         ckpt = load_checkpoint(resume_path)
-        if ckpt["label_strategy"] != strategy.to_dict() or ckpt["arch"] != cfg.MODEL.ARCH \
+        if LabelStrategy.from_dict(ckpt["label_strategy"]) != strategy or ckpt["arch"] != cfg.MODEL.ARCH \
                 or ckpt["classes"] != data.classes:
             raise ValueError(f"{resume_path} was trained with {ckpt['arch']}, {ckpt['label_strategy']} and "
                              f"{len(ckpt['classes'])} classes; this config differs")
@@ -402,7 +417,7 @@ def _train(cfg: CfgNode, info: DistInfo, resume: str | None, stop_after_epoch: i
         t0 = time.perf_counter()
         stats = train_one_epoch(model, train_loader, optimizer, scheduler, scaler, strategy, device, epoch + 1,
                                 amp=amp, channels_last=channels_last, max_iters=cfg.TRAIN.MAX_ITERS_PER_EPOCH,
-                                progress=main)
+                                progress=main, mixer=mixer)
         row: dict[str, Any] = {"epoch": epoch + 1, "lr": optimizer.param_groups[0]["lr"], **stats}
         if (epoch + 1) % cfg.TRAIN.EVAL_PERIOD == 0 or epoch + 1 == cfg.SOLVER.EPOCHS:
             t1 = time.perf_counter()

@@ -57,6 +57,14 @@ def _with_interval(h: dict[str, Any] | None, key: str) -> str:
     return f"{h[key]:.3f}" + (f" ({iv[0]:.3f}-{iv[1]:.3f})" if iv else "")
 
 
+def _als_mapping(ls: dict[str, Any]) -> str:
+    return f"{ls.get('coverage', 'crop')} / {ls.get('power', 1.0)}" if ls["name"] == "als" else "-"
+
+
+def _mix_alpha(ls: dict[str, Any]) -> str:
+    return str(ls["mix_alpha"]) if ls["name"] in ("cutmix", "mixup") else "-"
+
+
 def render_report(metrics: dict[str, Any]) -> str:
     """The Markdown text of the report (figures referenced by relative links)."""
     models = metrics["models"]
@@ -70,10 +78,15 @@ def render_report(metrics: dict[str, Any]) -> str:
                f"{len(data['classes'])} classes; run on {data['world_size']} process(es), device {data['device']}. "
                f"Fill for box variants: `{metrics['options']['fill']}`."
                + (f" Wall time {metrics['wall_time_s']:.0f} s." if metrics.get("wall_time_s") is not None else ""))
+    shown = data.get("class_names") or data["classes"]
+    if len(shown) <= 20:
+        out += ["", "Classes: " + ", ".join(shown) + "."]
     out += ["", "## Checkpoints", ""]
     out.append(_table(names, [
         ("label strategy", m("label_strategy", "name"), ""),
         ("epsilon / e_min / e_max", lambda n: "{epsilon} / {e_min} / {e_max}".format(**models[n]["label_strategy"]), ""),
+        ("als coverage / power", lambda n: _als_mapping(models[n]["label_strategy"]), ""),
+        ("mix alpha", lambda n: _mix_alpha(models[n]["label_strategy"]), ""),
         ("no-box policy", m("label_strategy", "no_box"), ""),
         ("arch", m("checkpoint", "arch"), ""),
         ("epochs", m("checkpoint", "epoch"), "d"),

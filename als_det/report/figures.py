@@ -11,7 +11,8 @@ from matplotlib.figure import Figure
 from als_det.io import atomic_write_bytes
 
 
-def _save(fig: Figure, path: str | Path) -> Path:
+def save_png(fig: Figure, path: str | Path) -> Path:
+    """Lay out `fig` and write it as a PNG, atomically."""
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110)
@@ -45,7 +46,7 @@ def reliability_diagrams(models: dict[str, dict[str, Any]], path: str | Path) ->
         ax.set_ylabel("accuracy")
         ax.set_title(f"{name}: ECE {m['ece']:.3f}, top-1 {m['top1']:.1%}", fontsize=9)
         ax.legend(loc="upper left", fontsize=7)
-    return _save(fig, path)
+    return save_png(fig, path)
 
 
 def confidence_histograms(hists: dict[str, dict[str, Any]], title: str, path: str | Path) -> Path:
@@ -63,4 +64,4 @@ def confidence_histograms(hists: dict[str, dict[str, Any]], title: str, path: st
     ax.set_ylabel("fraction of images")
     ax.set_title(title, fontsize=9)
     ax.legend(fontsize=8)
-    return _save(fig, path)
+    return save_png(fig, path)
