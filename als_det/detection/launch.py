@@ -78,7 +78,6 @@ def launch_processes(main_func: Callable[..., Any], args: tuple, num_gpus: int, 
             main_func(*args)
             return
         backend = "nccl" if torch.cuda.is_available() else "gloo"
-        logger.info("torchrun: process %d of %d joins one %s job", rank, world_size, backend)
         join_process_group(backend, "env://", rank, world_size, local_rank, per_machine)
         try:
             main_func(*args)
@@ -91,7 +90,7 @@ def launch_processes(main_func: Callable[..., Any], args: tuple, num_gpus: int, 
             if num_machines > 1:
                 raise LaunchError("--dist-url auto works on one machine only; give tcp://HOST:PORT")
             dist_url = f"tcp://127.0.0.1:{_find_free_port()}"
-        logger.info("no CUDA: --num-gpus %d starts %d CPU processes (gloo)", num_gpus, num_gpus)
+        logger.warning("no CUDA: --num-gpus %d starts %d CPU processes (gloo)", num_gpus, num_gpus)
         mp.start_processes(_cpu_worker, nprocs=num_gpus, start_method="spawn", args=(
             main_func, world_size, num_gpus, machine_rank, dist_url, args))
         return
