@@ -11,7 +11,8 @@ id) and its boxes are that category's boxes, written as Pascal-VOC XML like ILSV
 
 `<class>` is the category name with spaces as underscores. The first split decides the classes
 (categories dominant in at least `min_images` of its images); later splits keep only images of
-those classes. Crowd annotations (`iscrowd: 1`, a box around a group of instances) follow an
+those classes, and every split has a folder for every class (empty where it has no image of it),
+so that its class list is the first split's, as in ImageNet. Crowd annotations (`iscrowd: 1`, a box around a group of instances) follow an
 explicit policy: `keep` (a box of its category: the instances are inside it), `drop` (ignored)
 or `skip_image` (the image is left out). Every image left out and every box dropped is counted by
 reason in the report; a missing image file or a malformed json is an error naming the file.
@@ -213,6 +214,8 @@ def _write_split(src: SplitSource, tmp: Path, classes: list[str] | None, crowd: 
     else:
         reason = "class absent from the first split"
     keep = set(classes)
+    for folder in classes:
+        (tmp / src.name / folder).mkdir(parents=True, exist_ok=True)
     for im, folder, boxes, n_crowd in labelled:
         if folder not in keep:
             report.skip(reason, im["file_name"])
