@@ -88,7 +88,7 @@ class FinetuneTrainer(DefaultTrainer):
         """Train, then return the final evaluation ({dataset: {"bbox": ...}})."""
         try:
             super().train()
-        except FloatingPointError as err:  # detectron2's "Loss became infinite or NaN at iteration=N!"
+        except FloatingPointError as err:  # detectron2: a NaN/inf loss, or NaN boxes from the heads
             raise FloatingPointError(f"{err} {divergence_hint(self.cfg)}") from err
         return self._last_eval_results
 

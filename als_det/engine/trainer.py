@@ -334,9 +334,19 @@ def _run_record(cfg: CfgNode, info: DistInfo, data: DataBundle, strategy: LabelS
             "train_mean_box_area": data.box_area, "resumes": resumes, "versions": package_versions()}
 
 
-def _earlier_resumes(out_dir: Path) -> list[dict[str, Any]]:
-    path = out_dir / "run.json"
-    return json.loads(path.read_text()).get("resumes", []) if path.is_file() else []
+def _checked_resume(resume_path: Path | None, cfg: CfgNode, info: DistInfo, allow_config_change: bool
+                    ) -> tuple[dict[str, Any] | None, list[dict[str, Any]]]:
+    """(the checkpoint to resume, run.json's `resumes` list); ResumeError if the experiment changed."""
+    if resume_path is None:
+        return None, []
+    ckpt = load_checkpoint(resume_path)
+    diffs = check_resume(ckpt, cfg, info.world_size, str(resume_path), allow_config_change)
+    run_json = Path(cfg.OUTPUT_DIR) / "run.json"
+    earlier = json.loads(run_json.read_text()).get("resumes", []) if run_json.is_file() else []
+    if diffs:
+        _log(f"resuming with {len(diffs)} deliberate config change(s) (recorded in run.json): " + ", ".join(diffs),
+             info.is_main)
+    return ckpt, resume_record(str(resume_path), int(ckpt["epoch"]), diffs, earlier)
 
 
 def _train(cfg: CfgNode, info: DistInfo, resume: str | None, stop_after_epoch: int | None,
@@ -346,14 +356,7 @@ def _train(cfg: CfgNode, info: DistInfo, resume: str | None, stop_after_epoch: i
     # Every check that can refuse the run comes before the first write into OUTPUT_DIR.
     amp, channels_last = resolve_precision(cfg, device)
     resume_path = _resolve_resume(resume, out_dir)
-    ckpt, resumes = None, []
-    if resume_path is not None:
-        ckpt = load_checkpoint(resume_path)
-        diffs = check_resume(ckpt, cfg, info.world_size, str(resume_path), allow_config_change)
-        resumes = resume_record(str(resume_path), int(ckpt["epoch"]), diffs, _earlier_resumes(out_dir))
-        if diffs:
-            _log(f"resuming with {len(diffs)} deliberate config change(s) (recorded in run.json): "
-                 + ", ".join(diffs), main)
+    ckpt, resumes = _checked_resume(resume_path, cfg, info, allow_config_change)
     if cfg.TRAIN.DETERMINISTIC:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         torch.use_deterministic_algorithms(True)
