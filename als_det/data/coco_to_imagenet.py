@@ -91,8 +91,8 @@ def coco_split_sources(coco_root: str | os.PathLike,
 
 
 def class_folder(name: str) -> str:
-    """A category name as a class folder name: spaces and path separators become underscores."""
-    return name.strip().replace(" ", "_").replace("/", "_").replace(os.sep, "_")
+    """A category name as a class folder name: spaces and slashes become underscores."""
+    return name.strip().replace(" ", "_").replace("/", "_")
 
 
 def _load(json_file: Path) -> dict[str, Any]:
