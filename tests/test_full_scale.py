@@ -38,9 +38,9 @@ def _tool(name: str, argv: list[str]) -> int:
     return runpy.run_path(str(REPO / "tools" / f"{name}.py"))["main"](argv)
 
 
-def _subprocess(cmd: list[str]) -> str:
-    proc = subprocess.run(cmd, cwd=REPO, env=dict(os.environ, OMP_NUM_THREADS="1"), capture_output=True,
-                          text=True, timeout=600)
+def _subprocess(cmd: list[str], threads: str | None = None) -> str:
+    env = dict(os.environ, **({"OMP_NUM_THREADS": threads} if threads else {}))
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
     return proc.stdout + proc.stderr
 
@@ -62,7 +62,7 @@ def r50_runs(tree, tmp_path_factory) -> dict[str, Path]:
                  "--opts", "TRAIN.DEVICE", "cpu", *data, "OUTPUT_DIR", str(runs["als"])])
     _subprocess([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                  "tools/pretrain.py", "--config", "configs/pretrain/imagenet_r50_ls.yaml",
-                 "--opts", "TRAIN.DEVICE", "cpu", *data, "OUTPUT_DIR", str(runs["ls"])])
+                 "--opts", "TRAIN.DEVICE", "cpu", *data, "OUTPUT_DIR", str(runs["ls"])], threads="1")
     return runs
 
 
