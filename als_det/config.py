@@ -4,6 +4,7 @@ The same mechanism detectron2 uses, so pretraining and fine-tuning configs read 
 """
 from __future__ import annotations
 
+import math
 from typing import Sequence
 
 from fvcore.common.config import CfgNode as CN
@@ -79,9 +80,11 @@ _C.SOLVER.STEPS = (30, 60, 80)   # epochs, for "step"
 _C.SOLVER.GAMMA = 0.1
 
 _C.TRAIN = CN()
-_C.TRAIN.AMP = "none"            # none | bf16 | fp16 (autocast, GPU only)
-_C.TRAIN.CHANNELS_LAST = True    # GPU only
-_C.TRAIN.COMPILE = False         # torch.compile the model
+# none | bf16 | fp16. bf16: autocast on GPU and CPU; fp16 (autocast + GradScaler): GPU only, an
+# error on the CPU. Loss and metrics are computed in float32 either way.
+_C.TRAIN.AMP = "none"
+_C.TRAIN.CHANNELS_LAST = True    # channels_last memory format for model and images (GPU and CPU)
+_C.TRAIN.COMPILE = False         # torch.compile the model (inductor; on the CPU it needs a C compiler)
 _C.TRAIN.EVAL_PERIOD = 1         # epochs
 _C.TRAIN.MAX_ITERS_PER_EPOCH = 0 # 0 = full epoch; >0 truncates (smoke runs)
 _C.TRAIN.DETERMINISTIC = False
@@ -131,3 +134,61 @@ def validate(cfg: CN) -> None:
         raise ValueError(f"TRAIN.DEVICE must be auto, cpu or cuda, got {cfg.TRAIN.DEVICE!r}")
     if not cfg.MODEL.ARCH.startswith("resnet"):
         raise ValueError(f"MODEL.ARCH must be a torchvision ResNet, got {cfg.MODEL.ARCH!r}")
+    validate_ranges(cfg)
+
+
+def _flat(node: CN, prefix: str = "") -> dict[str, object]:
+    out: dict[str, object] = {}
+    for key, value in node.items():
+        if isinstance(value, CN):
+            out.update(_flat(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+# key -> (lowest, highest, lowest allowed itself?) for every numeric key with a valid range
+_RANGES: dict[str, tuple[float, float, bool]] = {
+    "SEED": (0, 2**32 - 1, True),
+    "DATA.IMAGE_SIZE": (0, math.inf, False), "DATA.VAL_RESIZE": (0, math.inf, False),
+    "DATA.NUM_WORKERS": (0, math.inf, True), "DATA.MAX_PER_CLASS": (0, math.inf, True),
+    "DATA.GEN.SEED": (0, 2**32 - 1, True), "DATA.GEN.NUM_CLASSES": (2, math.inf, True),
+    "DATA.GEN.TRAIN_PER_CLASS": (1, math.inf, True), "DATA.GEN.VAL_PER_CLASS": (1, math.inf, True),
+    "DATA.GEN.IMAGE_SIZE": (0, math.inf, False), "DATA.GEN.CONTEXT_RATE": (0, 1, True),
+    "DATA.GEN.MIN_AREA": (0, 1, False), "DATA.GEN.MAX_AREA": (0, 1, False),
+    "DATA.GEN.NO_BOX_FRACTION": (0, 1, True), "DATA.GEN.DETECTION_TRAIN": (1, math.inf, True),
+    "DATA.GEN.DETECTION_VAL": (1, math.inf, True), "DATA.GEN.DETECTION_IMAGE_SIZE": (0, math.inf, False),
+    "SOLVER.EPOCHS": (1, math.inf, True), "SOLVER.BATCH_SIZE": (1, math.inf, True),
+    "SOLVER.BASE_LR": (0, math.inf, False), "SOLVER.REFERENCE_BATCH": (0, math.inf, False),
+    "SOLVER.MOMENTUM": (0, 1, True), "SOLVER.WEIGHT_DECAY": (0, math.inf, True),
+    "SOLVER.WARMUP_EPOCHS": (0, math.inf, True), "SOLVER.GAMMA": (0, 1, False),
+    "TRAIN.EVAL_PERIOD": (1, math.inf, True), "TRAIN.MAX_ITERS_PER_EPOCH": (0, math.inf, True),
+}
+
+
+def validate_ranges(cfg: CN) -> None:
+    """Every numeric key inside its valid range, and the keys that constrain each other consistent."""
+    flat = _flat(cfg)
+    for key, (low, high, low_ok) in _RANGES.items():
+        value = flat[key]
+        if not (low <= value <= high) or (value == low and not low_ok) or (math.isinf(high) and math.isinf(value)):
+            bound = f"{'>=' if low_ok else '>'} {low}" + (f" and <= {high}" if math.isfinite(high) else "")
+            raise ValueError(f"{key} must be {bound}, got {value}")
+    for key in ("DATA.CROP_SCALE", "DATA.CROP_RATIO"):
+        pair = flat[key]
+        if len(pair) != 2 or not 0 < pair[0] <= pair[1] or (key == "DATA.CROP_SCALE" and pair[1] > 1):
+            limit = "0 < LOW <= HIGH <= 1" if key == "DATA.CROP_SCALE" else "0 < LOW <= HIGH"
+            raise ValueError(f"{key} must be (LOW, HIGH) with {limit}, got {tuple(pair)}")
+    if cfg.DATA.VAL_RESIZE < cfg.DATA.IMAGE_SIZE:
+        raise ValueError(f"DATA.VAL_RESIZE ({cfg.DATA.VAL_RESIZE}) must be >= DATA.IMAGE_SIZE "
+                         f"({cfg.DATA.IMAGE_SIZE}): val images are resized, then centre-cropped")
+    if cfg.DATA.GEN.MIN_AREA > cfg.DATA.GEN.MAX_AREA:
+        raise ValueError("DATA.GEN needs MIN_AREA <= MAX_AREA")
+    if cfg.SOLVER.WARMUP_EPOCHS and cfg.SOLVER.WARMUP_EPOCHS >= cfg.SOLVER.EPOCHS:
+        raise ValueError(f"SOLVER.WARMUP_EPOCHS ({cfg.SOLVER.WARMUP_EPOCHS}) must be less than "
+                         f"SOLVER.EPOCHS ({cfg.SOLVER.EPOCHS}); for a short run set SOLVER.WARMUP_EPOCHS 0")
+    steps = list(cfg.SOLVER.STEPS)
+    if cfg.SOLVER.SCHEDULE == "step" and (steps != sorted(set(steps)) or not all(0 < s < cfg.SOLVER.EPOCHS
+                                                                                   for s in steps)):
+        raise ValueError(f"SOLVER.STEPS must be increasing epochs between 0 and SOLVER.EPOCHS "
+                         f"({cfg.SOLVER.EPOCHS}), exclusive, got {tuple(steps)}")

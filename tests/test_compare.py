@@ -93,9 +93,20 @@ def test_null_size_metric_is_shown_as_missing(tmp_path):
     assert math.isnan(comp.groups[1].mean("APl"))
     assert comp.to_json()["groups"]["als"]["APl"] == {"mean": None, "std": None, "delta": None}
     assert format_table(comp).split("\n")[3].endswith("| 31.00 (+3.00) | n/a |")
-    c = _write_run(tmp_path, "ls", {"name": "ls"}, 0, 31.0, AP=None)
-    with pytest.raises(ResultsError, match="bbox.AP is None"):
-        compare([a, c])
+
+
+def test_run_without_detections_keeps_its_row_as_na(tmp_path):
+    # a finished fine-tune whose model detected nothing: COCOeval gives no number, results.json holds null
+    a = _write_run(tmp_path, "hard", {"name": "hard"}, 0, 30.0)
+    c = _write_run(tmp_path, "ls", {"name": "ls"}, 0, 31.0, **{m: None for m in METRICS})
+    comp = compare([a, c])
+    assert [g.name for g in comp.groups] == ["hard", "ls"]
+    md = format_table(comp)
+    assert "| ls | 1 | n/a | n/a | n/a | n/a | n/a | n/a |" in md and "n/a: no number (no detections" in md
+    assert comp.to_json()["groups"]["ls"]["AP"] == {"mean": None, "std": None, "delta": None}
+    assert "ls,1,nan" in format_table(comp, "csv")
+    assert "| ls | 1 | n/a" in run_compare([a, c], out_dir=tmp_path / "cmp")  # the chart copes too
+    assert (tmp_path / "cmp" / "ap_by_strategy.png").is_file()
 
 
 def test_tool_writes_table_json_and_chart(runs, tmp_path):

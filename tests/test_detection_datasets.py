@@ -57,6 +57,8 @@ def test_valid_set_reports_counts_and_drops_degenerate_boxes(tmp_path):
     ("unknown_image", "image_id is not in 'images'"),
     ("bad_bbox", "4-number bbox"),
     ("no_categories", "'categories' is empty"),
+    ("no_annotations", r"no usable box to train or evaluate on \('annotations' is empty\)"),
+    ("only_crowd", "all 1 annotations are crowd regions or boxes of non-positive size"),
 ])
 def test_bad_json_is_a_clear_error_naming_the_file(tmp_path, case, needle):
     good = {"id": 1, "image_id": 100, "category_id": 3, "bbox": [1, 2, 3, 4], "iscrowd": 0}
@@ -67,7 +69,8 @@ def test_bad_json_is_a_clear_error_naming_the_file(tmp_path, case, needle):
     else:
         anns = {"dup_ann": [good, dict(good)], "unknown_cat": [dict(good, category_id=5)],
                 "unknown_image": [dict(good, image_id=999)],
-                "bad_bbox": [dict(good, bbox=[1, 2])]}.get(case, [good])
+                "bad_bbox": [dict(good, bbox=[1, 2])], "no_annotations": [],
+                "only_crowd": [dict(good, iscrowd=1)]}.get(case, [good])
         if case == "no_categories":
             kwargs["cats"] = []
         js, img = _tiny_coco(tmp_path, anns=anns, **kwargs)

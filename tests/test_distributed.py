@@ -70,8 +70,8 @@ def test_collectives_with_uneven_shards(tmp_path):
 def test_torchrun_two_process_gloo_run(tmp_path):
     root = generate(tmp_path / "gen", TINY_GEN, progress=False)
     opts = ["DATA.ROOT", str(root), "DATA.GENERATE", "False", "DATA.IMAGE_SIZE", "16", "DATA.VAL_RESIZE", "18",
-            "DATA.NUM_WORKERS", "0", "SOLVER.EPOCHS", "1", "SOLVER.BATCH_SIZE", "4",
-            "TRAIN.MAX_ITERS_PER_EPOCH", "2", "TRAIN.DEVICE", "cpu"]
+            "DATA.NUM_WORKERS", "0", "SOLVER.EPOCHS", "1", "SOLVER.BATCH_SIZE", "4", "SOLVER.WARMUP_EPOCHS", "0",
+            "SOLVER.SCHEDULE", "step", "SOLVER.STEPS", "()", "TRAIN.MAX_ITERS_PER_EPOCH", "2", "TRAIN.DEVICE", "cpu"]
     single = train(load_config(str(REPO / "configs/pretrain/demo_als.yaml"), opts + ["OUTPUT_DIR", str(tmp_path / "one")]))
     env = dict(os.environ, OMP_NUM_THREADS="1")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
@@ -85,8 +85,8 @@ def test_torchrun_two_process_gloo_run(tmp_path):
     assert set(row) == set(ref)                      # the same per-epoch format as one process
     assert row["images"] == 2 * 4 * 2 and ref["images"] == 2 * 4  # 2 iterations x batch 4 x ranks
     assert row["val_n"] == ref["val_n"] == 9         # 9 val images split 5 + 4, none counted twice
-    # global batch 8 doubles the peak lr (linear scaling); one warm-up epoch of 2 iterations ends at the peak
-    assert row["lr"] == pytest.approx(2 * ref["lr"])
+    # global batch 8 doubles the lr (linear scaling; constant: no warm-up, no steps)
+    assert row["lr"] == pytest.approx(2 * ref["lr"]) and ref["lr"] == pytest.approx(0.4 * 4 / 256)
     run = json.loads((out / "run.json").read_text())
     assert run["world_size"] == 2
     ckpt = load_checkpoint(out / "last.pth")

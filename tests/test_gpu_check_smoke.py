@@ -94,3 +94,12 @@ def test_checks_flag_a_slow_als_step(gpu_check) -> None:
     assert result[f"eager ALS/hard >= {gpu_check.MIN_ALS_OVER_HARD}"].startswith("FAIL")
     assert result[f"compiled ALS/hard >= {gpu_check.MIN_ALS_OVER_HARD}"].startswith("ok")
     assert all("not checked" in v for v in gpu_check.checks(sections, smoke=True).values())
+
+
+def test_a_cut_section_fails_on_a_gpu_but_not_in_a_cpu_smoke_run(gpu_check) -> None:
+    sections = {"pretrain": {"status": "ok"}, "gpu_decode": {"status": "cut at its 30 s cap; figures so far kept"},
+                "input": {"status": "skipped: the GPU, not the CPU input path, is the bound"}}
+    assert gpu_check.failed_sections(sections, smoke=True) == []
+    assert gpu_check.failed_sections(sections, smoke=False) == ["gpu_decode"]
+    broken = dict(sections, finetune={"status": "failed (exit 1); see finetune.log"})
+    assert gpu_check.failed_sections(broken, smoke=True) == ["finetune"]

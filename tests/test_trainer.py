@@ -148,7 +148,8 @@ def test_nan_stops_and_keeps_last_good_checkpoint(tiny_root, runs, tmp_path):
     assert [r["epoch"] for r in rows(tmp_path)] == [1]
 
     # a fresh run in the same OUTPUT_DIR replaces the failed one instead of mixing with it
-    train(tiny_cfg(tiny_root, tmp_path, "TRAIN.MAX_ITERS_PER_EPOCH", "1", "SOLVER.EPOCHS", "1"))
+    train(tiny_cfg(tiny_root, tmp_path, "TRAIN.MAX_ITERS_PER_EPOCH", "1", "SOLVER.EPOCHS", "1",
+                        "SOLVER.WARMUP_EPOCHS", "0"))
     (row,) = rows(tmp_path)
     assert row["iterations"] == 1 and load_checkpoint(tmp_path / "last.pth")["epoch"] == 1
     assert len(list((tmp_path / "tb").glob("events.out.tfevents.*"))) == 1
@@ -177,9 +178,10 @@ def test_lr_schedule_and_scaling():
 
 def test_fresh_run_sets_an_earlier_run_aside(tiny_root, tmp_path):
     out = tmp_path / "run"
-    train(tiny_cfg(tiny_root, out, "SOLVER.EPOCHS", "1", "TRAIN.MAX_ITERS_PER_EPOCH", "1"))
+    train(tiny_cfg(tiny_root, out, "SOLVER.EPOCHS", "1", "TRAIN.MAX_ITERS_PER_EPOCH", "1", "SOLVER.WARMUP_EPOCHS", "0"))
     first = (out / "last.pth").read_bytes()
-    train(tiny_cfg(tiny_root, out, "SOLVER.EPOCHS", "1", "TRAIN.MAX_ITERS_PER_EPOCH", "1", "SEED", "1"))
+    train(tiny_cfg(tiny_root, out, "SOLVER.EPOCHS", "1", "TRAIN.MAX_ITERS_PER_EPOCH", "1", "SEED", "1",
+                         "SOLVER.WARMUP_EPOCHS", "0"))
     aside = list(out.glob("previous-*"))
     assert len(aside) == 1
     assert (aside[0] / "last.pth").read_bytes() == first  # the earlier result survives, untouched

@@ -5,6 +5,11 @@
         MODEL.WEIGHTS pretrained/als.pkl OUTPUT_DIR output/finetune/als
     python tools/finetune_coco.py --coco-root /data/coco --num-gpus 8 \
         --config-file configs/detection/faster_rcnn_R_50_FPN_1x.yaml MODEL.WEIGHTS pretrained/r50_als.pkl
+    torchrun --nproc_per_node 8 tools/finetune_coco.py --coco-root /data/coco \
+        --config-file configs/detection/faster_rcnn_R_50_FPN_1x.yaml MODEL.WEIGHTS pretrained/r50_als.pkl
+
+Options go before the trailing KEY VALUE config overrides. Without CUDA, --num-gpus N starts N CPU
+processes (gloo) that train as one job; under torchrun its processes are the job (no --num-gpus).
 
 MODEL.WEIGHTS must be a .pkl from tools/convert_to_d2.py (or a detectron2 checkpoint); every
 backbone tensor must come from it unless --allow-random-backbone. Weight files are read without

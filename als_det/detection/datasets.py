@@ -68,7 +68,8 @@ def validate_coco_json(name: str, json_file: str | os.PathLike,
     """Check a COCO instances json against its image folder; raise `DatasetError` on bad input.
 
     Errors: unreadable json, missing sections, duplicate image/annotation/category ids,
-    annotations naming an unknown image or category id, malformed bbox, image files absent.
+    annotations naming an unknown image or category id, malformed bbox, no usable (non-crowd,
+    positive-size) box at all, image files absent.
     Boxes with width or height <= 0 are not errors: their ids are returned for dropping.
     """
     json_file, image_root = Path(json_file), Path(image_root)
@@ -109,6 +110,11 @@ def validate_coco_json(name: str, json_file: str | os.PathLike,
     if bad_bbox:
         _fail(json_file, "annotations without a 4-number bbox [x, y, w, h] (annotation ids)",
               bad_bbox)
+    usable = [a for a in anns if not a.get("iscrowd", 0) and a["bbox"][2] > 0 and a["bbox"][3] > 0]
+    if not usable:
+        what = ("'annotations' is empty" if not anns else
+                f"all {len(anns)} annotations are crowd regions or boxes of non-positive size")
+        raise DatasetError(f"{json_file}: no usable box to train or evaluate on ({what}); data set {name!r}")
     missing = [str(image_root / im["file_name"]) for im in images
                if not (image_root / im["file_name"]).is_file()]
     if missing:

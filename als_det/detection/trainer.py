@@ -19,7 +19,8 @@ from typing import Any
 import torch
 from detectron2.data import MetadataCatalog
 from detectron2.data.datasets.coco import convert_to_coco_json
-from detectron2.engine import DefaultTrainer, default_argument_parser, default_setup, hooks, launch
+from detectron2.engine import (AMPTrainer, DefaultTrainer, SimpleTrainer, TrainerBase, create_ddp_model,
+                               default_argument_parser, default_setup)
 from detectron2.evaluation import COCOEvaluator
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
@@ -27,6 +28,7 @@ from detectron2.utils.logger import setup_logger
 from als_det.detection import datasets as ds
 from als_det.detection.checkpoint import RecordingCheckpointer
 from als_det.detection.config import DetectionCfgNode, get_detection_cfg
+from als_det.detection.launch import launch_processes
 from als_det.detection.results import write_results
 from als_det.detection.weights import load_backbone_weights
 
@@ -45,18 +47,27 @@ class FinetuneTrainer(DefaultTrainer):
 
     def __init__(self, cfg: DetectionCfgNode, allow_random_backbone: bool = False,
                  unsafe_load: bool = False) -> None:
-        super().__init__(cfg)
+        # DefaultTrainer.__init__ with two changes: DDP also on the CPU (detectron2's
+        # create_ddp_model passes device_ids=[local rank], which DistributedDataParallel refuses
+        # for a CPU model), and the checkpointer that reads files safely.
+        TrainerBase.__init__(self)
+        cfg = DefaultTrainer.auto_scale_workers(cfg, comm.get_world_size())
+        model = self.build_model(cfg)
+        optimizer = self.build_optimizer(cfg, model)
+        data_loader = self.build_train_loader(cfg)
+        on_cpu = {"device_ids": None} if cfg.MODEL.DEVICE == "cpu" else {}
+        model = create_ddp_model(model, broadcast_buffers=False, **on_cpu)
+        self._trainer = (AMPTrainer if cfg.SOLVER.AMP.ENABLED else SimpleTrainer)(model, data_loader, optimizer)
+        self.scheduler = self.build_lr_scheduler(cfg, optimizer)
+        self.checkpointer = RecordingCheckpointer(model, cfg.OUTPUT_DIR, unsafe_load=unsafe_load,
+                                                  trainer=weakref.proxy(self))
+        self.start_iter = 0
+        self.max_iter = cfg.SOLVER.MAX_ITER
+        self.cfg = cfg
+        self.register_hooks(self.build_hooks())
         self.allow_random_backbone = allow_random_backbone
         self.unsafe_load = unsafe_load
         self.backbone: dict[str, Any] = {}
-        # DefaultTrainer's checkpointer, replaced (in its periodic-checkpoint hook too) by the
-        # one that reads files safely
-        self.checkpointer = RecordingCheckpointer(
-            self.checkpointer.model, cfg.OUTPUT_DIR, unsafe_load=unsafe_load,
-            trainer=weakref.proxy(self))
-        for hook in self._hooks:
-            if isinstance(hook, hooks.PeriodicCheckpointer):
-                hook.checkpointer = self.checkpointer
 
     def resume_or_load(self, resume: bool = True) -> None:
         """Resume everything from OUTPUT_DIR's last checkpoint, or load MODEL.WEIGHTS strictly."""
@@ -80,7 +91,10 @@ class FinetuneTrainer(DefaultTrainer):
 
     def train(self) -> dict[str, Any]:
         """Train, then return the final evaluation ({dataset: {"bbox": ...}})."""
-        super().train()
+        try:
+            super().train()
+        except FloatingPointError as err:  # detectron2: a NaN/inf loss, or NaN boxes from the heads
+            raise FloatingPointError(f"{err} {divergence_hint(self.cfg)}") from err
         return self._last_eval_results
 
     @classmethod
@@ -103,6 +117,15 @@ class FinetuneTrainer(DefaultTrainer):
         """detectron2's test, always keyed by data set name (also for a single test set)."""
         results = super().test(cfg, model, evaluators)
         return {cfg.DATASETS.TEST[0]: results} if len(cfg.DATASETS.TEST) == 1 else results
+
+
+def divergence_hint(cfg: DetectionCfgNode) -> str:
+    """What to change when training diverged: the lr against the linear-scaling rule, the warm-up."""
+    linear = 0.02 * cfg.SOLVER.IMS_PER_BATCH / 16
+    return (f"Training diverged at SOLVER.BASE_LR {cfg.SOLVER.BASE_LR:g} with SOLVER.IMS_PER_BATCH "
+            f"{cfg.SOLVER.IMS_PER_BATCH}: the linear-scaling rule (0.02 for 16 images) gives {linear:g}. "
+            f"Lower SOLVER.BASE_LR (e.g. {linear:g}) or lengthen SOLVER.WARMUP_ITERS "
+            f"({cfg.SOLVER.WARMUP_ITERS} now); checkpoints before the divergence are in {cfg.OUTPUT_DIR}.")
 
 
 def finetune_argument_parser(epilog: str | None = None) -> argparse.ArgumentParser:
@@ -193,14 +216,23 @@ def register_datasets(args: argparse.Namespace, names: list[str]) -> list[ds.Coc
     return reports
 
 
+def check_trailing_opts(opts: list[str] | None) -> None:
+    """Config overrides come last: an option among them (`... OUTPUT_DIR x --dataset ...`) would
+    otherwise reach the config as a key. Raises ValueError saying where it goes."""
+    flags = [o for o in opts or [] if o.startswith("--")]
+    if flags:
+        raise ValueError(f"{flags[0]} comes after the config overrides (KEY VALUE pairs), where it is read as a "
+                         f"config key; put options before them: tools/finetune_coco.py {flags[0]} ... "
+                         "--config-file FILE KEY VALUE ...")
+
+
 def setup(args: argparse.Namespace) -> DetectionCfgNode:
     """Config with device, seed, data sets and class count resolved (each change logged), then
     detectron2's `default_setup` (loggers, config.yaml, seeding). Returns the frozen config."""
+    check_trailing_opts(args.opts)
     cfg = get_detection_cfg(args.config_file, args.opts)
     setup_logger(cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="als_det")
     if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
-        if args.num_gpus > 1:
-            raise RuntimeError(f"--num-gpus {args.num_gpus} but CUDA is not available")
         cfg.MODEL.DEVICE = "cpu"
         logger.warning("CUDA is not available: MODEL.DEVICE set to cpu")
     if cfg.SEED < 0:
@@ -250,6 +282,8 @@ def run_finetune(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def launch_finetune(args: argparse.Namespace) -> None:
-    """`run_finetune` on every process of a (multi-GPU, multi-machine) job."""
-    launch(run_finetune, args.num_gpus, num_machines=args.num_machines,
-           machine_rank=args.machine_rank, dist_url=args.dist_url, args=(args,))
+    """`run_finetune` on every process of the job: `--num-gpus` processes per machine (gloo ones
+    without CUDA), or the processes torchrun started (see `als_det.detection.launch`)."""
+    check_trailing_opts(args.opts)
+    launch_processes(run_finetune, (args,), args.num_gpus, num_machines=args.num_machines,
+                     machine_rank=args.machine_rank, dist_url=args.dist_url)

@@ -36,6 +36,7 @@ from als_det.engine.checkpoint import (get_rng_state, load_checkpoint, save_chec
                                        unwrap_model)
 from als_det.engine.distributed import (DistInfo, all_gather_cat, all_reduce_sum, barrier, cleanup_distributed,
                                         init_distributed)
+from als_det.engine.resume import ResumeError, check_resume, resume_record
 from als_det.io import atomic_write_json, atomic_write_text
 from als_det.metrics.calibration import calibration_metrics_from_logits
 from als_det.mixing import BatchMixer, loss_for_mixed_batch
@@ -54,10 +55,18 @@ def _log(msg: str, main: bool = True) -> None:
 
 
 def _autocast(device: torch.device, amp: str):
-    """bf16/fp16 autocast on GPU; a no-op on the CPU or with amp == "none"."""
-    if amp == "none" or device.type != "cuda":
+    """Autocast for `amp` on `device` ("bf16" on CPU or GPU, "fp16" on GPU); a no-op for "none"."""
+    if amp == "none":
         return nullcontext()
-    return torch.autocast("cuda", dtype=torch.bfloat16 if amp == "bf16" else torch.float16)
+    return torch.autocast(device.type, dtype=torch.bfloat16 if amp == "bf16" else torch.float16)
+
+
+def resolve_precision(cfg: CfgNode, device: torch.device) -> tuple[str, bool]:
+    """(amp, channels_last) as they will run on `device`: the config's, or an error for fp16 on the CPU."""
+    if cfg.TRAIN.AMP == "fp16" and device.type != "cuda":
+        raise ValueError("TRAIN.AMP fp16 (float16 autocast with GradScaler) is a GPU setting; on the CPU "
+                         "use TRAIN.AMP bf16 (CPU autocast) or none")
+    return cfg.TRAIN.AMP, bool(cfg.TRAIN.CHANNELS_LAST)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -306,31 +315,62 @@ def _resolve_resume(resume: str | None, out_dir: Path) -> Path | None:
 
 
 def train(cfg: CfgNode, resume: str | None = None, stop_after_epoch: int | None = None,
-          model_hook: Callable[[nn.Module], None] | None = None) -> Path:
+          model_hook: Callable[[nn.Module], None] | None = None, allow_config_change: bool = False) -> Path:
     """Pretrain one arm as `cfg` says; returns OUTPUT_DIR.
 
-    resume: None (a fresh run, replacing any earlier run's checkpoints, metrics and events in
-    OUTPUT_DIR), "last" (OUTPUT_DIR/last.pth) or a checkpoint path: continues exactly where that
-    run stopped. stop_after_epoch: end (cleanly,
-    with checkpoints) after that many epochs, the schedule still planned for SOLVER.EPOCHS, as if
-    preempted. model_hook: called with the freshly built model (e.g. to attach forward hooks).
+    resume: None (a fresh run; an earlier run's files in OUTPUT_DIR are set aside), "last"
+    (OUTPUT_DIR/last.pth) or a checkpoint path: continues exactly where that run stopped. A
+    resume whose experiment differs from the checkpoint's is refused (`ResumeError` listing the
+    differences) unless `allow_config_change`, which records the changes in run.json; a refused
+    resume changes nothing in OUTPUT_DIR. stop_after_epoch: end (cleanly, with checkpoints)
+    after that many epochs, the schedule still planned for SOLVER.EPOCHS, as if preempted.
+    model_hook: called with the freshly built model (e.g. to attach forward hooks).
     """
     owns_group = not torch.distributed.is_initialized()
     deterministic = torch.are_deterministic_algorithms_enabled()
     info = init_distributed(cfg.TRAIN.DEVICE)
     try:
-        return _train(cfg, info, resume, stop_after_epoch, model_hook)
+        return _train(cfg, info, resume, stop_after_epoch, model_hook, allow_config_change)
     finally:
         torch.use_deterministic_algorithms(deterministic)
         if owns_group:
             cleanup_distributed()
 
 
+def _run_record(cfg: CfgNode, info: DistInfo, data: DataBundle, strategy: LabelStrategy, amp: str,
+                channels_last: bool, resumes: list[dict[str, Any]]) -> dict[str, Any]:
+    """run.json: what actually ran (device, precision, memory format, compiler), data and versions."""
+    return {"seed": cfg.SEED, "world_size": info.world_size, "device": str(info.device), "amp": amp,
+            "channels_last": channels_last, "compile": "inductor" if cfg.TRAIN.COMPILE else False,
+            "label_strategy": strategy.to_dict(), "classes": data.classes,
+            "index": {k: {"images": r.images, "with_boxes": r.with_boxes, "boxes": r.boxes,
+                          "skipped": {why: len(f) for why, f in r.skipped.items()}} for k, r in data.reports.items()},
+            "train_mean_box_area": data.box_area, "resumes": resumes, "versions": package_versions()}
+
+
+def _checked_resume(resume_path: Path | None, cfg: CfgNode, info: DistInfo, allow_config_change: bool
+                    ) -> tuple[dict[str, Any] | None, list[dict[str, Any]]]:
+    """(the checkpoint to resume, run.json's `resumes` list); ResumeError if the experiment changed."""
+    if resume_path is None:
+        return None, []
+    ckpt = load_checkpoint(resume_path)
+    diffs = check_resume(ckpt, cfg, info.world_size, str(resume_path), allow_config_change)
+    run_json = Path(cfg.OUTPUT_DIR) / "run.json"
+    earlier = json.loads(run_json.read_text()).get("resumes", []) if run_json.is_file() else []
+    if diffs:
+        _log(f"resuming with {len(diffs)} deliberate config change(s) (recorded in run.json): " + ", ".join(diffs),
+             info.is_main)
+    return ckpt, resume_record(str(resume_path), int(ckpt["epoch"]), diffs, earlier)
+
+
 def _train(cfg: CfgNode, info: DistInfo, resume: str | None, stop_after_epoch: int | None,
-           model_hook: Callable[[nn.Module], None] | None) -> Path:
+           model_hook: Callable[[nn.Module], None] | None, allow_config_change: bool = False) -> Path:
     out_dir = Path(cfg.OUTPUT_DIR)
     main, device = info.is_main, info.device
+    # Every check that can refuse the run comes before the first write into OUTPUT_DIR.
+    amp, channels_last = resolve_precision(cfg, device)
     resume_path = _resolve_resume(resume, out_dir)
+    ckpt, resumes = _checked_resume(resume_path, cfg, info, allow_config_change)
     if cfg.TRAIN.DETERMINISTIC:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         torch.use_deterministic_algorithms(True)
@@ -339,18 +379,15 @@ def _train(cfg: CfgNode, info: DistInfo, resume: str | None, stop_after_epoch: i
     np.random.seed(cfg.SEED)
     random.seed(cfg.SEED)
 
-    on_gpu = device.type == "cuda"
-    amp = cfg.TRAIN.AMP if on_gpu else "none"
-    channels_last = bool(cfg.TRAIN.CHANNELS_LAST and on_gpu)
-    if not on_gpu and cfg.TRAIN.AMP != "none":
-        _log(f"note: TRAIN.AMP={cfg.TRAIN.AMP} applies on GPU only; this CPU run uses float32", main)
+    data = build_data(cfg, info, out_dir)
+    if ckpt is not None and ckpt["classes"] != data.classes:
+        raise ResumeError(f"cannot resume {resume_path}: it was trained on {len(ckpt['classes'])} classes, "
+                          f"{cfg.DATA.ROOT} now has {len(data.classes)} (or other names)")
     if main:
         out_dir.mkdir(parents=True, exist_ok=True)
         if resume_path is None:
             _set_aside_previous_run(out_dir)
         atomic_write_text(out_dir / "config.yaml", cfg.dump())
-
-    data = build_data(cfg, info, out_dir)
     num_classes = len(data.classes)
     strategy = LabelStrategy.from_cfg(cfg.LABELS)
     mixer = BatchMixer(strategy, num_classes, cfg.SEED, info.rank) if strategy.mixes else None
@@ -363,7 +400,8 @@ def _train(cfg: CfgNode, info: DistInfo, resume: str | None, stop_after_epoch: i
     _log(f"train: {tr.images} images, {tr.with_boxes} with boxes ({100.0 * tr.with_boxes / max(1, tr.images):.1f}%), "
          f"mean box area {data.box_area:.3f} of the image; {num_classes} classes; label strategy "
          f"{strategy.name}; {info.world_size} process(es) on {device}, global batch "
-         f"{cfg.SOLVER.BATCH_SIZE * info.world_size}, {iters_per_epoch} iterations/epoch", main)
+         f"{cfg.SOLVER.BATCH_SIZE * info.world_size}, {iters_per_epoch} iterations/epoch; precision "
+         f"{'float32' if amp == 'none' else amp + ' autocast'}, channels_last {channels_last}", main)
 
     model = build_resnet(cfg.MODEL.ARCH, num_classes).to(device)
     if model_hook is not None:
@@ -372,16 +410,11 @@ def _train(cfg: CfgNode, info: DistInfo, resume: str | None, stop_after_epoch: i
         model = model.to(memory_format=torch.channels_last)
     optimizer = build_optimizer(model, cfg, info.world_size)
     scheduler = build_scheduler(optimizer, cfg, iters_per_epoch)
-    scaler = torch.amp.GradScaler("cuda", enabled=amp == "fp16")
+    scaler = torch.amp.GradScaler(device.type, enabled=amp == "fp16")
 
     start_epoch, best_top1, last_val = 0, -1.0, {}
     history: list[dict[str, Any]] = []
-    if resume_path is not None:
-        ckpt = load_checkpoint(resume_path)
-        if LabelStrategy.from_dict(ckpt["label_strategy"]) != strategy or ckpt["arch"] != cfg.MODEL.ARCH \
-                or ckpt["classes"] != data.classes:
-            raise ValueError(f"{resume_path} was trained with {ckpt['arch']}, {ckpt['label_strategy']} and "
-                             f"{len(ckpt['classes'])} classes; this config differs")
+    if ckpt is not None:
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
         scheduler.load_state_dict(ckpt["scheduler"])
@@ -393,7 +426,7 @@ def _train(cfg: CfgNode, info: DistInfo, resume: str | None, stop_after_epoch: i
         _log(f"resumed from {resume_path} after epoch {start_epoch}", main)
 
     if info.distributed:
-        model = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if on_gpu else None)
+        model = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     if cfg.TRAIN.COMPILE:
         model = torch.compile(model)
     raw_model = unwrap_model(model)  # saved and evaluated: torchvision key names, no collectives
@@ -403,12 +436,7 @@ def _train(cfg: CfgNode, info: DistInfo, resume: str | None, stop_after_epoch: i
         from torch.utils.tensorboard import SummaryWriter
 
         writer = SummaryWriter(str(out_dir / "tb"), purge_step=start_epoch + 1)
-        atomic_write_json(out_dir / "run.json", {
-            "seed": cfg.SEED, "world_size": info.world_size, "device": str(device), "amp": amp,
-            "channels_last": channels_last, "label_strategy": strategy.to_dict(), "classes": data.classes,
-            "index": {k: {"images": r.images, "with_boxes": r.with_boxes, "boxes": r.boxes,
-                          "skipped": {why: len(f) for why, f in r.skipped.items()}} for k, r in data.reports.items()},
-            "train_mean_box_area": data.box_area, "versions": package_versions()})
+        atomic_write_json(out_dir / "run.json", _run_record(cfg, info, data, strategy, amp, channels_last, resumes))
 
     last_epoch = cfg.SOLVER.EPOCHS if stop_after_epoch is None else min(stop_after_epoch, cfg.SOLVER.EPOCHS)
     for epoch in range(start_epoch, last_epoch):
@@ -429,18 +457,18 @@ def _train(cfg: CfgNode, info: DistInfo, resume: str | None, stop_after_epoch: i
         is_best = "val_top1" in row and row["val_top1"] > best_top1
         best_top1 = max(best_top1, row.get("val_top1", best_top1))
         if main:
-            ckpt = {"model": raw_model.state_dict(), "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict() if scaler.is_enabled() else None,
-                    "epoch": epoch + 1, "arch": cfg.MODEL.ARCH, "num_classes": num_classes, "classes": data.classes,
-                    "label_strategy": strategy.to_dict(),
-                    "preprocessing": {"input_format": "RGB", "pixel_mean": [255.0 * m for m in IMAGENET_MEAN],
-                                      "pixel_std": [255.0 * s for s in IMAGENET_STD],
-                                      "image_size": cfg.DATA.IMAGE_SIZE},
-                    "config": cfg.dump(), "seed": cfg.SEED, "rng_state": get_rng_state(), "metrics": last_val,
-                    "best_top1": best_top1, "versions": package_versions()}
-            save_checkpoint(out_dir / "last.pth", ckpt)
+            state = {"model": raw_model.state_dict(), "optimizer": optimizer.state_dict(),
+                     "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict() if scaler.is_enabled() else None,
+                     "epoch": epoch + 1, "arch": cfg.MODEL.ARCH, "num_classes": num_classes, "classes": data.classes,
+                     "label_strategy": strategy.to_dict(),
+                     "preprocessing": {"input_format": "RGB", "pixel_mean": [255.0 * m for m in IMAGENET_MEAN],
+                                       "pixel_std": [255.0 * s for s in IMAGENET_STD],
+                                       "image_size": cfg.DATA.IMAGE_SIZE},
+                     "config": cfg.dump(), "seed": cfg.SEED, "rng_state": get_rng_state(), "metrics": last_val,
+                     "best_top1": best_top1, "world_size": info.world_size, "versions": package_versions()}
+            save_checkpoint(out_dir / "last.pth", state)
             if is_best:
-                save_checkpoint(out_dir / "best.pth", ckpt)
+                save_checkpoint(out_dir / "best.pth", state)
             history.append(row)
             _write_jsonl(out_dir / "metrics.jsonl", history)
             for key, value in row.items():

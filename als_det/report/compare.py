@@ -77,8 +77,8 @@ def load_run(path: str | Path) -> Run:
     metrics = {}
     for m in METRICS:
         v = data["bbox"].get(m, "absent")
-        # null: COCOeval had no ground truth for it (e.g. APl on a set without large objects)
-        if v is None and m != "AP":
+        # null: COCOeval gave no number (no ground truth of that size, or a run without detections)
+        if v is None:
             metrics[m] = math.nan
             continue
         if not isinstance(v, (int, float)) or isinstance(v, bool) or math.isnan(v):
@@ -183,7 +183,9 @@ def format_table(comp: Comparison, fmt: str = "markdown") -> str:
     if fmt == "markdown":
         lines = ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] * len(head)) + "|"]
         lines += ["| " + " | ".join(r) + " |" for r in rows]
-        return "\n".join(lines) + f"\n\nmean ± sample std over n runs; (Δ) vs {comp.baseline}\n"
+        note = "; n/a: no number (no detections, or no ground truth of that size)" if any(
+            "n/a" in c for r in rows for c in r) else ""
+        return "\n".join(lines) + f"\n\nmean ± sample std over n runs; (Δ) vs {comp.baseline}{note}\n"
     lines = [r"\begin{tabular}{l r " + "r " * len(METRICS) + "}", r"\toprule",
              " & ".join(head) + r" \\", r"\midrule"]
     lines += [" & ".join(c.replace("±", r"$\pm$").replace("_", r"\_") for c in r) + r" \\"
