@@ -196,7 +196,7 @@ def _first_inputs(store: list) -> Callable[[torch.nn.Module], None]:
 
 
 def test_cutmix_mixes_the_crops_the_hard_arm_sees_and_resumes_exactly(tiny_root, tmp_path):
-    one = ("SOLVER.EPOCHS", "1", "TRAIN.MAX_ITERS_PER_EPOCH", "1")
+    one = ("SOLVER.EPOCHS", "1", "SOLVER.WARMUP_EPOCHS", "0", "TRAIN.MAX_ITERS_PER_EPOCH", "1")
     hard_inputs, cutmix_inputs = [], []
     train(tiny_cfg(tiny_root, tmp_path / "hard", "LABELS.STRATEGY", "hard", *one),
           model_hook=_first_inputs(hard_inputs))
@@ -224,9 +224,10 @@ def test_cutmix_mixes_the_crops_the_hard_arm_sees_and_resumes_exactly(tiny_root,
 
 def test_als_object_coverage_run_logs_its_coverage(tiny_root, tmp_path):
     out = train(tiny_cfg(tiny_root, tmp_path, "LABELS.COVERAGE", "object", "LABELS.POWER", "2.0",
-                         "SOLVER.EPOCHS", "1"))
+                         "SOLVER.EPOCHS", "1", "SOLVER.WARMUP_EPOCHS", "0"))
     (row,) = rows(out)
     assert 0.0 < row["mean_coverage"] < row["mean_object_coverage"] <= 1.0  # objects are smaller than crops
     assert row["mean_e"] <= 1.0 - row["mean_object_coverage"]  # (1 - a) ** 2 <= 1 - a, mean over crops
-    with pytest.raises(ValueError, match="trained with"):  # a resume must not switch the coverage
-        train(tiny_cfg(tiny_root, tmp_path, "LABELS.POWER", "2.0", "SOLVER.EPOCHS", "2"), resume="last")
+    with pytest.raises(ValueError, match='LABELS.COVERAGE: "object" \\(checkpoint\\) -> "crop"'):
+        train(tiny_cfg(tiny_root, tmp_path, "LABELS.POWER", "2.0", "SOLVER.EPOCHS", "1",
+                       "SOLVER.WARMUP_EPOCHS", "0"), resume="last")  # a resume must not switch the coverage
