@@ -48,6 +48,16 @@ class Outcome:
         return None
 
 
+def _reason(name: str, error: Exception | None) -> str:
+    """The job's StageFailed message, else the last line of the traceback submitit recorded."""
+    lines = [ln.strip() for ln in str(error or "").splitlines() if ln.strip()]
+    for line in reversed(lines):
+        if "StageFailed: " in line:
+            return line.split("StageFailed: ", 1)[1]
+    trace = [ln for ln in lines if not ln.startswith(("-", "You can check"))]
+    return f"stage {name} failed: {trace[-1] if trace else 'the job ended without a result'}"
+
+
 def _say(msg: str) -> None:
     print(f"[experiment] {msg}", flush=True)
 
@@ -141,7 +151,8 @@ class SubmititLauncher:
         """Decide every stage that can be decided now: blocked, reused, or submitted."""
         for name in self.order:
             st = self.stages[name]
-            if name in self.jobs or name in self.done or name in self.outcome.blocked:
+            if name in self.jobs or name in self.done or name in self.outcome.blocked \
+                    or name in self.outcome.failed:
                 continue
             cause = self.outcome.cause(st.deps)
             if cause:
@@ -172,9 +183,7 @@ class SubmititLauncher:
                 self.outcome.ran.append(name)
                 _say(f"{name}: finished (job {job.job_id}, {recorded_seconds(st):.0f} s)")
                 continue
-            last = str(error).strip().splitlines()[-1] if error else "no result recorded"
-            self.outcome.failed[name] = (f"stage {name} failed (job {job.job_id}: {last}); log: {st.log}; "
-                                         f"job log: {job.paths.stdout}")
+            self.outcome.failed[name] = f"{_reason(name, error)} (job {job.job_id}, job log: {job.paths.stdout})"
             _say(f"FAILED: {self.outcome.failed[name]}")
             self._cancel_dependants()
 
