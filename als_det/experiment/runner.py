@@ -48,7 +48,7 @@ def _demo_report(plan: Plan, graph: Graph, total_s: float) -> Path:
     return report
 
 
-def run_experiment(plan: Plan, launcher: str = "local", wait: bool = True, poll_s: float = 5.0) -> Outcome:
+def run_experiment(plan: Plan, launcher: str = "local", wait: bool = True) -> Outcome:
     """Run (or submit) every stage that is not done; print what became of each."""
     if launcher not in LAUNCHERS:
         raise ValueError(f"launcher must be one of {LAUNCHERS}, got {launcher!r}")
@@ -61,7 +61,7 @@ def run_experiment(plan: Plan, launcher: str = "local", wait: bool = True, poll_
     else:
         cluster = "slurm" if launcher == "slurm" else "local"
         outcome = SubmititLauncher(graph.stages, out / ".submitit", cluster, plan.name, plan.slurm,
-                                   poll_s=poll_s).run(wait=wait)
+                                   poll_s=10.0 if cluster == "slurm" else 0.5).run(wait=wait)
     print(summary(outcome, graph), flush=True)
     if outcome.ok and plan.report == "demo":
         report = _demo_report(plan, graph, time.perf_counter() - start)
