@@ -1,4 +1,4 @@
-"""Fine-tune Faster R-CNN on COCO-format data from a converted backbone (detectron2 train_net style).
+"""Fine-tune a detector (Faster R-CNN, RetinaNet, Mask R-CNN) on COCO-format data from a converted backbone (detectron2 train_net style).
 
 `setup(args)` builds the config (device, data sets, class count resolved and logged, then
 detectron2's `default_setup`); `run_finetune(args)` trains with `FinetuneTrainer` (detectron2's
@@ -67,7 +67,7 @@ class FinetuneTrainer(DefaultTrainer):
         self.backbone = state_dict.get("als_det_backbone", {})
 
     def train(self) -> dict[str, Any]:
-        """Train, then return the final evaluation ({dataset: {"bbox": ...}})."""
+        """Train, then return the final evaluation ({dataset: {"bbox": ..., ["segm": ...]}})."""
         super().train()
         return self._last_eval_results
 
@@ -83,7 +83,7 @@ class FinetuneTrainer(DefaultTrainer):
                 convert_to_coco_json(dataset_name, gt, allow_cached=False)
             comm.synchronize()
             meta.json_file = gt
-        return COCOEvaluator(dataset_name, tasks=("bbox",), distributed=True, output_dir=out,
+        return COCOEvaluator(dataset_name, tasks=evaluation_tasks(cfg), distributed=True, output_dir=out,
                              use_fast_impl=False)
 
     @classmethod
@@ -91,6 +91,16 @@ class FinetuneTrainer(DefaultTrainer):
         """detectron2's test, always keyed by data set name (also for a single test set)."""
         results = super().test(cfg, model, evaluators)
         return {cfg.DATASETS.TEST[0]: results} if len(cfg.DATASETS.TEST) == 1 else results
+
+
+def evaluation_tasks(cfg: DetectionCfgNode) -> tuple[str, ...]:
+    """COCO box AP always; mask AP too when the model predicts masks (Mask R-CNN)."""
+    return ("bbox", "segm") if cfg.MODEL.MASK_ON else ("bbox",)
+
+
+def num_classes_key(cfg: DetectionCfgNode) -> str:
+    """The config key holding the class count: RetinaNet has its own head, the others ROI heads."""
+    return "RETINANET" if cfg.MODEL.META_ARCHITECTURE == "RetinaNet" else "ROI_HEADS"
 
 
 def finetune_argument_parser(epilog: str | None = None) -> argparse.ArgumentParser:
@@ -197,10 +207,13 @@ def setup(args: argparse.Namespace) -> DetectionCfgNode:
     names = list(cfg.DATASETS.TEST) if args.eval_only else [*cfg.DATASETS.TRAIN, *cfg.DATASETS.TEST]
     reports = register_datasets(args, names)
     categories = ds.check_same_categories(reports)
-    if cfg.MODEL.ROI_HEADS.NUM_CLASSES != len(categories):
-        logger.info("MODEL.ROI_HEADS.NUM_CLASSES set to %d from the data's categories (config had "
-                    "%d)", len(categories), cfg.MODEL.ROI_HEADS.NUM_CLASSES)
-        cfg.MODEL.ROI_HEADS.NUM_CLASSES = len(categories)
+    if cfg.MODEL.MASK_ON:
+        ds.check_has_masks(reports)
+    head = getattr(cfg.MODEL, num_classes_key(cfg))
+    if head.NUM_CLASSES != len(categories):
+        logger.info("MODEL.%s.NUM_CLASSES set to %d from the data's categories (config had %d)",
+                    num_classes_key(cfg), len(categories), head.NUM_CLASSES)
+        head.NUM_CLASSES = len(categories)
     cfg.freeze()
     default_setup(cfg, args)
     return cfg
