@@ -63,8 +63,8 @@ class Resources:
         procs = f", {self.processes} processes/node" if self.processes > 1 else ""
         mem = f", {self.mem_gb:g} GB" if self.mem_gb else ""
         part = f", partition {self.partition}" if self.partition else ""
-        return (f"{self.nodes} node{'s' * (self.nodes > 1)}{gpus}{procs}, {self.cpus_per_proc} CPUs/process"
-                f"{mem}, {self.timeout_min} min{part}")
+        cpus = f"{self.cpus_per_proc} CPU{'s' * (self.cpus_per_proc > 1)}/process"
+        return f"{self.nodes} node{'s' * (self.nodes > 1)}{gpus}{procs}, {cpus}{mem}, {self.timeout_min} min{part}"
 
 
 @dataclass(frozen=True)
