@@ -21,7 +21,7 @@ from als_det.experiment.commands import Command, Node, launch_argv
 from als_det.experiment.graph import build_graph
 from als_det.experiment.launchers import SubmititLauncher, _parameters, run_local
 from als_det.experiment.plan import PlanError, Resources, load_plan, parse_plan
-from als_det.experiment.runner import summary
+from als_det.experiment.runner import dry_run, summary
 from als_det.experiment.stages import Stage, StageJob, config_chain, fingerprint, is_done, resume_point, run_stage
 
 REPO = Path(__file__).resolve().parents[1]
@@ -200,7 +200,7 @@ def test_failed_stage_stops_only_its_dependants(tmp_path, capsys):
     assert outcome.blocked == {"after_bad": "bad", "after_that": "bad"}
     assert f"stage bad failed (exit 3); log: {bad.log}" == outcome.failed["bad"]
     assert "something went wrong" in bad.log.read_text()
-    text = summary(outcome, None)
+    text = summary(outcome)
     assert "not run because bad failed: after_bad, after_that" in text
     assert "something went wrong" in capsys.readouterr().out  # relayed to the terminal too
 
@@ -233,3 +233,17 @@ def test_submitit_local_jobs_fail_block_and_requeue(tmp_path):
     assert "resumed at step" in log and log.splitlines().count("step 1") == 1
     job_log = "".join(p.read_text() for p in (tmp_path / ".submitit").glob("*_log.out"))
     assert "requeued; will resume from" in job_log
+
+
+def test_several_nodes_need_slurm(tmp_path):
+    from als_det.experiment.runner import run_experiment
+
+    raw = _raw(PAPER)
+    raw["out"] = str(tmp_path / "out")
+    raw["pretrain"]["resources"]["nodes"] = 4
+    plan = parse_plan(raw, "p.yaml")
+    for launcher in ("local", "submitit-local"):
+        with pytest.raises(ValueError, match="pretrain_hard, pretrain_ls, pretrain_als ask for several nodes"):
+            run_experiment(plan, launcher)
+    assert not (tmp_path / "out").exists()
+    assert "--nnodes=4 --node_rank=$NODE_RANK" in dry_run(plan)

@@ -41,7 +41,14 @@ def main() -> int:
     if args.dry_run:
         print(dry_run(plan))
         return 0
-    outcome = run_experiment(plan, args.launcher, wait=not args.no_wait)
+    try:
+        outcome = run_experiment(plan, args.launcher, wait=not args.no_wait)
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("\n[experiment] interrupted; run the same command again to go on from here", file=sys.stderr)
+        return 130
     return 0 if outcome.ok or (args.no_wait and not outcome.failed) else 1
 
 

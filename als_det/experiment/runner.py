@@ -21,7 +21,7 @@ def dry_run(plan: Plan) -> str:
     return head + "\n" + describe(graph.stages)
 
 
-def summary(outcome: Outcome, graph: Graph) -> str:
+def summary(outcome: Outcome) -> str:
     lines = [f"{len(outcome.ran)} stage(s) ran, {len(outcome.reused)} reused"]
     for name, message in outcome.failed.items():
         stopped = [s for s, cause in outcome.blocked.items() if cause == name]
@@ -54,6 +54,10 @@ def run_experiment(plan: Plan, launcher: str = "local", wait: bool = True) -> Ou
         raise ValueError(f"launcher must be one of {LAUNCHERS}, got {launcher!r}")
     start = time.perf_counter()
     graph = build_graph(plan)
+    several = [st.name for st in graph.stages if st.resources.nodes > 1]
+    if several and launcher != "slurm":
+        raise ValueError(f"the {launcher} launcher runs on this one machine, but {', '.join(several)} "
+                         "ask for several nodes: use --launcher slurm or set nodes: 1 in the plan")
     out = resolve(plan.out)
     (out / "logs").mkdir(parents=True, exist_ok=True)
     if launcher == "local":
@@ -62,7 +66,7 @@ def run_experiment(plan: Plan, launcher: str = "local", wait: bool = True) -> Ou
         cluster = "slurm" if launcher == "slurm" else "local"
         outcome = SubmititLauncher(graph.stages, out / ".submitit", cluster, plan.name, plan.slurm,
                                    poll_s=10.0 if cluster == "slurm" else 0.5).run(wait=wait)
-    print(summary(outcome, graph), flush=True)
+    print(summary(outcome), flush=True)
     if outcome.ok and plan.report == "demo":
         report = _demo_report(plan, graph, time.perf_counter() - start)
         print(f"[experiment] finished in {(time.perf_counter() - start) / 60:.1f} min; report: {report}",

@@ -166,7 +166,8 @@ def run_stage(stage: Stage, node: Node | None = None, relay: bool = True) -> dic
     fp = fingerprint(stage)
     point = resume_point(stage, fp)
     cmd = stage.resume_command if point is not None and stage.resume_command else stage.command
-    stage.log.parent.mkdir(parents=True, exist_ok=True)
+    log = stage.log if main else stage.log.with_name(f"{stage.name}.node{node.rank}.log")
+    log.parent.mkdir(parents=True, exist_ok=True)
     if main:
         if point is None:
             _set_aside_if_foreign(stage, fp)
@@ -176,13 +177,13 @@ def run_stage(stage: Stage, node: Node | None = None, relay: bool = True) -> dic
     header = f"[experiment] {stage.name}: {display(cmd, stage.resources)}{note}\n"
     sys.stdout.write(header)
     sys.stdout.flush()
-    with open(stage.log, "a") as f:
+    with open(log, "a") as f:
         f.write(f"\n{datetime.now():%Y-%m-%d %H:%M:%S} {header}")
     start = time.perf_counter()
-    rc = _relay(launch_argv(cmd, stage.resources, node or Node()), stage.log, relay)
+    rc = _relay(launch_argv(cmd, stage.resources, node or Node()), log, relay)
     seconds = time.perf_counter() - start
     if rc != 0:
-        raise StageFailed(f"stage {stage.name} failed (exit {rc}); log: {stage.log}")
+        raise StageFailed(f"stage {stage.name} failed (exit {rc}); log: {log}")
     if not main:
         return {"seconds": seconds}
     missing = [str(p) for p in stage.outputs if not p.exists()]
