@@ -246,4 +246,4 @@ def test_several_nodes_need_slurm(tmp_path):
         with pytest.raises(ValueError, match="pretrain_hard, pretrain_ls, pretrain_als ask for several nodes"):
             run_experiment(plan, launcher)
     assert not (tmp_path / "out").exists()
-    assert "--nnodes=4 --node_rank=$NODE_RANK" in dry_run(plan)
+    assert '--nnodes=4 "--node_rank=$NODE_RANK" "--master_addr=$MASTER_ADDR"' in dry_run(plan)

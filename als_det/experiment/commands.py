@@ -107,4 +107,5 @@ def launch_argv(cmd: Command, res: Resources, node: Node = Node(), python: str =
 def display(cmd: Command, res: Resources) -> str:
     """The command as a user types it (`python`, `torchrun`); other nodes' values as variables."""
     node = Node(rank="$NODE_RANK", master_addr="$MASTER_ADDR", master_port="$MASTER_PORT")
-    return shlex.join(launch_argv(cmd, res, node, python="python", torchrun=("torchrun",)))
+    argv = launch_argv(cmd, res, node, python="python", torchrun=("torchrun",))
+    return " ".join(f'"{a}"' if "$" in a else shlex.quote(a) for a in argv)
