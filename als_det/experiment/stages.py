@@ -127,7 +127,7 @@ def _set_aside_if_foreign(stage: Stage, fp: str) -> None:
         return
     if _read(stage.started_marker).get("fingerprint") == fp:
         return  # a partial run of this same command: overwritten
-    aside = path.with_name(f"{path.name}.previous-{datetime.now():%Y%m%d-%H%M%S}")
+    aside = path.with_name(f"{path.name}.previous-{datetime.now():%Y%m%d-%H%M%S-%f}")
     path.rename(aside)
     print(f"[experiment] {stage.name}: {path} held the output of another command; moved to {aside}",
           flush=True)
