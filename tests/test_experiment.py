@@ -247,3 +247,22 @@ def test_several_nodes_need_slurm(tmp_path):
             run_experiment(plan, launcher)
     assert not (tmp_path / "out").exists()
     assert '--nnodes=4 "--node_rank=$NODE_RANK" "--master_addr=$MASTER_ADDR"' in dry_run(plan)
+
+
+def test_sweep_shape_per_run_evaluation_and_no_detection():
+    """What a sweep needs: one evaluation per run (a failed cell stops only its own), no detection."""
+    raw = _raw(REPO / "configs/experiments/smoke.yaml")
+    raw.update(detection=[], report=None, seeds=[0, 1])
+    raw["evaluate"]["per_run"] = True
+    raw["arms"]["als_emax05"] = {"config": "configs/pretrain/demo_als.yaml", "overrides": {"LABELS.E_MAX": 0.5}}
+    graph = build_graph(parse_plan(raw, "sweep.yaml"))
+    names = [st.name for st in graph.stages]
+    assert not any(n.startswith(("convert", "finetune", "compare")) for n in names)
+    ev = {st.name: st for st in graph.stages if st.kind == "evaluate"}
+    assert sorted(ev) == sorted(f"evaluate_{a}_s{s}" for a in ("hard", "als", "als_emax05") for s in (0, 1))
+    cell = ev["evaluate_als_emax05_s1"]
+    assert cell.deps == ("pretrain_als_emax05_s1",)
+    assert cell.outputs[0].parts[-3:] == ("evaluation", "als_emax05_s1", "metrics.json")
+    pre = next(st for st in graph.stages if st.name == "pretrain_als_emax05_s1")
+    assert pre.command.args[-8:] == ("LABELS.E_MAX", "0.5", "OUTPUT_DIR", pre.command.args[-5], "SEED", "1",
+                                     "DATA.ROOT", pre.command.args[-1])
