@@ -1,4 +1,5 @@
-"""Fine-tune a detector (Faster R-CNN, RetinaNet, Mask R-CNN) on COCO-format data from a converted backbone (detectron2 train_net style).
+"""Fine-tune a detector on COCO-format data from a converted backbone (detectron2 train_net style):
+Faster R-CNN, RetinaNet or Mask R-CNN, whichever the config builds (box AP, and mask AP for masks).
 
 `setup(args)` builds the config (device, data sets, class count resolved and logged, then
 detectron2's `default_setup`); `run_finetune(args)` trains with `FinetuneTrainer` (detectron2's
