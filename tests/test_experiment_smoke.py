@@ -127,3 +127,51 @@ def test_smoke_plan_as_submitit_jobs_survives_a_kill_and_a_broken_arm(tmp_path):
     ran = [ln.split(": submitted job")[0].split("] ")[1] for ln in third.stdout.splitlines() if ": submitted job" in ln]
     assert sorted(ran) == ["compare_" + DET, "evaluate"]
     _check_outputs(out)
+
+
+def _slurm_cluster() -> bool:
+    """A SLURM controller that answers and has a usable node (e.g. scripts/slurm_one_node.sh)."""
+    import shutil
+
+    if not (shutil.which("sbatch") and shutil.which("sinfo")):
+        return False
+    try:
+        states = subprocess.run(["sinfo", "-h", "-o", "%T"], capture_output=True, text=True, timeout=10).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return any(s in states for s in ("idle", "mixed", "allocated"))
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not _slurm_cluster(), reason="no SLURM cluster here (scripts/slurm_one_node.sh makes one)")
+def test_smoke_plan_on_slurm_with_preemption_and_a_broken_arm(tmp_path):
+    """The real thing: sbatch jobs with afterok dependencies; SLURM's preemption signal to a
+    training job makes submitit checkpoint and `scontrol requeue` it, and it resumes."""
+    out = tmp_path / "smoke"
+    epochs = 4
+
+    def edit(raw):
+        raw["arms"]["hard"]["overrides"] = {"SOLVER.EPOCHS": epochs}
+        raw["arms"]["broken"] = {"config": "configs/pretrain/demo_hard.yaml", "overrides": {"NOT.A.KEY": 1}}
+
+    cmd = [sys.executable, "tools/run_experiment.py", "--plan", str(_plan(tmp_path, edit)), "--out", str(out),
+           "--launcher", "slurm"]
+    run = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 600
+    while not _epochs(out / "pretrain" / "hard"):
+        assert run.poll() is None and time.time() < deadline
+        time.sleep(0.2)
+    job = json.loads((out / ".stages" / "pretrain_hard.job.json").read_text())["job_id"]
+    subprocess.run(["scancel", "--signal=USR2", job], check=True)
+    stdout, _ = run.communicate(timeout=900)
+    assert run.returncode == 1, stdout[-3000:]
+    assert f"FAILED stage pretrain_broken failed (exit 1); log: {out / 'logs' / 'pretrain_broken.log'}" in stdout
+    stopped = stdout.split("not run because pretrain_broken failed: ")[1].splitlines()[0]
+    assert set(stopped.split(", ")) == {"evaluate", "convert_broken", f"finetune_{DET}_broken", f"compare_{DET}"}
+    assert [r["epoch"] for r in _epochs(out / "pretrain" / "hard")] == list(range(1, epochs + 1))
+    log = (out / "logs" / "pretrain_hard.log").read_text()
+    assert "(resuming from" in log and "resumed from" in log
+    job_logs = "".join(p.read_text() for p in (out / ".submitit").glob(f"{job}_0_log.out"))
+    assert "requeued; will resume from" in job_logs
+    for arm in ARMS:
+        assert (out / "detection" / DET / arm / "results.json").is_file()
