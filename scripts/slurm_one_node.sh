@@ -3,7 +3,7 @@
 # without a real cluster (Debian/Ubuntu, as root). Installs Debian's slurm-wlm and munge, writes a
 # minimal /etc/slurm/slurm.conf for this host (all its CPUs and 90% of its memory, partition
 # `debug`, no accounting database), and starts munged, slurmctld and slurmd.
-#   sudo bash scripts/slurm_one_node.sh && sinfo
+#   bash scripts/slurm_one_node.sh     (as root; it ends by printing sinfo)
 # Stop it again: pkill the three daemons by their pid files (/run/slurmctld.pid, /run/slurmd.pid,
 # /run/munge/munged.pid).
 set -euo pipefail
