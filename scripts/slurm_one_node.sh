@@ -4,8 +4,7 @@
 # minimal /etc/slurm/slurm.conf for this host (all its CPUs and 90% of its memory, partition
 # `debug`, no accounting database), and starts munged, slurmctld and slurmd.
 #   bash scripts/slurm_one_node.sh     (as root; it ends by printing sinfo)
-# Stop it again: pkill the three daemons by their pid files (/run/slurmctld.pid, /run/slurmd.pid,
-# /run/munge/munged.pid).
+# Stop it again: kill $(cat /run/slurmd.pid /run/slurmctld.pid /run/munge/munged.pid)
 set -euo pipefail
 
 DEBIAN_FRONTEND=noninteractive apt-get install -y -q slurm-wlm munge >/dev/null
