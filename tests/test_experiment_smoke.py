@@ -136,7 +136,7 @@ def _slurm_cluster() -> bool:
     if not (shutil.which("sbatch") and shutil.which("sinfo")):
         return False
     try:
-        states = subprocess.run(["sinfo", "-h", "-o", "%T"], capture_output=True, text=True, timeout=10).stdout
+        states = subprocess.run(["sinfo", "-h", "-o", "%T"], capture_output=True, text=True, timeout=3).stdout
     except (OSError, subprocess.TimeoutExpired):
         return False
     return any(s in states for s in ("idle", "mixed", "allocated"))
