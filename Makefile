@@ -17,7 +17,7 @@ test:
 	$(PY) -m pytest -q tests
 
 demo:
-	$(PY) tools/demo.py --seeds $(SEEDS)
+	$(PY) tools/run_experiment.py --plan configs/experiments/demo.yaml --seeds $(SEEDS)
 
 bench:
 	$(PY) benchmarks/run_cpu.py

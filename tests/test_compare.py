@@ -145,3 +145,37 @@ def test_missing_baseline_and_duplicates_are_errors(runs, tmp_path):
     assert not (tmp_path / "x").exists()
     with pytest.raises(ResultsError, match="more than once"):
         compare([runs[0], runs[0] / "results.json"])
+
+
+def test_mask_ap_is_tabulated_beside_box_ap(tmp_path):
+    """Mask R-CNN runs: box AP and mask AP each get a table with deltas, csv columns and json."""
+    runs = []
+    for name, aps in AP.items():
+        for seed, ap in enumerate(aps):
+            run = _write_run(tmp_path, name, {"name": name}, seed, ap)
+            data = json.loads((run / "results.json").read_text())
+            data["segm"] = {m: ap - 3.0 + OFFSET[m] for m in METRICS}
+            (run / "results.json").write_text(json.dumps(data))
+            runs.append(run)
+    comp = compare(runs)
+    assert comp.tasks == ("bbox", "segm")
+    als = comp.groups[2]
+    assert als.mean("AP", "segm") == pytest.approx(statistics.mean(AP["als"]) - 3.0)
+    assert comp.delta(als, "AP", "segm") == pytest.approx(statistics.mean(AP["als"]) - 31.0)
+    md = format_table(comp)
+    box, mask = md.split("mask AP (segm)")
+    assert box.startswith("box AP (bbox)") and "| als | 3 | 35.17 ± 1.26 (+4.17)" in box
+    assert "| als | 3 | 32.17 ± 1.26 (+4.17)" in mask
+    rows = {r["strategy"]: r for r in csv.DictReader(io.StringIO(format_table(comp, "csv")))}
+    assert float(rows["als"]["segm_AP_mean"]) == pytest.approx(32.1667, abs=1e-4)
+    assert float(rows["als"]["AP_mean"]) == pytest.approx(35.1667, abs=1e-4)
+    js = comp.to_json()
+    assert js["tasks"] == ["bbox", "segm"]
+    assert js["groups"]["als"]["segm"]["AP"]["delta"] == pytest.approx(4.1667, abs=1e-4)
+    assert js["groups"]["als"]["AP"]["mean"] == pytest.approx(35.1667, abs=1e-4)
+    written = run_compare(runs, out_dir=tmp_path / "cmp")
+    assert "mask AP (segm)" in written and (tmp_path / "cmp" / "ap_by_strategy.png").is_file()
+    # box-only runs next to mask runs: refused rather than a table with holes
+    box_only = _write_run(tmp_path / "more", "ls", {"name": "ls"}, 9, 30.0)
+    with pytest.raises(ResultsError, match="only some runs have mask AP"):
+        compare([*runs, box_only])

@@ -176,8 +176,52 @@ TINY = ["SOLVER.IMS_PER_BATCH", "1", "SOLVER.BASE_LR", "0.001", "SOLVER.WARMUP_I
         "DATALOADER.NUM_WORKERS", "0", "SEED", "5"]
 
 
-def _run(*argv: str) -> dict:
-    return run_finetune(finetune_argument_parser().parse_args(["--config-file", DEMO, *argv]))
+def _run(*argv: str, config: str = DEMO) -> dict:
+    return run_finetune(finetune_argument_parser().parse_args(["--config-file", config, *argv]))
+
+
+# The shipped R50 configs with a ResNet-18 backbone and narrow heads (CPU time); the rest as shipped.
+R18 = ["MODEL.RESNETS.DEPTH", "18", "MODEL.RESNETS.RES2_OUT_CHANNELS", "64", "MODEL.FPN.OUT_CHANNELS", "64",
+       "MODEL.ROI_BOX_HEAD.FC_DIM", "256", "MODEL.ROI_MASK_HEAD.CONV_DIM", "64"]
+
+
+def test_class_count_goes_to_the_head_the_model_has(tmp_path):
+    from test_detection_datasets import _tiny_coco
+
+    from als_det.detection.datasets import DatasetError
+    from als_det.detection.trainer import setup
+
+    js, img = _tiny_coco(tmp_path / "data")
+    common = ["--dataset", f"tiny={js}:{img}", "--train-dataset", "tiny", "--test-dataset", "tiny"]
+    parse = finetune_argument_parser().parse_args
+    cfg = setup(parse(["--config-file", str(REPO / "configs/detection/retinanet_R_50_FPN_1x.yaml"), *common,
+                       "OUTPUT_DIR", str(tmp_path / "r")]))
+    assert cfg.MODEL.RETINANET.NUM_CLASSES == 2 and cfg.MODEL.ROI_HEADS.NUM_CLASSES == 80
+    with pytest.raises(DatasetError, match="MODEL.MASK_ON needs instance masks, but 2 of 3 annotations"):
+        setup(parse(["--config-file", str(REPO / "configs/detection/mask_rcnn_R_50_FPN_1x.yaml"), *common,
+                     "OUTPUT_DIR", str(tmp_path / "m")]))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("config, tasks", [("retinanet_R_50_FPN_1x.yaml", ["bbox"]),
+                                           ("mask_rcnn_R_50_FPN_1x.yaml", ["bbox", "segm"])])
+def test_retinanet_and_mask_rcnn_fine_tune_on_coco_mini(config, tasks, coco_mini, resnet18_pkl, tmp_path):
+    out = tmp_path / "run"
+    _run("--coco-root", str(coco_mini), "MODEL.WEIGHTS", str(resnet18_pkl), "OUTPUT_DIR", str(out),
+         "SOLVER.MAX_ITER", "2", *TINY, *R18, "MODEL.RETINANET.SCORE_THRESH_TEST", "0.0",
+         config=str(REPO / "configs/detection" / config))
+    res = json.loads((out / "results.json").read_text())
+    names = {c["name"] for c in json.loads((coco_mini / "annotations/instances_val2017.json").read_text())["categories"]}
+    assert [t for t in ("bbox", "segm") if t in res] == tasks
+    for task in tasks:
+        assert all(res[task][m] is not None for m in ("AP", "AP50", "AP75")), res[task]
+        assert set(res[task]["per_class"]) == names
+        assert res["by_dataset"]["coco_2017_val"][task] == res[task]
+    # strict loading: every tensor of the ResNet-18 (RetinaNet has no ROI heads: bottom-up only)
+    assert res["backbone"]["loaded_tensors"] == res["backbone"]["backbone_tensors"] == (1 + 4) + 8 * 2 * 5 + 3 * 5
+    if "segm" in tasks:
+        dets = json.loads((out / "coco_instances_results.json").read_text())
+        assert dets and all("segmentation" in d for d in dets)
 
 
 def test_finetune_tool_refuses_crafted_weights_and_runs_nothing(tmp_path, repo_root):

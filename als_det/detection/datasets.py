@@ -45,6 +45,7 @@ class CocoValidationReport:
     crowd: int = 0
     categories: list[tuple[int, str]] = field(default_factory=list)  # (official id, name)
     dropped_boxes: list[int] = field(default_factory=list)  # annotation ids, non-positive w or h
+    without_masks: list[int] = field(default_factory=list)  # non-crowd annotation ids, no segmentation
 
     def summary(self) -> str:
         """One line for the log."""
@@ -125,6 +126,7 @@ def validate_coco_json(name: str, json_file: str | os.PathLike,
         annotations=len(anns), crowd=sum(1 for a in anns if a.get("iscrowd", 0)),
         categories=sorted((c["id"], c["name"]) for c in cats),
         dropped_boxes=[a["id"] for a in anns if a["bbox"][2] <= 0 or a["bbox"][3] <= 0],
+        without_masks=[a["id"] for a in anns if not a.get("iscrowd", 0) and not a.get("segmentation")],
     )
 
 
@@ -186,6 +188,14 @@ def parse_dataset_spec(spec: str) -> tuple[str, str, str]:
     if not (name and sep and sep2 and json_file and image_dir):
         raise DatasetError(f"--dataset expects NAME=JSON:IMAGE_DIR (JSON ending in .json), got {spec!r}")
     return name, json_file + ".json", image_dir
+
+
+def check_has_masks(reports: list[CocoValidationReport]) -> None:
+    """A mask model needs a segmentation for every (non-crowd) object it trains or is scored on."""
+    for r in reports:
+        if r.without_masks:
+            _fail(r.json_file, f"MODEL.MASK_ON needs instance masks, but {len(r.without_masks)} of "
+                  f"{r.annotations} annotations have no 'segmentation' (annotation ids)", r.without_masks)
 
 
 def check_same_categories(reports: list[CocoValidationReport]) -> list[tuple[int, str]]:

@@ -17,8 +17,11 @@ def _number(x: Any) -> float | None:
     return None if math.isnan(x) else x
 
 
+TASKS = ("bbox", "segm")  # COCO box AP, and mask AP for models that predict masks
+
+
 def bbox_summary(bbox: Mapping[str, float]) -> dict[str, Any]:
-    """detectron2's COCOEvaluator `bbox` dict -> {AP, ..., APl, per_class: {name: AP}}."""
+    """detectron2's COCOEvaluator `bbox` (or `segm`) dict -> {AP, ..., APl, per_class: {name: AP}}."""
     missing = [m for m in SUMMARY_METRICS if m not in bbox]
     if missing:
         raise KeyError(f"evaluation results lack {missing}; got keys {sorted(bbox)}")
@@ -27,17 +30,22 @@ def bbox_summary(bbox: Mapping[str, float]) -> dict[str, Any]:
     return out
 
 
+def task_summaries(results: Mapping[str, Mapping[str, float]]) -> dict[str, Any]:
+    """{"bbox": summary, ["segm": summary]} from one data set's COCOEvaluator results."""
+    return {task: bbox_summary(results[task]) for task in TASKS if task in results}
+
+
 def write_results(output_dir: str | Path, eval_results: Mapping[str, Mapping[str, Any]],
                   backbone: Mapping[str, Any], iterations: int, seed: int,
                   **extra: Any) -> Path:
     """Write results.json atomically. `eval_results` maps each test data set's name to
-    detectron2's results for it ({"bbox": {...}}); `bbox` is the first data set's, the rest
-    are kept under `by_dataset`."""
+    detectron2's results for it ({"bbox": {...}, ["segm": {...}]}); `bbox` (and `segm`) are the
+    first data set's, every data set's are kept under `by_dataset`."""
     if not eval_results:
         raise ValueError("no evaluation results to write")
-    by_dataset = {name: bbox_summary(res["bbox"]) for name, res in eval_results.items()}
+    by_dataset = {name: task_summaries(res) for name, res in eval_results.items()}
     first = next(iter(by_dataset))
-    payload = {"bbox": by_dataset[first], "test_dataset": first, "by_dataset": by_dataset,
+    payload = {**by_dataset[first], "test_dataset": first, "by_dataset": by_dataset,
                "backbone": dict(backbone), "iterations": int(iterations), "seed": int(seed),
                **extra, "versions": package_versions()}
     return atomic_write_json(Path(output_dir) / "results.json", payload)

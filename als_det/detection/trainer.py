@@ -1,4 +1,5 @@
-"""Fine-tune Faster R-CNN on COCO-format data from a converted backbone (detectron2 train_net style).
+"""Fine-tune a detector on COCO-format data from a converted backbone (detectron2 train_net style):
+Faster R-CNN, RetinaNet or Mask R-CNN, whichever the config builds (box AP, and mask AP for masks).
 
 `setup(args)` builds the config (device, data sets, class count resolved and logged, then
 detectron2's `default_setup`); `run_finetune(args)` trains with `FinetuneTrainer` (detectron2's
@@ -90,7 +91,7 @@ class FinetuneTrainer(DefaultTrainer):
         self.backbone = state_dict.get("als_det_backbone", {})
 
     def train(self) -> dict[str, Any]:
-        """Train, then return the final evaluation ({dataset: {"bbox": ...}})."""
+        """Train, then return the final evaluation ({dataset: {"bbox": ..., ["segm": ...]}})."""
         try:
             super().train()
         except FloatingPointError as err:  # detectron2: a NaN/inf loss, or NaN boxes from the heads
@@ -109,7 +110,7 @@ class FinetuneTrainer(DefaultTrainer):
                 convert_to_coco_json(dataset_name, gt, allow_cached=False)
             comm.synchronize()
             meta.json_file = gt
-        return COCOEvaluator(dataset_name, tasks=("bbox",), distributed=True, output_dir=out,
+        return COCOEvaluator(dataset_name, tasks=evaluation_tasks(cfg), distributed=True, output_dir=out,
                              use_fast_impl=False)
 
     @classmethod
@@ -126,6 +127,16 @@ def divergence_hint(cfg: DetectionCfgNode) -> str:
             f"{cfg.SOLVER.IMS_PER_BATCH}: the linear-scaling rule (0.02 for 16 images) gives {linear:g}. "
             f"Lower SOLVER.BASE_LR (e.g. {linear:g}) or lengthen SOLVER.WARMUP_ITERS "
             f"({cfg.SOLVER.WARMUP_ITERS} now); checkpoints before the divergence are in {cfg.OUTPUT_DIR}.")
+
+
+def evaluation_tasks(cfg: DetectionCfgNode) -> tuple[str, ...]:
+    """COCO box AP always; mask AP too when the model predicts masks (Mask R-CNN)."""
+    return ("bbox", "segm") if cfg.MODEL.MASK_ON else ("bbox",)
+
+
+def num_classes_key(cfg: DetectionCfgNode) -> str:
+    """The config key holding the class count: RetinaNet has its own head, the others ROI heads."""
+    return "RETINANET" if cfg.MODEL.META_ARCHITECTURE == "RetinaNet" else "ROI_HEADS"
 
 
 def finetune_argument_parser(epilog: str | None = None) -> argparse.ArgumentParser:
@@ -244,10 +255,13 @@ def setup(args: argparse.Namespace) -> DetectionCfgNode:
     names = list(cfg.DATASETS.TEST) if args.eval_only else [*cfg.DATASETS.TRAIN, *cfg.DATASETS.TEST]
     reports = register_datasets(args, names)
     categories = ds.check_same_categories(reports)
-    if cfg.MODEL.ROI_HEADS.NUM_CLASSES != len(categories):
-        logger.info("MODEL.ROI_HEADS.NUM_CLASSES set to %d from the data's categories (config had "
-                    "%d)", len(categories), cfg.MODEL.ROI_HEADS.NUM_CLASSES)
-        cfg.MODEL.ROI_HEADS.NUM_CLASSES = len(categories)
+    if cfg.MODEL.MASK_ON:
+        ds.check_has_masks(reports)
+    head = getattr(cfg.MODEL, num_classes_key(cfg))
+    if head.NUM_CLASSES != len(categories):
+        logger.info("MODEL.%s.NUM_CLASSES set to %d from the data's categories (config had %d)",
+                    num_classes_key(cfg), len(categories), head.NUM_CLASSES)
+        head.NUM_CLASSES = len(categories)
     cfg.freeze()
     default_setup(cfg, args)
     return cfg

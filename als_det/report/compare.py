@@ -1,5 +1,7 @@
 """Compare fine-tuning runs: results.json files -> per-strategy mean ± std table and AP bar chart.
 
+Box AP (`bbox`) always; mask AP (`segm`) too when every run has it (Mask R-CNN), as a second table.
+
 Runs are grouped by their backbone's label strategy (`backbone.label_strategy.name`; when runs
 sharing a name differ in the strategy's parameters, the differing ones join the group label).
 Several seeds per strategy give a mean and a sample standard deviation (n shown); each metric's
@@ -21,6 +23,7 @@ from matplotlib.figure import Figure
 from als_det.io import atomic_write_bytes, atomic_write_json, atomic_write_text
 
 METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
+TASKS = {"bbox": "box AP", "segm": "mask AP"}
 STRATEGY_ORDER = ("hard", "ls", "als")
 FORMATS = {"markdown": "md", "csv": "csv", "latex": "tex"}
 
@@ -34,7 +37,7 @@ class Run:
     path: Path
     strategy: dict[str, Any]
     seed: int | None
-    metrics: dict[str, float]
+    metrics: dict[str, dict[str, float]]  # task (bbox, segm) -> metric -> value
 
 
 @dataclass
@@ -46,15 +49,15 @@ class Group:
     def n(self) -> int:
         return len(self.runs)
 
-    def values(self, metric: str) -> np.ndarray:
-        return np.array([r.metrics[metric] for r in self.runs], dtype=np.float64)
+    def values(self, metric: str, task: str = "bbox") -> np.ndarray:
+        return np.array([r.metrics[task][metric] for r in self.runs], dtype=np.float64)
 
-    def mean(self, metric: str) -> float:
-        return float(self.values(metric).mean())
+    def mean(self, metric: str, task: str = "bbox") -> float:
+        return float(self.values(metric, task).mean())
 
-    def std(self, metric: str) -> float:
+    def std(self, metric: str, task: str = "bbox") -> float:
         """Sample standard deviation (ddof=1); NaN for a single run."""
-        return float(self.values(metric).std(ddof=1)) if self.n > 1 else math.nan
+        return float(self.values(metric, task).std(ddof=1)) if self.n > 1 else math.nan
 
 
 def results_path(path: str | Path) -> Path:
@@ -74,16 +77,7 @@ def load_run(path: str | Path) -> Run:
         raise ResultsError(f"{file}: not a readable json file: {e}") from e
     if not isinstance(data, dict) or not isinstance(data.get("bbox"), dict):
         raise ResultsError(f"{file}: no 'bbox' object; not a fine-tuning results.json")
-    metrics = {}
-    for m in METRICS:
-        v = data["bbox"].get(m, "absent")
-        # null: COCOeval gave no number (no ground truth of that size, or a run without detections)
-        if v is None:
-            metrics[m] = math.nan
-            continue
-        if not isinstance(v, (int, float)) or isinstance(v, bool) or math.isnan(v):
-            raise ResultsError(f"{file}: bbox.{m} is {v!r}, expected a number")
-        metrics[m] = float(v)
+    metrics = {task: _task_metrics(file, task, data[task]) for task in TASKS if task in data}
     strategy = (data.get("backbone") or {}).get("label_strategy")
     if isinstance(strategy, str):
         strategy = {"name": strategy}
@@ -91,6 +85,22 @@ def load_run(path: str | Path) -> Run:
         raise ResultsError(f"{file}: backbone.label_strategy.name is missing; cannot group the run "
                            "(was the backbone converted from an als_det pretraining checkpoint?)")
     return Run(path=file, strategy=strategy, seed=data.get("seed"), metrics=metrics)
+
+
+def _task_metrics(file: Path, task: str, section: Any) -> dict[str, float]:
+    if not isinstance(section, dict):
+        raise ResultsError(f"{file}: '{task}' is not an object")
+    metrics = {}
+    for m in METRICS:
+        v = section.get(m, "absent")
+        # null: COCOeval gave no number (no ground truth of that size, or a run without detections)
+        if v is None:
+            metrics[m] = math.nan
+            continue
+        if not isinstance(v, (int, float)) or isinstance(v, bool) or math.isnan(v):
+            raise ResultsError(f"{file}: {task}.{m} is {v!r}, expected a number")
+        metrics[m] = float(v)
+    return metrics
 
 
 def _sort_key(name: str) -> tuple[int, str]:
@@ -123,20 +133,25 @@ def group_runs(runs: Sequence[Run]) -> list[Group]:
 class Comparison:
     groups: list[Group]
     baseline: str
+    tasks: tuple[str, ...] = ("bbox",)
 
     def base(self) -> Group:
         return next(g for g in self.groups if g.name == self.baseline)
 
-    def delta(self, group: Group, metric: str) -> float:
-        return group.mean(metric) - self.base().mean(metric)
+    def delta(self, group: Group, metric: str, task: str = "bbox") -> float:
+        return group.mean(metric, task) - self.base().mean(metric, task)
+
+    def _stats(self, g: Group, task: str) -> dict[str, Any]:
+        return {m: {k: None if math.isnan(v) else v for k, v in
+                    (("mean", g.mean(m, task)), ("std", g.std(m, task)), ("delta", self.delta(g, m, task)))}
+                for m in METRICS}
 
     def to_json(self) -> dict[str, Any]:
-        return {"baseline": self.baseline, "metrics": list(METRICS), "groups": {
+        """Box AP statistics at the top of each group (as before mask AP existed), mask AP under `segm`."""
+        return {"baseline": self.baseline, "metrics": list(METRICS), "tasks": list(self.tasks), "groups": {
             g.name: {"n": g.n, "runs": [str(r.path) for r in g.runs],
-                     "seeds": [r.seed for r in g.runs],
-                     **{m: {k: None if math.isnan(v) else v for k, v in
-                            (("mean", g.mean(m)), ("std", g.std(m)), ("delta", self.delta(g, m)))}
-                        for m in METRICS}}
+                     "seeds": [r.seed for r in g.runs], **self._stats(g, "bbox"),
+                     **{task: self._stats(g, task) for task in self.tasks if task != "bbox"}}
             for g in self.groups}}
 
 
@@ -144,12 +159,17 @@ def compare(paths: Sequence[str | Path], baseline: str = "hard") -> Comparison:
     """Load every run, group by strategy and check the baseline is among the groups."""
     if not paths:
         raise ResultsError("no run folders given")
-    groups = group_runs([load_run(p) for p in paths])
+    runs = [load_run(p) for p in paths]
+    with_masks = [str(r.path) for r in runs if "segm" in r.metrics]
+    if with_masks and len(with_masks) != len(runs):
+        raise ResultsError(f"only some runs have mask AP (segm): {with_masks}; compare mask models "
+                           "with mask models")
+    groups = group_runs(runs)
     names = [g.name for g in groups]
     if baseline not in names:
         raise ResultsError(f"baseline {baseline!r} is not among the strategies {names}; "
                            "pass --baseline NAME")
-    return Comparison(groups, baseline)
+    return Comparison(groups, baseline, ("bbox", "segm") if with_masks else ("bbox",))
 
 
 def _cell(mean: float, std: float) -> str:
@@ -158,54 +178,77 @@ def _cell(mean: float, std: float) -> str:
     return f"{mean:.2f}" if math.isnan(std) else f"{mean:.2f} ± {std:.2f}"
 
 
-def format_table(comp: Comparison, fmt: str = "markdown") -> str:
-    """The table: one row per strategy, `mean ± std (Δ vs baseline)` per metric, and n."""
-    if fmt not in FORMATS:
-        raise ValueError(f"format must be one of {list(FORMATS)}, got {fmt!r}")
-    if fmt == "csv":
-        buf = io.StringIO()
-        w = csv.writer(buf, lineterminator="\n")
-        w.writerow(["strategy", "n"] + [f"{m}_{s}" for m in METRICS for s in ("mean", "std", "delta")])
-        for g in comp.groups:
-            w.writerow([g.name, g.n] + [f"{v:.4f}" for m in METRICS
-                                        for v in (g.mean(m), g.std(m), comp.delta(g, m))])
-        return buf.getvalue()
+def _csv(comp: Comparison) -> str:
+    """One row per strategy; box AP columns as `AP_mean`, mask AP columns as `segm_AP_mean`."""
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    prefix = {task: "" if task == "bbox" else f"{task}_" for task in comp.tasks}
+    w.writerow(["strategy", "n"] + [f"{prefix[t]}{m}_{s}" for t in comp.tasks for m in METRICS
+                                    for s in ("mean", "std", "delta")])
+    for g in comp.groups:
+        w.writerow([g.name, g.n] + [f"{v:.4f}" for t in comp.tasks for m in METRICS
+                                    for v in (g.mean(m, t), g.std(m, t), comp.delta(g, m, t))])
+    return buf.getvalue()
+
+
+def _rows(comp: Comparison, task: str) -> list[list[str]]:
     rows = []
     for g in comp.groups:
         cells = []
         for m in METRICS:
-            cell = _cell(g.mean(m), g.std(m))
-            if g.name != comp.baseline and not math.isnan(comp.delta(g, m)):
-                cell += f" ({comp.delta(g, m):+.2f})"
+            cell = _cell(g.mean(m, task), g.std(m, task))
+            delta = comp.delta(g, m, task)
+            if g.name != comp.baseline and not math.isnan(delta):
+                cell += f" ({delta:+.2f})"
             cells.append(cell)
         rows.append([g.name, str(g.n)] + cells)
+    return rows
+
+
+def format_table(comp: Comparison, fmt: str = "markdown") -> str:
+    """The table: one row per strategy, `mean ± std (Δ vs baseline)` per metric, and n; with mask
+    AP, a second table after a title line for each."""
+    if fmt not in FORMATS:
+        raise ValueError(f"format must be one of {list(FORMATS)}, got {fmt!r}")
+    if fmt == "csv":
+        return _csv(comp)
     head = ["strategy", "n", *METRICS]
-    if fmt == "markdown":
-        lines = ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] * len(head)) + "|"]
-        lines += ["| " + " | ".join(r) + " |" for r in rows]
-        note = "; n/a: no number (no detections, or no ground truth of that size)" if any(
-            "n/a" in c for r in rows for c in r) else ""
-        return "\n".join(lines) + f"\n\nmean ± sample std over n runs; (Δ) vs {comp.baseline}{note}\n"
-    lines = [r"\begin{tabular}{l r " + "r " * len(METRICS) + "}", r"\toprule",
-             " & ".join(head) + r" \\", r"\midrule"]
-    lines += [" & ".join(c.replace("±", r"$\pm$").replace("_", r"\_") for c in r) + r" \\"
-              for r in rows]
-    lines += [r"\bottomrule", r"\end{tabular}"]
-    return "\n".join(lines) + "\n"
+    parts = []
+    for task in comp.tasks:
+        rows = _rows(comp, task)
+        title = [f"{TASKS[task]} ({task})", ""] if len(comp.tasks) > 1 else []
+        if fmt == "markdown":
+            lines = ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] * len(head)) + "|"]
+            lines += ["| " + " | ".join(r) + " |" for r in rows]
+        else:
+            title = [f"% {t}" for t in title if t]
+            lines = [r"\begin{tabular}{l r " + "r " * len(METRICS) + "}", r"\toprule",
+                     " & ".join(head) + r" \\", r"\midrule"]
+            lines += [" & ".join(c.replace("±", r"$\pm$").replace("_", r"\_") for c in r) + r" \\"
+                      for r in rows]
+            lines += [r"\bottomrule", r"\end{tabular}"]
+        parts.append("\n".join(title + lines))
+    note = "; n/a: no number (no detections, or no ground truth of that size)" if any(
+        "n/a" in c for task in comp.tasks for r in _rows(comp, task) for c in r) else ""
+    footer = (f"\n\nmean ± sample std over n runs; (Δ) vs {comp.baseline}{note}\n" if fmt == "markdown"
+              else "\n")
+    return "\n\n".join(parts) + footer
 
 
 def bar_chart(comp: Comparison, path: str | Path, metric: str = "AP") -> Path:
-    """PNG bar chart of `metric` by strategy, error bars = sample std (none for n = 1)."""
-    fig = Figure(figsize=(1.2 + 1.1 * len(comp.groups), 3.2))
-    ax = fig.add_subplot()
-    means = [g.mean(metric) for g in comp.groups]
-    stds = [0.0 if g.n < 2 else g.std(metric) for g in comp.groups]
+    """PNG bar chart of `metric` by strategy (one panel per task), error bars = sample std (none
+    for n = 1)."""
+    fig = Figure(figsize=((1.2 + 1.1 * len(comp.groups)) * len(comp.tasks), 3.2))
     x = np.arange(len(comp.groups))
-    ax.bar(x, means, yerr=stds, capsize=4, color=["0.6" if g.name == comp.baseline else "C0"
-                                                   for g in comp.groups])
-    ax.set_xticks(x, [f"{g.name}\n(n={g.n})" for g in comp.groups])
-    ax.set_ylabel(f"box {metric}")
-    ax.set_title(f"Detection {metric} by pretraining label strategy")
+    for i, task in enumerate(comp.tasks):
+        ax = fig.add_subplot(1, len(comp.tasks), i + 1)
+        means = [g.mean(metric, task) for g in comp.groups]
+        stds = [0.0 if g.n < 2 else g.std(metric, task) for g in comp.groups]
+        ax.bar(x, means, yerr=stds, capsize=4, color=["0.6" if g.name == comp.baseline else "C0"
+                                                       for g in comp.groups])
+        ax.set_xticks(x, [f"{g.name}\n(n={g.n})" for g in comp.groups])
+        ax.set_ylabel(f"{TASKS[task].split()[0]} {metric}")
+        ax.set_title(f"{'Detection' if task == 'bbox' else 'Mask'} {metric} by pretraining label strategy")
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110)

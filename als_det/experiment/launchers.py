@@ -1,0 +1,214 @@
+"""Running a stage graph: here, in order (`local`), or as submitit jobs (`slurm`, `submitit-local`).
+
+Both skip finished stages (by fingerprint), resume interrupted trainings, and let a failure stop
+only the stages that depend on it: independent stages go on, and every failure is reported at the
+end with its log. On SLURM every stage is submitted at once with `afterok` dependencies (a failed
+job's dependants are cancelled by the scheduler, `kill-on-invalid-dep`); submitit's local
+executor has no dependencies, so there a stage is submitted when the stages it needs are done.
+A second invocation on a half-finished experiment runs only what is left, and on SLURM follows
+the jobs an earlier invocation submitted that are still queued or running.
+"""
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import submitit
+
+from als_det.experiment.stages import Stage, StageFailed, StageJob, is_done, recorded_seconds
+from als_det.io import atomic_write_json
+
+ACTIVE_SLURM_STATES = {"PENDING", "RUNNING", "REQUEUED", "CONFIGURING", "COMPLETING", "RESIZING",
+                       "SUSPENDED", "REQUEUE_HOLD", "REQUEUE_FED"}
+
+
+@dataclass
+class Outcome:
+    """What became of each stage in one invocation."""
+
+    ran: list[str] = field(default_factory=list)
+    reused: list[str] = field(default_factory=list)
+    failed: dict[str, str] = field(default_factory=dict)    # stage -> message naming its log
+    blocked: dict[str, str] = field(default_factory=dict)   # stage -> the failed stage it needed
+    submitted: dict[str, str] = field(default_factory=dict)  # stage -> job id (still running)
+
+    @property
+    def ok(self) -> bool:
+        return not self.failed and not self.blocked and not self.submitted
+
+    def cause(self, deps: Sequence[str]) -> str | None:
+        for d in deps:
+            if d in self.failed:
+                return d
+            if d in self.blocked:
+                return self.blocked[d]
+        return None
+
+
+def _reason(name: str, error: Exception | None) -> str:
+    """The job's StageFailed message, else the last line of the traceback submitit recorded."""
+    lines = [ln.strip() for ln in str(error or "").splitlines() if ln.strip()]
+    for line in reversed(lines):
+        if "StageFailed: " in line:
+            return line.split("StageFailed: ", 1)[1]
+    trace = [ln for ln in lines if not ln.startswith(("-", "You can check"))]
+    return f"stage {name} failed: {trace[-1] if trace else 'the job ended without a result'}"
+
+
+def _say(msg: str) -> None:
+    print(f"[experiment] {msg}", flush=True)
+
+
+def run_local(stages: Sequence[Stage]) -> Outcome:
+    """Each stage in this process's order, its output relayed to the terminal and its log."""
+    outcome = Outcome()
+    for st in stages:
+        cause = outcome.cause(st.deps)
+        if cause:
+            outcome.blocked[st.name] = cause
+            _say(f"{st.name}: not run, it needs {cause}, which failed")
+        elif is_done(st):
+            outcome.reused.append(st.name)
+            _say(f"{st.name}: done earlier, reused")
+        else:
+            try:
+                StageJob(st, relay=True)()
+                outcome.ran.append(st.name)
+            except StageFailed as err:
+                outcome.failed[st.name] = str(err)
+                _say(f"FAILED: {err}")
+    return outcome
+
+
+def make_executor(folder: Path, cluster: str, slurm: dict[str, Any]) -> submitit.AutoExecutor:
+    return submitit.AutoExecutor(folder=folder, cluster=cluster,
+                                 slurm_max_num_timeout=int(slurm.get("max_num_timeout") or 10))
+
+
+def _parameters(st: Stage, plan_name: str, slurm: dict[str, Any], after: Sequence[str]) -> dict[str, Any]:
+    """One task per node; the stage's command starts the node's processes (torchrun, detectron2)."""
+    res = st.resources
+    params: dict[str, Any] = dict(
+        name=f"{plan_name}.{st.name}", nodes=res.nodes, tasks_per_node=1, gpus_per_node=res.gpus_per_node,
+        cpus_per_task=res.cpus_per_proc * res.processes, timeout_min=res.timeout_min, stderr_to_stdout=True,
+        slurm_signal_delay_s=int(slurm.get("signal_delay_s") or 120))
+    if res.mem_gb:
+        params["mem_gb"] = res.mem_gb
+    for key in ("partition", "account", "qos", "constraint"):
+        value = (res.partition if key == "partition" and res.partition else None) or slurm.get(key)
+        if value:
+            params[f"slurm_{key}"] = value
+    extra = dict(slurm.get("additional_parameters") or {})
+    if after:
+        extra.update({"dependency": "afterok:" + ":".join(after), "kill-on-invalid-dep": "yes"})
+    if extra:
+        params["slurm_additional_parameters"] = extra
+    return params
+
+
+class SubmititLauncher:
+    """Stages as submitit jobs on SLURM (`cluster="slurm"`) or this machine (`"local"`)."""
+
+    def __init__(self, stages: Sequence[Stage], folder: Path, cluster: str, plan_name: str,
+                 slurm: dict[str, Any], poll_s: float = 5.0, max_jobs: int = 1) -> None:
+        self.stages = {st.name: st for st in stages}
+        self.order = [st.name for st in stages]
+        self.folder, self.cluster, self.plan_name, self.slurm = folder, cluster, plan_name, slurm
+        self.executor = make_executor(folder, cluster, slurm)
+        self.poll_s = poll_s
+        self.max_jobs = max_jobs  # submitit-local: jobs at once on this machine
+        self.jobs: dict[str, submitit.Job] = {}
+        self.outcome = Outcome()
+        self.done: set[str] = set()
+
+    def _job_record(self, st: Stage) -> Path:
+        return st.state_dir / f"{st.name}.job.json"
+
+    def _reattach(self, st: Stage) -> submitit.Job | None:
+        """An earlier invocation's SLURM job for this stage that is still queued or running."""
+        record = self._job_record(st)
+        if self.cluster != "slurm" or not record.is_file():
+            return None
+        job = submitit.SlurmJob(folder=self.folder, job_id=json.loads(record.read_text())["job_id"])
+        return job if job.state in ACTIVE_SLURM_STATES else None
+
+    def _submit(self, st: Stage, after: Sequence[str]) -> None:
+        job = self._reattach(st)
+        if job is not None:
+            _say(f"{st.name}: job {job.job_id} from an earlier invocation is {job.state}; following it")
+        else:
+            self.executor.update_parameters(**_parameters(st, self.plan_name, self.slurm, after))
+            job = self.executor.submit(StageJob(st))
+            atomic_write_json(self._job_record(st), {"job_id": job.job_id, "cluster": self.cluster,
+                                                     "submitted": time.time()})
+            _say(f"{st.name}: submitted job {job.job_id}" + (f" (after {', '.join(after)})" if after else ""))
+        self.jobs[st.name] = job
+
+    def _schedule(self, scheduler_dependencies: bool) -> None:
+        """Decide every stage that can be decided now: blocked, reused, or submitted."""
+        for name in self.order:
+            st = self.stages[name]
+            if name in self.jobs or name in self.done or name in self.outcome.blocked \
+                    or name in self.outcome.failed:
+                continue
+            cause = self.outcome.cause(st.deps)
+            if cause:
+                self.outcome.blocked[name] = cause
+                _say(f"{name}: not run, it needs {cause}, which failed")
+                continue
+            pending = [d for d in st.deps if d not in self.done]
+            if pending and not (scheduler_dependencies and all(d in self.jobs for d in pending)):
+                continue
+            if not scheduler_dependencies and len(self.jobs) >= self.max_jobs:
+                return
+            if not pending and is_done(st):
+                self.done.add(name)
+                self.outcome.reused.append(name)
+                _say(f"{name}: done earlier, reused")
+                continue
+            self._submit(st, [self.jobs[d].job_id for d in pending])
+
+    def _collect(self) -> None:
+        for name, job in list(self.jobs.items()):
+            if not job.done():
+                continue
+            del self.jobs[name]
+            st = self.stages[name]
+            error = job.exception()
+            if error is None and is_done(st):
+                self.done.add(name)
+                self.outcome.ran.append(name)
+                _say(f"{name}: finished (job {job.job_id}, {recorded_seconds(st):.0f} s)")
+                continue
+            self.outcome.failed[name] = f"{_reason(name, error)} (job {job.job_id}, job log: {job.paths.stdout})"
+            _say(f"FAILED: {self.outcome.failed[name]}")
+            self._cancel_dependants()
+
+    def _cancel_dependants(self) -> None:
+        """Queued jobs that needed a failed stage (SLURM cancels them too: kill-on-invalid-dep)."""
+        for other in [n for n in self.order if n in self.jobs]:
+            cause = self.outcome.cause(self.stages[other].deps)
+            if cause:
+                self.jobs.pop(other).cancel(check=False)
+                self.outcome.blocked[other] = cause
+                _say(f"{other}: cancelled, it needs {cause}, which failed")
+
+    def run(self, wait: bool = True) -> Outcome:
+        scheduler_dependencies = self.cluster == "slurm"
+        try:
+            while True:
+                self._schedule(scheduler_dependencies)
+                if not wait or not self.jobs:
+                    break
+                time.sleep(self.poll_s)
+                self._collect()
+        except BaseException:
+            if self.cluster != "slurm":  # local jobs end with the command that started them
+                for job in self.jobs.values():
+                    job.cancel(check=False)
+            raise
+        self.outcome.submitted = {name: job.job_id for name, job in self.jobs.items()}
+        return self.outcome

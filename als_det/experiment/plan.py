@@ -1,0 +1,265 @@
+"""Experiment plans: a YAML file (configs/experiments/) naming the pretraining arms and seeds, the
+evaluation, the detectors to fine-tune each converted backbone with, and each stage's resources.
+
+    name: paper_r50
+    out: output/paper_r50              # every stage writes under here (relative: to the repository)
+    seeds: [0]
+    baseline: hard                     # the arm that evaluation ratios and AP deltas refer to
+    data: {root: datasets/imagenet, generate: false}
+    arms:                              # name -> pretraining config + config overrides
+      hard: {config: configs/pretrain/imagenet_r50_hard.yaml}
+      als: {config: configs/pretrain/imagenet_r50_als.yaml, overrides: {LABELS.E_MAX: 0.5}}
+    pretrain: {overrides: {}, resources: {gpus_per_node: 8, timeout_min: 2880}}
+    evaluate: {args: [], per_run: false, resources: {...}}     # null: no evaluation
+    convert: {resources: {...}}
+    detection:                         # optional: [] or absent = pretrain and evaluate only
+      - {name: faster_rcnn_R_50_FPN_1x, config: configs/detection/faster_rcnn_R_50_FPN_1x.yaml,
+         args: [--coco-root, datasets/coco], overrides: {}, seeds: null, resources: {...}}
+    compare: {resources: {...}}
+    report: null                       # "demo": the demo's one-page report at OUT/report.md
+    slurm: {partition: null, account: null, qos: null, constraint: null, signal_delay_s: 120,
+            max_num_timeout: 10, additional_parameters: {}}
+
+Strings in `args`, override values and `data.root` may say `{out}`, and `args` and override
+values `{data}` (the data root). Arms are
+plain named entries, so a grid of overrides x seeds is a plan whose `arms` were generated.
+"""
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any, Mapping
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+STAGE_KINDS = ("data", "pretrain", "evaluate", "convert", "finetune", "compare")
+REPORTS = ("demo",)
+
+
+class PlanError(ValueError):
+    """A plan file that cannot be run; the message names the file and the key."""
+
+
+@dataclass(frozen=True)
+class Resources:
+    """What one stage asks of a node (SLURM) or of this machine (local)."""
+
+    nodes: int = 1
+    gpus_per_node: int = 0
+    procs_per_node: int = 0        # processes per node; 0 = one per GPU (at least one)
+    cpus_per_proc: int = 2
+    mem_gb: float = 0              # 0 = the cluster's default
+    timeout_min: int = 60
+    partition: str = ""            # overrides slurm.partition for this stage
+
+    @property
+    def processes(self) -> int:
+        return self.procs_per_node or max(1, self.gpus_per_node)
+
+    def describe(self) -> str:
+        gpus = f" x {self.gpus_per_node} GPUs" if self.gpus_per_node else ", no GPU"
+        procs = f", {self.processes} processes/node" if self.processes > 1 else ""
+        mem = f", {self.mem_gb:g} GB" if self.mem_gb else ""
+        part = f", partition {self.partition}" if self.partition else ""
+        cpus = f"{self.cpus_per_proc} CPU{'s' * (self.cpus_per_proc > 1)}/process"
+        return f"{self.nodes} node{'s' * (self.nodes > 1)}{gpus}{procs}, {cpus}{mem}, {self.timeout_min} min{part}"
+
+
+@dataclass(frozen=True)
+class Arm:
+    name: str
+    config: str
+    overrides: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Detection:
+    name: str
+    config: str
+    args: list[str] = field(default_factory=list)
+    overrides: dict[str, Any] = field(default_factory=dict)
+    seeds: list[int] | None = None  # None: each backbone's own pretraining seed
+    resources: Resources = Resources()
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    args: list[str] = field(default_factory=list)
+    per_run: bool = False          # one evaluation per pretraining run (cells cached apart)
+    data: str = ""                 # "" = the plan's data root
+    resources: Resources = Resources()
+
+
+@dataclass(frozen=True)
+class Plan:
+    name: str
+    out: str
+    seeds: list[int]
+    arms: dict[str, Arm]
+    baseline: str
+    data_root: str
+    generate: bool = False
+    data_resources: Resources = Resources()
+    pretrain_overrides: dict[str, Any] = field(default_factory=dict)
+    pretrain_resources: Resources = Resources()
+    evaluate: Evaluation | None = Evaluation()
+    convert_resources: Resources = Resources()
+    detection: list[Detection] = field(default_factory=list)
+    compare_resources: Resources = Resources()
+    report: str | None = None
+    slurm: dict[str, Any] = field(default_factory=dict)
+    source: str = ""
+
+    def run_name(self, arm: str, seed: int) -> str:
+        """The folder and model name of one pretraining run (the demo's convention)."""
+        return arm if len(self.seeds) == 1 else f"{arm}_s{seed}"
+
+    def runs(self) -> list[tuple[str, Arm, int]]:
+        """(run name, arm, seed) for every pretraining run, seeds outermost."""
+        return [(self.run_name(a.name, s), a, s) for s in self.seeds for a in self.arms.values()]
+
+    def with_changes(self, out: str | None = None, seeds: list[int] | None = None) -> Plan:
+        """The command line's `--out` / `--seeds` applied."""
+        return replace(self, out=out or self.out, seeds=list(seeds) if seeds else self.seeds)
+
+
+SLURM_DEFAULTS = {"partition": None, "account": None, "qos": None, "constraint": None,
+                  "signal_delay_s": 120, "max_num_timeout": 10, "additional_parameters": {}}
+
+
+def _check_keys(raw: Any, allowed: set[str], where: str, source: str) -> dict[str, Any]:
+    if raw is None:
+        return {}
+    if not isinstance(raw, Mapping):
+        raise PlanError(f"{source}: {where} must be a mapping, got {type(raw).__name__}")
+    unknown = sorted(set(raw) - allowed)
+    if unknown:
+        raise PlanError(f"{source}: unknown key(s) {unknown} in {where}; allowed: {sorted(allowed)}")
+    return dict(raw)
+
+
+def _resources(raw: Any, where: str, source: str) -> Resources:
+    names = {f.name for f in fields(Resources)}
+    values = _check_keys(raw, names, f"{where}.resources", source)
+    try:
+        res = Resources(**values)
+    except TypeError as e:
+        raise PlanError(f"{source}: {where}.resources: {e}") from None
+    if res.nodes < 1 or res.timeout_min < 1 or res.processes < 1:
+        raise PlanError(f"{source}: {where}.resources needs nodes >= 1, timeout_min >= 1 and at "
+                        f"least one process, got {res}")
+    return res
+
+
+def _overrides(raw: Any, where: str, source: str) -> dict[str, Any]:
+    if raw is None:
+        return {}
+    if not isinstance(raw, Mapping) or not all(isinstance(k, str) for k in raw):
+        raise PlanError(f"{source}: {where} must map config KEYs to values, got {raw!r}")
+    return dict(raw)
+
+
+def _string_list(raw: Any, where: str, source: str) -> list[str]:
+    if raw is None:
+        return []
+    if not isinstance(raw, list):
+        raise PlanError(f"{source}: {where} must be a list of command-line arguments, got {raw!r}")
+    return [str(x) for x in raw]
+
+
+def _existing(path: str, where: str, source: str) -> str:
+    if not (REPO / path).is_file() and not Path(path).is_file():
+        raise PlanError(f"{source}: {where}: config file {path} not found")
+    return path
+
+
+def _seeds(raw: Any, where: str, source: str) -> list[int]:
+    if not isinstance(raw, list) or not raw or not all(isinstance(s, int) for s in raw):
+        raise PlanError(f"{source}: {where} must be a non-empty list of integers, got {raw!r}")
+    return list(raw)
+
+
+def _detection(raw: Any, i: int, source: str) -> Detection:
+    where = f"detection[{i}]"
+    d = _check_keys(raw, {f.name for f in fields(Detection)}, where, source)
+    if not d.get("name") or not d.get("config"):
+        raise PlanError(f"{source}: {where} needs a name and a config")
+    seeds = d.get("seeds")
+    return Detection(name=str(d["name"]), config=_existing(d["config"], where, source),
+                     args=_string_list(d.get("args"), f"{where}.args", source),
+                     overrides=_overrides(d.get("overrides"), f"{where}.overrides", source),
+                     seeds=None if seeds is None else _seeds(seeds, f"{where}.seeds", source),
+                     resources=_resources(d.get("resources"), where, source))
+
+
+def _section(raw: Mapping[str, Any], key: str, allowed: set[str], source: str) -> dict[str, Any]:
+    return _check_keys(raw.get(key), allowed | {"resources"}, key, source)
+
+
+def parse_plan(raw: Any, source: str = "<plan>") -> Plan:
+    """Check a loaded plan mapping and build the `Plan`; every problem is a `PlanError`."""
+    top = {"name", "out", "seeds", "baseline", "data", "arms", "pretrain", "evaluate", "convert",
+           "detection", "compare", "report", "slurm"}
+    raw = _check_keys(raw, top, "the plan", source)
+    for key in ("name", "out", "arms"):
+        if not raw.get(key):
+            raise PlanError(f"{source}: the plan needs `{key}`")
+    arms = {}
+    for name, spec in _check_keys(raw["arms"], set(raw["arms"]), "arms", source).items():
+        a = _check_keys(spec, {"config", "overrides"}, f"arms.{name}", source)
+        if not a.get("config"):
+            raise PlanError(f"{source}: arms.{name} needs a config")
+        arms[str(name)] = Arm(str(name), _existing(a["config"], f"arms.{name}", source),
+                              _overrides(a.get("overrides"), f"arms.{name}.overrides", source))
+    baseline = str(raw.get("baseline", "hard"))
+    if baseline not in arms:
+        raise PlanError(f"{source}: baseline {baseline!r} is not among the arms {list(arms)}")
+    data = _section(raw, "data", {"root", "generate"}, source)
+    if not data.get("root"):
+        raise PlanError(f"{source}: data.root is required (the pretraining and evaluation data)")
+    pretrain = _section(raw, "pretrain", {"overrides"}, source)
+    evaluate = None
+    if raw.get("evaluate", {}) is not None:
+        ev = _section(raw, "evaluate", {"args", "per_run", "data"}, source)
+        evaluate = Evaluation(args=_string_list(ev.get("args"), "evaluate.args", source),
+                              per_run=bool(ev.get("per_run", False)), data=str(ev.get("data") or ""),
+                              resources=_resources(ev.get("resources"), "evaluate", source))
+    detection = raw.get("detection") or []
+    if not isinstance(detection, list):
+        raise PlanError(f"{source}: detection must be a list of detector entries")
+    names = [d.get("name") for d in detection if isinstance(d, Mapping)]
+    if len(set(names)) != len(names):
+        raise PlanError(f"{source}: detection names must be distinct, got {names}")
+    report = raw.get("report")
+    if report is not None and report not in REPORTS:
+        raise PlanError(f"{source}: report must be one of {list(REPORTS)} or null, got {report!r}")
+    if report == "demo" and (evaluate is None or evaluate.per_run or not detection):
+        raise PlanError(f"{source}: report: demo needs one evaluation over all runs and a detector")
+    slurm = {**copy.deepcopy(SLURM_DEFAULTS),
+             **_check_keys(raw.get("slurm"), set(SLURM_DEFAULTS), "slurm", source)}
+    return Plan(
+        name=str(raw["name"]), out=str(raw["out"]), seeds=_seeds(raw.get("seeds", [0]), "seeds", source),
+        arms=arms, baseline=baseline, data_root=str(data["root"]), generate=bool(data.get("generate")),
+        data_resources=_resources(data.get("resources"), "data", source),
+        pretrain_overrides=_overrides(pretrain.get("overrides"), "pretrain.overrides", source),
+        pretrain_resources=_resources(pretrain.get("resources"), "pretrain", source),
+        evaluate=evaluate,
+        convert_resources=_resources(_section(raw, "convert", set(), source).get("resources"), "convert", source),
+        detection=[_detection(d, i, source) for i, d in enumerate(detection)],
+        compare_resources=_resources(_section(raw, "compare", set(), source).get("resources"), "compare",
+                                     source),
+        report=report, slurm=slurm, source=source)
+
+
+def load_plan(path: str | Path) -> Plan:
+    """Read and check a plan file."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise PlanError(f"plan file {path} not found") from None
+    except yaml.YAMLError as e:
+        raise PlanError(f"{path}: not valid YAML: {e}") from None
+    return parse_plan(raw, str(path))

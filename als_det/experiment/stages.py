@@ -1,0 +1,240 @@
+"""One stage of an experiment: its command, what it reads and writes, and how it runs and resumes.
+
+A stage that finished is recorded in `OUT/.stages/<name>.json` with a fingerprint of its command
+and input files (configs with their `_BASE_` chain, checkpoints); it counts as done while that
+fingerprint still matches and its outputs exist. A stage that started records the fingerprint in
+`<name>.started.json`; when it is run again with the same command and its checkpoint
+(`last.pth`, detectron2's `last_checkpoint`) exists, it resumes instead of starting afresh.
+
+`StageJob` runs a stage in this process (the local launcher) or as a submitit job; on SLURM
+preemption or time-out submitit calls its `checkpoint()`, which requeues the same stage: the
+requeued job finds the checkpoint and resumes from it.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shlex
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from datetime import datetime
+from difflib import SequenceMatcher
+from pathlib import Path
+from typing import Any, Sequence
+
+import submitit
+import yaml
+
+from als_det.experiment.commands import Command, Node, display, launch_argv
+from als_det.experiment.plan import REPO, Resources
+from als_det.io import atomic_write_json, sha256_file
+
+
+class StageFailed(RuntimeError):
+    """A stage's command failed or did not write its outputs; the message names its log."""
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str
+    kind: str
+    command: Command
+    resources: Resources
+    state_dir: Path                      # OUT/.stages
+    log: Path
+    deps: tuple[str, ...] = ()
+    inputs: tuple[Path, ...] = ()        # files whose content decides the result
+    outputs: tuple[Path, ...] = ()       # must exist after a successful run
+    owns: Path | None = None             # the folder or file this stage writes (set aside, never mixed)
+    resume_command: Command | None = None
+    resume_from: Path | None = None      # present after an interrupted run: resume instead of restart
+
+    @property
+    def marker(self) -> Path:
+        return self.state_dir / f"{self.name}.json"
+
+    @property
+    def started_marker(self) -> Path:
+        return self.state_dir / f"{self.name}.started.json"
+
+
+def resolve(path: str | Path) -> Path:
+    """A plan path as the stages see it: relative paths are relative to the repository root."""
+    path = Path(path)
+    return path if path.is_absolute() else REPO / path
+
+
+def config_chain(config: str | Path) -> list[Path]:
+    """A config file and every local file it inherits through `_BASE_` (model-zoo bases excluded:
+    they are versioned with detectron2)."""
+    chain, todo = [], [resolve(config)]
+    while todo:
+        path = todo.pop()
+        if path in chain:
+            continue
+        chain.append(path)
+        if path.is_file():
+            base = (yaml.safe_load(path.read_text(encoding="utf-8")) or {}).get("_BASE_") or []
+            todo += [path.parent / b for b in ([base] if isinstance(base, str) else base)
+                     if "model_zoo://" not in b]
+    return chain
+
+
+def fingerprint(stage: Stage) -> str:
+    h = hashlib.sha256(json.dumps(stage.command.identity()).encode())
+    for path in stage.inputs:
+        h.update(str(path.relative_to(REPO) if path.is_relative_to(REPO) else path).encode())
+        h.update(sha256_file(path).encode() if path.is_file() else b"<missing>")
+    return h.hexdigest()
+
+
+def _read(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return {}
+
+
+def is_done(stage: Stage, fp: str | None = None) -> bool:
+    """Finished earlier with the same command and inputs, and its outputs are still there."""
+    record = _read(stage.marker)
+    if not record or not all(p.exists() for p in stage.outputs):
+        return False
+    return record.get("fingerprint") == (fp or fingerprint(stage))
+
+
+def recorded_seconds(stage: Stage) -> float:
+    return float(_read(stage.marker).get("seconds", 0.0))
+
+
+def resume_point(stage: Stage, fp: str) -> Path | None:
+    """The checkpoint an interrupted run of this very command left, if any."""
+    if stage.resume_from is None or not stage.resume_from.is_file():
+        return None
+    return stage.resume_from if _read(stage.started_marker).get("fingerprint") == fp else None
+
+
+def _set_aside_if_foreign(stage: Stage, fp: str) -> None:
+    """Before a fresh run: what `owns` holds from another command (or from no recorded stage) is
+    moved to `<name>.previous-<time>` beside it, so results of two commands never mix."""
+    path = stage.owns
+    if path is None or not path.exists() or (path.is_dir() and not any(path.iterdir())):
+        return
+    if _read(stage.started_marker).get("fingerprint") == fp:
+        return  # a partial run of this same command: overwritten
+    aside = path.with_name(f"{path.name}.previous-{datetime.now():%Y%m%d-%H%M%S-%f}")
+    path.rename(aside)
+    print(f"[experiment] {stage.name}: {path} held the output of another command; moved to {aside}",
+          flush=True)
+
+
+def _relay(argv: list[str], log: Path, to_stdout: bool) -> int:
+    """Run argv from the repository root; its output goes to `log` (and the terminal). The child
+    ignores submitit's preemption signal: the job that runs it checkpoints and requeues."""
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    usr_sig = submitit.JobEnvironment._usr_sig()
+    with open(log, "ab") as tee:
+        proc = subprocess.Popen(argv, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                preexec_fn=lambda: signal.signal(usr_sig, signal.SIG_IGN))
+        try:
+            assert proc.stdout is not None
+            # Bytes, not lines: progress bars redraw with "\r" and must reach the terminal as they are.
+            while chunk := proc.stdout.read1(65536):
+                if to_stdout:
+                    sys.stdout.buffer.write(chunk)
+                    sys.stdout.buffer.flush()
+                tee.write(chunk)
+            return proc.wait()
+        finally:
+            if proc.poll() is None:  # interrupted (Ctrl-C, requeue, cancel): stop the tool too
+                proc.terminate()
+                try:
+                    proc.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+
+
+def run_stage(stage: Stage, node: Node | None = None, relay: bool = True) -> dict[str, Any]:
+    """Run one stage to completion (resuming an interrupted run of the same command); write its
+    marker. `node` is set for the other nodes of a multi-node job: they only run the command."""
+    main = node is None or node.rank == "0"
+    fp = fingerprint(stage)
+    point = resume_point(stage, fp)
+    cmd = stage.resume_command if point is not None and stage.resume_command else stage.command
+    log = stage.log if main else stage.log.with_name(f"{stage.name}.node{node.rank}.log")
+    log.parent.mkdir(parents=True, exist_ok=True)
+    if main:
+        if point is None:
+            _set_aside_if_foreign(stage, fp)
+        atomic_write_json(stage.started_marker, {"fingerprint": fp, "started": time.time(),
+                                                 "host": socket.gethostname(), "pid": os.getpid()})
+    note = f"  (resuming from {point})" if point is not None else ""
+    header = f"[experiment] {stage.name}: {display(cmd, stage.resources)}{note}\n"
+    sys.stdout.write(header)
+    sys.stdout.flush()
+    with open(log, "a") as f:
+        f.write(f"\n{datetime.now():%Y-%m-%d %H:%M:%S} {header}")
+    start = time.perf_counter()
+    rc = _relay(launch_argv(cmd, stage.resources, node or Node()), log, relay)
+    seconds = time.perf_counter() - start
+    if rc != 0:
+        raise StageFailed(f"stage {stage.name} failed (exit {rc}); log: {log}")
+    if not main:
+        return {"seconds": seconds}
+    missing = [str(p) for p in stage.outputs if not p.exists()]
+    if missing:
+        raise StageFailed(f"stage {stage.name} exited 0 but did not write {missing}; log: {stage.log}")
+    atomic_write_json(stage.marker, {"fingerprint": fp, "command": shlex.split(display(cmd, stage.resources)),
+                                     "seconds": round(seconds, 1), "finished": time.time(),
+                                     "resumed_from": None if point is None else str(point)})
+    print(f"[experiment] {stage.name}: finished in {seconds:.0f} s", flush=True)
+    return {"seconds": seconds, "resumed_from": point}
+
+
+def job_node(res: Resources) -> Node | None:
+    """Inside a multi-node submitit job: this node's rank and the first node's address."""
+    if res.nodes == 1:
+        return None
+    env = submitit.JobEnvironment()
+    port = 20000 + int("".join(c for c in str(env.job_id) if c.isdigit()) or 0) % 20000
+    return Node(rank=str(env.node), master_addr=env.hostnames[0], master_port=str(port))
+
+
+class StageJob(submitit.helpers.Checkpointable):
+    """A stage as a submitit job (FAIR's `run_with_submitit.py` pattern): `__call__` runs it,
+    `checkpoint()` (called by submitit on preemption or time-out) requeues it; the requeued job
+    resumes from the stage's checkpoint when the interrupted run left one."""
+
+    def __init__(self, stage: Stage, relay: bool = False) -> None:
+        self.stage = stage
+        self.relay = relay
+
+    def __call__(self) -> dict[str, Any]:
+        return run_stage(self.stage, job_node(self.stage.resources), relay=self.relay)
+
+    def checkpoint(self, *args: Any, **kwargs: Any) -> submitit.helpers.DelayedSubmission:
+        point = resume_point(self.stage, fingerprint(self.stage))
+        print(f"[experiment] {self.stage.name}: requeued; "
+              + (f"will resume from {point}" if point else "no checkpoint yet, will start again"),
+              flush=True)
+        return submitit.helpers.DelayedSubmission(type(self)(self.stage, self.relay), *args, **kwargs)
+
+
+def describe(stages: Sequence[Stage]) -> str:
+    """Every command in dependency order with its resources (the `--dry-run` listing)."""
+    lines = []
+    for i, st in enumerate(stages, 1):
+        after = f"; after {', '.join(st.deps)}" if st.deps else ""
+        lines.append(f"# {i}. {st.name} [{st.resources.describe()}{after}]")
+        if st.resume_command is not None:
+            old, new = list(st.command.args), list(st.resume_command.args)
+            added = [new[j1:j2] for op, _, _, j1, j2 in SequenceMatcher(a=old, b=new).get_opcodes()
+                     if op == "insert"]
+            lines.append(f"#    resumes from {st.resume_from.name} with: {shlex.join(sum(added, []))}")
+        lines.append(display(st.command, st.resources))
+    return "\n".join(lines)

@@ -1,0 +1,268 @@
+"""The experiment runner without training: plan checks, the dry-run listing, command lines for
+several processes and nodes, fingerprints, resume points, submitit's checkpoint hook, and how a
+failed stage stops only its dependants (real subprocesses running tiny scripts)."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+import submitit
+import yaml
+
+from als_det.experiment import commands
+from als_det.experiment.commands import Command, Node, launch_argv
+from als_det.experiment.graph import build_graph
+from als_det.experiment.launchers import SubmititLauncher, _parameters, run_local
+from als_det.experiment.plan import PlanError, Resources, load_plan, parse_plan
+from als_det.experiment.runner import dry_run, summary
+from als_det.experiment.stages import Stage, StageJob, config_chain, fingerprint, is_done, resume_point, run_stage
+
+REPO = Path(__file__).resolve().parents[1]
+PAPER = REPO / "configs/experiments/paper_r50.yaml"
+
+
+def _raw(path: Path) -> dict:
+    return yaml.safe_load(path.read_text())
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda p: p.update(arms_typo={}), r"unknown key\(s\) \['arms_typo'\] in the plan"),
+    (lambda p: p.update(baseline="nope"), "baseline 'nope' is not among the arms"),
+    (lambda p: p["pretrain"]["resources"].update(gpus=8), r"unknown key\(s\) \['gpus'\] in pretrain.resources"),
+    (lambda p: p["arms"]["hard"].update(config="configs/pretrain/missing.yaml"), "arms.hard: config file"),
+    (lambda p: p.update(seeds=[]), "seeds must be a non-empty list"),
+    (lambda p: p.update(report="demo"), "report: demo needs one evaluation over all runs and a detector"),
+    (lambda p: p["detection"].append(dict(p["detection"][0])), "detection names must be distinct"),
+])
+def test_plan_errors_name_the_key(edit, message):
+    raw = _raw(PAPER)
+    raw["report"] = None
+    edit(raw)
+    if raw.get("report") == "demo":
+        raw["detection"] = []
+    with pytest.raises(PlanError, match=message):
+        parse_plan(raw, "p.yaml")
+
+
+def test_shipped_plans_build():
+    for name, stages in (("paper_r50", 11), ("demo", 1 + 3 + 1 + 3 + 3 + 1), ("smoke", 1 + 2 + 1 + 2 + 2 + 1)):
+        graph = build_graph(load_plan(REPO / f"configs/experiments/{name}.yaml"))
+        assert len(graph.stages) == stages, name
+        seen: set[str] = set()
+        for st in graph.stages:  # dependency order
+            assert set(st.deps) <= seen, st.name
+            seen.add(st.name)
+
+
+def test_dry_run_lists_every_command_in_order_with_resources():
+    out = subprocess.run([sys.executable, "tools/run_experiment.py", "--plan", str(PAPER), "--dry-run",
+                          "--seeds", "2"], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    text = out.stdout
+    names = [ln.split(". ", 1)[1].split(" [")[0] for ln in text.splitlines() if ln.startswith("# ") and ". " in ln]
+    assert names[:3] == ["pretrain_hard_s0", "pretrain_ls_s0", "pretrain_als_s0"]
+    assert len(names) == 6 + 1 + 6 + 6 + 1 and names[-1] == "compare_faster_rcnn_R_50_FPN_1x"
+    assert names.index("evaluate") > names.index("pretrain_als_s1")
+    assert names.index("finetune_faster_rcnn_R_50_FPN_1x_als_s1") > names.index("convert_als_s1")
+    assert ("torchrun --nproc_per_node=8 --standalone tools/pretrain.py --config "
+            "configs/pretrain/imagenet_r50_als.yaml --opts OUTPUT_DIR output/paper_r50/pretrain/als_s1 SEED 1") in text
+    assert "python tools/finetune_coco.py --num-gpus 8 --config-file configs/detection/faster_rcnn_R_50_FPN_1x.yaml" in text
+    assert "1 node x 8 GPUs, 8 processes/node, 10 CPUs/process, 480 GB, 1440 min" in text
+    assert "resumes from last.pth with: --resume last" in text
+    assert "resumes from last_checkpoint with: --resume" in text
+    assert "--baseline hard_s0" in text  # evaluation ratios refer to the baseline arm's first seed
+
+
+def test_multi_process_and_multi_node_command_lines():
+    pre = commands.pretrain_command("c.yaml", {"SEED": 1, "SOLVER.STEPS": (30, 60)}, resume=True)
+    assert pre.args == ("--config", "c.yaml", "--resume", "last", "--opts", "SEED", "1", "SOLVER.STEPS", "(30, 60)")
+    node = Node(rank="1", master_addr="n001", master_port="29511")
+    two = Resources(nodes=2, gpus_per_node=8)
+    argv = launch_argv(pre, two, node, python="py", torchrun=("torchrun",))
+    assert argv[:6] == ["torchrun", "--nproc_per_node=8", "--nnodes=2", "--node_rank=1",
+                        "--master_addr=n001", "--master_port=29511"]
+    det = commands.finetune_command("d.yaml", ["--coco-root", "coco"], {"SEED": 0})
+    argv = launch_argv(det, two, node, python="py")
+    assert argv == ["py", "tools/finetune_coco.py", "--num-gpus", "8", "--num-machines", "2", "--machine-rank", "1",
+                    "--dist-url", "tcp://n001:29511", "--config-file", "d.yaml", "--coco-root", "coco", "SEED", "0"]
+    assert launch_argv(det, Resources(), python="py") == ["py", "tools/finetune_coco.py", *det.args]
+    with pytest.raises(ValueError, match="runs as one process"):
+        launch_argv(commands.convert_command("a.pth", "b.pkl"), Resources(gpus_per_node=2))
+
+
+def test_slurm_parameters_carry_dependencies_and_resources(tmp_path, monkeypatch):
+    plan = load_plan(PAPER)
+    st = next(s for s in build_graph(plan).stages if s.name == "finetune_faster_rcnn_R_50_FPN_1x_ls")
+    params = _parameters(st, plan.name, {**plan.slurm, "partition": "gpu", "account": "lab"}, ["101", "102"])
+    assert params["slurm_additional_parameters"] == {"dependency": "afterok:101:102", "kill-on-invalid-dep": "yes"}
+    assert (params["nodes"], params["tasks_per_node"], params["gpus_per_node"]) == (1, 1, 8)
+    assert params["cpus_per_task"] == 6 * 8 and params["timeout_min"] == 720 and params["mem_gb"] == 240
+    assert params["slurm_partition"] == "gpu" and params["slurm_account"] == "lab"
+    # submitit's own SLURM executor accepts them and writes the sbatch file from them (it only
+    # looks for an `srun` on PATH to agree to be built; nothing is submitted)
+    (tmp_path / "bin").mkdir()
+    (tmp_path / "bin" / "srun").write_text("#!/bin/sh\nexit 1\n")
+    (tmp_path / "bin" / "srun").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path / 'bin'}:{os.environ['PATH']}")
+    executor = submitit.AutoExecutor(folder=tmp_path / "jobs", cluster="slurm")
+    executor.update_parameters(**params)
+    sbatch = executor._executor._make_submission_file_text("python -m submitit.core._submit x", "uid")
+    for line in ("--dependency=afterok:101:102", "--kill-on-invalid-dep=yes", "--gpus-per-node=8",
+                 "--ntasks-per-node=1", "--cpus-per-task=48", "--time=720", "--mem=240GB", "--partition=gpu",
+                 "--signal=USR2@120", "--job-name=paper_r50.finetune_faster_rcnn_R_50_FPN_1x_ls"):
+        assert f"#SBATCH {line}" in sbatch, line
+
+
+def test_config_chain_follows_local_bases_only():
+    demo = config_chain("configs/pretrain/demo_hard.yaml")
+    assert [p.name for p in demo] == ["demo_hard.yaml", "Base-Demo.yaml"]
+    det = config_chain("configs/detection/faster_rcnn_R_18_FPN_demo.yaml")
+    assert [p.name for p in det] == ["faster_rcnn_R_18_FPN_demo.yaml", "faster_rcnn_R_50_FPN_1x.yaml",
+                                     "Base-torchvision.yaml"]
+
+
+# --- stages running tiny scripts: real subprocesses, no training --------------------------------
+
+STEPPER = """
+import json, sys, time
+from pathlib import Path
+out, steps = Path(sys.argv[1]), int(sys.argv[2])
+out.mkdir(exist_ok=True)
+state = out / "state.json"
+start = json.loads(state.read_text())["step"] if "--resume" in sys.argv else 0
+if start:
+    print(f"resumed at step {start}", flush=True)
+for step in range(start + 1, steps + 1):
+    time.sleep(0.2)
+    state.write_text(json.dumps({"step": step}))
+    print(f"step {step}", flush=True)
+(out / "done").write_text("ok")
+"""
+
+
+def _stage(tmp: Path, name: str, script: str, *args: str, deps=(), resumable=False) -> Stage:
+    tool = tmp / f"{name}.py"
+    tool.write_text(textwrap.dedent(script))
+    out = tmp / name
+    out.mkdir(exist_ok=True)
+    cmd = Command(str(tool), (str(out), *args))
+    return Stage(name=name, kind="test", command=cmd, resources=Resources(), state_dir=tmp / ".stages",
+                 log=tmp / "logs" / f"{name}.log", deps=tuple(deps), inputs=(tool,), outputs=(out / "done",),
+                 owns=out,
+                 resume_command=Command(str(tool), (str(out), *args, "--resume")) if resumable else None,
+                 resume_from=out / "state.json" if resumable else None)
+
+
+def test_resume_point_needs_the_same_command(tmp_path):
+    st = _stage(tmp_path, "train", STEPPER, "3", resumable=True)
+    fp = fingerprint(st)
+    assert resume_point(st, fp) is None
+    (tmp_path / "train" / "state.json").write_text('{"step": 2}')
+    assert resume_point(st, fp) is None  # no record that this command started it
+    st.state_dir.mkdir()
+    st.started_marker.write_text(json.dumps({"fingerprint": fp}))
+    assert resume_point(st, fp) == tmp_path / "train" / "state.json"
+    result = run_stage(st, relay=False)
+    assert result["resumed_from"] == tmp_path / "train" / "state.json"
+    assert "resumed at step 2" in st.log.read_text() and "step 1" not in st.log.read_text().splitlines()
+    assert is_done(st)
+    # the same stage with another command is not done, and a fresh run sets the old output aside
+    changed = _stage(tmp_path, "train", STEPPER, "2", resumable=True)
+    assert not is_done(changed) and resume_point(changed, fingerprint(changed)) is None
+    run_stage(changed, relay=False)
+    assert len(list(tmp_path.glob("train.previous-*"))) == 1
+
+
+def test_checkpoint_hook_requeues_the_same_stage(tmp_path):
+    st = _stage(tmp_path, "train", STEPPER, "3", resumable=True)
+    delayed = StageJob(st).checkpoint()
+    assert isinstance(delayed, submitit.helpers.DelayedSubmission)
+    assert isinstance(delayed.function, StageJob) and delayed.function.stage == st
+
+
+FAIL = "import sys; print('something went wrong', flush=True); sys.exit(3)"
+
+
+def test_failed_stage_stops_only_its_dependants(tmp_path, capsys):
+    bad = _stage(tmp_path, "bad", FAIL)
+    after_bad = _stage(tmp_path, "after_bad", STEPPER, "1", deps=["bad"])
+    after_that = _stage(tmp_path, "after_that", STEPPER, "1", deps=["after_bad"])
+    good = _stage(tmp_path, "good", STEPPER, "1")
+    outcome = run_local([bad, after_bad, after_that, good])
+    assert outcome.ran == ["good"] and list(outcome.failed) == ["bad"]
+    assert outcome.blocked == {"after_bad": "bad", "after_that": "bad"}
+    assert f"stage bad failed (exit 3); log: {bad.log}" == outcome.failed["bad"]
+    assert "something went wrong" in bad.log.read_text()
+    text = summary(outcome)
+    assert "not run because bad failed: after_bad, after_that" in text
+    assert "something went wrong" in capsys.readouterr().out  # relayed to the terminal too
+
+
+def test_submitit_local_jobs_fail_block_and_requeue(tmp_path):
+    """Real submitit jobs: a failure cancels what needs it; submitit's preemption signal makes a job
+    checkpoint and requeue, and the requeued job resumes where the first one stopped."""
+    bad = _stage(tmp_path, "bad", FAIL)
+    after_bad = _stage(tmp_path, "after_bad", STEPPER, "1", deps=["bad"])
+    train = _stage(tmp_path, "train", STEPPER, "12", resumable=True)
+    launcher = SubmititLauncher([bad, after_bad, train], tmp_path / ".submitit", "local", "t", {}, poll_s=0.2)
+    outcome = launcher.run()
+    assert list(outcome.failed) == ["bad"] and outcome.blocked == {"after_bad": "bad"}
+    assert f"log: {bad.log}" in outcome.failed["bad"] and "job log:" in outcome.failed["bad"]
+    assert outcome.ran == ["train"] and is_done(train)
+
+    # preemption: SIGUSR2 to the job -> StageJob.checkpoint -> requeue -> resume from state.json
+
+    st = _stage(tmp_path, "long", STEPPER, "15", resumable=True)
+    launcher = SubmititLauncher([st], tmp_path / ".submitit", "local", "t", {}, poll_s=0.2)
+    launcher._schedule(scheduler_dependencies=False)
+    deadline = time.time() + 60
+    while not ((tmp_path / "long" / "state.json").is_file() and st.started_marker.is_file()):
+        assert time.time() < deadline
+        time.sleep(0.05)
+    os.kill(json.loads(st.started_marker.read_text())["pid"], signal.SIGUSR2)
+    outcome = launcher.run()
+    assert outcome.ran == ["long"], outcome
+    log = st.log.read_text()
+    assert "resumed at step" in log and log.splitlines().count("step 1") == 1
+    job_log = "".join(p.read_text() for p in (tmp_path / ".submitit").glob("*_log.out"))
+    assert "requeued; will resume from" in job_log
+
+
+def test_several_nodes_need_slurm(tmp_path):
+    from als_det.experiment.runner import run_experiment
+
+    raw = _raw(PAPER)
+    raw["out"] = str(tmp_path / "out")
+    raw["pretrain"]["resources"]["nodes"] = 4
+    plan = parse_plan(raw, "p.yaml")
+    for launcher in ("local", "submitit-local"):
+        with pytest.raises(ValueError, match="pretrain_hard, pretrain_ls, pretrain_als ask for several nodes"):
+            run_experiment(plan, launcher)
+    assert not (tmp_path / "out").exists()
+    assert '--nnodes=4 "--node_rank=$NODE_RANK" "--master_addr=$MASTER_ADDR"' in dry_run(plan)
+
+
+def test_sweep_shape_per_run_evaluation_and_no_detection():
+    """What a sweep needs: one evaluation per run (a failed cell stops only its own), no detection."""
+    raw = _raw(REPO / "configs/experiments/smoke.yaml")
+    raw.update(detection=[], report=None, seeds=[0, 1])
+    raw["evaluate"]["per_run"] = True
+    raw["arms"]["als_emax05"] = {"config": "configs/pretrain/demo_als.yaml", "overrides": {"LABELS.E_MAX": 0.5}}
+    graph = build_graph(parse_plan(raw, "sweep.yaml"))
+    names = [st.name for st in graph.stages]
+    assert not any(n.startswith(("convert", "finetune", "compare")) for n in names)
+    ev = {st.name: st for st in graph.stages if st.kind == "evaluate"}
+    assert sorted(ev) == sorted(f"evaluate_{a}_s{s}" for a in ("hard", "als", "als_emax05") for s in (0, 1))
+    cell = ev["evaluate_als_emax05_s1"]
+    assert cell.deps == ("pretrain_als_emax05_s1",)
+    assert cell.outputs[0].parts[-3:] == ("evaluation", "als_emax05_s1", "metrics.json")
+    pre = next(st for st in graph.stages if st.name == "pretrain_als_emax05_s1")
+    assert pre.command.args[-8:] == ("LABELS.E_MAX", "0.5", "OUTPUT_DIR", pre.command.args[-5], "SEED", "1",
+                                     "DATA.ROOT", pre.command.args[-1])

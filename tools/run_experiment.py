@@ -1,0 +1,56 @@
+#!/usr/bin/env python
+"""Run a whole experiment from its plan: pretrain the arms, evaluate, convert, fine-tune, compare.
+
+    python tools/run_experiment.py --plan configs/experiments/paper_r50.yaml --dry-run
+    python tools/run_experiment.py --plan configs/experiments/paper_r50.yaml                 # this machine
+    python tools/run_experiment.py --plan configs/experiments/paper_r50.yaml --launcher slurm
+    python tools/run_experiment.py --plan configs/experiments/demo.yaml --seeds 3            # `make demo SEEDS=3`
+
+Finished stages are reused (fingerprint of command and inputs), interrupted trainings resume from
+their checkpoint, and a failed stage stops only the stages that need it. Run the same command
+again after a failure or an interruption: only what is left runs.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from als_det.experiment.plan import PlanError, load_plan
+from als_det.experiment.runner import LAUNCHERS, dry_run, run_experiment
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--plan", required=True, help="experiment plan (YAML, configs/experiments/)")
+    parser.add_argument("--launcher", choices=LAUNCHERS, default="local",
+                        help="local: every stage here, in order; slurm: one job per stage (submitit, "
+                             "afterok dependencies); submitit-local: submitit jobs on this machine")
+    parser.add_argument("--dry-run", action="store_true", help="print every command with its resources")
+    parser.add_argument("--out", default=None, help="output folder (default: the plan's `out`)")
+    parser.add_argument("--seeds", type=int, default=None, metavar="N",
+                        help="seeds 0..N-1 instead of the plan's")
+    parser.add_argument("--no-wait", action="store_true",
+                        help="slurm: submit and return; run the command again to follow the jobs")
+    args = parser.parse_args()
+    try:
+        plan = load_plan(args.plan).with_changes(
+            out=args.out, seeds=None if args.seeds is None else list(range(args.seeds)))
+    except PlanError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    if args.dry_run:
+        print(dry_run(plan))
+        return 0
+    try:
+        outcome = run_experiment(plan, args.launcher, wait=not args.no_wait)
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("\n[experiment] interrupted; run the same command again to go on from here", file=sys.stderr)
+        return 130
+    return 0 if outcome.ok or (args.no_wait and not outcome.failed) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
