@@ -28,8 +28,9 @@ A sweep (`sweep: {epochs: [8, 16, 32], lengths_for: [hard, als]}`) reads `arms` 
 runs every setting x seed x training length as one cell: the arm `<setting>_e<epochs>` (the setting
 with `SOLVER.EPOCHS` set), the run `<setting>_e<epochs>_s<seed>` (the seed always named, so
 `--seeds N` keeps the finished cells), one evaluation per run and no detection. Every setting runs
-the first length; the settings in `lengths_for` (the baseline among them) run every length. The
-report (`report: sweep`, implied) is `als_det.report.sweep`'s, written to OUT/report.md.
+the first length; the settings in `lengths_for` (the baseline among them) run every length. Cells
+run length by length (the first length over every seed first). The report (`report: sweep`,
+implied) is `als_det.report.sweep`'s, written to OUT/report.md.
 """
 from __future__ import annotations
 
@@ -141,8 +142,12 @@ class Plan:
         return arm if len(self.seeds) == 1 and self.sweep is None else f"{arm}_s{seed}"
 
     def runs(self) -> list[tuple[str, Arm, int]]:
-        """(run name, arm, seed) for every pretraining run, seeds outermost."""
-        return [(self.run_name(a.name, s), a, s) for s in self.seeds for a in self.arms.values()]
+        """(run name, arm, seed) for every pretraining run, seeds outermost (a sweep: lengths outermost,
+        so its main length is complete over every seed first)."""
+        if self.sweep is None:
+            return [(self.run_name(a.name, s), a, s) for s in self.seeds for a in self.arms.values()]
+        return [(self.run_name(arm, s), self.arms[arm], s) for length in self.sweep.epochs for s in self.seeds
+                for arm, _, e in self.sweep.cells() if e == length]
 
     def with_changes(self, out: str | None = None, seeds: list[int] | None = None) -> Plan:
         """The command line's `--out` / `--seeds` applied."""
@@ -259,16 +264,16 @@ def parse_plan(raw: Any, source: str = "<plan>") -> Plan:
     report = raw.get("report")
     if report is not None and report not in REPORTS:
         raise PlanError(f"{source}: report must be one of {list(REPORTS)} or null, got {report!r}")
-    if report == "demo" and (evaluate is None or evaluate.per_run or not detection):
-        raise PlanError(f"{source}: report: demo needs one evaluation over all runs and a detector")
     sweep = None
     if raw.get("sweep") is not None or report == "sweep":
-        sweep = _sweep_grid(raw.get("sweep"), arms, baseline, source)
         _check_sweep_plan(raw, evaluate, pretrain, source)
+        sweep = _sweep_grid(raw["sweep"], arms, baseline, source)
         arms = {name: Arm(name, arms[setting].config, {**arms[setting].overrides, "SOLVER.EPOCHS": e})
                 for name, setting, e in sweep.cells()}
         baseline = f"{baseline}_e{sweep.epochs[0]}"
         evaluate, report = replace(evaluate, per_run=True), "sweep"
+    if report == "demo" and (evaluate is None or evaluate.per_run or not detection):
+        raise PlanError(f"{source}: report: demo needs one evaluation over all runs and a detector")
     slurm = {**copy.deepcopy(SLURM_DEFAULTS),
              **_check_keys(raw.get("slurm"), set(SLURM_DEFAULTS), "slurm", source)}
     return Plan(
