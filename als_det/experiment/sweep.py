@@ -106,8 +106,8 @@ class Progress:
         earlier = sum(c.evaluate.name in outcome.reused for c in done)
         failed = sum(c.pretrain.name in outcome.failed or c.evaluate.name in outcome.failed for c in self.cells)
         what = "pretraining" if stage.kind == "pretrain" else "evaluation"
-        print(f"[sweep] cell {i + 1}/{len(self.cells)} {cell.label}: {what}; {len(done)} cells finished "
-              f"({earlier} earlier), {failed} failed; {self.time_left(stage)}", flush=True)
+        print(f"[sweep] cell {i + 1}/{len(self.cells)} {cell.label}: {what}; {len(done)} cell{'s' * (len(done) != 1)} "
+              f"finished ({earlier} earlier), {failed} failed; {self.time_left(stage)}", flush=True)
 
 
 def _why_missing(cell: Cell, outcome: Outcome) -> str:
