@@ -320,9 +320,9 @@ def _check_sweep_plan(raw: Mapping[str, Any], evaluate: Evaluation | None, pretr
         raise PlanError(f"{source}: a sweep evaluates every run on its own: leave evaluate.per_run unset or true")
     if raw.get("detection"):
         raise PlanError(f"{source}: a sweep pretrains and evaluates only: `detection` must be empty")
-    setters = [where for where, o in [("pretrain.overrides", pretrain.get("overrides") or {})]
-               + [(f"arms.{n}.overrides", (a or {}).get("overrides") or {}) for n, a in raw["arms"].items()]
-               if "SOLVER.EPOCHS" in o]
+    overrides = {"pretrain.overrides": pretrain.get("overrides") or {},
+                 **{f"arms.{name}.overrides": arm.get("overrides") or {} for name, arm in raw["arms"].items()}}
+    setters = [where for where, values in overrides.items() if "SOLVER.EPOCHS" in values]
     if setters:
         raise PlanError(f"{source}: {', '.join(setters)} set SOLVER.EPOCHS; in a sweep the lengths come from "
                         "sweep.epochs")
