@@ -323,3 +323,7 @@ def test_results_without_the_identity_records_are_refused(tmp_path):
     _edit(old, lambda d: d.update(datasets={"val": {"json_sha256": "t" * 64}}, detection_config=None))
     with pytest.raises(ResultsError, match="no detection_config.values"):
         compare([hard, old])
+    _edit(old, lambda d: d.update(detection_config={"fingerprint": "c" * 64, "values": {}}))
+    _edit(old, lambda d: d["backbone"].update(pretrain_config=None))
+    with pytest.raises(ResultsError, match="no backbone.pretrain_config; the backbone records no pretraining config"):
+        compare([hard, old])

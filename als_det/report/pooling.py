@@ -55,12 +55,15 @@ class Duplicate:
     why: str
 
 
-def _field(file: Path, data: Mapping[str, Any], *keys: str) -> Any:
+OLD_RESULTS = ("results.json files written before this record existed cannot be pooled safely: "
+               "re-run the fine-tuning")
+
+
+def _field(file: Path, data: Mapping[str, Any], *keys: str, why: str = OLD_RESULTS) -> Any:
     node: Any = data
     for key in keys:
         if not isinstance(node, Mapping) or node.get(key) is None:
-            raise ResultsError(f"{file}: no {'.'.join(keys)}; results.json files written before this record "
-                               "existed cannot be pooled safely: re-run the fine-tuning")
+            raise ResultsError(f"{file}: no {'.'.join(keys)}; {why}")
         node = node[key]
     return node
 
@@ -79,7 +82,10 @@ def read_identity(file: Path, data: Mapping[str, Any]) -> RunIdentity:
     missing record otherwise."""
     test = _field(file, data, "test_dataset")
     backbone = _field(file, data, "backbone")
-    recipe, config_seed = _recipe(file, _field(file, data, "backbone", "pretrain_config"))
+    recipe, config_seed = _recipe(file, _field(
+        file, data, "backbone", "pretrain_config",
+        why="the backbone records no pretraining config (was it converted from an als_det pretraining checkpoint?), "
+            "so neither its recipe nor its seed can be checked"))
     eval_only = bool(data.get("eval_only", False))
     if eval_only and data.get("training") is None:
         raise ResultsError(f"{file}: an --eval-only run of weights that do not record how they were fine-tuned, "
