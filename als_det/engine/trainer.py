@@ -328,8 +328,10 @@ def train(cfg: CfgNode, resume: str | None = None, stop_after_epoch: int | None 
 
 def _run_record(cfg: CfgNode, info: DistInfo, data: DataBundle, strategy: LabelStrategy, amp: str,
                 channels_last: bool, resumes: list[dict[str, Any]]) -> dict[str, Any]:
-    """run.json: what actually ran (device, precision, memory format, compiler), data and versions."""
-    return {"seed": cfg.SEED, "world_size": info.world_size, "device": str(info.device), "amp": amp,
+    """run.json: what actually ran (device, intra-op threads, precision, memory format, compiler),
+    data and versions."""
+    return {"seed": cfg.SEED, "world_size": info.world_size, "device": str(info.device),
+            "torch_threads": torch.get_num_threads(), "amp": amp,
             "channels_last": channels_last, "compile": "inductor" if cfg.TRAIN.COMPILE else False,
             "label_strategy": strategy.to_dict(), "classes": data.classes,
             "index": {k: {"images": r.images, "with_boxes": r.with_boxes, "boxes": r.boxes,
