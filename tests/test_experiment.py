@@ -3,6 +3,7 @@ several processes and nodes, fingerprints, resume points, submitit's checkpoint 
 failed stage stops only its dependants (real subprocesses running tiny scripts)."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -266,3 +267,17 @@ def test_sweep_shape_per_run_evaluation_and_no_detection():
     pre = next(st for st in graph.stages if st.name == "pretrain_als_emax05_s1")
     assert pre.command.args[-8:] == ("LABELS.E_MAX", "0.5", "OUTPUT_DIR", pre.command.args[-5], "SEED", "1",
                                      "DATA.ROOT", pre.command.args[-1])
+
+
+def test_fingerprint_covers_what_a_stage_computes_not_how_the_command_line_spells_it(tmp_path):
+    cmd = commands.pretrain_command("configs/pretrain/demo_als.yaml", {"SEED": 1})
+    respelled = Command(cmd.tool, ("--config-file", *cmd.args[1:]), cmd.launch, cmd.spec)
+    other_seed = commands.pretrain_command("configs/pretrain/demo_als.yaml", {"SEED": 2})
+    st = _stage(tmp_path, "train", STEPPER, "3")
+
+    def fp(c: Command) -> str:
+        return fingerprint(dataclasses.replace(st, command=c))
+
+    assert fp(cmd) == fp(respelled) != fp(other_seed)
+    assert fp(cmd) == fp(commands.pretrain_command("configs/pretrain/demo_als.yaml", {"SEED": 1},
+                                                    resume=True))

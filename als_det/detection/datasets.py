@@ -8,6 +8,7 @@ reported).
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -26,6 +27,9 @@ logger = logging.getLogger(__name__)
 COCO_SPLITS = {"coco_2017_train": "train2017", "coco_2017_val": "val2017"}
 # The embedded default: the generated set's COCO-format detection split (als_det.data.generated).
 GENERATED_SPLITS = {"als_det_generated_train": "train2017", "als_det_generated_val": "val2017"}
+# In a training run's OUTPUT_DIR: the data sets it used, {"train": [name], "test": [name],
+# "datasets": {name: {json_file, image_root, json_sha256}}} (absolute paths).
+RECORD_FILE = "datasets.json"
 _SHOW = 5  # offending entries named in an error message
 
 
@@ -40,6 +44,7 @@ class CocoValidationReport:
     name: str
     json_file: str
     image_root: str
+    json_sha256: str = ""
     images: int = 0
     annotations: int = 0
     crowd: int = 0
@@ -79,7 +84,8 @@ def validate_coco_json(name: str, json_file: str | os.PathLike,
     if not image_root.is_dir():
         raise DatasetError(f"{image_root}: image folder not found (data set {name!r}, {json_file})")
     try:
-        data = json.loads(json_file.read_text(encoding="utf-8"))
+        raw = json_file.read_bytes()
+        data = json.loads(raw.decode("utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise DatasetError(f"{json_file}: not a readable json file: {e}") from e
     if not isinstance(data, dict):
@@ -122,7 +128,8 @@ def validate_coco_json(name: str, json_file: str | os.PathLike,
         _fail(json_file, f"{len(missing)} of {len(images)} images missing on disk", missing)
 
     return CocoValidationReport(
-        name=name, json_file=str(json_file), image_root=str(image_root), images=len(images),
+        name=name, json_file=str(json_file), image_root=str(image_root),
+        json_sha256=hashlib.sha256(raw).hexdigest(), images=len(images),
         annotations=len(anns), crowd=sum(1 for a in anns if a.get("iscrowd", 0)),
         categories=sorted((c["id"], c["name"]) for c in cats),
         dropped_boxes=[a["id"] for a in anns if a["bbox"][2] <= 0 or a["bbox"][3] <= 0],
@@ -159,6 +166,7 @@ def register_coco_detection(name: str, json_file: str | os.PathLike,
     json_file, image_root, dropped = str(json_file), str(image_root), list(report.dropped_boxes)
     DatasetCatalog.register(name, lambda: load_coco_detection(name, json_file, image_root, dropped))
     meta = {"image_root": image_root, "evaluator_type": "coco", "source_json": json_file,
+            "json_sha256": report.json_sha256,
             "thing_classes": [n for _, n in report.categories],
             "thing_dataset_id_to_contiguous_id": {cid: i for i, (cid, _) in
                                                   enumerate(report.categories)}}
@@ -209,3 +217,34 @@ def check_same_categories(reports: list[CocoValidationReport]) -> list[tuple[int
                 f"only in the first {sorted(ours - theirs)[:_SHOW]}, "
                 f"only in the second {sorted(theirs - ours)[:_SHOW]}")
     return first.categories
+
+
+def dataset_record(names: Iterable[str]) -> dict[str, dict[str, str]]:
+    """{name: {json_file, image_root, json_sha256}} of registered data sets, paths made absolute."""
+    record = {}
+    for name in dict.fromkeys(names):
+        meta = MetadataCatalog.get(name)
+        record[name] = {"json_file": os.path.abspath(meta.source_json), "image_root": os.path.abspath(meta.image_root),
+                        "json_sha256": meta.json_sha256}
+    return record
+
+
+def read_dataset_record(path: Path) -> dict:
+    """A run's RECORD_FILE, checked for what `--eval-only` and `--resume` use from it."""
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+        entries = [record["datasets"][name] for name in (*record["train"], *record["test"])]
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as e:
+        raise DatasetError(f"{path}: not a readable record of a run's data sets ({type(e).__name__}: {e})") from e
+    if not all(isinstance(e, dict) and {"json_file", "image_root", "json_sha256"} <= set(e) for e in entries):
+        raise DatasetError(f"{path}: a data set entry lacks json_file, image_root or json_sha256")
+    return record
+
+
+def check_recorded(report: CocoValidationReport, entry: dict[str, str], record_path: Path) -> None:
+    """The json a run recorded must still be the one it used: same bytes (sha256)."""
+    if report.json_sha256 != entry["json_sha256"]:
+        raise DatasetError(f"{report.json_file} has changed since the run recorded it in {record_path} "
+                           f"(sha256 {entry['json_sha256'][:12]}... then, {report.json_sha256[:12]}... now): "
+                           "evaluating on it would not measure the run's data set; name a data set explicitly "
+                           "with --dataset NAME=JSON:IMAGE_DIR --test-dataset NAME to use the changed file")

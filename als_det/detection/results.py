@@ -1,14 +1,43 @@
 """`OUTPUT_DIR/results.json` of a fine-tuning run (schema in docs/architecture.md)."""
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 from pathlib import Path
 from typing import Any, Mapping
 
+from detectron2.config import CfgNode
+
+from als_det.detection.datasets import dataset_record
+from als_det.engine.resume import flatten_config
 from als_det.io import atomic_write_json
 from als_det.versions import package_versions
 
 SUMMARY_METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
+# Detection config keys that do not define the experiment: where and how it runs, its seed (a
+# run's seed is what varies between the runs pooled as one experiment), the weights (the backbone
+# is identified by its own record) and the data set names (data sets are identified by the sha256
+# of their json). Every other key (model, solver and schedule, input sizes, test settings) does.
+NOT_EXPERIMENT_KEYS = frozenset({
+    "OUTPUT_DIR", "SEED", "MODEL.WEIGHTS", "MODEL.DEVICE", "DATASETS.TRAIN", "DATASETS.TEST",
+    "DATALOADER.NUM_WORKERS", "SOLVER.CHECKPOINT_PERIOD", "TEST.EVAL_PERIOD", "VIS_PERIOD", "CUDNN_BENCHMARK",
+})
+
+
+def experiment_config(cfg: CfgNode) -> dict[str, Any]:
+    """results.json's `detection_config`: the keys that define the experiment and their sha256."""
+    values = {k: v for k, v in flatten_config(cfg).items() if k not in NOT_EXPERIMENT_KEYS}
+    text = json.dumps(values, sort_keys=True)
+    return {"fingerprint": hashlib.sha256(text.encode()).hexdigest(), "values": values}
+
+
+def training_record(cfg: CfgNode) -> dict[str, Any]:
+    """How the fine-tuned weights were made beyond the backbone: the fine-tuning seed and the
+    training data (sha256 of each registered json). Kept in each checkpoint, so that an
+    `--eval-only` run of it knows which seed it measures."""
+    return {"seed": int(cfg.SEED),
+            "train_sets": {n: r["json_sha256"] for n, r in dataset_record(cfg.DATASETS.TRAIN).items()}}
 
 
 def _number(x: Any) -> float | None:
@@ -40,7 +69,8 @@ def write_results(output_dir: str | Path, eval_results: Mapping[str, Mapping[str
                   **extra: Any) -> Path:
     """Write results.json atomically. `eval_results` maps each test data set's name to
     detectron2's results for it ({"bbox": {...}, ["segm": {...}]}); `bbox` (and `segm`) are the
-    first data set's, every data set's are kept under `by_dataset`."""
+    first data set's, every data set's are kept under `by_dataset`. `extra` holds the rest of the
+    run's record (data sets, detection config, training record, ...)."""
     if not eval_results:
         raise ValueError("no evaluation results to write")
     by_dataset = {name: task_summaries(res) for name, res in eval_results.items()}

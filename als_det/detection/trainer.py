@@ -30,12 +30,21 @@ from als_det.detection import datasets as ds
 from als_det.detection.checkpoint import RecordingCheckpointer
 from als_det.detection.config import DetectionCfgNode, get_detection_cfg
 from als_det.detection.launch import launch_processes
-from als_det.detection.results import write_results
+from als_det.detection.results import experiment_config, training_record, write_results
 from als_det.detection.weights import load_backbone_weights
+from als_det.io import atomic_write_json
+from als_det.output_dir import set_aside_note, set_aside_previous_run
 
 logger = logging.getLogger("als_det.detection")
 
 DEFAULT_CONFIG = str(Path(__file__).resolve().parents[2] / "configs/detection/faster_rcnn_R_18_FPN_demo.yaml")
+# What detectron2 and this module write into OUTPUT_DIR, and the files only a started run writes.
+FINETUNE_OUTPUTS = ("config.yaml", "log.txt*", "metrics.json", "events.out.tfevents.*", "last_checkpoint",
+                    "model_*.pth", "inference", "coco_instances_results.json", "instances_predictions.pth",
+                    "*_coco_format.json*", "results.json", ds.RECORD_FILE)
+FINETUNE_MARKERS = ("last_checkpoint", "metrics.json", "model_final.pth", "results.json")
+# Options that name the data sets; without any, a run's own config.yaml brings its recorded ones.
+DATASET_OPTIONS = ("dataset", "train_dataset", "test_dataset", "coco_root", "generated_config", "generated_root")
 
 
 class FinetuneTrainer(DefaultTrainer):
@@ -69,6 +78,7 @@ class FinetuneTrainer(DefaultTrainer):
         self.allow_random_backbone = allow_random_backbone
         self.unsafe_load = unsafe_load
         self.backbone: dict[str, Any] = {}
+        self.training = training_record(cfg)
 
     def resume_or_load(self, resume: bool = True) -> None:
         """Resume everything from OUTPUT_DIR's last checkpoint, or load MODEL.WEIGHTS strictly."""
@@ -84,6 +94,7 @@ class FinetuneTrainer(DefaultTrainer):
     def state_dict(self) -> dict[str, Any]:
         ret = super().state_dict()
         ret["als_det_backbone"] = self.backbone
+        ret["als_det_training"] = self.training
         return ret
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -200,16 +211,29 @@ def _generated_detection_root(args: argparse.Namespace) -> Path:
     return root / "detection"
 
 
-def register_datasets(args: argparse.Namespace, names: list[str]) -> list[ds.CocoValidationReport]:
-    """Validate and register every data set in `names`; see the parser's help for the sources."""
-    specs = {}
-    for spec in args.dataset:
-        name, json_file, image_dir = ds.parse_dataset_spec(spec)
-        specs[name] = (json_file, image_dir)
-    unused = sorted(set(specs) - set(names))
+def recorded_datasets(args: argparse.Namespace) -> tuple[Path, dict] | None:
+    """(path, record) of the data sets recorded beside a run's own config.yaml (`ds.RECORD_FILE`),
+    when the command names none itself: a run's config.yaml (with `--eval-only`, `--resume`, or for
+    a re-run) brings the data sets that run used, wherever the command is started from."""
+    if any(getattr(args, o) for o in DATASET_OPTIONS) or any(
+            _opts_set(args.opts or [], f"DATASETS.{split}") for split in ("TRAIN", "TEST")):
+        return None
+    path = Path(args.config_file).parent / ds.RECORD_FILE
+    return (path, ds.read_dataset_record(path)) if path.is_file() else None
+
+
+def register_datasets(args: argparse.Namespace, names: list[str],
+                      recorded: tuple[Path, dict] | None = None) -> list[ds.CocoValidationReport]:
+    """Validate and register every data set in `names`; see the parser's help for the sources.
+    A `recorded` data set must still be the one recorded (same json sha256)."""
+    given = [ds.parse_dataset_spec(spec) for spec in args.dataset]
+    unused = sorted({name for name, _, _ in given} - set(names))
     if unused:
         raise ds.DatasetError(f"--dataset {unused} registered but neither trained nor tested on; "
                               "select it with --train-dataset/--test-dataset")
+    record = recorded[1]["datasets"] if recorded else {}
+    specs = {name: (e["json_file"], e["image_root"]) for name, e in record.items()}
+    specs.update({name: (json_file, image_dir) for name, json_file, image_dir in given})
     reports = []
     for name in dict.fromkeys(names):
         if name in specs:
@@ -224,7 +248,23 @@ def register_datasets(args: argparse.Namespace, names: list[str]) -> list[ds.Coc
             raise ds.DatasetError(f"unknown data set {name!r}: register it with "
                                   f"--dataset {name}=JSON:IMAGE_DIR")
         reports.append(ds.register_coco_detection(name, json_file, image_dir))
+        if name in record:
+            ds.check_recorded(reports[-1], record[name], recorded[0])
     return reports
+
+
+def set_aside_earlier_run(args: argparse.Namespace, cfg: DetectionCfgNode) -> Path | None:
+    """A fresh training run (neither `--resume` nor `--eval-only`) into an OUTPUT_DIR that holds an
+    earlier run moves that run's files to OUTPUT_DIR/previous-<time>/ (as pretraining does) before
+    anything is written there; returns that folder, on every process."""
+    aside = None
+    if not (args.resume or args.eval_only) and comm.is_main_process():
+        aside = set_aside_previous_run(cfg.OUTPUT_DIR, FINETUNE_OUTPUTS, FINETUNE_MARKERS)
+    aside = comm.all_gather(aside)[0]
+    config = Path(args.config_file)
+    if aside is not None and not config.exists() and (aside / config.name).is_file():
+        args.config_file = str(aside / config.name)  # the run's own config.yaml moved with the run
+    return aside
 
 
 def check_trailing_opts(opts: list[str] | None) -> None:
@@ -242,7 +282,11 @@ def setup(args: argparse.Namespace) -> DetectionCfgNode:
     detectron2's `default_setup` (loggers, config.yaml, seeding). Returns the frozen config."""
     check_trailing_opts(args.opts)
     cfg = get_detection_cfg(args.config_file, args.opts)
+    aside = set_aside_earlier_run(args, cfg)
+    recorded = recorded_datasets(args)
     setup_logger(cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="als_det")
+    if aside is not None:
+        logger.warning(set_aside_note(cfg.OUTPUT_DIR, aside))
     if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
         cfg.MODEL.DEVICE = "cpu"
         logger.warning("CUDA is not available: MODEL.DEVICE set to cpu")
@@ -250,10 +294,15 @@ def setup(args: argparse.Namespace) -> DetectionCfgNode:
         cfg.SEED = random.SystemRandom().randrange(2**31)
         logger.info("SEED was negative: drew seed %d (recorded in config.yaml)", cfg.SEED)
 
-    cfg.DATASETS.TRAIN = tuple(_choose(args, cfg, "TRAIN"))
-    cfg.DATASETS.TEST = tuple(_choose(args, cfg, "TEST"))
+    if recorded:
+        cfg.DATASETS.TRAIN, cfg.DATASETS.TEST = tuple(recorded[1]["train"]), tuple(recorded[1]["test"])
+        logger.info("Using the data sets recorded in %s: train %s, test %s", recorded[0], list(cfg.DATASETS.TRAIN),
+                    list(cfg.DATASETS.TEST))
+    else:
+        cfg.DATASETS.TRAIN = tuple(_choose(args, cfg, "TRAIN"))
+        cfg.DATASETS.TEST = tuple(_choose(args, cfg, "TEST"))
     names = list(cfg.DATASETS.TEST) if args.eval_only else [*cfg.DATASETS.TRAIN, *cfg.DATASETS.TEST]
-    reports = register_datasets(args, names)
+    reports = register_datasets(args, names, recorded)
     categories = ds.check_same_categories(reports)
     if cfg.MODEL.MASK_ON:
         ds.check_has_masks(reports)
@@ -264,6 +313,9 @@ def setup(args: argparse.Namespace) -> DetectionCfgNode:
         head.NUM_CLASSES = len(categories)
     cfg.freeze()
     default_setup(cfg, args)
+    if not args.eval_only and comm.is_main_process():
+        atomic_write_json(Path(cfg.OUTPUT_DIR) / ds.RECORD_FILE, {
+            "train": list(cfg.DATASETS.TRAIN), "test": list(cfg.DATASETS.TEST), "datasets": ds.dataset_record(names)})
     return cfg
 
 
@@ -278,19 +330,21 @@ def run_finetune(args: argparse.Namespace) -> dict[str, Any]:
         load = load_backbone_weights(model, cfg, args.allow_random_backbone, path=path,
                                      unsafe_load=args.unsafe_load)
         results = FinetuneTrainer.test(cfg, model)
-        backbone = load.provenance()
+        backbone, training = load.provenance(), load.training
         iterations = 0 if load.iteration is None else load.iteration + 1
     else:
         trainer = FinetuneTrainer(cfg, allow_random_backbone=args.allow_random_backbone,
                                   unsafe_load=args.unsafe_load)
         trainer.resume_or_load(resume=args.resume)
         results = trainer.train()
-        backbone, iterations = trainer.backbone, cfg.SOLVER.MAX_ITER
+        backbone, training, iterations = trainer.backbone, trainer.training, cfg.SOLVER.MAX_ITER
     if comm.is_main_process():
+        used = cfg.DATASETS.TEST if args.eval_only else (*cfg.DATASETS.TRAIN, *cfg.DATASETS.TEST)
         path = write_results(cfg.OUTPUT_DIR, results, backbone, iterations=iterations,
                              seed=cfg.SEED, train_datasets=list(cfg.DATASETS.TRAIN),
                              eval_only=bool(args.eval_only), device=cfg.MODEL.DEVICE,
-                             world_size=comm.get_world_size())
+                             world_size=comm.get_world_size(), training=training,
+                             datasets=ds.dataset_record(used), detection_config=experiment_config(cfg))
         logger.info("Wrote %s", path)
     return results
 

@@ -45,6 +45,8 @@ class BackboneLoad:
     # When the file is a checkpoint of an als_det fine-tuning run: that run's backbone record.
     finetuned_from: dict[str, Any] | None = None
     iteration: int | None = None
+    # ... and how it was fine-tuned (`als_det.detection.results.training_record`), when recorded.
+    training: dict[str, Any] | None = None
     unsafe_load: bool = False  # reading the file needed full unpickling (--unsafe-load)
 
     def provenance(self) -> dict[str, Any]:
@@ -154,12 +156,14 @@ def load_backbone_weights(model: nn.Module, cfg: CfgNode, allow_random_backbone:
                            f"checkpoint. {CONVERT_HINT}") from e
     inc = checkpointer.incompatible
     missing = _unfilled_backbone_keys(checkpointer, keys, path)
-    finetuned_from = (extra.get("trainer") or {}).get("als_det_backbone") or None
+    trainer_state = extra.get("trainer") or {}
+    finetuned_from = trainer_state.get("als_det_backbone") or None
     metadata = extra.get("als_det") or finetuned_from
     report = BackboneLoad(path=path, sha256=sha256_file(local), backbone_tensors=len(keys),
                           loaded_tensors=len(keys) - len(missing), metadata=extra.get("als_det"),
                           missing=missing, finetuned_from=finetuned_from,
-                          iteration=extra.get("iteration"), unsafe_load=checkpointer.unsafe_used)
+                          iteration=extra.get("iteration"), training=trainer_state.get("als_det_training"),
+                          unsafe_load=checkpointer.unsafe_used)
     logger.info("Backbone: %d of %d tensors loaded from %s (%d unexpected keys in the file "
                 "ignored)", report.loaded_tensors, len(keys), path, len(inc.unexpected_keys))
     if missing:

@@ -27,22 +27,30 @@ class ResumeError(ValueError):
     """A resume that would silently continue a different experiment; the message lists why."""
 
 
-def _flatten(node: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+def flatten_config(node: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """A (nested) config as {"SECTION.KEY": value}, tuples as lists."""
     out: dict[str, Any] = {}
     for key, value in node.items():
         if isinstance(value, Mapping):
-            out.update(_flatten(value, f"{prefix}{key}."))
+            out.update(flatten_config(value, f"{prefix}{key}."))
         else:
             out[f"{prefix}{key}"] = list(value) if isinstance(value, (list, tuple)) else value
     return out
 
 
+def saved_config(saved_yaml: str) -> dict[str, Any]:
+    """A config saved as YAML (a checkpoint's, a converted backbone's `pretrain_config`), flattened
+    over the current defaults: a key the saved config lacks had its default then."""
+    flat = flatten_config(get_cfg())
+    flat.update(flatten_config(CfgNode.load_cfg(saved_yaml)))
+    return flat
+
+
 def config_differences(saved_yaml: str, cfg: CfgNode) -> dict[str, tuple[Any, Any]]:
     """Experiment keys whose value differs: key -> (checkpoint's, now). A key the checkpoint's
     config lacks had its default then; a key that no longer exists shows as `None` now."""
-    then = _flatten(get_cfg())
-    then.update(_flatten(CfgNode.load_cfg(saved_yaml)))
-    now = _flatten(cfg)
+    then = saved_config(saved_yaml)
+    now = flatten_config(cfg)
     return {k: (then.get(k), now.get(k)) for k in sorted(set(then) | set(now))
             if k not in RUNTIME_KEYS and then.get(k) != now.get(k)}
 

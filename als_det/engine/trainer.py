@@ -17,7 +17,6 @@ import random
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass
-from datetime import datetime
 from pathlib import Path
 from typing import Any, Callable
 
@@ -40,6 +39,7 @@ from als_det.engine.resume import ResumeError, check_resume, resume_record
 from als_det.io import atomic_write_json, atomic_write_text
 from als_det.metrics.calibration import calibration_metrics_from_logits
 from als_det.mixing import BatchMixer, loss_for_mixed_batch
+from als_det.output_dir import set_aside_note, set_aside_previous_run
 from als_det.models import build_resnet
 from als_det.targets import LabelStrategy, loss_for_batch
 from als_det.versions import package_versions
@@ -290,19 +290,8 @@ def _check_finite(model: nn.Module, epoch: int) -> None:
             raise NonFiniteLossError(f"non-finite value in {name} after epoch {epoch}; checkpoint not written")
 
 
-def _set_aside_previous_run(out_dir: Path) -> None:
-    """A fresh run into an OUTPUT_DIR that holds an earlier run moves that run's files into
-    OUTPUT_DIR/previous-<time>/ first: files of two runs never mix, and no result is destroyed."""
-    names = ("last.pth", "best.pth", "metrics.jsonl", "run.json", "config.yaml", "tb")
-    old = [p for p in (out_dir / n for n in names) if p.exists()]
-    if not any(p.name in ("last.pth", "metrics.jsonl") for p in old):
-        return
-    aside = out_dir / datetime.now().strftime("previous-%Y%m%d-%H%M%S-%f")
-    aside.mkdir()
-    for path in old:
-        path.rename(aside / path.name)
-    _log(f"note: {out_dir} held an earlier run; starting afresh, its files moved to {aside} "
-         "(pass --resume to continue a run instead)")
+PRETRAIN_OUTPUTS = ("last.pth", "best.pth", "metrics.jsonl", "run.json", "config.yaml", "tb")
+PRETRAIN_MARKERS = ("last.pth", "metrics.jsonl")
 
 
 def _resolve_resume(resume: str | None, out_dir: Path) -> Path | None:
@@ -339,8 +328,10 @@ def train(cfg: CfgNode, resume: str | None = None, stop_after_epoch: int | None 
 
 def _run_record(cfg: CfgNode, info: DistInfo, data: DataBundle, strategy: LabelStrategy, amp: str,
                 channels_last: bool, resumes: list[dict[str, Any]]) -> dict[str, Any]:
-    """run.json: what actually ran (device, precision, memory format, compiler), data and versions."""
-    return {"seed": cfg.SEED, "world_size": info.world_size, "device": str(info.device), "amp": amp,
+    """run.json: what actually ran (device, intra-op threads, precision, memory format, compiler),
+    data and versions."""
+    return {"seed": cfg.SEED, "world_size": info.world_size, "device": str(info.device),
+            "torch_threads": torch.get_num_threads(), "amp": amp,
             "channels_last": channels_last, "compile": "inductor" if cfg.TRAIN.COMPILE else False,
             "label_strategy": strategy.to_dict(), "classes": data.classes,
             "index": {k: {"images": r.images, "with_boxes": r.with_boxes, "boxes": r.boxes,
@@ -385,8 +376,9 @@ def _train(cfg: CfgNode, info: DistInfo, resume: str | None, stop_after_epoch: i
                           f"{cfg.DATA.ROOT} now has {len(data.classes)} (or other names)")
     if main:
         out_dir.mkdir(parents=True, exist_ok=True)
-        if resume_path is None:
-            _set_aside_previous_run(out_dir)
+        aside = None if resume_path else set_aside_previous_run(out_dir, PRETRAIN_OUTPUTS, PRETRAIN_MARKERS)
+        if aside is not None:
+            _log(set_aside_note(out_dir, aside))
         atomic_write_text(out_dir / "config.yaml", cfg.dump())
     num_classes = len(data.classes)
     strategy = LabelStrategy.from_cfg(cfg.LABELS)

@@ -23,10 +23,14 @@ class Command:
     tool: str                 # path of the entry point, relative to the repository root
     args: tuple[str, ...]
     launch: str = "single"
+    # What the stage computes (config, overrides, inputs), in a form that does not depend on how
+    # the tool's command line spells it; empty: the arguments themselves.
+    spec: tuple[Any, ...] = ()
 
-    def identity(self) -> list[str]:
-        """What a stage's fingerprint covers: the tool and its arguments, not the launcher."""
-        return [self.tool, *self.args]
+    def identity(self) -> list[Any]:
+        """What a stage's fingerprint covers: the tool and what it is asked to compute, neither the
+        launcher nor the spelling of its options (a command-line change keeps finished stages)."""
+        return [self.tool, *(self.spec or self.args)]
 
 
 @dataclass(frozen=True)
@@ -46,7 +50,8 @@ def override_args(overrides: Mapping[str, Any]) -> list[str]:
 
 def generate_command(config: str, overrides: Mapping[str, Any]) -> Command:
     opts = override_args(overrides)
-    return Command("tools/generate_data.py", ("--config", config, *(["--opts", *opts] if opts else [])))
+    return Command("tools/generate_data.py", ("--config", config, *(["--opts", *opts] if opts else [])),
+                   spec=("config", config, "overrides", tuple(opts)))
 
 
 def pretrain_command(config: str, overrides: Mapping[str, Any], resume: bool = False) -> Command:
@@ -54,7 +59,8 @@ def pretrain_command(config: str, overrides: Mapping[str, Any], resume: bool = F
     if resume:
         args += ["--resume", "last"]
     opts = override_args(overrides)
-    return Command("tools/pretrain.py", tuple(args + (["--opts", *opts] if opts else [])), "torchrun")
+    return Command("tools/pretrain.py", tuple(args + (["--opts", *opts] if opts else [])), "torchrun",
+                   spec=("config", config, "overrides", tuple(opts)))
 
 
 def evaluate_command(checkpoints: Mapping[str, str], data: str, out: str, baseline: str | None,
@@ -63,21 +69,27 @@ def evaluate_command(checkpoints: Mapping[str, str], data: str, out: str, baseli
     args += ["--data", data, "--out", out]
     if baseline:
         args += ["--baseline", baseline]
-    return Command("tools/evaluate.py", tuple(args + list(extra)), "torchrun")
+    return Command("tools/evaluate.py", tuple(args + list(extra)), "torchrun",
+                   spec=("checkpoints", tuple(checkpoints.items()), "data", data, "out", out,
+                         "baseline", baseline, "options", tuple(extra)))
 
 
 def convert_command(checkpoint: str, output: str) -> Command:
-    return Command("tools/convert_to_d2.py", (checkpoint, output, "--verify", "--force"))
+    return Command("tools/convert_to_d2.py", (checkpoint, output, "--verify", "--force"),
+                   spec=("checkpoint", checkpoint, "output", output, "verified"))
 
 
 def finetune_command(config: str, extra: Sequence[str], overrides: Mapping[str, Any],
                      resume: bool = False) -> Command:
-    args = ["--config-file", config, *extra, *(["--resume"] if resume else []), *override_args(overrides)]
-    return Command("tools/finetune_coco.py", tuple(args), "detectron2")
+    opts = override_args(overrides)
+    args = ["--config-file", config, *extra, *(["--resume"] if resume else []), *opts]
+    return Command("tools/finetune_coco.py", tuple(args), "detectron2",
+                   spec=("config", config, "options", tuple(extra), "overrides", tuple(opts)))
 
 
 def compare_command(run_dirs: Sequence[str], baseline: str, out: str) -> Command:
-    return Command("tools/compare.py", (*run_dirs, "--baseline", baseline, "--out", out))
+    return Command("tools/compare.py", (*run_dirs, "--baseline", baseline, "--out", out),
+                   spec=("runs", tuple(run_dirs), "baseline", baseline, "out", out))
 
 
 def launch_argv(cmd: Command, res: Resources, node: Node = Node(), python: str = sys.executable,

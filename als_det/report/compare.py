@@ -2,10 +2,13 @@
 
 Box AP (`bbox`) always; mask AP (`segm`) too when every run has it (Mask R-CNN), as a second table.
 
-Runs are grouped by their backbone's label strategy (`backbone.label_strategy.name`; when runs
-sharing a name differ in the strategy's parameters, the differing ones join the group label).
-Several seeds per strategy give a mean and a sample standard deviation (n shown); each metric's
-difference to the baseline strategy's mean is reported.
+Every run must measure one experiment (test set, detection config, schedule, training data: see
+`als_det.report.pooling`). Runs are grouped by their backbone's label strategy
+(`backbone.label_strategy.name`; when runs sharing a name differ in the strategy's parameters or
+in their backbone recipe, the differing ones join the group label). Within a group each run is a
+seed; a run with the same seeds as another is a duplicate, named and counted once. Several seeds
+per strategy give a mean and a sample standard deviation (n shown); each metric's difference to
+the baseline strategy's mean is reported; every row names the runs it pools.
 """
 from __future__ import annotations
 
@@ -21,6 +24,8 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from als_det.io import atomic_write_bytes, atomic_write_json, atomic_write_text
+from als_det.report.pooling import (Duplicate, ResultsError, RunIdentity, check_one_experiment, drop_duplicates,
+                                    read_identity, recipe_differences)
 
 METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
 TASKS = {"bbox": "box AP", "segm": "mask AP"}
@@ -28,22 +33,23 @@ STRATEGY_ORDER = ("hard", "ls", "als")
 FORMATS = {"markdown": "md", "csv": "csv", "latex": "tex"}
 
 
-class ResultsError(ValueError):
-    """A results.json that cannot be compared; the message names the file."""
-
-
 @dataclass
 class Run:
     path: Path
     strategy: dict[str, Any]
-    seed: int | None
+    identity: RunIdentity
     metrics: dict[str, dict[str, float]]  # task (bbox, segm) -> metric -> value
+
+    @property
+    def folder(self) -> str:
+        return run_folder(self.path)
 
 
 @dataclass
 class Group:
     name: str
     runs: list[Run] = field(default_factory=list)
+    duplicates: list[Duplicate] = field(default_factory=list)  # runs of the same seeds, counted once
 
     @property
     def n(self) -> int:
@@ -58,6 +64,11 @@ class Group:
     def std(self, metric: str, task: str = "bbox") -> float:
         """Sample standard deviation (ddof=1); NaN for a single run."""
         return float(self.values(metric, task).std(ddof=1)) if self.n > 1 else math.nan
+
+
+def run_folder(results: Path) -> str:
+    """A results.json's run folder, as given (how tables name runs)."""
+    return str(results.parent if results.name == "results.json" else results)
 
 
 def results_path(path: str | Path) -> Path:
@@ -84,7 +95,7 @@ def load_run(path: str | Path) -> Run:
     if not isinstance(strategy, dict) or not strategy.get("name"):
         raise ResultsError(f"{file}: backbone.label_strategy.name is missing; cannot group the run "
                            "(was the backbone converted from an als_det pretraining checkpoint?)")
-    return Run(path=file, strategy=strategy, seed=data.get("seed"), metrics=metrics)
+    return Run(path=file, strategy=strategy, identity=read_identity(file, data), metrics=metrics)
 
 
 def _task_metrics(file: Path, task: str, section: Any) -> dict[str, float]:
@@ -109,7 +120,8 @@ def _sort_key(name: str) -> tuple[int, str]:
 
 
 def group_runs(runs: Sequence[Run]) -> list[Group]:
-    """Group by strategy name, adding the parameters that differ among runs of the same name."""
+    """Group by strategy name, adding the strategy parameters and backbone-recipe keys that differ
+    among runs of the same name; within a group, runs of the same seeds are counted once."""
     files = [r.path.resolve() for r in runs]
     dup = sorted({str(f) for f in files if files.count(f) > 1})
     if dup:
@@ -117,16 +129,17 @@ def group_runs(runs: Sequence[Run]) -> list[Group]:
     by_name: dict[str, list[Run]] = {}
     for r in runs:
         by_name.setdefault(r.strategy["name"], []).append(r)
-    groups: dict[str, Group] = {}
+    members_of: dict[str, list[Run]] = {}
     for name, members in by_name.items():
         keys = sorted({k for r in members for k in r.strategy if k != "name"})
         varying = [k for k in keys if len({json.dumps(r.strategy.get(k)) for r in members}) > 1]
+        recipe = recipe_differences(members)
         for r in members:
-            label = name
-            if varying:
-                label += "[" + ",".join(f"{k}={r.strategy.get(k)}" for k in varying) + "]"
-            groups.setdefault(label, Group(label)).runs.append(r)
-    return sorted(groups.values(), key=lambda g: _sort_key(g.name))
+            parts = [f"{k}={r.strategy.get(k)}" for k in varying] + [f"{k}={r.identity.recipe.get(k)}" for k in recipe]
+            label = name + ("[" + ",".join(parts) + "]" if parts else "")
+            members_of.setdefault(label, []).append(r)
+    groups = [Group(label, *drop_duplicates(members)) for label, members in members_of.items()]
+    return sorted(groups, key=lambda g: _sort_key(g.name))
 
 
 @dataclass
@@ -148,9 +161,15 @@ class Comparison:
 
     def to_json(self) -> dict[str, Any]:
         """Box AP statistics at the top of each group (as before mask AP existed), mask AP under `segm`."""
-        return {"baseline": self.baseline, "metrics": list(METRICS), "tasks": list(self.tasks), "groups": {
+        first = self.groups[0].runs[0].identity
+        experiment = {"test_set": first.test_set, "test_json_sha256": first.test_sha256,
+                      "detection_config": first.config_fingerprint, "iterations": first.iterations}
+        return {"baseline": self.baseline, "metrics": list(METRICS), "tasks": list(self.tasks),
+                "experiment": experiment, "groups": {
             g.name: {"n": g.n, "runs": [str(r.path) for r in g.runs],
-                     "seeds": [r.seed for r in g.runs], **self._stats(g, "bbox"),
+                     "seeds": [{"pretrain": r.identity.seeds[0], "finetune": r.identity.seeds[1]} for r in g.runs],
+                     "duplicates": [{"run": str(d.run), "same_as": str(d.same_as), "why": d.why} for d in g.duplicates],
+                     **self._stats(g, "bbox"),
                      **{task: self._stats(g, task) for task in self.tasks if task != "bbox"}}
             for g in self.groups}}
 
@@ -160,6 +179,7 @@ def compare(paths: Sequence[str | Path], baseline: str = "hard") -> Comparison:
     if not paths:
         raise ResultsError("no run folders given")
     runs = [load_run(p) for p in paths]
+    check_one_experiment(runs)
     with_masks = [str(r.path) for r in runs if "segm" in r.metrics]
     if with_masks and len(with_masks) != len(runs):
         raise ResultsError(f"only some runs have mask AP (segm): {with_masks}; compare mask models "
@@ -179,16 +199,32 @@ def _cell(mean: float, std: float) -> str:
 
 
 def _csv(comp: Comparison) -> str:
-    """One row per strategy; box AP columns as `AP_mean`, mask AP columns as `segm_AP_mean`."""
+    """One row per strategy; box AP columns as `AP_mean`, mask AP columns as `segm_AP_mean`, then
+    the run folders pooled (`;`-separated)."""
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     prefix = {task: "" if task == "bbox" else f"{task}_" for task in comp.tasks}
     w.writerow(["strategy", "n"] + [f"{prefix[t]}{m}_{s}" for t in comp.tasks for m in METRICS
-                                    for s in ("mean", "std", "delta")])
+                                    for s in ("mean", "std", "delta")] + ["runs"])
     for g in comp.groups:
         w.writerow([g.name, g.n] + [f"{v:.4f}" for t in comp.tasks for m in METRICS
-                                    for v in (g.mean(m, t), g.std(m, t), comp.delta(g, m, t))])
+                                    for v in (g.mean(m, t), g.std(m, t), comp.delta(g, m, t))]
+                   + [";".join(r.folder for r in g.runs)])
     return buf.getvalue()
+
+
+def pooled_runs(comp: Comparison) -> list[str]:
+    """One line per row: the runs it pools (with their pretraining/fine-tuning seeds) and the
+    duplicates it counted once."""
+    lines = []
+    for g in comp.groups:
+        line = f"{g.name} (n={g.n}): " + ", ".join(f"{r.folder} (seeds {r.identity.seeds[0]}/{r.identity.seeds[1]})"
+                                                   for r in g.runs)
+        if g.duplicates:
+            line += "; counted once: " + ", ".join(f"{run_folder(d.run)} (as {run_folder(d.same_as)}: {d.why})"
+                                                   for d in g.duplicates)
+        lines.append(line)
+    return lines
 
 
 def _rows(comp: Comparison, task: str) -> list[list[str]]:
@@ -232,6 +268,9 @@ def format_table(comp: Comparison, fmt: str = "markdown") -> str:
         "n/a" in c for task in comp.tasks for r in _rows(comp, task) for c in r) else ""
     footer = (f"\n\nmean ± sample std over n runs; (Δ) vs {comp.baseline}{note}\n" if fmt == "markdown"
               else "\n")
+    runs = pooled_runs(comp)
+    footer += ("\nruns in each row (seeds: pretraining/fine-tuning):\n" + "".join(f"- {line}\n" for line in runs)
+               if fmt == "markdown" else "".join(f"% {line}\n" for line in runs))
     return "\n\n".join(parts) + footer
 
 

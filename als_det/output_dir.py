@@ -1,0 +1,31 @@
+"""One run per output folder: a fresh run into an OUTPUT_DIR that holds an earlier run first moves
+that run's files into `OUTPUT_DIR/previous-<time>/`, so files of two runs never mix and no result
+is destroyed. Pretraining (`als_det.engine.trainer`) and fine-tuning (`als_det.detection.trainer`)
+both do this; `--resume` continues the run in the folder instead.
+"""
+from __future__ import annotations
+
+from datetime import datetime
+from pathlib import Path
+from typing import Iterable
+
+
+def set_aside_previous_run(out_dir: str | Path, patterns: Iterable[str], markers: Iterable[str]) -> Path | None:
+    """If `out_dir` holds any of `markers` (files only a run that started training writes), move
+    every entry matching one of the glob `patterns` into `out_dir/previous-<time>/` and return that
+    folder; otherwise change nothing and return None."""
+    out_dir = Path(out_dir)
+    if not any((out_dir / m).exists() for m in markers):
+        return None
+    old = sorted({p for pattern in patterns for p in out_dir.glob(pattern)})
+    aside = out_dir / datetime.now().strftime("previous-%Y%m%d-%H%M%S-%f")
+    aside.mkdir()
+    for path in old:
+        path.rename(aside / path.name)
+    return aside
+
+
+def set_aside_note(out_dir: str | Path, aside: Path) -> str:
+    """What to tell the user after `set_aside_previous_run` moved a run."""
+    return (f"note: {out_dir} held an earlier run; starting afresh, its files moved to {aside} "
+            "(pass --resume to continue a run instead)")
