@@ -3,6 +3,8 @@
     data (if generated) -> pretrain x arms x seeds -> evaluate (one over all runs, or one per run)
                         -> convert -> finetune x detectors [x seeds] -> compare per detector
 
+(per-run evaluations are listed right after their pretraining: a sweep's cells finish one by one).
+
 Everything lands under the plan's `out`: `pretrain/<run>/`, `evaluation/[<run>/]`,
 `pretrained/<run>.pkl`, `detection/<detector>/<run>/`, `compare/<detector>/`, one log per stage in
 `logs/`, the stage records in `.stages/`.
@@ -146,10 +148,23 @@ class _Builder:
             self.graph.compare[det.name] = resolve(out)
 
 
+def _evaluations_after_their_runs(stages: list[Stage]) -> list[Stage]:
+    """Each per-run evaluation right after its pretraining: one after the other (the local
+    launcher), every run is a finished cell, trained and evaluated, before the next one starts."""
+    evaluation_of = {st.deps[0]: st for st in stages if st.kind == "evaluate"}
+    ordered = []
+    for st in stages:
+        if st.kind != "evaluate":
+            ordered += [st, *([evaluation_of[st.name]] if st.name in evaluation_of else [])]
+    return ordered
+
+
 def build_graph(plan: Plan) -> Graph:
     """Every stage of `plan`, each after the stages it depends on."""
     b = _Builder(plan)
     pretrained = b.pretrain(b.data())
     b.evaluate(pretrained)
     b.detection(pretrained)
+    if plan.evaluate is not None and plan.evaluate.per_run:
+        b.graph.stages = _evaluations_after_their_runs(b.graph.stages)
     return b.graph

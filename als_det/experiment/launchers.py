@@ -14,7 +14,7 @@ import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import submitit
 
@@ -62,8 +62,9 @@ def _say(msg: str) -> None:
     print(f"[experiment] {msg}", flush=True)
 
 
-def run_local(stages: Sequence[Stage]) -> Outcome:
-    """Each stage in this process's order, its output relayed to the terminal and its log."""
+def run_local(stages: Sequence[Stage], before: Callable[[Stage, Outcome], None] | None = None) -> Outcome:
+    """Each stage in this process's order, its output relayed to the terminal and its log.
+    `before(stage, outcome so far)` is called before each stage that runs (a sweep's progress line)."""
     outcome = Outcome()
     for st in stages:
         cause = outcome.cause(st.deps)
@@ -74,6 +75,8 @@ def run_local(stages: Sequence[Stage]) -> Outcome:
             outcome.reused.append(st.name)
             _say(f"{st.name}: done earlier, reused")
         else:
+            if before is not None:
+                before(st, outcome)
             try:
                 StageJob(st, relay=True)()
                 outcome.ran.append(st.name)

@@ -17,12 +17,20 @@ evaluation, the detectors to fine-tune each converted backbone with, and each st
          args: [--coco-root, datasets/coco], overrides: {}, seeds: null, resources: {...}}
     compare: {resources: {...}}
     report: null                       # "demo": the demo's one-page report at OUT/report.md
+    sweep: null                        # a sweep: the arms are its settings (below)
     slurm: {partition: null, account: null, qos: null, constraint: null, signal_delay_s: 120,
             max_num_timeout: 10, additional_parameters: {}}
 
 Strings in `args`, override values and `data.root` may say `{out}`, and `args` and override
-values `{data}` (the data root). Arms are
-plain named entries, so a grid of overrides x seeds is a plan whose `arms` were generated.
+values `{data}` (the data root).
+
+A sweep (`sweep: {epochs: [8, 16, 32], lengths_for: [hard, als]}`) reads `arms` as its settings and
+runs every setting x seed x training length as one cell: the arm `<setting>_e<epochs>` (the setting
+with `SOLVER.EPOCHS` set), the run `<setting>_e<epochs>_s<seed>` (the seed always named, so
+`--seeds N` keeps the finished cells), one evaluation per run and no detection. Every setting runs
+the first length; the settings in `lengths_for` (the baseline among them) run every length. Cells
+run length by length (the first length over every seed first). The report (`report: sweep`,
+implied) is `als_det.report.sweep`'s, written to OUT/report.md.
 """
 from __future__ import annotations
 
@@ -35,7 +43,7 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[2]
 STAGE_KINDS = ("data", "pretrain", "evaluate", "convert", "finetune", "compare")
-REPORTS = ("demo",)
+REPORTS = ("demo", "sweep")
 
 
 class PlanError(ValueError):
@@ -93,6 +101,21 @@ class Evaluation:
 
 
 @dataclass(frozen=True)
+class SweepGrid:
+    """Settings (the plan's arms as written) x training lengths; the seeds are the plan's."""
+
+    settings: dict[str, Arm]
+    epochs: list[int]              # epochs[0]: every setting's (the report's main length)
+    lengths_for: list[str]         # the settings that also run the other lengths
+    baseline: str                  # the setting every cell is paired with (same seed and length)
+
+    def cells(self) -> list[tuple[str, str, int]]:
+        """(arm name, setting, epochs) of every generated arm, the main length first."""
+        return [(f"{name}_e{e}", name, e) for e in self.epochs for name in self.settings
+                if e == self.epochs[0] or name in self.lengths_for]
+
+
+@dataclass(frozen=True)
 class Plan:
     name: str
     out: str
@@ -110,15 +133,21 @@ class Plan:
     compare_resources: Resources = Resources()
     report: str | None = None
     slurm: dict[str, Any] = field(default_factory=dict)
+    sweep: SweepGrid | None = None
     source: str = ""
 
     def run_name(self, arm: str, seed: int) -> str:
-        """The folder and model name of one pretraining run (the demo's convention)."""
-        return arm if len(self.seeds) == 1 else f"{arm}_s{seed}"
+        """The folder and model name of one pretraining run (the demo's convention; a sweep's
+        runs always name their seed)."""
+        return arm if len(self.seeds) == 1 and self.sweep is None else f"{arm}_s{seed}"
 
     def runs(self) -> list[tuple[str, Arm, int]]:
-        """(run name, arm, seed) for every pretraining run, seeds outermost."""
-        return [(self.run_name(a.name, s), a, s) for s in self.seeds for a in self.arms.values()]
+        """(run name, arm, seed) for every pretraining run, seeds outermost (a sweep: lengths outermost,
+        so its main length is complete over every seed first)."""
+        if self.sweep is None:
+            return [(self.run_name(a.name, s), a, s) for s in self.seeds for a in self.arms.values()]
+        return [(self.run_name(arm, s), self.arms[arm], s) for length in self.sweep.epochs for s in self.seeds
+                for arm, _, e in self.sweep.cells() if e == length]
 
     def with_changes(self, out: str | None = None, seeds: list[int] | None = None) -> Plan:
         """The command line's `--out` / `--seeds` applied."""
@@ -201,7 +230,7 @@ def _section(raw: Mapping[str, Any], key: str, allowed: set[str], source: str) -
 def parse_plan(raw: Any, source: str = "<plan>") -> Plan:
     """Check a loaded plan mapping and build the `Plan`; every problem is a `PlanError`."""
     top = {"name", "out", "seeds", "baseline", "data", "arms", "pretrain", "evaluate", "convert",
-           "detection", "compare", "report", "slurm"}
+           "detection", "compare", "report", "slurm", "sweep"}
     raw = _check_keys(raw, top, "the plan", source)
     for key in ("name", "out", "arms"):
         if not raw.get(key):
@@ -235,6 +264,14 @@ def parse_plan(raw: Any, source: str = "<plan>") -> Plan:
     report = raw.get("report")
     if report is not None and report not in REPORTS:
         raise PlanError(f"{source}: report must be one of {list(REPORTS)} or null, got {report!r}")
+    sweep = None
+    if raw.get("sweep") is not None or report == "sweep":
+        _check_sweep_plan(raw, evaluate, pretrain, source)
+        sweep = _sweep_grid(raw["sweep"], arms, baseline, source)
+        arms = {name: Arm(name, arms[setting].config, {**arms[setting].overrides, "SOLVER.EPOCHS": e})
+                for name, setting, e in sweep.cells()}
+        baseline = f"{baseline}_e{sweep.epochs[0]}"
+        evaluate, report = replace(evaluate, per_run=True), "sweep"
     if report == "demo" and (evaluate is None or evaluate.per_run or not detection):
         raise PlanError(f"{source}: report: demo needs one evaluation over all runs and a detector")
     slurm = {**copy.deepcopy(SLURM_DEFAULTS),
@@ -250,7 +287,45 @@ def parse_plan(raw: Any, source: str = "<plan>") -> Plan:
         detection=[_detection(d, i, source) for i, d in enumerate(detection)],
         compare_resources=_resources(_section(raw, "compare", set(), source).get("resources"), "compare",
                                      source),
-        report=report, slurm=slurm, source=source)
+        report=report, slurm=slurm, sweep=sweep, source=source)
+
+
+def _sweep_grid(raw: Any, arms: dict[str, Arm], baseline: str, source: str) -> SweepGrid:
+    s = _check_keys(raw, {"epochs", "lengths_for"}, "sweep", source)
+    epochs = s.get("epochs")
+    if not isinstance(epochs, list) or not epochs or not all(isinstance(e, int) and e > 0 for e in epochs) \
+            or len(set(epochs)) != len(epochs):
+        raise PlanError(f"{source}: sweep.epochs must be a non-empty list of distinct positive integers (the "
+                        f"first is every setting's), got {epochs!r}")
+    lengths_for = s.get("lengths_for") or []
+    if not isinstance(lengths_for, list) or not set(lengths_for) <= set(arms):
+        raise PlanError(f"{source}: sweep.lengths_for must list settings among the arms {list(arms)}, "
+                        f"got {lengths_for!r}")
+    if len(epochs) > 1 and baseline not in lengths_for:
+        raise PlanError(f"{source}: sweep.lengths_for must include the baseline {baseline!r}: every cell is "
+                        "compared with the baseline of its own seed and training length")
+    if len(epochs) == 1 and lengths_for:
+        raise PlanError(f"{source}: sweep.lengths_for needs more than one length in sweep.epochs")
+    return SweepGrid(dict(arms), list(epochs), [str(x) for x in lengths_for], baseline)
+
+
+def _check_sweep_plan(raw: Mapping[str, Any], evaluate: Evaluation | None, pretrain: Mapping[str, Any],
+                      source: str) -> None:
+    """A sweep pretrains and evaluates each run; its lengths come from sweep.epochs alone."""
+    if raw.get("sweep") is None:
+        raise PlanError(f"{source}: report: sweep needs a `sweep` section (epochs, lengths_for)")
+    if raw.get("report") not in (None, "sweep"):
+        raise PlanError(f"{source}: a sweep writes the sweep report, not report: {raw['report']!r}")
+    if evaluate is None or raw.get("evaluate", {}).get("per_run") is False:
+        raise PlanError(f"{source}: a sweep evaluates every run on its own: leave evaluate.per_run unset or true")
+    if raw.get("detection"):
+        raise PlanError(f"{source}: a sweep pretrains and evaluates only: `detection` must be empty")
+    overrides = {"pretrain.overrides": pretrain.get("overrides") or {},
+                 **{f"arms.{name}.overrides": arm.get("overrides") or {} for name, arm in raw["arms"].items()}}
+    setters = [where for where, values in overrides.items() if "SOLVER.EPOCHS" in values]
+    if setters:
+        raise PlanError(f"{source}: {', '.join(setters)} set SOLVER.EPOCHS; in a sweep the lengths come from "
+                        "sweep.epochs")
 
 
 def load_plan(path: str | Path) -> Plan:

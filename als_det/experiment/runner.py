@@ -1,10 +1,11 @@
 """`tools/run_experiment.py`: a plan -> its stage graph -> a launcher -> a summary (and the demo
-report when the plan asks for one)."""
+or sweep report when the plan asks for one)."""
 from __future__ import annotations
 
 import time
 from pathlib import Path
 
+from als_det.experiment import sweep
 from als_det.experiment.graph import Graph, build_graph
 from als_det.experiment.launchers import Outcome, SubmititLauncher, run_local
 from als_det.experiment.plan import Plan
@@ -18,6 +19,8 @@ def dry_run(plan: Plan) -> str:
     graph = build_graph(plan)
     head = (f"# plan {plan.name} ({plan.source}): {len(graph.stages)} stages, run from the repository root; "
             f"output under {plan.out}")
+    if plan.sweep is not None:
+        head += "\n" + sweep.describe_grid(plan)
     return head + "\n" + describe(graph.stages)
 
 
@@ -61,12 +64,15 @@ def run_experiment(plan: Plan, launcher: str = "local", wait: bool = True) -> Ou
     out = resolve(plan.out)
     (out / "logs").mkdir(parents=True, exist_ok=True)
     if launcher == "local":
-        outcome = run_local(graph.stages)
+        progress = sweep.Progress(sweep.sweep_cells(plan, graph)) if plan.sweep is not None else None
+        outcome = run_local(graph.stages, before=progress)
     else:
         cluster = "slurm" if launcher == "slurm" else "local"
         outcome = SubmititLauncher(graph.stages, out / ".submitit", cluster, plan.name, plan.slurm,
                                    poll_s=10.0 if cluster == "slurm" else 0.5).run(wait=wait)
     print(summary(outcome), flush=True)
+    if plan.report == "sweep":  # also after failures: the report covers the cells that finished
+        sweep.write_report(plan, graph, outcome)
     if outcome.ok and plan.report == "demo":
         report = _demo_report(plan, graph, time.perf_counter() - start)
         print(f"[experiment] finished in {(time.perf_counter() - start) / 60:.1f} min; report: {report}",

@@ -204,8 +204,10 @@ def describe(strategy: dict[str, Any]) -> str:
 
 
 def write_sweep_report(cells: Sequence[SweepCell], out_dir: str | Path, baseline: str = "hard",
-                       main_epochs: int | None = None, title: str = "") -> Path:
-    """Summarize `cells` and write OUT/report.md, OUT/sweep.json and the figures; returns report.md."""
+                       main_epochs: int | None = None, title: str = "",
+                       missing: Sequence[dict[str, Any]] = ()) -> Path:
+    """Summarize `cells` and write OUT/report.md, OUT/sweep.json and the figures; returns report.md.
+    `missing`: the planned cells left out ({cell, setting, seed, epochs, reason}), named at the top."""
     from als_det.io import atomic_write_json, atomic_write_text
     from als_det.report.sweep_figures import training_length_figure, tradeoff_figure
     from als_det.report.sweep_tables import render_sweep_report, sweep_json
@@ -217,5 +219,5 @@ def write_sweep_report(cells: Sequence[SweepCell], out_dir: str | Path, baseline
     length = training_length_figure(sweep, out / "training_length.png")
     if length is not None:
         figures["training_length"] = length.name
-    atomic_write_json(out / "sweep.json", sweep_json(sweep, figures))
-    return atomic_write_text(out / "report.md", render_sweep_report(sweep, figures, title))
+    atomic_write_json(out / "sweep.json", sweep_json(sweep, figures, missing))
+    return atomic_write_text(out / "report.md", render_sweep_report(sweep, figures, title, missing))

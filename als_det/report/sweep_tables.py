@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 from tabulate import tabulate
 
@@ -114,14 +114,27 @@ def cells_table(sweep: Sweep) -> str:
                                    f"{PRIMARY} ratio rel. to val", "run", "evaluation"], **TABLE)
 
 
-def render_sweep_report(sweep: Sweep, figures: dict[str, str], title: str = "") -> str:
+def missing_section(sweep: Sweep, missing: Sequence[dict[str, Any]]) -> list[str]:
+    shown = sum(len(g.cells) for g in sweep.groups)
+    rows = [[f"`{m['cell']}`", m["setting"], m["seed"], m["epochs"], m["reason"]] for m in missing]
+    return ["", "## Missing cells", "",
+            f"**{len(missing)} of {shown + len(missing)} planned cells are missing.** Everything below (verdict, "
+            f"tables, figures) covers only the {shown} cells listed under Cells; a setting's mean, std and interval "
+            "are over the seeds it has.", "",
+            tabulate(rows, headers=["cell", "setting", "seed", "epochs", "why"], **TABLE)]
+
+
+def render_sweep_report(sweep: Sweep, figures: dict[str, str], title: str = "",
+                        missing: Sequence[dict[str, Any]] = ()) -> str:
     data = sweep.data
     seeds = sorted({c.cell.seed for g in sweep.groups for c in g.cells})
-    out = [f"# Sweep{': ' + title if title else ''}", ""]
+    out = [f"# Sweep{': ' + title if title else ''}{' (incomplete)' if missing else ''}", ""]
     out.append(f"Evaluated on `{data['root']}` split `{data['split']}` ({data['images_evaluated']} images, "
                f"{len(data['classes'])} classes); seeds {', '.join(map(str, seeds))}; baseline `{sweep.baseline}` of "
                f"the same seed and training length. Values: mean ± sample std over seeds; in brackets: "
                f"{INTERVAL_METHOD}.")
+    if missing:
+        out += missing_section(sweep, missing)
     out += ["", "## Verdict", "", verdict(sweep, PRIMARY)]
     if "outside_crop" in sweep.sources:
         out += ["", verdict(sweep, "outside_crop")]
@@ -139,9 +152,9 @@ def render_sweep_report(sweep: Sweep, figures: dict[str, str], title: str = "") 
     return "\n".join(out)
 
 
-def sweep_json(sweep: Sweep, figures: dict[str, str]) -> dict[str, Any]:
+def sweep_json(sweep: Sweep, figures: dict[str, str], missing: Sequence[dict[str, Any]] = ()) -> dict[str, Any]:
     return {"baseline": sweep.baseline, "main_epochs": sweep.main_epochs, "data": sweep.data, "sources": sweep.sources,
-            "interval_method": INTERVAL_METHOD, "figures": figures,
+            "interval_method": INTERVAL_METHOD, "figures": figures, "missing": list(missing),
             "groups": [{"setting": g.setting, "epochs": g.epochs, "strategy": g.strategy,
                         "description": describe(g.strategy), "seeds": g.seeds, "stats": g.stats} for g in sweep.groups],
             "cells": [{"setting": c.cell.setting, "seed": c.cell.seed, "epochs": c.epochs,

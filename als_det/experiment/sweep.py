@@ -1,0 +1,152 @@
+"""A sweep plan's cells (setting x seed x training length, each a pretraining and its evaluation)
+as the runner sees them: a progress line before each stage (which cell, how many finished, the
+time left), and after the run the sweep report over the cells that finished, naming the ones
+that did not (`als_det.report.sweep` writes it).
+"""
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from als_det.experiment.graph import Graph
+from als_det.experiment.launchers import Outcome
+from als_det.experiment.plan import Plan
+from als_det.experiment.stages import Stage, resolve
+
+
+@dataclass(frozen=True)
+class Cell:
+    run: str          # the run's folder and model name, `<setting>_e<epochs>_s<seed>`
+    setting: str
+    seed: int
+    epochs: int
+    pretrain: Stage
+    evaluate: Stage
+
+    @property
+    def label(self) -> str:
+        return f"{self.run} ({self.setting}, seed {self.seed}, {self.epochs} epoch{'s' * (self.epochs != 1)})"
+
+
+def sweep_cells(plan: Plan, graph: Graph) -> list[Cell]:
+    """Every cell in the order the local launcher runs them."""
+    if plan.sweep is None:
+        raise ValueError(f"plan {plan.name} is not a sweep")
+    arms = {arm: (setting, epochs) for arm, setting, epochs in plan.sweep.cells()}
+    stages = {st.name: st for st in graph.stages}
+    cells = []
+    for run, arm, seed in plan.runs():
+        setting, epochs = arms[arm.name]
+        cells.append(Cell(run, setting, seed, epochs, stages[f"pretrain_{run}"], stages[f"evaluate_{run}"]))
+    return cells
+
+
+def describe_grid(plan: Plan) -> str:
+    """One line for the dry run: the grid, the cell count, where the report goes."""
+    grid = plan.sweep
+    assert grid is not None
+    main, longer = grid.epochs[0], grid.epochs[1:]
+    extra = f", and {', '.join(grid.lengths_for)} at {', '.join(map(str, longer))} epochs" if longer else ""
+    n = len(grid.cells()) * len(plan.seeds)
+    return (f"# sweep: {len(grid.settings)} settings x {len(plan.seeds)} seeds at {main} epochs{extra}: {n} cells "
+            f"(a pretraining and an evaluation each); report: {Path(plan.out) / 'report.md'}")
+
+
+def _record(stage: Stage) -> dict[str, Any]:
+    try:
+        return json.loads(stage.marker.read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return {}
+
+
+def _duration(seconds: float) -> str:
+    minutes = round(seconds / 60)
+    return f"{minutes // 60} h {minutes % 60:02d} min" if minutes >= 60 else f"{max(minutes, 1)} min"
+
+
+class Progress:
+    """`run_local`'s `before` hook: before each stage, one line saying which cell of how many, how
+    many cells finished, failed, and about how long the rest takes. The rates come from every
+    stage record of this sweep (this invocation's and earlier ones'): seconds per training epoch,
+    seconds per evaluation."""
+
+    def __init__(self, cells: list[Cell]) -> None:
+        self.cells = cells
+        self.where = {st.name: (i, c) for i, c in enumerate(cells) for st in (c.pretrain, c.evaluate)}
+
+    def _rates(self) -> tuple[float | None, float | None]:
+        train_s = train_epochs = 0.0
+        evals = []
+        for c in self.cells:
+            pre, ev = _record(c.pretrain), _record(c.evaluate)
+            if pre and not pre.get("resumed_from"):  # a resumed run's seconds cover only its last epochs
+                train_s, train_epochs = train_s + pre["seconds"], train_epochs + c.epochs
+            if ev:
+                evals.append(ev["seconds"])
+        return (train_s / train_epochs if train_epochs else None), (sum(evals) / len(evals) if evals else None)
+
+    def time_left(self, stage: Stage) -> str:
+        per_epoch, per_eval = self._rates()
+        if per_epoch is None or per_eval is None:
+            return "time left: known once a cell has finished"
+        start = self.where[stage.name][0]
+        todo = [st for c in self.cells[start:] for st in (c.pretrain, c.evaluate)
+                if st is stage or not st.marker.is_file()]
+        seconds = sum(per_epoch * self.where[st.name][1].epochs if st.kind == "pretrain" else per_eval
+                      for st in todo)
+        return (f"about {_duration(seconds)} left ({per_epoch:.1f} s per training epoch, {per_eval:.0f} s per "
+                "evaluation so far)")
+
+    def __call__(self, stage: Stage, outcome: Outcome) -> None:
+        i, cell = self.where[stage.name]
+        done = [c for c in self.cells if c.evaluate.name in outcome.ran or c.evaluate.name in outcome.reused]
+        earlier = sum(c.evaluate.name in outcome.reused for c in done)
+        failed = sum(c.pretrain.name in outcome.failed or c.evaluate.name in outcome.failed for c in self.cells)
+        what = "pretraining" if stage.kind == "pretrain" else "evaluation"
+        print(f"[sweep] cell {i + 1}/{len(self.cells)} {cell.label}: {what}; {len(done)} cell{'s' * (len(done) != 1)} "
+              f"finished ({earlier} earlier), {failed} failed; {self.time_left(stage)}", flush=True)
+
+
+def _why_missing(cell: Cell, outcome: Outcome) -> str:
+    for st in (cell.pretrain, cell.evaluate):
+        if st.name in outcome.failed:
+            return outcome.failed[st.name]
+        if st.name in outcome.submitted:
+            return f"stage {st.name} is still queued or running (job {outcome.submitted[st.name]})"
+    return "not run"
+
+
+def write_report(plan: Plan, graph: Graph, outcome: Outcome) -> Path | None:
+    """The sweep report at OUT/report.md over the cells that finished with their baseline cell;
+    every other cell is listed in it as missing, with the reason and its log."""
+    from als_det.report.sweep import SweepCell, write_sweep_report
+
+    grid = plan.sweep
+    assert grid is not None
+    cells = sweep_cells(plan, graph)
+    finished = {c.run for c in cells if c.evaluate.name in outcome.ran or c.evaluate.name in outcome.reused}
+    missing = {c.run: _why_missing(c, outcome) for c in cells if c.run not in finished}
+    paired = {(c.seed, c.epochs) for c in cells if c.setting == grid.baseline and c.run in finished}
+    for c in cells:
+        if c.run in finished and (c.seed, c.epochs) not in paired:
+            missing[c.run] = (f"no finished {grid.baseline} cell of seed {c.seed} at {c.epochs} epochs to compare "
+                              "it with")
+    shown = [c for c in cells if c.run not in missing]
+    if missing:
+        print(f"[sweep] {len(missing)} of {len(cells)} cells missing: " + "; ".join(
+            f"{run}: {why}" for run, why in missing.items()), flush=True)
+    if not shown:
+        print("[sweep] no report: no cell finished together with its baseline cell", flush=True)
+        return None
+    report = write_sweep_report(
+        [SweepCell(c.setting, c.seed, c.pretrain.outputs[0].parent, c.evaluate.outputs[0], model=c.run)
+         for c in shown],
+        resolve(plan.out), baseline=grid.baseline,
+        main_epochs=grid.epochs[0] if any(c.epochs == grid.epochs[0] for c in shown) else None, title=plan.name,
+        missing=[{"cell": c.run, "setting": c.setting, "seed": c.seed, "epochs": c.epochs, "reason": missing[c.run]}
+                 for c in cells if c.run in missing])
+    print(f"[sweep] report over {len(shown)} of {len(cells)} cells: {report}", flush=True)
+    return report
