@@ -140,9 +140,9 @@ def test_evaluate_tool_recognises_the_layout(tree, tmp_path) -> None:
     ckpt = make_checkpoint(tmp_path / "in9.pth", IN9, predict=4)
     out = subprocess.run([sys.executable, str(REPO / "tools" / "evaluate.py"), "--checkpoint", str(ckpt),
                           "--data", str(tree), "--out", str(tmp_path / "out"), "--device", "cpu", "--workers", "0"],
-                         capture_output=True, text=True, check=True).stdout
+                         capture_output=True, text=True, check=True).stderr
     assert "in9_report.md" in out
-    line = next(x for x in out.splitlines() if x.startswith("hard:"))
+    line = next(x for x in out.splitlines() if "]: hard: " in x)
     assert "original 11.1% (ref 95.6%)" in line and "mixed_rand 5.9% (ref 78.9%)" in line
     assert "BG-Gap 21.4% (ref 7.3%" in line  # 3/11 - 1/17
     refused = subprocess.run([sys.executable, str(REPO / "tools" / "evaluate.py"), "--checkpoint", str(ckpt),

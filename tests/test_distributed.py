@@ -75,7 +75,7 @@ def test_torchrun_two_process_gloo_run(tmp_path):
     single = train(load_config(str(REPO / "configs/pretrain/demo_als.yaml"), opts + ["OUTPUT_DIR", str(tmp_path / "one")]))
     env = dict(os.environ, OMP_NUM_THREADS="1")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           "tools/pretrain.py", "--config", "configs/pretrain/demo_als.yaml", "--opts", *opts,
+           "tools/pretrain.py", "--config-file", "configs/pretrain/demo_als.yaml", "--opts", *opts,
            "OUTPUT_DIR", str(tmp_path / "two")]
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stderr[-4000:]

@@ -279,7 +279,9 @@ def test_coco_mini_trains_and_evaluates_on_real_categories(coco_mini, resnet18_p
     assert {d["image_id"] for d in dets} <= {im["id"] for im in official["images"]}
     for f in ("config.yaml", "metrics.json", "log.txt", "model_final.pth"):
         assert (out / f).is_file(), f
-    assert "NUM_CLASSES set to 80" in (out / "log.txt").read_text()
+    log = (out / "log.txt").read_text()
+    assert "NUM_CLASSES set to 80" in log and "Environment info" in log
+    assert "\x1b" not in log  # plain text: no colour codes
 
 
 @pytest.mark.slow

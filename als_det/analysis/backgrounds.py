@@ -35,9 +35,10 @@ from als_det.analysis.evaluate import EvalOptions, EvaluationInputError, LoadedM
 from als_det.data.images import BadImageError, load_rgb
 from als_det.engine.distributed import DistInfo, init_distributed
 from als_det.io import atomic_write_json, sha256_file
+from als_det.logger import setup_logging
 from als_det.versions import package_versions
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 IN9_VARIANTS = ("original", "only_bg_b", "only_bg_t", "no_fg", "only_fg", "mixed_same", "mixed_rand", "mixed_next")
 NUM_CLASSES = 9
@@ -110,7 +111,7 @@ class In9Images(Dataset):
         try:
             img = load_rgb(path)
         except BadImageError:
-            log.warning("undecodable image %s: counted, left out", path)
+            logger.warning("undecodable image %s: counted, left out", path)
             return torch.zeros(3, size, size), -1, pos
         if img.size != (size, size):
             img = TF.resize(img, [size, size], antialias=True)
@@ -176,6 +177,7 @@ def evaluate_in9(checkpoints: Sequence[str], data_root: str, out_dir: str, names
     models = load_models(checkpoints, names)
     mappings = {lm.name: output_mapping(lm, classes, in_to_in9) for lm in models}
     items = {v: list_variant(root, v, classes) for v in variants}
+    setup_logging(out_dir, info.rank)
     results: dict[str, Any] = {}
     for lm in models:
         scores = {v: score_variant(lm, items[v], mappings[lm.name], opts, info, f"{lm.name} {v}") for v in variants}

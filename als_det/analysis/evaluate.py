@@ -23,16 +23,18 @@ from tqdm import tqdm
 
 from als_det.analysis.cam import CAM_METHODS, compute_cams, energy_inside, features_and_logits, save_cam_grid
 from als_det.analysis.context import FILLS, Preprocessing, VariantDataset, centre_mask, plan_variant
+from als_det.cli import option
 from als_det.data.boxes import ImageRecord, build_index, index_cache_dir
 from als_det.data.class_names import class_names
 from als_det.data.images import load_rgb
 from als_det.engine.checkpoint import load_backbone
 from als_det.engine.distributed import DistInfo, init_distributed
 from als_det.io import atomic_write_json, sha256_file
+from als_det.logger import setup_logging
 from als_det.metrics.calibration import calibration_metrics_from_logits, temperature_scaling_report
 from als_det.versions import package_versions
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 BOX_VARIANTS = ("bg_only", "fg_only", "outside_crop")
 # What "accuracy" means per view: the object is present (accuracy) or absent (the class is
@@ -47,26 +49,32 @@ class EvaluationInputError(ValueError):
     """Checkpoints that do not fit the data (classes, architecture) or each other (names)."""
 
 
+DEVICES = ("auto", "cpu", "cuda")
+
+
 @dataclass
 class EvalOptions:
-    """Everything that decides an evaluation besides the checkpoints and the data root."""
+    """Everything that decides an evaluation besides the checkpoints and the data root; the
+    fields with help text are `tools/evaluate.py`'s options."""
 
-    split: str = "val"
-    boxes: str = ""                 # box source for the split, as build_index takes it
-    val_labels: str = ""
-    fill: str = "black"
+    split: str = option("val", "the split to evaluate")
+    boxes: str = option("", "box source for the split (default ROOT/Annotation/<split>)")
+    val_labels: str = option("", "labels file for a flat val folder")
+    fill: str = option("black", "fill for the box variants", choices=FILLS)
     blur_fraction: float = 0.1
-    min_crop_fraction: float = 0.1
-    batch_size: int = 64
-    workers: int = 2
-    max_images: int = 0             # 0 = all; N keeps N images spread evenly over the index
-    temperature_scaling: bool = False
+    min_crop_fraction: float = option(
+        0.1, "outside_crop: skip images whose largest box-free crop is smaller than this fraction")
+    batch_size: int = option(64, "images per batch")
+    workers: int = option(2, "data-loading processes")
+    max_images: int = option(0, "evaluate N images spread over the split (0 = all)", metavar="N")
+    temperature_scaling: bool = option(False, "fit a temperature on a seeded half of val, report both")
     ts_fit_fraction: float = 0.5
-    seed: int = 0
-    cam_method: str = "cam"
-    grid_images: int = 8
-    device: str = "auto"
-    cache_dir: str = ""
+    seed: int = option(0, "seed of the temperature-scaling split and the bootstrap")
+    cam_method: str = option("cam", "class activation maps by", flag="--cam", choices=CAM_METHODS)
+    grid_images: int = option(8, "rows of the CAM grid")
+    device: str = option("auto", "where to run (auto: a GPU when there is one)", choices=DEVICES)
+    cache_dir: str = option("", "box index cache (default ROOT/.als_det_cache, or the output folder's "
+                                "if ROOT is read-only)")
     progress: bool = True
 
     def validate(self) -> None:
@@ -397,7 +405,7 @@ def _cam_grid(models: Sequence[LoadedModel], records: Sequence[ImageRecord], nam
     titles: dict[str, list[str]] = {}
     for lm in models:
         if lm.prep != prep:
-            log.warning("%s uses another eval transform than %s; its CAM grid column uses its own crop", lm.name,
+            logger.warning("%s uses another eval transform than %s; its CAM grid column uses its own crop", lm.name,
                         models[0].name)
         x = torch.stack([lm.prep.to_input(load_rgb(records[p].path)) for p in picks])
         y = torch.tensor([records[p].label for p in picks])
@@ -438,8 +446,8 @@ def evaluate_checkpoints(checkpoints: Sequence[str], data_root: str, out_dir: st
     records = select_records(records_all, opts.max_images)
     extra = {s: select_records(build_index(root, s, classes=classes, cache_dir=cache_dir)[0], opts.max_images)
              for s in _extra_splits(root)}
-    if info.is_main:
-        log.info("%s", report.summary())
+    setup_logging(out, info.rank)
+    logger.info("%s", report.summary())
 
     for lm in models:
         lm.sha256 = sha256_file(lm.path)

@@ -51,7 +51,7 @@ from tqdm import tqdm
 from als_det.data import index_cache
 from als_det.data.images import BadImageError, image_size
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = (".jpeg", ".jpg", ".png")
 CACHE_SUBDIR = ".als_det_cache"
@@ -390,7 +390,7 @@ def index_cache_dir(root: str | os.PathLike, fallback: str | os.PathLike, reques
         return str(requested)
     if not is_marked_read_only(root):
         return ""
-    log.info("data root %s is read-only: caching its box index under %s", root, fallback)
+    logger.info("data root %s is read-only: caching its box index under %s", root, fallback)
     return str(fallback)
 
 
@@ -416,25 +416,25 @@ def build_index(root: str | os.PathLike, split: str, boxes: str = "", val_labels
     cache = Path(cache_dir or root / CACHE_SUBDIR) / f"index-{split.replace('/', '_')}-{digest}.npz"
     started = time.perf_counter()
     files = index_cache.fingerprint([root / split, box_path, Path(val_labels) if val_labels else None])
-    log.debug("fingerprinted %d folders/files for the %s index in %.2f s", len(files), split,
+    logger.debug("fingerprinted %d folders/files for the %s index in %.2f s", len(files), split,
               time.perf_counter() - started)
 
     cached = index_cache.load(cache, key, files)
     if cached is not None:
-        log.info("loaded box index from %s", cache)
+        logger.info("loaded box index from %s", cache)
         meta = cached["meta"]
         return _unpack(cached, root), list(meta["classes"]), IndexReport(**meta["report"])
 
     started = time.perf_counter()
     records, classes, report = _build(root, split, boxes, val_labels, strict, max_per_class, classes)
-    log.info("%s\n  built in %.1f s", report.summary(), time.perf_counter() - started)
+    logger.info("%s\n  built in %.1f s", report.summary(), time.perf_counter() - started)
     if not cache_dir and is_marked_read_only(root):
-        log.warning("data root %s is read-only: index not cached; pass cache_dir= (DATA.CACHE_DIR) "
+        logger.warning("data root %s is read-only: index not cached; pass cache_dir= (DATA.CACHE_DIR) "
                     "so it is not rebuilt at every start", root)
         return records, classes, report
     try:
         index_cache.save(cache, key, files, classes, asdict(report), records, root)
     except OSError as exc:
-        log.warning("could not write the index cache %s (%s); pass cache_dir= to a writable "
+        logger.warning("could not write the index cache %s (%s); pass cache_dir= to a writable "
                     "folder so the index is not rebuilt at every start", cache, exc)
     return records, classes, report

@@ -16,7 +16,7 @@ import logging
 from pathlib import Path
 from typing import Iterable, Sequence
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 
 def _synset_lines(path: Path) -> dict[str, str]:

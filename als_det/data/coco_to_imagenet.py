@@ -33,7 +33,7 @@ from xml.sax.saxutils import escape
 
 from als_det.io import atomic_write_json
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 CROWD_POLICIES = ("keep", "drop", "skip_image")
 LINK_MODES = ("copy", "symlink")
@@ -263,7 +263,7 @@ def coco_to_imagenet(splits: Sequence[SplitSource], out_root: str | os.PathLike,
         for src in splits:
             reports[src.name], classes, split_ids = _write_split(src, tmp, classes, crowd, min_images, link)
             ids = ids or split_ids
-            log.info("%s", reports[src.name].summary())
+            logger.info("%s", reports[src.name].summary())
         first = reports[splits[0].name]
         atomic_write_json(tmp / "classes.json", [
             {"folder": c, "coco_id": ids[c], "images": first.per_class[c]} for c in classes])

@@ -31,7 +31,7 @@ from als_det import __version__
 from als_det.io import atomic_write_bytes, atomic_write_json
 from als_det.versions import package_versions
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 GENERATOR_VERSION = 2
 JPEG_QUALITY = 90
@@ -406,7 +406,7 @@ def generate(root: str | os.PathLike, cfg_gen: Mapping[str, Any], progress: bool
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    log.info("generated %s in %.1f s", root, time.perf_counter() - start)
+    logger.info("generated %s in %.1f s", root, time.perf_counter() - start)
     return root
 
 

@@ -11,6 +11,7 @@ counts exactly once.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import random
@@ -38,6 +39,7 @@ from als_det.engine.distributed import (DistInfo, all_gather_cat, all_reduce_sum
                                         init_distributed)
 from als_det.engine.resume import ResumeError, check_resume, resume_record
 from als_det.io import atomic_write_json, atomic_write_text
+from als_det.logger import setup_logging
 from als_det.metrics.calibration import calibration_metrics_from_logits
 from als_det.mixing import BatchMixer, loss_for_mixed_batch
 from als_det.models import build_resnet
@@ -45,13 +47,11 @@ from als_det.targets import LabelStrategy, loss_for_batch
 from als_det.versions import package_versions
 
 
+logger = logging.getLogger(__name__)
+
+
 class NonFiniteLossError(FloatingPointError):
     """The training loss became NaN or infinite; the run stops before that step is taken."""
-
-
-def _log(msg: str, main: bool = True) -> None:
-    if main:
-        tqdm.write(msg)
 
 
 def _autocast(device: torch.device, amp: str):
@@ -293,7 +293,7 @@ def _check_finite(model: nn.Module, epoch: int) -> None:
 def _set_aside_previous_run(out_dir: Path) -> None:
     """A fresh run into an OUTPUT_DIR that holds an earlier run moves that run's files into
     OUTPUT_DIR/previous-<time>/ first: files of two runs never mix, and no result is destroyed."""
-    names = ("last.pth", "best.pth", "metrics.jsonl", "run.json", "config.yaml", "tb")
+    names = ("last.pth", "best.pth", "metrics.jsonl", "run.json", "config.yaml", "log.txt", "tb")
     old = [p for p in (out_dir / n for n in names) if p.exists()]
     if not any(p.name in ("last.pth", "metrics.jsonl") for p in old):
         return
@@ -301,8 +301,8 @@ def _set_aside_previous_run(out_dir: Path) -> None:
     aside.mkdir()
     for path in old:
         path.rename(aside / path.name)
-    _log(f"note: {out_dir} held an earlier run; starting afresh, its files moved to {aside} "
-         "(pass --resume to continue a run instead)")
+    logger.info("%s held an earlier run; starting afresh, its files moved to %s (pass --resume to "
+                "continue a run instead)", out_dir, aside)
 
 
 def _resolve_resume(resume: str | None, out_dir: Path) -> Path | None:
@@ -358,8 +358,8 @@ def _checked_resume(resume_path: Path | None, cfg: CfgNode, info: DistInfo, allo
     run_json = Path(cfg.OUTPUT_DIR) / "run.json"
     earlier = json.loads(run_json.read_text()).get("resumes", []) if run_json.is_file() else []
     if diffs:
-        _log(f"resuming with {len(diffs)} deliberate config change(s) (recorded in run.json): " + ", ".join(diffs),
-             info.is_main)
+        logger.info("resuming with %d deliberate config change(s) (recorded in run.json): %s", len(diffs),
+                    ", ".join(diffs))
     return ckpt, resume_record(str(resume_path), int(ckpt["epoch"]), diffs, earlier)
 
 
@@ -388,6 +388,7 @@ def _train(cfg: CfgNode, info: DistInfo, resume: str | None, stop_after_epoch: i
         if resume_path is None:
             _set_aside_previous_run(out_dir)
         atomic_write_text(out_dir / "config.yaml", cfg.dump())
+    setup_logging(out_dir, info.rank)
     num_classes = len(data.classes)
     strategy = LabelStrategy.from_cfg(cfg.LABELS)
     mixer = BatchMixer(strategy, num_classes, cfg.SEED, info.rank) if strategy.mixes else None
@@ -395,13 +396,13 @@ def _train(cfg: CfgNode, info: DistInfo, resume: str | None, stop_after_epoch: i
     iters_per_epoch = len(train_loader) if cfg.TRAIN.MAX_ITERS_PER_EPOCH <= 0 else \
         min(cfg.TRAIN.MAX_ITERS_PER_EPOCH, len(train_loader))
     tr, va = data.reports["train"], data.reports["val"]
-    _log(tr.summary(), main)
-    _log(va.summary(), main)
-    _log(f"train: {tr.images} images, {tr.with_boxes} with boxes ({100.0 * tr.with_boxes / max(1, tr.images):.1f}%), "
+    logger.info(tr.summary())
+    logger.info(va.summary())
+    logger.info(f"train: {tr.images} images, {tr.with_boxes} with boxes ({100.0 * tr.with_boxes / max(1, tr.images):.1f}%), "
          f"mean box area {data.box_area:.3f} of the image; {num_classes} classes; label strategy "
          f"{strategy.name}; {info.world_size} process(es) on {device}, global batch "
          f"{cfg.SOLVER.BATCH_SIZE * info.world_size}, {iters_per_epoch} iterations/epoch; precision "
-         f"{'float32' if amp == 'none' else amp + ' autocast'}, channels_last {channels_last}", main)
+         f"{'float32' if amp == 'none' else amp + ' autocast'}, channels_last {channels_last}")
 
     model = build_resnet(cfg.MODEL.ARCH, num_classes).to(device)
     if model_hook is not None:
@@ -423,7 +424,7 @@ def _train(cfg: CfgNode, info: DistInfo, resume: str | None, stop_after_epoch: i
         set_rng_state(ckpt["rng_state"])
         start_epoch, best_top1, last_val = int(ckpt["epoch"]), float(ckpt["best_top1"]), ckpt["metrics"]
         history = _read_metrics(out_dir / "metrics.jsonl", start_epoch)
-        _log(f"resumed from {resume_path} after epoch {start_epoch}", main)
+        logger.info("resumed from %s after epoch %d", resume_path, start_epoch)
 
     if info.distributed:
         model = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
@@ -478,7 +479,7 @@ def _train(cfg: CfgNode, info: DistInfo, resume: str | None, stop_after_epoch: i
             val_txt = (f", val top1 {row['val_top1']:.3f} top5 {row['val_top5']:.3f} nll {row['val_nll']:.3f} "
                        f"ece {row['val_ece']:.3f}") if "val_top1" in row else ""
             cov = "n/a" if row["mean_coverage"] is None else f"{row['mean_coverage']:.3f}"
-            _log(f"epoch {epoch + 1}/{cfg.SOLVER.EPOCHS}: loss {row['train_loss']:.4f}, mean e {row['mean_e']:.3f}, "
+            logger.info(f"epoch {epoch + 1}/{cfg.SOLVER.EPOCHS}: loss {row['train_loss']:.4f}, mean e {row['mean_e']:.3f}, "
                  f"mean crop coverage {cov}, {row['images_per_s']:.0f} img/s, bad images {row['bad_images']}, "
                  f"no-box skips {row['skipped_no_box']}{val_txt} ({row['epoch_time_s']:.1f} s)")
         barrier()

@@ -45,16 +45,12 @@ def override_args(overrides: Mapping[str, Any]) -> list[str]:
 
 
 def generate_command(config: str, overrides: Mapping[str, Any]) -> Command:
-    opts = override_args(overrides)
-    return Command("tools/generate_data.py", ("--config", config, *(["--opts", *opts] if opts else [])))
+    return Command("tools/generate_data.py", ("--config-file", config, *override_args(overrides)))
 
 
 def pretrain_command(config: str, overrides: Mapping[str, Any], resume: bool = False) -> Command:
-    args = ["--config", config]
-    if resume:
-        args += ["--resume", "last"]
-    opts = override_args(overrides)
-    return Command("tools/pretrain.py", tuple(args + (["--opts", *opts] if opts else [])), "torchrun")
+    args = [*(["--resume"] if resume else []), "--config-file", config, *override_args(overrides)]
+    return Command("tools/pretrain.py", tuple(args), "torchrun")
 
 
 def evaluate_command(checkpoints: Mapping[str, str], data: str, out: str, baseline: str | None,

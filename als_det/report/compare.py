@@ -12,6 +12,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import logging
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +27,8 @@ METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
 TASKS = {"bbox": "box AP", "segm": "mask AP"}
 STRATEGY_ORDER = ("hard", "ls", "als")
 FORMATS = {"markdown": "md", "csv": "csv", "latex": "tex"}
+
+logger = logging.getLogger(__name__)
 
 
 class ResultsError(ValueError):
@@ -265,7 +268,8 @@ def write_comparison(comp: Comparison, out_dir: str | Path, fmt: str = "markdown
 
 def run_compare(paths: Sequence[str | Path], baseline: str = "hard", fmt: str = "markdown",
                 out_dir: str | Path = "output/compare") -> str:
-    """`tools/compare.py`: compare, write the files, return the table followed by where they are."""
+    """`tools/compare.py`: compare, write the files (logged), return the table."""
     comp = compare(paths, baseline)
-    written = write_comparison(comp, out_dir, fmt)
-    return format_table(comp, fmt) + "\n" + "\n".join(f"wrote {p}" for p in written.values())
+    for path in write_comparison(comp, out_dir, fmt).values():
+        logger.info("wrote %s", path)
+    return format_table(comp, fmt)
