@@ -24,7 +24,8 @@ from dataclasses import fields
 from als_det.analysis.backgrounds import evaluate_in9, is_in9_layout
 from als_det.analysis.evaluate import EvalOptions, evaluate_checkpoints
 from als_det.cli import add_options, argument_parser, option_flag, options_from_args, run
-from als_det.report.backgrounds import summary_lines
+from als_det.report.backgrounds import summary_lines, write_in9_report
+from als_det.report.evaluation import write_evaluation
 
 logger = logging.getLogger("als_det.tools.evaluate")
 
@@ -62,8 +63,8 @@ def run_tool(args) -> None:
         metrics = evaluate_in9(args.checkpoint, args.data, args.out, names=args.name, in_to_in9=args.in_to_in9,
                                opts=opts, args=vars(args))
         if metrics is not None:
-            logger.info("wrote %s/in9_metrics.json and %s/in9_report.md (%.0f s)", args.out, args.out,
-                        metrics["wall_time_s"])
+            report = write_in9_report(metrics, args.out)
+            logger.info("wrote %s and in9_metrics.json beside it (%.0f s)", report, metrics["wall_time_s"])
             for line in summary_lines(metrics):
                 logger.info(line)
         return
@@ -72,7 +73,8 @@ def run_tool(args) -> None:
     metrics = evaluate_checkpoints(args.checkpoint, args.data, args.out, names=args.name, baseline=args.baseline,
                                    opts=opts, args=vars(args))
     if metrics is not None:
-        logger.info("wrote %s/metrics.json and %s/report.md (%.0f s)", args.out, args.out, metrics["wall_time_s"])
+        report = write_evaluation(metrics, args.out)
+        logger.info("wrote %s and metrics.json beside it (%.0f s)", report, metrics["wall_time_s"])
         for comps in metrics["headline"]["comparisons"].values():
             if "bg_only" in comps:
                 logger.info(comps["bg_only"]["sentence"])

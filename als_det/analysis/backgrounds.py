@@ -25,16 +25,16 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import torch
-import torch.distributed as dist
 import torchvision.transforms.functional as TF
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from als_det.analysis.context import Preprocessing
-from als_det.analysis.evaluate import EvalOptions, EvaluationInputError, LoadedModel, load_models
+from als_det.analysis.evaluate import EvalOptions
+from als_det.analysis.models import EvaluationInputError, LoadedModel, load_models
 from als_det.data.images import BadImageError, load_rgb
-from als_det.engine.distributed import DistInfo, init_distributed
-from als_det.io import atomic_write_json, sha256_file
+from als_det.engine.distributed import DistInfo, all_gather_objects, init_distributed
+from als_det.io import sha256_file
 from als_det.logger import setup_logging
 from als_det.versions import package_versions
 
@@ -119,14 +119,6 @@ class In9Images(Dataset):
         return x, label, pos
 
 
-def _gather(obj: Any, info: DistInfo) -> list[Any]:
-    if not info.distributed:
-        return [obj]
-    out: list[Any] = [None] * info.world_size
-    dist.all_gather_object(out, obj)
-    return out
-
-
 @torch.no_grad()
 def score_variant(lm: LoadedModel, items: Sequence[tuple[str, int]], mapping: torch.Tensor | None,
                   opts: EvalOptions, info: DistInfo, desc: str) -> dict[str, Any]:
@@ -143,7 +135,7 @@ def score_variant(lm: LoadedModel, items: Sequence[tuple[str, int]], mapping: to
         confs.append(conf)
     local = [torch.cat(t) if t else torch.zeros(0, dtype=dtype)
              for t, dtype in ((labels, torch.long), (preds, torch.long), (confs, torch.float32))]
-    y, pred, conf = (torch.cat([p[i] for p in _gather(local, info)]) for i in range(3))
+    y, pred, conf = (torch.cat([p[i] for p in all_gather_objects(local)]) for i in range(3))
     ok = y >= 0
     n = int(ok.sum())
     if n == 0:
@@ -159,9 +151,8 @@ def score_variant(lm: LoadedModel, items: Sequence[tuple[str, int]], mapping: to
 def evaluate_in9(checkpoints: Sequence[str], data_root: str, out_dir: str, names: Sequence[str] | None = None,
                  in_to_in9: str | None = None, opts: EvalOptions | None = None,
                  args: dict[str, Any] | None = None) -> dict[str, Any] | None:
-    """Every checkpoint on every IN-9 variant present; rank 0 writes in9_metrics.json and in9_report.md."""
-    from als_det.report.backgrounds import write_in9_report
-
+    """Every checkpoint on every IN-9 variant present: in9_metrics.json's content on rank 0 (None on
+    the others); `report.backgrounds.write_in9_report` writes it with in9_report.md."""
     start = time.perf_counter()
     opts = opts or EvalOptions()
     root = Path(data_root)
@@ -191,13 +182,9 @@ def evaluate_in9(checkpoints: Sequence[str], data_root: str, out_dir: str, names
             "variants": scores, "bg_gap": None if same is None or rand is None else same - rand}
     if not info.is_main:
         return None
-    metrics = {"models": results, "reference": REFERENCE,
-               "data": {"root": str(root.resolve()), "classes": classes, "variants": variants, "missing": missing,
-                        "images": {v: len(items[v]) for v in variants}, "world_size": info.world_size,
-                        "device": str(info.device)},
-               "options": asdict(opts), "versions": package_versions(), "args": args or {},
-               "wall_time_s": round(time.perf_counter() - start, 1)}
-    out = Path(out_dir)
-    write_in9_report(metrics, out)
-    atomic_write_json(out / "in9_metrics.json", metrics)
-    return metrics
+    return {"models": results, "reference": REFERENCE,
+            "data": {"root": str(root.resolve()), "classes": classes, "variants": variants, "missing": missing,
+                     "images": {v: len(items[v]) for v in variants}, "world_size": info.world_size,
+                     "device": str(info.device)},
+            "options": asdict(opts), "versions": package_versions(), "args": args or {},
+            "wall_time_s": round(time.perf_counter() - start, 1)}

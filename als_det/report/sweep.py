@@ -17,7 +17,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from als_det.analysis.evaluate import headline_comparison
+from als_det.metrics.context import headline_comparison
 from als_det.metrics.intervals import t_interval
 
 SOURCES = ("bg_only", "outside_crop", "val_bg_only")
