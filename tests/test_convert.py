@@ -11,9 +11,10 @@ import pytest
 import torch
 import torchvision
 
+from als_det.convert import (ConversionError, backbone_state_dict, convert_file, convert_torchvision_resnet, d2_name,
+                             infer_depth)
+from als_det.detection.verify import VerificationFailed, verify
 from als_det.engine.checkpoint import get_rng_state
-from als_det.convert import (ConversionError, VerificationFailed, backbone_state_dict,
-                             convert_file, convert_torchvision_resnet, d2_name, infer_depth, verify)
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO_CONFIG = REPO / "configs" / "detection" / "faster_rcnn_R_18_FPN_demo.yaml"

@@ -10,7 +10,8 @@ import logging
 import sys
 
 from als_det.cli import argument_parser, run
-from als_det.convert import DEFAULT_VERIFY_CONFIG, VerificationFailed, convert_file
+from als_det.convert import DEFAULT_VERIFY_CONFIG, convert_file
+from als_det.detection.verify import VerificationFailed
 
 logger = logging.getLogger("als_det.tools.convert_to_d2")
 
