@@ -10,6 +10,8 @@ from typing import Any
 
 from fvcore.common.config import CfgNode as CN
 
+from als_det.targets import LabelStrategy
+
 _C = CN()
 _C.SEED = 0
 _C.OUTPUT_DIR = "output/pretrain/default"
@@ -141,20 +143,7 @@ def load_config(path: str | None = None, opts: Sequence[str] | None = None) -> C
 
 def validate(cfg: CN) -> None:
     """Reject values that would otherwise fail hours into a run."""
-    if cfg.LABELS.STRATEGY not in ("hard", "ls", "als", "cutmix", "mixup"):
-        raise ValueError(f"LABELS.STRATEGY must be hard, ls, als, cutmix or mixup, got {cfg.LABELS.STRATEGY!r}")
-    if cfg.LABELS.COVERAGE not in ("crop", "object"):
-        raise ValueError(f"LABELS.COVERAGE must be crop or object, got {cfg.LABELS.COVERAGE!r}")
-    for key in ("POWER", "MIX_ALPHA"):
-        if not getattr(cfg.LABELS, key) > 0:
-            raise ValueError(f"LABELS.{key} must be > 0, got {getattr(cfg.LABELS, key)}")
-    if cfg.LABELS.NO_BOX not in ("ls", "hard", "skip"):
-        raise ValueError(f"LABELS.NO_BOX must be ls, hard or skip, got {cfg.LABELS.NO_BOX!r}")
-    if not 0.0 <= cfg.LABELS.E_MIN <= cfg.LABELS.E_MAX <= 1.0:
-        raise ValueError("LABELS needs 0 <= E_MIN <= E_MAX <= 1")
-    for key in ("EPSILON", "NO_BOX_EPSILON"):
-        if not 0.0 <= getattr(cfg.LABELS, key) <= 1.0:
-            raise ValueError(f"LABELS.{key} must lie in [0, 1]")
+    LabelStrategy.from_cfg(cfg.LABELS)  # the LABELS keys are checked where they are defined
     if cfg.SOLVER.SCHEDULE not in ("cosine", "step"):
         raise ValueError(f"SOLVER.SCHEDULE must be cosine or step, got {cfg.SOLVER.SCHEDULE!r}")
     if cfg.TRAIN.AMP not in ("none", "bf16", "fp16"):

@@ -11,7 +11,6 @@ Also a COCO-format detection set of the same K categories. Layout: docs/architec
 """
 from __future__ import annotations
 
-import io
 import json
 import logging
 import math
@@ -28,7 +27,7 @@ import numpy as np
 from tqdm import tqdm
 
 from als_det import __version__
-from als_det.io import atomic_write_bytes, atomic_write_json
+from als_det.io import atomic_write_json
 from als_det.versions import package_versions
 
 logger = logging.getLogger(__name__)
@@ -408,59 +407,3 @@ def generate(root: str | os.PathLike, cfg_gen: Mapping[str, Any], progress: bool
         raise
     logger.info("generated %s in %.1f s", root, time.perf_counter() - start)
     return root
-
-
-def ensure_generated(root: str | os.PathLike, cfg_gen: Mapping[str, Any]) -> Path:
-    """`root` with a finished generation of `cfg_gen`: reused if present, else (re)generated.
-
-    Call it on one process (rank 0) before the others read the data.
-    """
-    return generate(root, cfg_gen, progress=True)
-
-
-# ------------------------------------------------------------------------------------ preview
-def contact_sheet(root: str | os.PathLike, out_png: str | os.PathLike, per_split: int = 8,
-                  tile: int = 96) -> Path:
-    """A PNG grid: one row per split (first image of the first classes; boxes drawn), one row of
-    detection images with their COCO boxes. For looking at the data."""
-    from PIL import Image, ImageDraw
-
-    from als_det.data.boxes import parse_voc_xml
-
-    root = Path(root)
-    wnids = sorted(json.loads((root / "classes.json").read_text()))
-    rows: list[tuple[str, list[tuple[Path, list[tuple[float, ...]]]]]] = []
-    for split in SPLITS:
-        items = []
-        for k, wnid in enumerate(wnids[:per_split]):
-            stem = f"{wnid}_0"
-            xml = root / "Annotation" / split / wnid / f"{stem}.xml"
-            boxes = ([(o[1], o[2], o[3] + 1, o[4] + 1) for o in parse_voc_xml(xml).objects]
-                     if xml.exists() else [])
-            items.append((root / split / wnid / f"{stem}.JPEG", boxes))
-        rows.append((split, items))
-    coco = json.loads((root / "detection/annotations/instances_train2017.json").read_text())
-    det = []
-    for im in coco["images"][:per_split]:
-        boxes = [(a["bbox"][0], a["bbox"][1], a["bbox"][0] + a["bbox"][2], a["bbox"][1] + a["bbox"][3])
-                 for a in coco["annotations"] if a["image_id"] == im["id"]]
-        det.append((root / "detection/train2017" / im["file_name"], boxes))
-    rows.append(("detection", det))
-
-    label_w = 80
-    sheet = Image.new("RGB", (label_w + per_split * (tile + 4), len(rows) * (tile + 4)), "white")
-    draw = ImageDraw.Draw(sheet)
-    for r, (name, items) in enumerate(rows):
-        y = r * (tile + 4)
-        draw.text((4, y + tile // 2), name, fill="black")
-        for c, (path, boxes) in enumerate(items):
-            img = Image.open(path).convert("RGB")
-            s = tile / img.width
-            img = img.resize((tile, tile), Image.NEAREST)
-            d = ImageDraw.Draw(img)
-            for x0, y0, x1, y1 in boxes:
-                d.rectangle([x0 * s, y0 * s, x1 * s - 1, y1 * s - 1], outline=(255, 255, 0))
-            sheet.paste(img, (label_w + c * (tile + 4), y))
-    buf = io.BytesIO()
-    sheet.save(buf, "PNG")
-    return atomic_write_bytes(out_png, buf.getvalue())

@@ -200,12 +200,12 @@ def _choose(args: argparse.Namespace, cfg: DetectionCfgNode, split: str) -> list
 def _generated_detection_root(args: argparse.Namespace) -> Path:
     """Make the generated data set if its root holds none (main process), return its detection/."""
     from als_det.config import load_config
-    from als_det.data.generated import ensure_generated
+    from als_det.data.generated import generate
 
     pre = load_config(args.generated_config or None)
     root = Path(args.generated_root or pre.DATA.ROOT)
     if comm.is_main_process():
-        ensure_generated(root, pre.DATA.GEN)
+        generate(root, pre.DATA.GEN)
     comm.synchronize()
     return root / "detection"
 

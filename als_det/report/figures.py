@@ -1,5 +1,5 @@
 """Figures drawn from result files alone (no models): reliability diagrams, confidence histograms,
-the CAM grid; `save_png` writes every figure of the suite."""
+the CAM grid; `save_figure` writes every figure of the suite."""
 from __future__ import annotations
 
 import io
@@ -14,7 +14,7 @@ from matplotlib.patches import Rectangle
 from als_det.io import atomic_write_bytes
 
 
-def save_png(fig: Figure, path: str | Path) -> Path:
+def save_figure(fig: Figure, path: str | Path) -> Path:
     """Lay out `fig` and write it as a PNG, atomically."""
     fig.tight_layout()
     buf = io.BytesIO()
@@ -49,7 +49,7 @@ def reliability_diagrams(models: dict[str, dict[str, Any]], path: str | Path) ->
         ax.set_ylabel("accuracy")
         ax.set_title(f"{name}: ECE {m['ece']:.3f}, top-1 {m['top1']:.1%}", fontsize=9)
         ax.legend(loc="upper left", fontsize=7)
-    return save_png(fig, path)
+    return save_figure(fig, path)
 
 
 def confidence_histograms(hists: dict[str, dict[str, Any]], title: str, path: str | Path) -> Path:
@@ -67,7 +67,7 @@ def confidence_histograms(hists: dict[str, dict[str, Any]], title: str, path: st
     ax.set_ylabel("fraction of images")
     ax.set_title(title, fontsize=9)
     ax.legend(fontsize=8)
-    return save_png(fig, path)
+    return save_figure(fig, path)
 
 
 def cam_grid(images: Sequence[np.ndarray], boxes: Sequence[np.ndarray], cams: dict[str, Sequence[np.ndarray]],
@@ -98,4 +98,4 @@ def cam_grid(images: Sequence[np.ndarray], boxes: Sequence[np.ndarray], cams: di
             ax.set_xticks([])
             ax.set_yticks([])
     fig.suptitle("CAM of the labelled class\n(white: labelled boxes)", fontsize=9)
-    return save_png(fig, path)
+    return save_figure(fig, path)

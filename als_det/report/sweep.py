@@ -17,6 +17,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from als_det.engine.events import read_history
 from als_det.metrics.context import headline_comparison
 from als_det.metrics.intervals import t_interval
 
@@ -107,8 +108,7 @@ def load_cell(cell: SweepCell) -> CellResult:
     ck = model["checkpoint"]
     if int(ck["seed"]) != int(cell.seed):
         raise SweepInputError(f"{cell.setting} seed {cell.seed}: its checkpoint {ck['path']} has seed {ck['seed']}")
-    rows = [r for r in (json.loads(line) for line in history_path.read_text().splitlines() if line.strip())
-            if r["epoch"] <= int(ck["epoch"])]
+    rows = read_history(history_path, int(ck["epoch"]))
     if not rows or rows[-1]["epoch"] != int(ck["epoch"]):
         raise SweepInputError(f"{history_path} has no row for epoch {ck['epoch']}, the evaluated checkpoint's")
     last = rows[-1]
