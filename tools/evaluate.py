@@ -62,23 +62,23 @@ def run_tool(args) -> None:
             raise ValueError(f"{' '.join(unused)} do(es) not apply to ImageNet-9 data ({args.data} has original/val)")
         metrics = evaluate_in9(args.checkpoint, args.data, args.out, names=args.name, in_to_in9=args.in_to_in9,
                                opts=opts, args=vars(args))
-        if metrics is not None:
-            report = write_in9_report(metrics, args.out)
-            logger.info("wrote %s and in9_metrics.json beside it (%.0f s)", report, metrics["wall_time_s"])
-            for line in summary_lines(metrics):
-                logger.info(line)
-        return
-    if args.in_to_in9:
-        raise ValueError(f"--in-to-in9 applies to ImageNet-9 data; {args.data} has no original/val folder")
-    metrics = evaluate_checkpoints(args.checkpoint, args.data, args.out, names=args.name, baseline=args.baseline,
-                                   opts=opts, args=vars(args))
-    if metrics is not None:
-        report = write_evaluation(metrics, args.out)
-        logger.info("wrote %s and metrics.json beside it (%.0f s)", report, metrics["wall_time_s"])
-        for comps in metrics["headline"]["comparisons"].values():
-            if "bg_only" in comps:
-                logger.info(comps["bg_only"]["sentence"])
+        write, summary = write_in9_report, summary_lines
+    else:
+        if args.in_to_in9:
+            raise ValueError(f"--in-to-in9 applies to ImageNet-9 data; {args.data} has no original/val folder")
+        metrics = evaluate_checkpoints(args.checkpoint, args.data, args.out, names=args.name,
+                                       baseline=args.baseline, opts=opts, args=vars(args))
+        write, summary = write_evaluation, _bg_only_sentences
+    if metrics is not None:  # rank 0
+        report = write(metrics, args.out)
+        logger.info("wrote %s and its metrics beside it (%.0f s)", report, metrics["wall_time_s"])
+        for line in summary(metrics):
+            logger.info(line)
 
+
+def _bg_only_sentences(metrics: dict) -> list[str]:
+    return [comps["bg_only"]["sentence"] for comps in metrics["headline"]["comparisons"].values()
+            if "bg_only" in comps]
 
 def main(argv: list[str] | None = None) -> int:
     return run(run_tool, build_parser(), argv)

@@ -70,6 +70,12 @@ def _mix_alpha(ls: dict[str, Any]) -> str:
     return str(ls["mix_alpha"]) if ls["name"] in ("cutmix", "mixup") else "-"
 
 
+def _figure(metrics: dict[str, Any], key: str, alt: str) -> list[str]:
+    """The Markdown lines that show figure `key`, if it was drawn."""
+    name = metrics.get("figures", {}).get(key)
+    return ["", f"![{alt}]({name})"] if name else []
+
+
 def _getter(models: dict[str, Any]) -> Callable[..., Callable[[str], Any]]:
     return lambda *keys: (lambda n: _get(models[n], *keys))
 
@@ -93,7 +99,7 @@ def _checkpoints(metrics: dict[str, Any]) -> list[str]:
 
 
 def _calibration(metrics: dict[str, Any]) -> list[str]:
-    models, figs = metrics["models"], metrics.get("figures", {})
+    models = metrics["models"]
     names, m = list(models), _getter(models)
     out = ["## Calibration", "",
            "15 equal-width bins on the top-label confidence (ECE, MCE); ACE uses 15 equal-mass bins; "
@@ -114,14 +120,11 @@ def _calibration(metrics: dict[str, Any]) -> list[str]:
                             f"{models[n]['temperature_scaling']['after']['nll']:.4f}", "")]
         out += [f"Temperature fitted by LBFGS on NLL over a seeded {ts['fit_fraction']:.0%} of val "
                 f"(seed {ts['seed']}, {ts['n_fit']} images) and evaluated on the other {ts['n_eval']}.", ""]
-    out.append(_table(names, rows))
-    if "reliability" in figs:
-        out += ["", f"![reliability diagrams]({figs['reliability']})"]
-    return out
+    return [*out, _table(names, rows), *_figure(metrics, "reliability", "reliability diagrams")]
 
 
 def _context(metrics: dict[str, Any]) -> list[str]:
-    models, figs = metrics["models"], metrics.get("figures", {})
+    models = metrics["models"]
     names, m = list(models), _getter(models)
     out = ["## Context-only evaluation", "",
            "Mean max-softmax confidence, the fraction of images above 0.5, and accuracy. Where the object is "
@@ -141,14 +144,11 @@ def _context(metrics: dict[str, Any]) -> list[str]:
                  (f"{v}: left out", lambda n, v=v: _skips(models[n]["variants"].get(v)), "")]
         if v == "val_mixed":
             rows += [("val_mixed: ECE", m("variants", v, "ece"), ".4f")]
-    out.append(_table(names, rows))
-    if "bg_only_confidence" in figs:
-        out += ["", f"![bg_only confidence histogram]({figs['bg_only_confidence']})"]
-    return out
+    return [*out, _table(names, rows), *_figure(metrics, "bg_only_confidence", "bg_only confidence histogram")]
 
 
 def _where_it_looks(metrics: dict[str, Any]) -> list[str]:
-    models, figs = metrics["models"], metrics.get("figures", {})
+    models = metrics["models"]
     names, m = list(models), _getter(models)
     cam_method = next((models[n]["cam"]["method"] for n in names), "cam")
     out = ["## Where the model looks", "",
@@ -162,10 +162,7 @@ def _where_it_looks(metrics: dict[str, Any]) -> list[str]:
         rows += [("energy inside boxes (val_mixed)", m("variants", "val_mixed", "cam", "mean_energy_inside_boxes"),
                   ".3f"),
                  ("box area fraction (val_mixed)", m("variants", "val_mixed", "cam", "mean_box_area_fraction"), ".3f")]
-    out.append(_table(names, rows))
-    if "cam_grid" in figs:
-        out += ["", f"![class activation maps]({figs['cam_grid']})"]
-    return out
+    return [*out, _table(names, rows), *_figure(metrics, "cam_grid", "class activation maps")]
 
 
 def _headline(metrics: dict[str, Any]) -> list[str]:
