@@ -58,7 +58,7 @@ class LabelStrategy:
         return self.name in MIX_STRATEGIES
 
     @classmethod
-    def from_cfg(cls, labels_cfg: Any) -> "LabelStrategy":
+    def from_cfg(cls, labels_cfg: Any) -> LabelStrategy:
         """From the config's `LABELS` node."""
         return cls(name=labels_cfg.STRATEGY, epsilon=float(labels_cfg.EPSILON),
                    e_min=float(labels_cfg.E_MIN), e_max=float(labels_cfg.E_MAX),
@@ -67,7 +67,7 @@ class LabelStrategy:
                    mix_alpha=float(labels_cfg.MIX_ALPHA))
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "LabelStrategy":
+    def from_dict(cls, d: dict[str, Any]) -> LabelStrategy:
         """From `to_dict()` output; keys a checkpoint predates take their defaults (today's behaviour)."""
         return cls(**d)
 

@@ -8,8 +8,16 @@ import pytest
 import torch
 import torchvision
 
-from als_det.engine.checkpoint import (REQUIRED_KEYS, CheckpointError, get_rng_state, load_backbone,
-                                       load_checkpoint, save_checkpoint, set_rng_state, unwrap_model)
+from als_det.engine.checkpoint import (
+    REQUIRED_KEYS,
+    CheckpointError,
+    get_rng_state,
+    load_backbone,
+    load_checkpoint,
+    save_checkpoint,
+    set_rng_state,
+    unwrap_model,
+)
 from als_det.models import build_resnet
 
 

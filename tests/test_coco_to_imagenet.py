@@ -10,7 +10,12 @@ import pytest
 from PIL import Image
 
 from als_det.data.boxes import build_index
-from als_det.data.coco_to_imagenet import ConversionError, SplitSource, coco_to_imagenet, voc_corners
+from als_det.data.coco_to_imagenet import (
+    ConversionError,
+    SplitSource,
+    coco_to_imagenet,
+    voc_corners,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 CATS = [{"id": 3, "name": "cat"}, {"id": 7, "name": "hot dog"}]

@@ -4,8 +4,8 @@ from __future__ import annotations
 import csv
 import io
 import json
-import re
 import math
+import re
 import statistics
 import subprocess
 import sys

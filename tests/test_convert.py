@@ -11,8 +11,14 @@ import pytest
 import torch
 import torchvision
 
-from als_det.convert import (ConversionError, backbone_state_dict, convert_file, convert_torchvision_resnet, d2_name,
-                             infer_depth)
+from als_det.convert import (
+    ConversionError,
+    backbone_state_dict,
+    convert_file,
+    convert_torchvision_resnet,
+    d2_name,
+    infer_depth,
+)
 from als_det.detection.verify import VerificationFailed, verify
 from als_det.engine.checkpoint import get_rng_state
 

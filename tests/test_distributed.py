@@ -16,8 +16,13 @@ import torch.multiprocessing as mp
 from als_det.config import load_config
 from als_det.data.generated import generate
 from als_det.engine.checkpoint import load_checkpoint
-from als_det.engine.distributed import (all_gather_cat, all_gather_objects, all_reduce_sum, init_distributed,
-                                        resolve_device)
+from als_det.engine.distributed import (
+    all_gather_cat,
+    all_gather_objects,
+    all_reduce_sum,
+    init_distributed,
+    resolve_device,
+)
 from als_det.engine.trainer import train
 
 REPO = Path(__file__).resolve().parents[1]
@@ -72,7 +77,8 @@ def test_torchrun_two_process_gloo_run(tmp_path):
     opts = ["DATA.ROOT", str(root), "DATA.GENERATE", "False", "DATA.IMAGE_SIZE", "16", "DATA.VAL_RESIZE", "18",
             "DATA.NUM_WORKERS", "0", "SOLVER.EPOCHS", "1", "SOLVER.BATCH_SIZE", "4", "SOLVER.WARMUP_EPOCHS", "0",
             "SOLVER.SCHEDULE", "step", "SOLVER.STEPS", "()", "TRAIN.MAX_ITERS_PER_EPOCH", "2", "TRAIN.DEVICE", "cpu"]
-    single = train(load_config(str(REPO / "configs/pretrain/demo_als.yaml"), opts + ["OUTPUT_DIR", str(tmp_path / "one")]))
+    single = train(load_config(str(REPO / "configs/pretrain/demo_als.yaml"),
+                               opts + ["OUTPUT_DIR", str(tmp_path / "one")]))
     env = dict(os.environ, OMP_NUM_THREADS="1")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
            "tools/pretrain.py", "--config-file", "configs/pretrain/demo_als.yaml", "--opts", *opts,

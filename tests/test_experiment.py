@@ -22,7 +22,15 @@ from als_det.experiment.graph import build_graph
 from als_det.experiment.launchers import SubmititLauncher, _parameters, run_local
 from als_det.experiment.plan import PlanError, Resources, load_plan, parse_plan
 from als_det.experiment.runner import dry_run, summary
-from als_det.experiment.stages import Stage, StageJob, config_chain, fingerprint, is_done, resume_point, run_stage
+from als_det.experiment.stages import (
+    Stage,
+    StageJob,
+    config_chain,
+    fingerprint,
+    is_done,
+    resume_point,
+    run_stage,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 PAPER = REPO / "configs/experiments/paper_r50.yaml"
@@ -73,7 +81,8 @@ def test_dry_run_lists_every_command_in_order_with_resources():
     assert names.index("finetune_faster_rcnn_R_50_FPN_1x_als_s1") > names.index("convert_als_s1")
     assert ("torchrun --nproc_per_node=8 --standalone tools/pretrain.py --config-file "
             "configs/pretrain/imagenet_r50_als.yaml OUTPUT_DIR output/paper_r50/pretrain/als_s1 SEED 1") in text
-    assert "python tools/finetune_coco.py --num-gpus 8 --config-file configs/detection/faster_rcnn_R_50_FPN_1x.yaml" in text
+    assert ("python tools/finetune_coco.py --num-gpus 8 --config-file "
+            "configs/detection/faster_rcnn_R_50_FPN_1x.yaml") in text
     assert "1 node x 8 GPUs, 8 processes/node, 10 CPUs/process, 480 GB, 1440 min" in text
     assert "resumes from last.pth with: --resume\n" in text
     assert "resumes from last_checkpoint with: --resume" in text

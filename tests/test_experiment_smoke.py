@@ -124,7 +124,8 @@ def test_smoke_plan_as_submitit_jobs_survives_a_kill_and_a_broken_arm(tmp_path):
     plan = _plan(tmp_path, lambda raw: raw["arms"]["hard"].update(overrides={"SOLVER.EPOCHS": epochs}))
     third = subprocess.run([*cmd[:3], str(plan), *cmd[4:]], cwd=REPO, capture_output=True, text=True, timeout=600)
     assert third.returncode == 0, third.stdout[-3000:] + third.stderr[-3000:]
-    ran = [ln.split(": submitted job")[0].split("]: ")[1] for ln in third.stderr.splitlines() if ": submitted job" in ln]
+    ran = [ln.split(": submitted job")[0].split("]: ")[1] for ln in third.stderr.splitlines()
+           if ": submitted job" in ln]
     assert sorted(ran) == ["compare_" + DET, "evaluate"]
     _check_outputs(out)
 

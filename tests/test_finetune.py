@@ -211,7 +211,8 @@ def test_retinanet_and_mask_rcnn_fine_tune_on_coco_mini(config, tasks, coco_mini
          "SOLVER.MAX_ITER", "2", *TINY, *R18, "MODEL.RETINANET.SCORE_THRESH_TEST", "0.0",
          config=str(REPO / "configs/detection" / config))
     res = json.loads((out / "results.json").read_text())
-    names = {c["name"] for c in json.loads((coco_mini / "annotations/instances_val2017.json").read_text())["categories"]}
+    val = json.loads((coco_mini / "annotations/instances_val2017.json").read_text())
+    names = {c["name"] for c in val["categories"]}
     assert [t for t in ("bbox", "segm") if t in res] == tasks
     for task in tasks:
         assert all(res[task][m] is not None for m in ("AP", "AP50", "AP75")), res[task]

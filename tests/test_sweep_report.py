@@ -31,7 +31,8 @@ def _train(root: Path, out: Path, setting: str, seed: int, epochs: int) -> Path:
     return train(load_config(str(CONFIGS / "demo_als.yaml"), [
         "DATA.ROOT", str(root), "DATA.GENERATE", "False", "DATA.IMAGE_SIZE", "16", "DATA.VAL_RESIZE", "18",
         "DATA.NUM_WORKERS", "0", "DATA.CACHE_DIR", str(out / "cache"), "SOLVER.EPOCHS", str(epochs),
-        "SOLVER.WARMUP_EPOCHS", "0", "SOLVER.BATCH_SIZE", "8", "SOLVER.BASE_LR", "0.2", "TRAIN.MAX_ITERS_PER_EPOCH", "1", "TRAIN.DEVICE", "cpu",
+        "SOLVER.WARMUP_EPOCHS", "0", "SOLVER.BATCH_SIZE", "8", "SOLVER.BASE_LR", "0.2",
+        "TRAIN.MAX_ITERS_PER_EPOCH", "1", "TRAIN.DEVICE", "cpu",
         "SEED", str(seed), "OUTPUT_DIR", str(out), *SETTINGS[setting]]))
 
 

@@ -16,7 +16,12 @@ import logging
 import sys
 
 from als_det.cli import argument_parser, run
-from als_det.data.coco_to_imagenet import CROWD_POLICIES, SplitSource, coco_split_sources, coco_to_imagenet
+from als_det.data.coco_to_imagenet import (
+    CROWD_POLICIES,
+    SplitSource,
+    coco_split_sources,
+    coco_to_imagenet,
+)
 
 logger = logging.getLogger("als_det.tools.coco_to_imagenet")
 

@@ -22,7 +22,12 @@ from tqdm import tqdm
 
 from als_det.analysis.cam import CAM_METHODS, compute_cams, energy_inside, features_and_logits
 from als_det.analysis.context import FILLS, Preprocessing, VariantDataset, centre_mask, plan_variant
-from als_det.analysis.models import EvaluationInputError, LoadedModel, check_models_fit_data, load_models
+from als_det.analysis.models import (
+    EvaluationInputError,
+    LoadedModel,
+    check_models_fit_data,
+    load_models,
+)
 from als_det.cli import option
 from als_det.data.boxes import ImageRecord, build_index, index_cache_dir
 from als_det.data.class_names import class_names
@@ -128,7 +133,8 @@ def _drop_undecodable(res: dict[str, Any]) -> dict[str, Any]:
     return res
 
 
-def cam_summary(res: dict[str, Any], records: Sequence[ImageRecord], prep: Preprocessing, method: str) -> dict[str, Any]:
+def cam_summary(res: dict[str, Any], records: Sequence[ImageRecord], prep: Preprocessing,
+                method: str) -> dict[str, Any]:
     """Mean fraction of positive CAM energy inside the labelled boxes, next to the boxes' share of
     the input (what a uniform map would score)."""
     has_box = torch.tensor([len(records[int(p)].boxes) > 0 for p in res["positions"]], dtype=torch.bool)
@@ -141,7 +147,8 @@ def cam_summary(res: dict[str, Any], records: Sequence[ImageRecord], prep: Prepr
             "n": int(valid.sum()),
             "mean_energy_inside_boxes": float(energy[valid].mean()) if valid.any() else None,
             "mean_box_area_fraction": float(np.mean(area)) if area else None,
-            "skipped": {"no_box": int((~has_box).sum()), "no_positive_energy": int((has_box & torch.isnan(energy)).sum())}}
+            "skipped": {"no_box": int((~has_box).sum()),
+                        "no_positive_energy": int((has_box & torch.isnan(energy)).sum())}}
 
 
 def _extra_splits(root: Path) -> list[str]:

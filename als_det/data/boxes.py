@@ -39,16 +39,24 @@ import logging
 import os
 import stat
 import time
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Iterable, Sequence
 
 import numpy as np
 from tqdm import tqdm
 
 from als_det.data import index_cache
-from als_det.data.annotations import (BoxFile, DataError, IndexReport, boxes_for, parse_voc_xml, read_loc_csv,
-                                      read_val_labels, scan_xml_dir)
+from als_det.data.annotations import (
+    BoxFile,
+    DataError,
+    IndexReport,
+    boxes_for,
+    parse_voc_xml,
+    read_loc_csv,
+    read_val_labels,
+    scan_xml_dir,
+)
 from als_det.data.images import BadImageError, image_size
 
 logger = logging.getLogger(__name__)

@@ -11,11 +11,12 @@ id) and its boxes are that category's boxes, written as Pascal-VOC XML like ILSV
 
 `<class>` is the category name with spaces as underscores. The first split decides the classes
 (categories dominant in at least `min_images` of its images); later splits keep only images of
-those classes, and every split has a folder for every class (empty where it has no image of it),
-so that its class list is the first split's, as in ImageNet. Crowd annotations (`iscrowd: 1`, a box around a group of instances) follow an
-explicit policy: `keep` (a box of its category: the instances are inside it), `drop` (ignored)
-or `skip_image` (the image is left out). Every image left out and every box dropped is counted by
-reason in the report; a missing image file or a malformed json is an error naming the file.
+those classes, and every split has a folder for every class (empty where it has no image of it), so
+that its class list is the first split's, as in ImageNet. Crowd annotations (`iscrowd: 1`, a box
+around a group of instances) follow an explicit policy: `keep` (a box of its category: the
+instances are inside it), `drop` (ignored) or `skip_image` (the image is left out). Every image
+left out and every box dropped is counted by reason in the report; a missing image file or a
+malformed json is an error naming the file.
 """
 from __future__ import annotations
 
@@ -26,9 +27,10 @@ import os
 import shutil
 import tempfile
 from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 from xml.sax.saxutils import escape
 
 from als_det.io import atomic_write_json

@@ -17,8 +17,9 @@ import os
 import shutil
 import tempfile
 import time
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 from xml.sax.saxutils import escape
 
 import cv2
@@ -26,7 +27,15 @@ import numpy as np
 from tqdm import tqdm
 
 from als_det import __version__
-from als_det.data.shapes import COLOURS, SHAPES, background, box_size, class_spec, draw_object, object_shape
+from als_det.data.shapes import (
+    COLOURS,
+    SHAPES,
+    background,
+    box_size,
+    class_spec,
+    draw_object,
+    object_shape,
+)
 from als_det.io import atomic_write_json
 from als_det.versions import package_versions
 

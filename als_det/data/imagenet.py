@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import logging
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -10,7 +10,12 @@ import torchvision.transforms.functional as TF
 from torch.utils.data import Dataset
 
 from als_det.data.boxes import ImageRecord
-from als_det.data.crops import center_crop_box, coverage, object_coverage, random_resized_crop_params
+from als_det.data.crops import (
+    center_crop_box,
+    coverage,
+    object_coverage,
+    random_resized_crop_params,
+)
 from als_det.data.images import BadImageError, load_rgb
 
 logger = logging.getLogger(__name__)

@@ -14,8 +14,9 @@ import argparse
 import logging
 import os
 import sys
+from collections.abc import Callable
 from datetime import timedelta
-from typing import Any, Callable
+from typing import Any
 
 import torch
 import torch.distributed as dist

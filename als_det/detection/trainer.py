@@ -2,8 +2,9 @@
 Faster R-CNN, RetinaNet or Mask R-CNN, whichever the config builds (box AP, and mask AP for masks).
 
 `setup(args)` builds the config (device, data sets, class count resolved and logged, then
-what detectron2's `default_setup` does, through the suite's logging); `run_finetune(args)` trains with `FinetuneTrainer` (detectron2's
-`DefaultTrainer` + strict backbone loading + `COCOEvaluator`) or only evaluates, then writes
+what detectron2's `default_setup` does, through the suite's logging); `run_finetune(args)` trains
+with `FinetuneTrainer` (detectron2's `DefaultTrainer` + strict backbone loading +
+`COCOEvaluator`) or only evaluates, then writes
 `OUTPUT_DIR/results.json`. `launch_finetune(args)` runs it through `detectron2.engine.launch`
 (one process per GPU, any number of machines).
 """
@@ -20,7 +21,13 @@ from typing import Any
 import torch
 from detectron2.data import MetadataCatalog
 from detectron2.data.datasets.coco import convert_to_coco_json
-from detectron2.engine import AMPTrainer, DefaultTrainer, SimpleTrainer, TrainerBase, create_ddp_model
+from detectron2.engine import (
+    AMPTrainer,
+    DefaultTrainer,
+    SimpleTrainer,
+    TrainerBase,
+    create_ddp_model,
+)
 from detectron2.evaluation import COCOEvaluator
 from detectron2.utils import comm
 from detectron2.utils.collect_env import collect_env_info

@@ -18,8 +18,16 @@ from detectron2.modeling import build_model
 from detectron2.modeling.backbone import ResNet
 from torchvision.models.feature_extraction import create_feature_extractor
 
-from als_det.convert import (AUTHOR, DEFAULT_VERIFY_CONFIG, ConversionError, backbone_state_dict, d2_name,
-                             extract_state_dict, infer_depth, load_checkpoint_file)
+from als_det.convert import (
+    AUTHOR,
+    DEFAULT_VERIFY_CONFIG,
+    ConversionError,
+    backbone_state_dict,
+    d2_name,
+    extract_state_dict,
+    infer_depth,
+    load_checkpoint_file,
+)
 from als_det.detection.checkpoint import RecordingCheckpointer
 from als_det.detection.config import MODEL_ZOO_PREFIX, DetectionCfgNode, get_detection_cfg
 from als_det.weights_io import WeightsFileError, read_detectron2_pickle

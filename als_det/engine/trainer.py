@@ -30,8 +30,14 @@ from tqdm import tqdm
 from als_det.data.imagenet import IMAGENET_MEAN, IMAGENET_STD
 from als_det.engine.checkpoint import CheckpointSaver, load_checkpoint
 from als_det.engine.data import DataBundle, build_data, build_loaders
-from als_det.engine.distributed import (DistInfo, all_gather_cat, all_reduce_sum, barrier, cleanup_distributed,
-                                        init_distributed)
+from als_det.engine.distributed import (
+    DistInfo,
+    all_gather_cat,
+    all_reduce_sum,
+    barrier,
+    cleanup_distributed,
+    init_distributed,
+)
 from als_det.engine.events import MetricsWriter, read_history
 from als_det.engine.resume import ResumeError, check_resume, resume_record
 from als_det.engine.solver import build_optimizer, build_scheduler
@@ -315,8 +321,8 @@ def _train(cfg: CfgNode, info: DistInfo, resume: str | None, stop_after_epoch: i
     optimizer = build_optimizer(model, cfg, info.world_size)
     scheduler = build_scheduler(optimizer, cfg, iters_per_epoch)
     scaler = torch.amp.GradScaler(device.type, enabled=amp == "fp16")
-    saver = CheckpointSaver(out_dir, model, optimizer, scheduler, scaler, _identity(cfg, data, strategy, info.world_size),
-                            enabled=main)
+    saver = CheckpointSaver(out_dir, model, optimizer, scheduler, scaler,
+                            _identity(cfg, data, strategy, info.world_size), enabled=main)
     start_epoch, last_val, history = 0, {}, []
     if ckpt is not None:
         start_epoch, last_val = saver.resume(ckpt)

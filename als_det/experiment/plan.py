@@ -27,9 +27,10 @@ plain named entries, so a grid of overrides x seeds is a plan whose `arms` were 
 from __future__ import annotations
 
 import copy
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import yaml
 

@@ -14,13 +14,13 @@ import io
 import json
 import logging
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 from matplotlib.figure import Figure
-
 from tabulate import tabulate
 
 from als_det.io import atomic_write_json, atomic_write_text

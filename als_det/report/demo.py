@@ -7,8 +7,9 @@ import json
 import math
 import time
 from collections import defaultdict
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 from matplotlib.figure import Figure
@@ -132,8 +133,8 @@ def write_demo_report(out: Path, plan: Any, ckpts: Mapping[str, Path], eval_dir:
     md += ["## Classification, calibration and context reliance\n",
            "conf = mean max-softmax confidence. `bg_only`: val images with every box of the labelled class "
            "filled; `outside_crop`: the largest crop that avoids every box (no fill); `val_bg_only`: generated "
-           "backgrounds with no object; `top-1 val_mixed`: objects on random backgrounds; `bg_only / val`: context-only "
-           "confidence relative to the same model's confidence on intact images; `CAM in box`: share of "
+           "backgrounds with no object; `top-1 val_mixed`: objects on random backgrounds; `bg_only / val`: "
+           "context-only confidence relative to the same model's confidence on intact images; `CAM in box`: share of "
            "class-activation energy inside the labelled boxes.\n",
            ctx, ""]
     if sentences:

@@ -85,7 +85,8 @@ def _checkpoints(metrics: dict[str, Any]) -> list[str]:
     names, m = list(models), _getter(models)
     table = _table(names, [
         ("label strategy", m("label_strategy", "name"), ""),
-        ("epsilon / e_min / e_max", lambda n: "{epsilon} / {e_min} / {e_max}".format(**models[n]["label_strategy"]), ""),
+        ("epsilon / e_min / e_max",
+         lambda n: "{epsilon} / {e_min} / {e_max}".format(**models[n]["label_strategy"]), ""),
         ("als coverage / power", lambda n: _als_mapping(models[n]["label_strategy"]), ""),
         ("mix alpha", lambda n: _mix_alpha(models[n]["label_strategy"]), ""),
         ("no-box policy", m("label_strategy", "no_box"), ""),

@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import json
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -207,7 +208,7 @@ def write_sweep_report(cells: Sequence[SweepCell], out_dir: str | Path, baseline
                        main_epochs: int | None = None, title: str = "") -> Path:
     """Summarize `cells` and write OUT/report.md, OUT/sweep.json and the figures; returns report.md."""
     from als_det.io import atomic_write_json, atomic_write_text
-    from als_det.report.sweep_figures import training_length_figure, tradeoff_figure
+    from als_det.report.sweep_figures import tradeoff_figure, training_length_figure
     from als_det.report.sweep_tables import render_sweep_report, sweep_json
 
     out = Path(out_dir)

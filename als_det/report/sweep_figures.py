@@ -1,8 +1,8 @@
 """Sweep figures: the accuracy / context-reliance trade-off with its Pareto front, and training length."""
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 from matplotlib.figure import Figure
