@@ -14,6 +14,7 @@ setup:
 	@$(PY) -c "import als_det, detectron2, torch, torchvision; print('als_det ready: torch', torch.__version__, 'torchvision', torchvision.__version__, 'detectron2', detectron2.__version__)"
 
 test:
+	$(PY) -m ruff check .
 	$(PY) -m pytest -q tests
 
 demo:

@@ -1,13 +1,16 @@
-"""Pretraining configuration: fvcore CfgNode defaults, YAML files with `_BASE_`, `--opts` overrides.
+"""Pretraining configuration: fvcore CfgNode defaults, YAML files with `_BASE_`, `KEY VALUE` overrides.
 
 The same mechanism detectron2 uses, so pretraining and fine-tuning configs read alike.
 """
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from fvcore.common.config import CfgNode as CN
+
+from als_det.targets import LabelStrategy
 
 _C = CN()
 _C.SEED = 0
@@ -96,15 +99,43 @@ def get_cfg() -> CN:
     return _C.clone()
 
 
+class ConfigError(ValueError):
+    """A config file or override that does not fit the config's keys and types."""
+
+
+def check_overrides(opts: Sequence[str]) -> None:
+    """Trailing `KEY VALUE` overrides come in pairs and after every option: an option among them
+    (`... OUTPUT_DIR x --dataset ...`) would otherwise be read as a config key."""
+    flags = [o for o in opts if o.startswith("--")]
+    if flags:
+        raise ConfigError(f"{flags[0]} comes after the config overrides (KEY VALUE pairs), where it would "
+                          "be read as a config key; put options before them: tools/TOOL.py "
+                          f"{flags[0]} ... --config-file FILE KEY VALUE ...")
+    if len(opts) % 2:
+        raise ConfigError(f"config overrides come in KEY VALUE pairs, got {list(opts)}")
+
+
+def merge_config(cfg: Any, path: str | None, opts: Sequence[str] | None) -> None:
+    """`cfg.merge_from_file(path)`, then the checked overrides; yacs' errors for an unknown key
+    become a ConfigError naming the file or the overrides (wrong types already raise ValueError)."""
+    opts = list(opts or [])
+    check_overrides(opts)
+    try:
+        if path:
+            cfg.merge_from_file(path)
+    except (KeyError, AssertionError) as err:
+        raise ConfigError(f"{path}: {str(err).strip(chr(39))}") from err
+    try:
+        if opts:
+            cfg.merge_from_list(opts)
+    except (KeyError, AssertionError) as err:
+        raise ConfigError(f"config overrides: {str(err).strip(chr(39))}") from err
+
+
 def load_config(path: str | None = None, opts: Sequence[str] | None = None) -> CN:
     """Defaults, then `path` (with `_BASE_` inheritance), then `KEY VALUE` overrides; frozen."""
     cfg = get_cfg()
-    if path:
-        cfg.merge_from_file(path)
-    if opts:
-        if len(opts) % 2:
-            raise ValueError(f"--opts needs KEY VALUE pairs, got {list(opts)}")
-        cfg.merge_from_list(list(opts))
+    merge_config(cfg, path, opts)
     validate(cfg)
     cfg.freeze()
     return cfg
@@ -112,20 +143,7 @@ def load_config(path: str | None = None, opts: Sequence[str] | None = None) -> C
 
 def validate(cfg: CN) -> None:
     """Reject values that would otherwise fail hours into a run."""
-    if cfg.LABELS.STRATEGY not in ("hard", "ls", "als", "cutmix", "mixup"):
-        raise ValueError(f"LABELS.STRATEGY must be hard, ls, als, cutmix or mixup, got {cfg.LABELS.STRATEGY!r}")
-    if cfg.LABELS.COVERAGE not in ("crop", "object"):
-        raise ValueError(f"LABELS.COVERAGE must be crop or object, got {cfg.LABELS.COVERAGE!r}")
-    for key in ("POWER", "MIX_ALPHA"):
-        if not getattr(cfg.LABELS, key) > 0:
-            raise ValueError(f"LABELS.{key} must be > 0, got {getattr(cfg.LABELS, key)}")
-    if cfg.LABELS.NO_BOX not in ("ls", "hard", "skip"):
-        raise ValueError(f"LABELS.NO_BOX must be ls, hard or skip, got {cfg.LABELS.NO_BOX!r}")
-    if not 0.0 <= cfg.LABELS.E_MIN <= cfg.LABELS.E_MAX <= 1.0:
-        raise ValueError("LABELS needs 0 <= E_MIN <= E_MAX <= 1")
-    for key in ("EPSILON", "NO_BOX_EPSILON"):
-        if not 0.0 <= getattr(cfg.LABELS, key) <= 1.0:
-            raise ValueError(f"LABELS.{key} must lie in [0, 1]")
+    LabelStrategy.from_cfg(cfg.LABELS)  # the LABELS keys are checked where they are defined
     if cfg.SOLVER.SCHEDULE not in ("cosine", "step"):
         raise ValueError(f"SOLVER.SCHEDULE must be cosine or step, got {cfg.SOLVER.SCHEDULE!r}")
     if cfg.TRAIN.AMP not in ("none", "bf16", "fp16"):

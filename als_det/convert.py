@@ -1,4 +1,5 @@
-"""torchvision ResNet checkpoint -> detectron2 backbone `.pkl`, and a proof that it loads right.
+"""torchvision ResNet checkpoint -> detectron2 backbone `.pkl` (the proof that it loads right is
+`als_det.detection.verify`, which `convert_file` runs before writing when asked).
 
 The output follows detectron2's own `tools/convert-torchvision-to-d2.py`: short names (`stem.conv1`,
 `res2.0.conv1`, ...) with `matching_heuristics: True`, so `DetectionCheckpointer` suffix-matches
@@ -8,13 +9,13 @@ Extra top-level keys (our `als_det` metadata) are returned unused by the checkpo
 from __future__ import annotations
 
 import logging
-import math
 import os
 import re
 import tempfile
-from dataclasses import asdict, dataclass, field
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 import torch
@@ -23,14 +24,12 @@ import torchvision
 from als_det.io import atomic_pickle_dump, sha256_file
 from als_det.models import RESNET_LAYOUTS
 from als_det.versions import package_versions
-from als_det.weights_io import (WeightsFileError, read_detectron2_pickle, read_torch_file,
-                                strip_wrapper_prefixes)
+from als_det.weights_io import WeightsFileError, read_torch_file, strip_wrapper_prefixes
 
 logger = logging.getLogger(__name__)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_VERIFY_CONFIG = REPO_ROOT / "configs" / "detection" / "faster_rcnn_R_50_FPN_1x.yaml"
-VERIFY_TOLERANCE = 1e-4
 AUTHOR = "als_det"
 
 _STEM = {"conv1.weight": "stem.conv1.weight"}
@@ -155,11 +154,11 @@ def d2_name(key: str) -> str:
     return f"{stage}.shortcut.{param}" if module == "downsample.0" else f"{stage}.shortcut.norm.{param}"
 
 
-def convert_torchvision_resnet(state_dict: Mapping[str, torch.Tensor]) -> dict[str, np.ndarray]:
+def convert_torchvision_resnet(state_dict: Mapping[str, torch.Tensor],
+                               source: str = "<state_dict>") -> dict[str, np.ndarray]:
     """A torchvision ResNet state_dict -> {detectron2 name: float numpy array} of its backbone."""
     state_dict = {strip_wrapper_prefixes(k): v for k, v in state_dict.items()}
-    depth = infer_depth(state_dict)
-    backbone = backbone_state_dict(state_dict, depth)
+    backbone = backbone_state_dict(state_dict, infer_depth(state_dict, source), source)
     return {d2_name(k): v.detach().cpu().numpy().copy() for k, v in backbone.items()}
 
 
@@ -209,9 +208,8 @@ def convert_file(input: str | os.PathLike, output: str | os.PathLike, force: boo
     if "arch" in meta and meta["arch"] != f"resnet{depth}":
         raise ConversionError(f"{source}: records arch {meta['arch']!r} but its tensors are a "
                               f"resnet{depth}")
-    backbone = backbone_state_dict(state_dict, depth, str(source))
     converted = {
-        "model": {d2_name(k): v.detach().cpu().numpy().copy() for k, v in backbone.items()},
+        "model": convert_torchvision_resnet(state_dict, str(source)),
         "__author__": AUTHOR,
         "matching_heuristics": True,
         "als_det": conversion_metadata(source, depth, meta, checkpoint.unsafe_load),
@@ -222,6 +220,8 @@ def convert_file(input: str | os.PathLike, output: str | os.PathLike, force: boo
         atomic_pickle_dump(output, converted)
         return result
     output.parent.mkdir(parents=True, exist_ok=True)
+    from als_det.detection.verify import VerificationFailed, verify
+
     fd, tmp_name = tempfile.mkstemp(prefix=f".{output.stem}.", suffix=".verify.pkl", dir=output.parent)
     os.close(fd)
     tmp = Path(tmp_name)
@@ -236,182 +236,3 @@ def convert_file(input: str | os.PathLike, output: str | os.PathLike, force: boo
     finally:
         tmp.unlink(missing_ok=True)
     return result
-
-
-# ----------------------------------------------------------------------------- verification
-@dataclass
-class VerifyResult:
-    """Outcome of `verify`: `ok` only if every backbone tensor loaded exactly and outputs match."""
-    pkl: str
-    config_file: str
-    depth: int
-    expected_tensors: int                  # backbone tensors the detectron2 model has
-    loaded_tensors: int                    # of those, loaded by the checkpointer, equal to source
-    max_abs_diff: dict[str, float] = field(default_factory=dict)   # res2..res5 vs torchvision
-    problems: list[str] = field(default_factory=list)
-    tolerance: float = VERIFY_TOLERANCE
-
-    @property
-    def max_diff(self) -> float:
-        return max(self.max_abs_diff.values(), default=math.inf)
-
-    @property
-    def ok(self) -> bool:
-        return (not self.problems and self.loaded_tensors == self.expected_tensors > 0
-                and self.max_diff < self.tolerance)
-
-    def summary(self) -> str:
-        diffs = ", ".join(f"{k} {v:.3g}" for k, v in self.max_abs_diff.items())
-        lines = [f"{'OK' if self.ok else 'FAILED'}: {self.pkl} in {Path(self.config_file).name} "
-                 f"(resnet{self.depth}): loaded {self.loaded_tensors}/{self.expected_tensors} "
-                 f"backbone tensors; max |d2 - torchvision| = {self.max_diff:.3g} "
-                 f"(tolerance {self.tolerance:g}; {diffs})"]
-        lines += [f"  problem: {p}" for p in self.problems]
-        return "\n".join(lines)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "ok": self.ok, "max_diff": self.max_diff}
-
-
-class VerificationFailed(ConversionError):
-    """`verify` found a converted file that does not reproduce its torchvision source."""
-
-    def __init__(self, result: VerifyResult):
-        super().__init__(result.summary())
-        self.result = result
-
-
-def verify(pkl_path: str | os.PathLike, state_dict_or_input: Mapping[str, torch.Tensor] | str | os.PathLike,
-           config_file: str | os.PathLike | None = None, input_size: int = 224, batch: int = 2,
-           seed: int = 0, unsafe_load: bool = False) -> VerifyResult:
-    """Load `pkl_path` into a detectron2 model the way a fine-tune does and compare with torchvision.
-
-    Builds the whole detectron2 model from `config_file` (default: our R50-FPN 1x config, depth and
-    RES2_OUT_CHANNELS set from the source), loads the file through `DetectionCheckpointer`, then
-    checks that (1) no backbone tensor is missing, misshapen or left over, (2) every backbone tensor
-    equals its torchvision source exactly, (3) res2..res5 on random input match torchvision's
-    layer1..layer4 (eval mode, float64) within `VERIFY_TOLERANCE`. Both files are read without
-    full unpickling (`unsafe_load` allows it for a trusted source `.pth` that needs it).
-    """
-    from detectron2.modeling import build_model
-    from detectron2.modeling.backbone import ResNet
-    from torchvision.models.feature_extraction import create_feature_extractor
-
-    from als_det.detection.checkpoint import RecordingCheckpointer
-    from als_det.detection.config import MODEL_ZOO_PREFIX, get_detection_cfg
-
-    pkl_path = Path(pkl_path)
-    config_file = str(config_file or DEFAULT_VERIFY_CONFIG)
-    if not (config_file.startswith(MODEL_ZOO_PREFIX) or Path(config_file).is_file()):
-        raise ConversionError(f"{config_file}: no such detection config")
-    if not pkl_path.is_file():
-        raise ConversionError(f"{pkl_path}: no such file")
-    if isinstance(state_dict_or_input, (str, os.PathLike)):
-        source_sd = load_checkpoint_file(state_dict_or_input, unsafe_load).state_dict
-        source = str(state_dict_or_input)
-    else:
-        source_sd, _ = extract_state_dict(state_dict_or_input)
-        source = "<state_dict>"
-    depth = infer_depth(source_sd, source)
-    source_sd = backbone_state_dict(source_sd, depth, source)
-    try:
-        data, _ = read_detectron2_pickle(pkl_path)
-    except WeightsFileError as err:
-        raise ConversionError(str(err)) from err
-    if not (isinstance(data, dict) and data.get("__author__") == AUTHOR and "model" in data):
-        raise ConversionError(f"{pkl_path}: not an {AUTHOR} detectron2 conversion")
-    file_model: dict[str, np.ndarray] = data["model"]
-
-    cfg = get_detection_cfg(config_file, [
-        "MODEL.RESNETS.DEPTH", str(depth),
-        "MODEL.RESNETS.RES2_OUT_CHANNELS", "64" if depth < 50 else "256",
-        "MODEL.WEIGHTS", "", "MODEL.DEVICE", "cpu"])
-    c4 = cfg.MODEL.ROI_HEADS.NAME == "Res5ROIHeads"
-    if c4 and depth < 50:
-        raise ConversionError(f"{config_file}: a C4 model's res5 head needs a Bottleneck ResNet "
-                              f"(depth >= 50), not resnet{depth}")
-    cfg.MODEL.RESNETS.OUT_FEATURES = ["res2", "res3", "res4"] if c4 else ["res2", "res3", "res4", "res5"]
-    result = VerifyResult(pkl=str(pkl_path), config_file=config_file, depth=depth,
-                          expected_tensors=0, loaded_tensors=0)
-    meta = data.get(AUTHOR, {})
-    if meta.get("depth", depth) != depth:
-        result.problems.append(f"file records depth {meta['depth']}, source is resnet{depth}")
-    prep = meta.get("preprocessing")
-    if prep is not None:
-        wanted = {"input_format": cfg.INPUT.FORMAT, "pixel_mean": list(cfg.MODEL.PIXEL_MEAN),
-                  "pixel_std": list(cfg.MODEL.PIXEL_STD)}
-        for key, value in wanted.items():
-            if key in prep and not _same(prep[key], value):
-                result.problems.append(f"pretraining {key} {prep[key]} != config {value}")
-
-    model = build_model(cfg).eval()
-    bottom_up = getattr(model.backbone, "bottom_up", model.backbone)
-    if not isinstance(bottom_up, ResNet):
-        raise ConversionError(f"{config_file}: the backbone is a {type(bottom_up).__name__}, not "
-                              "detectron2's ResNet")
-    prefix = "backbone.bottom_up." if bottom_up is not model.backbone else "backbone."
-    # model prefix -> (ResNet part, its prefix in the file)
-    parts = {prefix: (bottom_up, "")}
-    if c4:
-        parts["roi_heads.res5."] = (model.roi_heads.res5, "res5.")
-    expected = {p + k: fp + k for p, (part, fp) in parts.items() for k in part.state_dict()}
-    result.expected_tensors = len(expected)
-
-    checkpointer = RecordingCheckpointer(model, save_to_disk=False, log_incompatible=False)
-    checkpointer.load(str(pkl_path), checkpointables=[])
-    inc = checkpointer.incompatible
-    missing = sorted(set(expected) - checkpointer.supplied)
-    if missing:
-        result.problems.append(f"{len(missing)} backbone tensors not loaded: {missing[:5]}")
-    if inc.unexpected_keys:
-        result.problems.append(f"{len(inc.unexpected_keys)} file tensors matched nothing: "
-                               f"{sorted(inc.unexpected_keys)[:5]}")
-    if inc.incorrect_shapes:
-        result.problems.append(f"{len(inc.incorrect_shapes)} tensors of the wrong shape: "
-                               f"{inc.incorrect_shapes[:3]}")
-    unused = sorted(set(file_model) - set(expected.values()))
-    if unused:
-        result.problems.append(f"{len(unused)} file tensors have no place in the model: {unused[:5]}")
-
-    by_d2_name = {d2_name(k): v for k, v in source_sd.items()}
-    model_sd = model.state_dict()
-    misloaded, wrong = [], []
-    for model_key, file_key in expected.items():
-        if model_key in missing:
-            continue
-        if file_key not in file_model or not torch.equal(
-                model_sd[model_key], torch.as_tensor(file_model[file_key])):
-            misloaded.append(model_key)
-        elif file_key not in by_d2_name or not torch.equal(model_sd[model_key], by_d2_name[file_key]):
-            wrong.append(file_key)
-        else:
-            result.loaded_tensors += 1
-    if misloaded:
-        result.problems.append(f"{len(misloaded)} model tensors do not hold their file tensor: "
-                               f"{misloaded[:5]}")
-    if wrong:
-        result.problems.append(f"{len(wrong)} file tensors differ from the source: {wrong[:5]}")
-
-    reference = getattr(torchvision.models, f"resnet{depth}")(weights=None)
-    reference.load_state_dict(source_sd, strict=False)
-    features = create_feature_extractor(
-        reference, {"layer1": "res2", "layer2": "res3", "layer3": "res4", "layer4": "res5"})
-    features.double().eval()
-    for part, _ in parts.values():
-        part.double()
-    x = torch.randn(batch, 3, input_size, input_size, dtype=torch.float64,
-                    generator=torch.Generator().manual_seed(seed))
-    with torch.no_grad():
-        ours = bottom_up(x)
-        if c4:
-            ours["res5"] = model.roi_heads.res5(ours["res4"])
-        theirs = features(x)
-    for name in ("res2", "res3", "res4", "res5"):
-        result.max_abs_diff[name] = float((ours[name] - theirs[name]).abs().max())
-    return result
-
-
-def _same(a: Any, b: Any) -> bool:
-    if isinstance(a, str) or isinstance(b, str):
-        return a == b
-    return len(a) == len(b) and all(abs(float(x) - float(y)) < 1e-6 for x, y in zip(a, b))

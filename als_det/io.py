@@ -15,8 +15,8 @@ import re
 import socket
 import tempfile
 import time
-from pathlib import Path
 from collections.abc import Callable
+from pathlib import Path
 from typing import IO, Any
 
 logger = logging.getLogger(__name__)

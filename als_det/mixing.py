@@ -11,10 +11,11 @@ stream of the rest of training is untouched.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torchvision.transforms import v2
 
 from als_det.data.imagenet import sample_seed
-from als_det.targets import LabelStrategy, soft_cross_entropy
+from als_det.targets import LabelStrategy
 
 MIX_STREAM = 0x4D4958  # keeps mixing draws apart from the crop draws of the same (seed, epoch, index)
 
@@ -65,4 +66,4 @@ def loss_for_mixed_batch(logits: torch.Tensor, labels: torch.Tensor,
     if not use.any():
         return logits.sum() * 0.0, e, 0
     e[use] = 1.0 - targets[use].gather(1, labels[use, None].long()).squeeze(1)
-    return soft_cross_entropy(logits[use], targets[use]), e, 0
+    return F.cross_entropy(logits[use].float(), targets[use]), e, 0

@@ -5,9 +5,9 @@ both do this; `--resume` continues the run in the folder instead.
 """
 from __future__ import annotations
 
+from collections.abc import Iterable
 from datetime import datetime
 from pathlib import Path
-from typing import Iterable
 
 
 def set_aside_previous_run(out_dir: str | Path, patterns: Iterable[str], markers: Iterable[str]) -> Path | None:

@@ -1,4 +1,5 @@
-"""Label strategies: box coverage -> smoothing factor e -> soft targets -> soft cross entropy.
+"""Label strategies: box coverage -> smoothing factor e -> soft targets -> cross entropy (torch's, with
+probability targets, computed in float32).
 
 ALS (Krothapalli & Abbott, 2020): e = clip((1 - a) ** power, e_min, e_max) with `a` the crop
 coverage (default) or the object coverage, and the target is (1 - e) * onehot + e / K, so a
@@ -35,21 +36,21 @@ class LabelStrategy:
     mix_alpha: float = 1.0
 
     def __post_init__(self) -> None:
+        """Each field is a LABELS config key (name: LABELS.STRATEGY); errors name the key."""
         if self.name not in STRATEGIES:
-            raise ValueError(f"label strategy must be one of {STRATEGIES}, got {self.name!r}")
+            raise ValueError(f"LABELS.STRATEGY must be one of {STRATEGIES}, got {self.name!r}")
         if self.no_box not in NO_BOX_POLICIES:
-            raise ValueError(f"no-box policy must be one of {NO_BOX_POLICIES}, got {self.no_box!r}")
+            raise ValueError(f"LABELS.NO_BOX must be one of {NO_BOX_POLICIES}, got {self.no_box!r}")
         if not 0.0 <= self.e_min <= self.e_max <= 1.0:
-            raise ValueError(f"need 0 <= e_min <= e_max <= 1, got {self.e_min}, {self.e_max}")
+            raise ValueError(f"LABELS needs 0 <= E_MIN <= E_MAX <= 1, got {self.e_min}, {self.e_max}")
         for key in ("epsilon", "no_box_epsilon"):
             if not 0.0 <= getattr(self, key) <= 1.0:
-                raise ValueError(f"{key} must lie in [0, 1], got {getattr(self, key)}")
+                raise ValueError(f"LABELS.{key.upper()} must lie in [0, 1], got {getattr(self, key)}")
         if self.coverage not in COVERAGES:
-            raise ValueError(f"coverage must be one of {COVERAGES}, got {self.coverage!r}")
-        if not self.power > 0.0:
-            raise ValueError(f"power must be > 0, got {self.power}")
-        if not self.mix_alpha > 0.0:
-            raise ValueError(f"mix_alpha must be > 0, got {self.mix_alpha}")
+            raise ValueError(f"LABELS.COVERAGE must be one of {COVERAGES}, got {self.coverage!r}")
+        for key in ("power", "mix_alpha"):
+            if not getattr(self, key) > 0.0:
+                raise ValueError(f"LABELS.{key.upper()} must be > 0, got {getattr(self, key)}")
 
     @property
     def mixes(self) -> bool:
@@ -57,7 +58,7 @@ class LabelStrategy:
         return self.name in MIX_STRATEGIES
 
     @classmethod
-    def from_cfg(cls, labels_cfg: Any) -> "LabelStrategy":
+    def from_cfg(cls, labels_cfg: Any) -> LabelStrategy:
         """From the config's `LABELS` node."""
         return cls(name=labels_cfg.STRATEGY, epsilon=float(labels_cfg.EPSILON),
                    e_min=float(labels_cfg.E_MIN), e_max=float(labels_cfg.E_MAX),
@@ -66,7 +67,7 @@ class LabelStrategy:
                    mix_alpha=float(labels_cfg.MIX_ALPHA))
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "LabelStrategy":
+    def from_dict(cls, d: dict[str, Any]) -> LabelStrategy:
         """From `to_dict()` output; keys a checkpoint predates take their defaults (today's behaviour)."""
         return cls(**d)
 
@@ -111,18 +112,6 @@ def soft_targets(labels: torch.Tensor, eps: torch.Tensor | float, num_classes: i
     return (1.0 - e) * onehot + e / num_classes
 
 
-def soft_cross_entropy(logits: torch.Tensor, targets: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
-    """-sum(targets * log_softmax(logits)) per sample, computed stably in float32."""
-    loss = -(targets * F.log_softmax(logits.float(), dim=1)).sum(dim=1)
-    if reduction == "mean":
-        return loss.mean()
-    if reduction == "sum":
-        return loss.sum()
-    if reduction == "none":
-        return loss
-    raise ValueError(f"reduction must be mean, sum or none, got {reduction!r}")
-
-
 def loss_for_batch(strategy: LabelStrategy, logits: torch.Tensor, labels: torch.Tensor, coverage: torch.Tensor,
                    has_box: torch.Tensor, object_coverage: torch.Tensor | None = None
                    ) -> tuple[torch.Tensor, torch.Tensor, int]:
@@ -143,4 +132,4 @@ def loss_for_batch(strategy: LabelStrategy, logits: torch.Tensor, labels: torch.
     if n_use == 0:
         return logits.sum() * 0.0, e, int(skipped.sum())
     targets = soft_targets(labels[use], e[use], logits.shape[1])
-    return soft_cross_entropy(logits[use], targets), e, int(skipped.sum())
+    return F.cross_entropy(logits[use].float(), targets), e, int(skipped.sum())

@@ -17,7 +17,8 @@ from pathlib import Path
 import torch
 import torchvision
 
-from als_det.convert import convert_file, verify
+from als_det.convert import convert_file
+from als_det.detection.verify import verify
 from als_det.io import atomic_write_json
 from als_det.versions import package_versions
 

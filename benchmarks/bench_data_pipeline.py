@@ -22,7 +22,7 @@ from torchvision.datasets import ImageFolder
 
 from als_det.config import get_cfg
 from als_det.data.boxes import build_index
-from als_det.data.generated import ensure_generated
+from als_det.data.generated import generate
 from als_det.data.imagenet import IMAGENET_MEAN, IMAGENET_STD, ImageNetBoxes
 from als_det.io import atomic_write_json
 from als_det.targets import LabelStrategy, smoothing, soft_targets
@@ -71,7 +71,7 @@ def main() -> None:
     tmp = tempfile.TemporaryDirectory(prefix="bench_data_")
     root = Path(args.root) if args.root else REPO.parent / "shared" / "data" / "tiny-imagenet-10"
     if not args.root and not root.is_dir():
-        root = ensure_generated(Path(tmp.name) / "generated", get_cfg().DATA.GEN)
+        root = generate(Path(tmp.name) / "generated", get_cfg().DATA.GEN)
     records, classes, report = build_index(root, "train", cache_dir=tmp.name)
     print(report.summary())
     ds = ImageNetBoxes(records, classes, True, args.image_size, seed=0)

@@ -34,9 +34,10 @@ import platform
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import numpy as np
 import torch
@@ -206,7 +207,7 @@ def section_pretrain(plan: Plan, sec: Section) -> None:
             peak_mem_gib=peak_mem_gib(device))
     need = 100 if device.type == "cuda" else 20
     if sec.left() < need:
-        sec.put(compiled="skipped: {:.0f} s left, compiling needs ~{} s".format(sec.left(), need))
+        sec.put(compiled=f"skipped: {sec.left():.0f} s left, compiling needs ~{need} s")
         return
     measure("compiled", torch.compile(model, backend=plan.compile_backend))
     sec.put(compile_backend=plan.compile_backend, peak_mem_gib=peak_mem_gib(device))

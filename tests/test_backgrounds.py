@@ -13,10 +13,12 @@ import torchvision.transforms.functional as TF
 from PIL import Image
 
 from als_det.analysis.backgrounds import IN9_VARIANTS, evaluate_in9
-from als_det.analysis.evaluate import EvalOptions, EvaluationInputError
+from als_det.analysis.evaluate import EvalOptions
+from als_det.analysis.models import EvaluationInputError
 from als_det.config import get_cfg
 from als_det.engine.checkpoint import save_checkpoint
 from als_det.models import build_resnet
+from als_det.report.backgrounds import write_in9_report
 
 REPO = Path(__file__).resolve().parents[1]
 IN9 = ["00_dog", "01_bird", "02_wheeled vehicle", "03_reptile", "04_carnivore", "05_insect",
@@ -59,7 +61,7 @@ def make_checkpoint(path: Path, classes: list[str], predict: int | None = None, 
                            "no_box_epsilon": 0.1},
         "preprocessing": {"input_format": "RGB", "pixel_mean": [123.675, 116.28, 103.53],
                           "pixel_std": [58.395, 57.12, 57.375], "image_size": SIZE},
-        "config": cfg.dump(), "seed": seed, "rng_state": {}, "metrics": {}, "versions": {}})
+        "config": cfg.dump(), "seed": seed, "rng_state": {}, "metrics": {}, "best_top1": -1.0, "versions": {}})
     return path
 
 
@@ -98,6 +100,7 @@ def test_nine_class_and_mapped_models_follow_the_challenge_rule(tree, tmp_path) 
     (tmp_path / "to_none.json").write_text(json.dumps({**mapping, "8": 0}))
     m = evaluate_in9([str(wide)], str(tree), str(tmp_path / "out2"), in_to_in9=str(tmp_path / "to_none.json"),
                      opts=_opts())
+    write_in9_report(m, tmp_path / "out2")
     orig = m["models"]["hard"]["variants"]["original"]
     assert orig["accuracy"] == 0.0 and orig["predicted_outside_in9"] == 1.0
     report = (tmp_path / "out2" / "in9_report.md").read_text()
@@ -140,9 +143,9 @@ def test_evaluate_tool_recognises_the_layout(tree, tmp_path) -> None:
     ckpt = make_checkpoint(tmp_path / "in9.pth", IN9, predict=4)
     out = subprocess.run([sys.executable, str(REPO / "tools" / "evaluate.py"), "--checkpoint", str(ckpt),
                           "--data", str(tree), "--out", str(tmp_path / "out"), "--device", "cpu", "--workers", "0"],
-                         capture_output=True, text=True, check=True).stdout
+                         capture_output=True, text=True, check=True).stderr
     assert "in9_report.md" in out
-    line = next(x for x in out.splitlines() if x.startswith("hard:"))
+    line = next(x for x in out.splitlines() if "]: hard: " in x)
     assert "original 11.1% (ref 95.6%)" in line and "mixed_rand 5.9% (ref 78.9%)" in line
     assert "BG-Gap 21.4% (ref 7.3%" in line  # 3/11 - 1/17
     refused = subprocess.run([sys.executable, str(REPO / "tools" / "evaluate.py"), "--checkpoint", str(ckpt),

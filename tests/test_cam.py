@@ -10,10 +10,10 @@ from als_det.analysis.cam import (
     compute_cams,
     energy_inside,
     features_and_logits,
-    save_cam_grid,
 )
 from als_det.analysis.context import centre_mask
 from als_det.models import build_resnet
+from als_det.report.figures import cam_grid
 
 
 @pytest.fixture(scope="module")
@@ -74,5 +74,5 @@ def test_cam_grid_png(tmp_path, model) -> None:
     boxes = [np.array([[4, 4, 20, 28]]), np.zeros((0, 4))]
     cams = {"hard": [np.random.rand(32, 32) for _ in range(2)], "als": [np.zeros((32, 32))] * 2}
     titles = {"hard": ["a", "b"], "als": ["c", "d"]}
-    path = save_cam_grid(images, boxes, cams, titles, ["r0", "r1"], tmp_path / "grid.png")
+    path = cam_grid(images, boxes, cams, titles, ["r0", "r1"], tmp_path / "grid.png")
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

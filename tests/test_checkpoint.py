@@ -8,8 +8,16 @@ import pytest
 import torch
 import torchvision
 
-from als_det.engine.checkpoint import (REQUIRED_KEYS, CheckpointError, get_rng_state, load_backbone,
-                                       load_checkpoint, save_checkpoint, set_rng_state, unwrap_model)
+from als_det.engine.checkpoint import (
+    REQUIRED_KEYS,
+    CheckpointError,
+    get_rng_state,
+    load_backbone,
+    load_checkpoint,
+    save_checkpoint,
+    set_rng_state,
+    unwrap_model,
+)
 from als_det.models import build_resnet
 
 
@@ -25,7 +33,7 @@ def _state(model: torch.nn.Module) -> dict:
                                "no_box_epsilon": 0.1},
             "preprocessing": {"input_format": "RGB", "pixel_mean": [123.675, 116.28, 103.53],
                               "pixel_std": [58.395, 57.12, 57.375], "image_size": 32},
-            "config": "SEED: 0\n", "seed": 0, "rng_state": get_rng_state(), "metrics": {"top1": 0.5},
+            "config": "SEED: 0\n", "seed": 0, "rng_state": get_rng_state(), "metrics": {"top1": 0.5}, "best_top1": 0.5,
             "versions": {"torch": str(torch.__version__)}}
 
 

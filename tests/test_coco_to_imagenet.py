@@ -10,7 +10,12 @@ import pytest
 from PIL import Image
 
 from als_det.data.boxes import build_index
-from als_det.data.coco_to_imagenet import ConversionError, SplitSource, coco_to_imagenet, voc_corners
+from als_det.data.coco_to_imagenet import (
+    ConversionError,
+    SplitSource,
+    coco_to_imagenet,
+    voc_corners,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 CATS = [{"id": 3, "name": "cat"}, {"id": 7, "name": "hot dog"}]
@@ -112,7 +117,7 @@ def test_tool_with_split_specs(train_split, tmp_path, capsys):
     main = runpy.run_path(str(REPO / "tools" / "coco_to_imagenet.py"))["main"]
     spec = f"train={train_split.json_file}:{train_split.image_dir}"
     assert main(["--split", spec, "--out", str(tmp_path / "out"), "--symlink"]) == 0
-    assert "train: 2 of 4 images in 2 classes" in capsys.readouterr().out
+    assert "train: 2 of 4 images in 2 classes" in capsys.readouterr().err
     assert (tmp_path / "out" / "train" / "cat" / "train_0.jpg").is_symlink()
     assert main(["--split", spec, "--out", str(tmp_path / "out")]) == 2  # not empty any more
     assert "exists and is not empty" in capsys.readouterr().err

@@ -6,6 +6,7 @@ import csv
 import io
 import json
 import math
+import re
 import statistics
 import subprocess
 import sys
@@ -19,6 +20,11 @@ from als_det.report.compare import METRICS, ResultsError, compare, format_table,
 # strategy -> AP per seed (other metrics derived from AP by fixed offsets below)
 AP = {"hard": [30.0, 32.0, 31.0], "ls": [31.5, 33.5], "als": [34.0, 35.0, 36.5]}
 OFFSET = {"AP": 0.0, "AP50": 20.0, "AP75": 2.0, "APs": -15.0, "APm": -2.0, "APl": 8.0}
+
+
+def _squash(table: str) -> str:
+    """A table with the column padding taken out: `| als | 3 |`."""
+    return re.sub(r" {2,}", " ", table)
 
 
 def _recipe(strategy: str, seed: int, **changes) -> str:
@@ -40,7 +46,8 @@ def _write_run(root: Path, name: str, strategy, seed: int, ap: float, pretrain_s
     bbox["per_class"] = {"cat": ap}
     bbox.update(overrides)
     label = strategy["name"] if isinstance(strategy, dict) else strategy
-    backbone = {"path": f"{name}.pkl", "sha256": f"pkl-{name}-{pretrain_seed}", "source_sha256": f"pth-{name}-{pretrain_seed}",
+    backbone = {"path": f"{name}.pkl", "sha256": f"pkl-{name}-{pretrain_seed}",
+                "source_sha256": f"pth-{name}-{pretrain_seed}",
                 "label_strategy": strategy, "pretrain_seed": pretrain_seed,
                 "pretrain_config": _recipe(label, pretrain_seed, **(recipe or {})) if label else None}
     data = {"bbox": bbox, "test_dataset": "val", "backbone": backbone, "iterations": 300, "seed": seed,
@@ -95,7 +102,7 @@ def test_other_baseline_and_csv(runs):
 def test_markdown_and_latex_show_deltas(runs):
     comp = compare(runs)
     md = format_table(comp, "markdown")
-    als_row = next(line for line in md.splitlines() if line.startswith("| als "))
+    als_row = next(line for line in _squash(md).splitlines() if line.startswith("| als "))
     mean, std = statistics.mean(AP["als"]), statistics.stdev(AP["als"])
     assert f"{mean:.2f} ± {std:.2f} ({mean - 31.0:+.2f})" in als_row
     assert "| 3 |" in als_row
@@ -119,7 +126,7 @@ def test_null_size_metric_is_shown_as_missing(tmp_path):
     comp = compare([a, b])
     assert math.isnan(comp.groups[1].mean("APl"))
     assert comp.to_json()["groups"]["als"]["APl"] == {"mean": None, "std": None, "delta": None}
-    assert format_table(comp).split("\n")[3].endswith("| 31.00 (+3.00) | n/a |")
+    assert _squash(format_table(comp)).split("\n")[3].endswith("| 31.00 (+3.00) | n/a |")
 
 
 def test_run_without_detections_keeps_its_row_as_na(tmp_path):
@@ -129,10 +136,10 @@ def test_run_without_detections_keeps_its_row_as_na(tmp_path):
     comp = compare([a, c])
     assert [g.name for g in comp.groups] == ["hard", "ls"]
     md = format_table(comp)
-    assert "| ls | 1 | n/a | n/a | n/a | n/a | n/a | n/a |" in md and "n/a: no number (no detections" in md
+    assert "| ls | 1 | n/a | n/a | n/a | n/a | n/a | n/a |" in _squash(md) and "n/a: no number (no detections" in md
     assert comp.to_json()["groups"]["ls"]["AP"] == {"mean": None, "std": None, "delta": None}
     assert "ls,1,nan" in format_table(comp, "csv")
-    assert "| ls | 1 | n/a" in run_compare([a, c], out_dir=tmp_path / "cmp")  # the chart copes too
+    assert "| ls | 1 | n/a" in _squash(run_compare([a, c], out_dir=tmp_path / "cmp"))  # the chart copes too
     assert (tmp_path / "cmp" / "ap_by_strategy.png").is_file()
 
 
@@ -141,8 +148,8 @@ def test_tool_writes_table_json_and_chart(runs, tmp_path):
     tool = Path(__file__).resolve().parents[1] / "tools" / "compare.py"
     proc = subprocess.run([sys.executable, str(tool), *map(str, runs), "--out", str(out)],
                           capture_output=True, text=True, check=True)
-    assert "| als | 3 |" in proc.stdout and "(+4.17)" in proc.stdout
-    assert (out / "comparison.md").read_text().startswith("| strategy | n |")
+    assert "| als | 3 |" in _squash(proc.stdout) and "(+4.17)" in proc.stdout
+    assert _squash((out / "comparison.md").read_text()).startswith("| strategy | n |")
     assert json.loads((out / "comparison.json").read_text())["baseline"] == "hard"
     assert (out / "ap_by_strategy.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
@@ -191,8 +198,8 @@ def test_mask_ap_is_tabulated_beside_box_ap(tmp_path):
     assert comp.delta(als, "AP", "segm") == pytest.approx(statistics.mean(AP["als"]) - 31.0)
     md = format_table(comp)
     box, mask = md.split("mask AP (segm)")
-    assert box.startswith("box AP (bbox)") and "| als | 3 | 35.17 ± 1.26 (+4.17)" in box
-    assert "| als | 3 | 32.17 ± 1.26 (+4.17)" in mask
+    assert box.startswith("box AP (bbox)") and "| als | 3 | 35.17 ± 1.26 (+4.17)" in _squash(box)
+    assert "| als | 3 | 32.17 ± 1.26 (+4.17)" in _squash(mask)
     rows = {r["strategy"]: r for r in csv.DictReader(io.StringIO(format_table(comp, "csv")))}
     assert float(rows["als"]["segm_AP_mean"]) == pytest.approx(32.1667, abs=1e-4)
     assert float(rows["als"]["AP_mean"]) == pytest.approx(35.1667, abs=1e-4)

@@ -11,9 +11,16 @@ import pytest
 import torch
 import torchvision
 
+from als_det.convert import (
+    ConversionError,
+    backbone_state_dict,
+    convert_file,
+    convert_torchvision_resnet,
+    d2_name,
+    infer_depth,
+)
+from als_det.detection.verify import VerificationFailed, verify
 from als_det.engine.checkpoint import get_rng_state
-from als_det.convert import (ConversionError, VerificationFailed, backbone_state_dict,
-                             convert_file, convert_torchvision_resnet, d2_name, infer_depth, verify)
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO_CONFIG = REPO / "configs" / "detection" / "faster_rcnn_R_18_FPN_demo.yaml"
@@ -217,7 +224,7 @@ def test_tool_converts_and_verifies_resnet18(tmp_path, repo_root):
            str(tmp_path / "out.pkl"), "--verify", "--verify-size", "64"]
     run = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path)
     assert run.returncode == 0, run.stderr
-    assert "loaded 100/100 backbone tensors" in run.stdout and "max abs difference" in run.stdout
+    assert "loaded 100/100 backbone tensors" in run.stderr and "max abs difference" in run.stderr
     again = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path)
     assert again.returncode == 2 and "already exists" in again.stderr
 
@@ -272,5 +279,5 @@ def test_unsafe_load_converts_a_trusted_legacy_checkpoint_and_says_so(tmp_path, 
                 cwd=tmp_path)
     assert run.returncode == 0, run.stderr
     assert "loading with full unpickling (--unsafe-load" in run.stderr
-    assert "INPUT read with full unpickling: --unsafe-load" in run.stdout
+    assert "INPUT read with full unpickling: --unsafe-load" in run.stderr
     assert pickle.loads(out.read_bytes())["als_det"]["unsafe_load"] is True

@@ -8,7 +8,12 @@ import torchvision.transforms as T
 import torchvision.transforms.functional as TF
 from PIL import Image
 
-from als_det.data.crops import center_crop_box, coverage, object_coverage, random_resized_crop_params
+from als_det.data.crops import (
+    center_crop_box,
+    coverage,
+    object_coverage,
+    random_resized_crop_params,
+)
 
 
 @pytest.mark.parametrize("size", [(64, 64), (500, 375), (120, 300), (1000, 12), (7, 400)])

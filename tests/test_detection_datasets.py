@@ -6,10 +6,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from detectron2.data import DatasetCatalog, MetadataCatalog
 from PIL import Image
 
 from als_det.detection import datasets as ds
-from detectron2.data import DatasetCatalog, MetadataCatalog
 
 
 def _tiny_coco(root: Path, images=2, anns=None, cats=None, write_images=True) -> tuple[Path, Path]:

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from als_det.config import ConfigError
 from als_det.detection import DetectionCfgNode, get_detection_cfg
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "detection"
@@ -64,9 +65,9 @@ def test_model_zoo_base_prefix_and_errors(tmp_path):
     with pytest.raises(FileNotFoundError, match="No/such.yaml"):
         get_detection_cfg(str(tmp_path / "missing.yaml"))
     (tmp_path / "typo.yaml").write_text('_BASE_: "model_zoo://Base-RCNN-FPN.yaml"\nMODEL:\n  RESNET:\n    DEPTH: 18\n')
-    with pytest.raises(KeyError, match="MODEL.RESNET"):
+    with pytest.raises(ConfigError, match=r"typo.yaml: Non-existent config key: MODEL.RESNET"):
         get_detection_cfg(str(tmp_path / "typo.yaml"))
-    with pytest.raises(AssertionError, match="SOLVER.MAX_ITERS"):
+    with pytest.raises(ConfigError, match="config overrides: Non-existent key: SOLVER.MAX_ITERS"):
         get_detection_cfg(str(CONFIGS / "faster_rcnn_R_18_FPN_demo.yaml"), ["SOLVER.MAX_ITERS", "1"])
 
 

@@ -16,8 +16,13 @@ import torch.multiprocessing as mp
 from als_det.config import load_config
 from als_det.data.generated import generate
 from als_det.engine.checkpoint import load_checkpoint
-from als_det.engine.distributed import (all_gather_cat, all_reduce_sum, broadcast_object, init_distributed,
-                                        resolve_device)
+from als_det.engine.distributed import (
+    all_gather_cat,
+    all_gather_objects,
+    all_reduce_sum,
+    init_distributed,
+    resolve_device,
+)
 from als_det.engine.trainer import train
 
 REPO = Path(__file__).resolve().parents[1]
@@ -38,7 +43,7 @@ def test_world_of_one(monkeypatch):
     assert (info.rank, info.world_size, info.distributed, info.is_main) == (0, 1, False, True)
     assert not dist.is_initialized()
     x = torch.arange(6.0).reshape(3, 2)
-    assert all_gather_cat(x) is x and torch.equal(all_reduce_sum(x.clone()), x)
+    assert all_gather_cat(x) is x and torch.equal(all_reduce_sum(x.clone()), x) and all_gather_objects(1) == [1]
     assert resolve_device("cpu") == torch.device("cpu")
     with pytest.raises(ValueError, match="TRAIN.DEVICE"):
         resolve_device("tpu")
@@ -50,7 +55,7 @@ def _gather_worker(rank: int, port: int, out_dir: str) -> None:
         rows = torch.full((rank + 2, 3), float(rank))  # rank 0: 2 rows, rank 1: 3 rows
         gathered = all_gather_cat(rows)
         total = all_reduce_sum(torch.tensor([rank + 1.0]))
-        token = broadcast_object({"from": rank})
+        token = all_gather_objects({"from": rank})
         torch.save({"gathered": gathered, "total": total, "token": token}, Path(out_dir) / f"{rank}.pt")
     finally:
         dist.destroy_process_group()
@@ -63,7 +68,7 @@ def test_collectives_with_uneven_shards(tmp_path):
         got = torch.load(tmp_path / f"{rank}.pt", weights_only=True)
         assert torch.equal(got["gathered"], expected)  # no padding rows, rank order
         assert got["total"].item() == 3.0
-        assert got["token"] == {"from": 0}
+        assert got["token"] == [{"from": 0}, {"from": 1}]
 
 
 @pytest.mark.slow
@@ -72,10 +77,11 @@ def test_torchrun_two_process_gloo_run(tmp_path):
     opts = ["DATA.ROOT", str(root), "DATA.GENERATE", "False", "DATA.IMAGE_SIZE", "16", "DATA.VAL_RESIZE", "18",
             "DATA.NUM_WORKERS", "0", "SOLVER.EPOCHS", "1", "SOLVER.BATCH_SIZE", "4", "SOLVER.WARMUP_EPOCHS", "0",
             "SOLVER.SCHEDULE", "step", "SOLVER.STEPS", "()", "TRAIN.MAX_ITERS_PER_EPOCH", "2", "TRAIN.DEVICE", "cpu"]
-    single = train(load_config(str(REPO / "configs/pretrain/demo_als.yaml"), opts + ["OUTPUT_DIR", str(tmp_path / "one")]))
+    single = train(load_config(str(REPO / "configs/pretrain/demo_als.yaml"),
+                               opts + ["OUTPUT_DIR", str(tmp_path / "one")]))
     env = dict(os.environ, OMP_NUM_THREADS="1")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           "tools/pretrain.py", "--config", "configs/pretrain/demo_als.yaml", "--opts", *opts,
+           "tools/pretrain.py", "--config-file", "configs/pretrain/demo_als.yaml", "--opts", *opts,
            "OUTPUT_DIR", str(tmp_path / "two")]
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stderr[-4000:]

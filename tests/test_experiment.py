@@ -23,7 +23,15 @@ from als_det.experiment.graph import build_graph
 from als_det.experiment.launchers import SubmititLauncher, _parameters, run_local
 from als_det.experiment.plan import PlanError, Resources, load_plan, parse_plan
 from als_det.experiment.runner import dry_run, summary
-from als_det.experiment.stages import Stage, StageJob, config_chain, fingerprint, is_done, resume_point, run_stage
+from als_det.experiment.stages import (
+    Stage,
+    StageJob,
+    config_chain,
+    fingerprint,
+    is_done,
+    resume_point,
+    run_stage,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 PAPER = REPO / "configs/experiments/paper_r50.yaml"
@@ -72,18 +80,19 @@ def test_dry_run_lists_every_command_in_order_with_resources():
     assert len(names) == 6 + 1 + 6 + 6 + 1 and names[-1] == "compare_faster_rcnn_R_50_FPN_1x"
     assert names.index("evaluate") > names.index("pretrain_als_s1")
     assert names.index("finetune_faster_rcnn_R_50_FPN_1x_als_s1") > names.index("convert_als_s1")
-    assert ("torchrun --nproc_per_node=8 --standalone tools/pretrain.py --config "
-            "configs/pretrain/imagenet_r50_als.yaml --opts OUTPUT_DIR output/paper_r50/pretrain/als_s1 SEED 1") in text
-    assert "python tools/finetune_coco.py --num-gpus 8 --config-file configs/detection/faster_rcnn_R_50_FPN_1x.yaml" in text
+    assert ("torchrun --nproc_per_node=8 --standalone tools/pretrain.py --config-file "
+            "configs/pretrain/imagenet_r50_als.yaml OUTPUT_DIR output/paper_r50/pretrain/als_s1 SEED 1") in text
+    assert ("python tools/finetune_coco.py --num-gpus 8 --config-file "
+            "configs/detection/faster_rcnn_R_50_FPN_1x.yaml") in text
     assert "1 node x 8 GPUs, 8 processes/node, 10 CPUs/process, 480 GB, 1440 min" in text
-    assert "resumes from last.pth with: --resume last" in text
+    assert "resumes from last.pth with: --resume\n" in text
     assert "resumes from last_checkpoint with: --resume" in text
     assert "--baseline hard_s0" in text  # evaluation ratios refer to the baseline arm's first seed
 
 
 def test_multi_process_and_multi_node_command_lines():
     pre = commands.pretrain_command("c.yaml", {"SEED": 1, "SOLVER.STEPS": (30, 60)}, resume=True)
-    assert pre.args == ("--config", "c.yaml", "--resume", "last", "--opts", "SEED", "1", "SOLVER.STEPS", "(30, 60)")
+    assert pre.args == ("--resume", "--config-file", "c.yaml", "SEED", "1", "SOLVER.STEPS", "(30, 60)")
     node = Node(rank="1", master_addr="n001", master_port="29511")
     two = Resources(nodes=2, gpus_per_node=8)
     argv = launch_argv(pre, two, node, python="py", torchrun=("torchrun",))

@@ -211,7 +211,8 @@ def test_retinanet_and_mask_rcnn_fine_tune_on_coco_mini(config, tasks, coco_mini
          "SOLVER.MAX_ITER", "2", *TINY, *R18, "MODEL.RETINANET.SCORE_THRESH_TEST", "0.0",
          config=str(REPO / "configs/detection" / config))
     res = json.loads((out / "results.json").read_text())
-    names = {c["name"] for c in json.loads((coco_mini / "annotations/instances_val2017.json").read_text())["categories"]}
+    val = json.loads((coco_mini / "annotations/instances_val2017.json").read_text())
+    names = {c["name"] for c in val["categories"]}
     assert [t for t in ("bbox", "segm") if t in res] == tasks
     for task in tasks:
         assert all(res[task][m] is not None for m in ("AP", "AP50", "AP75")), res[task]
@@ -279,7 +280,9 @@ def test_coco_mini_trains_and_evaluates_on_real_categories(coco_mini, resnet18_p
     assert {d["image_id"] for d in dets} <= {im["id"] for im in official["images"]}
     for f in ("config.yaml", "metrics.json", "log.txt", "model_final.pth"):
         assert (out / f).is_file(), f
-    assert "NUM_CLASSES set to 80" in (out / "log.txt").read_text()
+    log = (out / "log.txt").read_text()
+    assert "NUM_CLASSES set to 80" in log and "Environment info" in log
+    assert "\x1b" not in log  # plain text: no colour codes
 
 
 @pytest.mark.slow

@@ -20,9 +20,9 @@ def _two_process_run(launcher: list[str], flags: list[str], weights: Path, tmp_p
     js, img = _tiny_coco(tmp_path / "data")
     out = tmp_path / "run"
     tiny = [*TINY, "SOLVER.IMS_PER_BATCH", "2"]  # one image per process
-    cmd = [sys.executable, *launcher, "tools/finetune_coco.py", *flags, "--config-file", DEMO, "--dataset", f"tiny={js}:{img}",
-           "--train-dataset", "tiny", "--test-dataset", "tiny", "MODEL.WEIGHTS", str(weights),
-           "OUTPUT_DIR", str(out), "SOLVER.MAX_ITER", "2", *tiny]
+    cmd = [sys.executable, *launcher, "tools/finetune_coco.py", *flags, "--config-file", DEMO,
+           "--dataset", f"tiny={js}:{img}", "--train-dataset", "tiny", "--test-dataset", "tiny",
+           "MODEL.WEIGHTS", str(weights), "OUTPUT_DIR", str(out), "SOLVER.MAX_ITER", "2", *tiny]
     proc = subprocess.run(cmd, cwd=REPO, env=dict(os.environ, OMP_NUM_THREADS="1"), capture_output=True,
                           text=True, timeout=300)
     log = proc.stdout + proc.stderr

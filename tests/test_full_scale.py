@@ -58,11 +58,11 @@ def r50_runs(tree, tmp_path_factory) -> dict[str, Path]:
     data = ["DATA.ROOT", str(tree), *SHORT]
     runs = {arm: out / arm for arm in ("hard", "ls", "als")}
     train(load_config(str(PRETRAIN / "imagenet_r50_hard.yaml"), [*data, "OUTPUT_DIR", str(runs["hard"])]))
-    _subprocess([sys.executable, "tools/pretrain.py", "--config", "configs/pretrain/imagenet_r50_als.yaml",
-                 "--opts", "TRAIN.DEVICE", "cpu", *data, "OUTPUT_DIR", str(runs["als"])])
+    _subprocess([sys.executable, "tools/pretrain.py", "--config-file", "configs/pretrain/imagenet_r50_als.yaml",
+                 "TRAIN.DEVICE", "cpu", *data, "OUTPUT_DIR", str(runs["als"])])
     _subprocess([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                 "tools/pretrain.py", "--config", "configs/pretrain/imagenet_r50_ls.yaml",
-                 "--opts", "TRAIN.DEVICE", "cpu", *data, "OUTPUT_DIR", str(runs["ls"])], threads="1")
+                 "tools/pretrain.py", "--config-file", "configs/pretrain/imagenet_r50_ls.yaml",
+                 "TRAIN.DEVICE", "cpu", *data, "OUTPUT_DIR", str(runs["ls"])], threads="1")
     return runs
 
 

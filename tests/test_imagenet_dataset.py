@@ -12,9 +12,9 @@ from PIL import Image
 from torch.utils.data import DataLoader
 
 from als_det.data.boxes import ImageRecord, build_index
-from als_det.data.images import BadImageError, load_rgb
 from als_det.data.crops import center_crop_box, random_resized_crop_params
 from als_det.data.imagenet import IMAGENET_MEAN, IMAGENET_STD, ImageNetBoxes, sample_seed
+from als_det.data.images import BadImageError, load_rgb
 
 
 @pytest.fixture(scope="module")

@@ -99,6 +99,11 @@ def test_experiment_keys_and_process_count(finished_run):
     ("SEED", "-3", "SEED must be >= 0"),
     ("DATA.GEN.CONTEXT_RATE", "1.2", "DATA.GEN.CONTEXT_RATE must be >= 0 and <= 1"),
     ("SOLVER.BASE_LR", "1e999", "SOLVER.BASE_LR must be > 0"),  # inf
+    # the LABELS keys, checked by LabelStrategy itself
+    ("LABELS.STRATEGY", "soft", "LABELS.STRATEGY must be one of"),
+    ("LABELS.POWER", "0.0", "LABELS.POWER must be > 0"),
+    ("LABELS.NO_BOX_EPSILON", "1.5", r"LABELS.NO_BOX_EPSILON must lie in \[0, 1\]"),
+    ("LABELS.E_MAX", "-0.1", "LABELS needs 0 <= E_MIN <= E_MAX <= 1"),
 ])
 def test_numeric_keys_outside_their_range_are_refused(key, value, message):
     with pytest.raises(ValueError, match=message):

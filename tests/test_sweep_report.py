@@ -12,6 +12,7 @@ from als_det.config import load_config
 from als_det.data.generated import generate
 from als_det.engine.trainer import train
 from als_det.metrics.intervals import t_interval
+from als_det.report.evaluation import write_evaluation
 from als_det.report.sweep import SweepCell, SweepInputError, summarize, write_sweep_report
 from als_det.report.sweep_figures import pareto_front
 
@@ -30,7 +31,8 @@ def _train(root: Path, out: Path, setting: str, seed: int, epochs: int) -> Path:
     return train(load_config(str(CONFIGS / "demo_als.yaml"), [
         "DATA.ROOT", str(root), "DATA.GENERATE", "False", "DATA.IMAGE_SIZE", "16", "DATA.VAL_RESIZE", "18",
         "DATA.NUM_WORKERS", "0", "DATA.CACHE_DIR", str(out / "cache"), "SOLVER.EPOCHS", str(epochs),
-        "SOLVER.WARMUP_EPOCHS", "0", "SOLVER.BATCH_SIZE", "8", "SOLVER.BASE_LR", "0.2", "TRAIN.MAX_ITERS_PER_EPOCH", "1", "TRAIN.DEVICE", "cpu",
+        "SOLVER.WARMUP_EPOCHS", "0", "SOLVER.BATCH_SIZE", "8", "SOLVER.BASE_LR", "0.2",
+        "TRAIN.MAX_ITERS_PER_EPOCH", "1", "TRAIN.DEVICE", "cpu",
         "SEED", str(seed), "OUTPUT_DIR", str(out), *SETTINGS[setting]]))
 
 
@@ -45,8 +47,8 @@ def cells(tmp_path_factory) -> list[SweepCell]:
     for (epochs, seed), settings in PLAN.items():
         runs = {s: _train(root, base / f"{s}_s{seed}_e{epochs}", s, seed, epochs) for s in settings}
         ev = base / f"eval_s{seed}_e{epochs}"
-        evaluate_checkpoints([str(r / "last.pth") for r in runs.values()], str(root), str(ev),
-                             names=list(runs), opts=opts)
+        write_evaluation(evaluate_checkpoints([str(r / "last.pth") for r in runs.values()], str(root), str(ev),
+                                              names=list(runs), opts=opts), ev)
         out += [SweepCell(s, seed, r, ev / "metrics.json") for s, r in runs.items()]
     return out
 
@@ -103,8 +105,9 @@ def test_cells_that_cannot_be_paired_are_refused(cells, tmp_path) -> None:
         summarize([SweepCell("als", 0, als.run_dir, als.eval_metrics, model="hard")])
     # an evaluation of fewer images cannot be compared with the others
     other = tmp_path / "other_eval"
-    evaluate_checkpoints([str(Path(als.run_dir) / "last.pth")], str(_data_root(als)), str(other),
-                         opts=EvalOptions(max_images=4, workers=0, grid_images=0, progress=False, device="cpu"))
+    write_evaluation(evaluate_checkpoints(
+        [str(Path(als.run_dir) / "last.pth")], str(_data_root(als)), str(other),
+        opts=EvalOptions(max_images=4, workers=0, grid_images=0, progress=False, device="cpu")), other)
     with pytest.raises(SweepInputError, match=r"differs in \['images_evaluated'\]"):
         summarize([c for c in cells if c is not als] + [SweepCell("als", 0, als.run_dir, other / "metrics.json")])
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 import math
 import shutil
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import pytest
 import torch
@@ -16,7 +16,8 @@ from fvcore.common.config import CfgNode
 from als_det.config import get_cfg, load_config
 from als_det.data.generated import generate
 from als_det.engine.checkpoint import REQUIRED_KEYS, load_backbone, load_checkpoint
-from als_det.engine.trainer import NonFiniteLossError, build_optimizer, lr_factor, train
+from als_det.engine.solver import build_optimizer, lr_factor
+from als_det.engine.trainer import NonFiniteLossError, train
 from als_det.mixing import BatchMixer
 from als_det.targets import LabelStrategy
 

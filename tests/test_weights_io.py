@@ -14,8 +14,13 @@ import pytest
 import torch
 import torchvision
 
-from als_det.weights_io import (UnsafeFileError, WeightsFileError, read_detectron2_pickle,
-                                read_torch_file, strip_wrapper_prefixes)
+from als_det.weights_io import (
+    UnsafeFileError,
+    WeightsFileError,
+    read_detectron2_pickle,
+    read_torch_file,
+    strip_wrapper_prefixes,
+)
 
 
 class MarkerPayload:

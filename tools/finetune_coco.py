@@ -1,11 +1,11 @@
 #!/usr/bin/env python
-"""Fine-tune Faster R-CNN (detectron2) from a converted pretrained backbone; writes results.json.
+"""Fine-tune a detector (detectron2) from a converted pretrained backbone; writes results.json.
 
-    python tools/finetune_coco.py --config-file configs/detection/faster_rcnn_R_18_FPN_demo.yaml \
+    python tools/finetune_coco.py --config-file configs/detection/faster_rcnn_R_18_FPN_demo.yaml \\
         MODEL.WEIGHTS pretrained/als.pkl OUTPUT_DIR output/finetune/als
-    python tools/finetune_coco.py --coco-root /data/coco --num-gpus 8 \
+    python tools/finetune_coco.py --coco-root /data/coco --num-gpus 8 \\
         --config-file configs/detection/faster_rcnn_R_50_FPN_1x.yaml MODEL.WEIGHTS pretrained/r50_als.pkl
-    torchrun --nproc_per_node 8 tools/finetune_coco.py --coco-root /data/coco \
+    torchrun --nproc_per_node 8 tools/finetune_coco.py --coco-root /data/coco \\
         --config-file configs/detection/faster_rcnn_R_50_FPN_1x.yaml MODEL.WEIGHTS pretrained/r50_als.pkl
 
 Options go before the trailing KEY VALUE config overrides. Without CUDA, --num-gpus N starts N CPU
@@ -13,15 +13,21 @@ processes (gloo) that train as one job; under torchrun its processes are the job
 
 MODEL.WEIGHTS must be a .pkl from tools/convert_to_d2.py (or a detectron2 checkpoint); every
 backbone tensor must come from it unless --allow-random-backbone. Weight files are read without
-full unpickling unless --unsafe-load. See `--help` for data sets.
+full unpickling unless --unsafe-load.
 """
 import sys
 
+from als_det.cli import run
 from als_det.detection.trainer import finetune_argument_parser, launch_finetune
-from als_det.detection.weights import WeightsError
+
+
+def build_parser():
+    return finetune_argument_parser(__doc__)
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run(launch_finetune, build_parser(), argv)
+
 
 if __name__ == "__main__":
-    try:
-        launch_finetune(finetune_argument_parser(epilog=__doc__).parse_args())
-    except WeightsError as err:
-        sys.exit(f"error: {err}")
+    sys.exit(main())

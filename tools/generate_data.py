@@ -1,26 +1,34 @@
 #!/usr/bin/env python
 """Generate the context-bias data set that a pretraining config's DATA.ROOT and DATA.GEN describe.
 
-    python tools/generate_data.py --config configs/pretrain/demo_hard.yaml --opts DATA.ROOT datasets/context_bias
+    python tools/generate_data.py --config-file configs/pretrain/demo_hard.yaml DATA.ROOT datasets/context_bias
 
 Nothing happens when DATA.ROOT already holds a finished generation with the same parameters.
 """
 from __future__ import annotations
 
-import argparse
+import logging
+import sys
 
+from als_det.cli import argument_parser, run
 from als_det.config import load_config
-from als_det.data.generated import ensure_generated
+from als_det.data.generated import generate
+
+logger = logging.getLogger("als_det.tools.generate_data")
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", required=True, help="pretraining YAML config (DATA.ROOT, DATA.GEN)")
-    parser.add_argument("--opts", nargs="+", default=[], metavar="KEY VALUE", help="config overrides")
-    args = parser.parse_args()
-    cfg = load_config(args.config, args.opts)
-    print(f"generated data set at {ensure_generated(cfg.DATA.ROOT, cfg.DATA.GEN)}")
+def build_parser():
+    return argument_parser(__doc__, config="required")
+
+
+def run_tool(args) -> None:
+    cfg = load_config(args.config_file, args.opts)
+    logger.info("generated data set at %s", generate(cfg.DATA.ROOT, cfg.DATA.GEN))
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run(run_tool, build_parser(), argv)
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

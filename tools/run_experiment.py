@@ -13,43 +13,47 @@ again after a failure or an interruption: only what is left runs.
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 
-from als_det.experiment.plan import PlanError, load_plan
+from als_det.cli import argument_parser, run
+from als_det.experiment.plan import load_plan
 from als_det.experiment.runner import LAUNCHERS, dry_run, run_experiment
 
+logger = logging.getLogger("als_det.tools.run_experiment")
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--plan", required=True, help="experiment plan (YAML, configs/experiments/)")
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argument_parser(__doc__)
+    parser.add_argument("--plan", required=True, metavar="FILE", help="experiment plan (YAML, configs/experiments/)")
     parser.add_argument("--launcher", choices=LAUNCHERS, default="local",
                         help="local: every stage here, in order; slurm: one job per stage (submitit, "
                              "afterok dependencies); submitit-local: submitit jobs on this machine")
     parser.add_argument("--dry-run", action="store_true", help="print every command with its resources")
-    parser.add_argument("--out", default=None, help="output folder (default: the plan's `out`)")
+    parser.add_argument("--out", default=None, metavar="DIR", help="output folder (default: the plan's `out`)")
     parser.add_argument("--seeds", type=int, default=None, metavar="N",
                         help="seeds 0..N-1 instead of the plan's")
     parser.add_argument("--no-wait", action="store_true",
                         help="slurm: submit and return; run the command again to follow the jobs")
-    args = parser.parse_args()
-    try:
-        plan = load_plan(args.plan).with_changes(
-            out=args.out, seeds=None if args.seeds is None else list(range(args.seeds)))
-    except PlanError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    return parser
+
+
+def run_tool(args: argparse.Namespace) -> int:
+    plan = load_plan(args.plan).with_changes(
+        out=args.out, seeds=None if args.seeds is None else list(range(args.seeds)))
     if args.dry_run:
         print(dry_run(plan))
         return 0
     try:
         outcome = run_experiment(plan, args.launcher, wait=not args.no_wait)
-    except ValueError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
-        print("\n[experiment] interrupted; run the same command again to go on from here", file=sys.stderr)
+        logger.warning("interrupted; run the same command again to go on from here")
         return 130
     return 0 if outcome.ok or (args.no_wait and not outcome.failed) else 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run(run_tool, build_parser(), argv)
 
 
 if __name__ == "__main__":

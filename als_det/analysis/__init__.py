@@ -1,1 +1,5 @@
-"""Context-only variants, class activation maps, and the evaluation run (no detectron2)."""
+"""Context-only variants, class activation maps, the evaluation run and ImageNet-9 (no detectron2).
+
+Analysis computes; the statistics live in `als_det.metrics`, the words, tables and figures in
+`als_det.report`.
+"""

@@ -20,24 +20,26 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
-import torch.distributed as dist
 import torchvision.transforms.functional as TF
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from als_det.analysis.context import Preprocessing
-from als_det.analysis.evaluate import EvalOptions, EvaluationInputError, LoadedModel, load_models
+from als_det.analysis.evaluate import EvalOptions
+from als_det.analysis.models import EvaluationInputError, LoadedModel, load_models
 from als_det.data.images import BadImageError, load_rgb
-from als_det.engine.distributed import DistInfo, init_distributed
-from als_det.io import atomic_write_json, sha256_file
+from als_det.engine.distributed import DistInfo, all_gather_objects, init_distributed
+from als_det.io import sha256_file
+from als_det.logger import setup_logging
 from als_det.versions import package_versions
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 IN9_VARIANTS = ("original", "only_bg_b", "only_bg_t", "no_fg", "only_fg", "mixed_same", "mixed_rand", "mixed_next")
 NUM_CLASSES = 9
@@ -110,20 +112,12 @@ class In9Images(Dataset):
         try:
             img = load_rgb(path)
         except BadImageError:
-            log.warning("undecodable image %s: counted, left out", path)
+            logger.warning("undecodable image %s: counted, left out", path)
             return torch.zeros(3, size, size), -1, pos
         if img.size != (size, size):
             img = TF.resize(img, [size, size], antialias=True)
         x = TF.normalize(TF.to_tensor(img), [m / 255 for m in self.prep.mean], [s / 255 for s in self.prep.std])
         return x, label, pos
-
-
-def _gather(obj: Any, info: DistInfo) -> list[Any]:
-    if not info.distributed:
-        return [obj]
-    out: list[Any] = [None] * info.world_size
-    dist.all_gather_object(out, obj)
-    return out
 
 
 @torch.no_grad()
@@ -142,7 +136,7 @@ def score_variant(lm: LoadedModel, items: Sequence[tuple[str, int]], mapping: to
         confs.append(conf)
     local = [torch.cat(t) if t else torch.zeros(0, dtype=dtype)
              for t, dtype in ((labels, torch.long), (preds, torch.long), (confs, torch.float32))]
-    y, pred, conf = (torch.cat([p[i] for p in _gather(local, info)]) for i in range(3))
+    y, pred, conf = (torch.cat([p[i] for p in all_gather_objects(local)]) for i in range(3))
     ok = y >= 0
     n = int(ok.sum())
     if n == 0:
@@ -158,9 +152,8 @@ def score_variant(lm: LoadedModel, items: Sequence[tuple[str, int]], mapping: to
 def evaluate_in9(checkpoints: Sequence[str], data_root: str, out_dir: str, names: Sequence[str] | None = None,
                  in_to_in9: str | None = None, opts: EvalOptions | None = None,
                  args: dict[str, Any] | None = None) -> dict[str, Any] | None:
-    """Every checkpoint on every IN-9 variant present; rank 0 writes in9_metrics.json and in9_report.md."""
-    from als_det.report.backgrounds import write_in9_report
-
+    """Every checkpoint on every IN-9 variant present: in9_metrics.json's content on rank 0 (None on
+    the others); `report.backgrounds.write_in9_report` writes it with in9_report.md."""
     start = time.perf_counter()
     opts = opts or EvalOptions()
     root = Path(data_root)
@@ -176,6 +169,7 @@ def evaluate_in9(checkpoints: Sequence[str], data_root: str, out_dir: str, names
     models = load_models(checkpoints, names)
     mappings = {lm.name: output_mapping(lm, classes, in_to_in9) for lm in models}
     items = {v: list_variant(root, v, classes) for v in variants}
+    setup_logging(out_dir, info.rank)
     results: dict[str, Any] = {}
     for lm in models:
         scores = {v: score_variant(lm, items[v], mappings[lm.name], opts, info, f"{lm.name} {v}") for v in variants}
@@ -189,13 +183,9 @@ def evaluate_in9(checkpoints: Sequence[str], data_root: str, out_dir: str, names
             "variants": scores, "bg_gap": None if same is None or rand is None else same - rand}
     if not info.is_main:
         return None
-    metrics = {"models": results, "reference": REFERENCE,
-               "data": {"root": str(root.resolve()), "classes": classes, "variants": variants, "missing": missing,
-                        "images": {v: len(items[v]) for v in variants}, "world_size": info.world_size,
-                        "device": str(info.device)},
-               "options": asdict(opts), "versions": package_versions(), "args": args or {},
-               "wall_time_s": round(time.perf_counter() - start, 1)}
-    out = Path(out_dir)
-    write_in9_report(metrics, out)
-    atomic_write_json(out / "in9_metrics.json", metrics)
-    return metrics
+    return {"models": results, "reference": REFERENCE,
+            "data": {"root": str(root.resolve()), "classes": classes, "variants": variants, "missing": missing,
+                     "images": {v: len(items[v]) for v in variants}, "world_size": info.world_size,
+                     "device": str(info.device)},
+            "options": asdict(opts), "versions": package_versions(), "args": args or {},
+            "wall_time_s": round(time.perf_counter() - start, 1)}

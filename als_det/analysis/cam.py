@@ -8,19 +8,10 @@ is computed through autograd and so stays valid for any head.
 """
 from __future__ import annotations
 
-import io
-from pathlib import Path
-from typing import Sequence
-
-import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from matplotlib.figure import Figure
-from matplotlib.patches import Rectangle
 from torch import Tensor
-
-from als_det.io import atomic_write_bytes
 
 CAM_METHODS = ("cam", "gradcam")
 
@@ -74,37 +65,3 @@ def compute_cams(model: nn.Module, x: Tensor, classes: Tensor, method: str = "ca
             feats, logits = features_and_logits(model, x)
             cams = cam_from_features(model, feats, classes)
     return upsample(cams.detach(), x.shape[-1]), logits
-
-
-def save_cam_grid(images: Sequence[np.ndarray], boxes: Sequence[np.ndarray], cams: dict[str, Sequence[np.ndarray]],
-                  titles: dict[str, Sequence[str]], row_labels: Sequence[str], path: str | Path) -> Path:
-    """One PNG: a row per image (the input with its boxes, then each model's CAM overlaid).
-
-    `images` are uint8 network-input crops [S, S, 3], `boxes` in input pixels, `cams[model][i]` a
-    [S, S] map, `titles[model][i]` a caption (e.g. the prediction and confidence).
-    """
-    names = list(cams)
-    rows, cols = len(images), 1 + len(names)
-    fig = Figure(figsize=(2.2 * max(cols, 2), 2.3 * rows + 0.4))
-    axes = fig.subplots(rows, cols, squeeze=False)
-    for r in range(rows):
-        for c in range(cols):
-            ax = axes[r][c]
-            ax.imshow(images[r])
-            if c > 0:
-                cam = np.clip(cams[names[c - 1]][r], 0, None)
-                peak = cam.max()
-                ax.imshow(cam / peak if peak > 0 else cam, cmap="jet", alpha=0.5, vmin=0, vmax=1)
-                ax.set_title(f"{names[c - 1]}\n{titles[names[c - 1]][r]}", fontsize=8)
-            else:
-                ax.set_title(row_labels[r], fontsize=8)
-            for x0, y0, x1, y1 in np.asarray(boxes[r]).reshape(-1, 4):
-                ax.add_patch(Rectangle((x0 - 0.5, y0 - 0.5), x1 - x0, y1 - y0, fill=False,
-                                               edgecolor="white", linewidth=1.5))
-            ax.set_xticks([])
-            ax.set_yticks([])
-    fig.suptitle("CAM of the labelled class\n(white: labelled boxes)", fontsize=9)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110)
-    return atomic_write_bytes(path, buf.getvalue())

@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -29,7 +29,7 @@ from als_det.data.boxes import ImageRecord
 from als_det.data.crops import center_crop_box
 from als_det.data.images import BadImageError, load_rgb
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 VARIANTS = ("intact", "bg_only", "fg_only", "outside_crop")
 FILLS = ("black", "mean", "blur")
@@ -212,7 +212,7 @@ class VariantDataset(Dataset):
         try:
             image = load_rgb(rec.path)
         except BadImageError as exc:
-            log.warning("%s", exc)
+            logger.warning("%s", exc)
             return torch.zeros(3, size, size), -1, pos, torch.zeros(size, size, dtype=torch.bool)
         width, height = image.size
         view = make_variant(image, rec.boxes, self.plan.variant, self.fill, self.prep.mean, self.blur_fraction,

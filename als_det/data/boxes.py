@@ -33,32 +33,36 @@ first one raises (`BadImageError` for images, `DataError` otherwise) naming the 
 """
 from __future__ import annotations
 
-import csv
 import hashlib
 import json
 import logging
 import os
 import stat
 import time
-import xml.etree.ElementTree as ET
-from dataclasses import asdict, dataclass, field
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 from tqdm import tqdm
 
 from als_det.data import index_cache
+from als_det.data.annotations import (
+    BoxFile,
+    DataError,
+    IndexReport,
+    boxes_for,
+    parse_voc_xml,
+    read_loc_csv,
+    read_val_labels,
+    scan_xml_dir,
+)
 from als_det.data.images import BadImageError, image_size
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = (".jpeg", ".jpg", ".png")
 CACHE_SUBDIR = ".als_det_cache"
-
-
-class DataError(ValueError):
-    """Bad data-set input (labels, box files); the message names the file."""
 
 
 @dataclass
@@ -73,168 +77,12 @@ class ImageRecord:
     height: int
 
 
-@dataclass
-class IndexReport:
-    """Counts of what an index holds and what it skipped, by reason."""
-
-    split: str
-    images: int = 0
-    with_boxes: int = 0
-    boxes: int = 0
-    empty_boxes_dropped: int = 0
-    skipped: dict[str, list[str]] = field(default_factory=dict)
-    box_source: str = ""
-
-    def skip(self, reason: str, file: str | os.PathLike, strict: bool, detail: str = "") -> None:
-        """Record a skip, or raise when strict."""
-        if strict:
-            raise DataError(f"{file}: {reason.replace('_', ' ')}{': ' + detail if detail else ''}")
-        self.skipped.setdefault(reason, []).append(str(file))
-
-    def summary(self) -> str:
-        lines = [f"index '{self.split}': {self.images} images, {self.with_boxes} with boxes, "
-                 f"{self.boxes} boxes, {self.empty_boxes_dropped} empty boxes dropped "
-                 f"(box source: {self.box_source or 'none'})"]
-        for reason, files in sorted(self.skipped.items()):
-            shown = ", ".join(files[:3]) + (f", ... ({len(files) - 3} more)" if len(files) > 3 else "")
-            lines.append(f"  skipped {len(files)} x {reason}: {shown}")
-        return "\n".join(lines)
-
-
 def _is_image(name: str) -> bool:
     return name.lower().endswith(IMAGE_EXTENSIONS)
 
 
 def _visible(entries: Iterable[os.DirEntry]) -> list[os.DirEntry]:
     return sorted((e for e in entries if not e.name.startswith(".")), key=lambda e: e.name)
-
-
-# ----------------------------------------------------------------------------------- box files
-@dataclass
-class _BoxFile:
-    """Parsed box file: objects (wnid, xmin, ymin, xmax, ymax) in the file's inclusive corners."""
-
-    source: str
-    size: tuple[int, int] | None
-    objects: list[tuple[str, float, float, float, float]]
-
-
-def parse_voc_xml(path: str | os.PathLike) -> _BoxFile:
-    """Read a Pascal-VOC annotation; `DataError` naming the file when malformed."""
-    try:
-        root = ET.parse(path).getroot()
-        size = None
-        size_el = root.find("size")
-        if size_el is not None and size_el.findtext("width") and size_el.findtext("height"):
-            size = (int(float(size_el.findtext("width"))), int(float(size_el.findtext("height"))))
-            if size[0] <= 0 or size[1] <= 0:
-                size = None
-        objects = []
-        for obj in root.iter("object"):
-            bb = obj.find("bndbox")
-            name = (obj.findtext("name") or "").strip()
-            if bb is None or not name:
-                raise ValueError("object without <name> or <bndbox>")
-            coords = [float(bb.findtext(k)) for k in ("xmin", "ymin", "xmax", "ymax")]
-            objects.append((name, *coords))
-    except (ET.ParseError, ValueError, TypeError) as exc:
-        raise DataError(f"{path}: malformed box XML ({exc})") from exc
-    return _BoxFile(str(path), size, objects)
-
-
-def _scan_xml_dir(box_dir: Path) -> dict[str, str]:
-    """Relative path without extension ("<wnid>/<stem>" or "<stem>") -> XML path."""
-    found: dict[str, str] = {}
-    for dirpath, dirnames, filenames in os.walk(box_dir):
-        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
-        rel_dir = os.path.relpath(dirpath, box_dir)
-        for name in filenames:
-            if name.lower().endswith(".xml"):
-                stem = name[:-4]
-                found[stem if rel_dir == "." else f"{rel_dir}/{stem}"] = os.path.join(dirpath, name)
-    return found
-
-
-def _read_loc_csv(path: Path, report: IndexReport, strict: bool) -> dict[str, _BoxFile]:
-    """Kaggle LOC_*_solution.csv: ImageId -> boxes (no size: the CSV is in the JPEG's pixels)."""
-    out: dict[str, _BoxFile] = {}
-    for line_no, row in _loc_csv_rows(path):
-        where = f"{path}:{line_no}"
-        try:
-            image_id, pred = row[0].strip(), row[1].split()
-            if len(pred) % 5:
-                raise ValueError("PredictionString is not groups of 'wnid x0 y0 x1 y1'")
-            objects = [(pred[i], *(float(v) for v in pred[i + 1:i + 5]))
-                       for i in range(0, len(pred), 5)]
-        except (IndexError, ValueError) as exc:
-            report.skip("malformed_box_file", where, strict, str(exc))
-            continue
-        out[image_id] = _BoxFile(where, None, objects)
-    return out
-
-
-def _loc_csv_rows(path: Path) -> Iterator[tuple[int, list[str]]]:
-    """(line number, row) of a Kaggle LOC_*_solution.csv, after checking its header."""
-    with open(path, newline="") as f:
-        reader = csv.reader(f)
-        header = next(reader, None)
-        if header is None or [h.strip() for h in header[:2]] != ["ImageId", "PredictionString"]:
-            raise DataError(f"{path}: expected header 'ImageId,PredictionString', got {header}")
-        yield from enumerate(reader, start=2)
-
-
-def _read_val_labels(path: Path, image_names: list[str], classes: list[str] | None
-                     ) -> tuple[list[str | int | None], list[str] | None]:
-    """Per image (sorted names) its wnid, 0-based index, or None (not in a CSV), and the classes.
-
-    A text file holds one label per line in sorted filename order; a .csv is LOC_val_solution.
-    """
-    labels: list[str | int | None]
-    if path.suffix.lower() == ".csv":
-        by_id: dict[str, str] = {}
-        for line_no, row in _loc_csv_rows(path):
-            if len(row) < 2 or not row[1].split():
-                raise DataError(f"{path}:{line_no}: row without a class")
-            by_id[row[0].strip()] = row[1].split()[0]
-        labels = [by_id.get(os.path.splitext(n)[0]) for n in image_names]
-    else:
-        lines = [ln.strip() for ln in path.read_text().splitlines() if ln.strip()]
-        if len(lines) != len(image_names):
-            raise DataError(f"{path}: {len(lines)} labels for {len(image_names)} images; the file "
-                            "needs one label per image, in sorted filename order")
-        labels = [int(ln) if ln.lstrip("-").isdigit() else ln for ln in lines]
-    if classes is None:
-        if any(isinstance(lb, int) for lb in labels):
-            raise DataError(f"{path}: class indices need the class list; pass classes= (train's)")
-        classes = sorted({lb for lb in labels if lb is not None})
-    return labels, classes
-
-
-def _boxes_for(box_file: _BoxFile, wnid: str, known: set[str], width: int, height: int,
-               report: IndexReport, strict: bool) -> np.ndarray:
-    """The labelled class's boxes as float32 (N, 4), converted, scaled, clipped, empties dropped."""
-    sx = sy = 1.0
-    if box_file.size is not None and box_file.size != (width, height):
-        sx, sy = width / box_file.size[0], height / box_file.size[1]
-    kept = []
-    for name, xmin, ymin, xmax, ymax in box_file.objects:
-        if name not in known:
-            report.skip("unknown_wnid", box_file.source, strict, f"object name {name!r}")
-            continue
-        if name != wnid:
-            continue
-        if xmax < xmin or ymax < ymin:
-            report.skip("inverted_box", box_file.source, strict, f"box {(xmin, ymin, xmax, ymax)}")
-            continue
-        x0, x1 = np.clip([xmin * sx, (xmax + 1) * sx], 0, width)
-        y0, y1 = np.clip([ymin * sy, (ymax + 1) * sy], 0, height)
-        if x1 <= x0 or y1 <= y0:
-            report.empty_boxes_dropped += 1
-            report.skip("box_outside_image", box_file.source, strict,
-                        f"box {(xmin, ymin, xmax, ymax)} outside the {width}x{height} image")
-            continue
-        kept.append((x0, y0, x1, y1))
-    return np.asarray(kept, dtype=np.float32).reshape(-1, 4)
 
 
 # ----------------------------------------------------------------------------------- listing
@@ -251,7 +99,7 @@ def _list_images(split_dir: Path, val_labels: str, classes: list[str] | None,
                 files.append(e.name)
             elif e.is_file():
                 report.skip("not_an_image", e.path, strict)
-        labels, classes = _read_val_labels(Path(val_labels), files, classes)
+        labels, classes = read_val_labels(Path(val_labels), files, classes)
         index = {c: i for i, c in enumerate(classes)}
         per_class: dict[int, int] = {}
         for name, lb in zip(files, labels):
@@ -321,11 +169,11 @@ def _build(root: Path, split: str, boxes: str, val_labels: str, strict: bool, ma
     known = set(classes)
 
     xml_files: dict[str, str] = {}
-    csv_boxes: dict[str, _BoxFile] = {}
+    csv_boxes: dict[str, BoxFile] = {}
     if kind == "xml" and box_path is not None:
-        xml_files = _scan_xml_dir(box_path)
+        xml_files = scan_xml_dir(box_path)
     elif kind == "csv" and box_path is not None:
-        csv_boxes = _read_loc_csv(box_path, report, strict)
+        csv_boxes = read_loc_csv(box_path, report, strict)
     used: set[str] = set()
 
     records: list[ImageRecord] = []
@@ -354,7 +202,7 @@ def _build(root: Path, split: str, boxes: str, val_labels: str, strict: bool, ma
                 used.add(key)
                 box_file = csv_boxes[key]
                 break
-        arr = (_boxes_for(box_file, wnid, known, width, height, report, strict)
+        arr = (boxes_for(box_file, wnid, known, width, height, report, strict)
                if box_file is not None else np.zeros((0, 4), np.float32))
         records.append(ImageRecord(path, label, arr, width, height))
         report.with_boxes += bool(len(arr))
@@ -390,7 +238,7 @@ def index_cache_dir(root: str | os.PathLike, fallback: str | os.PathLike, reques
         return str(requested)
     if not is_marked_read_only(root):
         return ""
-    log.info("data root %s is read-only: caching its box index under %s", root, fallback)
+    logger.info("data root %s is read-only: caching its box index under %s", root, fallback)
     return str(fallback)
 
 
@@ -416,25 +264,25 @@ def build_index(root: str | os.PathLike, split: str, boxes: str = "", val_labels
     cache = Path(cache_dir or root / CACHE_SUBDIR) / f"index-{split.replace('/', '_')}-{digest}.npz"
     started = time.perf_counter()
     files = index_cache.fingerprint([root / split, box_path, Path(val_labels) if val_labels else None])
-    log.debug("fingerprinted %d folders/files for the %s index in %.2f s", len(files), split,
+    logger.debug("fingerprinted %d folders/files for the %s index in %.2f s", len(files), split,
               time.perf_counter() - started)
 
     cached = index_cache.load(cache, key, files)
     if cached is not None:
-        log.info("loaded box index from %s", cache)
+        logger.info("loaded box index from %s", cache)
         meta = cached["meta"]
         return _unpack(cached, root), list(meta["classes"]), IndexReport(**meta["report"])
 
     started = time.perf_counter()
     records, classes, report = _build(root, split, boxes, val_labels, strict, max_per_class, classes)
-    log.info("%s\n  built in %.1f s", report.summary(), time.perf_counter() - started)
+    logger.info("%s\n  built in %.1f s", report.summary(), time.perf_counter() - started)
     if not cache_dir and is_marked_read_only(root):
-        log.warning("data root %s is read-only: index not cached; pass cache_dir= (DATA.CACHE_DIR) "
+        logger.warning("data root %s is read-only: index not cached; pass cache_dir= (DATA.CACHE_DIR) "
                     "so it is not rebuilt at every start", root)
         return records, classes, report
     try:
         index_cache.save(cache, key, files, classes, asdict(report), records, root)
     except OSError as exc:
-        log.warning("could not write the index cache %s (%s); pass cache_dir= to a writable "
+        logger.warning("could not write the index cache %s (%s); pass cache_dir= to a writable "
                     "folder so the index is not rebuilt at every start", cache, exc)
     return records, classes, report

@@ -13,10 +13,10 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Iterable, Sequence
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 
 def _synset_lines(path: Path) -> dict[str, str]:

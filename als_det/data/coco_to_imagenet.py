@@ -11,11 +11,12 @@ id) and its boxes are that category's boxes, written as Pascal-VOC XML like ILSV
 
 `<class>` is the category name with spaces as underscores. The first split decides the classes
 (categories dominant in at least `min_images` of its images); later splits keep only images of
-those classes, and every split has a folder for every class (empty where it has no image of it),
-so that its class list is the first split's, as in ImageNet. Crowd annotations (`iscrowd: 1`, a box around a group of instances) follow an
-explicit policy: `keep` (a box of its category: the instances are inside it), `drop` (ignored)
-or `skip_image` (the image is left out). Every image left out and every box dropped is counted by
-reason in the report; a missing image file or a malformed json is an error naming the file.
+those classes, and every split has a folder for every class (empty where it has no image of it), so
+that its class list is the first split's, as in ImageNet. Crowd annotations (`iscrowd: 1`, a box
+around a group of instances) follow an explicit policy: `keep` (a box of its category: the
+instances are inside it), `drop` (ignored) or `skip_image` (the image is left out). Every image
+left out and every box dropped is counted by reason in the report; a missing image file or a
+malformed json is an error naming the file.
 """
 from __future__ import annotations
 
@@ -26,14 +27,15 @@ import os
 import shutil
 import tempfile
 from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 from xml.sax.saxutils import escape
 
 from als_det.io import atomic_write_json
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 CROWD_POLICIES = ("keep", "drop", "skip_image")
 LINK_MODES = ("copy", "symlink")
@@ -263,7 +265,7 @@ def coco_to_imagenet(splits: Sequence[SplitSource], out_root: str | os.PathLike,
         for src in splits:
             reports[src.name], classes, split_ids = _write_split(src, tmp, classes, crowd, min_images, link)
             ids = ids or split_ids
-            log.info("%s", reports[src.name].summary())
+            logger.info("%s", reports[src.name].summary())
         first = reports[splits[0].name]
         atomic_write_json(tmp / "classes.json", [
             {"folder": c, "coco_id": ids[c], "images": first.per_class[c]} for c in classes])

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import logging
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -10,10 +10,15 @@ import torchvision.transforms.functional as TF
 from torch.utils.data import Dataset
 
 from als_det.data.boxes import ImageRecord
-from als_det.data.crops import center_crop_box, coverage, object_coverage, random_resized_crop_params
+from als_det.data.crops import (
+    center_crop_box,
+    coverage,
+    object_coverage,
+    random_resized_crop_params,
+)
 from als_det.data.images import BadImageError, load_rgb
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -97,7 +102,7 @@ class ImageNetBoxes(Dataset):
                 raise
             if path not in self._warned:
                 self._warned.add(path)
-                log.warning("undecodable image %s: returned with label -1 (masked by the trainer)",
+                logger.warning("undecodable image %s: returned with label -1 (masked by the trainer)",
                             path)
             return torch.zeros(3, self.image_size, self.image_size), -1, 0.0, 0.0, False
         boxes = self.boxes(index)

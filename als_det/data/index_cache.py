@@ -13,8 +13,8 @@ import json
 import logging
 import os
 import zipfile
-from pathlib import Path
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Any
 
 import numpy as np

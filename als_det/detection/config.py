@@ -1,4 +1,4 @@
-"""Detection configs: detectron2's `get_cfg()` + a YAML file + `--opts`, with model-zoo bases.
+"""Detection configs: detectron2's `get_cfg()` + a YAML file + `KEY VALUE` overrides, with model-zoo bases.
 
 Our YAML files inherit detectron2's own model-zoo configs through `_BASE_: "model_zoo://<path>"`
 (path relative to detectron2's `model_zoo/configs/`), so the zoo's schedules are used verbatim
@@ -8,10 +8,13 @@ here embedded in that joined path and is resolved with `detectron2.model_zoo.get
 """
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from detectron2 import model_zoo
 from detectron2.config import CfgNode, get_cfg
+
+from als_det.config import merge_config
 
 MODEL_ZOO_PREFIX = "model_zoo://"
 
@@ -41,12 +44,10 @@ def get_detection_cfg(config_file: str | None = None,
                       opts: Sequence[str] | None = None) -> DetectionCfgNode:
     """detectron2's defaults, then `config_file` (a path or `model_zoo://...`), then `opts`.
 
-    Unknown keys in the file or in `opts` raise detectron2's own KeyError naming the key.
-    The result is not frozen: callers set run-time keys (MODEL.DEVICE, OUTPUT_DIR, ...) then freeze.
+    Unknown keys in the file or in `opts` raise a ConfigError naming the key; an option among
+    `opts` a ConfigError saying where options go. The result is not frozen: callers set run-time
+    keys (MODEL.DEVICE, OUTPUT_DIR, ...) then freeze.
     """
     cfg = DetectionCfgNode(get_cfg())
-    if config_file:
-        cfg.merge_from_file(resolve_config_path(str(config_file)))
-    if opts:
-        cfg.merge_from_list(list(opts))
+    merge_config(cfg, resolve_config_path(str(config_file)) if config_file else None, opts)
     return cfg

@@ -10,10 +10,13 @@ per-machine process group (`comm._LOCAL_PROCESS_GROUP`) is made as its `launch` 
 """
 from __future__ import annotations
 
+import argparse
 import logging
 import os
+import sys
+from collections.abc import Callable
 from datetime import timedelta
-from typing import Any, Callable
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -29,6 +32,20 @@ TIMEOUT = timedelta(minutes=30)
 
 class LaunchError(ValueError):
     """Process options that contradict each other; the message gives the command to use."""
+
+
+def add_launch_arguments(parser: argparse.ArgumentParser) -> None:
+    """detectron2's process options, as its `default_argument_parser` defines them."""
+    group = parser.add_argument_group("processes (detectron2's launch)")
+    group.add_argument("--num-gpus", type=int, default=1, metavar="N",
+                       help="processes per machine: one per GPU (without CUDA: N CPU processes)")
+    group.add_argument("--num-machines", type=int, default=1, metavar="N", help="total number of machines")
+    group.add_argument("--machine-rank", type=int, default=0, metavar="RANK",
+                       help="the rank of this machine (unique per machine)")
+    # detectron2's deterministic port per user: an orphaned earlier job shows as a port in use
+    port = 2**15 + 2**14 + hash(os.getuid() if sys.platform != "win32" else 1) % 2**14
+    group.add_argument("--dist-url", default=f"tcp://127.0.0.1:{port}", metavar="URL",
+                       help="initialization URL of the process group (tcp://HOST:PORT of machine 0)")
 
 
 def torchrun_world() -> tuple[int, int, int, int] | None:

@@ -2,8 +2,9 @@
 Faster R-CNN, RetinaNet or Mask R-CNN, whichever the config builds (box AP, and mask AP for masks).
 
 `setup(args)` builds the config (device, data sets, class count resolved and logged, then
-detectron2's `default_setup`); `run_finetune(args)` trains with `FinetuneTrainer` (detectron2's
-`DefaultTrainer` + strict backbone loading + `COCOEvaluator`) or only evaluates, then writes
+what detectron2's `default_setup` does, through the suite's logging); `run_finetune(args)` trains
+with `FinetuneTrainer` (detectron2's `DefaultTrainer` + strict backbone loading +
+`COCOEvaluator`) or only evaluates, then writes
 `OUTPUT_DIR/results.json`. `launch_finetune(args)` runs it through `detectron2.engine.launch`
 (one process per GPU, any number of machines).
 """
@@ -20,22 +21,31 @@ from typing import Any
 import torch
 from detectron2.data import MetadataCatalog
 from detectron2.data.datasets.coco import convert_to_coco_json
-from detectron2.engine import (AMPTrainer, DefaultTrainer, SimpleTrainer, TrainerBase, create_ddp_model,
-                               default_argument_parser, default_setup)
+from detectron2.engine import (
+    AMPTrainer,
+    DefaultTrainer,
+    SimpleTrainer,
+    TrainerBase,
+    create_ddp_model,
+)
 from detectron2.evaluation import COCOEvaluator
 from detectron2.utils import comm
-from detectron2.utils.logger import setup_logger
+from detectron2.utils.collect_env import collect_env_info
+from detectron2.utils.env import seed_all_rng
 
+from als_det.cli import argument_parser
+from als_det.config import check_overrides
 from als_det.detection import datasets as ds
 from als_det.detection.checkpoint import RecordingCheckpointer
 from als_det.detection.config import DetectionCfgNode, get_detection_cfg
-from als_det.detection.launch import launch_processes
+from als_det.detection.launch import add_launch_arguments, launch_processes
 from als_det.detection.results import experiment_config, training_record, write_results
 from als_det.detection.weights import load_backbone_weights
-from als_det.io import atomic_write_json
+from als_det.io import atomic_write_json, atomic_write_text
+from als_det.logger import setup_logging
 from als_det.output_dir import set_aside_note, set_aside_previous_run
 
-logger = logging.getLogger("als_det.detection")
+logger = logging.getLogger(__name__)
 
 DEFAULT_CONFIG = str(Path(__file__).resolve().parents[2] / "configs/detection/faster_rcnn_R_18_FPN_demo.yaml")
 # What detectron2 and this module write into OUTPUT_DIR, and the files only a started run writes.
@@ -150,34 +160,40 @@ def num_classes_key(cfg: DetectionCfgNode) -> str:
     return "RETINANET" if cfg.MODEL.META_ARCHITECTURE == "RetinaNet" else "ROI_HEADS"
 
 
-def finetune_argument_parser(epilog: str | None = None) -> argparse.ArgumentParser:
-    """detectron2's `default_argument_parser` plus the data set and backbone options."""
-    parser = default_argument_parser(epilog=epilog)
-    parser.set_defaults(config_file=DEFAULT_CONFIG)
-    parser.add_argument("--coco-root", nargs="?", const=str(ds.coco_root_default()), default=None,
-                        metavar="DIR",
-                        help="train/test on COCO 2017 in the official layout under DIR "
-                             "(annotations/instances_{train,val}2017.json, {train,val}2017/); "
-                             "without DIR: $DETECTRON2_DATASETS/coco")
-    parser.add_argument("--dataset", action="append", default=[], metavar="NAME=JSON:IMAGE_DIR",
-                        help="register a COCO-format data set under NAME (repeatable)")
-    parser.add_argument("--train-dataset", action="append", default=[], metavar="NAME",
-                        help="train on NAME (repeatable; default: DATASETS.TRAIN if given among "
-                             "the trailing options, else coco_2017_train with --coco-root, else "
-                             "the generated set)")
-    parser.add_argument("--test-dataset", action="append", default=[], metavar="NAME",
-                        help="evaluate on NAME (repeatable; defaults as for --train-dataset)")
-    parser.add_argument("--generated-config", default="", metavar="FILE",
-                        help="pretraining config whose DATA.ROOT / DATA.GEN describe the generated "
-                             "data set (default: the pretraining defaults)")
-    parser.add_argument("--generated-root", default="", metavar="DIR",
-                        help="root of the generated data set (overrides DATA.ROOT)")
-    parser.add_argument("--allow-random-backbone", action="store_true",
-                        help="train even though backbone tensors are missing from MODEL.WEIGHTS "
-                             "(training from scratch on purpose)")
-    parser.add_argument("--unsafe-load", action="store_true",
-                        help="allow full unpickling of a trusted MODEL.WEIGHTS or checkpoint that "
-                             "the safe readers refuse (it can run code; recorded in results.json)")
+def finetune_argument_parser(description: str | None = None) -> argparse.ArgumentParser:
+    """The suite's parser (`als_det.cli`) with detectron2's run and process options
+    (`default_argument_parser`'s) and the data set and backbone options."""
+    parser = argument_parser(description, config="optional", default_config=DEFAULT_CONFIG)
+    parser.add_argument("--resume", action="store_true",
+                        help="continue from OUTPUT_DIR's last checkpoint (detectron2's resume_or_load)")
+    parser.add_argument("--eval-only", action="store_true",
+                        help="only evaluate: the last checkpoint with --resume, else MODEL.WEIGHTS")
+    add_launch_arguments(parser)
+    data = parser.add_argument_group("data sets")
+    data.add_argument("--coco-root", default=None, metavar="DIR",
+                      help="train/test on COCO 2017 in the official layout under DIR "
+                           "(annotations/instances_{train,val}2017.json, {train,val}2017/; detectron2's "
+                           "own place is $DETECTRON2_DATASETS/coco)")
+    data.add_argument("--dataset", action="append", default=[], metavar="NAME=JSON:IMAGE_DIR",
+                      help="register a COCO-format data set under NAME (repeatable)")
+    data.add_argument("--train-dataset", action="append", default=[], metavar="NAME",
+                      help="train on NAME (repeatable; default: DATASETS.TRAIN if given among "
+                           "the trailing options, else coco_2017_train with --coco-root, else "
+                           "the generated set)")
+    data.add_argument("--test-dataset", action="append", default=[], metavar="NAME",
+                      help="evaluate on NAME (repeatable; defaults as for --train-dataset)")
+    data.add_argument("--generated-config", default="", metavar="FILE",
+                      help="pretraining config whose DATA.ROOT / DATA.GEN describe the generated "
+                           "data set (default: the pretraining defaults)")
+    data.add_argument("--generated-root", default="", metavar="DIR",
+                      help="root of the generated data set (default: that config's DATA.ROOT)")
+    weights = parser.add_argument_group("backbone weights")
+    weights.add_argument("--allow-random-backbone", action="store_true",
+                         help="train even though backbone tensors are missing from MODEL.WEIGHTS "
+                              "(training from scratch on purpose)")
+    weights.add_argument("--unsafe-load", action="store_true",
+                         help="allow full unpickling of a trusted MODEL.WEIGHTS or checkpoint that "
+                              "the safe readers refuse (it can run code; recorded in results.json)")
     return parser
 
 
@@ -201,12 +217,12 @@ def _choose(args: argparse.Namespace, cfg: DetectionCfgNode, split: str) -> list
 def _generated_detection_root(args: argparse.Namespace) -> Path:
     """Make the generated data set if its root holds none (main process), return its detection/."""
     from als_det.config import load_config
-    from als_det.data.generated import ensure_generated
+    from als_det.data.generated import generate
 
     pre = load_config(args.generated_config or None)
     root = Path(args.generated_root or pre.DATA.ROOT)
     if comm.is_main_process():
-        ensure_generated(root, pre.DATA.GEN)
+        generate(root, pre.DATA.GEN)
     comm.synchronize()
     return root / "detection"
 
@@ -267,26 +283,15 @@ def set_aside_earlier_run(args: argparse.Namespace, cfg: DetectionCfgNode) -> Pa
     return aside
 
 
-def check_trailing_opts(opts: list[str] | None) -> None:
-    """Config overrides come last: an option among them (`... OUTPUT_DIR x --dataset ...`) would
-    otherwise reach the config as a key. Raises ValueError saying where it goes."""
-    flags = [o for o in opts or [] if o.startswith("--")]
-    if flags:
-        raise ValueError(f"{flags[0]} comes after the config overrides (KEY VALUE pairs), where it is read as a "
-                         f"config key; put options before them: tools/finetune_coco.py {flags[0]} ... "
-                         "--config-file FILE KEY VALUE ...")
-
-
 def setup(args: argparse.Namespace) -> DetectionCfgNode:
     """Config with device, seed, data sets and class count resolved (each change logged), then
-    detectron2's `default_setup` (loggers, config.yaml, seeding). Returns the frozen config."""
-    check_trailing_opts(args.opts)
+    `record_run` (environment in log.txt, config.yaml, seeding). Returns the frozen config."""
     cfg = get_detection_cfg(args.config_file, args.opts)
     aside = set_aside_earlier_run(args, cfg)
     recorded = recorded_datasets(args)
-    setup_logger(cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="als_det")
+    setup_logging(cfg.OUTPUT_DIR, comm.get_rank())
     if aside is not None:
-        logger.warning(set_aside_note(cfg.OUTPUT_DIR, aside))
+        logger.warning("%s", set_aside_note(cfg.OUTPUT_DIR, aside))
     if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
         cfg.MODEL.DEVICE = "cpu"
         logger.warning("CUDA is not available: MODEL.DEVICE set to cpu")
@@ -312,11 +317,27 @@ def setup(args: argparse.Namespace) -> DetectionCfgNode:
                     num_classes_key(cfg), len(categories), head.NUM_CLASSES)
         head.NUM_CLASSES = len(categories)
     cfg.freeze()
-    default_setup(cfg, args)
+    record_run(cfg, args)
     if not args.eval_only and comm.is_main_process():
         atomic_write_json(Path(cfg.OUTPUT_DIR) / ds.RECORD_FILE, {
-            "train": list(cfg.DATASETS.TRAIN), "test": list(cfg.DATASETS.TEST), "datasets": ds.dataset_record(names)})
+            "train": list(cfg.DATASETS.TRAIN), "test": list(cfg.DATASETS.TEST),
+            "datasets": ds.dataset_record(names)})
     return cfg
+
+
+def record_run(cfg: DetectionCfgNode, args: argparse.Namespace) -> None:
+    """detectron2's `default_setup` through the suite's logging (which writes no colour codes into
+    log.txt): the environment in log.txt, the full config in config.yaml, seeding, cudnn."""
+    rank = comm.get_rank()
+    logger.info("Rank of current process: %d. World size: %d", rank, comm.get_world_size())
+    logger.debug("Environment info:\n%s", collect_env_info())
+    logger.info("Command line arguments: %s", args)
+    if comm.is_main_process():
+        path = atomic_write_text(Path(cfg.OUTPUT_DIR) / "config.yaml", cfg.dump())
+        logger.info("Full config saved to %s", path)
+    seed_all_rng(None if cfg.SEED < 0 else cfg.SEED + rank)
+    if not args.eval_only:
+        torch.backends.cudnn.benchmark = cfg.CUDNN_BENCHMARK
 
 
 def run_finetune(args: argparse.Namespace) -> dict[str, Any]:
@@ -352,6 +373,6 @@ def run_finetune(args: argparse.Namespace) -> dict[str, Any]:
 def launch_finetune(args: argparse.Namespace) -> None:
     """`run_finetune` on every process of the job: `--num-gpus` processes per machine (gloo ones
     without CUDA), or the processes torchrun started (see `als_det.detection.launch`)."""
-    check_trailing_opts(args.opts)
+    check_overrides(args.opts)
     launch_processes(run_finetune, (args,), args.num_gpus, num_machines=args.num_machines,
                      machine_rank=args.machine_rank, dist_url=args.dist_url)

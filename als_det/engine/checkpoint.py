@@ -1,7 +1,8 @@
 """Pretraining checkpoints: one dict (see docs/architecture.md), written atomically.
 
 The dict holds only tensors and plain Python values, so it loads with `torch.load(...,
-weights_only=True)`: nobody has to unpickle arbitrary objects to read a backbone.
+weights_only=True)`: nobody has to unpickle arbitrary objects to read a backbone. During a run,
+`CheckpointSaver` owns it (timm's `CheckpointSaver`): what goes in, last.pth and best.pth.
 """
 from __future__ import annotations
 
@@ -15,10 +16,13 @@ import torch.nn as nn
 
 from als_det.io import atomic_torch_save
 from als_det.models import build_resnet
+from als_det.versions import package_versions
 from als_det.weights_io import WRAPPER_PREFIXES, WeightsFileError, read_torch_file
 
 REQUIRED_KEYS = ("model", "optimizer", "scheduler", "scaler", "epoch", "arch", "num_classes", "classes",
-                 "label_strategy", "preprocessing", "config", "seed", "rng_state", "metrics", "versions")
+                 "label_strategy", "preprocessing", "config", "seed", "rng_state", "metrics", "best_top1",
+                 "versions")
+LAST, BEST = "last.pth", "best.pth"
 
 
 class CheckpointError(ValueError):
@@ -75,6 +79,49 @@ def load_backbone(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
         raise CheckpointError(f"{path}: weights do not fit {ckpt['arch']} with {ckpt['num_classes']} classes: "
                               f"{exc}") from exc
     return model.eval(), ckpt
+
+
+class CheckpointSaver:
+    """A run's checkpoints: `save(epoch, metrics)` writes OUTPUT_DIR/last.pth after every epoch and
+    copies it to best.pth when val top-1 beats every earlier epoch's (`best_top1`, kept in the
+    checkpoint so that a resumed run keeps choosing the same best). `identity` holds what does not
+    change during the run (arch, classes, label strategy, preprocessing, config, seed, ...); with
+    `enabled=False` (ranks other than 0) it only follows `best_top1`."""
+
+    def __init__(self, out_dir: str | Path, model: nn.Module, optimizer: torch.optim.Optimizer,
+                 scheduler: torch.optim.lr_scheduler.LRScheduler, scaler: torch.amp.GradScaler,
+                 identity: dict[str, Any], enabled: bool = True) -> None:
+        self.out_dir, self.identity, self.enabled = Path(out_dir), identity, enabled
+        self.model, self.optimizer, self.scheduler, self.scaler = model, optimizer, scheduler, scaler
+        self.best_top1 = -1.0
+
+    def resume(self, ckpt: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        """Restore model, optimizer, scheduler, scaler, RNG state and best top-1 from `ckpt`;
+        returns (epochs completed, the last validation metrics)."""
+        self.model.load_state_dict(ckpt["model"])
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        self.scheduler.load_state_dict(ckpt["scheduler"])
+        if ckpt["scaler"] is not None:
+            self.scaler.load_state_dict(ckpt["scaler"])
+        set_rng_state(ckpt["rng_state"])
+        self.best_top1 = float(ckpt["best_top1"])
+        return int(ckpt["epoch"]), ckpt["metrics"]
+
+    def save(self, epoch: int, metrics: dict[str, Any], top1: float | None) -> None:
+        """After `epoch` (1-based) with its last validation `metrics`; `top1` when it was validated."""
+        is_best = top1 is not None and top1 > self.best_top1
+        if is_best:
+            self.best_top1 = top1
+        if not self.enabled:
+            return
+        state = {"model": unwrap_model(self.model).state_dict(), "optimizer": self.optimizer.state_dict(),
+                 "scheduler": self.scheduler.state_dict(),
+                 "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else None,
+                 "epoch": epoch, **self.identity, "rng_state": get_rng_state(), "metrics": metrics,
+                 "best_top1": self.best_top1, "versions": package_versions()}
+        save_checkpoint(self.out_dir / LAST, state)
+        if is_best:
+            save_checkpoint(self.out_dir / BEST, state)
 
 
 def get_rng_state() -> dict[str, Any]:

@@ -94,10 +94,10 @@ def all_gather_cat(tensor: torch.Tensor) -> torch.Tensor:
     return torch.cat([p[:c] for p, c in zip(parts, counts)], dim=0)
 
 
-def broadcast_object(obj: object, src: int = 0) -> object:
-    """Rank `src`'s `obj` on every rank (pickled; for small things such as a path or a report)."""
+def all_gather_objects(obj: object) -> list[object]:
+    """Every rank's `obj` (pickled; small things such as per-image results), in rank order."""
     if not is_dist():
-        return obj
-    box = [obj]
-    dist.broadcast_object_list(box, src=src)
-    return box[0]
+        return [obj]
+    out: list[object] = [None] * dist.get_world_size()
+    dist.all_gather_object(out, obj)
+    return out

@@ -9,7 +9,8 @@ the checkpoint's is refused with every difference listed, unless the change is d
 from __future__ import annotations
 
 import json
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from fvcore.common.config import CfgNode
 
@@ -66,7 +67,8 @@ def check_resume(ckpt: Mapping[str, Any], cfg: CfgNode, world_size: int, path: s
     if saved_world is not None and int(saved_world) != world_size:
         diffs[WORLD_SIZE] = (int(saved_world), world_size)
     if diffs and not allow_change:
-        lines = "\n".join(f"  {k}: {json.dumps(a)} (checkpoint) -> {json.dumps(b)} (now)" for k, (a, b) in diffs.items())
+        lines = "\n".join(f"  {k}: {json.dumps(a)} (checkpoint) -> {json.dumps(b)} (now)"
+                          for k, (a, b) in diffs.items())
         raise ResumeError(f"cannot resume {path}: this config describes a different experiment than the "
                           f"checkpoint's ({len(diffs)} difference{'s' if len(diffs) > 1 else ''}):\n{lines}\n"
                           f"Resume with the checkpoint's settings, start a fresh run (without --resume), or pass "

@@ -1,57 +1,59 @@
 """The pretraining loop, modelled on torchvision's `references/classification/train.py`.
 
-`train(cfg)` runs one arm (hard | ls | als: they differ only in targets) on a CPU, one GPU, or
-several processes under torchrun, and writes `OUTPUT_DIR/{config.yaml, run.json, metrics.jsonl,
-last.pth, best.pth, tb/}`. Choices, where torchvision offers several: lr = BASE_LR x global batch /
-REFERENCE_BATCH with a per-iteration linear warm-up, then cosine or step decay; SGD weight decay on
-every parameter (BN and biases included, torchvision's default); the training sampler drops the
-tail so no image is seen twice in an epoch; evaluation shards val without padding so every image
-counts exactly once.
+`train(cfg)` runs one arm (hard | ls | als | cutmix | mixup: they differ only in targets) on a CPU,
+one GPU, or several processes under torchrun, and writes `OUTPUT_DIR/{config.yaml, run.json,
+metrics.jsonl, log.txt, last.pth, best.pth, tb/}`: the data and loaders come from
+`engine.data`, the solver from `engine.solver`, checkpoints go through `CheckpointSaver`
+(`engine.checkpoint`) and per-epoch metrics through `MetricsWriter` (`engine.events`). SGD weight
+decay applies to every parameter (BN and biases included, torchvision's default).
 """
 from __future__ import annotations
 
 import json
-import math
+import logging
 import os
 import random
 import time
+from collections.abc import Callable
 from contextlib import nullcontext
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn as nn
 from fvcore.common.config import CfgNode
-from torch.utils.data import DataLoader, Subset
-from torch.utils.data.distributed import DistributedSampler
+from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from als_det.data.boxes import IndexReport, ImageRecord, build_index, index_cache_dir
-from als_det.data.crops import coverage as box_coverage
-from als_det.data.imagenet import IMAGENET_MEAN, IMAGENET_STD, ImageNetBoxes
-from als_det.engine.checkpoint import (get_rng_state, load_checkpoint, save_checkpoint, set_rng_state,
-                                       unwrap_model)
-from als_det.engine.distributed import (DistInfo, all_gather_cat, all_reduce_sum, barrier, cleanup_distributed,
-                                        init_distributed)
+from als_det.data.imagenet import IMAGENET_MEAN, IMAGENET_STD
+from als_det.engine.checkpoint import CheckpointSaver, load_checkpoint
+from als_det.engine.data import DataBundle, build_data, build_loaders
+from als_det.engine.distributed import (
+    DistInfo,
+    all_gather_cat,
+    all_reduce_sum,
+    barrier,
+    cleanup_distributed,
+    init_distributed,
+)
+from als_det.engine.events import MetricsWriter, read_history
 from als_det.engine.resume import ResumeError, check_resume, resume_record
+from als_det.engine.solver import build_optimizer, build_scheduler
 from als_det.io import atomic_write_json, atomic_write_text
+from als_det.logger import setup_logging
 from als_det.metrics.calibration import calibration_metrics_from_logits
 from als_det.mixing import BatchMixer, loss_for_mixed_batch
-from als_det.output_dir import set_aside_note, set_aside_previous_run
 from als_det.models import build_resnet
+from als_det.output_dir import set_aside_note, set_aside_previous_run
 from als_det.targets import LabelStrategy, loss_for_batch
 from als_det.versions import package_versions
+
+logger = logging.getLogger(__name__)
 
 
 class NonFiniteLossError(FloatingPointError):
     """The training loss became NaN or infinite; the run stops before that step is taken."""
-
-
-def _log(msg: str, main: bool = True) -> None:
-    if main:
-        tqdm.write(msg)
 
 
 def _autocast(device: torch.device, amp: str):
@@ -67,105 +69,6 @@ def resolve_precision(cfg: CfgNode, device: torch.device) -> tuple[str, bool]:
         raise ValueError("TRAIN.AMP fp16 (float16 autocast with GradScaler) is a GPU setting; on the CPU "
                          "use TRAIN.AMP bf16 (CPU autocast) or none")
     return cfg.TRAIN.AMP, bool(cfg.TRAIN.CHANNELS_LAST)
-
-
-# ---------------------------------------------------------------------------------------------
-# learning rate
-
-
-def lr_factor(iteration: int, iters_per_epoch: int, cfg: CfgNode) -> float:
-    """Multiplier of the peak lr at `iteration` (0-based, counted over the whole run)."""
-    warmup = int(round(cfg.SOLVER.WARMUP_EPOCHS * iters_per_epoch))
-    if iteration < warmup:
-        return (iteration + 1) / warmup
-    if cfg.SOLVER.SCHEDULE == "cosine":
-        total = cfg.SOLVER.EPOCHS * iters_per_epoch
-        progress = (iteration - warmup) / max(1, total - warmup)
-        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
-    epoch = iteration // iters_per_epoch
-    return cfg.SOLVER.GAMMA ** sum(epoch >= s for s in cfg.SOLVER.STEPS)
-
-
-def build_optimizer(model: nn.Module, cfg: CfgNode, world_size: int) -> torch.optim.SGD:
-    """SGD with momentum; peak lr scaled linearly with the global batch."""
-    lr = cfg.SOLVER.BASE_LR * cfg.SOLVER.BATCH_SIZE * world_size / cfg.SOLVER.REFERENCE_BATCH
-    return torch.optim.SGD(model.parameters(), lr=lr, momentum=cfg.SOLVER.MOMENTUM,
-                           nesterov=cfg.SOLVER.NESTEROV, weight_decay=cfg.SOLVER.WEIGHT_DECAY)
-
-
-def build_scheduler(optimizer: torch.optim.Optimizer, cfg: CfgNode,
-                    iters_per_epoch: int) -> torch.optim.lr_scheduler.LambdaLR:
-    """Stepped once per iteration."""
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda it: lr_factor(it, iters_per_epoch, cfg))
-
-
-# ---------------------------------------------------------------------------------------------
-# data
-
-
-@dataclass
-class DataBundle:
-    train_set: ImageNetBoxes
-    val_set: ImageNetBoxes
-    classes: list[str]
-    reports: dict[str, IndexReport]
-    box_area: float  # mean over train images with boxes of area(union(boxes)) / image area
-
-
-def mean_box_area(records: list[ImageRecord]) -> float:
-    """Mean coverage of the whole image by the labelled boxes, over images that have boxes."""
-    areas = [box_coverage(r.boxes, (0.0, 0.0, float(r.width), float(r.height))) for r in records if len(r.boxes)]
-    return float(np.mean(areas)) if areas else float("nan")
-
-
-def build_data(cfg: CfgNode, info: DistInfo, out_dir: Path) -> DataBundle:
-    """Generate the demo data if asked, index train and val (val with train's classes), build datasets.
-
-    Rank 0 generates and indexes first (writing the caches); the other ranks then read them.
-    """
-    root = Path(cfg.DATA.ROOT)
-    for turn in ("main", "others"):
-        if (turn == "main") == info.is_main:
-            if cfg.DATA.GENERATE:
-                from als_det.data.generated import ensure_generated
-
-                ensure_generated(root, cfg.DATA.GEN)
-            if not (root / cfg.DATA.TRAIN_SPLIT).is_dir():
-                raise FileNotFoundError(f"DATA.ROOT {root} has no '{cfg.DATA.TRAIN_SPLIT}' folder "
-                                        "(set DATA.GENERATE True to make the demo data there)")
-            cache = index_cache_dir(cfg.DATA.ROOT, out_dir / "index_cache", cfg.DATA.CACHE_DIR)
-            train_records, classes, train_report = build_index(
-                root, cfg.DATA.TRAIN_SPLIT, boxes=cfg.DATA.TRAIN_BOXES, strict=cfg.DATA.STRICT,
-                cache_dir=cache, max_per_class=cfg.DATA.MAX_PER_CLASS)
-            val_records, _, val_report = build_index(
-                root, cfg.DATA.VAL_SPLIT, boxes=cfg.DATA.VAL_BOXES, val_labels=cfg.DATA.VAL_LABELS,
-                strict=cfg.DATA.STRICT, cache_dir=cache, max_per_class=cfg.DATA.MAX_PER_CLASS, classes=classes)
-        barrier()
-    kw = dict(image_size=cfg.DATA.IMAGE_SIZE, seed=cfg.SEED, strict=cfg.DATA.STRICT)
-    train_set = ImageNetBoxes(train_records, classes, train=True, scale=tuple(cfg.DATA.CROP_SCALE),
-                              ratio=tuple(cfg.DATA.CROP_RATIO), **kw)
-    val_set = ImageNetBoxes(val_records, classes, train=False, val_resize=cfg.DATA.VAL_RESIZE, **kw)
-    return DataBundle(train_set, val_set, classes, {"train": train_report, "val": val_report},
-                      mean_box_area(train_records))
-
-
-def _loaders(cfg: CfgNode, data: DataBundle, info: DistInfo) -> tuple[DataLoader, DistributedSampler, DataLoader]:
-    sampler = DistributedSampler(data.train_set, num_replicas=info.world_size, rank=info.rank, shuffle=True,
-                                 seed=cfg.SEED, drop_last=True)
-    if len(sampler) < cfg.SOLVER.BATCH_SIZE:
-        raise ValueError(f"the train split has {len(sampler)} images per process, fewer than "
-                         f"SOLVER.BATCH_SIZE={cfg.SOLVER.BATCH_SIZE}")
-    common = dict(batch_size=cfg.SOLVER.BATCH_SIZE, num_workers=cfg.DATA.NUM_WORKERS,
-                  pin_memory=info.device.type == "cuda")
-    # persistent_workers stays off: workers must pick up the dataset's set_epoch each epoch.
-    train_loader = DataLoader(data.train_set, sampler=sampler, drop_last=True, **common)
-    shard = Subset(data.val_set, range(info.rank, len(data.val_set), info.world_size))
-    val_loader = DataLoader(shard, shuffle=False, drop_last=False, **common)
-    return train_loader, sampler, val_loader
-
-
-# ---------------------------------------------------------------------------------------------
-# one epoch, evaluation
 
 
 def train_one_epoch(model: nn.Module, loader: DataLoader, optimizer: torch.optim.Optimizer,
@@ -273,24 +176,13 @@ def evaluate(model: nn.Module, loader: DataLoader, device: torch.device, num_cla
 # the run
 
 
-def _write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
-    atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in rows))
-
-
-def _read_metrics(path: Path, upto_epoch: int) -> list[dict[str, Any]]:
-    if not path.is_file():
-        return []
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    return [r for r in rows if r["epoch"] <= upto_epoch]
-
-
 def _check_finite(model: nn.Module, epoch: int) -> None:
     for name, t in model.state_dict().items():
         if t.is_floating_point() and not torch.isfinite(t).all():
             raise NonFiniteLossError(f"non-finite value in {name} after epoch {epoch}; checkpoint not written")
 
 
-PRETRAIN_OUTPUTS = ("last.pth", "best.pth", "metrics.jsonl", "run.json", "config.yaml", "tb")
+PRETRAIN_OUTPUTS = ("last.pth", "best.pth", "metrics.jsonl", "run.json", "config.yaml", "log.txt", "tb")
 PRETRAIN_MARKERS = ("last.pth", "metrics.jsonl")
 
 
@@ -349,19 +241,13 @@ def _checked_resume(resume_path: Path | None, cfg: CfgNode, info: DistInfo, allo
     run_json = Path(cfg.OUTPUT_DIR) / "run.json"
     earlier = json.loads(run_json.read_text()).get("resumes", []) if run_json.is_file() else []
     if diffs:
-        _log(f"resuming with {len(diffs)} deliberate config change(s) (recorded in run.json): " + ", ".join(diffs),
-             info.is_main)
+        logger.info("resuming with %d deliberate config change(s) (recorded in run.json): %s", len(diffs),
+                    ", ".join(diffs))
     return ckpt, resume_record(str(resume_path), int(ckpt["epoch"]), diffs, earlier)
 
 
-def _train(cfg: CfgNode, info: DistInfo, resume: str | None, stop_after_epoch: int | None,
-           model_hook: Callable[[nn.Module], None] | None, allow_config_change: bool = False) -> Path:
-    out_dir = Path(cfg.OUTPUT_DIR)
-    main, device = info.is_main, info.device
-    # Every check that can refuse the run comes before the first write into OUTPUT_DIR.
-    amp, channels_last = resolve_precision(cfg, device)
-    resume_path = _resolve_resume(resume, out_dir)
-    ckpt, resumes = _checked_resume(resume_path, cfg, info, allow_config_change)
+def _seed(cfg: CfgNode) -> None:
+    """Seed every generator from SEED; TRAIN.DETERMINISTIC picks deterministic algorithms."""
     if cfg.TRAIN.DETERMINISTIC:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         torch.use_deterministic_algorithms(True)
@@ -370,6 +256,37 @@ def _train(cfg: CfgNode, info: DistInfo, resume: str | None, stop_after_epoch: i
     np.random.seed(cfg.SEED)
     random.seed(cfg.SEED)
 
+
+def _identity(cfg: CfgNode, data: DataBundle, strategy: LabelStrategy, world_size: int) -> dict[str, Any]:
+    """What every checkpoint of the run records besides its training state."""
+    return {"arch": cfg.MODEL.ARCH, "num_classes": len(data.classes), "classes": data.classes,
+            "label_strategy": strategy.to_dict(),
+            "preprocessing": {"input_format": "RGB", "pixel_mean": [255.0 * m for m in IMAGENET_MEAN],
+                              "pixel_std": [255.0 * s for s in IMAGENET_STD], "image_size": cfg.DATA.IMAGE_SIZE},
+            "config": cfg.dump(), "seed": cfg.SEED, "world_size": world_size}
+
+
+def _log_start(cfg: CfgNode, info: DistInfo, data: DataBundle, strategy: LabelStrategy, iters_per_epoch: int,
+               amp: str, channels_last: bool) -> None:
+    tr, va = data.reports["train"], data.reports["val"]
+    logger.info(tr.summary())
+    logger.info(va.summary())
+    logger.info(f"train: {tr.images} images, {tr.with_boxes} with boxes "
+                f"({100.0 * tr.with_boxes / max(1, tr.images):.1f}%), mean box area {data.box_area:.3f} of the "
+                f"image; {len(data.classes)} classes; label strategy {strategy.name}; {info.world_size} "
+                f"process(es) on {info.device}, global batch {cfg.SOLVER.BATCH_SIZE * info.world_size}, "
+                f"{iters_per_epoch} iterations/epoch; precision "
+                f"{'float32' if amp == 'none' else amp + ' autocast'}, channels_last {channels_last}")
+
+
+def _train(cfg: CfgNode, info: DistInfo, resume: str | None, stop_after_epoch: int | None,
+           model_hook: Callable[[nn.Module], None] | None, allow_config_change: bool = False) -> Path:
+    out_dir, main, device = Path(cfg.OUTPUT_DIR), info.is_main, info.device
+    # Every check that can refuse the run comes before the first write into OUTPUT_DIR.
+    amp, channels_last = resolve_precision(cfg, device)
+    resume_path = _resolve_resume(resume, out_dir)
+    ckpt, resumes = _checked_resume(resume_path, cfg, info, allow_config_change)
+    _seed(cfg)
     data = build_data(cfg, info, out_dir)
     if ckpt is not None and ckpt["classes"] != data.classes:
         raise ResumeError(f"cannot resume {resume_path}: it was trained on {len(ckpt['classes'])} classes, "
@@ -378,24 +295,17 @@ def _train(cfg: CfgNode, info: DistInfo, resume: str | None, stop_after_epoch: i
         out_dir.mkdir(parents=True, exist_ok=True)
         aside = None if resume_path else set_aside_previous_run(out_dir, PRETRAIN_OUTPUTS, PRETRAIN_MARKERS)
         if aside is not None:
-            _log(set_aside_note(out_dir, aside))
+            logger.info("%s", set_aside_note(out_dir, aside))
         atomic_write_text(out_dir / "config.yaml", cfg.dump())
-    num_classes = len(data.classes)
+    setup_logging(out_dir, info.rank)
     strategy = LabelStrategy.from_cfg(cfg.LABELS)
-    mixer = BatchMixer(strategy, num_classes, cfg.SEED, info.rank) if strategy.mixes else None
-    train_loader, sampler, val_loader = _loaders(cfg, data, info)
+    mixer = BatchMixer(strategy, len(data.classes), cfg.SEED, info.rank) if strategy.mixes else None
+    train_loader, sampler, val_loader = build_loaders(cfg, data, info)
     iters_per_epoch = len(train_loader) if cfg.TRAIN.MAX_ITERS_PER_EPOCH <= 0 else \
         min(cfg.TRAIN.MAX_ITERS_PER_EPOCH, len(train_loader))
-    tr, va = data.reports["train"], data.reports["val"]
-    _log(tr.summary(), main)
-    _log(va.summary(), main)
-    _log(f"train: {tr.images} images, {tr.with_boxes} with boxes ({100.0 * tr.with_boxes / max(1, tr.images):.1f}%), "
-         f"mean box area {data.box_area:.3f} of the image; {num_classes} classes; label strategy "
-         f"{strategy.name}; {info.world_size} process(es) on {device}, global batch "
-         f"{cfg.SOLVER.BATCH_SIZE * info.world_size}, {iters_per_epoch} iterations/epoch; precision "
-         f"{'float32' if amp == 'none' else amp + ' autocast'}, channels_last {channels_last}", main)
+    _log_start(cfg, info, data, strategy, iters_per_epoch, amp, channels_last)
 
-    model = build_resnet(cfg.MODEL.ARCH, num_classes).to(device)
+    model = build_resnet(cfg.MODEL.ARCH, len(data.classes)).to(device)
     if model_hook is not None:
         model_hook(model)
     if channels_last:
@@ -403,77 +313,41 @@ def _train(cfg: CfgNode, info: DistInfo, resume: str | None, stop_after_epoch: i
     optimizer = build_optimizer(model, cfg, info.world_size)
     scheduler = build_scheduler(optimizer, cfg, iters_per_epoch)
     scaler = torch.amp.GradScaler(device.type, enabled=amp == "fp16")
-
-    start_epoch, best_top1, last_val = 0, -1.0, {}
-    history: list[dict[str, Any]] = []
+    saver = CheckpointSaver(out_dir, model, optimizer, scheduler, scaler,
+                            _identity(cfg, data, strategy, info.world_size), enabled=main)
+    start_epoch, last_val, history = 0, {}, []
     if ckpt is not None:
-        model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        scheduler.load_state_dict(ckpt["scheduler"])
-        if ckpt["scaler"] is not None:
-            scaler.load_state_dict(ckpt["scaler"])
-        set_rng_state(ckpt["rng_state"])
-        start_epoch, best_top1, last_val = int(ckpt["epoch"]), float(ckpt["best_top1"]), ckpt["metrics"]
-        history = _read_metrics(out_dir / "metrics.jsonl", start_epoch)
-        _log(f"resumed from {resume_path} after epoch {start_epoch}", main)
-
+        start_epoch, last_val = saver.resume(ckpt)
+        history = read_history(out_dir / "metrics.jsonl", start_epoch)
+        logger.info("resumed from %s after epoch %d", resume_path, start_epoch)
+    raw_model = model  # saved and evaluated: torchvision key names, no collectives
     if info.distributed:
         model = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     if cfg.TRAIN.COMPILE:
         model = torch.compile(model)
-    raw_model = unwrap_model(model)  # saved and evaluated: torchvision key names, no collectives
-
-    writer = None
     if main:
-        from torch.utils.tensorboard import SummaryWriter
-
-        writer = SummaryWriter(str(out_dir / "tb"), purge_step=start_epoch + 1)
         atomic_write_json(out_dir / "run.json", _run_record(cfg, info, data, strategy, amp, channels_last, resumes))
-
+    writer = MetricsWriter(out_dir, cfg.SOLVER.EPOCHS, history, start_epoch, enabled=main)
     last_epoch = cfg.SOLVER.EPOCHS if stop_after_epoch is None else min(stop_after_epoch, cfg.SOLVER.EPOCHS)
-    for epoch in range(start_epoch, last_epoch):
-        sampler.set_epoch(epoch)
-        data.train_set.set_epoch(epoch)
-        t0 = time.perf_counter()
-        stats = train_one_epoch(model, train_loader, optimizer, scheduler, scaler, strategy, device, epoch + 1,
-                                amp=amp, channels_last=channels_last, max_iters=cfg.TRAIN.MAX_ITERS_PER_EPOCH,
-                                progress=main, mixer=mixer)
-        row: dict[str, Any] = {"epoch": epoch + 1, "lr": optimizer.param_groups[0]["lr"], **stats}
-        if (epoch + 1) % cfg.TRAIN.EVAL_PERIOD == 0 or epoch + 1 == cfg.SOLVER.EPOCHS:
-            t1 = time.perf_counter()
-            last_val = evaluate(raw_model, val_loader, device, num_classes, amp=amp,
-                                channels_last=channels_last, progress=main)
-            row.update({f"val_{k}": v for k, v in last_val.items()}, eval_time_s=time.perf_counter() - t1)
-        row["epoch_time_s"] = time.perf_counter() - t0
-        _check_finite(raw_model, epoch + 1)
-        is_best = "val_top1" in row and row["val_top1"] > best_top1
-        best_top1 = max(best_top1, row.get("val_top1", best_top1))
-        if main:
-            state = {"model": raw_model.state_dict(), "optimizer": optimizer.state_dict(),
-                     "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict() if scaler.is_enabled() else None,
-                     "epoch": epoch + 1, "arch": cfg.MODEL.ARCH, "num_classes": num_classes, "classes": data.classes,
-                     "label_strategy": strategy.to_dict(),
-                     "preprocessing": {"input_format": "RGB", "pixel_mean": [255.0 * m for m in IMAGENET_MEAN],
-                                       "pixel_std": [255.0 * s for s in IMAGENET_STD],
-                                       "image_size": cfg.DATA.IMAGE_SIZE},
-                     "config": cfg.dump(), "seed": cfg.SEED, "rng_state": get_rng_state(), "metrics": last_val,
-                     "best_top1": best_top1, "world_size": info.world_size, "versions": package_versions()}
-            save_checkpoint(out_dir / "last.pth", state)
-            if is_best:
-                save_checkpoint(out_dir / "best.pth", state)
-            history.append(row)
-            _write_jsonl(out_dir / "metrics.jsonl", history)
-            for key, value in row.items():
-                if key != "epoch" and isinstance(value, (int, float)):
-                    writer.add_scalar(key, value, epoch + 1)
-            writer.flush()
-            val_txt = (f", val top1 {row['val_top1']:.3f} top5 {row['val_top5']:.3f} nll {row['val_nll']:.3f} "
-                       f"ece {row['val_ece']:.3f}") if "val_top1" in row else ""
-            cov = "n/a" if row["mean_coverage"] is None else f"{row['mean_coverage']:.3f}"
-            _log(f"epoch {epoch + 1}/{cfg.SOLVER.EPOCHS}: loss {row['train_loss']:.4f}, mean e {row['mean_e']:.3f}, "
-                 f"mean crop coverage {cov}, {row['images_per_s']:.0f} img/s, bad images {row['bad_images']}, "
-                 f"no-box skips {row['skipped_no_box']}{val_txt} ({row['epoch_time_s']:.1f} s)")
-        barrier()
-    if writer is not None:
+    try:
+        for epoch in range(start_epoch + 1, last_epoch + 1):
+            sampler.set_epoch(epoch - 1)
+            data.train_set.set_epoch(epoch - 1)
+            t0 = time.perf_counter()
+            stats = train_one_epoch(model, train_loader, optimizer, scheduler, scaler, strategy, device, epoch,
+                                    amp=amp, channels_last=channels_last, max_iters=cfg.TRAIN.MAX_ITERS_PER_EPOCH,
+                                    progress=main, mixer=mixer)
+            row: dict[str, Any] = {"epoch": epoch, "lr": optimizer.param_groups[0]["lr"], **stats}
+            if epoch % cfg.TRAIN.EVAL_PERIOD == 0 or epoch == cfg.SOLVER.EPOCHS:
+                t1 = time.perf_counter()
+                last_val = evaluate(raw_model, val_loader, device, len(data.classes), amp=amp,
+                                    channels_last=channels_last, progress=main)
+                row.update({f"val_{k}": v for k, v in last_val.items()}, eval_time_s=time.perf_counter() - t1)
+            row["epoch_time_s"] = time.perf_counter() - t0
+            _check_finite(raw_model, epoch)
+            saver.save(epoch, last_val, row.get("val_top1"))
+            writer.write(row)
+            barrier()
+    finally:
         writer.close()
     return out_dir

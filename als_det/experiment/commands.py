@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import shlex
 import sys
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 from als_det.experiment.plan import Resources
 
@@ -50,16 +51,14 @@ def override_args(overrides: Mapping[str, Any]) -> list[str]:
 
 def generate_command(config: str, overrides: Mapping[str, Any]) -> Command:
     opts = override_args(overrides)
-    return Command("tools/generate_data.py", ("--config", config, *(["--opts", *opts] if opts else [])),
+    return Command("tools/generate_data.py", ("--config-file", config, *opts),
                    spec=("config", config, "overrides", tuple(opts)))
 
 
 def pretrain_command(config: str, overrides: Mapping[str, Any], resume: bool = False) -> Command:
-    args = ["--config", config]
-    if resume:
-        args += ["--resume", "last"]
     opts = override_args(overrides)
-    return Command("tools/pretrain.py", tuple(args + (["--opts", *opts] if opts else [])), "torchrun",
+    args = [*(["--resume"] if resume else []), "--config-file", config, *opts]
+    return Command("tools/pretrain.py", tuple(args), "torchrun",
                    spec=("config", config, "overrides", tuple(opts)))
 
 

@@ -11,9 +11,10 @@ Everything lands under the plan's `out`: `pretrain/<run>/`, `evaluation/[<run>/]
 """
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from als_det.experiment import commands
 from als_det.experiment.plan import Plan

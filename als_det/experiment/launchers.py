@@ -11,15 +11,19 @@ the jobs an earlier invocation submitted that are still queued or running.
 from __future__ import annotations
 
 import json
+import logging
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import submitit
 
 from als_det.experiment.stages import Stage, StageFailed, StageJob, is_done, recorded_seconds
 from als_det.io import atomic_write_json
+
+logger = logging.getLogger(__name__)
 
 ACTIVE_SLURM_STATES = {"PENDING", "RUNNING", "REQUEUED", "CONFIGURING", "COMPLETING", "RESIZING",
                        "SUSPENDED", "REQUEUE_HOLD", "REQUEUE_FED"}
@@ -58,22 +62,20 @@ def _reason(name: str, error: Exception | None) -> str:
     return f"stage {name} failed: {trace[-1] if trace else 'the job ended without a result'}"
 
 
-def _say(msg: str) -> None:
-    print(f"[experiment] {msg}", flush=True)
-
-
-def run_local(stages: Sequence[Stage], before: Callable[[Stage, Outcome], None] | None = None) -> Outcome:
+def run_local(stages: Sequence[Stage], before: Callable[[Stage, Outcome], None] | None = None
+              ) -> Outcome:
     """Each stage in this process's order, its output relayed to the terminal and its log.
-    `before(stage, outcome so far)` is called before each stage that runs (a sweep's progress line)."""
+    `before(stage, outcome so far)` is called before each stage that runs (a sweep's progress
+    line)."""
     outcome = Outcome()
     for st in stages:
         cause = outcome.cause(st.deps)
         if cause:
             outcome.blocked[st.name] = cause
-            _say(f"{st.name}: not run, it needs {cause}, which failed")
+            logger.info(f"{st.name}: not run, it needs {cause}, which failed")
         elif is_done(st):
             outcome.reused.append(st.name)
-            _say(f"{st.name}: done earlier, reused")
+            logger.info(f"{st.name}: done earlier, reused")
         else:
             if before is not None:
                 before(st, outcome)
@@ -82,7 +84,7 @@ def run_local(stages: Sequence[Stage], before: Callable[[Stage, Outcome], None] 
                 outcome.ran.append(st.name)
             except StageFailed as err:
                 outcome.failed[st.name] = str(err)
-                _say(f"FAILED: {err}")
+                logger.error(f"FAILED: {err}")
     return outcome
 
 
@@ -141,13 +143,13 @@ class SubmititLauncher:
     def _submit(self, st: Stage, after: Sequence[str]) -> None:
         job = self._reattach(st)
         if job is not None:
-            _say(f"{st.name}: job {job.job_id} from an earlier invocation is {job.state}; following it")
+            logger.info(f"{st.name}: job {job.job_id} from an earlier invocation is {job.state}; following it")
         else:
             self.executor.update_parameters(**_parameters(st, self.plan_name, self.slurm, after))
             job = self.executor.submit(StageJob(st))
             atomic_write_json(self._job_record(st), {"job_id": job.job_id, "cluster": self.cluster,
                                                      "submitted": time.time()})
-            _say(f"{st.name}: submitted job {job.job_id}" + (f" (after {', '.join(after)})" if after else ""))
+            logger.info(f"{st.name}: submitted job {job.job_id}" + (f" (after {', '.join(after)})" if after else ""))
         self.jobs[st.name] = job
 
     def _schedule(self, scheduler_dependencies: bool) -> None:
@@ -160,7 +162,7 @@ class SubmititLauncher:
             cause = self.outcome.cause(st.deps)
             if cause:
                 self.outcome.blocked[name] = cause
-                _say(f"{name}: not run, it needs {cause}, which failed")
+                logger.info(f"{name}: not run, it needs {cause}, which failed")
                 continue
             pending = [d for d in st.deps if d not in self.done]
             if pending and not (scheduler_dependencies and all(d in self.jobs for d in pending)):
@@ -170,7 +172,7 @@ class SubmititLauncher:
             if not pending and is_done(st):
                 self.done.add(name)
                 self.outcome.reused.append(name)
-                _say(f"{name}: done earlier, reused")
+                logger.info(f"{name}: done earlier, reused")
                 continue
             self._submit(st, [self.jobs[d].job_id for d in pending])
 
@@ -184,10 +186,10 @@ class SubmititLauncher:
             if error is None and is_done(st):
                 self.done.add(name)
                 self.outcome.ran.append(name)
-                _say(f"{name}: finished (job {job.job_id}, {recorded_seconds(st):.0f} s)")
+                logger.info(f"{name}: finished (job {job.job_id}, {recorded_seconds(st):.0f} s)")
                 continue
             self.outcome.failed[name] = f"{_reason(name, error)} (job {job.job_id}, job log: {job.paths.stdout})"
-            _say(f"FAILED: {self.outcome.failed[name]}")
+            logger.error(f"FAILED: {self.outcome.failed[name]}")
             self._cancel_dependants()
 
     def _cancel_dependants(self) -> None:
@@ -197,7 +199,7 @@ class SubmititLauncher:
             if cause:
                 self.jobs.pop(other).cancel(check=False)
                 self.outcome.blocked[other] = cause
-                _say(f"{other}: cancelled, it needs {cause}, which failed")
+                logger.info(f"{other}: cancelled, it needs {cause}, which failed")
 
     def run(self, wait: bool = True) -> Outcome:
         scheduler_dependencies = self.cluster == "slurm"

@@ -35,9 +35,10 @@ implied) is `als_det.report.sweep`'s, written to OUT/report.md.
 from __future__ import annotations
 
 import copy
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import yaml
 

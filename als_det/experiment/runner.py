@@ -2,6 +2,7 @@
 or sweep report when the plan asks for one)."""
 from __future__ import annotations
 
+import logging
 import time
 from pathlib import Path
 
@@ -12,6 +13,8 @@ from als_det.experiment.plan import Plan
 from als_det.experiment.stages import describe, recorded_seconds, resolve
 
 LAUNCHERS = ("local", "slurm", "submitit-local")
+
+logger = logging.getLogger(__name__)
 
 
 def dry_run(plan: Plan) -> str:
@@ -36,7 +39,7 @@ def summary(outcome: Outcome) -> str:
                      + "; run the same command again to follow them")
     if not outcome.ok and outcome.failed:
         lines.append("Fix the failure and run the same command again: finished stages are reused.")
-    return "\n".join(f"[experiment] {line}" for line in lines)
+    return "\n".join(lines)
 
 
 def _demo_report(plan: Plan, graph: Graph, total_s: float) -> Path:
@@ -47,7 +50,7 @@ def _demo_report(plan: Plan, graph: Graph, total_s: float) -> Path:
     det = next(iter(graph.detection))
     report, tables = write_demo_report(resolve(plan.out), plan, graph.checkpoints, graph.evaluation,
                                        graph.detection[det], graph.compare[det], timings)
-    print("\n" + tables, flush=True)
+    logger.info("\n%s", tables)
     return report
 
 
@@ -70,11 +73,11 @@ def run_experiment(plan: Plan, launcher: str = "local", wait: bool = True) -> Ou
         cluster = "slurm" if launcher == "slurm" else "local"
         outcome = SubmititLauncher(graph.stages, out / ".submitit", cluster, plan.name, plan.slurm,
                                    poll_s=10.0 if cluster == "slurm" else 0.5).run(wait=wait)
-    print(summary(outcome), flush=True)
+    for line in summary(outcome).splitlines():
+        (logger.error if line.startswith("FAILED") else logger.info)(line)
     if plan.report == "sweep":  # also after failures: the report covers the cells that finished
         sweep.write_report(plan, graph, outcome)
     if outcome.ok and plan.report == "demo":
         report = _demo_report(plan, graph, time.perf_counter() - start)
-        print(f"[experiment] finished in {(time.perf_counter() - start) / 60:.1f} min; report: {report}",
-              flush=True)
+        logger.info("finished in %.1f min; report: %s", (time.perf_counter() - start) / 60, report)
     return outcome

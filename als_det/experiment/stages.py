@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import shlex
 import signal
@@ -21,11 +22,12 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from difflib import SequenceMatcher
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import submitit
 import yaml
@@ -33,6 +35,9 @@ import yaml
 from als_det.experiment.commands import Command, Node, display, launch_argv
 from als_det.experiment.plan import REPO, Resources
 from als_det.io import atomic_write_json, sha256_file
+from als_det.logger import setup_logging
+
+logger = logging.getLogger(__name__)
 
 
 class StageFailed(RuntimeError):
@@ -129,8 +134,7 @@ def _set_aside_if_foreign(stage: Stage, fp: str) -> None:
         return  # a partial run of this same command: overwritten
     aside = path.with_name(f"{path.name}.previous-{datetime.now():%Y%m%d-%H%M%S-%f}")
     path.rename(aside)
-    print(f"[experiment] {stage.name}: {path} held the output of another command; moved to {aside}",
-          flush=True)
+    logger.info("%s: %s held the output of another command; moved to %s", stage.name, path, aside)
 
 
 def _relay(argv: list[str], log: Path, to_stdout: bool) -> int:
@@ -174,11 +178,10 @@ def run_stage(stage: Stage, node: Node | None = None, relay: bool = True) -> dic
         atomic_write_json(stage.started_marker, {"fingerprint": fp, "started": time.time(),
                                                  "host": socket.gethostname(), "pid": os.getpid()})
     note = f"  (resuming from {point})" if point is not None else ""
-    header = f"[experiment] {stage.name}: {display(cmd, stage.resources)}{note}\n"
-    sys.stdout.write(header)
-    sys.stdout.flush()
+    header = f"{stage.name}: {display(cmd, stage.resources)}{note}"
+    logger.info(header)
     with open(log, "a") as f:
-        f.write(f"\n{datetime.now():%Y-%m-%d %H:%M:%S} {header}")
+        f.write(f"\n{datetime.now():%Y-%m-%d %H:%M:%S} [experiment] {header}\n")
     start = time.perf_counter()
     rc = _relay(launch_argv(cmd, stage.resources, node or Node()), log, relay)
     seconds = time.perf_counter() - start
@@ -192,7 +195,7 @@ def run_stage(stage: Stage, node: Node | None = None, relay: bool = True) -> dic
     atomic_write_json(stage.marker, {"fingerprint": fp, "command": shlex.split(display(cmd, stage.resources)),
                                      "seconds": round(seconds, 1), "finished": time.time(),
                                      "resumed_from": None if point is None else str(point)})
-    print(f"[experiment] {stage.name}: finished in {seconds:.0f} s", flush=True)
+    logger.info("%s: finished in %.0f s", stage.name, seconds)
     return {"seconds": seconds, "resumed_from": point}
 
 
@@ -215,13 +218,13 @@ class StageJob(submitit.helpers.Checkpointable):
         self.relay = relay
 
     def __call__(self) -> dict[str, Any]:
+        setup_logging()  # in a submitit job this is a fresh process
         return run_stage(self.stage, job_node(self.stage.resources), relay=self.relay)
 
     def checkpoint(self, *args: Any, **kwargs: Any) -> submitit.helpers.DelayedSubmission:
         point = resume_point(self.stage, fingerprint(self.stage))
-        print(f"[experiment] {self.stage.name}: requeued; "
-              + (f"will resume from {point}" if point else "no checkpoint yet, will start again"),
-              flush=True)
+        logger.info("%s: requeued; %s", self.stage.name,
+                    f"will resume from {point}" if point else "no checkpoint yet, will start again")
         return submitit.helpers.DelayedSubmission(type(self)(self.stage, self.relay), *args, **kwargs)
 
 

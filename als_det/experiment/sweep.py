@@ -6,7 +6,7 @@ that did not (`als_det.report.sweep` writes it).
 from __future__ import annotations
 
 import json
-import time
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -15,6 +15,8 @@ from als_det.experiment.graph import Graph
 from als_det.experiment.launchers import Outcome
 from als_det.experiment.plan import Plan
 from als_det.experiment.stages import Stage, resolve
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -106,8 +108,9 @@ class Progress:
         earlier = sum(c.evaluate.name in outcome.reused for c in done)
         failed = sum(c.pretrain.name in outcome.failed or c.evaluate.name in outcome.failed for c in self.cells)
         what = "pretraining" if stage.kind == "pretrain" else "evaluation"
-        print(f"[sweep] cell {i + 1}/{len(self.cells)} {cell.label}: {what}; {len(done)} cell{'s' * (len(done) != 1)} "
-              f"finished ({earlier} earlier), {failed} failed; {self.time_left(stage)}", flush=True)
+        logger.info("cell %d/%d %s: %s; %d cell%s finished (%d earlier), %d failed; %s", i + 1,
+                    len(self.cells), cell.label, what, len(done), "s" * (len(done) != 1), earlier,
+                    failed, self.time_left(stage))
 
 
 def _why_missing(cell: Cell, outcome: Outcome) -> str:
@@ -136,10 +139,10 @@ def write_report(plan: Plan, graph: Graph, outcome: Outcome) -> Path | None:
                               "it with")
     shown = [c for c in cells if c.run not in missing]
     if missing:
-        print(f"[sweep] {len(missing)} of {len(cells)} cells missing: " + "; ".join(
-            f"{run}: {why}" for run, why in missing.items()), flush=True)
+        logger.warning("%d of %d cells missing: %s", len(missing), len(cells),
+                       "; ".join(f"{run}: {why}" for run, why in missing.items()))
     if not shown:
-        print("[sweep] no report: no cell finished together with its baseline cell", flush=True)
+        logger.error("no report: no cell finished together with its baseline cell")
         return None
     report = write_sweep_report(
         [SweepCell(c.setting, c.seed, c.pretrain.outputs[0].parent, c.evaluate.outputs[0], model=c.run)
@@ -148,5 +151,5 @@ def write_report(plan: Plan, graph: Graph, outcome: Outcome) -> Path | None:
         main_epochs=grid.epochs[0] if any(c.epochs == grid.epochs[0] for c in shown) else None, title=plan.name,
         missing=[{"cell": c.run, "setting": c.setting, "seed": c.seed, "epochs": c.epochs, "reason": missing[c.run]}
                  for c in cells if c.run in missing])
-    print(f"[sweep] report over {len(shown)} of {len(cells)} cells: {report}", flush=True)
+    logger.info("report over %d of %d cells: %s", len(shown), len(cells), report)
     return report

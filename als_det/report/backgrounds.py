@@ -1,4 +1,5 @@
-"""in9_metrics.json (from als_det.analysis.backgrounds) -> in9_report.md and the console summary."""
+"""ImageNet-9 metrics (from als_det.analysis.backgrounds) -> in9_report.md, in9_metrics.json and the
+console summary."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -6,7 +7,7 @@ from typing import Any
 
 from tabulate import tabulate
 
-from als_det.io import atomic_write_text
+from als_det.io import atomic_write_json, atomic_write_text
 
 VARIANT_TEXT = {
     "original": "the IN-9 images",
@@ -92,4 +93,6 @@ def summary_lines(metrics: dict[str, Any]) -> list[str]:
 
 
 def write_in9_report(metrics: dict[str, Any], out_dir: str | Path) -> Path:
+    """in9_report.md and in9_metrics.json into `out_dir`; returns the report."""
+    atomic_write_json(Path(out_dir) / "in9_metrics.json", metrics)
     return atomic_write_text(Path(out_dir) / "in9_report.md", render_in9_report(metrics))

@@ -15,22 +15,36 @@ from __future__ import annotations
 import csv
 import io
 import json
+import logging
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 from matplotlib.figure import Figure
+from tabulate import tabulate
 
-from als_det.io import atomic_write_bytes, atomic_write_json, atomic_write_text
-from als_det.report.pooling import (Duplicate, ResultsError, RunIdentity, check_one_experiment, drop_duplicates,
-                                    read_identity, recipe_differences)
+from als_det.io import atomic_write_json, atomic_write_text
+from als_det.report.figures import save_figure
+from als_det.report.pooling import (
+    Duplicate,
+    ResultsError,
+    RunIdentity,
+    check_one_experiment,
+    drop_duplicates,
+    read_identity,
+    recipe_differences,
+)
+from als_det.report.tables import markdown_table
 
 METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
 TASKS = {"bbox": "box AP", "segm": "mask AP"}
 STRATEGY_ORDER = ("hard", "ls", "als")
 FORMATS = {"markdown": "md", "csv": "csv", "latex": "tex"}
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -249,21 +263,18 @@ def format_table(comp: Comparison, fmt: str = "markdown") -> str:
     if fmt == "csv":
         return _csv(comp)
     head = ["strategy", "n", *METRICS]
+    align = ("left",) + ("right",) * (len(head) - 1)
     parts = []
     for task in comp.tasks:
         rows = _rows(comp, task)
         title = [f"{TASKS[task]} ({task})", ""] if len(comp.tasks) > 1 else []
         if fmt == "markdown":
-            lines = ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] * len(head)) + "|"]
-            lines += ["| " + " | ".join(r) + " |" for r in rows]
-        else:
+            table = markdown_table(rows, head, colalign=align)
+        else:  # booktabs LaTeX; tabulate escapes _ and the like, ± becomes math
             title = [f"% {t}" for t in title if t]
-            lines = [r"\begin{tabular}{l r " + "r " * len(METRICS) + "}", r"\toprule",
-                     " & ".join(head) + r" \\", r"\midrule"]
-            lines += [" & ".join(c.replace("±", r"$\pm$").replace("_", r"\_") for c in r) + r" \\"
-                      for r in rows]
-            lines += [r"\bottomrule", r"\end{tabular}"]
-        parts.append("\n".join(title + lines))
+            table = tabulate(rows, head, tablefmt="latex_booktabs", disable_numparse=True,
+                             colalign=align).replace("±", r"$\pm$")
+        parts.append("\n".join(title + [table]))
     note = "; n/a: no number (no detections, or no ground truth of that size)" if any(
         "n/a" in c for task in comp.tasks for r in _rows(comp, task) for c in r) else ""
     footer = (f"\n\nmean ± sample std over n runs; (Δ) vs {comp.baseline}{note}\n" if fmt == "markdown"
@@ -288,10 +299,7 @@ def bar_chart(comp: Comparison, path: str | Path, metric: str = "AP") -> Path:
         ax.set_xticks(x, [f"{g.name}\n(n={g.n})" for g in comp.groups])
         ax.set_ylabel(f"{TASKS[task].split()[0]} {metric}")
         ax.set_title(f"{'Detection' if task == 'bbox' else 'Mask'} {metric} by pretraining label strategy")
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110)
-    return atomic_write_bytes(path, buf.getvalue())
+    return save_figure(fig, path)
 
 
 def write_comparison(comp: Comparison, out_dir: str | Path, fmt: str = "markdown") -> dict[str, Path]:
@@ -304,7 +312,8 @@ def write_comparison(comp: Comparison, out_dir: str | Path, fmt: str = "markdown
 
 def run_compare(paths: Sequence[str | Path], baseline: str = "hard", fmt: str = "markdown",
                 out_dir: str | Path = "output/compare") -> str:
-    """`tools/compare.py`: compare, write the files, return the table followed by where they are."""
+    """`tools/compare.py`: compare, write the files (logged), return the table."""
     comp = compare(paths, baseline)
-    written = write_comparison(comp, out_dir, fmt)
-    return format_table(comp, fmt) + "\n" + "\n".join(f"wrote {p}" for p in written.values())
+    for path in write_comparison(comp, out_dir, fmt).values():
+        logger.info("wrote %s", path)
+    return format_table(comp, fmt)

@@ -3,18 +3,21 @@ AP table, every figure, stage timings. Reads only result files (metrics.jsonl, m
 comparison.*), so it can be redrawn from a finished `demo_output/` at any time."""
 from __future__ import annotations
 
-import io
 import json
 import math
 import time
 from collections import defaultdict
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 from matplotlib.figure import Figure
 
-from als_det.io import atomic_write_bytes, atomic_write_text
+from als_det.engine.events import read_history
+from als_det.io import atomic_write_text
+from als_det.report.figures import save_figure
+from als_det.report.tables import markdown_table
 from als_det.versions import package_versions
 
 # (label, path into a model's metrics.json entry, format)
@@ -58,35 +61,32 @@ def context_table(models: Mapping[str, Mapping[str, Any]]) -> str:
     by_arm: dict[str, list[Mapping[str, Any]]] = defaultdict(list)
     for name, m in models.items():
         by_arm[_arm(name)].append(m)
-    header = ["arm", "n"] + [c[0] for c in CONTEXT_COLUMNS]
-    rows = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    rows = []
     for arm, ms in by_arm.items():
         cells = [arm, str(len(ms))]
-        for label, path, spec in CONTEXT_COLUMNS:
+        for _, path, spec in CONTEXT_COLUMNS:
             if path is None:
                 vals = [(_get(m, ("variants", "bg_only", "mean_confidence")) or math.nan)
                         / (_get(m, ("val", "mean_confidence")) or math.nan) for m in ms]
             else:
                 vals = [_get(m, path) for m in ms]
             cells.append(_cell(vals, spec))
-        rows.append("| " + " | ".join(cells) + " |")
-    return "\n".join(rows)
+        rows.append(cells)
+    return markdown_table(rows, ["arm", "n"] + [c[0] for c in CONTEXT_COLUMNS])
 
 
 def pretrain_table(runs: Mapping[str, Path]) -> tuple[str, dict[str, list[dict[str, Any]]]]:
     """Per run: epochs, final val top-1 and ECE, mean ALS smoothing, wall time; plus the curves."""
     curves: dict[str, list[dict[str, Any]]] = {}
-    rows = ["| run | epochs | val top-1 | val ECE | mean e | train s |", "|---|---|---|---|---|---|"]
+    rows = []
     for name, ckpt in runs.items():
-        path = ckpt.parent / "metrics.jsonl"
-        lines = [json.loads(x) for x in path.read_text().splitlines() if x.strip()] if path.is_file() else []
+        lines = read_history(ckpt.parent / "metrics.jsonl")
         curves[name] = lines
         last = lines[-1] if lines else {}
         total = sum(float(x.get("epoch_time_s") or 0.0) for x in lines)
-        rows.append(f"| {name} | {last.get('epoch', '–')} | {_fmt(last.get('val_top1'))} | "
-                    f"{_fmt(last.get('val_ece'))} | {_fmt(last.get('mean_e'))} | "
-                    f"{total:.0f} |")
-    return "\n".join(rows), curves
+        rows.append([name, last.get("epoch", "–"), _fmt(last.get("val_top1")), _fmt(last.get("val_ece")),
+                     _fmt(last.get("mean_e")), f"{total:.0f}"])
+    return markdown_table(rows, ["run", "epochs", "val top-1", "val ECE", "mean e", "train s"]), curves
 
 
 def _fmt(v: Any, spec: str = ".3f") -> str:
@@ -105,10 +105,7 @@ def curves_figure(curves: Mapping[str, list[dict[str, Any]]], path: Path) -> Pat
     axes[0].set(title="train loss", xlabel="epoch")
     axes[1].set(title="val top-1", xlabel="epoch", ylim=(0, 1))
     axes[1].legend(fontsize=8)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100)
-    return atomic_write_bytes(path, buf.getvalue())
+    return save_figure(fig, path)
 
 
 def write_demo_report(out: Path, plan: Any, ckpts: Mapping[str, Path], eval_dir: Path, det_dirs: Sequence[Path],
@@ -136,8 +133,8 @@ def write_demo_report(out: Path, plan: Any, ckpts: Mapping[str, Path], eval_dir:
     md += ["## Classification, calibration and context reliance\n",
            "conf = mean max-softmax confidence. `bg_only`: val images with every box of the labelled class "
            "filled; `outside_crop`: the largest crop that avoids every box (no fill); `val_bg_only`: generated "
-           "backgrounds with no object; `top-1 val_mixed`: objects on random backgrounds; `bg_only / val`: context-only "
-           "confidence relative to the same model's confidence on intact images; `CAM in box`: share of "
+           "backgrounds with no object; `top-1 val_mixed`: objects on random backgrounds; `bg_only / val`: "
+           "context-only confidence relative to the same model's confidence on intact images; `CAM in box`: share of "
            "class-activation energy inside the labelled boxes.\n",
            ctx, ""]
     if sentences:
@@ -149,9 +146,8 @@ def write_demo_report(out: Path, plan: Any, ckpts: Mapping[str, Path], eval_dir:
     md += [f"Full evaluation report: [evaluation/report.md]({rel(eval_dir / 'report.md')})\n",
            "## Detection transfer (Faster R-CNN, COCO-style box AP)\n", ap_table, "",
            f"![AP by strategy]({rel(compare_dir / 'ap_by_strategy.png')})\n",
-           "## Stages\n", "| stage | seconds |", "|---|---|"]
-    md += [f"| {k} | {v:.0f} |" for k, v in timings.items()]
-    md += ["", "## Versions\n", "```", json.dumps(package_versions(), indent=1), "```", ""]
+           "## Stages\n", markdown_table([[k, f"{v:.0f}"] for k, v in timings.items()], ["stage", "seconds"]),
+           "", "## Versions\n", "```", json.dumps(package_versions(), indent=1), "```", ""]
     report = atomic_write_text(out / "report.md", "\n".join(md))
     tables = ("Classification / calibration / context (demo scale, generated data)\n" + ctx +
               "\n\nDetection AP (demo scale, generated data)\n" + ap_table)

@@ -1,11 +1,17 @@
-"""metrics.json (from als_det.analysis.evaluate) -> report.md with tables (models as columns) and figures."""
+"""An evaluation's metrics (`als_det.analysis.evaluate`) -> report.md with tables (models as columns),
+its figures, and metrics.json: `write_evaluation(metrics, out_dir)`."""
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
-from als_det.io import atomic_write_text
-from als_det.report.figures import confidence_histograms, reliability_diagrams
+import numpy as np
+
+from als_det.io import atomic_write_json, atomic_write_text
+from als_det.report.figures import cam_grid, confidence_histograms, reliability_diagrams
+from als_det.report.headline import add_sentences
+from als_det.report.tables import markdown_table
 
 VARIANT_TEXT = {
     "bg_only": "boxes filled: context alone",
@@ -17,6 +23,7 @@ VARIANT_TEXT = {
 FORMS = (("ratio_absolute", "absolute"),
          ("ratio_above_chance", "above chance: (c - 1/K) / (1 - 1/K)"),
          ("ratio_relative_to_val", "relative to own val confidence"))
+Row = tuple[str, Callable[[str], Any], str]   # (label, value of a model name, format)
 
 
 def _num(v: Any, spec: str) -> str:
@@ -27,12 +34,10 @@ def _num(v: Any, spec: str) -> str:
     return format(v, spec)
 
 
-def _table(names: Sequence[str], rows: Sequence[tuple[str, Callable[[str], Any], str]]) -> str:
-    """Markdown table: a row per (label, getter(model name), format), a column per model."""
-    lines = ["| | " + " | ".join(names) + " |", "| --- |" + " ---: |" * len(names)]
-    for label, get, spec in rows:
-        lines.append(f"| {label} | " + " | ".join(_num(get(n), spec) for n in names) + " |")
-    return "\n".join(lines)
+def _table(names: Sequence[str], rows: Sequence[Row]) -> str:
+    """A row per (label, getter(model name), format), a column per model."""
+    return markdown_table([[label, *(_num(get(n), spec) for n in names)] for label, get, spec in rows],
+                          ["", *names], colalign=("left",) + ("right",) * len(names))
 
 
 def _get(d: dict[str, Any], *keys: str) -> Any:
@@ -65,26 +70,23 @@ def _mix_alpha(ls: dict[str, Any]) -> str:
     return str(ls["mix_alpha"]) if ls["name"] in ("cutmix", "mixup") else "-"
 
 
-def render_report(metrics: dict[str, Any]) -> str:
-    """The Markdown text of the report (figures referenced by relative links)."""
+def _figure(metrics: dict[str, Any], key: str, alt: str) -> list[str]:
+    """The Markdown lines that show figure `key`, if it was drawn."""
+    name = metrics.get("figures", {}).get(key)
+    return ["", f"![{alt}]({name})"] if name else []
+
+
+def _getter(models: dict[str, Any]) -> Callable[..., Callable[[str], Any]]:
+    return lambda *keys: (lambda n: _get(models[n], *keys))
+
+
+def _checkpoints(metrics: dict[str, Any]) -> list[str]:
     models = metrics["models"]
-    names = list(models)
-    data = metrics["data"]
-    figs = metrics.get("figures", {})
-    m = lambda *keys: (lambda n: _get(models[n], *keys))  # noqa: E731
-    out = [f"# Evaluation: {', '.join(names)}", ""]
-    out.append(f"Data: `{data['root']}` split `{data['split']}`, {data['images_evaluated']} of "
-               f"{data['images_in_index']} indexed images evaluated ({data['with_boxes']} with boxes), "
-               f"{len(data['classes'])} classes; run on {data['world_size']} process(es), device {data['device']}. "
-               f"Fill for box variants: `{metrics['options']['fill']}`."
-               + (f" Wall time {metrics['wall_time_s']:.0f} s." if metrics.get("wall_time_s") is not None else ""))
-    shown = data.get("class_names") or data["classes"]
-    if len(shown) <= 20:
-        out += ["", "Classes: " + ", ".join(shown) + "."]
-    out += ["", "## Checkpoints", ""]
-    out.append(_table(names, [
+    names, m = list(models), _getter(models)
+    table = _table(names, [
         ("label strategy", m("label_strategy", "name"), ""),
-        ("epsilon / e_min / e_max", lambda n: "{epsilon} / {e_min} / {e_max}".format(**models[n]["label_strategy"]), ""),
+        ("epsilon / e_min / e_max",
+         lambda n: "{epsilon} / {e_min} / {e_max}".format(**models[n]["label_strategy"]), ""),
         ("als coverage / power", lambda n: _als_mapping(models[n]["label_strategy"]), ""),
         ("mix alpha", lambda n: _mix_alpha(models[n]["label_strategy"]), ""),
         ("no-box policy", m("label_strategy", "no_box"), ""),
@@ -93,24 +95,23 @@ def render_report(metrics: dict[str, Any]) -> str:
         ("input size / val resize", lambda n: f"{models[n]['checkpoint']['preprocessing']['image_size']} / "
                                               f"{models[n]['checkpoint']['val_resize']}", ""),
         ("sha256", lambda n: models[n]["checkpoint"]["sha256"][:12], ""),
-    ]))
-    out.append("")
-    out += [f"- `{n}`: `{models[n]['checkpoint']['path']}`" for n in names]
+    ])
+    return ["## Checkpoints", "", table, "", *(f"- `{n}`: `{models[n]['checkpoint']['path']}`" for n in names)]
 
-    out += ["", "## Classification", ""]
-    out.append(_table(names, [("top-1", m("val", "top1"), ".2%"), ("top-5", m("val", "top5"), ".2%"),
-                              ("NLL", m("val", "nll"), ".4f"), ("images", m("val", "n"), "d"),
-                              ("left out", lambda n: _skips(models[n]["val"]), "")]))
 
-    out += ["", "## Calibration", "",
-            "15 equal-width bins on the top-label confidence (ECE, MCE); ACE uses 15 equal-mass bins; "
-            "Brier is the multi-class score in [0, 2].", ""]
+def _calibration(metrics: dict[str, Any]) -> list[str]:
+    models = metrics["models"]
+    names, m = list(models), _getter(models)
+    out = ["## Calibration", "",
+           "15 equal-width bins on the top-label confidence (ECE, MCE); ACE uses 15 equal-mass bins; "
+           "Brier is the multi-class score in [0, 2].", ""]
     rows = [("ECE", m("val", "ece"), ".4f"), ("MCE", m("val", "mce"), ".4f"), ("ACE", m("val", "ace"), ".4f"),
             ("Brier", m("val", "brier"), ".4f"), ("mean confidence", m("val", "mean_confidence"), ".3f"),
             ("top-1 - mean confidence", lambda n: models[n]["val"]["top1"] - models[n]["val"]["mean_confidence"],
              "+.3f")]
-    if any("temperature_scaling" in models[n] for n in names):
-        ts = next(models[n]["temperature_scaling"] for n in names if "temperature_scaling" in models[n])
+    scaled = [n for n in names if "temperature_scaling" in models[n]]
+    if scaled:
+        ts = models[scaled[0]]["temperature_scaling"]
         rows += [("temperature T", m("temperature_scaling", "temperature"), ".3f"),
                  ("ECE before / after T (held-out part)",
                   lambda n: f"{models[n]['temperature_scaling']['before']['ece']:.4f} / "
@@ -118,17 +119,18 @@ def render_report(metrics: dict[str, Any]) -> str:
                  ("NLL before / after T (held-out part)",
                   lambda n: f"{models[n]['temperature_scaling']['before']['nll']:.4f} / "
                             f"{models[n]['temperature_scaling']['after']['nll']:.4f}", "")]
-        out.append(f"Temperature fitted by LBFGS on NLL over a seeded {ts['fit_fraction']:.0%} of val "
-                   f"(seed {ts['seed']}, {ts['n_fit']} images) and evaluated on the other {ts['n_eval']}.")
-        out.append("")
-    out.append(_table(names, rows))
-    if "reliability" in figs:
-        out += ["", f"![reliability diagrams]({figs['reliability']})"]
+        out += [f"Temperature fitted by LBFGS on NLL over a seeded {ts['fit_fraction']:.0%} of val "
+                f"(seed {ts['seed']}, {ts['n_fit']} images) and evaluated on the other {ts['n_eval']}.", ""]
+    return [*out, _table(names, rows), *_figure(metrics, "reliability", "reliability diagrams")]
 
-    out += ["", "## Context-only evaluation", "",
-            "Mean max-softmax confidence, the fraction of images above 0.5, and accuracy. Where the object is "
-            "absent, *context accuracy* is how often the model still predicts the labelled class from context "
-            "alone. Images without boxes leave every box variant (counted).", ""]
+
+def _context(metrics: dict[str, Any]) -> list[str]:
+    models = metrics["models"]
+    names, m = list(models), _getter(models)
+    out = ["## Context-only evaluation", "",
+           "Mean max-softmax confidence, the fraction of images above 0.5, and accuracy. Where the object is "
+           "absent, *context accuracy* is how often the model still predicts the labelled class from context "
+           "alone. Images without boxes leave every box variant (counted).", ""]
     variants = [v for v in ("bg_only", "outside_crop", "fg_only", "val_mixed", "val_bg_only")
                 if any(v in models[n]["variants"] for n in names)]
     rows = [("intact val: mean confidence", m("val", "mean_confidence"), ".3f"),
@@ -143,16 +145,17 @@ def render_report(metrics: dict[str, Any]) -> str:
                  (f"{v}: left out", lambda n, v=v: _skips(models[n]["variants"].get(v)), "")]
         if v == "val_mixed":
             rows += [("val_mixed: ECE", m("variants", v, "ece"), ".4f")]
-    out.append(_table(names, rows))
-    if "bg_only_confidence" in figs:
-        out += ["", f"![bg_only confidence histogram]({figs['bg_only_confidence']})"]
+    return [*out, _table(names, rows), *_figure(metrics, "bg_only_confidence", "bg_only confidence histogram")]
 
-    out += ["", "## Where the model looks", ""]
+
+def _where_it_looks(metrics: dict[str, Any]) -> list[str]:
+    models = metrics["models"]
+    names, m = list(models), _getter(models)
     cam_method = next((models[n]["cam"]["method"] for n in names), "cam")
-    out.append(f"Fraction of the positive {cam_method.upper()} energy for the labelled class (upsampled to the "
-               "network input) that falls inside the labelled boxes, averaged over val images with boxes. "
-               "The box area fraction is what a uniform map would score.")
-    out.append("")
+    out = ["## Where the model looks", "",
+           f"Fraction of the positive {cam_method.upper()} energy for the labelled class (upsampled to the "
+           "network input) that falls inside the labelled boxes, averaged over val images with boxes. "
+           "The box area fraction is what a uniform map would score.", ""]
     rows = [("energy inside boxes (val)", m("cam", "mean_energy_inside_boxes"), ".3f"),
             ("box area fraction (val)", m("cam", "mean_box_area_fraction"), ".3f"),
             ("images", m("cam", "n"), "d"), ("left out", lambda n: _skips(models[n]["cam"]), "")]
@@ -160,37 +163,66 @@ def render_report(metrics: dict[str, Any]) -> str:
         rows += [("energy inside boxes (val_mixed)", m("variants", "val_mixed", "cam", "mean_energy_inside_boxes"),
                   ".3f"),
                  ("box area fraction (val_mixed)", m("variants", "val_mixed", "cam", "mean_box_area_fraction"), ".3f")]
-    out.append(_table(names, rows))
-    if "cam_grid" in figs:
-        out += ["", f"![class activation maps]({figs['cam_grid']})"]
+    return [*out, _table(names, rows), *_figure(metrics, "cam_grid", "class activation maps")]
 
-    out += ["", "## Headline: confidence from context alone, model / baseline", ""]
+
+def _headline(metrics: dict[str, Any]) -> list[str]:
     head = metrics["headline"]
     comps = head["comparisons"]
+    out = ["## Headline: confidence from context alone, model / baseline", ""]
     if not comps:
-        out.append(f"Only the baseline `{head['baseline']}` was evaluated: no ratio to report.")
-    else:
-        out.append(f"Ratio of mean confidence on context-only images, each model over the baseline "
-                   f"`{head['baseline']}`, in three forms. Absolute alone misleads when a model is less confident "
-                   "everywhere; with few classes the chance floor 1/K caps any absolute ratio. In brackets: 95% "
-                   f"intervals ({head.get('interval_method', 'bootstrap')}).")
-        cols = list(comps)
-        for source in ("bg_only", "outside_crop", "val_bg_only"):
-            if not any(source in comps[c] for c in cols):
-                continue
-            out += ["", f"### {source}" + (" (primary)" if source == head["primary_source"] else ""), ""]
-            out.append(_table(cols, [(label, lambda c, k=key, s=source: _with_interval(comps[c].get(s), k), "")
-                                     for key, label in FORMS]))
-            out.append("")
-            out += [f"- {comps[c][source]['sentence']}" for c in cols if source in comps[c]]
-    out.append("")
-    versions = metrics.get("versions", {})
-    out.append("Versions: " + ", ".join(f"{k} {v}" for k, v in versions.items()) + ".")
+        return out + [f"Only the baseline `{head['baseline']}` was evaluated: no ratio to report."]
+    out.append(f"Ratio of mean confidence on context-only images, each model over the baseline "
+               f"`{head['baseline']}`, in three forms. Absolute alone misleads when a model is less confident "
+               "everywhere; with few classes the chance floor 1/K caps any absolute ratio. In brackets: 95% "
+               f"intervals ({head.get('interval_method', 'bootstrap')}).")
+    cols = list(comps)
+    for source in ("bg_only", "outside_crop", "val_bg_only"):
+        if not any(source in comps[c] for c in cols):
+            continue
+        out += ["", f"### {source}" + (" (primary)" if source == head["primary_source"] else ""), ""]
+        out.append(_table(cols, [(label, lambda c, k=key, s=source: _with_interval(comps[c].get(s), k), "")
+                                 for key, label in FORMS]))
+        out.append("")
+        out += [f"- {comps[c][source]['sentence']}" for c in cols if source in comps[c]]
+    return out
+
+
+def render_report(metrics: dict[str, Any]) -> str:
+    """The Markdown text of the report (figures referenced by relative links)."""
+    models, data = metrics["models"], metrics["data"]
+    names, m = list(models), _getter(models)
+    out = [f"# Evaluation: {', '.join(names)}", "",
+           f"Data: `{data['root']}` split `{data['split']}`, {data['images_evaluated']} of "
+           f"{data['images_in_index']} indexed images evaluated ({data['with_boxes']} with boxes), "
+           f"{len(data['classes'])} classes; run on {data['world_size']} process(es), device {data['device']}. "
+           f"Fill for box variants: `{metrics['options']['fill']}`."
+           + (f" Wall time {metrics['wall_time_s']:.0f} s." if metrics.get("wall_time_s") is not None else "")]
+    shown = data.get("class_names") or data["classes"]
+    if len(shown) <= 20:
+        out += ["", "Classes: " + ", ".join(shown) + "."]
+    out += ["", *_checkpoints(metrics), "", "## Classification", ""]
+    out.append(_table(names, [("top-1", m("val", "top1"), ".2%"), ("top-5", m("val", "top5"), ".2%"),
+                              ("NLL", m("val", "nll"), ".4f"), ("images", m("val", "n"), "d"),
+                              ("left out", lambda n: _skips(models[n]["val"]), "")]))
+    out += ["", *_calibration(metrics), "", *_context(metrics), "", *_where_it_looks(metrics), "",
+            *_headline(metrics), ""]
+    out.append("Versions: " + ", ".join(f"{k} {v}" for k, v in metrics.get("versions", {}).items()) + ".")
     return "\n".join(out) + "\n"
 
 
-def write_report(metrics: dict[str, Any], out_dir: str | Path) -> Path:
-    """Draw the figures into `out_dir` (recorded in metrics["figures"]) and write report.md."""
+def _draw_cam_grid(entry: dict[str, Any], out: Path) -> Path:
+    with np.load(out / entry["data"], allow_pickle=False) as data:
+        boxes = data["boxes"]
+        images = list(data["images"])
+        cams = {name: list(data[f"cam_{i}"]) for i, name in enumerate(entry["models"])}
+    per_row = [boxes[boxes[:, 0] == r, 1:] for r in range(len(images))]
+    return cam_grid(images, per_row, cams, entry["titles"], entry["rows"], out / "cam_grid.png")
+
+
+def write_evaluation(metrics: dict[str, Any], out_dir: str | Path) -> Path:
+    """Draw the figures into `out_dir`, give each headline comparison its sentence, write
+    report.md and metrics.json (figures recorded under "figures"); returns report.md."""
     out = Path(out_dir)
     models = metrics["models"]
     figs = metrics.setdefault("figures", {})
@@ -201,4 +233,9 @@ def write_report(metrics: dict[str, Any], out_dir: str | Path) -> Path:
         figs["bg_only_confidence"] = confidence_histograms(
             hists, f"bg_only ({metrics['options']['fill']} fill): max softmax confidence",
             out / "bg_only_confidence.png").name
-    return atomic_write_text(out / "report.md", render_report(metrics))
+    if metrics.get("cam_grid"):
+        figs["cam_grid"] = _draw_cam_grid(metrics["cam_grid"], out).name
+    add_sentences(metrics)
+    report = atomic_write_text(out / "report.md", render_report(metrics))
+    atomic_write_json(out / "metrics.json", metrics)
+    return report

@@ -12,9 +12,10 @@ of the same weights) is a duplicate, reported and counted once.
 """
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Protocol, Sequence
+from typing import Any, Protocol
 
 import yaml
 
@@ -90,7 +91,6 @@ def read_identity(file: Path, data: Mapping[str, Any]) -> RunIdentity:
     if eval_only and data.get("training") is None:
         raise ResultsError(f"{file}: an --eval-only run of weights that do not record how they were fine-tuned, "
                            "so the seed it measures is unknown; compare the fine-tuning run itself")
-    training = _field(file, data, "training")
     pretrain_seed = int(backbone.get("pretrain_seed", config_seed))
     return RunIdentity(
         test_set=test, test_sha256=_field(file, data, "datasets", test, "json_sha256"),

@@ -11,13 +11,15 @@ from __future__ import annotations
 
 import json
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
-from als_det.analysis.evaluate import headline_comparison
+from als_det.engine.events import read_history
+from als_det.metrics.context import headline_comparison
 from als_det.metrics.intervals import t_interval
 
 SOURCES = ("bg_only", "outside_crop", "val_bg_only")
@@ -107,8 +109,7 @@ def load_cell(cell: SweepCell) -> CellResult:
     ck = model["checkpoint"]
     if int(ck["seed"]) != int(cell.seed):
         raise SweepInputError(f"{cell.setting} seed {cell.seed}: its checkpoint {ck['path']} has seed {ck['seed']}")
-    rows = [r for r in (json.loads(line) for line in history_path.read_text().splitlines() if line.strip())
-            if r["epoch"] <= int(ck["epoch"])]
+    rows = read_history(history_path, int(ck["epoch"]))
     if not rows or rows[-1]["epoch"] != int(ck["epoch"]):
         raise SweepInputError(f"{history_path} has no row for epoch {ck['epoch']}, the evaluated checkpoint's")
     last = rows[-1]
@@ -209,7 +210,7 @@ def write_sweep_report(cells: Sequence[SweepCell], out_dir: str | Path, baseline
     """Summarize `cells` and write OUT/report.md, OUT/sweep.json and the figures; returns report.md.
     `missing`: the planned cells left out ({cell, setting, seed, epochs, reason}), named at the top."""
     from als_det.io import atomic_write_json, atomic_write_text
-    from als_det.report.sweep_figures import training_length_figure, tradeoff_figure
+    from als_det.report.sweep_figures import tradeoff_figure, training_length_figure
     from als_det.report.sweep_tables import render_sweep_report, sweep_json
 
     out = Path(out_dir)

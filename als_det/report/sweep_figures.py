@@ -1,13 +1,13 @@
 """Sweep figures: the accuracy / context-reliance trade-off with its Pareto front, and training length."""
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 from matplotlib.figure import Figure
 
-from als_det.report.figures import save_png
+from als_det.report.figures import save_figure
 from als_det.report.sweep import NEUTRAL_POINTS, Group, Sweep
 
 MARKERS = {"hard": "s", "ls": "^", "als": "o", "cutmix": "D", "mixup": "P"}
@@ -91,7 +91,7 @@ def tradeoff_figure(sweep: Sweep, source: str, path: str | Path) -> Path:
     seeds = sorted({len(g.cells) for g in groups})
     fig.suptitle(f"Accuracy vs confidence from context alone ({source}), {sweep.main_epochs} epochs, "
                  f"{'/'.join(map(str, seeds))} seeds per setting; bars: ± 1 std over seeds", fontsize=10)
-    return save_png(fig, path)
+    return save_figure(fig, path)
 
 
 def training_length_figure(sweep: Sweep, path: str | Path, source: str = "bg_only") -> Path | None:
@@ -125,4 +125,4 @@ def training_length_figure(sweep: Sweep, path: str | Path, source: str = "bg_onl
         ax.grid(alpha=0.3, linewidth=0.5)
         ax.legend(fontsize=8)
     fig.suptitle("Training length: does the accuracy cost shrink? (bars: ± 1 std over seeds)", fontsize=10)
-    return save_png(fig, path)
+    return save_figure(fig, path)

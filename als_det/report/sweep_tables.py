@@ -1,8 +1,9 @@
 """A summarized sweep (`als_det.report.sweep.Sweep`) -> report.md tables and text, and sweep.json."""
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from tabulate import tabulate
 

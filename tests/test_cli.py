@@ -1,0 +1,100 @@
+"""The command line every tool shares: its shape, its help page, and how a user error ends."""
+from __future__ import annotations
+
+import argparse
+import runpy
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from als_det.config import load_config
+
+REPO = Path(__file__).resolve().parents[1]
+TOOLS = sorted(p.stem for p in (REPO / "tools").glob("*.py"))
+CONFIG_TOOLS = {"pretrain", "generate_data", "finetune_coco"}
+DEMO = "configs/pretrain/demo_als.yaml"
+
+
+def _tool(name: str) -> dict:
+    return runpy.run_path(str(REPO / "tools" / f"{name}.py"))
+
+
+def _parser(name: str) -> argparse.ArgumentParser:
+    return _tool(name)["build_parser"]()
+
+
+@pytest.mark.parametrize("name", TOOLS)
+def test_every_tool_has_the_shared_shape_and_documents_every_option(name):
+    parser = _parser(name)
+    dests = {a.dest for a in parser._actions}
+    assert "debug" in dests
+    assert (name in CONFIG_TOOLS) == ({"config_file", "opts"} <= dests)
+    for action in parser._actions:
+        if action.help != argparse.SUPPRESS and action.dest != "help":
+            assert action.help, f"{name}: {action.option_strings or action.dest} has no help text"
+    assert (REPO / "tools" / f"{name}.py").stat().st_mode & 0o111, f"tools/{name}.py is not executable"
+
+
+def test_help_shows_defaults():
+    text = _parser("evaluate").format_help()
+    assert "(default: black)" in text and "(default: 64)" in text and "(default: output/evaluate)" in text
+    assert "(default: 1)" in _parser("finetune_coco").format_help()  # --num-gpus
+
+
+def test_config_file_aliases_and_trailing_overrides():
+    parse = _parser("pretrain").parse_args
+    new = parse(["--resume", "--config-file", DEMO, "SOLVER.EPOCHS", "2", "SEED", "3"])
+    old = parse(["--config", DEMO, "--resume", "--opts", "SOLVER.EPOCHS", "2", "SEED", "3"])
+    assert new.config_file == old.config_file == DEMO and new.resume and old.resume
+    assert new.opts == old.opts == ["SOLVER.EPOCHS", "2", "SEED", "3"]
+    assert parse(["--config", DEMO, "SEED", "3", "--opts", "SOLVER.EPOCHS", "2"]).opts == [
+        "SEED", "3", "SOLVER.EPOCHS", "2"]
+    # --resume is a flag: what follows it is never its value
+    assert parse(["--config", DEMO, "--resume", "SEED", "3"]).opts == ["SEED", "3"]
+    assert parse(["--config", DEMO, "--resume-from", "a.pth"]).resume_from == "a.pth"
+
+
+def test_an_option_among_the_overrides_or_an_odd_override_is_one_clear_error():
+    with pytest.raises(ValueError, match="--resume comes after the config overrides .* put options before them"):
+        load_config(DEMO, ["SEED", "3", "--resume"])
+    with pytest.raises(ValueError, match=r"KEY VALUE pairs, got \['SEED'\]"):
+        load_config(DEMO, ["SEED"])
+    with pytest.raises(ValueError, match="config overrides: Non-existent key: SOLVER.EPOCH"):
+        load_config(DEMO, ["SOLVER.EPOCH", "3"])
+
+
+def test_optional_values_never_swallow_the_next_token():
+    parse = _parser("finetune_coco").parse_args
+    args = parse(["--coco-root", "coco", "--resume", "MODEL.WEIGHTS", "w.pkl"])
+    assert args.coco_root == "coco" and args.resume and args.opts == ["MODEL.WEIGHTS", "w.pkl"]
+    with pytest.raises(SystemExit):
+        parse(["--coco-root"])  # a value is required, so a following token is never taken by surprise
+
+
+def test_a_user_error_is_one_line_and_its_traceback_stays_in_the_log(tmp_path, capsys):
+    from test_detection_datasets import _tiny_coco
+
+    js, img = _tiny_coco(tmp_path / "data", anns=[])
+    out = tmp_path / "run"
+    argv = ["--dataset", f"tiny={js}:{img}", "--train-dataset", "tiny", "--test-dataset", "tiny",
+            "OUTPUT_DIR", str(out)]
+    assert _tool("finetune_coco")["main"](argv) == 2
+    stderr = capsys.readouterr().err
+    err = [line for line in stderr.splitlines() if line.startswith("error:")]
+    assert len(err) == 1 and err[0].startswith(f"error: {js}: no usable box") and "Traceback" not in stderr
+    assert f"(traceback in {out / 'log.txt'})" in err[0]
+    log = (out / "log.txt").read_text()
+    assert "Traceback (most recent call last)" in log and "DatasetError" in log
+    with pytest.raises(ValueError, match="no usable box"):
+        _tool("finetune_coco")["main"](["--debug", *argv])
+    assert _tool("pretrain")["main"](["--config-file", DEMO, "SOLVER.EPOCH", "3"]) == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        "error: config overrides: Non-existent key: SOLVER.EPOCH (--debug shows the traceback)")
+
+
+def test_no_known_harmless_warning_on_start():
+    run = subprocess.run([sys.executable, "tools/finetune_coco.py", "--help"], cwd=REPO, capture_output=True,
+                         text=True, timeout=120)
+    assert run.returncode == 0 and run.stderr == "" and "--config-file FILE" in run.stdout
