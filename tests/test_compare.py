@@ -237,7 +237,7 @@ def test_two_copies_of_one_run_count_once_and_name_the_duplicate(tmp_path):
     assert js["duplicates"] == [{"run": str(copy / "results.json"), "same_as": str(als / "results.json"),
                                  "why": "same backbone and seeds"}]
     md = format_table(comp)
-    assert "| als | 1 | 34.00 (+4.00) |" in md
+    assert "| als | 1 | 34.00 (+4.00) |" in _squash(md)
     assert f"- als (n=1): {als} (seeds 0/0); counted once: {copy} (as {als}: same backbone and seeds)" in md
     assert f"- hard (n=1): {hard} (seeds 0/0)" in md
     assert f"% als (n=1): {als} (seeds 0/0)" in format_table(comp, "latex")

@@ -5,6 +5,7 @@ the finished cells from their real evaluations, a second invocation that runs no
 from __future__ import annotations
 
 import json
+import logging
 import re
 import subprocess
 import sys
@@ -105,7 +106,7 @@ def test_dry_run_lists_every_cell():
     assert any("evaluation/mixup_e8_s1" in ln and "tools/evaluate.py" in ln for ln in commands)
 
 
-def test_progress_names_the_cell_and_estimates_the_time_left(tmp_path, capsys):
+def test_progress_names_the_cell_and_estimates_the_time_left(tmp_path, caplog):
     raw = _raw()
     raw["out"] = str(tmp_path / "sweep")
     plan = parse_plan(raw, "sweep.yaml")
@@ -113,9 +114,11 @@ def test_progress_names_the_cell_and_estimates_the_time_left(tmp_path, capsys):
     assert [c.run for c in cells] == ["hard_e1_s0", "als_e1_s0", "hard_e1_s1", "als_e1_s1",
                                       "hard_e2_s0", "als_e2_s0", "hard_e2_s1", "als_e2_s1"]
     progress = Progress(cells)
+    caplog.set_level(logging.INFO, logger="als_det.experiment")
     progress(cells[0].pretrain, Outcome())
     assert "cell 1/8 hard_e1_s0 (hard, seed 0, 1 epoch): pretraining; 0 cells finished (0 earlier), 0 failed; " \
-           "time left: known once a cell has finished" in capsys.readouterr().out
+           "time left: known once a cell has finished" in caplog.text
+    caplog.clear()
     # the first cell took 600 s (one epoch) + 40 s; an earlier invocation ran hard_e2_s1 in 1300 s + 60 s
     for stage, seconds in ((cells[0].pretrain, 600), (cells[0].evaluate, 40), (cells[6].pretrain, 1300),
                            (cells[6].evaluate, 60)):
@@ -125,7 +128,7 @@ def test_progress_names_the_cell_and_estimates_the_time_left(tmp_path, capsys):
     # rates: (600 + 1300) s / 3 epochs, (40 + 60) / 2 s; left: cells 1-5 and 7, 1+1+1+2+2+2 = 9 epochs and 6
     # evaluations: 9 * 1900 / 3 + 6 * 50 = 6000 s
     assert "cell 2/8 als_e1_s0 (als, seed 0, 1 epoch): pretraining; 2 cells finished (1 earlier), 0 failed; " \
-           "about 1 h 40 min left (633.3 s per training epoch, 50 s per evaluation so far)" in capsys.readouterr().out
+           "about 1 h 40 min left (633.3 s per training epoch, 50 s per evaluation so far)" in caplog.text
 
 
 def _sweep(plan: Path, out: Path) -> subprocess.CompletedProcess:
@@ -150,11 +153,11 @@ def test_smoke_sweep_reports_a_broken_cell_finishes_the_others_then_reuses_them(
     first = _sweep(tmp_path / "broken.yaml", out)
     assert first.returncode == 1, first.stdout[-3000:] + first.stderr[-3000:]
     logs = {s: out / "logs" / f"pretrain_broken_e1_s{s}.log" for s in (0, 1)}
-    for seed, log in logs.items():
-        assert f"FAILED stage pretrain_broken_e1_s{seed} failed (exit 1); log: {log}" in first.stdout
+    for seed, log in logs.items():  # an unknown strategy is a user error: exit 2
+        assert f"FAILED stage pretrain_broken_e1_s{seed} failed (exit 2); log: {log}" in first.stderr
         assert "no_such_strategy" in log.read_text()
-    assert "[sweep] cell 10/10 als_e2_s1 (als, seed 1, 2 epochs): evaluation; 7 cells finished" in first.stdout
-    assert "left (" in first.stdout.split("[sweep] cell 10/10")[1].splitlines()[0]
+    assert "cell 10/10 als_e2_s1 (als, seed 1, 2 epochs): evaluation; 7 cells finished" in first.stderr
+    assert "left (" in first.stderr.split("cell 10/10")[1].splitlines()[0]
     report = (out / "report.md").read_text()
     assert report.startswith("# Sweep: sweep_smoke (incomplete)")
     assert "**2 of 10 planned cells are missing.**" in report
@@ -166,7 +169,8 @@ def test_smoke_sweep_reports_a_broken_cell_finishes_the_others_then_reuses_them(
 
     second = _sweep(tmp_path / "sweep.yaml", out)
     assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
-    assert "[experiment] 0 stage(s) ran, 16 reused" in second.stdout and "tools/pretrain.py" not in second.stdout
+    assert "]: 0 stage(s) ran, 16 reused" in second.stderr
+    assert "tools/pretrain.py" not in second.stdout + second.stderr
     report = (out / "report.md").read_text()
     assert "Missing" not in report and "(incomplete)" not in report
     for part in ("## Verdict", "## Accuracy and calibration", "## Context reliance: bg_only", "## Training length"):
