@@ -163,19 +163,21 @@ def cam_grid(models: Sequence[LoadedModel], records: Sequence[ImageRecord], name
     """The CAM grid's data: `grid_images` boxed val images spread over the index, each model's CAM
     of the labelled class and its prediction. Arrays go to `path` (.npz: `images` [R, S, S, 3]
     uint8, `boxes` [N, 5] (row, x0, y0, x1, y1) in input pixels, `cam_<i>` [R, S, S] per model);
-    the returned entry (metrics.json's `cam_grid`) names the file and holds the captions."""
+    the returned entry (metrics.json's `cam_grid`) names the file and holds the captions: `rows`
+    the class names, `files` the image stems."""
     boxed = [i for i, r in enumerate(records) if len(r.boxes)]
     if not boxed or not opts.grid_images:
         return None
     picks = [boxed[i] for i in np.unique(np.linspace(0, len(boxed) - 1, opts.grid_images).round().astype(int))]
     prep = models[0].prep
-    images, boxes, rows = [], [], []
+    images, boxes, rows, files = [], [], [], []
     for row, p in enumerate(picks):
         rec = records[p]
         img = load_rgb(rec.path)
         images.append(np.asarray(prep.resize_crop(img)))
         boxes += [[row, *b] for b in prep.boxes_in_input(rec.boxes, *img.size).reshape(-1, 4)]
-        rows.append(f"{names[rec.label]}\n{Path(rec.path).stem}")
+        rows.append(names[rec.label])
+        files.append(Path(rec.path).stem)
     maps, titles = {}, {}
     for i, lm in enumerate(models):
         if lm.prep != prep:
@@ -190,7 +192,7 @@ def cam_grid(models: Sequence[LoadedModel], records: Sequence[ImageRecord], name
         titles[lm.name] = [f"pred {names[int(c)]} {float(q):.2f}" for c, q in zip(pred, conf)]
     atomic_savez(path, images=np.stack(images), boxes=np.asarray(boxes, dtype=np.float32).reshape(-1, 5), **maps)
     return {"data": path.name, "method": opts.cam_method, "models": [lm.name for lm in models], "rows": rows,
-            "titles": titles}
+            "files": files, "titles": titles}
 
 
 def evaluate_model(lm: LoadedModel, records: Sequence[ImageRecord], extra: dict[str, list[ImageRecord]],

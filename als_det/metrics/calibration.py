@@ -15,14 +15,20 @@ Definitions
 """
 from __future__ import annotations
 
+import logging
 import math
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+logger = logging.getLogger(__name__)
+
 _SUM_TOLERANCE = 1e-3
+# A fitted temperature outside this range says the fit ran off to T -> 0 or T -> infinity.
+TEMPERATURE_RANGE = (0.01, 100.0)
 
 
 def _check(scores: Tensor, labels: Tensor, what: str) -> None:
@@ -137,10 +143,21 @@ def calibration_metrics_from_logits(logits: Tensor, labels: Tensor, n_bins: int 
     return _metrics(log_probs.exp(), log_p_true, labels, n_bins)
 
 
-def fit_temperature(logits: Tensor, labels: Tensor, max_iter: int = 100) -> float:
+@dataclass(frozen=True)
+class TemperatureFit:
+    """A fitted temperature, the LBFGS iterations it took and whether LBFGS stopped on its
+    tolerances (True) or its iteration/evaluation limits (False)."""
+
+    temperature: float
+    iterations: int
+    converged: bool
+
+
+def fit_temperature(logits: Tensor, labels: Tensor, max_iter: int = 100) -> TemperatureFit:
     """The temperature T > 0 minimising NLL of softmax(logits / T) (Guo et al. 2017), by LBFGS.
 
-    Optimises log T so T stays positive; starts at T = 1.
+    Optimises log T so T stays positive; starts at T = 1. The result may be degenerate (see
+    :func:`temperature_degeneracy`); this function only reports what LBFGS found.
     """
     logits = logits.detach().cpu().float()
     labels = labels.detach().cpu().long()
@@ -155,10 +172,36 @@ def fit_temperature(logits: Tensor, labels: Tensor, max_iter: int = 100) -> floa
         return loss
 
     opt.step(closure)
-    t = float(log_t.detach().exp())
+    state, group = opt.state[log_t], opt.param_groups[0]
+    iterations = int(state.get("n_iter", 0))
+    converged = iterations < max_iter and int(state.get("func_evals", 0)) < group["max_eval"]
+    return TemperatureFit(float(log_t.detach().exp()), iterations, converged)
+
+
+def temperature_degeneracy(fit: TemperatureFit, logits: Tensor, labels: Tensor) -> str | None:
+    """Why the temperature fitted on (`logits`, `labels`) means nothing, or None if it is sound.
+
+    Degenerate: T not finite; outside TEMPERATURE_RANGE (NLL keeps falling towards T -> 0 or
+    T -> infinity, so the number is wherever LBFGS gave up); every prediction right (NLL falls
+    monotonically as T -> 0: no finite optimum); LBFGS stopped at its start (NLL flat in T) or at
+    its iteration limit.
+    """
+    t, (lo, hi) = fit.temperature, TEMPERATURE_RANGE
     if not math.isfinite(t):
-        raise RuntimeError("temperature scaling diverged (non-finite temperature)")
-    return t
+        return "the fitted temperature is not finite"
+    if bool((logits.argmax(1) == labels).all()):
+        return (f"every prediction of the {labels.numel()} fit images is right: NLL falls without bound as T -> 0, "
+                f"so T = {t:.3g} is only where LBFGS stopped")
+    if t > hi:
+        return (f"T = {t:.3g} > {hi:g}: NLL keeps falling as T grows (the predictions on the fit images are no "
+                "better than a uniform guess), so scaling flattens them towards 1/K")
+    if t < lo:
+        return f"T = {t:.3g} < {lo:g}: NLL keeps falling as T shrinks; T is only where LBFGS stopped"
+    if fit.iterations == 0:
+        return "NLL does not change with T on the fit images (zero gradient at T = 1): T is undetermined"
+    if not fit.converged:
+        return f"LBFGS did not converge within its limit ({fit.iterations} iterations)"
+    return None
 
 
 def split_indices(n: int, fraction: float, seed: int) -> tuple[Tensor, Tensor]:
@@ -174,15 +217,30 @@ def split_indices(n: int, fraction: float, seed: int) -> tuple[Tensor, Tensor]:
 
 def temperature_scaling_report(logits: Tensor, labels: Tensor, fit_fraction: float = 0.5, seed: int = 0,
                                n_bins: int = 15) -> dict[str, Any]:
-    """Fit T on a seeded held-out part of val, report metrics on the rest before and after."""
+    """Fit T on a seeded held-out part of val, report metrics on the rest before and after.
+
+    A degenerate fit (:func:`temperature_degeneracy`) is logged as a warning and recorded
+    (`degenerate`, `reason`); its "after" metrics are still computed with the fitted T (None when
+    T is not finite) and mean nothing about calibration.
+    """
+    logits, labels = logits.detach().cpu(), labels.detach().cpu().long()
     fit_idx, eval_idx = split_indices(logits.shape[0], fit_fraction, seed)
-    t = fit_temperature(logits[fit_idx], labels[fit_idx])
+    fit = fit_temperature(logits[fit_idx], labels[fit_idx])
+    reason = temperature_degeneracy(fit, logits[fit_idx], labels[fit_idx])
+    if reason:
+        logger.warning("temperature scaling is degenerate: %s", reason)
+    finite = math.isfinite(fit.temperature)
     return {
-        "temperature": t,
+        "temperature": fit.temperature if finite else None,
+        "degenerate": reason is not None,
+        "reason": reason,
+        "iterations": fit.iterations,
+        "converged": fit.converged,
         "fit_fraction": fit_fraction,
         "seed": seed,
         "n_fit": int(fit_idx.numel()),
         "n_eval": int(eval_idx.numel()),
         "before": calibration_metrics_from_logits(logits[eval_idx], labels[eval_idx], n_bins),
-        "after": calibration_metrics_from_logits(logits[eval_idx], labels[eval_idx], n_bins, temperature=t),
+        "after": calibration_metrics_from_logits(logits[eval_idx], labels[eval_idx], n_bins,
+                                                 temperature=fit.temperature) if finite else None,
     }

@@ -285,21 +285,35 @@ def format_table(comp: Comparison, fmt: str = "markdown") -> str:
     return "\n\n".join(parts) + footer
 
 
-def bar_chart(comp: Comparison, path: str | Path, metric: str = "AP") -> Path:
-    """PNG bar chart of `metric` by strategy (one panel per task), error bars = sample std (none
-    for n = 1)."""
-    fig = Figure(figsize=((1.2 + 1.1 * len(comp.groups)) * len(comp.tasks), 3.2))
+def bar_figure(comp: Comparison, metric: str = "AP") -> Figure:
+    """Bar chart of `metric` by strategy, one panel per task; error bars = sample std over the runs
+    of a row, drawn only where n >= 2 (the caption says so)."""
+    fig = Figure(figsize=(max(3.6, 1.0 + 1.0 * len(comp.groups)) * len(comp.tasks), 3.4), layout="constrained")
     x = np.arange(len(comp.groups))
+    spread = [i for i, g in enumerate(comp.groups) if g.n >= 2]
     for i, task in enumerate(comp.tasks):
         ax = fig.add_subplot(1, len(comp.tasks), i + 1)
-        means = [g.mean(metric, task) for g in comp.groups]
-        stds = [0.0 if g.n < 2 else g.std(metric, task) for g in comp.groups]
-        ax.bar(x, means, yerr=stds, capsize=4, color=["0.6" if g.name == comp.baseline else "C0"
-                                                       for g in comp.groups])
+        means = np.array([g.mean(metric, task) for g in comp.groups])
+        ax.bar(x, means, color=["0.6" if g.name == comp.baseline else "C0" for g in comp.groups])
+        if spread:
+            ax.errorbar(x[spread], means[spread], yerr=[comp.groups[j].std(metric, task) for j in spread],
+                        fmt="none", ecolor="black", capsize=4)
         ax.set_xticks(x, [f"{g.name}\n(n={g.n})" for g in comp.groups])
         ax.set_ylabel(f"{TASKS[task].split()[0]} {metric}")
-        ax.set_title(f"{'Detection' if task == 'bbox' else 'Mask'} {metric} by pretraining label strategy")
-    return save_figure(fig, path)
+        if len(comp.tasks) > 1:
+            ax.set_title("Detection (boxes)" if task == "bbox" else "Instance segmentation (masks)", fontsize=9)
+    what = f"{'Detection ' if comp.tasks == ('bbox',) else ''}{metric}"
+    fig.suptitle(f"{what} by pretraining label strategy", fontsize=10)
+    single = [g.name for g in comp.groups if g.n < 2]
+    caption = (["error bars: sample std over the n runs of a row"] if spread else []) + \
+        ([f"n=1, no error bar: {', '.join(single)}"] if single else [])
+    fig.supxlabel("\n".join(caption), fontsize=7)
+    return fig
+
+
+def bar_chart(comp: Comparison, path: str | Path, metric: str = "AP") -> Path:
+    """`bar_figure`, written to `path`."""
+    return save_figure(bar_figure(comp, metric), path)
 
 
 def write_comparison(comp: Comparison, out_dir: str | Path, fmt: str = "markdown") -> dict[str, Path]:

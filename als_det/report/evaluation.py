@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from als_det.io import atomic_write_json, atomic_write_text
-from als_det.report.figures import cam_grid, confidence_histograms, reliability_diagrams
+from als_det.report.figures import CAM_METHOD_NAMES, cam_grid, confidence_histograms, reliability_diagrams
 from als_det.report.headline import add_sentences
 from als_det.report.tables import markdown_table
 
@@ -99,6 +99,21 @@ def _checkpoints(metrics: dict[str, Any]) -> list[str]:
     return ["## Checkpoints", "", table, "", *(f"- `{n}`: `{models[n]['checkpoint']['path']}`" for n in names)]
 
 
+def _temperature(ts: dict[str, Any] | None) -> str:
+    if not ts:
+        return "n/a"
+    t = "n/a" if ts["temperature"] is None else f"{ts['temperature']:.3g}"
+    return f"{t} (degenerate)" if ts.get("degenerate") else t
+
+
+def _before_after(model: dict[str, Any], key: str) -> str:
+    ts = model.get("temperature_scaling")
+    if not ts:
+        return "n/a"
+    after = ts["after"][key] if ts.get("after") else None
+    return f"{ts['before'][key]:.4f} / {_num(after, '.4f')}"
+
+
 def _calibration(metrics: dict[str, Any]) -> list[str]:
     models = metrics["models"]
     names, m = list(models), _getter(models)
@@ -112,15 +127,14 @@ def _calibration(metrics: dict[str, Any]) -> list[str]:
     scaled = [n for n in names if "temperature_scaling" in models[n]]
     if scaled:
         ts = models[scaled[0]]["temperature_scaling"]
-        rows += [("temperature T", m("temperature_scaling", "temperature"), ".3f"),
-                 ("ECE before / after T (held-out part)",
-                  lambda n: f"{models[n]['temperature_scaling']['before']['ece']:.4f} / "
-                            f"{models[n]['temperature_scaling']['after']['ece']:.4f}", ""),
-                 ("NLL before / after T (held-out part)",
-                  lambda n: f"{models[n]['temperature_scaling']['before']['nll']:.4f} / "
-                            f"{models[n]['temperature_scaling']['after']['nll']:.4f}", "")]
+        rows += [("temperature T", lambda n: _temperature(models[n].get("temperature_scaling")), ""),
+                 ("ECE before / after T (held-out part)", lambda n: _before_after(models[n], "ece"), ""),
+                 ("NLL before / after T (held-out part)", lambda n: _before_after(models[n], "nll"), "")]
         out += [f"Temperature fitted by LBFGS on NLL over a seeded {ts['fit_fraction']:.0%} of val "
                 f"(seed {ts['seed']}, {ts['n_fit']} images) and evaluated on the other {ts['n_eval']}.", ""]
+        out += [f"**Degenerate temperature fit for `{n}`**: {models[n]['temperature_scaling']['reason']}. "
+                "Its after-T numbers say nothing about calibration.\n"
+                for n in scaled if models[n]["temperature_scaling"].get("degenerate")]
     return [*out, _table(names, rows), *_figure(metrics, "reliability", "reliability diagrams")]
 
 
@@ -153,7 +167,7 @@ def _where_it_looks(metrics: dict[str, Any]) -> list[str]:
     names, m = list(models), _getter(models)
     cam_method = next((models[n]["cam"]["method"] for n in names), "cam")
     out = ["## Where the model looks", "",
-           f"Fraction of the positive {cam_method.upper()} energy for the labelled class (upsampled to the "
+           f"Fraction of the positive {CAM_METHOD_NAMES[cam_method]} energy for the labelled class (upsampled to the "
            "network input) that falls inside the labelled boxes, averaged over val images with boxes. "
            "The box area fraction is what a uniform map would score.", ""]
     rows = [("energy inside boxes (val)", m("cam", "mean_energy_inside_boxes"), ".3f"),
@@ -217,7 +231,8 @@ def _draw_cam_grid(entry: dict[str, Any], out: Path) -> Path:
         images = list(data["images"])
         cams = {name: list(data[f"cam_{i}"]) for i, name in enumerate(entry["models"])}
     per_row = [boxes[boxes[:, 0] == r, 1:] for r in range(len(images))]
-    return cam_grid(images, per_row, cams, entry["titles"], entry["rows"], out / "cam_grid.png")
+    return cam_grid(images, per_row, cams, entry["titles"], entry["rows"], out / "cam_grid.png", entry["method"],
+                    entry.get("files"))
 
 
 def write_evaluation(metrics: dict[str, Any], out_dir: str | Path) -> Path:
@@ -226,7 +241,9 @@ def write_evaluation(metrics: dict[str, Any], out_dir: str | Path) -> Path:
     out = Path(out_dir)
     models = metrics["models"]
     figs = metrics.setdefault("figures", {})
-    figs["reliability"] = reliability_diagrams({n: m["val"] for n, m in models.items()}, out / "reliability.png").name
+    scaled = {n: m["temperature_scaling"] for n, m in models.items() if "temperature_scaling" in m}
+    figs["reliability"] = reliability_diagrams({n: m["val"] for n, m in models.items()}, out / "reliability.png",
+                                               scaled).name
     hists = {n: m["variants"]["bg_only"]["confidence_histogram"] for n, m in models.items()
              if _get(m, "variants", "bg_only", "confidence_histogram")}
     if hists:
