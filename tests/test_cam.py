@@ -74,5 +74,5 @@ def test_cam_grid_png(tmp_path, model) -> None:
     boxes = [np.array([[4, 4, 20, 28]]), np.zeros((0, 4))]
     cams = {"hard": [np.random.rand(32, 32) for _ in range(2)], "als": [np.zeros((32, 32))] * 2}
     titles = {"hard": ["a", "b"], "als": ["c", "d"]}
-    path = cam_grid(images, boxes, cams, titles, ["r0", "r1"], tmp_path / "grid.png")
+    path = cam_grid(images, boxes, cams, titles, ["r0", "r1"], tmp_path / "grid.png", "cam")
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

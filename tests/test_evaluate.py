@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -124,6 +125,44 @@ def test_evaluation_writes_every_section(setup) -> None:
     # readable class names (the generated set's classes.json) in the data record and the report
     assert on_disk["data"]["class_names"] == ["disc", "ring", "cross"] and on_disk["data"]["classes"] == CLASSES
     assert "Classes: disc, ring, cross." in report
+    # the CAM grid's rows are class names; the files are secondary
+    grid = on_disk["cam_grid"]
+    assert grid["method"] == "cam" and set(grid["rows"]) <= {"disc", "ring", "cross"}
+    assert [f.split("_")[0] for f in grid["files"]] == [CLASSES[["disc", "ring", "cross"].index(r)]
+                                                       for r in grid["rows"]]
+    # a degenerate temperature fit is flagged in the report, a sound one is not
+    for name, model in on_disk["models"].items():
+        ts = model["temperature_scaling"]
+        assert ts["degenerate"] == (ts["reason"] is not None)
+        assert (f"Degenerate temperature fit for `{name}`" in report) == ts["degenerate"]
+
+
+def test_report_follows_the_cam_method(setup, tmp_path) -> None:
+    """An evaluation under --cam gradcam says Grad-CAM in its text and its figure, never bare CAM."""
+    base, _, _ = setup
+    metrics = json.loads((base / "out" / "metrics.json").read_text())
+    metrics["cam_grid"]["method"] = "gradcam"
+    for model in metrics["models"].values():
+        model["cam"]["method"] = "gradcam"
+    shutil.copy(base / "out" / "cam_grid.npz", tmp_path / "cam_grid.npz")
+    report = write_evaluation(metrics, tmp_path).read_text()
+    assert "positive Grad-CAM energy" in report and "GRADCAM" not in report
+    assert (tmp_path / "cam_grid.png").is_file()
+
+
+def test_calibration_section_flags_a_degenerate_temperature(setup, tmp_path) -> None:
+    base, _, _ = setup
+    metrics = json.loads((base / "out" / "metrics.json").read_text())
+    ts = metrics["models"]["als"]["temperature_scaling"]
+    ts.update(temperature=5387011.0, degenerate=True, reason="T = 5.39e+06 > 100: NLL keeps falling as T grows")
+    hard = metrics["models"]["hard"]["temperature_scaling"]
+    hard.update(temperature=1.5, degenerate=False, reason=None)
+    shutil.copy(base / "out" / "cam_grid.npz", tmp_path / "cam_grid.npz")
+    report = write_evaluation(metrics, tmp_path).read_text()
+    assert "**Degenerate temperature fit for `als`**: T = 5.39e+06 > 100" in report
+    assert "Degenerate temperature fit for `hard`" not in report
+    assert "| temperature T | 1.5 | 5.39e+06 (degenerate) |" in re.sub(r" {2,}", " ", report)
+    assert "5387011.000" not in report
 
 
 def test_bg_only_confidence_differs_from_intact(setup) -> None:

@@ -1,7 +1,9 @@
 """Calibration metrics against torchmetrics and direct formulas."""
 from __future__ import annotations
 
+import json
 import math
+import re
 
 import numpy as np
 import pytest
@@ -14,8 +16,10 @@ from als_det.metrics import (
     calibration_metrics_from_logits,
     fit_temperature,
     split_indices,
+    temperature_degeneracy,
     temperature_scaling_report,
 )
+from als_det.metrics.calibration import TemperatureFit
 
 
 def _random(n: int, k: int, seed: int, scale: float = 2.0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -109,12 +113,58 @@ def test_temperature_scaling_recovers_a_known_temperature() -> None:
     logits, _ = _random(20_000, 10, seed=8)
     labels = torch.multinomial(logits.softmax(1), 1, generator=torch.Generator().manual_seed(9)).squeeze(1)
     # The model's logits are 3x too large: the optimal temperature is 3.
-    assert fit_temperature(3 * logits, labels) == pytest.approx(3.0, rel=0.05)
+    fit = fit_temperature(3 * logits, labels)
+    assert fit.temperature == pytest.approx(3.0, rel=0.05) and fit.converged and fit.iterations > 0
     report = temperature_scaling_report(3 * logits, labels, fit_fraction=0.5, seed=0)
+    assert not report["degenerate"] and report["reason"] is None
     assert report["n_fit"] + report["n_eval"] == 20_000
     assert report["after"]["ece"] < report["before"]["ece"]
     assert report["after"]["nll"] < report["before"]["nll"]
     assert report["after"]["top1"] == report["before"]["top1"]
+
+
+def _with_margin(n: int, k: int, margin: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Random logits whose true class is raised by `margin` (lowered, if negative)."""
+    g = torch.Generator().manual_seed(seed)
+    labels = torch.randint(0, k, (n,), generator=g)
+    logits = torch.randn(n, k, generator=g)
+    logits[torch.arange(n), labels] += margin
+    return logits, labels
+
+
+@pytest.mark.parametrize("margin, constant, reason", [
+    (5.0, False, "every prediction of the 100 fit images is right"),   # separable: T -> 0, no finite optimum
+    (20.0, False, "every prediction of the 100 fit images is right"),  # saturated: LBFGS does not even move
+    (-3.0, False, r"T = \S+ > 100: NLL keeps falling as T grows"),     # worse than a guess: T -> infinity
+    (0.0, True, "NLL does not change with T"),                          # constant logits: T undetermined
+])
+def test_degenerate_temperature_fit_is_flagged_and_logged(margin, constant, reason, caplog) -> None:
+    logits, labels = _with_margin(200, 5, margin, seed=5)
+    if constant:
+        logits = torch.ones_like(logits)
+    with caplog.at_level("WARNING", logger="als_det.metrics.calibration"):
+        report = temperature_scaling_report(logits, labels)
+    assert report["degenerate"] and re.search(reason, report["reason"])
+    assert any("temperature scaling is degenerate" in r.getMessage() for r in caplog.records)
+    json.dumps(report, allow_nan=False)  # metrics.json stays strict JSON
+
+
+def test_sound_temperature_fit_is_not_flagged(caplog) -> None:
+    logits, labels = _with_margin(400, 5, 1.5, seed=6)
+    with caplog.at_level("WARNING", logger="als_det.metrics.calibration"):
+        report = temperature_scaling_report(logits, labels)
+    assert not report["degenerate"] and report["reason"] is None and report["converged"]
+    assert 0.01 < report["temperature"] < 100 and not caplog.records
+
+
+def test_degeneracy_of_non_finite_out_of_range_and_unconverged_fits() -> None:
+    logits, labels = _with_margin(50, 4, 0.5, seed=7)
+    assert not bool((logits.argmax(1) == labels).all())
+    assert temperature_degeneracy(TemperatureFit(float("inf"), 30, True), logits, labels) == \
+        "the fitted temperature is not finite"
+    assert "< 0.01" in temperature_degeneracy(TemperatureFit(0.001, 30, True), logits, labels)
+    assert "did not converge" in temperature_degeneracy(TemperatureFit(1.3, 100, False), logits, labels)
+    assert temperature_degeneracy(TemperatureFit(1.3, 12, True), logits, labels) is None
 
 
 def test_split_is_seeded_and_disjoint() -> None:

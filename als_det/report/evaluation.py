@@ -9,7 +9,12 @@ from typing import Any
 import numpy as np
 
 from als_det.io import atomic_write_json, atomic_write_text
-from als_det.report.figures import CAM_METHOD_NAMES, cam_grid, confidence_histograms, reliability_diagrams
+from als_det.report.figures import (
+    CAM_METHOD_NAMES,
+    cam_grid,
+    confidence_histograms,
+    reliability_diagrams,
+)
 from als_det.report.headline import add_sentences
 from als_det.report.tables import markdown_table
 

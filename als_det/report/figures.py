@@ -145,7 +145,7 @@ def cam_grid_figure(images: Sequence[np.ndarray], boxes: Sequence[np.ndarray], c
     label = CAM_METHOD_NAMES[method]
     names = list(cams)
     rows, cols = len(images), 1 + len(names)
-    fig = Figure(figsize=(2.2 * max(cols, 2) + 0.9, 2.4 * rows + 0.6), layout="constrained")
+    fig = Figure(figsize=(2.2 * max(cols, 2) + 0.9, 2.4 * rows + 0.6), layout="compressed")
     axes = fig.subplots(rows, cols, squeeze=False)
     for r in range(rows):
         for c in range(cols):
