@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import re
 import runpy
 import subprocess
 import sys
@@ -41,6 +42,31 @@ def test_help_shows_defaults():
     text = _parser("evaluate").format_help()
     assert "(default: black)" in text and "(default: 64)" in text and "(default: output/evaluate)" in text
     assert "(default: 1)" in _parser("finetune_coco").format_help()  # --num-gpus
+
+
+@pytest.mark.parametrize("name", TOOLS)
+def test_help_shows_the_usage_examples_as_written(name):
+    """Every line of a tool's docstring, its `\\` continuations included, is in its --help as written."""
+    tool = _tool(name)
+    help_lines = tool["build_parser"]().format_help().splitlines()
+    doc_lines = [line.rstrip() for line in tool["__doc__"].strip().splitlines()]
+    for i, line in enumerate(doc_lines):
+        if line.endswith(" \\"):
+            at = help_lines.index(line)  # ValueError if the line was rewrapped
+            assert help_lines[at + 1] == doc_lines[i + 1], f"{name}: continuation of {line!r} lost"
+    assert set(filter(None, doc_lines)) <= set(help_lines)
+
+
+def test_documented_pretraining_folders_are_the_configs_output_dirs():
+    """`output/pretrain/NAME/...` in the docs and tool examples is what configs/pretrain/NAME.yaml writes."""
+    pages = [REPO / "README.md", REPO / "pretrained" / "README.md", *(REPO / "docs").glob("*.md"),
+             *(REPO / "tools").glob("*.py")]
+    found = {m for page in pages for m in re.findall(r"output/pretrain/(\w+)/", page.read_text())}
+    assert found, "no documented pretraining folder (pattern out of date?)"
+    for name in found:
+        config = REPO / "configs" / "pretrain" / f"{name}.yaml"
+        assert config.is_file(), f"output/pretrain/{name}/ is documented but no config writes it"
+        assert load_config(str(config)).OUTPUT_DIR == f"output/pretrain/{name}"
 
 
 def test_config_file_aliases_and_trailing_overrides():

@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Convert a torchvision ResNet checkpoint to a detectron2 backbone .pkl (optionally verified).
 
-    python tools/convert_to_d2.py output/pretrain/als/best.pth pretrained/r18_als.pkl --verify
+    python tools/convert_to_d2.py output/pretrain/demo_als/last.pth pretrained/demo_als.pkl --verify
 """
 from __future__ import annotations
 

@@ -1,10 +1,10 @@
 #!/usr/bin/env python
 """Evaluate pretrained checkpoints: classification, calibration, context-only views, where the model looks.
 
-    python tools/evaluate.py --checkpoint out/hard/best.pth --checkpoint out/als/best.pth \\
-        --data datasets/context_bias --out out/eval
-    torchrun --nproc_per_node 8 tools/evaluate.py --checkpoint A.pth --checkpoint B.pth \\
-        --data /data/imagenet --out out/eval
+    python tools/evaluate.py --checkpoint output/pretrain/demo_hard/last.pth \\
+        --checkpoint output/pretrain/demo_als/last.pth --data datasets/context_bias --out output/evaluate
+    torchrun --nproc_per_node 8 tools/evaluate.py --checkpoint output/pretrain/imagenet_r50_hard/last.pth \\
+        --checkpoint output/pretrain/imagenet_r50_als/last.pth --data datasets/imagenet --out output/eval_r50
 
 Writes DIR/metrics.json, DIR/report.md and PNG figures (reliability diagrams, bg_only confidence, CAM grid).
 
@@ -12,8 +12,8 @@ An ImageNet-9 Backgrounds Challenge tree (ROOT/<variant>/val/<class>/*, variants
 only_bg_b, only_bg_t, no_fg, only_fg, mixed_same, mixed_rand, mixed_next) is recognised by its
 original/val folder: per-variant accuracy and BG-Gap go to DIR/in9_metrics.json and DIR/in9_report.md.
 
-    python tools/evaluate.py --checkpoint out/r50_als/last.pth --data bg_challenge \\
-        --in-to-in9 in_to_in9.json --out out/in9
+    python tools/evaluate.py --checkpoint output/pretrain/imagenet_r50_als/last.pth --data datasets/bg_challenge \\
+        --in-to-in9 datasets/bg_challenge/in_to_in9.json --out output/eval_r50_in9
 """
 from __future__ import annotations
 
