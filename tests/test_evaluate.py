@@ -15,13 +15,19 @@ import pytest
 import torch
 from PIL import Image
 
+from als_det.analysis.context import FILLS
 from als_det.analysis.evaluate import EvalOptions, evaluate_checkpoints
 from als_det.analysis.models import EvaluationInputError
 from als_det.config import get_cfg
 from als_det.engine.checkpoint import save_checkpoint
-from als_det.metrics.context import bootstrap_ratio_intervals, headline_comparison
+from als_det.metrics.context import (
+    bootstrap_ratio_intervals,
+    fill_comparisons,
+    headline,
+    headline_comparison,
+)
 from als_det.models import build_resnet
-from als_det.report.evaluation import write_evaluation
+from als_det.report.evaluation import fill_section, write_evaluation
 from als_det.report.headline import headline_sentence
 
 CLASSES = ["n00000001", "n00000002", "n00000003"]
@@ -170,6 +176,60 @@ def test_bg_only_confidence_differs_from_intact(setup) -> None:
     base, root, ckpts = setup
     m = json.loads((base / "out" / "metrics.json").read_text())["models"]["hard"]
     assert m["variants"]["bg_only"]["mean_confidence"] != pytest.approx(m["val"]["mean_confidence"], abs=1e-6)
+
+
+def test_bg_only_runs_under_every_fill_side_by_side(setup) -> None:
+    base, root, ckpts = setup
+    on_disk = json.loads((base / "out" / "metrics.json").read_text())
+    hard = on_disk["models"]["hard"]
+    assert set(hard["bg_only_by_fill"]) == set(FILLS)
+    assert hard["bg_only_by_fill"]["black"] == hard["variants"]["bg_only"]  # the headline fill's pass
+    assert len({v["mean_confidence"] for v in hard["bg_only_by_fill"].values()}) == 3  # three different inputs
+    fills = on_disk["fills"]
+    assert fills["primary"] == "black" and set(fills["comparisons"]["als"]) == set(FILLS)
+    black, head = fills["comparisons"]["als"]["black"], on_disk["headline"]["comparisons"]["als"]["bg_only"]
+    assert black["ratio_relative_to_val"] == head["ratio_relative_to_val"]
+    assert black["intervals_95"] == head["intervals_95"]
+    blur = fills["comparisons"]["als"]["blur"]
+    assert blur["confidence"]["als"] == on_disk["models"]["als"]["bg_only_by_fill"]["blur"]["mean_confidence"]
+    report = (base / "out" / "report.md").read_text()
+    assert "### bg_only under each fill" in report and "bg_only, blur fill" in report
+    assert re.search(r"\| als vs hard: context reliance +\| +(lower|alike|higher|no interval) ", report)
+
+
+def test_single_fill_runs_bg_only_once(setup) -> None:
+    base, root, ckpts = setup
+    metrics = evaluate_checkpoints([str(c) for c in ckpts], str(root), str(base / "one_fill"),
+                                   opts=_opts(single_fill=True, fill="blur", max_images=6))
+    assert set(metrics["models"]["als"]["bg_only_by_fill"]) == {"blur"}
+    assert set(metrics["fills"]["comparisons"]["als"]) == {"blur"}
+    assert fill_section(metrics) == []
+
+
+def _fill_metrics(levels: dict[str, dict[str, float]], n: int = 300) -> dict:
+    """Hand-made models whose per-image confidences sit at `levels[model][view]` (views: val, each
+    fill, outside_crop), with their comparisons as the evaluation makes them."""
+    g = torch.Generator().manual_seed(0)
+    conf = {m: {v: (x + 0.02 * torch.randn(n, generator=g)).clamp(0.01, 1) for v, x in views.items()}
+            for m, views in levels.items()}
+    conf = {m: {("bg_only@" + v if v in FILLS else v): c for v, c in views.items()} for m, views in conf.items()}
+    summary = lambda c: {"n": n, "mean_confidence": float(c.mean())}  # noqa: E731
+    models = {m: {"val": {**summary(c["val"]), "num_classes": 10},
+                  "variants": {"bg_only": summary(c["bg_only@black"]), "outside_crop": summary(c["outside_crop"])},
+                  "bg_only_by_fill": {f: summary(c[f"bg_only@{f}"]) for f in FILLS}} for m, c in conf.items()}
+    for c in conf.values():
+        c["bg_only"] = c["bg_only@black"]
+    return {"models": models, "headline": headline(models, "hard", conf),
+            "fills": {"primary": "black", "comparisons": fill_comparisons(models, "hard", conf)}}
+
+
+def test_fill_section_says_when_the_verdict_depends_on_the_fill() -> None:
+    hard = {"val": 0.8, "black": 0.6, "mean": 0.6, "blur": 0.6, "outside_crop": 0.5}
+    text = "\n".join(fill_section(_fill_metrics({"hard": hard, "als": {**hard, "black": 0.3}})))
+    assert "**the verdict depends on the fill** (bg_only, black fill says lower, bg_only, mean fill says alike, " \
+           "bg_only, blur fill says alike, outside_crop says alike)" in text
+    same = "\n".join(fill_section(_fill_metrics({"hard": hard, "als": {k: v / 2 for k, v in hard.items()}})))
+    assert "als vs hard: every fill and outside_crop agree (relative to own val confidence: alike)" in same
 
 
 def test_checkpoint_with_other_class_count_is_a_clear_error(setup, tmp_path) -> None:

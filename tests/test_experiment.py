@@ -290,3 +290,19 @@ def test_fingerprint_covers_what_a_stage_computes_not_how_the_command_line_spell
     assert fp(cmd) == fp(respelled) != fp(other_seed)
     assert fp(cmd) == fp(commands.pretrain_command("configs/pretrain/demo_als.yaml", {"SEED": 1},
                                                     resume=True))
+
+
+def test_stage_logs_keep_only_the_final_redraw_of_progress_bars() -> None:
+    import io
+
+    from als_det.experiment.stages import FinalRedraws
+
+    buf = io.BytesIO()
+    log = FinalRedraws(buf)
+    for chunk in (b"start\nepoch 1:  10%|#", b"  | 1/10\repoch 1:  50%|##### | 5/10\r",
+                  b"epoch 1: 100%|##########| 10/10\n",
+                  b"bar\r      \r[12:00 trainer]: epoch 1/2 done\r\n", b"tail 1\rtail 2"):
+        log.write(chunk)
+    log.close()
+    assert buf.getvalue() == (b"start\nepoch 1: 100%|##########| 10/10\n[12:00 trainer]: epoch 1/2 done\n"
+                              b"tail 2\n")

@@ -36,7 +36,7 @@ from als_det.engine.distributed import DistInfo, all_gather_objects, init_distri
 from als_det.io import atomic_savez, sha256_file
 from als_det.logger import setup_logging
 from als_det.metrics.calibration import calibration_metrics_from_logits, temperature_scaling_report
-from als_det.metrics.context import confidence_summary, headline
+from als_det.metrics.context import confidence_summary, fill_comparisons, headline
 from als_det.versions import package_versions
 
 logger = logging.getLogger(__name__)
@@ -54,7 +54,9 @@ class EvalOptions:
     split: str = option("val", "the split to evaluate")
     boxes: str = option("", "box source for the split (default ROOT/Annotation/<split>)")
     val_labels: str = option("", "labels file for a flat val folder")
-    fill: str = option("black", "fill for the box variants", choices=FILLS)
+    fill: str = option("black", "fill for the box variants (the headline's; bg_only also runs under the others)",
+                       choices=FILLS)
+    single_fill: bool = option(False, "evaluate bg_only under --fill only, not side by side under every fill")
     blur_fraction: float = 0.1
     min_crop_fraction: float = option(
         0.1, "outside_crop: skip images whose largest box-free crop is smaller than this fraction")
@@ -89,11 +91,12 @@ def select_records(records: Sequence[ImageRecord], max_images: int) -> list[Imag
 
 
 def run_pass(lm: LoadedModel, records: Sequence[ImageRecord], variant: str, opts: EvalOptions, info: DistInfo,
-             desc: str, with_cam: bool) -> dict[str, Any]:
-    """Logits (and CAM energies) for every planned image of `variant`, gathered on every rank."""
+             desc: str, with_cam: bool, fill: str | None = None) -> dict[str, Any]:
+    """Logits (and CAM energies) for every planned image of `variant` (box variants filled with
+    `fill`, default `opts.fill`), gathered on every rank."""
     plan = plan_variant(records, variant, opts.min_crop_fraction)
     mine = plan.positions[info.rank::info.world_size]
-    ds = VariantDataset(records, plan, lm.prep, opts.fill, opts.blur_fraction, positions=mine)
+    ds = VariantDataset(records, plan, lm.prep, fill or opts.fill, opts.blur_fraction, positions=mine)
     loader = DataLoader(ds, batch_size=opts.batch_size, shuffle=False, num_workers=opts.workers,
                         pin_memory=info.device.type == "cuda")
     positions, labels, logits, energy = [], [], [], []
@@ -227,6 +230,19 @@ def evaluate_model(lm: LoadedModel, records: Sequence[ImageRecord], extra: dict[
     lm.results["variants"] = variants
 
 
+def evaluate_fills(lm: LoadedModel, records: Sequence[ImageRecord], opts: EvalOptions, info: DistInfo) -> None:
+    """bg_only under every fill (`opts.fill`'s pass reused; only it with `opts.single_fill`): what
+    the fill itself does to the verdict (docs/als.md). Fills `lm.results["bg_only_by_fill"]`."""
+    lm.results["bg_only_by_fill"] = {opts.fill: lm.results["variants"]["bg_only"]}
+    lm.confidences[f"bg_only@{opts.fill}"] = lm.confidences["bg_only"]
+    for fill in () if opts.single_fill else [f for f in FILLS if f != opts.fill]:
+        r = _drop_undecodable(run_pass(lm, records, "bg_only", opts, info, f"{lm.name} bg_only ({fill} fill)",
+                                       False, fill))
+        lm.results["bg_only_by_fill"][fill] = {**confidence_summary(r["logits"], r["labels"], "bg_only"),
+                                               "skipped": r["skipped"]}
+        lm.confidences[f"bg_only@{fill}"] = r["logits"].softmax(1).max(1).values
+
+
 def _model_entry(lm: LoadedModel) -> dict[str, Any]:
     ck = lm.ckpt
     return {"checkpoint": {"path": str(Path(lm.path).resolve()), "sha256": lm.sha256, "arch": ck["arch"],
@@ -265,6 +281,7 @@ def evaluate_checkpoints(checkpoints: Sequence[str], data_root: str, out_dir: st
     for lm in models:
         lm.sha256 = sha256_file(lm.path)
         evaluate_model(lm, records, extra, opts, info, f"{root}/{opts.split}")
+        evaluate_fills(lm, records, opts, info)
     if not info.is_main:
         return None
     entries = {lm.name: _model_entry(lm) for lm in models}
@@ -272,6 +289,9 @@ def evaluate_checkpoints(checkpoints: Sequence[str], data_root: str, out_dir: st
     return {
         "models": entries,
         "headline": headline(entries, baseline, {lm.name: lm.confidences for lm in models}, opts.seed),
+        "fills": {"primary": opts.fill,
+                  "comparisons": fill_comparisons(entries, baseline, {lm.name: lm.confidences for lm in models},
+                                                  opts.seed)},
         "data": {"root": str(root.resolve()), "split": opts.split, "classes": classes, "class_names": display_names,
                  "index": report.summary(), "images_in_index": len(records_all), "images_evaluated": len(records),
                  "with_boxes": sum(1 for r in records if len(r.boxes)), "extra_splits": list(extra),

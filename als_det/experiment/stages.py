@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from difflib import SequenceMatcher
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import submitit
 import yaml
@@ -137,12 +137,35 @@ def _set_aside_if_foreign(stage: Stage, fp: str) -> None:
     logger.info("%s: %s held the output of another command; moved to %s", stage.name, path, aside)
 
 
+class FinalRedraws:
+    """A log file that keeps what a terminal finally shows of each line: of a progress bar's
+    redraws (joined by "\\r"), only the last, so stage logs stay plain text."""
+
+    def __init__(self, f: BinaryIO) -> None:
+        self.f, self.pending = f, b""
+
+    def write(self, chunk: bytes) -> None:
+        *lines, self.pending = (self.pending + chunk).split(b"\n")
+        for line in lines:
+            self.f.write(line.rstrip(b"\r").rsplit(b"\r", 1)[-1] + b"\n")
+        cut = self.pending.rstrip(b"\r").rfind(b"\r")
+        if cut > 0:  # drop redraws already overwritten
+            self.pending = self.pending[cut:]
+
+    def close(self) -> None:
+        tail = self.pending.rstrip(b"\r").rsplit(b"\r", 1)[-1]
+        if tail.strip():
+            self.f.write(tail + b"\n")
+        self.pending = b""
+
+
 def _relay(argv: list[str], log: Path, to_stdout: bool) -> int:
     """Run argv from the repository root; its output goes to `log` (and the terminal). The child
     ignores submitit's preemption signal: the job that runs it checkpoints and requeues."""
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     usr_sig = submitit.JobEnvironment._usr_sig()
-    with open(log, "ab") as tee:
+    with open(log, "ab") as f:
+        tee = FinalRedraws(f)
         proc = subprocess.Popen(argv, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                 preexec_fn=lambda: signal.signal(usr_sig, signal.SIG_IGN))
         try:
@@ -155,6 +178,7 @@ def _relay(argv: list[str], log: Path, to_stdout: bool) -> int:
                 tee.write(chunk)
             return proc.wait()
         finally:
+            tee.close()
             if proc.poll() is None:  # interrupted (Ctrl-C, requeue, cancel): stop the tool too
                 proc.terminate()
                 try:

@@ -123,3 +123,32 @@ def headline(models: dict[str, dict[str, Any]], baseline: str,
                 comps.setdefault(name, {})[source] = h
     return {"baseline": baseline, "primary_source": "bg_only", "comparisons": comps,
             "interval_method": INTERVAL_METHOD}
+
+
+def fill_comparisons(models: dict[str, dict[str, Any]], baseline: str,
+                     conf: dict[str, dict[str, torch.Tensor]] | None = None,
+                     seed: int = 0) -> dict[str, dict[str, Any]]:
+    """The bg_only comparison of every model with the baseline once per fill the models were
+    evaluated under (their "bg_only_by_fill"; per-image confidences `conf[model]["bg_only@<fill>"]`):
+    {model: {fill: headline_comparison}}. The fill decides what "context alone" means, so a verdict
+    is only as good as its agreement across fills (docs/als.md)."""
+    fills = [f for f in models[baseline].get("bg_only_by_fill", {})
+             if all(f in m.get("bg_only_by_fill", {}) for m in models.values())]
+    out: dict[str, dict[str, Any]] = {}
+    for name, m in models.items():
+        if name == baseline:
+            continue
+        for fill in fills:
+            entries = {n: {"val": models[n]["val"], "variants": {"bg_only": models[n]["bg_only_by_fill"][fill]}}
+                       for n in (name, baseline)}
+            views = {n: {"val": (conf or {}).get(n, {}).get("val"),
+                         "bg_only": (conf or {}).get(n, {}).get(f"bg_only@{fill}")} for n in (name, baseline)}
+            intervals = None
+            ca, cb = views[name]["bg_only"], views[baseline]["bg_only"]
+            if ca is not None and cb is not None and ca.numel() and ca.shape == cb.shape:
+                intervals = bootstrap_ratio_intervals(views, name, baseline, "bg_only",
+                                                      int(m["val"]["num_classes"]), seed=seed)
+            h = headline_comparison(name, baseline, entries[name], entries[baseline], "bg_only", intervals)
+            if h is not None:
+                out.setdefault(name, {})[fill] = {**h, "fill": fill}
+    return out

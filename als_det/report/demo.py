@@ -16,7 +16,10 @@ from matplotlib.figure import Figure
 
 from als_det.engine.events import read_history
 from als_det.io import atomic_write_text
+from als_det.report.evaluation import fill_section, with_interval
 from als_det.report.figures import save_figure
+from als_det.report.sweep import SweepCell, summarize
+from als_det.report.sweep_tables import INTERVAL_METHOD, reliance_table, verdict
 from als_det.report.tables import markdown_table
 from als_det.versions import package_versions
 
@@ -108,6 +111,43 @@ def curves_figure(curves: Mapping[str, list[dict[str, Any]]], path: Path) -> Pat
     return save_figure(fig, path)
 
 
+def _one_seed(metrics: Mapping[str, Any], runs: Sequence[str]) -> list[str]:
+    """One seed: the numbers and their image-level intervals, and no direction, which the spread
+    between seeds (not measured by one run) can flip."""
+    head = metrics.get("headline", {})
+    lines = ["**What the numbers say — one seed.** The intervals cover the choice of images only, not training "
+             "variance: between seeds these ratios move by more than their width (README, \"`make demo`\"), so "
+             "one run does not show the direction of the difference in context reliance. `make demo SEEDS=3` "
+             "pairs each arm with hard of the same seed and gives t-intervals over seeds.\n"]
+    for name, by_source in head.get("comparisons", {}).items():
+        if name not in runs:
+            continue
+        for source in ("bg_only", "outside_crop"):
+            h = by_source.get(source)
+            if isinstance(h, Mapping):
+                lines.append(f"- {name} / {head['baseline']}, {source} confidence: absolute "
+                             f"{with_interval(h, 'ratio_absolute')}, relative to own val confidence "
+                             f"{with_interval(h, 'ratio_relative_to_val')}")
+    return lines + [""]
+
+
+def _over_seeds(plan: Any, ckpts: Mapping[str, Path], eval_dir: Path) -> list[str]:
+    """Several seeds: each arm paired with the baseline of its own seed; verdicts from t-intervals."""
+    cells = [SweepCell(arm.name, seed, ckpts[run].parent, eval_dir / "metrics.json", model=run)
+             for run, arm, seed in plan.runs()]
+    sweep = summarize(cells, plan.baseline)
+    lines = [f"**What the numbers say — {len(plan.seeds)} seeds** ({INTERVAL_METHOD}):\n",
+             verdict(sweep, "bg_only"), ""]
+    if "outside_crop" in sweep.sources:
+        lines += [verdict(sweep, "outside_crop"), ""]
+    return lines + ["Per arm over seeds (bg_only):\n", reliance_table(sweep, "bg_only"), ""]
+
+
+def what_the_numbers_say(plan: Any, ckpts: Mapping[str, Path], eval_dir: Path,
+                         metrics: Mapping[str, Any]) -> list[str]:
+    return _over_seeds(plan, ckpts, eval_dir) if len(plan.seeds) > 1 else _one_seed(metrics, list(ckpts))
+
+
 def write_demo_report(out: Path, plan: Any, ckpts: Mapping[str, Path], eval_dir: Path, det_dirs: Sequence[Path],
                       compare_dir: Path, timings: Mapping[str, float]) -> tuple[Path, str]:
     """Write OUT/report.md; return it and the two tables printed at the end of `make demo`."""
@@ -116,10 +156,6 @@ def write_demo_report(out: Path, plan: Any, ckpts: Mapping[str, Path], eval_dir:
     ap_table = (compare_dir / "comparison.md").read_text().strip()
     pre_table, curves = pretrain_table(ckpts)
     curves_png = curves_figure(curves, out / "pretrain_curves.png")
-    headline = metrics.get("headline", {})
-    primary = headline.get("primary_source", "bg_only")
-    sentences = [by_source[primary]["sentence"] for by_source in headline.get("comparisons", {}).values()
-                 if isinstance(by_source.get(primary), Mapping) and by_source[primary].get("sentence")]
     rel = lambda p: Path(p).relative_to(out).as_posix()  # noqa: E731
     figures = metrics.get("figures", {})
     seeds = list(plan.seeds)
@@ -137,8 +173,7 @@ def write_demo_report(out: Path, plan: Any, ckpts: Mapping[str, Path], eval_dir:
            "context-only confidence relative to the same model's confidence on intact images; `CAM in box`: share of "
            "class-activation energy inside the labelled boxes.\n",
            ctx, ""]
-    if sentences:
-        md += ["**What the numbers say** (from `evaluation/metrics.json`):\n"] + [f"- {s}" for s in sentences] + [""]
+    md += what_the_numbers_say(plan, ckpts, eval_dir, metrics) + fill_section(metrics) + [""]
     for key, title in (("reliability", "Reliability diagrams"), ("bg_only_confidence", "Confidence on bg_only"),
                        ("cam_grid", "Class activation maps")):
         if figures.get(key):

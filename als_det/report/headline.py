@@ -5,6 +5,10 @@ from __future__ import annotations
 import math
 from typing import Any
 
+ONE_CHECKPOINT_EACH = ("These are two trained checkpoints: the intervals cover the choice of images, not training "
+                       "seeds, and another seed can move or flip the direction (a sweep or `make demo SEEDS=3` "
+                       "measures that spread).")
+
 
 def _fmt(v: float | None, spec: str = ".2f") -> str:
     return "n/a" if v is None else format(v, spec)
@@ -56,6 +60,7 @@ def headline_sentence(h: dict[str, Any], models: dict[str, dict[str, Any]]) -> s
                      f"(by a factor {rel:.2f}).")
     else:
         parts.append(f"so once its overall confidence is accounted for, {a} relies on context no less than {b}.")
+    parts.append(ONE_CHECKPOINT_EACH)
     return " ".join(parts)
 
 
