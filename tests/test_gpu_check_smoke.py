@@ -119,3 +119,14 @@ def test_every_runtime_requirement_of_als_det_is_preinstalled_or_in_the_wheelhou
     required = {emulate._norm(r.name) for r in map(Requirement, md.requires("als-det"))
                 if r.marker is None or r.marker.evaluate({"extra": ""})}
     assert required - preinstalled - built == set()
+
+
+def test_reference_step_and_trainer_step_take_the_same_batches(gpu_check) -> None:
+    """The pretrain section's torchvision-reference step and the trainer's step both run on the
+    section's synthetic batches (the trainer's batch layout: images, labels, coverages, has_box)."""
+    plan, device = gpu_check.smoke_plan(), torch.device("cpu")
+    model, opt = gpu_check._model(plan, device)
+    batches = gpu_check._synthetic_batches(plan, device, n=1)
+    assert gpu_check.plain_ce_rate(model, opt, batches, plan, device, 1) > 0
+    from als_det.targets import LabelStrategy
+    assert gpu_check.trainer_rate(model, opt, LabelStrategy("als"), batches, plan, device, 1) > 0
