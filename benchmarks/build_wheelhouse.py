@@ -6,7 +6,7 @@ dependencies and no network. This script collects, for a target Python version, 
 missing wheels at the versions installed (and tested) here:
 
 - binary ones (pycocotools) with `pip download --only-binary=:all: --platform manylinux...`;
-- pure-Python ones (fvcore, iopath, yacs, ...) with `pip wheel --no-deps` (PyPI's wheel, or one
+- pure-Python ones (fvcore, iopath, yacs, submitit, ...) with `pip wheel --no-deps` (PyPI's wheel, or one
   built here from the sdist); each must come out platform-independent;
 - the patched pure-Python detectron2 (scripts/install_detectron2.py's download + patch);
 - als_det itself, built from the working tree.
@@ -37,7 +37,8 @@ from als_det.io import atomic_write_json, sha256_file  # noqa: E402
 
 # Distribution names the GPU machine lacks; versions are taken from this environment.
 BINARY = ["pycocotools"]
-PURE = ["fvcore", "iopath", "yacs", "termcolor", "omegaconf", "hydra-core", "antlr4-python3-runtime"]
+PURE = ["fvcore", "iopath", "yacs", "termcolor", "omegaconf", "hydra-core", "antlr4-python3-runtime",
+        "submitit"]
 MANYLINUX = ["manylinux2014_x86_64", "manylinux_2_17_x86_64", "manylinux_2_28_x86_64"]
 MAX_MIB = 60
 # Source files of the als_det distribution (copied so stale build/ folders never leak into it).

@@ -24,7 +24,7 @@ PREINSTALLED = ["torch", "torchvision", "numpy", "pillow", "opencv-python-headle
                 "pip", "setuptools"]
 # What the wheelhouse must supply; none may reach the folder.
 WHEELHOUSE = ["pb1-detectron2", "pycocotools", "fvcore", "iopath", "yacs", "termcolor", "omegaconf",
-              "hydra-core", "antlr4-python3-runtime", "als-det"]
+              "hydra-core", "antlr4-python3-runtime", "submitit", "als-det"]
 
 
 def _norm(name: str) -> str:

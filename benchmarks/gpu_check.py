@@ -166,7 +166,7 @@ def plain_ce_rate(model, opt, batches, plan: Plan, device: torch.device, iters: 
     sync(device)
     t0 = time.perf_counter()
     for i in range(iters):
-        images, labels, _, _ = batches[i % len(batches)]
+        images, labels = batches[i % len(batches)][:2]
         with autocast:
             loss = F.cross_entropy(model(images), labels)
         opt.zero_grad(set_to_none=True)

@@ -91,7 +91,7 @@ fi
 import importlib, os, sys
 venv = os.path.realpath(sys.argv[1])
 from_wheelhouse = ["als_det", "detectron2", "pycocotools", "fvcore", "iopath", "yacs", "termcolor",
-                   "omegaconf", "hydra", "antlr4"]
+                   "omegaconf", "hydra", "antlr4", "submitit"]
 for name in from_wheelhouse:
     path = os.path.realpath(importlib.import_module(name).__file__)
     if not path.startswith(venv + os.sep):

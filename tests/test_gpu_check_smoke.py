@@ -35,7 +35,7 @@ def test_preinstalled_folder_has_torch_but_none_of_the_wheelhouse(tmp_path: Path
     linked = {p.name for p in (tmp_path / "pre").iterdir()}
     assert {"torch", "torchvision", "numpy", "PIL", "cv2", "tensorboard"} <= linked
     assert not linked & {"detectron2", "pycocotools", "fvcore", "iopath", "yacs", "termcolor", "omegaconf",
-                         "hydra", "antlr4", "als_det"}
+                         "hydra", "antlr4", "submitit", "als_det"}
     assert "torch" in names and "pb1-detectron2" not in names
     assert all((tmp_path / "pre" / n).is_symlink() for n in linked)
 
@@ -103,3 +103,30 @@ def test_a_cut_section_fails_on_a_gpu_but_not_in_a_cpu_smoke_run(gpu_check) -> N
     assert gpu_check.failed_sections(sections, smoke=False) == ["gpu_decode"]
     broken = dict(sections, finetune={"status": "failed (exit 1); see finetune.log"})
     assert gpu_check.failed_sections(broken, smoke=True) == ["finetune"]
+
+
+def test_every_runtime_requirement_of_als_det_is_preinstalled_or_in_the_wheelhouse() -> None:
+    """The offline install is `pip install --no-index --no-deps` of the wheelhouse over the
+    preinstalled packages: a requirement of als_det in neither fails `gpu_check.sh`'s pip check."""
+    import importlib.metadata as md
+
+    from packaging.requirements import Requirement
+
+    emulate, wheelhouse = _load("emulate_preinstalled"), _load("build_wheelhouse")
+    preinstalled = set(emulate.closure(emulate.PREINSTALLED))
+    built = {emulate._norm(n) for n in wheelhouse.BINARY + wheelhouse.PURE}
+    assert built < {emulate._norm(n) for n in emulate.WHEELHOUSE}  # what the folder must not hold
+    required = {emulate._norm(r.name) for r in map(Requirement, md.requires("als-det"))
+                if r.marker is None or r.marker.evaluate({"extra": ""})}
+    assert required - preinstalled - built == set()
+
+
+def test_reference_step_and_trainer_step_take_the_same_batches(gpu_check) -> None:
+    """The pretrain section's torchvision-reference step and the trainer's step both run on the
+    section's synthetic batches (the trainer's batch layout: images, labels, coverages, has_box)."""
+    plan, device = gpu_check.smoke_plan(), torch.device("cpu")
+    model, opt = gpu_check._model(plan, device)
+    batches = gpu_check._synthetic_batches(plan, device, n=1)
+    assert gpu_check.plain_ce_rate(model, opt, batches, plan, device, 1) > 0
+    from als_det.targets import LabelStrategy
+    assert gpu_check.trainer_rate(model, opt, LabelStrategy("als"), batches, plan, device, 1) > 0

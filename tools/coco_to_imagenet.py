@@ -54,10 +54,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def run_tool(args: argparse.Namespace) -> None:
     splits = coco_split_sources(args.coco_root) if args.coco_root else args.split
-    reports = coco_to_imagenet(splits, args.out, crowd=args.crowd, min_images=args.min_images,
-                               link="symlink" if args.symlink else "copy")
-    for report in reports.values():
-        logger.info(report.summary())
+    coco_to_imagenet(splits, args.out, crowd=args.crowd, min_images=args.min_images,
+                     link="symlink" if args.symlink else "copy")  # logs each split's summary
     logger.info("wrote %s (classes.json, conversion.json)", args.out)
 
 
