@@ -1,4 +1,5 @@
 """als_det: Adaptive Label Smoothing transfer-learning detection benchmark suite."""
+
 import logging
 import warnings
 

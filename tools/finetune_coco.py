@@ -17,6 +17,7 @@ MODEL.WEIGHTS must be a .pkl from tools/convert_to_d2.py (or a detectron2 checkp
 backbone tensor must come from it unless --allow-random-backbone. Weight files are read without
 full unpickling unless --unsafe-load.
 """
+
 import sys
 
 from als_det.cli import run

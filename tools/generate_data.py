@@ -5,6 +5,7 @@
 
 Nothing happens when DATA.ROOT already holds a finished generation with the same parameters.
 """
+
 from __future__ import annotations
 
 import logging

@@ -6,6 +6,7 @@ instead of copied. fvcore joins a relative `_BASE_` to the including file's fold
 `cls.load_yaml_with_base` on the result (recursively, list bases included), so the prefix arrives
 here embedded in that joined path and is resolved with `detectron2.model_zoo.get_config_file`.
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -29,7 +30,8 @@ def resolve_config_path(filename: str) -> str:
     except RuntimeError as err:
         raise FileNotFoundError(
             f"config base {MODEL_ZOO_PREFIX}{zoo_path} (from {filename!r}) is not in detectron2's "
-            f"model zoo: {err}") from err
+            f"model zoo: {err}"
+        ) from err
 
 
 class DetectionCfgNode(CfgNode):
@@ -40,8 +42,9 @@ class DetectionCfgNode(CfgNode):
         return super().load_yaml_with_base(resolve_config_path(filename), allow_unsafe=allow_unsafe)
 
 
-def get_detection_cfg(config_file: str | None = None,
-                      opts: Sequence[str] | None = None) -> DetectionCfgNode:
+def get_detection_cfg(
+    config_file: str | None = None, opts: Sequence[str] | None = None
+) -> DetectionCfgNode:
     """detectron2's defaults, then `config_file` (a path or `model_zoo://...`), then `opts`.
 
     Unknown keys in the file or in `opts` raise a ConfigError naming the key; an option among
