@@ -23,7 +23,8 @@ from als_det.logger import close_log_file, log_path, setup_logging
 
 logger = logging.getLogger(__name__)
 
-# What a user can fix: bad values and files (every suite error is a ValueError), a run that diverged.
+# What a user can fix: bad values and files (every suite error is a ValueError), a run that
+# diverged.
 USER_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, FloatingPointError)
 
 

@@ -1,4 +1,5 @@
-"""Pretraining configuration: fvcore CfgNode defaults, YAML files with `_BASE_`, `KEY VALUE` overrides.
+"""Pretraining configuration: fvcore CfgNode defaults, YAML files with `_BASE_`, `KEY VALUE`
+overrides.
 
 The same mechanism detectron2 uses, so pretraining and fine-tuning configs read alike.
 """
@@ -205,7 +206,8 @@ _RANGES: dict[str, tuple[float, float, bool]] = {
 
 
 def validate_ranges(cfg: CN) -> None:
-    """Every numeric key inside its valid range, and the keys that constrain each other consistent."""
+    """Every numeric key inside its valid range, and the keys that constrain each other
+    consistent."""
     flat = _flat(cfg)
     for key, (low, high, low_ok) in _RANGES.items():
         value = flat[key]

@@ -65,7 +65,8 @@ def load_checkpoint_file(path: str | os.PathLike, unsafe_load: bool = False) -> 
 def extract_state_dict(
     obj: Any, source: str = "<state_dict>"
 ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """A bare state_dict or a checkpoint dict with `model`/`state_dict` -> (state_dict, metadata)."""
+    """A bare state_dict or a checkpoint dict with `model`/`state_dict` -> (state_dict,
+    metadata)."""
     if not isinstance(obj, Mapping):
         raise ConversionError(
             f"{source}: holds a {type(obj).__name__}, not a state_dict or a checkpoint dict"
@@ -151,7 +152,8 @@ def _is_backbone_key(key: str) -> bool:
 # ----------------------------------------------------------------------------- renaming
 def d2_name(key: str) -> str:
     """torchvision backbone name -> detectron2 ResNet name (e.g. layer1.0.bn2.weight ->
-    res2.0.conv2.norm.weight; layer2.0.downsample.1.running_var -> res3.0.shortcut.norm.running_var)."""
+    res2.0.conv2.norm.weight; layer2.0.downsample.1.running_var ->
+    res3.0.shortcut.norm.running_var)."""
     if key in _STEM:
         return _STEM[key]
     if key.startswith("bn1."):

@@ -1,5 +1,5 @@
-"""Label strategies: box coverage -> smoothing factor e -> soft targets -> cross entropy (torch's, with
-probability targets, computed in float32).
+"""Label strategies: box coverage -> smoothing factor e -> soft targets -> cross entropy (torch's,
+with probability targets, computed in float32).
 
 ALS (Krothapalli & Abbott, 2020): e = clip((1 - a) ** power, e_min, e_max) with `a` the crop
 coverage (default) or the object coverage, and the target is (1 - e) * onehot + e / K, so a
@@ -24,7 +24,8 @@ COVERAGES = ("crop", "object")
 @dataclass(frozen=True)
 class LabelStrategy:
     """Which targets an arm trains on. `no_box`, `no_box_epsilon`, `coverage` and `power` only
-    matter for "als", `mix_alpha` (the Beta(alpha, alpha) of the mixing ratio) for "cutmix"/"mixup"."""
+    matter for "als", `mix_alpha` (the Beta(alpha, alpha) of the mixing ratio) for
+    "cutmix"/"mixup"."""
 
     name: str
     epsilon: float = 0.1
@@ -59,7 +60,8 @@ class LabelStrategy:
 
     @property
     def mixes(self) -> bool:
-        """CutMix/MixUp: targets come from mixing the batch (`als_det.mixing`), not from coverage."""
+        """CutMix/MixUp: targets come from mixing the batch (`als_det.mixing`), not from
+        coverage."""
         return self.name in MIX_STRATEGIES
 
     @classmethod
@@ -79,7 +81,8 @@ class LabelStrategy:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> LabelStrategy:
-        """From `to_dict()` output; keys a checkpoint predates take their defaults (today's behaviour)."""
+        """From `to_dict()` output; keys a checkpoint predates take their defaults (today's
+        behaviour)."""
         return cls(**d)
 
     def to_dict(self) -> dict[str, Any]:
@@ -100,7 +103,8 @@ def smoothing(
     """
     if strategy.mixes:
         raise ValueError(
-            f"{strategy.name} targets come from mixing the batch (als_det.mixing), not from coverage"
+            f"{strategy.name} targets come from mixing "
+            "the batch (als_det.mixing), not from coverage"
         )
     if strategy.name == "als" and strategy.coverage == "object":
         if object_coverage is None:

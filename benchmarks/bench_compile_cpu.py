@@ -1,4 +1,5 @@
-"""TRAIN.COMPILE True on the CPU: the trainer with torch.compile (inductor), bf16 autocast and channels_last.
+"""TRAIN.COMPILE True on the CPU: the trainer with torch.compile (inductor), bf16 autocast and
+channels_last.
 
 1. `als_det.engine.trainer.train` with TRAIN.COMPILE True, then False, one short epoch each on a
    generated data set (ResNet-18, 64 px, batch 32): the compiled run's first epoch includes the
@@ -48,7 +49,8 @@ GEN = {
 
 
 def first_epoch(root: Path, out: Path, compiled: bool, arch: str) -> dict:
-    """The trainer itself, one epoch of 4 iterations: (run.json's compile, epoch 1 training seconds)."""
+    """The trainer itself, one epoch of 4 iterations: (run.json's compile, epoch 1 training
+    seconds)."""
     cfg = load_config(
         str(REPO / "configs/pretrain/demo_als.yaml"),
         [
@@ -156,7 +158,8 @@ def main() -> None:
         eager = first_epoch(root, Path(tmp) / "eager", False, args.arch)
     if compiled["compile"] != "inductor" or graphs < 1:
         raise SystemExit(
-            f"the compiled run did not compile (run.json compile={compiled['compile']}, graphs={graphs})"
+            "the compiled run did not compile (run.json "
+            f"compile={compiled['compile']}, graphs={graphs})"
         )
     median = steady_state(args)
     ratio = median["eager"] / median["compiled"]
@@ -173,13 +176,15 @@ def main() -> None:
             },
         )
     print(
-        f"first epoch (4 steps): eager {eager['epoch1_train_s']:.1f} s, compiled {compiled['epoch1_train_s']:.1f} s "
-        f"(cold inductor compile, {graphs} graph(s)); steady state: eager {median['eager'] * 1000:.0f} ms/step, "
-        f"compiled {median['compiled'] * 1000:.0f} ms/step"
+        f"first epoch (4 steps): eager {eager['epoch1_train_s']:.1f} s, compiled "
+        f"{compiled['epoch1_train_s']:.1f} s (cold inductor compile, {graphs} graph(s)); steady "
+        f"state: eager {median['eager'] * 1000:.0f} ms/step, compiled "
+        f"{median['compiled'] * 1000:.0f} ms/step"
     )
     print(
         f"{args.arch} 64px batch 32 bf16 channels_last, {args.threads} threads: cold compile "
-        f"{compiled['epoch1_train_s'] - eager['epoch1_train_s']:.0f} s, compiled speed-up {ratio:.2f}x"
+        f"{compiled['epoch1_train_s'] - eager['epoch1_train_s']:.0f} s, compiled speed-up "
+        f"{ratio:.2f}x"
     )
 
 

@@ -2,8 +2,8 @@
 
 Runs `als_det.engine.trainer.train_one_epoch` (forward, per-sample smoothing, soft targets, soft
 cross entropy, backward, SGD step, NaN check, statistics) over `--steps` copies of one batch for
-each arm, interleaved over `--repeats` so CPU contention hits both alike; reports the median
-seconds per step. The ALS batch carries real coverages in (0, 1), so its soft targets differ per sample.
+each arm, interleaved over `--repeats` so CPU contention hits both alike; reports the median seconds
+per step. The ALS batch carries real coverages in (0, 1), so its soft targets differ per sample.
 
     python benchmarks/bench_train_step.py [--arch resnet18] [--size 64] [--batch 32] [--steps 5]
 """
@@ -69,8 +69,8 @@ def main() -> None:
     median = {name: statistics.median(t) for name, t in times.items()}
     for name in arms:
         print(
-            f"{name:5s} {median[name] * 1000:8.1f} ms/step  ({args.batch / median[name]:.0f} img/s; "
-            f"runs: {', '.join(f'{t * 1000:.0f}' for t in times[name])} ms)"
+            f"{name:5s} {median[name] * 1000:8.1f} ms/step  ({args.batch / median[name]:.0f} "
+            f"img/s; runs: {', '.join(f'{t * 1000:.0f}' for t in times[name])} ms)"
         )
     ratio = median["als"] / median["hard"]
     if args.out:

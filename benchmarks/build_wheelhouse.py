@@ -14,7 +14,8 @@ missing wheels at the versions installed (and tested) here:
 It writes OUT_DIR/wheelhouse.json (target Python, wheels, sizes, sha256) and prints the total size.
 `benchmarks/gpu_check.sh` installs the result with `pip install --no-index --no-deps`.
 
-Usage: python benchmarks/build_wheelhouse.py [--python-version 3.12] [OUT_DIR]   (default wheelhouse/)
+Usage: python benchmarks/build_wheelhouse.py [--python-version 3.12] [OUT_DIR]   (default
+wheelhouse/)
        python benchmarks/build_wheelhouse.py --check-fresh [OUT_DIR]   (als_det wheel vs the tree)
 """
 

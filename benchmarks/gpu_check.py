@@ -196,7 +196,8 @@ def _synthetic_batches(
 def trainer_rate(
     model, opt, strategy, batches, plan: Plan, device: torch.device, iters: int
 ) -> float:
-    """Images/s of als_det's `train_one_epoch` over `iters` GPU-resident batches (wall time, synced)."""
+    """Images/s of als_det's `train_one_epoch` over `iters` GPU-resident batches (wall time,
+    synced)."""
     from als_det.engine.trainer import train_one_epoch
 
     loader = [batches[i % len(batches)] for i in range(iters)]
@@ -222,7 +223,8 @@ def trainer_rate(
 
 
 def plain_ce_rate(model, opt, batches, plan: Plan, device: torch.device, iters: int) -> float:
-    """Images/s of torchvision's reference step (hard labels, `F.cross_entropy`, no per-step sync)."""
+    """Images/s of torchvision's reference step (hard labels, `F.cross_entropy`, no per-step
+    sync)."""
     model.train()
     autocast = torch.autocast(device.type, dtype=torch.bfloat16)
     sync(device)
@@ -535,7 +537,8 @@ class EncodedCrops(torch.utils.data.Dataset):
 def decode_crop(
     flat: torch.Tensor, lengths: torch.Tensor, params: torch.Tensor, size: int, device: torch.device
 ) -> torch.Tensor:
-    """Batched JPEG decode on `device`, then each image's crop, resize (antialiased), flip, normalise."""
+    """Batched JPEG decode on `device`, then each image's crop, resize (antialiased), flip,
+    normalise."""
     from torchvision.io import ImageReadMode, decode_jpeg
 
     from als_det.data.imagenet import IMAGENET_MEAN, IMAGENET_STD
@@ -813,7 +816,8 @@ def checks(sections: dict[str, dict[str, Any]], smoke: bool) -> dict[str, str]:
 
 
 def failed_sections(sections: dict[str, dict[str, Any]], smoke: bool) -> list[str]:
-    """Sections that failed; a section cut at its time cap fails on a GPU but not in a CPU smoke run."""
+    """Sections that failed; a section cut at its time cap fails on a GPU but not in a CPU smoke
+    run."""
     passing = ("ok", "skipped", "cut") if smoke else ("ok", "skipped")
     return [n for n, f in sections.items() if not str(f.get("status", "")).startswith(passing)]
 
@@ -869,8 +873,8 @@ def main() -> None:
     cut = [n for n, f in report["sections"].items() if str(f.get("status", "")).startswith("cut")]
     if args.cpu_smoke and cut:
         print(
-            f"note: {cut} ran out of their CPU smoke time caps (a busy machine): reported, not failed; "
-            "the code after the cut was not exercised in this run"
+            f"note: {cut} ran out of their CPU smoke time caps (a busy machine): "
+            "reported, not failed; the code after the cut was not exercised in this run"
         )
     failed += [n for n, v in report["checks"].items() if v.startswith("FAIL")]
     if failed:

@@ -40,7 +40,8 @@ BENCHMARKS = {
     "metrics": ("benchmarks/bench_metrics.py", "calibration metrics on 50,000 x 1,000 logits"),
     "compile": (
         "benchmarks/bench_compile_cpu.py",
-        "TRAIN.COMPILE True (inductor) vs eager trainer, bf16 + channels_last (compile s, img/s ratio)",
+        "TRAIN.COMPILE True (inductor) vs eager trainer, "
+        "bf16 + channels_last (compile s, img/s ratio)",
     ),
 }
 
@@ -129,8 +130,9 @@ def main() -> None:
         raise SystemExit(f"unknown benchmarks {unknown}; choose from {list(BENCHMARKS)}")
     report = {"machine": machine(), "load_at_start": load(), "benchmarks": {}}
     print(
-        f"{report['machine']['nproc']} cores, {report['machine']['cpu']}, {report['machine']['ram_gib']} GiB, "
-        f"{report['machine']['date']}; load average {report['load_at_start']}",
+        f"{report['machine']['nproc']} cores, {report['machine']['cpu']}, "
+        f"{report['machine']['ram_gib']} GiB, {report['machine']['date']}; load average "
+        f"{report['load_at_start']}",
         flush=True,
     )
     for name in names:

@@ -28,7 +28,8 @@ SDIST = "pb1-detectron2==0.6"
 SDIST_FILE = "pb1-detectron2-0.6.tar.gz"
 SDIST_SHA256 = "5d2e9e51e523ec72f6a31cca04b0a515492e9514b773a3d134cedc0677170b29"
 
-_MISSING_EXTENSION = '''"""Stand-in for detectron2._C in als_det's pure-Python build: any use names what is missing."""
+_MISSING_EXTENSION = '''"""Stand-in for detectron2._C in als_det's pure-Python build: any use \
+names what is missing."""
 
 
 class _MissingExtension:
@@ -36,7 +37,8 @@ class _MissingExtension:
         raise RuntimeError(
             f"detectron2._C.{name} needs detectron2's C++/CUDA extension, which this pure-Python "
             "build (als_det scripts/install_detectron2.py) does not have. Rotated boxes and "
-            "deformable convolution need upstream detectron2 built from source; see als_det's README."
+            "deformable convolution need upstream detectron2 built from source; see als_det's \
+README."
         )
 
 
@@ -58,7 +60,8 @@ PATCHES: list[tuple[str, str, str, bool]] = [
     (
         "setup.py",
         'package_data={"detectron2.model_zoo": get_model_zoo_configs()},',
-        'package_data={"detectron2.model_zoo": ["configs/*.yaml", "configs/**/*.yaml", "configs/**/*.py"]},',
+        'package_data={"detectron2.model_zoo": ["configs/*.yaml", '
+        '"configs/**/*.yaml", "configs/**/*.py"]},',
         False,
     ),
     # Three layers import _C at module level; make that lazy.
@@ -93,7 +96,8 @@ PATCHES: list[tuple[str, str, str, bool]] = [
     ("detectron2/model_zoo/model_zoo.py", "import pkg_resources\n", "", False),
     (
         "detectron2/model_zoo/model_zoo.py",
-        r'pkg_resources\.resource_filename\(\s*"detectron2\.model_zoo",\s*os\.path\.join\("configs", config_path\)\s*\)',
+        r'pkg_resources\.resource_filename\(\s*"detectron2\.model_zoo",\s*'
+        r'os\.path\.join\("configs", config_path\)\s*\)',
         'os.path.join(os.path.dirname(__file__), "configs", config_path)',
         True,
     ),
@@ -174,7 +178,8 @@ def check_installed() -> None:
         "from detectron2 import model_zoo\n"
         "p = model_zoo.get_config_file('COCO-Detection/faster_rcnn_R_50_FPN_1x.yaml')\n"
         "assert os.path.exists(p), p\n"
-        "print('detectron2', detectron2.__version__, 'from', os.path.dirname(detectron2.__file__))\n"
+        "print('detectron2', detectron2.__version__, 'from', "
+        "os.path.dirname(detectron2.__file__))\n"
     )
     _run([sys.executable, "-c", code])
 

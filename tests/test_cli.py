@@ -53,7 +53,8 @@ def test_help_shows_defaults():
 
 @pytest.mark.parametrize("name", TOOLS)
 def test_help_shows_the_usage_examples_as_written(name):
-    """Every line of a tool's docstring, its `\\` continuations included, is in its --help as written."""
+    """Every line of a tool's docstring, its `\\` continuations included, is in its --help as
+    written."""
     tool = _tool(name)
     help_lines = tool["build_parser"]().format_help().splitlines()
     doc_lines = [line.rstrip() for line in tool["__doc__"].strip().splitlines()]
@@ -65,7 +66,8 @@ def test_help_shows_the_usage_examples_as_written(name):
 
 
 def test_documented_pretraining_folders_are_the_configs_output_dirs():
-    """`output/pretrain/NAME/...` in the docs and tool examples is what configs/pretrain/NAME.yaml writes."""
+    """`output/pretrain/NAME/...` in the docs and tool examples is what
+    configs/pretrain/NAME.yaml writes."""
     pages = [
         REPO / "README.md",
         REPO / "pretrained" / "README.md",

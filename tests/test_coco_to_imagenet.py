@@ -1,4 +1,5 @@
-"""COCO-format detection set -> ImageNet-with-boxes tree (als_det.data.coco_to_imagenet, tools/coco_to_imagenet.py)."""
+"""COCO-format detection set -> ImageNet-with-boxes tree (als_det.data.coco_to_imagenet,
+tools/coco_to_imagenet.py)."""
 
 from __future__ import annotations
 
@@ -123,7 +124,8 @@ def test_later_splits_use_the_first_splits_classes(train_split, tmp_path):
         n_images=2,
     )
     reports = coco_to_imagenet([train_split, val], tmp_path / "out", min_images=1, crowd="drop")
-    # with crowds dropped, hot dog is nobody's dominant class in train: val's hot dog image is left out
+    # with crowds dropped, hot dog is nobody's dominant class in train: val's hot dog image is left
+    # out
     assert reports["val"].skipped_images == {"class absent from the first split": ["val_1.jpg"]}
     by_name, classes, _ = _records(tmp_path / "out", "val", classes=["cat"])
     assert classes == ["cat"] and list(by_name) == ["val_0.jpg"]

@@ -164,7 +164,8 @@ def test_null_size_metric_is_shown_as_missing(tmp_path):
 
 
 def test_run_without_detections_keeps_its_row_as_na(tmp_path):
-    # a finished fine-tune whose model detected nothing: COCOeval gives no number, results.json holds null
+    # a finished fine-tune whose model detected nothing: COCOeval gives no number, results.json
+    # holds null
     a = _write_run(tmp_path, "hard", {"name": "hard"}, 0, 30.0)
     c = _write_run(tmp_path, "ls", {"name": "ls"}, 0, 31.0, **{m: None for m in METRICS})
     comp = compare([a, c])

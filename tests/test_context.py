@@ -30,7 +30,8 @@ def _image(h: int = 30, w: int = 40, seed: int = 0) -> np.ndarray:
 
 
 def _touched(boxes: np.ndarray, h: int, w: int) -> np.ndarray:
-    """Pixels overlapping a box with positive area, by the pixel-square definition (slow, direct)."""
+    """Pixels overlapping a box with positive area, by the pixel-square definition (slow,
+    direct)."""
     mask = np.zeros((h, w), dtype=bool)
     for r, c in itertools.product(range(h), range(w)):
         for x0, y0, x1, y1 in boxes:

@@ -1,4 +1,5 @@
-"""Crop sampling identical to torchvision's; exact crop and object coverage against a pixel raster."""
+"""Crop sampling identical to torchvision's; exact crop and object coverage against a pixel
+raster."""
 
 from __future__ import annotations
 

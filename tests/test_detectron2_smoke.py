@@ -1,4 +1,5 @@
-"""detectron2 works here (real training steps on real COCO images) and our detection configs load."""
+"""detectron2 works here (real training steps on real COCO images) and our detection configs
+load."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""torch.distributed helpers with real gloo process groups, and a 2-process torchrun pretraining run."""
+"""torch.distributed helpers with real gloo process groups, and a 2-process torchrun pretraining
+run."""
 
 from __future__ import annotations
 

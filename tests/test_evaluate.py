@@ -1,4 +1,5 @@
-"""The evaluation run end to end on a tiny image tree with hand-built checkpoints (random ResNet-18s)."""
+"""The evaluation run end to end on a tiny image tree with hand-built checkpoints (random
+ResNet-18s)."""
 
 from __future__ import annotations
 
@@ -110,7 +111,8 @@ def make_checkpoint(
 def setup(tmp_path_factory):
     base = tmp_path_factory.mktemp("eval")
     root = make_tree(base / "data")
-    # The generated data set's layout: its own val_mixed (with boxes) and val_bg_only (no boxes) splits.
+    # The generated data set's layout: its own val_mixed (with boxes) and val_bg_only (no boxes)
+    # splits.
     shutil.copytree(root / "val", root / "val_mixed")
     shutil.copytree(root / "Annotation" / "val", root / "Annotation" / "val_mixed")
     shutil.copytree(root / "val", root / "val_bg_only")
@@ -204,7 +206,8 @@ def test_evaluation_writes_every_section(setup) -> None:
 
 
 def test_report_follows_the_cam_method(setup, tmp_path) -> None:
-    """An evaluation under --cam gradcam says Grad-CAM in its text and its figure, never bare CAM."""
+    """An evaluation under --cam gradcam says Grad-CAM in its text and its figure, never bare
+    CAM."""
     base, _, _ = setup
     metrics = json.loads((base / "out" / "metrics.json").read_text())
     metrics["cam_grid"]["method"] = "gradcam"
@@ -325,8 +328,8 @@ def test_fill_section_says_when_the_verdict_depends_on_the_fill() -> None:
     hard = {"val": 0.8, "black": 0.6, "mean": 0.6, "blur": 0.6, "outside_crop": 0.5}
     text = "\n".join(fill_section(_fill_metrics({"hard": hard, "als": {**hard, "black": 0.3}})))
     assert (
-        "**the verdict depends on the fill** (bg_only, black fill says lower, bg_only, mean fill says alike, "
-        "bg_only, blur fill says alike, outside_crop says alike)" in text
+        "**the verdict depends on the fill** (bg_only, black fill says lower, bg_only, "
+        "mean fill says alike, bg_only, blur fill says alike, outside_crop says alike)" in text
     )
     same = "\n".join(
         fill_section(_fill_metrics({"hard": hard, "als": {k: v / 2 for k, v in hard.items()}}))
@@ -394,7 +397,8 @@ def _fake(conf_bg: float, conf_val: float, top1: float, ece: float, k: int = 10)
 
 
 def test_headline_three_forms_and_the_sentence_follow_the_numbers() -> None:
-    # The independent 64 px check: ALS lowers bg_only confidence, but only as much as val confidence.
+    # The independent 64 px check: ALS lowers bg_only confidence, but only as much as val
+    # confidence.
     als, hard = _fake(0.33, 0.33 / 0.96, 0.44, 0.11), _fake(0.56, 0.56 / 0.93, 0.59, 0.04)
     h = headline_comparison("als", "hard", als, hard, "bg_only")
     sentence = _sentence(h, als, hard)
@@ -408,7 +412,8 @@ def test_headline_three_forms_and_the_sentence_follow_the_numbers() -> None:
     assert h2["ratio_relative_to_val"] == pytest.approx(0.5)
     assert "relies less on context than hard" in _sentence(h2, als2, hard2)
     assert "none of the bg_only drop" in _sentence(h2, als2, hard2)
-    # Val confidence fell more (in log terms) than bg_only confidence: it accounts for all of the drop.
+    # Val confidence fell more (in log terms) than bg_only confidence: it accounts for all of the
+    # drop.
     assert math.log(h["ratio_val_confidence"]) / math.log(h["ratio_absolute"]) > 1
     assert "accounts for all of the bg_only drop" in sentence
     als3 = _fake(0.4, 0.54, 0.6, 0.04)
@@ -419,7 +424,8 @@ def test_headline_three_forms_and_the_sentence_follow_the_numbers() -> None:
 
 @pytest.mark.slow
 def test_torchrun_two_processes_match_one(setup, tmp_path) -> None:
-    """Under torchrun (gloo, CPU) each image is counted once and the numbers equal a single process."""
+    """Under torchrun (gloo, CPU) each image is counted once and the numbers equal a single
+    process."""
     base, root, ckpts = setup
     single = json.loads((base / "out" / "metrics.json").read_text())
     torchrun = Path(sys.executable).with_name("torchrun")

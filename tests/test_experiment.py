@@ -372,7 +372,8 @@ def test_several_nodes_need_slurm(tmp_path):
 
 
 def test_sweep_shape_per_run_evaluation_and_no_detection():
-    """What a sweep needs: one evaluation per run (a failed cell stops only its own), no detection."""
+    """What a sweep needs: one evaluation per run (a failed cell stops only its own), no
+    detection."""
     raw = _raw(REPO / "configs/experiments/smoke.yaml")
     raw.update(detection=[], report=None, seeds=[0, 1])
     raw["evaluate"]["per_run"] = True

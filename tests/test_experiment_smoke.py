@@ -1,8 +1,8 @@
-"""The smoke plan end to end through `tools/run_experiment.py`: every stage runs its real entry point
-for a few iterations, so a broken hand-off (checkpoint -> evaluate, checkpoint -> convert ->
-fine-tune -> compare -> report) fails here. Once in this process's order (`local`, what `make demo`
-uses), once as submitit jobs on this machine (`submitit-local`, the SLURM code path) with a training
-killed mid-run and a broken arm."""
+"""The smoke plan end to end through `tools/run_experiment.py`: every stage runs its real entry
+point for a few iterations, so a broken hand-off (checkpoint -> evaluate, checkpoint -> convert
+-> fine-tune -> compare -> report) fails here. Once in this process's order (`local`, what `make
+demo` uses), once as submitit jobs on this machine (`submitit-local`, the SLURM code path) with a
+training killed mid-run and a broken arm."""
 
 from __future__ import annotations
 

@@ -236,7 +236,8 @@ def _run(*argv: str, config: str = DEMO) -> dict:
     return run_finetune(finetune_argument_parser().parse_args(["--config-file", config, *argv]))
 
 
-# The shipped R50 configs with a ResNet-18 backbone and narrow heads (CPU time); the rest as shipped.
+# The shipped R50 configs with a ResNet-18 backbone and narrow heads (CPU time); the rest as
+# shipped.
 R18 = [
     "MODEL.RESNETS.DEPTH",
     "18",

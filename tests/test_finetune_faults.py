@@ -68,7 +68,8 @@ def test_divergence_error_says_what_to_change(resnet18_pkl, tmp_path):  # noqa: 
             "100",
         )
     msg = str(err.value)
-    # detectron2's own message is kept (a NaN loss, or NaN boxes from the ROI heads, whichever comes first)
+    # detectron2's own message is kept (a NaN loss, or NaN boxes from the ROI heads, whichever comes
+    # first)
     assert "Loss became infinite or NaN" in msg or "Training has diverged" in msg
     assert "SOLVER.BASE_LR 1e+06 with SOLVER.IMS_PER_BATCH 1" in msg
     assert (

@@ -1,5 +1,6 @@
-"""A fine-tuning run's folder holds one run: a fresh run sets an earlier one aside, and the data sets
-a run used are recorded there and used again by `--eval-only` with the run's own config.yaml."""
+"""A fine-tuning run's folder holds one run: a fresh run sets an earlier one aside, and the data
+sets a run used are recorded there and used again by `--eval-only` with the run's own
+config.yaml."""
 
 from __future__ import annotations
 
@@ -139,7 +140,8 @@ def test_eval_only_with_the_runs_config_evaluates_the_data_sets_it_used(
     assert res["test_dataset"] == "tiny" and res["eval_only"] is True
     assert res["datasets"]["tiny"] == recorded["datasets"]["tiny"]
     assert res["bbox"] == trained_res["bbox"]
-    # what tools/compare.py pools by: the same experiment, and the seed of the run that made the weights
+    # what tools/compare.py pools by: the same experiment, and the seed of the run that made the
+    # weights
     sha = recorded["datasets"]["tiny"]["json_sha256"]
     assert res["training"] == trained_res["training"] == {"seed": 5, "train_sets": {"tiny": sha}}
     assert res["detection_config"] == trained_res["detection_config"]

@@ -1,14 +1,15 @@
 """The paper's own configs, end to end on full-size real photos, as a user runs them.
 
 ../shared/data/coco-mini (45 + 47 real COCO photos at their original ~640x480) becomes an
-ImageNet-with-boxes tree through tools/coco_to_imagenet.py. Each configs/pretrain/imagenet_r50_*.yaml
-then trains ResNet-50 for one short epoch at 224 px, unchanged except data root, output folder,
-length, batch size and workers (and SOLVER.WARMUP_EPOCHS 0: a one-epoch run has no room for the
-5-epoch warm-up): hard in this process, als through tools/pretrain.py, ls through torchrun with two
-gloo processes. tools/evaluate.py evaluates the three, tools/convert_to_d2.py --verify converts each,
-and each configs/detection/*_1x.yaml fine-tunes from the converted als ResNet-50 at its own input sizes
-(640-800 px training, 800 px test) and writes results.json, evaluated on one val photo to stay cheap
-(C4 with fewer regions per image, see FEWER_REGIONS).
+ImageNet-with-boxes tree through tools/coco_to_imagenet.py. Each
+configs/pretrain/imagenet_r50_*.yaml then trains ResNet-50 for one short epoch at 224 px, unchanged
+except data root, output folder, length, batch size and workers (and SOLVER.WARMUP_EPOCHS 0: a
+one-epoch run has no room for the 5-epoch warm-up): hard in this process, als through
+tools/pretrain.py, ls through torchrun with two gloo processes. tools/evaluate.py evaluates the
+three, tools/convert_to_d2.py --verify converts each, and each configs/detection/*_1x.yaml
+fine-tunes from the converted als ResNet-50 at its own input sizes (640-800 px training, 800 px
+test) and writes results.json, evaluated on one val photo to stay cheap (C4 with fewer regions per
+image, see FEWER_REGIONS).
 """
 
 from __future__ import annotations
@@ -45,7 +46,8 @@ pytestmark = pytest.mark.slow
 
 
 def _tool(name: str, argv: list[str]) -> int:
-    """Run tools/NAME.py's main(argv) in this process (as its __main__ would, minus the interpreter start)."""
+    """Run tools/NAME.py's main(argv) in this process (as its __main__ would, minus the
+    interpreter start)."""
     return runpy.run_path(str(REPO / "tools" / f"{name}.py"))["main"](argv)
 
 
@@ -187,7 +189,8 @@ def r50_pkl(r50_runs, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def one_val_photo(coco_mini, tmp_path_factory) -> str:
-    """--dataset spec of coco-mini val restricted to its first photo (evaluation at 800 px is the cost)."""
+    """--dataset spec of coco-mini val restricted to its first photo (evaluation at 800 px is the
+    cost)."""
     data = json.loads((coco_mini / "annotations" / "instances_val2017.json").read_text())
     first = data["images"][0]
     data["images"] = [first]

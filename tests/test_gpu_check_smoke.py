@@ -89,10 +89,10 @@ def test_decode_crop_rejects_a_header_that_lies(gpu_check, tmp_path: Path) -> No
 
 def test_detectron2_log_figures(gpu_check) -> None:
     log = (
-        "[11/28 00:57:40] d2.utils.events INFO:  eta: 0:00:01  iter: 39  total_loss: 2.1  time: 0.2 "
-        "data_time: 0.01  lr: 0.01  max_mem: 1500M\n"
-        "[11/28 00:57:41] d2.utils.events INFO:  eta: 0:00:00  iter: 49  total_loss: 2.0  time: 0.2 "
-        "data_time: 0.01  lr: 0.01  max_mem: 3072M\n"
+        "[11/28 00:57:40] d2.utils.events INFO:  eta: 0:00:01  iter: 39  total_loss: 2.1  time: "
+        "0.2 data_time: 0.01  lr: 0.01  max_mem: 1500M\n"
+        "[11/28 00:57:41] d2.utils.events INFO:  eta: 0:00:00  iter: 49  total_loss: 2.0  time: "
+        "0.2 data_time: 0.01  lr: 0.01  max_mem: 3072M\n"
         "[11/28 00:57:46] d2.engine.hooks INFO: Overall training speed: 47 iterations in 0:00:09 "
         "(0.2125 s / it)\n"
     )

@@ -1,4 +1,5 @@
-"""CutMix/MixUp arms: torchvision's mixing on the batch, seeded from (seed, epoch, iteration, rank)."""
+"""CutMix/MixUp arms: torchvision's mixing on the batch, seeded from (seed, epoch, iteration,
+rank)."""
 
 from __future__ import annotations
 

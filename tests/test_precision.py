@@ -1,4 +1,5 @@
-"""GPU code paths on the CPU: bf16 autocast, channels_last, fp16 refused; loss and metrics in float32."""
+"""GPU code paths on the CPU: bf16 autocast, channels_last, fp16 refused; loss and metrics in
+float32."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
-"""--resume against a changed experiment: refused with every difference listed and OUTPUT_DIR untouched,
-or allowed on purpose and recorded in run.json; and the config's numeric ranges."""
+"""--resume against a changed experiment: refused with every difference listed and OUTPUT_DIR
+untouched, or allowed on purpose and recorded in run.json; and the config's numeric ranges."""
 
 from __future__ import annotations
 
@@ -19,7 +19,8 @@ from als_det.engine.trainer import train
 
 @pytest.fixture(scope="module")
 def finished_run(tmp_path_factory) -> tuple[Path, Path]:
-    """(data root, OUTPUT_DIR of a finished 2-epoch run), never modified by the tests: they copy it."""
+    """(data root, OUTPUT_DIR of a finished 2-epoch run), never modified by the tests: they copy
+    it."""
     base = tmp_path_factory.mktemp("resume")
     root = generate(base / "gen", TINY_GEN, progress=False)
     out = train(tiny_cfg(root, base / "run", "TRAIN.MAX_ITERS_PER_EPOCH", "1"))

@@ -200,11 +200,12 @@ def test_progress_names_the_cell_and_estimates_the_time_left(tmp_path, caplog):
     caplog.set_level(logging.INFO, logger="als_det.experiment")
     progress(cells[0].pretrain, Outcome())
     assert (
-        "cell 1/8 hard_e1_s0 (hard, seed 0, 1 epoch): pretraining; 0 cells finished (0 earlier), 0 failed; "
-        "time left: known once a cell has finished" in caplog.text
+        "cell 1/8 hard_e1_s0 (hard, seed 0, 1 epoch): pretraining; 0 cells "
+        "finished (0 earlier), 0 failed; time left: known once a cell has finished" in caplog.text
     )
     caplog.clear()
-    # the first cell took 600 s (one epoch) + 40 s; an earlier invocation ran hard_e2_s1 in 1300 s + 60 s
+    # the first cell took 600 s (one epoch) + 40 s; an earlier invocation ran hard_e2_s1 in 1300 s +
+    # 60 s
     for stage, seconds in (
         (cells[0].pretrain, 600),
         (cells[0].evaluate, 40),
@@ -221,11 +222,11 @@ def test_progress_names_the_cell_and_estimates_the_time_left(tmp_path, caplog):
             reused=[cells[6].pretrain.name, cells[6].evaluate.name],
         ),
     )
-    # rates: (600 + 1300) s / 3 epochs, (40 + 60) / 2 s; left: cells 1-5 and 7, 1+1+1+2+2+2 = 9 epochs and 6
-    # evaluations: 9 * 1900 / 3 + 6 * 50 = 6000 s
+    # rates: (600 + 1300) s / 3 epochs, (40 + 60) / 2 s; left: cells 1-5 and 7, 1+1+1+2+2+2 = 9
+    # epochs and 6 evaluations: 9 * 1900 / 3 + 6 * 50 = 6000 s
     assert (
-        "cell 2/8 als_e1_s0 (als, seed 0, 1 epoch): pretraining; 2 cells finished (1 earlier), 0 failed; "
-        "about 1 h 40 min left (633.3 s per training epoch, 50 s per evaluation so far)"
+        "cell 2/8 als_e1_s0 (als, seed 0, 1 epoch): pretraining; 2 cells finished (1 earlier), "
+        "0 failed; about 1 h 40 min left (633.3 s per training epoch, 50 s per evaluation so far)"
         in caplog.text
     )
 
@@ -290,7 +291,8 @@ def test_smoke_sweep_reports_a_broken_cell_finishes_the_others_then_reuses_them(
     for fig in ("tradeoff_bg_only.png", "tradeoff_outside_crop.png", "training_length.png"):
         assert f"]({fig})" in report and (out / fig).read_bytes()[:4] == b"\x89PNG"
 
-    # the numbers are those of the cells' own evaluations, paired with hard of the same seed and length
+    # the numbers are those of the cells' own evaluations, paired with hard of the same seed and
+    # length
     saved = json.loads((out / "sweep.json").read_text())
     assert saved["missing"] == [] and saved["main_epochs"] == 1
     groups = {(g["setting"], g["epochs"]): g["stats"] for g in saved["groups"]}

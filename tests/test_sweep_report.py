@@ -35,7 +35,8 @@ SETTINGS = {
     "cutmix": ["LABELS.STRATEGY", "cutmix"],
 }
 SEEDS = (0, 1)
-# (epochs, seed) -> settings: ls has one seed (no interval), hard and als also run 2 epochs (training length)
+# (epochs, seed) -> settings: ls has one seed (no interval), hard and als also run 2 epochs
+# (training length)
 PLAN = {
     (1, 0): list(SETTINGS),
     (1, 1): ["hard", "als", "als_object", "cutmix"],

@@ -140,7 +140,8 @@ def test_strategy_validation_and_config_round_trip() -> None:
 
 
 def test_default_als_targets_are_unchanged_by_the_new_options() -> None:
-    """Defaults (crop coverage, power 1) give bit for bit the targets of e = clip(1 - a, e_min, e_max)."""
+    """Defaults (crop coverage, power 1) give bit for bit the targets of e = clip(1 - a, e_min,
+    e_max)."""
     g = torch.Generator().manual_seed(3)
     cov, obj = torch.rand(64, generator=g), torch.rand(64, generator=g)
     has = torch.rand(64, generator=g) < 0.8

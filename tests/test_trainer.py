@@ -1,5 +1,5 @@
-"""The trainer on a tiny generated data set: exact resume, NaN stop, checkpoint contents, lr schedule,
-the CutMix arm on the hard arm's crops, object coverage."""
+"""The trainer on a tiny generated data set: exact resume, NaN stop, checkpoint contents, lr
+schedule, the CutMix arm on the hard arm's crops, object coverage."""
 
 from __future__ import annotations
 
@@ -130,8 +130,8 @@ def _without_timings(out: Path) -> list[dict]:
 
 @pytest.mark.slow
 def test_same_seed_on_the_same_cpu_gives_bit_identical_runs(runs, tiny_root, tmp_path):
-    """What README.md ("Reproducibility") states: with TRAIN.DETERMINISTIC, the same seed
-    on the same machine (same torch threads) gives the same weights and metrics bit for bit, with any
+    """What README.md ("Reproducibility") states: with TRAIN.DETERMINISTIC, the same seed on the
+    same machine (same torch threads) gives the same weights and metrics bit for bit, with any
     number of data-loading workers. Measured too: on the CPU it holds without the flag."""
     workers = train(tiny_cfg(tiny_root, tmp_path / "workers", "DATA.NUM_WORKERS", "2"))
     no_flag = train(tiny_cfg(tiny_root, tmp_path / "no_flag", "TRAIN.DETERMINISTIC", "False"))

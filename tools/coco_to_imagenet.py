@@ -2,9 +2,10 @@
 """Turn a COCO-format detection set into an ImageNet-with-boxes tree for ALS pretraining.
 
     python tools/coco_to_imagenet.py --coco-root datasets/coco --out datasets/coco_cls
-    python tools/coco_to_imagenet.py --split train=my/train.json:my/images --split val=my/val.json:my/images \\
-        --out datasets/my_cls --crowd drop --min-images 20
-    python tools/pretrain.py --config-file configs/pretrain/imagenet_r50_als.yaml DATA.ROOT datasets/coco_cls
+    python tools/coco_to_imagenet.py --split train=my/train.json:my/images \\
+        --split val=my/val.json:my/images --out datasets/my_cls --crowd drop --min-images 20
+    python tools/pretrain.py --config-file configs/pretrain/imagenet_r50_als.yaml \\
+        DATA.ROOT datasets/coco_cls
 
 Label of an image = its dominant category (largest total box area); its boxes = that category's
 boxes (Pascal-VOC XML under OUT/Annotation/<split>/). The first split decides the classes.

@@ -1,8 +1,9 @@
 #!/usr/bin/env python
 """Compare fine-tuning runs by backbone label strategy: table with deltas + AP bar chart.
 
-    python tools/compare.py output/finetune/demo_hard output/finetune/demo_ls output/finetune/demo_als \\
-        [--baseline hard] [--format markdown|csv|latex] [--out output/compare]
+    python tools/compare.py output/finetune/demo_hard output/finetune/demo_ls \\
+        output/finetune/demo_als [--baseline hard] [--format markdown|csv|latex] \\
+        [--out output/compare]
 
 The table goes to stdout (to paste or pipe); the files it wrote are logged.
 """

@@ -1,19 +1,26 @@
 #!/usr/bin/env python
-"""Evaluate pretrained checkpoints: classification, calibration, context-only views, where the model looks.
+"""Evaluate pretrained checkpoints: classification, calibration, context-only views, where the
+model looks.
 
     python tools/evaluate.py --checkpoint output/pretrain/demo_hard/last.pth \\
-        --checkpoint output/pretrain/demo_als/last.pth --data datasets/context_bias --out output/evaluate
-    torchrun --nproc_per_node 8 tools/evaluate.py --checkpoint output/pretrain/imagenet_r50_hard/last.pth \\
-        --checkpoint output/pretrain/imagenet_r50_als/last.pth --data datasets/imagenet --out output/eval_r50
+        --checkpoint output/pretrain/demo_als/last.pth --data datasets/context_bias \\
+        --out output/evaluate
+    torchrun --nproc_per_node 8 tools/evaluate.py \\
+        --checkpoint output/pretrain/imagenet_r50_hard/last.pth \\
+        --checkpoint output/pretrain/imagenet_r50_als/last.pth --data datasets/imagenet \\
+        --out output/eval_r50
 
-Writes DIR/metrics.json, DIR/report.md and PNG figures (reliability diagrams, bg_only confidence, CAM grid).
+Writes DIR/metrics.json, DIR/report.md and PNG figures (reliability diagrams, bg_only confidence,
+CAM grid).
 
 An ImageNet-9 Backgrounds Challenge tree (ROOT/<variant>/val/<class>/*, variants original,
 only_bg_b, only_bg_t, no_fg, only_fg, mixed_same, mixed_rand, mixed_next) is recognised by its
-original/val folder: per-variant accuracy and BG-Gap go to DIR/in9_metrics.json and DIR/in9_report.md.
+original/val folder: per-variant accuracy and BG-Gap go to DIR/in9_metrics.json and
+DIR/in9_report.md.
 
-    python tools/evaluate.py --checkpoint output/pretrain/imagenet_r50_als/last.pth --data datasets/bg_challenge \\
-        --in-to-in9 datasets/bg_challenge/in_to_in9.json --out output/eval_r50_in9
+    python tools/evaluate.py --checkpoint output/pretrain/imagenet_r50_als/last.pth \\
+        --data datasets/bg_challenge --in-to-in9 datasets/bg_challenge/in_to_in9.json \\
+        --out output/eval_r50_in9
 """
 
 from __future__ import annotations
@@ -72,7 +79,8 @@ def build_parser():
         "--in-to-in9",
         default=None,
         metavar="JSON",
-        help="ImageNet-9 data: the challenge's in_to_in9.json, for models whose classes are not IN-9's",
+        help="ImageNet-9 data: the challenge's in_to_in9.json, "
+        "for models whose classes are not IN-9's",
     )
     add_options(p.add_argument_group("evaluation options"), EvalOptions)
     return p
@@ -91,7 +99,8 @@ def run_tool(args) -> None:
             unused.insert(0, "--baseline")
         if unused:
             raise ValueError(
-                f"{' '.join(unused)} do(es) not apply to ImageNet-9 data ({args.data} has original/val)"
+                f"{' '.join(unused)} do(es) not apply to "
+                f"ImageNet-9 data ({args.data} has original/val)"
             )
         metrics = evaluate_in9(
             args.checkpoint,

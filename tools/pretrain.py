@@ -4,10 +4,12 @@
     python tools/pretrain.py --config-file configs/pretrain/demo_als.yaml
     python tools/pretrain.py --config-file configs/pretrain/demo_als.yaml \\
         DATA.ROOT ../shared/data/tiny-imagenet-10 DATA.GENERATE False
-    python tools/pretrain.py --resume --config-file configs/pretrain/demo_als.yaml   # from OUTPUT_DIR/last.pth
+    python tools/pretrain.py --resume \\
+        --config-file configs/pretrain/demo_als.yaml   # from OUTPUT_DIR/last.pth
     python tools/pretrain.py --resume --allow-config-change \\
         --config-file configs/pretrain/demo_als.yaml SOLVER.EPOCHS 12
-    torchrun --nproc_per_node 8 tools/pretrain.py --config-file configs/pretrain/imagenet_r50_als.yaml
+    torchrun --nproc_per_node 8 tools/pretrain.py \\
+        --config-file configs/pretrain/imagenet_r50_als.yaml
 
 Options go before the trailing KEY VALUE config overrides.
 """

@@ -2,9 +2,10 @@
 """Run a whole experiment from its plan: pretrain the arms, evaluate, convert, fine-tune, compare.
 
     python tools/run_experiment.py --plan configs/experiments/paper_r50.yaml --dry-run
-    python tools/run_experiment.py --plan configs/experiments/paper_r50.yaml                 # this machine
+    python tools/run_experiment.py --plan configs/experiments/paper_r50.yaml  # this machine
     python tools/run_experiment.py --plan configs/experiments/paper_r50.yaml --launcher slurm
-    python tools/run_experiment.py --plan configs/experiments/demo.yaml --seeds 3            # `make demo SEEDS=3`
+    python tools/run_experiment.py --plan configs/experiments/demo.yaml \\
+        --seeds 3  # `make demo SEEDS=3`
 
 Finished stages are reused (fingerprint of command and inputs), interrupted trainings resume from
 their checkpoint, and a failed stage stops only the stages that need it. Run the same command

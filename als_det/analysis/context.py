@@ -7,9 +7,9 @@ transform):
 - ``fg_only``: every pixel touched by no box filled (the object alone);
 - ``outside_crop``: the largest axis-aligned crop that touches no box (context without any object
   pixel and without fill artefacts), skipped when smaller than ``min_crop_fraction`` of the image.
-Fills: ``black``; ``mean`` (the checkpoint's normalisation mean, so the filled region is exactly 0 at
-the network input); ``blur`` (the image Gaussian-blurred with a radius of ``blur_fraction`` of its
-shorter side, which keeps colour but removes shape). A pixel is "touched" by a box when they
+Fills: ``black``; ``mean`` (the checkpoint's normalisation mean, so the filled region is exactly 0
+at the network input); ``blur`` (the image Gaussian-blurred with a radius of ``blur_fraction`` of
+its shorter side, which keeps colour but removes shape). A pixel is "touched" by a box when they
 overlap with positive area: box (x0, y0, x1, y1) covers columns floor(x0)..ceil(x1)-1.
 """
 
@@ -146,7 +146,8 @@ def centre_mask(boxes: np.ndarray, size: int) -> np.ndarray:
 
 @dataclass
 class VariantPlan:
-    """Which records a variant uses (positions into the record list) and why others were left out."""
+    """Which records a variant uses (positions into the record list) and why others were left
+    out."""
 
     variant: str
     positions: list[int]
@@ -158,7 +159,8 @@ def plan_variant(
     records: Sequence[ImageRecord], variant: str, min_crop_fraction: float = 0.1
 ) -> VariantPlan:
     """Select records for `variant`: images without boxes leave every box variant (counted);
-    `outside_crop` also leaves out images whose largest box-free crop is below `min_crop_fraction`."""
+    `outside_crop` also leaves out images whose largest box-free crop is below
+    `min_crop_fraction`."""
     if variant not in VARIANTS:
         raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
     positions: list[int] = []

@@ -1,4 +1,5 @@
-"""The evaluation run: checkpoints x (val, context-only variants, generated splits) -> a metrics dict.
+"""The evaluation run: checkpoints x (val, context-only variants, generated splits) -> a metrics
+dict.
 
 `evaluate_checkpoints` returns the metrics (`metrics.json`'s content, see docs/architecture.md) on
 rank 0 and writes only data files (the index cache, `cam_grid.npz`); the report, its figures and

@@ -1,4 +1,5 @@
-"""Pretraining checkpoints loaded for evaluation: the model, its checkpoint dict, its eval transform.
+"""Pretraining checkpoints loaded for evaluation: the model, its checkpoint dict, its eval
+transform.
 
 `load_models` reads every checkpoint safely (`engine.checkpoint.load_backbone`), names each model
 (its label strategy by default; names must be distinct) and takes its eval transform from the

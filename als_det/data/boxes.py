@@ -1,4 +1,5 @@
-"""The box index: one `ImageRecord` per image with the labelled class's boxes, built once and cached.
+"""The box index: one `ImageRecord` per image with the labelled class's boxes, built once and
+cached.
 
 Layouts (ILSVRC2012 as users have it):
   images  `ROOT/<split>/<wnid>/<stem>.JPEG` (class folders), or flat `ROOT/<split>/<stem>.JPEG`

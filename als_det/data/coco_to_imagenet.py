@@ -1,13 +1,14 @@
-"""A COCO-format detection set -> an ImageNet-with-boxes tree, for ALS pretraining on any detection set.
+"""A COCO-format detection set -> an ImageNet-with-boxes tree, for ALS pretraining on any detection
+set.
 
 Each image becomes one classification sample: its label is the image's **dominant category** (the
 category whose boxes cover the largest total area; ties go to more boxes, then the lower category
 id) and its boxes are that category's boxes, written as Pascal-VOC XML like ILSVRC2012_bbox_*:
 
-    OUT/<split>/<class>/<file_name>                 the original image (copied, or symlinked)
-    OUT/Annotation/<split>/<class>/<stem>.xml       inclusive integer corners covering each box
-    OUT/classes.json                                [{folder, coco_id, images}] of the classes
-    OUT/conversion.json                             sources, options, per-split report (written last)
+    OUT/<split>/<class>/<file_name>             the original image (copied, or symlinked)
+    OUT/Annotation/<split>/<class>/<stem>.xml   inclusive integer corners covering each box
+    OUT/classes.json                            [{folder, coco_id, images}] of the classes
+    OUT/conversion.json                         sources, options, per-split report (written last)
 
 `<class>` is the category name with spaces as underscores. The first split decides the classes
 (categories dominant in at least `min_images` of its images); later splits keep only images of
@@ -90,7 +91,8 @@ def coco_split_sources(
     coco_root: str | os.PathLike,
     splits: Sequence[tuple[str, str]] = (("train2017", "train"), ("val2017", "val")),
 ) -> list[SplitSource]:
-    """The official COCO layout: (COCO split, output split) -> annotations/instances_<s>.json, <s>/."""
+    """The official COCO layout: (COCO split, output split) -> annotations/instances_<s>.json,
+    <s>/."""
     root = Path(coco_root)
     return [
         SplitSource(out, str(root / "annotations" / f"instances_{s}.json"), str(root / s))
@@ -139,7 +141,8 @@ def dominant_category(boxes: Sequence[tuple[int, list[float]]]) -> int:
 
 
 def voc_corners(bbox: Sequence[float], width: int, height: int) -> tuple[int, int, int, int]:
-    """COCO [x, y, w, h] (continuous) -> VOC inclusive integer corners covering it, inside the image."""
+    """COCO [x, y, w, h] (continuous) -> VOC inclusive integer corners covering it, inside the
+    image."""
     x, y, w, h = bbox
     x0, y0 = max(0, math.floor(x)), max(0, math.floor(y))
     x1, y1 = min(width, math.ceil(x + w)) - 1, min(height, math.ceil(y + h)) - 1
@@ -184,7 +187,8 @@ def _usable_box(
 def _labelled_images(
     data: dict[str, Any], folders: dict[int, str], crowd: str, report: SplitReport
 ) -> list[tuple[dict[str, Any], str, list[tuple[int, int, int, int]], int]]:
-    """(image entry, class folder, VOC boxes of that class, crowd boxes among them) per usable image."""
+    """(image entry, class folder, VOC boxes of that class, crowd boxes among them) per usable
+    image."""
     by_image: dict[Any, list[dict[str, Any]]] = defaultdict(list)
     for a in data["annotations"]:
         if a.get("category_id") not in folders:

@@ -1,4 +1,5 @@
-"""Random-resized-crop sampling driven by an explicit generator, and exact box coverage of a crop."""
+"""Random-resized-crop sampling driven by an explicit generator, and exact box coverage of a
+crop."""
 
 from __future__ import annotations
 
@@ -24,7 +25,8 @@ def random_resized_crop_params(
     ratio: Sequence[float],
     generator: torch.Generator,
 ) -> tuple[int, int, int, int]:
-    """(top, left, h, w): torchvision's `RandomResizedCrop.get_params`, draw for draw, on `generator`.
+    """(top, left, h, w): torchvision's `RandomResizedCrop.get_params`, draw for draw, on
+    `generator`.
 
     Same calls in the same order as torchvision, so with a generator in the same state as the
     global one the result is identical; an explicit generator makes crops depend only on its seed.

@@ -53,7 +53,8 @@ SPLITS = ("train", "val", "val_mixed", "val_bg_only")
 
 # ------------------------------------------------------------------------------------ params
 def _params(cfg_gen: Mapping[str, Any]) -> dict[str, Any]:
-    """The generation parameters: config defaults overlaid with `cfg_gen`, typed; unknown keys fail."""
+    """The generation parameters: config defaults overlaid with `cfg_gen`, typed; unknown keys
+    fail."""
     from als_det.config import get_cfg
 
     defaults = dict(get_cfg().DATA.GEN)

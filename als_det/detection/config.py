@@ -1,4 +1,5 @@
-"""Detection configs: detectron2's `get_cfg()` + a YAML file + `KEY VALUE` overrides, with model-zoo bases.
+"""Detection configs: detectron2's `get_cfg()` + a YAML file + `KEY VALUE` overrides, with model-zoo
+bases.
 
 Our YAML files inherit detectron2's own model-zoo configs through `_BASE_: "model_zoo://<path>"`
 (path relative to detectron2's `model_zoo/configs/`), so the zoo's schedules are used verbatim
@@ -21,7 +22,8 @@ MODEL_ZOO_PREFIX = "model_zoo://"
 
 
 def resolve_config_path(filename: str) -> str:
-    """Map `[any/folder/]model_zoo://X.yaml` to detectron2's installed zoo file; other paths pass."""
+    """Map `[any/folder/]model_zoo://X.yaml` to detectron2's installed zoo file; other paths
+    pass."""
     _, sep, zoo_path = filename.partition(MODEL_ZOO_PREFIX)
     if not sep:
         return filename

@@ -80,7 +80,8 @@ def torchrun_world() -> tuple[int, int, int, int] | None:
 def join_process_group(
     backend: str, init_method: str, rank: int, world_size: int, local_rank: int, per_machine: int
 ) -> None:
-    """`dist.init_process_group`, then detectron2's per-machine group and device, as its `launch` does."""
+    """`dist.init_process_group`, then detectron2's per-machine group and device, as its `launch`
+    does."""
     dist.init_process_group(
         backend=backend, init_method=init_method, world_size=world_size, rank=rank, timeout=TIMEOUT
     )
@@ -126,7 +127,8 @@ def launch_processes(
     machine_rank: int = 0,
     dist_url: str | None = "auto",
 ) -> None:
-    """Run `main_func(*args)` on every process of the job, however it is started (see the module doc)."""
+    """Run `main_func(*args)` on every process of the job, however it is started (see the module
+    doc)."""
     world = torchrun_world()
     if world is not None:
         if num_gpus > 1 or num_machines > 1:

@@ -56,7 +56,8 @@ def training_record(cfg: CfgNode) -> dict[str, Any]:
 
 
 def _number(x: Any) -> float | None:
-    """COCOeval's NaN (no ground truth / no detections) becomes JSON null, not a non-standard NaN."""
+    """COCOeval's NaN (no ground truth / no detections) becomes JSON null, not a non-standard
+    NaN."""
     x = float(x)
     return None if math.isnan(x) else x
 
@@ -65,7 +66,8 @@ TASKS = ("bbox", "segm")  # COCO box AP, and mask AP for models that predict mas
 
 
 def bbox_summary(bbox: Mapping[str, float]) -> dict[str, Any]:
-    """detectron2's COCOEvaluator `bbox` (or `segm`) dict -> {AP, ..., APl, per_class: {name: AP}}."""
+    """detectron2's COCOEvaluator `bbox` (or `segm`) dict -> {AP, ..., APl, per_class: {name:
+    AP}}."""
     missing = [m for m in SUMMARY_METRICS if m not in bbox]
     if missing:
         raise KeyError(f"evaluation results lack {missing}; got keys {sorted(bbox)}")

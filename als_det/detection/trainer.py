@@ -182,13 +182,15 @@ class FinetuneTrainer(DefaultTrainer):
 
 
 def divergence_hint(cfg: DetectionCfgNode) -> str:
-    """What to change when training diverged: the lr against the linear-scaling rule, the warm-up."""
+    """What to change when training diverged: the lr against the linear-scaling rule, the
+    warm-up."""
     linear = 0.02 * cfg.SOLVER.IMS_PER_BATCH / 16
     return (
         f"Training diverged at SOLVER.BASE_LR {cfg.SOLVER.BASE_LR:g} with SOLVER.IMS_PER_BATCH "
-        f"{cfg.SOLVER.IMS_PER_BATCH}: the linear-scaling rule (0.02 for 16 images) gives {linear:g}. "
-        f"Lower SOLVER.BASE_LR (e.g. {linear:g}) or lengthen SOLVER.WARMUP_ITERS "
-        f"({cfg.SOLVER.WARMUP_ITERS} now); checkpoints before the divergence are in {cfg.OUTPUT_DIR}."
+        f"{cfg.SOLVER.IMS_PER_BATCH}: the linear-scaling rule (0.02 for 16 images) gives "
+        f"{linear:g}. Lower SOLVER.BASE_LR (e.g. {linear:g}) or lengthen SOLVER.WARMUP_ITERS "
+        f"({cfg.SOLVER.WARMUP_ITERS} now); checkpoints before the divergence are in "
+        f"{cfg.OUTPUT_DIR}."
     )
 
 

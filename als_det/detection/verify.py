@@ -107,7 +107,8 @@ def _read_conversion(pkl_path: Path) -> dict[str, Any]:
 
 
 def _verify_config(config_file: str, depth: int) -> tuple[DetectionCfgNode, bool]:
-    """The detection config at the source's depth, and whether it is a C4 model (res5 in the head)."""
+    """The detection config at the source's depth, and whether it is a C4 model (res5 in the
+    head)."""
     cfg = get_detection_cfg(
         config_file,
         [
@@ -155,7 +156,8 @@ def _check_metadata(result: VerifyResult, meta: dict[str, Any], cfg: DetectionCf
 def _backbone_parts(
     model: torch.nn.Module, c4: bool, config_file: str
 ) -> tuple[ResNet, dict[str, tuple[torch.nn.Module, str]]]:
-    """The model's ResNet and its parts: model key prefix -> (module, its key prefix in the file)."""
+    """The model's ResNet and its parts: model key prefix -> (module, its key prefix in the
+    file)."""
     bottom_up = getattr(model.backbone, "bottom_up", model.backbone)
     if not isinstance(bottom_up, ResNet):
         raise ConversionError(
@@ -255,7 +257,8 @@ def verify(
     seed: int = 0,
     unsafe_load: bool = False,
 ) -> VerifyResult:
-    """Load `pkl_path` into a detectron2 model the way a fine-tune does and compare with torchvision.
+    """Load `pkl_path` into a detectron2 model the way a fine-tune does and compare with
+    torchvision.
 
     Builds the whole detectron2 model from `config_file` (default: our R50-FPN 1x config, depth and
     RES2_OUT_CHANNELS set from the source), loads the file through `DetectionCheckpointer`, then

@@ -143,7 +143,8 @@ class CheckpointSaver:
         return int(ckpt["epoch"]), ckpt["metrics"]
 
     def save(self, epoch: int, metrics: dict[str, Any], top1: float | None) -> None:
-        """After `epoch` (1-based) with its last validation `metrics`; `top1` when it was validated."""
+        """After `epoch` (1-based) with its last validation `metrics`; `top1` when it was
+        validated."""
         is_best = top1 is not None and top1 > self.best_top1
         if is_best:
             self.best_top1 = top1

@@ -39,7 +39,8 @@ def mean_box_area(records: list[ImageRecord]) -> float:
 
 
 def build_data(cfg: CfgNode, info: DistInfo, out_dir: Path) -> DataBundle:
-    """Generate the demo data if asked, index train and val (val with train's classes), build datasets.
+    """Generate the demo data if asked, index train and val (val with train's classes), build
+    datasets.
 
     Rank 0 generates and indexes first (writing the caches); the other ranks then read them.
     """

@@ -37,8 +37,9 @@ def epoch_line(row: dict[str, Any], epochs: int) -> str:
     cov = "n/a" if row["mean_coverage"] is None else f"{row['mean_coverage']:.3f}"
     return (
         f"epoch {row['epoch']}/{epochs}: loss {row['train_loss']:.4f}, mean e {row['mean_e']:.3f}, "
-        f"mean crop coverage {cov}, {row['images_per_s']:.0f} img/s, bad images {row['bad_images']}, "
-        f"no-box skips {row['skipped_no_box']}{val} ({row['epoch_time_s']:.1f} s)"
+        f"mean crop coverage {cov}, {row['images_per_s']:.0f} img/s, bad images "
+        f"{row['bad_images']}, no-box skips {row['skipped_no_box']}{val} "
+        f"({row['epoch_time_s']:.1f} s)"
     )
 
 

@@ -65,7 +65,8 @@ def _autocast(device: torch.device, amp: str):
 
 
 def resolve_precision(cfg: CfgNode, device: torch.device) -> tuple[str, bool]:
-    """(amp, channels_last) as they will run on `device`: the config's, or an error for fp16 on the CPU."""
+    """(amp, channels_last) as they will run on `device`: the config's, or an error for fp16 on
+    the CPU."""
     if cfg.TRAIN.AMP == "fp16" and device.type != "cuda":
         raise ValueError(
             "TRAIN.AMP fp16 (float16 autocast with GradScaler) is a GPU setting; on the CPU "
@@ -100,8 +101,8 @@ def train_one_epoch(
         raise ValueError(f"label strategy {strategy.name} needs a BatchMixer")
     model.train()
     n_iters = len(loader) if max_iters <= 0 else min(max_iters, len(loader))
-    # sums: loss*n_used, n_used, e over used, coverage over used with box, n with box, bad, skipped, seen,
-    # object coverage over used with box
+    # sums: loss*n_used, n_used, e over used, coverage over used with box, n with box, bad, skipped,
+    # seen, object coverage over used with box
     sums = torch.zeros(9, dtype=torch.float64, device=device)
     start = time.perf_counter()
     bar = tqdm(
@@ -329,7 +330,8 @@ def _run_record(
 def _checked_resume(
     resume_path: Path | None, cfg: CfgNode, info: DistInfo, allow_config_change: bool
 ) -> tuple[dict[str, Any] | None, list[dict[str, Any]]]:
-    """(the checkpoint to resume, run.json's `resumes` list); ResumeError if the experiment changed."""
+    """(the checkpoint to resume, run.json's `resumes` list); ResumeError if the experiment
+    changed."""
     if resume_path is None:
         return None, []
     ckpt = load_checkpoint(resume_path)
@@ -391,10 +393,10 @@ def _log_start(
     logger.info(va.summary())
     logger.info(
         f"train: {tr.images} images, {tr.with_boxes} with boxes "
-        f"({100.0 * tr.with_boxes / max(1, tr.images):.1f}%), mean box area {data.box_area:.3f} of the "
-        f"image; {len(data.classes)} classes; label strategy {strategy.name}; {info.world_size} "
-        f"process(es) on {info.device}, global batch {cfg.SOLVER.BATCH_SIZE * info.world_size}, "
-        f"{iters_per_epoch} iterations/epoch; precision "
+        f"({100.0 * tr.with_boxes / max(1, tr.images):.1f}%), mean box area {data.box_area:.3f} of "
+        f"the image; {len(data.classes)} classes; label strategy {strategy.name}; "
+        f"{info.world_size} process(es) on {info.device}, global batch "
+        f"{cfg.SOLVER.BATCH_SIZE * info.world_size}, {iters_per_epoch} iterations/epoch; precision "
         f"{'float32' if amp == 'none' else amp + ' autocast'}, channels_last {channels_last}"
     )
 

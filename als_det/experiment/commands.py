@@ -45,7 +45,8 @@ class Node:
 
 
 def override_args(overrides: Mapping[str, Any]) -> list[str]:
-    """{KEY: value} -> [KEY, str]; non-strings as Python literals (what yacs' merge_from_list reads)."""
+    """{KEY: value} -> [KEY, str]; non-strings as Python literals (what yacs' merge_from_list
+    reads)."""
     return [
         a
         for key, value in overrides.items()

@@ -174,7 +174,8 @@ class SubmititLauncher:
         job = self._reattach(st)
         if job is not None:
             logger.info(
-                f"{st.name}: job {job.job_id} from an earlier invocation is {job.state}; following it"
+                f"{st.name}: job {job.job_id} from an earlier "
+                f"invocation is {job.state}; following it"
             )
         else:
             self.executor.update_parameters(**_parameters(st, self.plan_name, self.slurm, after))

@@ -74,7 +74,10 @@ class Resources:
         mem = f", {self.mem_gb:g} GB" if self.mem_gb else ""
         part = f", partition {self.partition}" if self.partition else ""
         cpus = f"{self.cpus_per_proc} CPU{'s' * (self.cpus_per_proc > 1)}/process"
-        return f"{self.nodes} node{'s' * (self.nodes > 1)}{gpus}{procs}, {cpus}{mem}, {self.timeout_min} min{part}"
+        return (
+            f"{self.nodes} node{'s' * (self.nodes > 1)}{gpus}{procs}, "
+            f"{cpus}{mem}, {self.timeout_min} min{part}"
+        )
 
 
 @dataclass(frozen=True)
@@ -148,8 +151,8 @@ class Plan:
         return arm if len(self.seeds) == 1 and self.sweep is None else f"{arm}_s{seed}"
 
     def runs(self) -> list[tuple[str, Arm, int]]:
-        """(run name, arm, seed) for every pretraining run, seeds outermost (a sweep: lengths outermost,
-        so its main length is complete over every seed first)."""
+        """(run name, arm, seed) for every pretraining run, seeds outermost (a sweep: lengths
+        outermost, so its main length is complete over every seed first)."""
         if self.sweep is None:
             return [
                 (self.run_name(a.name, s), a, s) for s in self.seeds for a in self.arms.values()
@@ -392,7 +395,8 @@ def _check_sweep_plan(
         raise PlanError(f"{source}: a sweep writes the sweep report, not report: {raw['report']!r}")
     if evaluate is None or raw.get("evaluate", {}).get("per_run") is False:
         raise PlanError(
-            f"{source}: a sweep evaluates every run on its own: leave evaluate.per_run unset or true"
+            f"{source}: a sweep evaluates every run on "
+            "its own: leave evaluate.per_run unset or true"
         )
     if raw.get("detection"):
         raise PlanError(

@@ -22,8 +22,8 @@ def dry_run(plan: Plan) -> str:
     """Every command in dependency order with its resources; nothing runs."""
     graph = build_graph(plan)
     head = (
-        f"# plan {plan.name} ({plan.source}): {len(graph.stages)} stages, run from the repository root; "
-        f"output under {plan.out}"
+        f"# plan {plan.name} ({plan.source}): {len(graph.stages)} "
+        f"stages, run from the repository root; output under {plan.out}"
     )
     if plan.sweep is not None:
         head += "\n" + sweep.describe_grid(plan)

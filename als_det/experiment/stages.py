@@ -180,7 +180,8 @@ def _relay(argv: list[str], log: Path, to_stdout: bool) -> int:
         )
         try:
             assert proc.stdout is not None
-            # Bytes, not lines: progress bars redraw with "\r" and must reach the terminal as they are.
+            # Bytes, not lines: progress bars redraw with "\r" and must reach the terminal as they
+            # are.
             while chunk := proc.stdout.read1(65536):
                 if to_stdout:
                     sys.stdout.buffer.write(chunk)

@@ -31,7 +31,10 @@ class Cell:
 
     @property
     def label(self) -> str:
-        return f"{self.run} ({self.setting}, seed {self.seed}, {self.epochs} epoch{'s' * (self.epochs != 1)})"
+        return (
+            f"{self.run} ({self.setting}, seed {self.seed}, "
+            f"{self.epochs} epoch{'s' * (self.epochs != 1)})"
+        )
 
 
 def sweep_cells(plan: Plan, graph: Graph) -> list[Cell]:
@@ -61,8 +64,9 @@ def describe_grid(plan: Plan) -> str:
     )
     n = len(grid.cells()) * len(plan.seeds)
     return (
-        f"# sweep: {len(grid.settings)} settings x {len(plan.seeds)} seeds at {main} epochs{extra}: {n} cells "
-        f"(a pretraining and an evaluation each); report: {Path(plan.out) / 'report.md'}"
+        f"# sweep: {len(grid.settings)} settings x {len(plan.seeds)} seeds at {main} "
+        f"epochs{extra}: {n} cells (a pretraining and an evaluation each); report: "
+        f"{Path(plan.out) / 'report.md'}"
     )
 
 
@@ -123,8 +127,8 @@ class Progress:
             for st in todo
         )
         return (
-            f"about {_duration(seconds)} left ({per_epoch:.1f} s per training epoch, {per_eval:.0f} s per "
-            "evaluation so far)"
+            f"about {_duration(seconds)} left ({per_epoch:.1f} s per "
+            f"training epoch, {per_eval:.0f} s per evaluation so far)"
         )
 
     def __call__(self, stage: Stage, outcome: Outcome) -> None:
@@ -179,8 +183,8 @@ def write_report(plan: Plan, graph: Graph, outcome: Outcome) -> Path | None:
     for c in cells:
         if c.run in finished and (c.seed, c.epochs) not in paired:
             missing[c.run] = (
-                f"no finished {grid.baseline} cell of seed {c.seed} at {c.epochs} epochs to compare "
-                "it with"
+                f"no finished {grid.baseline} cell of seed "
+                f"{c.seed} at {c.epochs} epochs to compare it with"
             )
     shown = [c for c in cells if c.run not in missing]
     if missing:

@@ -211,20 +211,23 @@ def temperature_degeneracy(fit: TemperatureFit, logits: Tensor, labels: Tensor) 
         return "the fitted temperature is not finite"
     if bool((logits.argmax(1) == labels).all()):
         return (
-            f"every prediction of the {labels.numel()} fit images is right: NLL falls without bound as T -> 0, "
-            f"so T = {t:.3g} is only where LBFGS stopped"
+            f"every prediction of the {labels.numel()} fit images is right: NLL falls "
+            f"without bound as T -> 0, so T = {t:.3g} is only where LBFGS stopped"
         )
     if t > hi:
         return (
-            f"T = {t:.3g} > {hi:g}: NLL keeps falling as T grows (the predictions on the fit images are no "
-            "better than a uniform guess), so scaling flattens them towards 1/K"
+            f"T = {t:.3g} > {hi:g}: NLL keeps falling as T grows (the predictions on the fit "
+            "images are no better than a uniform guess), so scaling flattens them towards 1/K"
         )
     if t < lo:
         return (
             f"T = {t:.3g} < {lo:g}: NLL keeps falling as T shrinks; T is only where LBFGS stopped"
         )
     if fit.iterations == 0:
-        return "NLL does not change with T on the fit images (zero gradient at T = 1): T is undetermined"
+        return (
+            "NLL does not change with T on the fit images "
+            "(zero gradient at T = 1): T is undetermined"
+        )
     if not fit.converged:
         return f"LBFGS did not converge within its limit ({fit.iterations} iterations)"
     return None

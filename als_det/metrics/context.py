@@ -186,9 +186,10 @@ def fill_comparisons(
     seed: int = 0,
 ) -> dict[str, dict[str, Any]]:
     """The bg_only comparison of every model with the baseline once per fill the models were
-    evaluated under (their "bg_only_by_fill"; per-image confidences `conf[model]["bg_only@<fill>"]`):
-    {model: {fill: headline_comparison}}. The fill decides what "context alone" means, so a verdict
-    is only as good as its agreement across fills (docs/als.md)."""
+    evaluated under (their "bg_only_by_fill"; per-image confidences
+    `conf[model]["bg_only@<fill>"]`): {model: {fill: headline_comparison}}. The fill decides what
+    "context alone" means, so a verdict is only as good as its agreement across fills
+    (docs/als.md)."""
     fills = [
         f
         for f in models[baseline].get("bg_only_by_fill", {})

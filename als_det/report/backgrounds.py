@@ -45,14 +45,15 @@ def render_in9_report(metrics: dict[str, Any]) -> str:
     out.append(
         f"Data: `{data['root']}`, variants {', '.join(data['variants'])}"
         + (f" (absent: {', '.join(data['missing'])})" if data["missing"] else "")
-        + f"; {data['images'].get('original', 0)} original images; classes {', '.join(data['classes'])}."
+        + f"; {data['images'].get('original', 0)} original "
+        f"images; classes {', '.join(data['classes'])}."
     )
     out.append("")
     out.append(
-        "Scored as the Backgrounds Challenge scores (Xiao et al. 2020): top-1 over all model outputs; a "
-        "model with other classes than IN-9's goes through `in_to_in9.json`, and a prediction it maps to "
-        "-1 counts as wrong. BG-Gap = mixed_same - mixed_rand: how much a correct object's accuracy "
-        "depends on its background matching its class."
+        "Scored as the Backgrounds Challenge scores (Xiao et al. 2020): top-1 over all model "
+        "outputs; a model with other classes than IN-9's goes through `in_to_in9.json`, and a "
+        "prediction it maps to -1 counts as wrong. BG-Gap = mixed_same - mixed_rand: how much a "
+        "correct object's accuracy depends on its background matching its class."
     )
     out.append("")
     rows = _rows(metrics, "accuracy", _pct)
@@ -91,9 +92,9 @@ def render_in9_report(metrics: dict[str, Any]) -> str:
         )
     out += ["", "## Checkpoints", ""]
     out += [
-        f"- `{n}`: `{m['checkpoint']['path']}` ({m['checkpoint']['arch']}, {m['checkpoint']['num_classes']} "
-        f"classes, {m['label_strategy']['name']}, input {m['checkpoint']['image_size']} px; outputs: "
-        f"{m['output_mapping']})"
+        f"- `{n}`: `{m['checkpoint']['path']}` ({m['checkpoint']['arch']}, "
+        f"{m['checkpoint']['num_classes']} classes, {m['label_strategy']['name']}, input "
+        f"{m['checkpoint']['image_size']} px; outputs: {m['output_mapping']})"
         for n, m in models.items()
     ]
     undecodable = {
@@ -117,7 +118,8 @@ def render_in9_report(metrics: dict[str, Any]) -> str:
 
 
 def summary_lines(metrics: dict[str, Any]) -> list[str]:
-    """Per-variant accuracy and BG-Gap of every model, the reference beside them (for the console)."""
+    """Per-variant accuracy and BG-Gap of every model, the reference beside them (for the
+    console)."""
     ref = metrics["reference"]
     lines = []
     for name, m in metrics["models"].items():

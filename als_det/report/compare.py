@@ -189,7 +189,8 @@ class Comparison:
         }
 
     def to_json(self) -> dict[str, Any]:
-        """Box AP statistics at the top of each group (as before mask AP existed), mask AP under `segm`."""
+        """Box AP statistics at the top of each group (as before mask AP existed), mask AP under
+        `segm`."""
         first = self.groups[0].runs[0].identity
         experiment = {
             "test_set": first.test_set,

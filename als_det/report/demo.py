@@ -130,10 +130,11 @@ def _one_seed(metrics: Mapping[str, Any], runs: Sequence[str]) -> list[str]:
     between seeds (not measured by one run) can flip."""
     head = metrics.get("headline", {})
     lines = [
-        "**What the numbers say — one seed.** The intervals cover the choice of images only, not training "
-        "variance: between seeds these ratios move by more than their width (README, \"`make demo`\"), so "
-        "one run does not show the direction of the difference in context reliance. `make demo SEEDS=3` "
-        "pairs each arm with hard of the same seed and gives t-intervals over seeds.\n"
+        "**What the numbers say — one seed.** The intervals cover the choice of images only, not "
+        "training variance: between seeds these ratios move by more than their width (README, "
+        "\"`make demo`\"), so one run does not show the direction of the difference in context "
+        "reliance. `make demo SEEDS=3` pairs each arm with hard of the same seed and gives "
+        "t-intervals over seeds.\n"
     ]
     for name, by_source in head.get("comparisons", {}).items():
         if name not in runs:
@@ -150,7 +151,8 @@ def _one_seed(metrics: Mapping[str, Any], runs: Sequence[str]) -> list[str]:
 
 
 def _over_seeds(plan: Any, ckpts: Mapping[str, Path], eval_dir: Path) -> list[str]:
-    """Several seeds: each arm paired with the baseline of its own seed; verdicts from t-intervals."""
+    """Several seeds: each arm paired with the baseline of its own seed; verdicts from
+    t-intervals."""
     cells = [
         SweepCell(arm.name, seed, ckpts[run].parent, eval_dir / "metrics.json", model=run)
         for run, arm, seed in plan.runs()
@@ -197,8 +199,9 @@ def write_demo_report(
 
     md = [
         "# als_det demo report\n",
-        f"Generated {time.strftime('%Y-%m-%d %H:%M')} by `make demo` (seeds {seeds}) on the generated "
-        "context-bias data set. **Demo-scale numbers on generated data**, not ImageNet/COCO results.\n",
+        f"Generated {time.strftime('%Y-%m-%d %H:%M')} by `make demo` (seeds {seeds}) on the "
+        "generated context-bias data set. **Demo-scale numbers on generated data**, not "
+        "ImageNet/COCO results.\n",
         "## Pretraining\n",
         pre_table,
         "",
@@ -207,11 +210,12 @@ def write_demo_report(
         md += [f"![pretraining curves]({rel(curves_png)})\n"]
     md += [
         "## Classification, calibration and context reliance\n",
-        "conf = mean max-softmax confidence. `bg_only`: val images with every box of the labelled class "
-        "filled; `outside_crop`: the largest crop that avoids every box (no fill); `val_bg_only`: generated "
-        "backgrounds with no object; `top-1 val_mixed`: objects on random backgrounds; `bg_only / val`: "
-        "context-only confidence relative to the same model's confidence on intact images; `CAM in box`: share of "
-        "class-activation energy inside the labelled boxes.\n",
+        "conf = mean max-softmax confidence. `bg_only`: val images with every box of the labelled "
+        "class filled; `outside_crop`: the largest crop that avoids every box (no fill); "
+        "`val_bg_only`: generated backgrounds with no object; `top-1 val_mixed`: objects on "
+        "random backgrounds; `bg_only / val`: context-only confidence relative to the same "
+        "model's confidence on intact images; `CAM in box`: share of class-activation energy "
+        "inside the labelled boxes.\n",
         ctx,
         "",
     ]

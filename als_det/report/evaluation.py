@@ -1,5 +1,5 @@
-"""An evaluation's metrics (`als_det.analysis.evaluate`) -> report.md with tables (models as columns),
-its figures, and metrics.json: `write_evaluation(metrics, out_dir)`."""
+"""An evaluation's metrics (`als_det.analysis.evaluate`) -> report.md with tables (models as
+columns), its figures, and metrics.json: `write_evaluation(metrics, out_dir)`."""
 
 from __future__ import annotations
 
@@ -179,8 +179,9 @@ def _calibration(metrics: dict[str, Any]) -> list[str]:
             "",
         ]
         out += [
-            f"**Degenerate temperature fit for `{n}`**: {models[n]['temperature_scaling']['reason']}. "
-            "Its after-T numbers say nothing about calibration.\n"
+            f"**Degenerate temperature fit for `{n}`**: "
+            f"{models[n]['temperature_scaling']['reason']}. Its after-T numbers say nothing about "
+            "calibration.\n"
             for n in scaled
             if models[n]["temperature_scaling"].get("degenerate")
         ]
@@ -193,9 +194,9 @@ def _context(metrics: dict[str, Any]) -> list[str]:
     out = [
         "## Context-only evaluation",
         "",
-        "Mean max-softmax confidence, the fraction of images above 0.5, and accuracy. Where the object is "
-        "absent, *context accuracy* is how often the model still predicts the labelled class from context "
-        "alone. Images without boxes leave every box variant (counted).",
+        "Mean max-softmax confidence, the fraction of images above 0.5, and accuracy. Where the "
+        "object is absent, *context accuracy* is how often the model still predicts the labelled "
+        "class from context alone. Images without boxes leave every box variant (counted).",
         "",
     ]
     variants = [
@@ -239,9 +240,9 @@ def _where_it_looks(metrics: dict[str, Any]) -> list[str]:
     out = [
         "## Where the model looks",
         "",
-        f"Fraction of the positive {CAM_METHOD_NAMES[cam_method]} energy for the labelled class (upsampled to the "
-        "network input) that falls inside the labelled boxes, averaged over val images with boxes. "
-        "The box area fraction is what a uniform map would score.",
+        f"Fraction of the positive {CAM_METHOD_NAMES[cam_method]} energy for the labelled class "
+        "(upsampled to the network input) that falls inside the labelled boxes, averaged over "
+        "val images with boxes. The box area fraction is what a uniform map would score.",
         "",
     ]
     rows = [
@@ -273,10 +274,10 @@ def _headline(metrics: dict[str, Any]) -> list[str]:
     if not comps:
         return out + [f"Only the baseline `{head['baseline']}` was evaluated: no ratio to report."]
     out.append(
-        f"Ratio of mean confidence on context-only images, each model over the baseline "
-        f"`{head['baseline']}`, in three forms. Absolute alone misleads when a model is less confident "
-        "everywhere; with few classes the chance floor 1/K caps any absolute ratio. In brackets: 95% "
-        f"intervals ({head.get('interval_method', 'bootstrap')})."
+        "Ratio of mean confidence on context-only images, each model over the baseline "
+        f"`{head['baseline']}`, in three forms. Absolute alone misleads when a model is less "
+        "confident everywhere; with few classes the chance floor 1/K caps any absolute ratio. In "
+        f"brackets: 95% intervals ({head.get('interval_method', 'bootstrap')})."
     )
     cols = list(comps)
     for source in ("bg_only", "outside_crop", "val_bg_only"):
@@ -379,11 +380,11 @@ def fill_section(metrics: dict[str, Any]) -> list[str]:
     return [
         "### bg_only under each fill",
         "",
-        "The same images with the labelled boxes filled black, with the normalisation mean, or with a blur of "
-        "the image, beside `outside_crop` (context without any fill). Each fill adds or leaks something "
-        "(docs/als.md, \"Context-only views\"); a verdict that changes with the fill is not a verdict. "
-        "lower / alike / higher: the 95% interval of the relative ratio lies below 1 / includes 1 / lies "
-        "above 1.",
+        "The same images with the labelled boxes filled black, with the normalisation mean, or "
+        "with a blur of the image, beside `outside_crop` (context without any fill). Each fill "
+        "adds or leaks something (docs/als.md, \"Context-only views\"); a verdict that changes "
+        "with the fill is not a verdict. lower / alike / higher: the 95% interval of the relative "
+        "ratio lies below 1 / includes 1 / lies above 1.",
         "",
         markdown_table(rows, ["", *cols], colalign=("left",) + ("right",) * len(cols)),
         "",
@@ -400,8 +401,8 @@ def render_report(metrics: dict[str, Any]) -> str:
         "",
         f"Data: `{data['root']}` split `{data['split']}`, {data['images_evaluated']} of "
         f"{data['images_in_index']} indexed images evaluated ({data['with_boxes']} with boxes), "
-        f"{len(data['classes'])} classes; run on {data['world_size']} process(es), device {data['device']}. "
-        f"Fill for box variants: `{metrics['options']['fill']}`."
+        f"{len(data['classes'])} classes; run on {data['world_size']} process(es), device "
+        f"{data['device']}. Fill for box variants: `{metrics['options']['fill']}`."
         + (
             f" Wall time {metrics['wall_time_s']:.0f} s."
             if metrics.get("wall_time_s") is not None

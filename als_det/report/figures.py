@@ -26,7 +26,8 @@ CAM_COLOURMAP = "jet"
 
 
 def save_figure(fig: Figure, path: str | Path) -> Path:
-    """Lay out `fig` (tight, unless it has its own layout engine) and write it as a PNG, atomically."""
+    """Lay out `fig` (tight, unless it has its own layout engine) and write it as a PNG,
+    atomically."""
     if fig.get_layout_engine() is None:
         fig.tight_layout()
     buf = io.BytesIO()
@@ -163,7 +164,8 @@ def reliability_diagrams(
 
 
 def confidence_histograms(hists: dict[str, dict[str, Any]], title: str, path: str | Path) -> Path:
-    """Overlaid step histograms of max-softmax confidence, one line per model (fractions of images)."""
+    """Overlaid step histograms of max-softmax confidence, one line per model (fractions of
+    images)."""
     fig = Figure(figsize=(5.5, 3.6))
     ax = fig.subplots()
     for name, h in hists.items():

@@ -41,9 +41,10 @@ def headline_sentence(h: dict[str, Any], models: dict[str, dict[str, Any]]) -> s
     unchanged = _includes_one(h, "ratio_absolute")
     verb = "leaves" if unchanged else ("lowers" if ca < cb else "raises")
     parts = [
-        f"{a} {verb} mean {s} confidence {'about unchanged, ' if unchanged else ''}from {cb:.2f} ({b}) to "
-        f"{ca:.2f} ({ca - cb:+.2f} absolute, ratio {_fmt(absolute)}{_ci(h, 'ratio_absolute')}; ratio above "
-        f"chance {_fmt(h['ratio_above_chance'])} with K={h['num_classes']})."
+        f"{a} {verb} mean {s} confidence {'about unchanged, ' if unchanged else ''}from {cb:.2f} "
+        f"({b}) to {ca:.2f} ({ca - cb:+.2f} absolute, ratio "
+        f"{_fmt(absolute)}{_ci(h, 'ratio_absolute')}; ratio above chance "
+        f"{_fmt(h['ratio_above_chance'])} with K={h['num_classes']})."
     ]
     wa, wb = h["val_confidence"][a], h["val_confidence"][b]
     parts.append(
@@ -52,8 +53,8 @@ def headline_sentence(h: dict[str, Any], models: dict[str, dict[str, Any]]) -> s
     )
     ra, rb = h["relative_to_val"][a], h["relative_to_val"][b]
     parts.append(
-        f"Relative to each model's own val confidence, {s}/val is {ra:.2f} for {a} and {rb:.2f} for {b} "
-        f"(ratio {rel:.2f}{_ci(h, 'ratio_relative_to_val')}):"
+        f"Relative to each model's own val confidence, {s}/val is {ra:.2f} for {a} "
+        f"and {rb:.2f} for {b} (ratio {rel:.2f}{_ci(h, 'ratio_relative_to_val')}):"
     )
     if absolute is not None and absolute < 1 and not unchanged:
         if val_ratio >= 1:
@@ -63,7 +64,8 @@ def headline_sentence(h: dict[str, Any], models: dict[str, dict[str, Any]]) -> s
             parts.append(
                 f"the lower val confidence accounts for all of the {s} drop in log terms,"
                 if share >= 1
-                else f"the lower val confidence accounts for {share:.0%} of the {s} drop in log terms,"
+                else "the lower val confidence accounts for "
+                f"{share:.0%} of the {s} drop in log terms,"
             )
     if _includes_one(h, "ratio_relative_to_val"):
         parts.append(
@@ -72,8 +74,8 @@ def headline_sentence(h: dict[str, Any], models: dict[str, dict[str, Any]]) -> s
         )
     elif rel < 1:
         parts.append(
-            f"so {a} relies less on context than {b} even after accounting for its overall confidence "
-            f"(by a factor {rel:.2f})."
+            f"so {a} relies less on context than {b} even after accounting "
+            f"for its overall confidence (by a factor {rel:.2f})."
         )
     elif h["intervals_95"].get("ratio_relative_to_val"):
         parts.append(
@@ -82,7 +84,8 @@ def headline_sentence(h: dict[str, Any], models: dict[str, dict[str, Any]]) -> s
         )
     else:
         parts.append(
-            f"so once its overall confidence is accounted for, {a} relies on context no less than {b}."
+            "so once its overall confidence is accounted "
+            f"for, {a} relies on context no less than {b}."
         )
     parts.append(ONE_CHECKPOINT_EACH)
     return " ".join(parts)

@@ -95,8 +95,8 @@ def read_identity(file: Path, data: Mapping[str, Any]) -> RunIdentity:
             data,
             "backbone",
             "pretrain_config",
-            why="the backbone records no pretraining config (was it converted from an als_det pretraining checkpoint?), "
-            "so neither its recipe nor its seed can be checked",
+            why="the backbone records no pretraining config (was it converted from an als_det "
+            "pretraining checkpoint?), so neither its recipe nor its seed can be checked",
         ),
     )
     eval_only = bool(data.get("eval_only", False))
@@ -185,7 +185,10 @@ def drop_duplicates(runs: Sequence[HasIdentity]) -> tuple[list[HasIdentity], lis
         elif r.identity.backbone == seen.identity.backbone:
             why = "same backbone and seeds"
         else:
-            why = "same seeds from another copy of the pretraining (a rerun of that seed, not a new seed)"
+            why = (
+                "same seeds from another copy of the pretraining "
+                "(a rerun of that seed, not a new seed)"
+            )
         duplicates.append(Duplicate(r.path, seen.path, why))
     order = {id(r): i for i, r in enumerate(runs)}
     return sorted(kept.values(), key=lambda r: order[id(r)]), duplicates

@@ -1,4 +1,5 @@
-"""Evaluated sweep cells (setting x seed x training length) -> tables, trade-off figures, one report.
+"""Evaluated sweep cells (setting x seed x training length) -> tables, trade-off figures, one
+report.
 
 A cell is one pretraining run (its OUTPUT_DIR: metrics.jsonl, last.pth) and the `tools/evaluate.py`
 metrics.json that holds its evaluation. Every cell is compared with the baseline setting (hard) of
@@ -240,7 +241,8 @@ def summarize(
 
 
 def describe(strategy: dict[str, Any]) -> str:
-    """A short text of what a label strategy does, e.g. "als: object coverage, p=2, e in [0, 0.5]"."""
+    """A short text of what a label strategy does, e.g. "als: object coverage, p=2, e in [0,
+    0.5]"."""
     name = strategy["name"]
     if name == "ls":
         return f"ls: e={strategy['epsilon']}"
@@ -264,8 +266,9 @@ def write_sweep_report(
     title: str = "",
     missing: Sequence[dict[str, Any]] = (),
 ) -> Path:
-    """Summarize `cells` and write OUT/report.md, OUT/sweep.json and the figures; returns report.md.
-    `missing`: the planned cells left out ({cell, setting, seed, epochs, reason}), named at the top."""
+    """Summarize `cells` and write OUT/report.md, OUT/sweep.json and the figures; returns
+    report.md. `missing`: the planned cells left out ({cell, setting, seed, epochs, reason}),
+    named at the top."""
     from als_det.io import atomic_write_json, atomic_write_text
     from als_det.report.sweep_figures import tradeoff_figure, training_length_figure
     from als_det.report.sweep_tables import render_sweep_report, sweep_json

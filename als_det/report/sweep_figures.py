@@ -1,4 +1,5 @@
-"""Sweep figures: the accuracy / context-reliance trade-off with its Pareto front, and training length."""
+"""Sweep figures: the accuracy / context-reliance trade-off with its Pareto front, and training
+length."""
 
 from __future__ import annotations
 
@@ -45,8 +46,8 @@ PALETTE = (
 
 
 def _styles(sweep: Sweep) -> dict[str, dict]:
-    """One marker and colour per setting, the same in every figure: the baseline a black square, ls a
-    grey triangle (green is kept for the target region)."""
+    """One marker and colour per setting, the same in every figure: the baseline a black square,
+    ls a grey triangle (green is kept for the target region)."""
     styles: dict[str, dict] = {}
     for g in sweep.groups:
         if g.setting in styles:
@@ -130,7 +131,8 @@ def _panel(ax, sweep: Sweep, groups: list[Group], key: str, ylabel: str) -> None
 
 def tradeoff_figure(sweep: Sweep, source: str, path: str | Path) -> Path:
     """x = top-1, y = `source` confidence over the baseline's (left: each relative to its own val
-    confidence; right: absolute); one point per setting at the sweep's main length, ± 1 std over seeds."""
+    confidence; right: absolute); one point per setting at the sweep's main length, ± 1 std over
+    seeds."""
     groups = [g for g in sweep.groups if g.epochs == sweep.main_epochs]
     fig = Figure(figsize=(11.5, 4.6))
     left, right = fig.subplots(1, 2)
@@ -139,7 +141,8 @@ def tradeoff_figure(sweep: Sweep, source: str, path: str | Path) -> Path:
         sweep,
         groups,
         f"ratio_relative_to_val_{source}",
-        f"({source} conf / val conf) over {sweep.baseline}'s\n(context reliance relative to own confidence)",
+        f"({source} conf / val conf) over {sweep.baseline}'s\n"
+        "(context reliance relative to own confidence)",
     )
     _panel(
         right,
@@ -158,7 +161,8 @@ def tradeoff_figure(sweep: Sweep, source: str, path: str | Path) -> Path:
 
 
 def training_length_figure(sweep: Sweep, path: str | Path, source: str = "bg_only") -> Path | None:
-    """For settings run at two or more lengths: top-1, top-1 cost vs the baseline, relative reliance."""
+    """For settings run at two or more lengths: top-1, top-1 cost vs the baseline, relative
+    reliance."""
     lengths: dict[str, list[Group]] = {}
     for g in sweep.groups:
         lengths.setdefault(g.setting, []).append(g)

@@ -1,4 +1,5 @@
-"""A summarized sweep (`als_det.report.sweep.Sweep`) -> report.md tables and text, and sweep.json."""
+"""A summarized sweep (`als_det.report.sweep.Sweep`) -> report.md tables and text, and
+sweep.json."""
 
 from __future__ import annotations
 
@@ -114,17 +115,21 @@ def verdict(sweep: Sweep, source: str = PRIMARY) -> str:
         and g.stats.get(key, {}).get("mean") is not None
     ]
     if not groups:
-        return f"No setting besides {sweep.baseline} at {sweep.main_epochs} epochs has {source} results."
+        return (
+            f"No setting besides {sweep.baseline} at "
+            f"{sweep.main_epochs} epochs has {source} results."
+        )
     if all(g.stats[key]["interval"] is None for g in groups):
         return (
-            f"With one seed per setting there is no interval: no setting can be said to lower {source} reliance "
-            "relative to own val confidence. Run three or more seeds."
+            "With one seed per setting there is no interval: no setting can be said to "
+            f"lower {source} reliance relative to own val confidence. Run three or more seeds."
         )
 
     def numbers(g: Group) -> str:
         return (
-            f"`{g.setting}` ({describe(g.strategy)}): {source} ratio relative to own val confidence "
-            f"{_ci(g, key)}, Δ top-1 {_ci(g, 'd_top1', 100, '.1f', '+')} points over {len(g.cells)} seeds"
+            f"`{g.setting}` ({describe(g.strategy)}): {source} ratio relative to own val "
+            f"confidence {_ci(g, key)}, Δ top-1 {_ci(g, 'd_top1', 100, '.1f', '+')} points over "
+            f"{len(g.cells)} seeds"
         )
 
     lower = [g for g in groups if g.stats[key]["interval"] and g.stats[key]["interval"][1] < 1.0]
@@ -142,14 +147,14 @@ def verdict(sweep: Sweep, source: str = PRIMARY) -> str:
 
     if good:
         lines += [
-            f"- lowers relative context reliance at ≤ {NEUTRAL_POINTS:g} point mean top-1 cost: {numbers(g)}"
-            + cost_note(g)
+            "- lowers relative context reliance at ≤ "
+            f"{NEUTRAL_POINTS:g} point mean top-1 cost: {numbers(g)}" + cost_note(g)
             for g in good
         ]
     else:
         lines.append(
-            f"- no setting lowers {source} confidence relative to its own val confidence (interval below 1) "
-            f"at a mean top-1 cost of at most {NEUTRAL_POINTS:g} point."
+            f"- no setting lowers {source} confidence relative to its own val confidence "
+            f"(interval below 1) at a mean top-1 cost of at most {NEUTRAL_POINTS:g} point."
         )
     lines += [f"- lowers it, at a larger top-1 cost: {numbers(g)}" for g in lower if g not in good]
     best = min(groups, key=lambda g: g.stats[key]["mean"])
@@ -201,9 +206,9 @@ def missing_section(sweep: Sweep, missing: Sequence[dict[str, Any]]) -> list[str
         "",
         "## Missing cells",
         "",
-        f"**{len(missing)} of {shown + len(missing)} planned cells are missing.** Everything below (verdict, "
-        f"tables, figures) covers only the {shown} cells listed under Cells; a setting's mean, std and interval "
-        "are over the seeds it has.",
+        f"**{len(missing)} of {shown + len(missing)} planned cells are missing.** Everything "
+        f"below (verdict, tables, figures) covers only the {shown} cells listed under Cells; a "
+        "setting's mean, std and interval are over the seeds it has.",
         "",
         tabulate(rows, headers=["cell", "setting", "seed", "epochs", "why"], **TABLE),
     ]
@@ -216,10 +221,10 @@ def render_sweep_report(
     seeds = sorted({c.cell.seed for g in sweep.groups for c in g.cells})
     out = [f"# Sweep{': ' + title if title else ''}{' (incomplete)' if missing else ''}", ""]
     out.append(
-        f"Evaluated on `{data['root']}` split `{data['split']}` ({data['images_evaluated']} images, "
-        f"{len(data['classes'])} classes); seeds {', '.join(map(str, seeds))}; baseline `{sweep.baseline}` of "
-        f"the same seed and training length. Values: mean ± sample std over seeds; in brackets: "
-        f"{INTERVAL_METHOD}."
+        f"Evaluated on `{data['root']}` split `{data['split']}` ({data['images_evaluated']} "
+        f"images, {len(data['classes'])} classes); seeds {', '.join(map(str, seeds))}; baseline "
+        f"`{sweep.baseline}` of the same seed and training length. Values: mean ± sample std over "
+        f"seeds; in brackets: {INTERVAL_METHOD}."
     )
     if missing:
         out += missing_section(sweep, missing)
@@ -236,8 +241,9 @@ def render_sweep_report(
             "",
             "## Training length",
             "",
-            "Settings run at several lengths: top-1, its cost against the baseline of the same length, and "
-            f"{PRIMARY} confidence relative to own val confidence, over {sweep.baseline}'s.",
+            "Settings run at several lengths: top-1, its cost against the baseline of the same "
+            f"length, and {PRIMARY} confidence relative to own val confidence, over "
+            f"{sweep.baseline}'s.",
             "",
             f"![training length]({figures['training_length']})",
         ]
