@@ -1,4 +1,5 @@
 """als_det: Adaptive Label Smoothing transfer-learning detection benchmark suite."""
+
 import logging
 import warnings
 
@@ -13,7 +14,8 @@ def _silence_known_warnings() -> None:
     - detectron2 0.6 decorates helpers with `torch.jit.script` at import, which torch 2.x
       deprecates (a FutureWarning on every start, even `--help`), and uses APIs that numpy and
       setuptools deprecate (DeprecationWarnings from its own modules);
-    - its anchor generator calls `torch.meshgrid` without `indexing` (the result is "ij" either way);
+    - its anchor generator calls `torch.meshgrid` without `indexing` (the result is "ij" either
+      way);
     - `torch.utils.cpp_extension` says "No CUDA runtime is found" when detectron2's environment
       report imports it on a machine without CUDA.
     """

@@ -9,6 +9,7 @@ parses, sets up logging (`als_det.logger`) and runs the tool; a user error (a ba
 missing file, a refused checkpoint: `ValueError` and its kin) ends it with one line, `error: ...`,
 and exit status 2, the traceback going to the run's log file (or, with `--debug`, the terminal).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -22,7 +23,8 @@ from als_det.logger import close_log_file, log_path, setup_logging
 
 logger = logging.getLogger(__name__)
 
-# What a user can fix: bad values and files (every suite error is a ValueError), a run that diverged.
+# What a user can fix: bad values and files (every suite error is a ValueError), a run that
+# diverged.
 USER_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, FloatingPointError)
 
 
@@ -40,8 +42,11 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescript
 class ArgumentParser(argparse.ArgumentParser):
     """Merges the `--opts` spelling of the config overrides into the trailing ones."""
 
-    def parse_args(self, args: Sequence[str] | None = None,  # type: ignore[override]
-                   namespace: argparse.Namespace | None = None) -> argparse.Namespace:
+    def parse_args(  # type: ignore[override]
+        self,
+        args: Sequence[str] | None = None,
+        namespace: argparse.Namespace | None = None,
+    ) -> argparse.Namespace:
         ns = super().parse_args(args, namespace)
         if hasattr(ns, "opts_option"):
             ns.opts = [*ns.opts_option, *(o for o in ns.opts if o != "--opts")]
@@ -49,25 +54,46 @@ class ArgumentParser(argparse.ArgumentParser):
         return ns
 
 
-def argument_parser(description: str | None, *, config: str = "none", default_config: str | None = None,
-                    epilog: str | None = None) -> ArgumentParser:
+def argument_parser(
+    description: str | None,
+    *,
+    config: str = "none",
+    default_config: str | None = None,
+    epilog: str | None = None,
+) -> ArgumentParser:
     """The parser a tool extends. `config`: "required" or "optional" (with `default_config`) for
     tools that read a YAML config and take `KEY VALUE` overrides, "none" for the others."""
     parser = ArgumentParser(description=description, epilog=epilog, formatter_class=HelpFormatter)
     if config != "none":
-        parser.add_argument("--config-file", "--config", dest="config_file", metavar="FILE",
-                            required=config == "required", default=default_config,
-                            help="YAML config (may inherit others with _BASE_)")
-        parser.add_argument("--opts", dest="opts_option", nargs="+", default=[], help=argparse.SUPPRESS)
-        parser.add_argument("opts", nargs=argparse.REMAINDER, default=[], metavar="KEY VALUE",
-                            help="config overrides, after every option (e.g. SOLVER.EPOCHS 2 "
-                                 "OUTPUT_DIR out; also accepted after --opts)")
+        parser.add_argument(
+            "--config-file",
+            "--config",
+            dest="config_file",
+            metavar="FILE",
+            required=config == "required",
+            default=default_config,
+            help="YAML config (may inherit others with _BASE_)",
+        )
+        parser.add_argument(
+            "--opts", dest="opts_option", nargs="+", default=[], help=argparse.SUPPRESS
+        )
+        parser.add_argument(
+            "opts",
+            nargs=argparse.REMAINDER,
+            default=[],
+            metavar="KEY VALUE",
+            help="config overrides, after every option (e.g. SOLVER.EPOCHS 2 "
+            "OUTPUT_DIR out; also accepted after --opts)",
+        )
     parser.add_argument("--debug", action="store_true", help="show the traceback of an error here")
     return parser
 
 
-def run(main: Callable[[argparse.Namespace], Any], parser: argparse.ArgumentParser,
-        argv: Sequence[str] | None = None) -> int:
+def run(
+    main: Callable[[argparse.Namespace], Any],
+    parser: argparse.ArgumentParser,
+    argv: Sequence[str] | None = None,
+) -> int:
     """Parse, set up logging, run `main(args)`; its int result (default 0) is the exit status."""
     args = parser.parse_args(argv)
     close_log_file()
@@ -87,11 +113,20 @@ def run(main: Callable[[argparse.Namespace], Any], parser: argparse.ArgumentPars
     return int(status or 0)
 
 
-def option(default: Any, help: str, *, flag: str | None = None, choices: Sequence[Any] | None = None,
-           metavar: str | None = None) -> Any:
+def option(
+    default: Any,
+    help: str,
+    *,
+    flag: str | None = None,
+    choices: Sequence[Any] | None = None,
+    metavar: str | None = None,
+) -> Any:
     """A dataclass field that is also a command-line option (`add_options`): its default, help
     text, and optionally another flag than `--field-name`, choices and a metavar."""
-    return field(default=default, metadata={"help": help, "flag": flag, "choices": choices, "metavar": metavar})
+    return field(
+        default=default,
+        metadata={"help": help, "flag": flag, "choices": choices, "metavar": metavar},
+    )
 
 
 def option_flag(f: Field) -> str:
@@ -107,7 +142,9 @@ def add_options(parser: argparse.ArgumentParser | argparse._ArgumentGroup, cls: 
         if isinstance(f.default, bool):
             kw["action"] = "store_true"
         else:
-            kw.update(type=type(f.default), choices=f.metadata["choices"], metavar=f.metadata["metavar"])
+            kw.update(
+                type=type(f.default), choices=f.metadata["choices"], metavar=f.metadata["metavar"]
+            )
         parser.add_argument(option_flag(f), **kw)
 
 

@@ -1,7 +1,9 @@
-"""Pretraining configuration: fvcore CfgNode defaults, YAML files with `_BASE_`, `KEY VALUE` overrides.
+"""Pretraining configuration: fvcore CfgNode defaults, YAML files with `_BASE_`, `KEY VALUE`
+overrides.
 
 The same mechanism detectron2 uses, so pretraining and fine-tuning configs read alike.
 """
+
 from __future__ import annotations
 
 import math
@@ -30,15 +32,15 @@ _C.DATA.VAL_BOXES = ""
 # Flat val folder labels: "" = class folders; else a file with one wnid or class index per line
 # (ILSVRC2012_validation_ground_truth.txt style) or LOC_val_solution.csv.
 _C.DATA.VAL_LABELS = ""
-_C.DATA.IMAGE_SIZE = 64          # training crop / val centre crop size
-_C.DATA.VAL_RESIZE = 73          # val: resize shorter side to this, then centre crop IMAGE_SIZE
+_C.DATA.IMAGE_SIZE = 64  # training crop / val centre crop size
+_C.DATA.VAL_RESIZE = 73  # val: resize shorter side to this, then centre crop IMAGE_SIZE
 _C.DATA.CROP_SCALE = (0.08, 1.0)
 _C.DATA.CROP_RATIO = (3.0 / 4.0, 4.0 / 3.0)
 _C.DATA.NUM_WORKERS = 2
 # False: bad files are skipped, counted and reported; True: the first bad file is an error.
 _C.DATA.STRICT = False
-_C.DATA.CACHE_DIR = ""           # "" = ROOT/.als_det_cache (falls back to OUTPUT_DIR if read-only)
-_C.DATA.MAX_PER_CLASS = 0        # 0 = all; >0 keeps the first N images of each class (smoke runs)
+_C.DATA.CACHE_DIR = ""  # "" = ROOT/.als_det_cache (falls back to OUTPUT_DIR if read-only)
+_C.DATA.MAX_PER_CLASS = 0  # 0 = all; >0 keeps the first N images of each class (smoke runs)
 
 # Generated context-bias data set (als_det.data.generated), used when DATA.GENERATE is True.
 _C.DATA.GEN = CN()
@@ -56,42 +58,46 @@ _C.DATA.GEN.DETECTION_VAL = 50
 _C.DATA.GEN.DETECTION_IMAGE_SIZE = 128
 
 _C.MODEL = CN()
-_C.MODEL.ARCH = "resnet18"       # any torchvision ResNet: resnet18/34/50/101/152
+_C.MODEL.ARCH = "resnet18"  # any torchvision ResNet: resnet18/34/50/101/152
 
 _C.LABELS = CN()
-_C.LABELS.STRATEGY = "als"       # hard | ls | als | cutmix | mixup (docs/als.md)
-_C.LABELS.EPSILON = 0.1          # ls
-_C.LABELS.E_MIN = 0.0            # als: e = clip((1 - a) ** POWER, E_MIN, E_MAX)
+_C.LABELS.STRATEGY = "als"  # hard | ls | als | cutmix | mixup (docs/als.md)
+_C.LABELS.EPSILON = 0.1  # ls
+_C.LABELS.E_MIN = 0.0  # als: e = clip((1 - a) ** POWER, E_MIN, E_MAX)
 _C.LABELS.E_MAX = 1.0
-_C.LABELS.COVERAGE = "crop"      # als, what a is: crop (crop's share on the object) | object (object's share in crop)
-_C.LABELS.POWER = 1.0            # als
-_C.LABELS.NO_BOX = "ls"          # als, images without boxes: ls | hard | skip
+_C.LABELS.COVERAGE = (
+    "crop"  # als, what a is: crop (crop's share on the object) | object (object's share in crop)
+)
+_C.LABELS.POWER = 1.0  # als
+_C.LABELS.NO_BOX = "ls"  # als, images without boxes: ls | hard | skip
 _C.LABELS.NO_BOX_EPSILON = 0.1
-_C.LABELS.MIX_ALPHA = 1.0        # cutmix | mixup: mixing ratio ~ Beta(alpha, alpha) (torchvision's default 1.0)
+_C.LABELS.MIX_ALPHA = (
+    1.0  # cutmix | mixup: mixing ratio ~ Beta(alpha, alpha) (torchvision's default 1.0)
+)
 
 _C.SOLVER = CN()
 _C.SOLVER.EPOCHS = 90
-_C.SOLVER.BATCH_SIZE = 32        # per process
-_C.SOLVER.BASE_LR = 0.1          # for REFERENCE_BATCH images; scaled linearly with the global batch
+_C.SOLVER.BATCH_SIZE = 32  # per process
+_C.SOLVER.BASE_LR = 0.1  # for REFERENCE_BATCH images; scaled linearly with the global batch
 _C.SOLVER.REFERENCE_BATCH = 256
 _C.SOLVER.MOMENTUM = 0.9
 _C.SOLVER.NESTEROV = False
 _C.SOLVER.WEIGHT_DECAY = 1e-4
 _C.SOLVER.WARMUP_EPOCHS = 5
-_C.SOLVER.SCHEDULE = "cosine"    # cosine | step
-_C.SOLVER.STEPS = (30, 60, 80)   # epochs, for "step"
+_C.SOLVER.SCHEDULE = "cosine"  # cosine | step
+_C.SOLVER.STEPS = (30, 60, 80)  # epochs, for "step"
 _C.SOLVER.GAMMA = 0.1
 
 _C.TRAIN = CN()
 # none | bf16 | fp16. bf16: autocast on GPU and CPU; fp16 (autocast + GradScaler): GPU only, an
 # error on the CPU. Loss and metrics are computed in float32 either way.
 _C.TRAIN.AMP = "none"
-_C.TRAIN.CHANNELS_LAST = True    # channels_last memory format for model and images (GPU and CPU)
-_C.TRAIN.COMPILE = False         # torch.compile the model (inductor; on the CPU it needs a C compiler)
-_C.TRAIN.EVAL_PERIOD = 1         # epochs
-_C.TRAIN.MAX_ITERS_PER_EPOCH = 0 # 0 = full epoch; >0 truncates (smoke runs)
+_C.TRAIN.CHANNELS_LAST = True  # channels_last memory format for model and images (GPU and CPU)
+_C.TRAIN.COMPILE = False  # torch.compile the model (inductor; on the CPU it needs a C compiler)
+_C.TRAIN.EVAL_PERIOD = 1  # epochs
+_C.TRAIN.MAX_ITERS_PER_EPOCH = 0  # 0 = full epoch; >0 truncates (smoke runs)
 _C.TRAIN.DETERMINISTIC = False
-_C.TRAIN.DEVICE = "auto"         # auto (GPU when available) | cpu | cuda
+_C.TRAIN.DEVICE = "auto"  # auto (GPU when available) | cpu | cuda
 
 
 def get_cfg() -> CN:
@@ -108,9 +114,11 @@ def check_overrides(opts: Sequence[str]) -> None:
     (`... OUTPUT_DIR x --dataset ...`) would otherwise be read as a config key."""
     flags = [o for o in opts if o.startswith("--")]
     if flags:
-        raise ConfigError(f"{flags[0]} comes after the config overrides (KEY VALUE pairs), where it would "
-                          "be read as a config key; put options before them: tools/TOOL.py "
-                          f"{flags[0]} ... --config-file FILE KEY VALUE ...")
+        raise ConfigError(
+            f"{flags[0]} comes after the config overrides (KEY VALUE pairs), where it would "
+            "be read as a config key; put options before them: tools/TOOL.py "
+            f"{flags[0]} ... --config-file FILE KEY VALUE ..."
+        )
     if len(opts) % 2:
         raise ConfigError(f"config overrides come in KEY VALUE pairs, got {list(opts)}")
 
@@ -168,45 +176,76 @@ def _flat(node: CN, prefix: str = "") -> dict[str, object]:
 # key -> (lowest, highest, lowest allowed itself?) for every numeric key with a valid range
 _RANGES: dict[str, tuple[float, float, bool]] = {
     "SEED": (0, 2**32 - 1, True),
-    "DATA.IMAGE_SIZE": (0, math.inf, False), "DATA.VAL_RESIZE": (0, math.inf, False),
-    "DATA.NUM_WORKERS": (0, math.inf, True), "DATA.MAX_PER_CLASS": (0, math.inf, True),
-    "DATA.GEN.SEED": (0, 2**32 - 1, True), "DATA.GEN.NUM_CLASSES": (2, math.inf, True),
-    "DATA.GEN.TRAIN_PER_CLASS": (1, math.inf, True), "DATA.GEN.VAL_PER_CLASS": (1, math.inf, True),
-    "DATA.GEN.IMAGE_SIZE": (0, math.inf, False), "DATA.GEN.CONTEXT_RATE": (0, 1, True),
-    "DATA.GEN.MIN_AREA": (0, 1, False), "DATA.GEN.MAX_AREA": (0, 1, False),
-    "DATA.GEN.NO_BOX_FRACTION": (0, 1, True), "DATA.GEN.DETECTION_TRAIN": (1, math.inf, True),
-    "DATA.GEN.DETECTION_VAL": (1, math.inf, True), "DATA.GEN.DETECTION_IMAGE_SIZE": (0, math.inf, False),
-    "SOLVER.EPOCHS": (1, math.inf, True), "SOLVER.BATCH_SIZE": (1, math.inf, True),
-    "SOLVER.BASE_LR": (0, math.inf, False), "SOLVER.REFERENCE_BATCH": (0, math.inf, False),
-    "SOLVER.MOMENTUM": (0, 1, True), "SOLVER.WEIGHT_DECAY": (0, math.inf, True),
-    "SOLVER.WARMUP_EPOCHS": (0, math.inf, True), "SOLVER.GAMMA": (0, 1, False),
-    "TRAIN.EVAL_PERIOD": (1, math.inf, True), "TRAIN.MAX_ITERS_PER_EPOCH": (0, math.inf, True),
+    "DATA.IMAGE_SIZE": (0, math.inf, False),
+    "DATA.VAL_RESIZE": (0, math.inf, False),
+    "DATA.NUM_WORKERS": (0, math.inf, True),
+    "DATA.MAX_PER_CLASS": (0, math.inf, True),
+    "DATA.GEN.SEED": (0, 2**32 - 1, True),
+    "DATA.GEN.NUM_CLASSES": (2, math.inf, True),
+    "DATA.GEN.TRAIN_PER_CLASS": (1, math.inf, True),
+    "DATA.GEN.VAL_PER_CLASS": (1, math.inf, True),
+    "DATA.GEN.IMAGE_SIZE": (0, math.inf, False),
+    "DATA.GEN.CONTEXT_RATE": (0, 1, True),
+    "DATA.GEN.MIN_AREA": (0, 1, False),
+    "DATA.GEN.MAX_AREA": (0, 1, False),
+    "DATA.GEN.NO_BOX_FRACTION": (0, 1, True),
+    "DATA.GEN.DETECTION_TRAIN": (1, math.inf, True),
+    "DATA.GEN.DETECTION_VAL": (1, math.inf, True),
+    "DATA.GEN.DETECTION_IMAGE_SIZE": (0, math.inf, False),
+    "SOLVER.EPOCHS": (1, math.inf, True),
+    "SOLVER.BATCH_SIZE": (1, math.inf, True),
+    "SOLVER.BASE_LR": (0, math.inf, False),
+    "SOLVER.REFERENCE_BATCH": (0, math.inf, False),
+    "SOLVER.MOMENTUM": (0, 1, True),
+    "SOLVER.WEIGHT_DECAY": (0, math.inf, True),
+    "SOLVER.WARMUP_EPOCHS": (0, math.inf, True),
+    "SOLVER.GAMMA": (0, 1, False),
+    "TRAIN.EVAL_PERIOD": (1, math.inf, True),
+    "TRAIN.MAX_ITERS_PER_EPOCH": (0, math.inf, True),
 }
 
 
 def validate_ranges(cfg: CN) -> None:
-    """Every numeric key inside its valid range, and the keys that constrain each other consistent."""
+    """Every numeric key inside its valid range, and the keys that constrain each other
+    consistent."""
     flat = _flat(cfg)
     for key, (low, high, low_ok) in _RANGES.items():
         value = flat[key]
-        if not (low <= value <= high) or (value == low and not low_ok) or (math.isinf(high) and math.isinf(value)):
-            bound = f"{'>=' if low_ok else '>'} {low}" + (f" and <= {high}" if math.isfinite(high) else "")
+        if (
+            not (low <= value <= high)
+            or (value == low and not low_ok)
+            or (math.isinf(high) and math.isinf(value))
+        ):
+            bound = f"{'>=' if low_ok else '>'} {low}" + (
+                f" and <= {high}" if math.isfinite(high) else ""
+            )
             raise ValueError(f"{key} must be {bound}, got {value}")
     for key in ("DATA.CROP_SCALE", "DATA.CROP_RATIO"):
         pair = flat[key]
-        if len(pair) != 2 or not 0 < pair[0] <= pair[1] or (key == "DATA.CROP_SCALE" and pair[1] > 1):
+        if (
+            len(pair) != 2
+            or not 0 < pair[0] <= pair[1]
+            or (key == "DATA.CROP_SCALE" and pair[1] > 1)
+        ):
             limit = "0 < LOW <= HIGH <= 1" if key == "DATA.CROP_SCALE" else "0 < LOW <= HIGH"
             raise ValueError(f"{key} must be (LOW, HIGH) with {limit}, got {tuple(pair)}")
     if cfg.DATA.VAL_RESIZE < cfg.DATA.IMAGE_SIZE:
-        raise ValueError(f"DATA.VAL_RESIZE ({cfg.DATA.VAL_RESIZE}) must be >= DATA.IMAGE_SIZE "
-                         f"({cfg.DATA.IMAGE_SIZE}): val images are resized, then centre-cropped")
+        raise ValueError(
+            f"DATA.VAL_RESIZE ({cfg.DATA.VAL_RESIZE}) must be >= DATA.IMAGE_SIZE "
+            f"({cfg.DATA.IMAGE_SIZE}): val images are resized, then centre-cropped"
+        )
     if cfg.DATA.GEN.MIN_AREA > cfg.DATA.GEN.MAX_AREA:
         raise ValueError("DATA.GEN needs MIN_AREA <= MAX_AREA")
     if cfg.SOLVER.WARMUP_EPOCHS and cfg.SOLVER.WARMUP_EPOCHS >= cfg.SOLVER.EPOCHS:
-        raise ValueError(f"SOLVER.WARMUP_EPOCHS ({cfg.SOLVER.WARMUP_EPOCHS}) must be less than "
-                         f"SOLVER.EPOCHS ({cfg.SOLVER.EPOCHS}); for a short run set SOLVER.WARMUP_EPOCHS 0")
+        raise ValueError(
+            f"SOLVER.WARMUP_EPOCHS ({cfg.SOLVER.WARMUP_EPOCHS}) must be less than "
+            f"SOLVER.EPOCHS ({cfg.SOLVER.EPOCHS}); for a short run set SOLVER.WARMUP_EPOCHS 0"
+        )
     steps = list(cfg.SOLVER.STEPS)
-    if cfg.SOLVER.SCHEDULE == "step" and (steps != sorted(set(steps)) or not all(0 < s < cfg.SOLVER.EPOCHS
-                                                                                   for s in steps)):
-        raise ValueError(f"SOLVER.STEPS must be increasing epochs between 0 and SOLVER.EPOCHS "
-                         f"({cfg.SOLVER.EPOCHS}), exclusive, got {tuple(steps)}")
+    if cfg.SOLVER.SCHEDULE == "step" and (
+        steps != sorted(set(steps)) or not all(0 < s < cfg.SOLVER.EPOCHS for s in steps)
+    ):
+        raise ValueError(
+            f"SOLVER.STEPS must be increasing epochs between 0 and SOLVER.EPOCHS "
+            f"({cfg.SOLVER.EPOCHS}), exclusive, got {tuple(steps)}"
+        )

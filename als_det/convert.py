@@ -6,6 +6,7 @@ The output follows detectron2's own `tools/convert-torchvision-to-d2.py`: short 
 them to `backbone.bottom_up.*` (FPN) and to `backbone.*` + `roi_heads.res5.*` (C4) alike.
 Extra top-level keys (our `als_det` metadata) are returned unused by the checkpointer's `load`.
 """
+
 from __future__ import annotations
 
 import logging
@@ -61,12 +62,15 @@ def load_checkpoint_file(path: str | os.PathLike, unsafe_load: bool = False) -> 
     return SourceCheckpoint(state_dict, meta, unsafe_used)
 
 
-def extract_state_dict(obj: Any, source: str = "<state_dict>"
-                       ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """A bare state_dict or a checkpoint dict with `model`/`state_dict` -> (state_dict, metadata)."""
+def extract_state_dict(
+    obj: Any, source: str = "<state_dict>"
+) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """A bare state_dict or a checkpoint dict with `model`/`state_dict` -> (state_dict,
+    metadata)."""
     if not isinstance(obj, Mapping):
-        raise ConversionError(f"{source}: holds a {type(obj).__name__}, not a state_dict or a "
-                              "checkpoint dict")
+        raise ConversionError(
+            f"{source}: holds a {type(obj).__name__}, not a state_dict or a checkpoint dict"
+        )
     meta: dict[str, Any] = {}
     for key in ("model", "state_dict"):
         if key in obj and isinstance(obj[key], Mapping):
@@ -77,16 +81,20 @@ def extract_state_dict(obj: Any, source: str = "<state_dict>"
         raise ConversionError(f"{source}: the state_dict is empty")
     non_tensors = [k for k, v in obj.items() if not isinstance(v, torch.Tensor)]
     if non_tensors:
-        raise ConversionError(f"{source}: not a state_dict (non-tensor entries {non_tensors[:5]}); "
-                              "expected a state_dict or a dict with a 'model'/'state_dict' key")
+        raise ConversionError(
+            f"{source}: not a state_dict (non-tensor entries {non_tensors[:5]}); "
+            "expected a state_dict or a dict with a 'model'/'state_dict' key"
+        )
     return {strip_wrapper_prefixes(k): v for k, v in obj.items()}, meta
 
 
 def infer_depth(state_dict: Mapping[str, torch.Tensor], source: str = "<state_dict>") -> int:
     """ResNet depth from block counts per layer and the block type (conv3 = Bottleneck)."""
     if "conv1.weight" not in state_dict or not any(k.startswith("layer1.") for k in state_dict):
-        raise ConversionError(f"{source}: not a torchvision ResNet state_dict (no conv1/layer1 "
-                              f"keys; first keys {list(state_dict)[:5]})")
+        raise ConversionError(
+            f"{source}: not a torchvision ResNet state_dict (no conv1/layer1 "
+            f"keys; first keys {list(state_dict)[:5]})"
+        )
     blocks = [0, 0, 0, 0]
     for key in state_dict:
         m = re.match(r"^layer([1-4])\.(\d+)\.", key)
@@ -98,12 +106,15 @@ def infer_depth(state_dict: Mapping[str, torch.Tensor], source: str = "<state_di
         if layout == (bottleneck, tuple(blocks)):
             return depth
     kind = "Bottleneck" if bottleneck else "BasicBlock"
-    raise ConversionError(f"{source}: unknown ResNet layout ({kind}, blocks per layer {blocks}); "
-                          f"supported depths {sorted(RESNET_LAYOUTS)}")
+    raise ConversionError(
+        f"{source}: unknown ResNet layout ({kind}, blocks per layer {blocks}); "
+        f"supported depths {sorted(RESNET_LAYOUTS)}"
+    )
 
 
-def backbone_state_dict(state_dict: Mapping[str, torch.Tensor], depth: int,
-                        source: str = "<state_dict>") -> dict[str, torch.Tensor]:
+def backbone_state_dict(
+    state_dict: Mapping[str, torch.Tensor], depth: int, source: str = "<state_dict>"
+) -> dict[str, torch.Tensor]:
     """The backbone tensors (no `fc.*`, no `num_batches_tracked`), checked against torchvision.
 
     Names and shapes must equal those of torchvision's `resnet{depth}` exactly: a missing, extra
@@ -115,8 +126,11 @@ def backbone_state_dict(state_dict: Mapping[str, torch.Tensor], depth: int,
     given = {k: v for k, v in state_dict.items() if _is_backbone_key(k)}
     missing = sorted(set(expected) - set(given))
     extra = sorted(set(given) - set(expected))
-    shapes = [f"{k} {tuple(given[k].shape)} != {expected[k]}"
-              for k in sorted(set(given) & set(expected)) if tuple(given[k].shape) != expected[k]]
+    shapes = [
+        f"{k} {tuple(given[k].shape)} != {expected[k]}"
+        for k in sorted(set(given) & set(expected))
+        if tuple(given[k].shape) != expected[k]
+    ]
     problems = []
     if missing:
         problems.append(f"missing {len(missing)} backbone tensors {missing[:5]}")
@@ -125,8 +139,9 @@ def backbone_state_dict(state_dict: Mapping[str, torch.Tensor], depth: int,
     if shapes:
         problems.append(f"{len(shapes)} tensors of the wrong shape: {shapes[:3]}")
     if problems:
-        raise ConversionError(f"{source}: not a torchvision resnet{depth} backbone: "
-                              + "; ".join(problems))
+        raise ConversionError(
+            f"{source}: not a torchvision resnet{depth} backbone: " + "; ".join(problems)
+        )
     return {k: given[k] for k in expected}
 
 
@@ -137,11 +152,12 @@ def _is_backbone_key(key: str) -> bool:
 # ----------------------------------------------------------------------------- renaming
 def d2_name(key: str) -> str:
     """torchvision backbone name -> detectron2 ResNet name (e.g. layer1.0.bn2.weight ->
-    res2.0.conv2.norm.weight; layer2.0.downsample.1.running_var -> res3.0.shortcut.norm.running_var)."""
+    res2.0.conv2.norm.weight; layer2.0.downsample.1.running_var ->
+    res3.0.shortcut.norm.running_var)."""
     if key in _STEM:
         return _STEM[key]
     if key.startswith("bn1."):
-        return "stem.conv1.norm." + key[len("bn1."):]
+        return "stem.conv1.norm." + key[len("bn1.") :]
     m = _BLOCK_RE.match(key)
     if not m:
         raise ConversionError(f"no detectron2 name for torchvision key {key!r}")
@@ -151,11 +167,16 @@ def d2_name(key: str) -> str:
         return f"{stage}.{module}.{param}"
     if module.startswith("bn"):
         return f"{stage}.conv{module[2:]}.norm.{param}"
-    return f"{stage}.shortcut.{param}" if module == "downsample.0" else f"{stage}.shortcut.norm.{param}"
+    return (
+        f"{stage}.shortcut.{param}"
+        if module == "downsample.0"
+        else f"{stage}.shortcut.norm.{param}"
+    )
 
 
-def convert_torchvision_resnet(state_dict: Mapping[str, torch.Tensor],
-                               source: str = "<state_dict>") -> dict[str, np.ndarray]:
+def convert_torchvision_resnet(
+    state_dict: Mapping[str, torch.Tensor], source: str = "<state_dict>"
+) -> dict[str, np.ndarray]:
     """A torchvision ResNet state_dict -> {detectron2 name: float numpy array} of its backbone."""
     state_dict = {strip_wrapper_prefixes(k): v for k, v in state_dict.items()}
     backbone = backbone_state_dict(state_dict, infer_depth(state_dict, source), source)
@@ -163,8 +184,9 @@ def convert_torchvision_resnet(state_dict: Mapping[str, torch.Tensor],
 
 
 # ----------------------------------------------------------------------------- files
-def conversion_metadata(source: Path, depth: int, meta: Mapping[str, Any],
-                        unsafe_load: bool = False) -> dict[str, Any]:
+def conversion_metadata(
+    source: Path, depth: int, meta: Mapping[str, Any], unsafe_load: bool = False
+) -> dict[str, Any]:
     """What the `.pkl` records about where its weights came from (see pretrained/README.md);
     `unsafe_load`: reading the source needed full unpickling (`--unsafe-load`)."""
     out: dict[str, Any] = {
@@ -175,18 +197,30 @@ def conversion_metadata(source: Path, depth: int, meta: Mapping[str, Any],
         "arch": f"resnet{depth}",
         "versions": package_versions(),
     }
-    for key, name in (("label_strategy", "label_strategy"), ("preprocessing", "preprocessing"),
-                      ("config", "pretrain_config"), ("epoch", "pretrain_epoch"),
-                      ("metrics", "pretrain_metrics"), ("seed", "pretrain_seed"),
-                      ("classes", "pretrain_classes"), ("versions", "pretrain_versions")):
+    for key, name in (
+        ("label_strategy", "label_strategy"),
+        ("preprocessing", "preprocessing"),
+        ("config", "pretrain_config"),
+        ("epoch", "pretrain_epoch"),
+        ("metrics", "pretrain_metrics"),
+        ("seed", "pretrain_seed"),
+        ("classes", "pretrain_classes"),
+        ("versions", "pretrain_versions"),
+    ):
         if key in meta:
             out[name] = meta[key]
     return out
 
 
-def convert_file(input: str | os.PathLike, output: str | os.PathLike, force: bool = False, *,
-                 verify_config: str | os.PathLike | None = None, verify_size: int = 0,
-                 unsafe_load: bool = False) -> dict[str, Any]:
+def convert_file(
+    input: str | os.PathLike,
+    output: str | os.PathLike,
+    force: bool = False,
+    *,
+    verify_config: str | os.PathLike | None = None,
+    verify_size: int = 0,
+    unsafe_load: bool = False,
+) -> dict[str, Any]:
     """Convert `input` (.pth) to detectron2 `output` (.pkl), written atomically.
 
     `input` is read with `weights_only=True`; `unsafe_load` allows full unpickling of a trusted
@@ -198,31 +232,40 @@ def convert_file(input: str | os.PathLike, output: str | os.PathLike, force: boo
     """
     source, output = Path(input), Path(output)
     if output.suffix != ".pkl":
-        raise ConversionError(f"{output}: the output must end in .pkl (detectron2 reads .pkl "
-                              "files as converted model-zoo weights)")
+        raise ConversionError(
+            f"{output}: the output must end in .pkl (detectron2 reads .pkl "
+            "files as converted model-zoo weights)"
+        )
     if output.exists() and not force:
         raise ConversionError(f"{output}: already exists (use force=True / --force to replace it)")
     checkpoint = load_checkpoint_file(source, unsafe_load=unsafe_load)
     state_dict, meta = checkpoint.state_dict, checkpoint.metadata
     depth = infer_depth(state_dict, str(source))
     if "arch" in meta and meta["arch"] != f"resnet{depth}":
-        raise ConversionError(f"{source}: records arch {meta['arch']!r} but its tensors are a "
-                              f"resnet{depth}")
+        raise ConversionError(
+            f"{source}: records arch {meta['arch']!r} but its tensors are a resnet{depth}"
+        )
     converted = {
         "model": convert_torchvision_resnet(state_dict, str(source)),
         "__author__": AUTHOR,
         "matching_heuristics": True,
         "als_det": conversion_metadata(source, depth, meta, checkpoint.unsafe_load),
     }
-    result: dict[str, Any] = {"output": str(output), "num_tensors": len(converted["model"]),
-                              "als_det": converted["als_det"], "verify": None}
+    result: dict[str, Any] = {
+        "output": str(output),
+        "num_tensors": len(converted["model"]),
+        "als_det": converted["als_det"],
+        "verify": None,
+    }
     if verify_size <= 0:
         atomic_pickle_dump(output, converted)
         return result
     output.parent.mkdir(parents=True, exist_ok=True)
     from als_det.detection.verify import VerificationFailed, verify
 
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{output.stem}.", suffix=".verify.pkl", dir=output.parent)
+    fd, tmp_name = tempfile.mkstemp(
+        prefix=f".{output.stem}.", suffix=".verify.pkl", dir=output.parent
+    )
     os.close(fd)
     tmp = Path(tmp_name)
     try:

@@ -4,6 +4,7 @@ The new file gets the permissions of a plainly created one (0666 minus the umask
 name, `.NAME.HOST.PID.XXXXXXXX.tmp` beside the target, says who is writing it, so the next save of
 the same target removes the leftovers of a save that was killed.
 """
+
 from __future__ import annotations
 
 import glob
@@ -68,8 +69,12 @@ def remove_stale_temp_files(path: Path) -> list[Path]:
         except FileNotFoundError:  # removed by its writer or another cleaner meanwhile
             continue
     if removed:
-        logger.info("removed %d stale temporary file(s) of interrupted writes of %s: %s",
-                    len(removed), path, ", ".join(p.name for p in removed))
+        logger.info(
+            "removed %d stale temporary file(s) of interrupted writes of %s: %s",
+            len(removed),
+            path,
+            ", ".join(p.name for p in removed),
+        )
     return removed
 
 
@@ -77,8 +82,9 @@ def _atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], None]) -
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_temp_files(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{socket.gethostname()}.{os.getpid()}.",
-                               suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(
+        prefix=f".{path.name}.{socket.gethostname()}.{os.getpid()}.", suffix=".tmp", dir=path.parent
+    )
     try:
         os.fchmod(fd, 0o666 & ~current_umask())
         with os.fdopen(fd, "wb") as f:

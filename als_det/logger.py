@@ -9,6 +9,7 @@ may be written: from then on every record, DEBUG included, also goes to `folder/
 appended), and the console shows a record of many lines (a config or model dump) as its first
 line and a pointer to the file. A tool that stops on an error writes the traceback there too.
 """
+
 from __future__ import annotations
 
 import logging

@@ -8,6 +8,7 @@ reseeded from (seed, epoch, iteration, rank) inside `torch.random.fork_rng`, so 
 on those four numbers: the same in a resumed run, independent of worker count, and the global RNG
 stream of the rest of training is untouched.
 """
+
 from __future__ import annotations
 
 import torch
@@ -17,7 +18,9 @@ from torchvision.transforms import v2
 from als_det.data.imagenet import sample_seed
 from als_det.targets import LabelStrategy
 
-MIX_STREAM = 0x4D4958  # keeps mixing draws apart from the crop draws of the same (seed, epoch, index)
+MIX_STREAM = (
+    0x4D4958  # keeps mixing draws apart from the crop draws of the same (seed, epoch, index)
+)
 
 
 def mix_seed(seed: int, epoch: int, iteration: int, rank: int) -> int:
@@ -39,8 +42,9 @@ class BatchMixer:
         self.transform = transform(alpha=strategy.mix_alpha, num_classes=num_classes)
         self.num_classes, self.seed, self.rank = num_classes, int(seed), int(rank)
 
-    def __call__(self, images: torch.Tensor, labels: torch.Tensor, epoch: int,
-                 iteration: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def __call__(
+        self, images: torch.Tensor, labels: torch.Tensor, epoch: int, iteration: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         valid = (labels >= 0).nonzero().flatten()
         targets = torch.zeros(labels.shape[0], self.num_classes, device=images.device)
         if valid.numel() == 0:
@@ -54,8 +58,9 @@ class BatchMixer:
         return images, targets
 
 
-def loss_for_mixed_batch(logits: torch.Tensor, labels: torch.Tensor,
-                         targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int]:
+def loss_for_mixed_batch(
+    logits: torch.Tensor, labels: torch.Tensor, targets: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, int]:
     """`loss_for_batch`'s contract for mixed targets: (mean soft cross entropy over rows with a
     label, per-sample e, 0 skips). e is the label mass a row gives away from its own class:
     1 - lambda, or 0 where the partner image has the same class."""

@@ -1,4 +1,5 @@
 """torchvision ResNet factories (the backbones every arm trains) and their layouts."""
+
 from __future__ import annotations
 
 import torch.nn as nn

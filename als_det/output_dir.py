@@ -3,6 +3,7 @@ that run's files into `OUTPUT_DIR/previous-<time>/`, so files of two runs never 
 is destroyed. Pretraining (`als_det.engine.trainer`) and fine-tuning (`als_det.detection.trainer`)
 both do this; `--resume` continues the run in the folder instead.
 """
+
 from __future__ import annotations
 
 from collections.abc import Iterable
@@ -10,7 +11,9 @@ from datetime import datetime
 from pathlib import Path
 
 
-def set_aside_previous_run(out_dir: str | Path, patterns: Iterable[str], markers: Iterable[str]) -> Path | None:
+def set_aside_previous_run(
+    out_dir: str | Path, patterns: Iterable[str], markers: Iterable[str]
+) -> Path | None:
     """If `out_dir` holds any of `markers` (files only a run that started training writes), move
     every entry matching one of the glob `patterns` into `out_dir/previous-<time>/` and return that
     folder; otherwise change nothing and return None."""
@@ -27,5 +30,7 @@ def set_aside_previous_run(out_dir: str | Path, patterns: Iterable[str], markers
 
 def set_aside_note(out_dir: str | Path, aside: Path) -> str:
     """What to tell the user after `set_aside_previous_run` moved a run."""
-    return (f"note: {out_dir} held an earlier run; starting afresh, its files moved to {aside} "
-            "(pass --resume to continue a run instead)")
+    return (
+        f"note: {out_dir} held an earlier run; starting afresh, its files moved to {aside} "
+        "(pass --resume to continue a run instead)"
+    )

@@ -1,11 +1,12 @@
-"""Label strategies: box coverage -> smoothing factor e -> soft targets -> cross entropy (torch's, with
-probability targets, computed in float32).
+"""Label strategies: box coverage -> smoothing factor e -> soft targets -> cross entropy (torch's,
+with probability targets, computed in float32).
 
 ALS (Krothapalli & Abbott, 2020): e = clip((1 - a) ** power, e_min, e_max) with `a` the crop
 coverage (default) or the object coverage, and the target is (1 - e) * onehot + e / K, so a
 constant e is exactly torch's `label_smoothing=e`. The CutMix and MixUp baselines mix images and
 labels over the batch instead (`als_det.mixing`); their strategies only carry `mix_alpha` here.
 """
+
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
@@ -23,7 +24,8 @@ COVERAGES = ("crop", "object")
 @dataclass(frozen=True)
 class LabelStrategy:
     """Which targets an arm trains on. `no_box`, `no_box_epsilon`, `coverage` and `power` only
-    matter for "als", `mix_alpha` (the Beta(alpha, alpha) of the mixing ratio) for "cutmix"/"mixup"."""
+    matter for "als", `mix_alpha` (the Beta(alpha, alpha) of the mixing ratio) for
+    "cutmix"/"mixup"."""
 
     name: str
     epsilon: float = 0.1
@@ -42,10 +44,14 @@ class LabelStrategy:
         if self.no_box not in NO_BOX_POLICIES:
             raise ValueError(f"LABELS.NO_BOX must be one of {NO_BOX_POLICIES}, got {self.no_box!r}")
         if not 0.0 <= self.e_min <= self.e_max <= 1.0:
-            raise ValueError(f"LABELS needs 0 <= E_MIN <= E_MAX <= 1, got {self.e_min}, {self.e_max}")
+            raise ValueError(
+                f"LABELS needs 0 <= E_MIN <= E_MAX <= 1, got {self.e_min}, {self.e_max}"
+            )
         for key in ("epsilon", "no_box_epsilon"):
             if not 0.0 <= getattr(self, key) <= 1.0:
-                raise ValueError(f"LABELS.{key.upper()} must lie in [0, 1], got {getattr(self, key)}")
+                raise ValueError(
+                    f"LABELS.{key.upper()} must lie in [0, 1], got {getattr(self, key)}"
+                )
         if self.coverage not in COVERAGES:
             raise ValueError(f"LABELS.COVERAGE must be one of {COVERAGES}, got {self.coverage!r}")
         for key in ("power", "mix_alpha"):
@@ -54,29 +60,41 @@ class LabelStrategy:
 
     @property
     def mixes(self) -> bool:
-        """CutMix/MixUp: targets come from mixing the batch (`als_det.mixing`), not from coverage."""
+        """CutMix/MixUp: targets come from mixing the batch (`als_det.mixing`), not from
+        coverage."""
         return self.name in MIX_STRATEGIES
 
     @classmethod
     def from_cfg(cls, labels_cfg: Any) -> LabelStrategy:
         """From the config's `LABELS` node."""
-        return cls(name=labels_cfg.STRATEGY, epsilon=float(labels_cfg.EPSILON),
-                   e_min=float(labels_cfg.E_MIN), e_max=float(labels_cfg.E_MAX),
-                   no_box=labels_cfg.NO_BOX, no_box_epsilon=float(labels_cfg.NO_BOX_EPSILON),
-                   coverage=labels_cfg.COVERAGE, power=float(labels_cfg.POWER),
-                   mix_alpha=float(labels_cfg.MIX_ALPHA))
+        return cls(
+            name=labels_cfg.STRATEGY,
+            epsilon=float(labels_cfg.EPSILON),
+            e_min=float(labels_cfg.E_MIN),
+            e_max=float(labels_cfg.E_MAX),
+            no_box=labels_cfg.NO_BOX,
+            no_box_epsilon=float(labels_cfg.NO_BOX_EPSILON),
+            coverage=labels_cfg.COVERAGE,
+            power=float(labels_cfg.POWER),
+            mix_alpha=float(labels_cfg.MIX_ALPHA),
+        )
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> LabelStrategy:
-        """From `to_dict()` output; keys a checkpoint predates take their defaults (today's behaviour)."""
+        """From `to_dict()` output; keys a checkpoint predates take their defaults (today's
+        behaviour)."""
         return cls(**d)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
-def smoothing(strategy: LabelStrategy, coverage: torch.Tensor, has_box: torch.Tensor,
-              object_coverage: torch.Tensor | None = None) -> torch.Tensor:
+def smoothing(
+    strategy: LabelStrategy,
+    coverage: torch.Tensor,
+    has_box: torch.Tensor,
+    object_coverage: torch.Tensor | None = None,
+) -> torch.Tensor:
     """Per-sample smoothing factor e (float32, shape [B]); NaN marks a sample to skip.
 
     hard: 0; ls: epsilon; als: clip((1 - a) ** power, e_min, e_max) where the image has boxes,
@@ -84,7 +102,10 @@ def smoothing(strategy: LabelStrategy, coverage: torch.Tensor, has_box: torch.Te
     policy (ls: no_box_epsilon, hard: 0, skip: NaN).
     """
     if strategy.mixes:
-        raise ValueError(f"{strategy.name} targets come from mixing the batch (als_det.mixing), not from coverage")
+        raise ValueError(
+            f"{strategy.name} targets come from mixing "
+            "the batch (als_det.mixing), not from coverage"
+        )
     if strategy.name == "als" and strategy.coverage == "object":
         if object_coverage is None:
             raise ValueError("LABELS.COVERAGE object needs the object coverage of every sample")
@@ -112,9 +133,14 @@ def soft_targets(labels: torch.Tensor, eps: torch.Tensor | float, num_classes: i
     return (1.0 - e) * onehot + e / num_classes
 
 
-def loss_for_batch(strategy: LabelStrategy, logits: torch.Tensor, labels: torch.Tensor, coverage: torch.Tensor,
-                   has_box: torch.Tensor, object_coverage: torch.Tensor | None = None
-                   ) -> tuple[torch.Tensor, torch.Tensor, int]:
+def loss_for_batch(
+    strategy: LabelStrategy,
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    coverage: torch.Tensor,
+    has_box: torch.Tensor,
+    object_coverage: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, int]:
     """(mean loss over used samples, per-sample e, number of skipped samples).
 
     Samples with label -1 (undecodable images, see `ImageNetBoxes`) and samples the no-box policy
@@ -123,8 +149,12 @@ def loss_for_batch(strategy: LabelStrategy, logits: torch.Tensor, labels: torch.
     a zero loss that still depends on `logits` (so backward and DDP gradient sync still run).
     """
     labels = labels.to(logits.device)
-    e = smoothing(strategy, coverage.to(logits.device), has_box.to(logits.device),
-                  None if object_coverage is None else object_coverage.to(logits.device))
+    e = smoothing(
+        strategy,
+        coverage.to(logits.device),
+        has_box.to(logits.device),
+        None if object_coverage is None else object_coverage.to(logits.device),
+    )
     valid_label = labels >= 0
     skipped = valid_label & torch.isnan(e)
     use = valid_label & ~torch.isnan(e)

@@ -1,12 +1,23 @@
 """Package versions and environment facts written next to every output."""
+
 from __future__ import annotations
 
 import platform
 import sys
 from importlib import metadata
 
-_PACKAGES = ("als_det", "torch", "torchvision", "detectron2", "pb1-detectron2", "fvcore",
-             "pycocotools", "numpy", "opencv-python-headless", "pillow")
+_PACKAGES = (
+    "als_det",
+    "torch",
+    "torchvision",
+    "detectron2",
+    "pb1-detectron2",
+    "fvcore",
+    "pycocotools",
+    "numpy",
+    "opencv-python-headless",
+    "pillow",
+)
 
 
 def package_versions() -> dict[str, str]:

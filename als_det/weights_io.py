@@ -10,6 +10,7 @@ Three readers, one per format the suite accepts:
   dtypes and scalars; the same opt-in allows full unpickling.
 Both return `(object, unsafe_used)` so that callers can record the opt-in in their provenance.
 """
+
 from __future__ import annotations
 
 import _codecs
@@ -28,8 +29,10 @@ import torch
 logger = logging.getLogger(__name__)
 
 WRAPPER_PREFIXES = ("module.", "_orig_mod.")  # DistributedDataParallel, torch.compile
-UNSAFE_HINT = ("Full unpickling can run arbitrary code; if you trust this file (you or a "
-               "colleague wrote it), pass --unsafe-load (unsafe_load=True from Python)")
+UNSAFE_HINT = (
+    "Full unpickling can run arbitrary code; if you trust this file (you or a "
+    "colleague wrote it), pass --unsafe-load (unsafe_load=True from Python)"
+)
 
 
 class WeightsFileError(ValueError):
@@ -48,8 +51,9 @@ def strip_wrapper_prefixes(key: str) -> str:
 
 
 # ----------------------------------------------------------------------------- torch files
-def read_torch_file(path: str | os.PathLike, unsafe_load: bool = False,
-                    map_location: str | torch.device = "cpu") -> tuple[Any, bool]:
+def read_torch_file(
+    path: str | os.PathLike, unsafe_load: bool = False, map_location: str | torch.device = "cpu"
+) -> tuple[Any, bool]:
     """`torch.load(path, weights_only=True)`; with `unsafe_load`, a file that the weights-only
     reader refuses is read with full unpickling instead (logged). Returns (object, unsafe_used)."""
     path = Path(path)
@@ -62,18 +66,26 @@ def read_torch_file(path: str | os.PathLike, unsafe_load: bool = False,
         if not _is_pickle_based(path):
             raise WeightsFileError(f"{path}: not a readable torch checkpoint ({reason})") from err
         if not unsafe_load:
-            raise UnsafeFileError(f"{path}: refused: torch's weights-only reader cannot load it "
-                                  f"({reason}). {UNSAFE_HINT}") from err
+            raise UnsafeFileError(
+                f"{path}: refused: torch's weights-only reader cannot load it "
+                f"({reason}). {UNSAFE_HINT}"
+            ) from err
     except (RuntimeError, EOFError, ValueError, zipfile.BadZipFile, OSError) as err:
-        raise WeightsFileError(f"{path}: not a readable torch checkpoint "
-                               f"({type(err).__name__}: {err})") from err
-    logger.warning("%s: loading with full unpickling (--unsafe-load; the weights-only reader "
-                   "refused it: %s)", path, reason)
+        raise WeightsFileError(
+            f"{path}: not a readable torch checkpoint ({type(err).__name__}: {err})"
+        ) from err
+    logger.warning(
+        "%s: loading with full unpickling (--unsafe-load; the weights-only reader refused it: %s)",
+        path,
+        reason,
+    )
     try:
         return torch.load(path, map_location=map_location, weights_only=False), True
     except Exception as err:  # full unpickling can raise anything the file's objects raise
-        raise WeightsFileError(f"{path}: not a readable torch checkpoint even with full "
-                               f"unpickling ({type(err).__name__}: {err})") from err
+        raise WeightsFileError(
+            f"{path}: not a readable torch checkpoint even with full "
+            f"unpickling ({type(err).__name__}: {err})"
+        ) from err
 
 
 def _is_pickle_based(path: Path) -> bool:
@@ -119,10 +131,14 @@ _ALLOWED_GLOBALS: dict[tuple[str, str], Any] = {
     ("_codecs", "encode"): _latin1_encode,
 }
 for _core in _NUMPY_CORE:
-    for _module, _name in (("multiarray", "_reconstruct"), ("multiarray", "scalar"),
-                           ("numeric", "_frombuffer")):
+    for _module, _name in (
+        ("multiarray", "_reconstruct"),
+        ("multiarray", "scalar"),
+        ("numeric", "_frombuffer"),
+    ):
         _ALLOWED_GLOBALS[(f"{_core}.{_module}", _name)] = _numpy_callable(
-            _name, *(f"{c}.{_module}" for c in _NUMPY_CORE))
+            _name, *(f"{c}.{_module}" for c in _NUMPY_CORE)
+        )
 
 
 class _RefusedGlobal(pickle.UnpicklingError):
@@ -137,8 +153,9 @@ class _WeightsUnpickler(pickle.Unpickler):
         try:
             return _ALLOWED_GLOBALS[(module, name)]
         except KeyError:
-            raise _RefusedGlobal(f"it references {module}.{name}, which a detectron2 weights "
-                                 "file never needs") from None
+            raise _RefusedGlobal(
+                f"it references {module}.{name}, which a detectron2 weights file never needs"
+            ) from None
 
 
 def read_detectron2_pickle(path: str | os.PathLike, unsafe_load: bool = False) -> tuple[Any, bool]:
@@ -155,15 +172,28 @@ def read_detectron2_pickle(path: str | os.PathLike, unsafe_load: bool = False) -
         if not unsafe_load:
             raise UnsafeFileError(f"{path}: refused: {err}. {UNSAFE_HINT}") from err
         reason = err
-    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, IndexError, KeyError,
-            AttributeError, OSError) as err:
-        raise WeightsFileError(f"{path}: not a readable pickle "
-                               f"({type(err).__name__}: {err})") from err
-    logger.warning("%s: loading with full unpickling (--unsafe-load; the restricted reader refused "
-                   "it: %s)", path, reason)
+    except (
+        pickle.UnpicklingError,
+        EOFError,
+        ValueError,
+        TypeError,
+        IndexError,
+        KeyError,
+        AttributeError,
+        OSError,
+    ) as err:
+        raise WeightsFileError(
+            f"{path}: not a readable pickle ({type(err).__name__}: {err})"
+        ) from err
+    logger.warning(
+        "%s: loading with full unpickling (--unsafe-load; the restricted reader refused it: %s)",
+        path,
+        reason,
+    )
     try:
         with open(path, "rb") as f:
             return pickle.load(f, encoding="latin1"), True
     except Exception as err:  # full unpickling can raise anything the file's objects raise
-        raise WeightsFileError(f"{path}: not a readable pickle even with full unpickling "
-                               f"({type(err).__name__}: {err})") from err
+        raise WeightsFileError(
+            f"{path}: not a readable pickle even with full unpickling ({type(err).__name__}: {err})"
+        ) from err

@@ -1,4 +1,5 @@
-"""TRAIN.COMPILE True on the CPU: the trainer with torch.compile (inductor), bf16 autocast and channels_last.
+"""TRAIN.COMPILE True on the CPU: the trainer with torch.compile (inductor), bf16 autocast and
+channels_last.
 
 1. `als_det.engine.trainer.train` with TRAIN.COMPILE True, then False, one short epoch each on a
    generated data set (ResNet-18, 64 px, batch 32): the compiled run's first epoch includes the
@@ -11,6 +12,7 @@ cores), hence a benchmark.
 
     python benchmarks/bench_compile_cpu.py [--arch resnet18] [--steps 5] [--repeats 5] [--out FILE]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -35,40 +37,95 @@ from als_det.targets import LabelStrategy  # noqa: E402
 from als_det.versions import package_versions  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
-GEN = {"NUM_CLASSES": 10, "TRAIN_PER_CLASS": 20, "VAL_PER_CLASS": 2, "IMAGE_SIZE": 64,
-       "DETECTION_TRAIN": 1, "DETECTION_VAL": 1, "DETECTION_IMAGE_SIZE": 32}
+GEN = {
+    "NUM_CLASSES": 10,
+    "TRAIN_PER_CLASS": 20,
+    "VAL_PER_CLASS": 2,
+    "IMAGE_SIZE": 64,
+    "DETECTION_TRAIN": 1,
+    "DETECTION_VAL": 1,
+    "DETECTION_IMAGE_SIZE": 32,
+}
 
 
 def first_epoch(root: Path, out: Path, compiled: bool, arch: str) -> dict:
-    """The trainer itself, one epoch of 4 iterations: (run.json's compile, epoch 1 training seconds)."""
-    cfg = load_config(str(REPO / "configs/pretrain/demo_als.yaml"), [
-        "DATA.ROOT", str(root), "DATA.GENERATE", "False", "DATA.NUM_WORKERS", "0", "OUTPUT_DIR", str(out),
-        "MODEL.ARCH", arch, "SOLVER.EPOCHS", "1", "SOLVER.WARMUP_EPOCHS", "0", "SOLVER.BATCH_SIZE", "32",
-        "TRAIN.MAX_ITERS_PER_EPOCH", "4", "TRAIN.DEVICE", "cpu", "TRAIN.AMP", "bf16",
-        "TRAIN.CHANNELS_LAST", "True", "TRAIN.COMPILE", str(compiled)])
+    """The trainer itself, one epoch of 4 iterations: (run.json's compile, epoch 1 training
+    seconds)."""
+    cfg = load_config(
+        str(REPO / "configs/pretrain/demo_als.yaml"),
+        [
+            "DATA.ROOT",
+            str(root),
+            "DATA.GENERATE",
+            "False",
+            "DATA.NUM_WORKERS",
+            "0",
+            "OUTPUT_DIR",
+            str(out),
+            "MODEL.ARCH",
+            arch,
+            "SOLVER.EPOCHS",
+            "1",
+            "SOLVER.WARMUP_EPOCHS",
+            "0",
+            "SOLVER.BATCH_SIZE",
+            "32",
+            "TRAIN.MAX_ITERS_PER_EPOCH",
+            "4",
+            "TRAIN.DEVICE",
+            "cpu",
+            "TRAIN.AMP",
+            "bf16",
+            "TRAIN.CHANNELS_LAST",
+            "True",
+            "TRAIN.COMPILE",
+            str(compiled),
+        ],
+    )
     train(cfg)
     (row,) = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    return {"compile": json.loads((out / "run.json").read_text())["compile"], "epoch1_train_s": row["train_time_s"]}
+    return {
+        "compile": json.loads((out / "run.json").read_text())["compile"],
+        "epoch1_train_s": row["train_time_s"],
+    }
 
 
 def steady_state(args: argparse.Namespace) -> dict[str, float]:
     """Median seconds per `train_one_epoch` step, eager vs compiled, alternated."""
     device = torch.device("cpu")
     torch.manual_seed(0)
-    batch = (torch.randn(32, 3, 64, 64), torch.randint(0, 10, (32,)), torch.rand(32), torch.ones(32, dtype=torch.bool))
+    batch = (
+        torch.randn(32, 3, 64, 64),
+        torch.randint(0, 10, (32,)),
+        torch.rand(32),
+        torch.ones(32, dtype=torch.bool),
+    )
     models = {}
     for name in ("eager", "compiled"):
         model = build_resnet(args.arch, 10).to(memory_format=torch.channels_last)
-        models[name] = (torch.compile(model) if name == "compiled" else model,
-                        torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9))
+        models[name] = (
+            torch.compile(model) if name == "compiled" else model,
+            torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9),
+        )
 
     def step_time(name: str) -> float:
         model, opt = models[name]
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda it: 1.0)
         scaler = torch.amp.GradScaler("cpu", enabled=False)
         start = time.perf_counter()
-        train_one_epoch(model, [batch] * args.steps, opt, sched, scaler, LabelStrategy("als"), device, 1,
-                        amp="bf16", channels_last=True, progress=False)
+        train_one_epoch(
+            model,
+            [batch] * args.steps,
+            opt,
+            sched,
+            scaler,
+            LabelStrategy("als"),
+            device,
+            1,
+            amp="bf16",
+            channels_last=True,
+            progress=False,
+        )
         return (time.perf_counter() - start) / args.steps
 
     for name in models:  # warm-up (the compiled model compiles here, from the cache step 1 filled)
@@ -81,7 +138,9 @@ def steady_state(args: argparse.Namespace) -> dict[str, float]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--arch", default="resnet18")
     parser.add_argument("--steps", type=int, default=5, help="steps per timed run")
     parser.add_argument("--repeats", type=int, default=5)
@@ -98,18 +157,35 @@ def main() -> None:
         graphs = counters["stats"]["unique_graphs"]
         eager = first_epoch(root, Path(tmp) / "eager", False, args.arch)
     if compiled["compile"] != "inductor" or graphs < 1:
-        raise SystemExit(f"the compiled run did not compile (run.json compile={compiled['compile']}, graphs={graphs})")
+        raise SystemExit(
+            "the compiled run did not compile (run.json "
+            f"compile={compiled['compile']}, graphs={graphs})"
+        )
     median = steady_state(args)
     ratio = median["eager"] / median["compiled"]
     if args.out:
-        atomic_write_json(args.out, {"args": vars(args), "first_epoch": {"eager": eager, "compiled": compiled},
-                                     "dynamo_graphs": graphs, "median_s_per_step": median,
-                                     "compiled_speedup": ratio, "versions": package_versions()})
-    print(f"first epoch (4 steps): eager {eager['epoch1_train_s']:.1f} s, compiled {compiled['epoch1_train_s']:.1f} s "
-          f"(cold inductor compile, {graphs} graph(s)); steady state: eager {median['eager'] * 1000:.0f} ms/step, "
-          f"compiled {median['compiled'] * 1000:.0f} ms/step")
-    print(f"{args.arch} 64px batch 32 bf16 channels_last, {args.threads} threads: cold compile "
-          f"{compiled['epoch1_train_s'] - eager['epoch1_train_s']:.0f} s, compiled speed-up {ratio:.2f}x")
+        atomic_write_json(
+            args.out,
+            {
+                "args": vars(args),
+                "first_epoch": {"eager": eager, "compiled": compiled},
+                "dynamo_graphs": graphs,
+                "median_s_per_step": median,
+                "compiled_speedup": ratio,
+                "versions": package_versions(),
+            },
+        )
+    print(
+        f"first epoch (4 steps): eager {eager['epoch1_train_s']:.1f} s, compiled "
+        f"{compiled['epoch1_train_s']:.1f} s (cold inductor compile, {graphs} graph(s)); steady "
+        f"state: eager {median['eager'] * 1000:.0f} ms/step, compiled "
+        f"{median['compiled'] * 1000:.0f} ms/step"
+    )
+    print(
+        f"{args.arch} 64px batch 32 bf16 channels_last, {args.threads} threads: cold compile "
+        f"{compiled['epoch1_train_s'] - eager['epoch1_train_s']:.0f} s, compiled speed-up "
+        f"{ratio:.2f}x"
+    )
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ with torchvision in float64) on a randomly initialised torchvision ResNet-50; me
 
     python benchmarks/bench_convert.py [--repeats 3] [--size 224] [--threads 2] [--out F]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -24,7 +25,9 @@ from als_det.versions import package_versions
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--size", type=int, default=224, help="verification input size")
     parser.add_argument("--threads", type=int, default=2)
@@ -46,17 +49,28 @@ def main() -> None:
             verify_s.append(time.perf_counter() - start)
             if not result.ok:
                 raise SystemExit(result.summary())
-            print(f"repeat {i}: convert {convert_s[-1]:.2f} s, verify {verify_s[-1]:.2f} s "
-                  f"({result.loaded_tensors}/{result.expected_tensors} tensors, "
-                  f"max diff {result.max_diff:.3g})")
+            print(
+                f"repeat {i}: convert {convert_s[-1]:.2f} s, verify {verify_s[-1]:.2f} s "
+                f"({result.loaded_tensors}/{result.expected_tensors} tensors, "
+                f"max diff {result.max_diff:.3g})"
+            )
     convert_med, verify_med = statistics.median(convert_s), statistics.median(verify_s)
     if args.out:
-        atomic_write_json(args.out, {"convert_s": convert_s, "verify_s": verify_s,
-                                     "size": args.size, "threads": args.threads,
-                                     "versions": package_versions()})
-    print(f"resnet50 convert {convert_med:.2f} s + verify {verify_med:.2f} s "
-          f"(input {args.size}px, {args.threads} threads, median of {args.repeats}): "
-          f"{convert_med + verify_med:.2f} s")
+        atomic_write_json(
+            args.out,
+            {
+                "convert_s": convert_s,
+                "verify_s": verify_s,
+                "size": args.size,
+                "threads": args.threads,
+                "versions": package_versions(),
+            },
+        )
+    print(
+        f"resnet50 convert {convert_med:.2f} s + verify {verify_med:.2f} s "
+        f"(input {args.size}px, {args.threads} threads, median of {args.repeats}): "
+        f"{convert_med + verify_med:.2f} s"
+    )
 
 
 if __name__ == "__main__":

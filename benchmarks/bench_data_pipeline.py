@@ -7,6 +7,7 @@ ratio). Default data: ../shared/data/tiny-imagenet-10 beside the checkout, else 
 
     python benchmarks/bench_data_pipeline.py [--root DIR] [--workers 0 2] [--repeats 3] [--out F]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -32,8 +33,14 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def _epoch_plain(root: Path, size: int, batch: int, workers: int, seed: int) -> tuple[int, float]:
-    tf = T.Compose([T.RandomResizedCrop(size), T.RandomHorizontalFlip(), T.ToTensor(),
-                    T.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
+    tf = T.Compose(
+        [
+            T.RandomResizedCrop(size),
+            T.RandomHorizontalFlip(),
+            T.ToTensor(),
+            T.Normalize(IMAGENET_MEAN, IMAGENET_STD),
+        ]
+    )
     ds = ImageFolder(str(root / "train"), transform=tf)
     torch.manual_seed(seed)
     start = time.perf_counter()
@@ -43,14 +50,16 @@ def _epoch_plain(root: Path, size: int, batch: int, workers: int, seed: int) -> 
     return n, time.perf_counter() - start
 
 
-def _epoch_als(ds: ImageNetBoxes, strategy: LabelStrategy, batch: int, workers: int,
-               seed: int) -> tuple[int, float]:
+def _epoch_als(
+    ds: ImageNetBoxes, strategy: LabelStrategy, batch: int, workers: int, seed: int
+) -> tuple[int, float]:
     ds.set_epoch(seed)
     g = torch.Generator().manual_seed(seed)
     start = time.perf_counter()
     n = 0
-    for images, labels, cov, _, has_box in DataLoader(ds, batch_size=batch, shuffle=True,
-                                                   num_workers=workers, generator=g):
+    for images, labels, cov, _, has_box in DataLoader(
+        ds, batch_size=batch, shuffle=True, num_workers=workers, generator=g
+    ):
         targets = soft_targets(labels, smoothing(strategy, cov, has_box), len(ds.classes))
         n += len(targets)
     return n, time.perf_counter() - start
@@ -58,7 +67,9 @@ def _epoch_als(ds: ImageNetBoxes, strategy: LabelStrategy, batch: int, workers: 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--root", default="", help="ImageNet-style root (default: tiny-imagenet-10)")
+    parser.add_argument(
+        "--root", default="", help="ImageNet-style root (default: tiny-imagenet-10)"
+    )
     parser.add_argument("--workers", type=int, nargs="+", default=[0, 2])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--batch-size", type=int, default=128)
@@ -89,22 +100,40 @@ def main() -> None:
                 runs.setdefault((name, workers), []).append(n / sec)
 
     rows = []
-    print(f"\n{root}: {len(ds)} images, batch {args.batch_size}, {args.repeats} interleaved repeats")
+    print(
+        f"\n{root}: {len(ds)} images, batch {args.batch_size}, {args.repeats} interleaved repeats"
+    )
     print(f"{'workers':>7}  {'plain img/s':>12}  {'ALS img/s':>12}  {'ALS/plain':>9}")
     for workers in args.workers:
         plain = statistics.median(runs[("plain", workers)])
         als = statistics.median(runs[("als", workers)])
-        rows.append({"workers": workers, "plain_images_per_s": plain, "als_images_per_s": als,
-                     "ratio": als / plain, "plain_runs": runs[("plain", workers)],
-                     "als_runs": runs[("als", workers)]})
+        rows.append(
+            {
+                "workers": workers,
+                "plain_images_per_s": plain,
+                "als_images_per_s": als,
+                "ratio": als / plain,
+                "plain_runs": runs[("plain", workers)],
+                "als_runs": runs[("als", workers)],
+            }
+        )
         print(f"{workers:>7}  {plain:>12.0f}  {als:>12.0f}  {als / plain:>9.3f}")
     overall = statistics.median(r["ratio"] for r in rows)
     print(f"ALS / plain throughput ratio (median over worker counts): {overall:.3f}")
     if args.out:
-        atomic_write_json(args.out, {"root": str(root), "images": len(ds), "rows": rows,
-                                     "ratio": overall, "batch_size": args.batch_size,
-                                     "image_size": args.image_size, "repeats": args.repeats,
-                                     "versions": package_versions()})
+        atomic_write_json(
+            args.out,
+            {
+                "root": str(root),
+                "images": len(ds),
+                "rows": rows,
+                "ratio": overall,
+                "batch_size": args.batch_size,
+                "image_size": args.image_size,
+                "repeats": args.repeats,
+                "versions": package_versions(),
+            },
+        )
     tmp.cleanup()
 
 

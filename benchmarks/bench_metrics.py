@@ -1,4 +1,6 @@
-"""Calibration metrics on ImageNet-val-sized random logits (50,000 x 1,000); wall time printed last."""
+"""Calibration metrics on ImageNet-val-sized random logits (50,000 x 1,000); wall time printed
+last."""
+
 from __future__ import annotations
 
 import argparse

@@ -6,17 +6,19 @@ dependencies and no network. This script collects, for a target Python version, 
 missing wheels at the versions installed (and tested) here:
 
 - binary ones (pycocotools) with `pip download --only-binary=:all: --platform manylinux...`;
-- pure-Python ones (fvcore, iopath, yacs, submitit, ...) with `pip wheel --no-deps` (PyPI's wheel, or one
-  built here from the sdist); each must come out platform-independent;
+- pure-Python ones (fvcore, iopath, yacs, submitit, ...) with `pip wheel --no-deps` (PyPI's
+  wheel, or one built here from the sdist); each must come out platform-independent;
 - the patched pure-Python detectron2 (scripts/install_detectron2.py's download + patch);
 - als_det itself, built from the working tree.
 
 It writes OUT_DIR/wheelhouse.json (target Python, wheels, sizes, sha256) and prints the total size.
 `benchmarks/gpu_check.sh` installs the result with `pip install --no-index --no-deps`.
 
-Usage: python benchmarks/build_wheelhouse.py [--python-version 3.12] [OUT_DIR]   (default wheelhouse/)
+Usage: python benchmarks/build_wheelhouse.py [--python-version 3.12] [OUT_DIR]   (default
+                                                                                 wheelhouse/)
        python benchmarks/build_wheelhouse.py --check-fresh [OUT_DIR]   (als_det wheel vs the tree)
 """
+
 from __future__ import annotations
 
 import argparse
@@ -37,8 +39,16 @@ from als_det.io import atomic_write_json, sha256_file  # noqa: E402
 
 # Distribution names the GPU machine lacks; versions are taken from this environment.
 BINARY = ["pycocotools"]
-PURE = ["fvcore", "iopath", "yacs", "termcolor", "omegaconf", "hydra-core", "antlr4-python3-runtime",
-        "submitit"]
+PURE = [
+    "fvcore",
+    "iopath",
+    "yacs",
+    "termcolor",
+    "omegaconf",
+    "hydra-core",
+    "antlr4-python3-runtime",
+    "submitit",
+]
 MANYLINUX = ["manylinux2014_x86_64", "manylinux_2_17_x86_64", "manylinux_2_28_x86_64"]
 MAX_MIB = 60
 # Source files of the als_det distribution (copied so stale build/ folders never leak into it).
@@ -68,13 +78,28 @@ def pinned(name: str) -> str:
     try:
         return f"{name}=={importlib.metadata.version(name)}"
     except importlib.metadata.PackageNotFoundError:
-        raise SystemExit(f"{name} is not installed in {sys.prefix}; run `make setup` first") from None
+        raise SystemExit(
+            f"{name} is not installed in {sys.prefix}; run `make setup` first"
+        ) from None
 
 
 def download_binary(requirement: str, python_version: str, out: Path) -> None:
     platforms = [a for p in MANYLINUX for a in ("--platform", p)]
-    _run(_pip("download", "--no-deps", "--only-binary=:all:", "--python-version", python_version,
-              "--implementation", "cp", *platforms, "-d", str(out), requirement))
+    _run(
+        _pip(
+            "download",
+            "--no-deps",
+            "--only-binary=:all:",
+            "--python-version",
+            python_version,
+            "--implementation",
+            "cp",
+            *platforms,
+            "-d",
+            str(out),
+            requirement,
+        )
+    )
 
 
 def wheel_pure(requirement: str, out: Path) -> None:
@@ -105,9 +130,11 @@ def check_fresh(out: Path) -> None:
     """Stop if OUT's als_det wheel was built from other sources than this tree's."""
     built = json.loads((out / "wheelhouse.json").read_text()).get("als_det_source_sha256")
     if built != source_digest():
-        raise SystemExit(f"{out}: its als_det wheel was built from other sources than this tree's "
-                         f"als_det/ (changed since); rebuild: python benchmarks/build_wheelhouse.py "
-                         f"--python-version X.Y {out}")
+        raise SystemExit(
+            f"{out}: its als_det wheel was built from other sources than this tree's "
+            f"als_det/ (changed since); rebuild: python benchmarks/build_wheelhouse.py "
+            f"--python-version X.Y {out}"
+        )
     print(f"{out}: als_det wheel matches this tree's sources")
 
 
@@ -116,8 +143,10 @@ def check_pure(wheels: list[Path], binary_prefixes: tuple[str, ...]) -> None:
         if wheel.name.lower().startswith(binary_prefixes):
             continue
         if not wheel.name.endswith("-none-any.whl"):
-            raise SystemExit(f"{wheel.name} is not platform-independent; it would not install on the "
-                             "GPU machine. Add it to BINARY in benchmarks/build_wheelhouse.py")
+            raise SystemExit(
+                f"{wheel.name} is not platform-independent; it would not install on the "
+                "GPU machine. Add it to BINARY in benchmarks/build_wheelhouse.py"
+            )
 
 
 def build(out: Path, python_version: str) -> dict:
@@ -139,7 +168,9 @@ def build(out: Path, python_version: str) -> dict:
         "built_with": sys.version.split()[0],
         "als_det_source_sha256": source_digest(),
         "total_bytes": total,
-        "wheels": [{"file": w.name, "bytes": w.stat().st_size, "sha256": sha256_file(w)} for w in wheels],
+        "wheels": [
+            {"file": w.name, "bytes": w.stat().st_size, "sha256": sha256_file(w)} for w in wheels
+        ],
     }
     atomic_write_json(out / "wheelhouse.json", manifest)
     return manifest
@@ -148,10 +179,16 @@ def build(out: Path, python_version: str) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("out", nargs="?", default=str(REPO / "wheelhouse"), help="output folder")
-    parser.add_argument("--python-version", default="3.12",
-                        help="target interpreter, e.g. 3.12 (the GPU machine) or 3.11 (this machine)")
-    parser.add_argument("--check-fresh", action="store_true",
-                        help="build nothing; fail if OUT's als_det wheel is older than the tree's sources")
+    parser.add_argument(
+        "--python-version",
+        default="3.12",
+        help="target interpreter, e.g. 3.12 (the GPU machine) or 3.11 (this machine)",
+    )
+    parser.add_argument(
+        "--check-fresh",
+        action="store_true",
+        help="build nothing; fail if OUT's als_det wheel is older than the tree's sources",
+    )
     args = parser.parse_args()
     if args.check_fresh:
         check_fresh(Path(args.out))
@@ -160,10 +197,14 @@ def main() -> None:
     for w in manifest["wheels"]:
         print(f"  {w['bytes'] / 2**20:7.2f} MiB  {w['file']}")
     mib = manifest["total_bytes"] / 2**20
-    print(f"wheelhouse {args.out}: {len(manifest['wheels'])} wheels, {mib:.2f} MiB "
-          f"(python {args.python_version})")
+    print(
+        f"wheelhouse {args.out}: {len(manifest['wheels'])} wheels, {mib:.2f} MiB "
+        f"(python {args.python_version})"
+    )
     if mib > MAX_MIB:
-        raise SystemExit(f"wheelhouse is {mib:.1f} MiB > {MAX_MIB} MiB: too big to travel with the tree")
+        raise SystemExit(
+            f"wheelhouse is {mib:.1f} MiB > {MAX_MIB} MiB: too big to travel with the tree"
+        )
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ it complete. Run with the interpreter whose packages are linked (the project's .
 
 Usage: .venv/bin/python benchmarks/emulate_preinstalled.py OUT_DIR
 """
+
 from __future__ import annotations
 
 import argparse
@@ -19,12 +20,37 @@ from pathlib import Path
 from packaging.requirements import Requirement
 
 # What the GPU machines come with (benchmarks/gpu_check.sh's documented environment).
-PREINSTALLED = ["torch", "torchvision", "numpy", "pillow", "opencv-python-headless", "matplotlib",
-                "tqdm", "pyyaml", "tabulate", "cloudpickle", "tensorboard", "portalocker", "pytest",
-                "pip", "setuptools"]
+PREINSTALLED = [
+    "torch",
+    "torchvision",
+    "numpy",
+    "pillow",
+    "opencv-python-headless",
+    "matplotlib",
+    "tqdm",
+    "pyyaml",
+    "tabulate",
+    "cloudpickle",
+    "tensorboard",
+    "portalocker",
+    "pytest",
+    "pip",
+    "setuptools",
+]
 # What the wheelhouse must supply; none may reach the folder.
-WHEELHOUSE = ["pb1-detectron2", "pycocotools", "fvcore", "iopath", "yacs", "termcolor", "omegaconf",
-              "hydra-core", "antlr4-python3-runtime", "submitit", "als-det"]
+WHEELHOUSE = [
+    "pb1-detectron2",
+    "pycocotools",
+    "fvcore",
+    "iopath",
+    "yacs",
+    "termcolor",
+    "omegaconf",
+    "hydra-core",
+    "antlr4-python3-runtime",
+    "submitit",
+    "als-det",
+]
 
 
 def _norm(name: str) -> str:

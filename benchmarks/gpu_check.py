@@ -24,6 +24,7 @@ Writes OUT/gpu_check.json, OUT/sections/*.json and one log per section; prints a
 
 Usage: python benchmarks/gpu_check.py --out DIR [--cpu-smoke] [--sections a,b]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -48,8 +49,13 @@ from als_det.io import atomic_write_json
 REPO = Path(__file__).resolve().parents[1]
 SECTIONS = ("pretrain", "input", "gpu_decode", "finetune")
 # detectron2 MODEL_ZOO.md, faster_rcnn_R_50_FPN_1x: 8 V100s, 2 images per GPU.
-D2_REFERENCE = {"model": "faster_rcnn_R_50_FPN_1x", "s_per_iter": 0.210, "images_per_iter": 16,
-                "gpus": "8x V100", "train_mem_gb": 3.0}
+D2_REFERENCE = {
+    "model": "faster_rcnn_R_50_FPN_1x",
+    "s_per_iter": 0.210,
+    "images_per_iter": 16,
+    "gpus": "8x V100",
+    "train_mem_gb": 3.0,
+}
 
 
 @dataclass(frozen=True)
@@ -76,18 +82,45 @@ class Plan:
 
 def gpu_plan() -> Plan:
     cores = os.cpu_count() or 16
-    return Plan(device="cuda", arch="resnet50", num_classes=1000, image_size=224, batch=256, warmup=5,
-                steps=30, repeats=2, compile_backend="inductor", jpegs=4096, jpeg_size=(400, 350),
-                workers=tuple(sorted({max(1, cores // 2), max(1, cores - 1)})), ft_iters=40, ft_batch=8,
-                ft_config="configs/detection/faster_rcnn_R_50_FPN_1x.yaml",
-                caps={"pretrain": 160, "input": 90, "gpu_decode": 50, "finetune": 110})
+    return Plan(
+        device="cuda",
+        arch="resnet50",
+        num_classes=1000,
+        image_size=224,
+        batch=256,
+        warmup=5,
+        steps=30,
+        repeats=2,
+        compile_backend="inductor",
+        jpegs=4096,
+        jpeg_size=(400, 350),
+        workers=tuple(sorted({max(1, cores // 2), max(1, cores - 1)})),
+        ft_iters=40,
+        ft_batch=8,
+        ft_config="configs/detection/faster_rcnn_R_50_FPN_1x.yaml",
+        caps={"pretrain": 160, "input": 90, "gpu_decode": 50, "finetune": 110},
+    )
 
 
 def smoke_plan() -> Plan:
-    return Plan(device="cpu", arch="resnet18", num_classes=10, image_size=64, batch=4, warmup=1,
-                steps=2, repeats=1, compile_backend="eager", jpegs=48, jpeg_size=(120, 100), workers=(2,),
-                ft_iters=5, ft_batch=2, ft_config="configs/detection/faster_rcnn_R_50_FPN_1x.yaml",
-                caps={"pretrain": 60, "input": 40, "gpu_decode": 30, "finetune": 90})
+    return Plan(
+        device="cpu",
+        arch="resnet18",
+        num_classes=10,
+        image_size=64,
+        batch=4,
+        warmup=1,
+        steps=2,
+        repeats=1,
+        compile_backend="eager",
+        jpegs=48,
+        jpeg_size=(120, 100),
+        workers=(2,),
+        ft_iters=5,
+        ft_batch=2,
+        ft_config="configs/detection/faster_rcnn_R_50_FPN_1x.yaml",
+        caps={"pretrain": 60, "input": 40, "gpu_decode": 30, "finetune": 90},
+    )
 
 
 class Section:
@@ -114,7 +147,9 @@ def sync(device: torch.device) -> None:
 
 
 def peak_mem_gib(device: torch.device) -> float | None:
-    return round(torch.cuda.max_memory_allocated(device) / 2**30, 2) if device.type == "cuda" else None
+    return (
+        round(torch.cuda.max_memory_allocated(device) / 2**30, 2) if device.type == "cuda" else None
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -125,12 +160,16 @@ def _model(plan: Plan, device: torch.device) -> tuple[torch.nn.Module, torch.opt
     from als_det.models import build_resnet
 
     torch.manual_seed(0)
-    model = build_resnet(plan.arch, plan.num_classes).to(device).to(memory_format=torch.channels_last)
+    model = (
+        build_resnet(plan.arch, plan.num_classes).to(device).to(memory_format=torch.channels_last)
+    )
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=1e-4)
     return model, opt
 
 
-def _synthetic_batches(plan: Plan, device: torch.device, n: int = 4) -> list[tuple[torch.Tensor, ...]]:
+def _synthetic_batches(
+    plan: Plan, device: torch.device, n: int = 4
+) -> list[tuple[torch.Tensor, ...]]:
     g = torch.Generator().manual_seed(0)
     batches = []
     for _ in range(n):
@@ -139,13 +178,26 @@ def _synthetic_batches(plan: Plan, device: torch.device, n: int = 4) -> list[tup
         cov = torch.rand(plan.batch, generator=g)
         obj_cov = torch.rand(plan.batch, generator=g)
         has_box = torch.rand(plan.batch, generator=g) < 0.9
-        batches.append(tuple(t.to(device) for t in (
-            images.contiguous(memory_format=torch.channels_last), labels, cov, obj_cov, has_box)))
+        batches.append(
+            tuple(
+                t.to(device)
+                for t in (
+                    images.contiguous(memory_format=torch.channels_last),
+                    labels,
+                    cov,
+                    obj_cov,
+                    has_box,
+                )
+            )
+        )
     return batches
 
 
-def trainer_rate(model, opt, strategy, batches, plan: Plan, device: torch.device, iters: int) -> float:
-    """Images/s of als_det's `train_one_epoch` over `iters` GPU-resident batches (wall time, synced)."""
+def trainer_rate(
+    model, opt, strategy, batches, plan: Plan, device: torch.device, iters: int
+) -> float:
+    """Images/s of als_det's `train_one_epoch` over `iters` GPU-resident batches (wall time,
+    synced)."""
     from als_det.engine.trainer import train_one_epoch
 
     loader = [batches[i % len(batches)] for i in range(iters)]
@@ -153,14 +205,26 @@ def trainer_rate(model, opt, strategy, batches, plan: Plan, device: torch.device
     scaler = torch.amp.GradScaler(device.type, enabled=False)
     sync(device)
     t0 = time.perf_counter()
-    train_one_epoch(model, loader, opt, sched, scaler, strategy, device, 1, amp="bf16",
-                    channels_last=True, progress=False)
+    train_one_epoch(
+        model,
+        loader,
+        opt,
+        sched,
+        scaler,
+        strategy,
+        device,
+        1,
+        amp="bf16",
+        channels_last=True,
+        progress=False,
+    )
     sync(device)
     return iters * plan.batch / (time.perf_counter() - t0)
 
 
 def plain_ce_rate(model, opt, batches, plan: Plan, device: torch.device, iters: int) -> float:
-    """Images/s of torchvision's reference step (hard labels, `F.cross_entropy`, no per-step sync)."""
+    """Images/s of torchvision's reference step (hard labels, `F.cross_entropy`, no per-step
+    sync)."""
     model.train()
     autocast = torch.autocast(device.type, dtype=torch.bfloat16)
     sync(device)
@@ -184,8 +248,14 @@ def section_pretrain(plan: Plan, sec: Section) -> None:
     model, opt = _model(plan, device)
     batches = _synthetic_batches(plan, device)
     arms = {"hard": LabelStrategy("hard"), "als": LabelStrategy("als")}
-    sec.put(arch=plan.arch, image_size=plan.image_size, batch=plan.batch, steps=plan.steps,
-            amp=f"bf16 ({device.type} autocast)", channels_last=True)
+    sec.put(
+        arch=plan.arch,
+        image_size=plan.image_size,
+        batch=plan.batch,
+        steps=plan.steps,
+        amp=f"bf16 ({device.type} autocast)",
+        channels_last=True,
+    )
 
     def measure(tag: str, m: torch.nn.Module) -> None:
         t0 = time.perf_counter()
@@ -195,16 +265,27 @@ def section_pretrain(plan: Plan, sec: Section) -> None:
         best = {name: 0.0 for name in arms}
         for _ in range(plan.repeats):  # alternate the arms so drift hits both alike
             for name, strategy in arms.items():
-                best[name] = max(best[name], trainer_rate(m, opt, strategy, batches, plan, device, plan.steps))
-        sec.put(**{f"{tag}_hard_img_s": round(best["hard"], 1), f"{tag}_als_img_s": round(best["als"], 1),
-                   f"{tag}_als_over_hard": round(best["als"] / best["hard"], 4)})
+                best[name] = max(
+                    best[name], trainer_rate(m, opt, strategy, batches, plan, device, plan.steps)
+                )
+        sec.put(
+            **{
+                f"{tag}_hard_img_s": round(best["hard"], 1),
+                f"{tag}_als_img_s": round(best["als"], 1),
+                f"{tag}_als_over_hard": round(best["als"] / best["hard"], 4),
+            }
+        )
 
     measure("eager", model)
     plain_ce_rate(model, opt, batches, plan, device, plan.warmup)
-    plain = max(plain_ce_rate(model, opt, batches, plan, device, plan.steps) for _ in range(plan.repeats))
-    sec.put(eager_plain_ce_img_s=round(plain, 1),
-            eager_trainer_hard_over_plain_ce=round(sec.figures["eager_hard_img_s"] / plain, 4),
-            peak_mem_gib=peak_mem_gib(device))
+    plain = max(
+        plain_ce_rate(model, opt, batches, plan, device, plan.steps) for _ in range(plan.repeats)
+    )
+    sec.put(
+        eager_plain_ce_img_s=round(plain, 1),
+        eager_trainer_hard_over_plain_ce=round(sec.figures["eager_hard_img_s"] / plain, 4),
+        peak_mem_gib=peak_mem_gib(device),
+    )
     need = 100 if device.type == "cuda" else 20
     if sec.left() < need:
         sec.put(compiled=f"skipped: {sec.left():.0f} s left, compiling needs ~{need} s")
@@ -228,7 +309,7 @@ def _make_jpeg(job: tuple[str, int, int, int]) -> tuple[str, int, int, list[floa
     img = img + rng.integers(-20, 21, (height, width, 3), dtype=np.int16)
     bw, bh = int(width * rng.uniform(0.2, 0.8)), int(height * rng.uniform(0.2, 0.8))
     x0, y0 = int(rng.integers(0, width - bw + 1)), int(rng.integers(0, height - bh + 1))
-    img[y0:y0 + bh, x0:x0 + bw] = rng.integers(0, 256, 3) + rng.integers(-30, 31, (bh, bw, 1))
+    img[y0 : y0 + bh, x0 : x0 + bw] = rng.integers(0, 256, 3) + rng.integers(-30, 31, (bh, bw, 1))
     Image.fromarray(np.clip(img, 0, 255).astype(np.uint8)).save(path, quality=90)
     box = [] if seed % 10 == 0 else [x0, y0, x0 + bw, y0 + bh]
     return path, width, height, box
@@ -241,19 +322,38 @@ def make_jpeg_set(root: Path, plan: Plan, processes: int):
     root.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(0)
     w0, h0 = plan.jpeg_size
-    jobs = [(str(root / f"{i:06d}.JPEG"), i, int(w0 * rng.uniform(0.9, 1.1)), int(h0 * rng.uniform(0.9, 1.1)))
-            for i in range(plan.jpegs)]
+    jobs = [
+        (
+            str(root / f"{i:06d}.JPEG"),
+            i,
+            int(w0 * rng.uniform(0.9, 1.1)),
+            int(h0 * rng.uniform(0.9, 1.1)),
+        )
+        for i in range(plan.jpegs)
+    ]
     with mp.get_context("fork").Pool(processes) as pool:
         made = pool.map(_make_jpeg, jobs, chunksize=16)
     classes = [f"n{c:08d}" for c in range(plan.num_classes)]
-    records = [ImageRecord(path=p, label=i % plan.num_classes,
-                           boxes=np.asarray(b, np.float32).reshape(-1, 4), width=w, height=h)
-               for i, (p, w, h, b) in enumerate(made)]
+    records = [
+        ImageRecord(
+            path=p,
+            label=i % plan.num_classes,
+            boxes=np.asarray(b, np.float32).reshape(-1, 4),
+            width=w,
+            height=h,
+        )
+        for i, (p, w, h, b) in enumerate(made)
+    ]
     return records, classes
 
 
-def loader_rate(dataset, plan: Plan, workers: int, device: torch.device,
-                consume: Callable[[tuple], torch.Tensor] | None = None) -> float:
+def loader_rate(
+    dataset,
+    plan: Plan,
+    workers: int,
+    device: torch.device,
+    consume: Callable[[tuple], torch.Tensor] | None = None,
+) -> float:
     """Images/s of a DataLoader over `dataset` after one round of batches per worker.
 
     Timed over 4 further rounds so that the batches the workers had prefetched count little.
@@ -262,11 +362,21 @@ def loader_rate(dataset, plan: Plan, workers: int, device: torch.device,
     from torch.utils.data import DataLoader, RandomSampler
 
     warm, timed = max(2, workers), 4 * max(2, workers)
-    sampler = RandomSampler(dataset, replacement=True, num_samples=(warm + timed) * plan.batch,
-                            generator=torch.Generator().manual_seed(0))
-    loader = DataLoader(dataset, batch_size=plan.batch, sampler=sampler, num_workers=workers,
-                        pin_memory=device.type == "cuda", drop_last=True,
-                        collate_fn=getattr(dataset, "collate", None))
+    sampler = RandomSampler(
+        dataset,
+        replacement=True,
+        num_samples=(warm + timed) * plan.batch,
+        generator=torch.Generator().manual_seed(0),
+    )
+    loader = DataLoader(
+        dataset,
+        batch_size=plan.batch,
+        sampler=sampler,
+        num_workers=workers,
+        pin_memory=device.type == "cuda",
+        drop_last=True,
+        collate_fn=getattr(dataset, "collate", None),
+    )
     consume = consume or (lambda batch: batch[0])
     n, t0 = 0, 0.0
     for i, batch in enumerate(loader):
@@ -283,14 +393,27 @@ def loader_rate(dataset, plan: Plan, workers: int, device: torch.device,
 def _train_loader(dataset, plan: Plan, workers: int, device: torch.device, iters: int):
     from torch.utils.data import DataLoader, RandomSampler
 
-    sampler = RandomSampler(dataset, replacement=True, num_samples=iters * plan.batch,
-                            generator=torch.Generator().manual_seed(1))
-    return DataLoader(dataset, batch_size=plan.batch, sampler=sampler, num_workers=workers,
-                      pin_memory=device.type == "cuda", drop_last=True, persistent_workers=workers > 0,
-                      collate_fn=getattr(dataset, "collate", None))
+    sampler = RandomSampler(
+        dataset,
+        replacement=True,
+        num_samples=iters * plan.batch,
+        generator=torch.Generator().manual_seed(1),
+    )
+    return DataLoader(
+        dataset,
+        batch_size=plan.batch,
+        sampler=sampler,
+        num_workers=workers,
+        pin_memory=device.type == "cuda",
+        drop_last=True,
+        persistent_workers=workers > 0,
+        collate_fn=getattr(dataset, "collate", None),
+    )
 
 
-def end_to_end_rate(loader, model, opt, plan: Plan, device: torch.device, warm: int, timed: int) -> float:
+def end_to_end_rate(
+    loader, model, opt, plan: Plan, device: torch.device, warm: int, timed: int
+) -> float:
     """Images/s of `train_one_epoch` (ALS) fed by `loader`, after `warm` iterations."""
     from als_det.engine.trainer import train_one_epoch
     from als_det.targets import LabelStrategy
@@ -298,10 +421,14 @@ def end_to_end_rate(loader, model, opt, plan: Plan, device: torch.device, warm: 
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda it: 1.0)
     scaler = torch.amp.GradScaler(device.type, enabled=False)
     kw = dict(amp="bf16", channels_last=True, progress=False)
-    train_one_epoch(model, loader, opt, sched, scaler, LabelStrategy("als"), device, 1, max_iters=warm, **kw)
+    train_one_epoch(
+        model, loader, opt, sched, scaler, LabelStrategy("als"), device, 1, max_iters=warm, **kw
+    )
     sync(device)
     t0 = time.perf_counter()
-    train_one_epoch(model, loader, opt, sched, scaler, LabelStrategy("als"), device, 1, max_iters=timed, **kw)
+    train_one_epoch(
+        model, loader, opt, sched, scaler, LabelStrategy("als"), device, 1, max_iters=timed, **kw
+    )
     sync(device)
     return timed * plan.batch / (time.perf_counter() - t0)
 
@@ -321,10 +448,16 @@ def section_input(plan: Plan, sec: Section, out: Path) -> None:
     t0 = time.perf_counter()
     dataset, records = _jpeg_dataset(plan, out)
     sizes = [os.path.getsize(r.path) for r in records]
-    sec.put(jpegs=len(records), mean_jpeg_kb=round(float(np.mean(sizes)) / 1024, 1),
-            mean_wh=[round(float(np.mean([r.width for r in records]))),
-                     round(float(np.mean([r.height for r in records])))],
-            generate_s=round(time.perf_counter() - t0, 1), cores=os.cpu_count())
+    sec.put(
+        jpegs=len(records),
+        mean_jpeg_kb=round(float(np.mean(sizes)) / 1024, 1),
+        mean_wh=[
+            round(float(np.mean([r.width for r in records]))),
+            round(float(np.mean([r.height for r in records]))),
+        ],
+        generate_s=round(time.perf_counter() - t0, 1),
+        cores=os.cpu_count(),
+    )
     model, opt = _model(plan, device)
     batches = _synthetic_batches(plan, device)
     trainer_rate(model, opt, LabelStrategy("als"), batches, plan, device, plan.warmup)
@@ -373,21 +506,39 @@ class EncodedCrops(torch.utils.data.Dataset):
         flip = bool(torch.rand(1, generator=g).item() < 0.5)
         boxes = base.boxes(index)
         crop = (left, top, left + w, top + h)
-        cov, obj = (coverage(boxes, crop), object_coverage(boxes, crop)) if len(boxes) else (0.0, 0.0)
-        return read_file(path), base.label(index), cov, obj, bool(len(boxes)), (top, left, h, w, flip, height, width)
+        cov, obj = (
+            (coverage(boxes, crop), object_coverage(boxes, crop)) if len(boxes) else (0.0, 0.0)
+        )
+        return (
+            read_file(path),
+            base.label(index),
+            cov,
+            obj,
+            bool(len(boxes)),
+            (top, left, h, w, flip, height, width),
+        )
 
     @staticmethod
     def collate(items):
         """One flat byte tensor per batch (one shared-memory handle, not one per image)."""
         data, labels, cov, obj, has_box, params = zip(*items)
         lengths = torch.tensor([len(d) for d in data])
-        return (torch.cat(data), lengths, torch.tensor(labels), torch.tensor(cov, dtype=torch.float32),
-                torch.tensor(obj, dtype=torch.float32), torch.tensor(has_box), torch.tensor(params))
+        return (
+            torch.cat(data),
+            lengths,
+            torch.tensor(labels),
+            torch.tensor(cov, dtype=torch.float32),
+            torch.tensor(obj, dtype=torch.float32),
+            torch.tensor(has_box),
+            torch.tensor(params),
+        )
 
 
-def decode_crop(flat: torch.Tensor, lengths: torch.Tensor, params: torch.Tensor, size: int,
-                device: torch.device) -> torch.Tensor:
-    """Batched JPEG decode on `device`, then each image's crop, resize (antialiased), flip, normalise."""
+def decode_crop(
+    flat: torch.Tensor, lengths: torch.Tensor, params: torch.Tensor, size: int, device: torch.device
+) -> torch.Tensor:
+    """Batched JPEG decode on `device`, then each image's crop, resize (antialiased), flip,
+    normalise."""
     from torchvision.io import ImageReadMode, decode_jpeg
 
     from als_det.data.imagenet import IMAGENET_MEAN, IMAGENET_STD
@@ -397,9 +548,13 @@ def decode_crop(flat: torch.Tensor, lengths: torch.Tensor, params: torch.Tensor,
     out = torch.empty(len(images), 3, size, size, device=device)
     for k, (img, (top, left, h, w, flip, height, width)) in enumerate(zip(images, params.tolist())):
         if tuple(img.shape[1:]) != (height, width):
-            raise ValueError(f"decoded size {tuple(img.shape[1:])} != header size {(height, width)}")
-        crop = img[:, top:top + h, left:left + w].unsqueeze(0).float()
-        resized = F.interpolate(crop, size=(size, size), mode="bilinear", antialias=True, align_corners=False)[0]
+            raise ValueError(
+                f"decoded size {tuple(img.shape[1:])} != header size {(height, width)}"
+            )
+        crop = img[:, top : top + h, left : left + w].unsqueeze(0).float()
+        resized = F.interpolate(
+            crop, size=(size, size), mode="bilinear", antialias=True, align_corners=False
+        )[0]
         out[k] = resized.flip(-1) if flip else resized
     mean = torch.tensor(IMAGENET_MEAN, device=device).view(1, 3, 1, 1) * 255
     std = torch.tensor(IMAGENET_STD, device=device).view(1, 3, 1, 1) * 255
@@ -417,7 +572,13 @@ class GpuDecodedLoader:
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, ...]]:
         for flat, lengths, labels, cov, obj, has_box, params in self.loader:
-            yield decode_crop(flat, lengths, params, self.size, self.device), labels, cov, obj, has_box
+            yield (
+                decode_crop(flat, lengths, params, self.size, self.device),
+                labels,
+                cov,
+                obj,
+                has_box,
+            )
 
 
 def section_gpu_decode(plan: Plan, sec: Section, out: Path) -> None:
@@ -427,7 +588,9 @@ def section_gpu_decode(plan: Plan, sec: Section, out: Path) -> None:
     encoded = EncodedCrops(dataset)
     for i in range(min(8, len(dataset))):  # crops tracked exactly: coverage as on the CPU path
         if abs(encoded[i][2] - dataset[i][2]) > 1e-9:
-            raise AssertionError(f"coverage of image {i}: {encoded[i][2]} (header path) != {dataset[i][2]}")
+            raise AssertionError(
+                f"coverage of image {i}: {encoded[i][2]} (header path) != {dataset[i][2]}"
+            )
     sec.put(coverage_matches_cpu_path=True, decode_device=str(device))
     w = max(plan.workers)
 
@@ -437,9 +600,17 @@ def section_gpu_decode(plan: Plan, sec: Section, out: Path) -> None:
     sec.put(**{f"decode_crop_{w}w_img_s": round(loader_rate(encoded, plan, w, device, consume), 1)})
     model, opt = _model(plan, device)
     warm, timed = max(2, w), 2 * max(2, w)
-    loader = GpuDecodedLoader(_train_loader(encoded, plan, w, device, warm + timed), plan.image_size, device)
-    sec.put(**{f"end_to_end_{w}w_img_s": round(end_to_end_rate(loader, model, opt, plan, device, warm, timed), 1)},
-            peak_mem_gib=peak_mem_gib(device))
+    loader = GpuDecodedLoader(
+        _train_loader(encoded, plan, w, device, warm + timed), plan.image_size, device
+    )
+    sec.put(
+        **{
+            f"end_to_end_{w}w_img_s": round(
+                end_to_end_rate(loader, model, opt, plan, device, warm, timed), 1
+            )
+        },
+        peak_mem_gib=peak_mem_gib(device),
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -450,11 +621,15 @@ def _detectron2_log_figures(log_text: str) -> dict[str, Any]:
     """s/iter (detectron2's IterationTimer, warm-up iterations excluded) and the last max_mem."""
     import re
 
-    speed = re.search(r"Overall training speed: (\d+) iterations in \S+ \(([\d.]+) s / it\)", log_text)
+    speed = re.search(
+        r"Overall training speed: (\d+) iterations in \S+ \(([\d.]+) s / it\)", log_text
+    )
     mem = re.findall(r"max_mem: (\d+)M", log_text)
-    return {"timed_iterations": int(speed.group(1)) if speed else None,
-            "s_per_iter": float(speed.group(2)) if speed else None,
-            "peak_mem_gib": round(int(mem[-1]) / 1024, 2) if mem else None}
+    return {
+        "timed_iterations": int(speed.group(1)) if speed else None,
+        "s_per_iter": float(speed.group(2)) if speed else None,
+        "peak_mem_gib": round(int(mem[-1]) / 1024, 2) if mem else None,
+    }
 
 
 def section_finetune(plan: Plan, sec: Section, out: Path) -> None:
@@ -473,36 +648,86 @@ def section_finetune(plan: Plan, sec: Section, out: Path) -> None:
     convert_file(work / "r50_random.pth", work / "r50_random.pkl", force=True)
     gen_cfg = work / "generated.yaml"
     size, n_train, n_val = (512, 200, 32) if gpu else (64, 8, 4)
-    gen_cfg.write_text(f"DATA:\n  ROOT: {work / 'generated'}\n  GEN:\n    NUM_CLASSES: 10\n"
-                       f"    TRAIN_PER_CLASS: 1\n    VAL_PER_CLASS: 1\n    DETECTION_TRAIN: {n_train}\n"
-                       f"    DETECTION_VAL: {n_val}\n    DETECTION_IMAGE_SIZE: {size}\n")
-    sec.put(config=plan.ft_config, batch=plan.ft_batch, iterations=plan.ft_iters, image_size=size,
-            prepare_s=round(time.perf_counter() - t0, 1))
+    gen_cfg.write_text(
+        f"DATA:\n  ROOT: {work / 'generated'}\n  GEN:\n    NUM_CLASSES: 10\n"
+        f"    TRAIN_PER_CLASS: 1\n    VAL_PER_CLASS: 1\n    DETECTION_TRAIN: {n_train}\n"
+        f"    DETECTION_VAL: {n_val}\n    DETECTION_IMAGE_SIZE: {size}\n"
+    )
+    sec.put(
+        config=plan.ft_config,
+        batch=plan.ft_batch,
+        iterations=plan.ft_iters,
+        image_size=size,
+        prepare_s=round(time.perf_counter() - t0, 1),
+    )
     run_dir = work / "run"
-    opts = ["MODEL.WEIGHTS", str(work / "r50_random.pkl"), "OUTPUT_DIR", str(run_dir),
-            "SOLVER.IMS_PER_BATCH", str(plan.ft_batch), "SOLVER.MAX_ITER", str(plan.ft_iters),
-            "SOLVER.BASE_LR", "0.01", "SOLVER.WARMUP_ITERS", str(plan.ft_iters),
-            "SOLVER.CHECKPOINT_PERIOD", "1000000", "TEST.EVAL_PERIOD", "0",
-            "DATALOADER.NUM_WORKERS", str(max(plan.workers))]
+    opts = [
+        "MODEL.WEIGHTS",
+        str(work / "r50_random.pkl"),
+        "OUTPUT_DIR",
+        str(run_dir),
+        "SOLVER.IMS_PER_BATCH",
+        str(plan.ft_batch),
+        "SOLVER.MAX_ITER",
+        str(plan.ft_iters),
+        "SOLVER.BASE_LR",
+        "0.01",
+        "SOLVER.WARMUP_ITERS",
+        str(plan.ft_iters),
+        "SOLVER.CHECKPOINT_PERIOD",
+        "1000000",
+        "TEST.EVAL_PERIOD",
+        "0",
+        "DATALOADER.NUM_WORKERS",
+        str(max(plan.workers)),
+    ]
     if not gpu:
-        opts += ["MODEL.DEVICE", "cpu", "INPUT.MIN_SIZE_TRAIN", "(64,)", "INPUT.MAX_SIZE_TRAIN", "128",
-                 "INPUT.MIN_SIZE_TEST", "64", "INPUT.MAX_SIZE_TEST", "128"]
-    cmd = [sys.executable, str(REPO / "tools" / "finetune_coco.py"), "--config-file", str(REPO / plan.ft_config),
-           "--generated-config", str(gen_cfg), "--num-gpus", "1", *opts]
+        opts += [
+            "MODEL.DEVICE",
+            "cpu",
+            "INPUT.MIN_SIZE_TRAIN",
+            "(64,)",
+            "INPUT.MAX_SIZE_TRAIN",
+            "128",
+            "INPUT.MIN_SIZE_TEST",
+            "64",
+            "INPUT.MAX_SIZE_TEST",
+            "128",
+        ]
+    cmd = [
+        sys.executable,
+        str(REPO / "tools" / "finetune_coco.py"),
+        "--config-file",
+        str(REPO / plan.ft_config),
+        "--generated-config",
+        str(gen_cfg),
+        "--num-gpus",
+        "1",
+        *opts,
+    ]
     print("+", " ".join(cmd), flush=True)
     t0 = time.perf_counter()
-    proc = subprocess.run(cmd, cwd=REPO, timeout=max(10.0, sec.left() - 5), capture_output=True, text=True)
+    proc = subprocess.run(
+        cmd, cwd=REPO, timeout=max(10.0, sec.left() - 5), capture_output=True, text=True
+    )
     (work / "finetune_coco.log").write_text(proc.stdout + proc.stderr)
     if proc.returncode:
-        raise RuntimeError(f"finetune_coco.py exited {proc.returncode}:\n{(proc.stdout + proc.stderr)[-3000:]}")
+        raise RuntimeError(
+            f"finetune_coco.py exited {proc.returncode}:\n{(proc.stdout + proc.stderr)[-3000:]}"
+        )
     figures = _detectron2_log_figures((run_dir / "log.txt").read_text())
     if figures["s_per_iter"] is None:
         raise RuntimeError(f"no 'Overall training speed' line in {run_dir / 'log.txt'}")
     ref = D2_REFERENCE
     figures["images_per_s"] = round(plan.ft_batch / figures["s_per_iter"], 1)
-    figures["reference_images_per_s_per_gpu"] = round(ref["images_per_iter"] / ref["s_per_iter"] / 8, 1)
-    sec.put(**figures, run_s=round(time.perf_counter() - t0, 1),
-            results_json=(run_dir / "results.json").is_file())
+    figures["reference_images_per_s_per_gpu"] = round(
+        ref["images_per_iter"] / ref["s_per_iter"] / 8, 1
+    )
+    sec.put(
+        **figures,
+        run_s=round(time.perf_counter() - t0, 1),
+        results_json=(run_dir / "results.json").is_file(),
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -512,21 +737,32 @@ def section_finetune(plan: Plan, sec: Section, out: Path) -> None:
 def environment(plan: Plan) -> dict[str, Any]:
     import torchvision
 
-    env = {"python": platform.python_version(), "torch": torch.__version__,
-           "torchvision": torchvision.__version__, "cores": os.cpu_count(), "device": plan.device,
-           "date": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
+    env = {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "torchvision": torchvision.__version__,
+        "cores": os.cpu_count(),
+        "device": plan.device,
+        "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+    }
     if torch.cuda.is_available():
-        env.update(gpu=torch.cuda.get_device_name(0), cuda=torch.version.cuda,
-                   gpu_mem_gib=round(torch.cuda.get_device_properties(0).total_memory / 2**30, 1))
+        env.update(
+            gpu=torch.cuda.get_device_name(0),
+            cuda=torch.version.cuda,
+            gpu_mem_gib=round(torch.cuda.get_device_properties(0).total_memory / 2**30, 1),
+        )
     return env
 
 
 def run_section(name: str, plan: Plan, out: Path) -> None:
     sec = Section(name, out, plan.caps[name])
     torch.set_num_threads(min(torch.get_num_threads(), 4 if plan.device == "cuda" else 2))
-    fn = {"pretrain": lambda: section_pretrain(plan, sec), "input": lambda: section_input(plan, sec, out),
-          "gpu_decode": lambda: section_gpu_decode(plan, sec, out),
-          "finetune": lambda: section_finetune(plan, sec, out)}[name]
+    fn = {
+        "pretrain": lambda: section_pretrain(plan, sec),
+        "input": lambda: section_input(plan, sec, out),
+        "gpu_decode": lambda: section_gpu_decode(plan, sec, out),
+        "finetune": lambda: section_finetune(plan, sec, out),
+    }[name]
     fn()
     sec.put(status="ok")
 
@@ -537,7 +773,9 @@ def _spawn(name: str, plan: Plan, out: Path, smoke: bool) -> dict[str, Any]:
     On a GPU a section cut at its cap fails the check (the figures are the point). In a CPU smoke
     run the cap only bounds the time: the cut is reported (status "cut ...") but is not a failure,
     since a busy CPU is slow, not broken."""
-    cmd = [sys.executable, __file__, "--out", str(out), "--section", name] + (["--cpu-smoke"] if smoke else [])
+    cmd = [sys.executable, __file__, "--out", str(out), "--section", name] + (
+        ["--cpu-smoke"] if smoke else []
+    )
     path = out / "sections" / f"{name}.json"
     path.unlink(missing_ok=True)
     t0 = time.perf_counter()
@@ -578,7 +816,8 @@ def checks(sections: dict[str, dict[str, Any]], smoke: bool) -> dict[str, str]:
 
 
 def failed_sections(sections: dict[str, dict[str, Any]], smoke: bool) -> list[str]:
-    """Sections that failed; a section cut at its time cap fails on a GPU but not in a CPU smoke run."""
+    """Sections that failed; a section cut at its time cap fails on a GPU but not in a CPU smoke
+    run."""
     passing = ("ok", "skipped", "cut") if smoke else ("ok", "skipped")
     return [n for n, f in sections.items() if not str(f.get("status", "")).startswith(passing)]
 
@@ -586,7 +825,9 @@ def failed_sections(sections: dict[str, dict[str, Any]], smoke: bool) -> list[st
 def table(results: dict[str, dict[str, Any]]) -> str:
     from tabulate import tabulate
 
-    rows = [(name, key, value) for name, figures in results.items() for key, value in figures.items()]
+    rows = [
+        (name, key, value) for name, figures in results.items() for key, value in figures.items()
+    ]
     return tabulate(rows, headers=["section", "figure", "value"], tablefmt="github")
 
 
@@ -609,13 +850,19 @@ def main() -> None:
     unknown = sorted(set(wanted) - set(SECTIONS))
     if unknown:
         raise SystemExit(f"unknown sections {unknown}; choose from {SECTIONS}")
-    report: dict[str, Any] = {"environment": environment(plan), "plan": asdict(plan),
-                              "reference_detectron2": D2_REFERENCE, "sections": {}}
+    report: dict[str, Any] = {
+        "environment": environment(plan),
+        "plan": asdict(plan),
+        "reference_detectron2": D2_REFERENCE,
+        "sections": {},
+    }
     for name in wanted:
         if name == "gpu_decode" and not args.cpu_smoke:
             bound = report["sections"].get("input", {}).get("bound")
             if bound == "GPU":
-                report["sections"][name] = {"status": "skipped: the GPU, not the CPU input path, is the bound"}
+                report["sections"][name] = {
+                    "status": "skipped: the GPU, not the CPU input path, is the bound"
+                }
                 continue
         report["sections"][name] = _spawn(name, plan, out, args.cpu_smoke)
         atomic_write_json(out / "gpu_check.json", report)
@@ -625,8 +872,10 @@ def main() -> None:
     failed = failed_sections(report["sections"], args.cpu_smoke)
     cut = [n for n, f in report["sections"].items() if str(f.get("status", "")).startswith("cut")]
     if args.cpu_smoke and cut:
-        print(f"note: {cut} ran out of their CPU smoke time caps (a busy machine): reported, not failed; "
-              "the code after the cut was not exercised in this run")
+        print(
+            f"note: {cut} ran out of their CPU smoke time caps (a busy machine): "
+            "reported, not failed; the code after the cut was not exercised in this run"
+        )
     failed += [n for n, v in report["checks"].items() if v.startswith("FAIL")]
     if failed:
         raise SystemExit(f"not completed or failed: {failed} (figures in {out / 'gpu_check.json'})")

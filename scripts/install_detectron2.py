@@ -11,6 +11,7 @@ Usage: python scripts/install_detectron2.py [--cache DIR] [--force] [--wheel-dir
 (--wheel-dir builds the patched wheel into DIR instead of installing it; used by
 benchmarks/build_wheelhouse.sh for machines without network.)
 """
+
 from __future__ import annotations
 
 import argparse
@@ -27,7 +28,8 @@ SDIST = "pb1-detectron2==0.6"
 SDIST_FILE = "pb1-detectron2-0.6.tar.gz"
 SDIST_SHA256 = "5d2e9e51e523ec72f6a31cca04b0a515492e9514b773a3d134cedc0677170b29"
 
-_MISSING_EXTENSION = '''"""Stand-in for detectron2._C in als_det's pure-Python build: any use names what is missing."""
+_MISSING_EXTENSION = '''"""Stand-in for detectron2._C in als_det's pure-Python build: any use \
+names what is missing."""
 
 
 class _MissingExtension:
@@ -35,7 +37,8 @@ class _MissingExtension:
         raise RuntimeError(
             f"detectron2._C.{name} needs detectron2's C++/CUDA extension, which this pure-Python "
             "build (als_det scripts/install_detectron2.py) does not have. Rotated boxes and "
-            "deformable convolution need upstream detectron2 built from source; see als_det's README."
+            "deformable convolution need upstream detectron2 built from source; see als_det's \
+README."
         )
 
 
@@ -54,33 +57,50 @@ PATCHES: list[tuple[str, str, str, bool]] = [
     # No C++ sources in the sdist: build no extension.
     ("setup.py", "ext_modules=get_extensions(),", "ext_modules=[],", False),
     # The configs already sit under detectron2/model_zoo/configs; the original glob looks elsewhere.
-    ("setup.py", 'package_data={"detectron2.model_zoo": get_model_zoo_configs()},',
-     'package_data={"detectron2.model_zoo": ["configs/*.yaml", "configs/**/*.yaml", "configs/**/*.py"]},',
-     False),
+    (
+        "setup.py",
+        'package_data={"detectron2.model_zoo": get_model_zoo_configs()},',
+        'package_data={"detectron2.model_zoo": ["configs/*.yaml", '
+        '"configs/**/*.yaml", "configs/**/*.py"]},',
+        False,
+    ),
     # Three layers import _C at module level; make that lazy.
     ("detectron2/layers/rotated_boxes.py", "from detectron2 import _C\n", _LAZY_C, False),
     ("detectron2/layers/deform_conv.py", "from detectron2 import _C\n", _LAZY_C, False),
     ("detectron2/layers/roi_align_rotated.py", "from detectron2 import _C\n", _LAZY_C, False),
     # Fast C++ COCOeval is missing: use pycocotools' COCOeval, as upstream later did.
-    ("detectron2/evaluation/coco_evaluation.py",
-     "from detectron2.evaluation.fast_eval_api import COCOeval_opt\n",
-     "try:\n    from detectron2.evaluation.fast_eval_api import COCOeval_opt\n"
-     "except ImportError:  # no C++ extension: pycocotools' COCOeval\n    COCOeval_opt = None\n",
-     False),
-    ("detectron2/evaluation/coco_evaluation.py",
-     "coco_eval = (COCOeval_opt if use_fast_impl else COCOeval)(coco_gt, coco_dt, iou_type)",
-     "coco_eval = (COCOeval_opt if use_fast_impl and COCOeval_opt is not None else COCOeval)"
-     "(coco_gt, coco_dt, iou_type)", False),
+    (
+        "detectron2/evaluation/coco_evaluation.py",
+        "from detectron2.evaluation.fast_eval_api import COCOeval_opt\n",
+        "try:\n    from detectron2.evaluation.fast_eval_api import COCOeval_opt\n"
+        "except ImportError:  # no C++ extension: pycocotools' COCOeval\n    COCOeval_opt = None\n",
+        False,
+    ),
+    (
+        "detectron2/evaluation/coco_evaluation.py",
+        "coco_eval = (COCOeval_opt if use_fast_impl else COCOeval)(coco_gt, coco_dt, iou_type)",
+        "coco_eval = (COCOeval_opt if use_fast_impl and COCOeval_opt is not None else COCOeval)"
+        "(coco_gt, coco_dt, iou_type)",
+        False,
+    ),
     # Pillow 10 removed Image.LINEAR.
     ("detectron2/data/transforms/transform.py", "Image.LINEAR", "Image.BILINEAR", False),
     # numpy 2: copy=False means "never copy".
-    ("detectron2/layers/mask_ops.py", "mask = np.array(mask, copy=False)", "mask = np.asarray(mask)",
-     False),
+    (
+        "detectron2/layers/mask_ops.py",
+        "mask = np.array(mask, copy=False)",
+        "mask = np.asarray(mask)",
+        False,
+    ),
     # setuptools >= 81 has no pkg_resources.
     ("detectron2/model_zoo/model_zoo.py", "import pkg_resources\n", "", False),
-    ("detectron2/model_zoo/model_zoo.py",
-     r'pkg_resources\.resource_filename\(\s*"detectron2\.model_zoo",\s*os\.path\.join\("configs", config_path\)\s*\)',
-     'os.path.join(os.path.dirname(__file__), "configs", config_path)', True),
+    (
+        "detectron2/model_zoo/model_zoo.py",
+        r'pkg_resources\.resource_filename\(\s*"detectron2\.model_zoo",\s*'
+        r'os\.path\.join\("configs", config_path\)\s*\)',
+        'os.path.join(os.path.dirname(__file__), "configs", config_path)',
+        True,
+    ),
 ]
 
 # numpy 1.24 removed the aliases np.bool/int/float/str/object; applied to every file that has them.
@@ -105,8 +125,21 @@ def fetch_sdist(cache: Path) -> Path:
     path = cache / SDIST_FILE
     if not path.exists():
         # Its setup.py imports torch while pip reads metadata, hence --no-build-isolation.
-        _run([sys.executable, "-m", "pip", "download", "--no-deps", "--no-build-isolation",
-              "--no-binary", ":all:", SDIST, "-d", str(cache)])
+        _run(
+            [
+                sys.executable,
+                "-m",
+                "pip",
+                "download",
+                "--no-deps",
+                "--no-build-isolation",
+                "--no-binary",
+                ":all:",
+                SDIST,
+                "-d",
+                str(cache),
+            ]
+        )
     digest = hashlib.sha256(path.read_bytes()).hexdigest()
     if digest != SDIST_SHA256:
         raise SystemExit(f"{path}: sha256 {digest} != expected {SDIST_SHA256}; refusing to install")
@@ -145,7 +178,8 @@ def check_installed() -> None:
         "from detectron2 import model_zoo\n"
         "p = model_zoo.get_config_file('COCO-Detection/faster_rcnn_R_50_FPN_1x.yaml')\n"
         "assert os.path.exists(p), p\n"
-        "print('detectron2', detectron2.__version__, 'from', os.path.dirname(detectron2.__file__))\n"
+        "print('detectron2', detectron2.__version__, 'from', "
+        "os.path.dirname(detectron2.__file__))\n"
     )
     _run([sys.executable, "-c", code])
 
@@ -167,10 +201,23 @@ def build_wheel(cache: Path, wheel_dir: Path) -> Path:
     before = set(wheel_dir.glob("*.whl"))
     with tempfile.TemporaryDirectory(prefix="d2-") as tmp:
         root = patched_tree(sdist, Path(tmp))
-        _run([sys.executable, "-m", "pip", "wheel", "--no-build-isolation", "--no-deps",
-              "--no-cache-dir", "-w", str(wheel_dir), str(root)])
-    built = [w for w in wheel_dir.glob("*detectron2*.whl") if w not in before] or \
-        sorted(wheel_dir.glob("*detectron2*.whl"))
+        _run(
+            [
+                sys.executable,
+                "-m",
+                "pip",
+                "wheel",
+                "--no-build-isolation",
+                "--no-deps",
+                "--no-cache-dir",
+                "-w",
+                str(wheel_dir),
+                str(root),
+            ]
+        )
+    built = [w for w in wheel_dir.glob("*detectron2*.whl") if w not in before] or sorted(
+        wheel_dir.glob("*detectron2*.whl")
+    )
     if not built:
         raise SystemExit(f"pip wheel produced no detectron2 wheel in {wheel_dir}")
     return built[-1]
@@ -180,7 +227,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cache", default="build/detectron2", help="where the sdist is kept")
     parser.add_argument("--force", action="store_true", help="reinstall even if importable")
-    parser.add_argument("--wheel-dir", default="", help="build a wheel into this folder; install nothing")
+    parser.add_argument(
+        "--wheel-dir", default="", help="build a wheel into this folder; install nothing"
+    )
     args = parser.parse_args()
     if args.wheel_dir:
         print(f"built {build_wheel(Path(args.cache), Path(args.wheel_dir))}")
@@ -188,15 +237,27 @@ def main() -> None:
     if detectron2_importable() and not args.force:
         import detectron2
 
-        print(f"detectron2 {detectron2.__version__} already importable "
-              f"({Path(detectron2.__file__).parent}); keeping it")
+        print(
+            f"detectron2 {detectron2.__version__} already importable "
+            f"({Path(detectron2.__file__).parent}); keeping it"
+        )
         return
     sdist = fetch_sdist(Path(args.cache))
     with tempfile.TemporaryDirectory(prefix="d2-") as tmp:
         root = patched_tree(sdist, Path(tmp))
         # Dependencies come from the project's own requirements (pinned by constraints.txt).
-        _run([sys.executable, "-m", "pip", "install", "--no-build-isolation", "--no-deps",
-              "--no-cache-dir", str(root)])
+        _run(
+            [
+                sys.executable,
+                "-m",
+                "pip",
+                "install",
+                "--no-build-isolation",
+                "--no-deps",
+                "--no-cache-dir",
+                str(root),
+            ]
+        )
     check_installed()
 
 

@@ -1,4 +1,5 @@
 """Shared fixtures. Real-data fixtures live in ../shared/data beside the checkout."""
+
 from __future__ import annotations
 
 import os

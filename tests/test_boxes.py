@@ -1,4 +1,5 @@
 """The box index: real ILSVRC-style layout, every ImageNet layout variant, bad input, the cache."""
+
 from __future__ import annotations
 
 import io
@@ -19,15 +20,18 @@ from als_det.data.images import BadImageError
 
 def jpeg(path: Path, size: tuple[int, int] = (64, 48), mode: str = "RGB") -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
-    Image.new(mode, size, 128 if mode == "L" else (120, 60, 30)[:len(mode)]).save(path, "JPEG")
+    Image.new(mode, size, 128 if mode == "L" else (120, 60, 30)[: len(mode)]).save(path, "JPEG")
     return path
 
 
 def voc(path: Path, objects: list[tuple], size: tuple[int, int] | None = (64, 48)) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     size_xml = f"<size><width>{size[0]}</width><height>{size[1]}</height></size>" if size else ""
-    objs = "".join(f"<object><name>{n}</name><bndbox><xmin>{a}</xmin><ymin>{b}</ymin>"
-                   f"<xmax>{c}</xmax><ymax>{d}</ymax></bndbox></object>" for n, a, b, c, d in objects)
+    objs = "".join(
+        f"<object><name>{n}</name><bndbox><xmin>{a}</xmin><ymin>{b}</ymin>"
+        f"<xmax>{c}</xmax><ymax>{d}</ymax></bndbox></object>"
+        for n, a, b, c, d in objects
+    )
     path.write_text(f"<annotation>{size_xml}{objs}</annotation>")
     return path
 
@@ -40,8 +44,9 @@ def test_tiny_imagenet_index_matches_its_coco_json(tiny_imagenet: Path, tmp_path
     assert not report.skipped
     for r in records[::97]:
         assert Path(r.path).parent.name == classes[r.label]
-    val, val_classes, val_report = build_index(tiny_imagenet, "val", cache_dir=tmp_path,
-                                               classes=classes)
+    val, val_classes, val_report = build_index(
+        tiny_imagenet, "val", cache_dir=tmp_path, classes=classes
+    )
     assert val_classes == classes and val_report.images == 500
     # the fixture's COCO json holds the same boxes as (x, y, w, h) with w = xmax - xmin + 1
     coco = json.loads((tiny_imagenet / "annotations" / "instances_val.json").read_text())
@@ -52,8 +57,9 @@ def test_tiny_imagenet_index_matches_its_coco_json(tiny_imagenet: Path, tmp_path
         np.testing.assert_array_equal(r.boxes, [[x, y, x + w, y + h]])
 
 
-def test_cache_is_used_validated_and_invalidated(tiny_imagenet: Path, tmp_path: Path,
-                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+def test_cache_is_used_validated_and_invalidated(
+    tiny_imagenet: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     first = build_index(tiny_imagenet, "val", cache_dir=tmp_path)
     (cache_file,) = tmp_path.glob("index-val-*.npz")
 
@@ -80,8 +86,9 @@ def test_cache_notices_added_images(tmp_path: Path) -> None:
     assert build_index(tmp_path / "d", "train")[2].images == 2
 
 
-def test_cache_notices_a_box_file_fixed_in_place(tmp_path: Path,
-                                                 caplog: pytest.LogCaptureFixture) -> None:
+def test_cache_notices_a_box_file_fixed_in_place(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     root = tmp_path / "d"
     jpeg(root / "train/n1/n1_0.JPEG")
     xml = root / "Annotation/train/n1/n1_0.xml"
@@ -152,8 +159,10 @@ def test_only_the_labelled_class_boxes_are_kept(tmp_path: Path) -> None:
     root = tmp_path / "d"
     jpeg(root / "train/n1/n1_0.JPEG")
     jpeg(root / "train/n2/n2_0.JPEG")
-    voc(root / "Annotation/train/n1/n1_0.xml", [("n1", 0, 0, 9, 9), ("n2", 20, 20, 29, 29),
-                                                ("n1", 5, 5, 14, 14)])
+    voc(
+        root / "Annotation/train/n1/n1_0.xml",
+        [("n1", 0, 0, 9, 9), ("n2", 20, 20, 29, 29), ("n1", 5, 5, 14, 14)],
+    )
     records, classes, report = build_index(root, "train")
     assert classes == ["n1", "n2"]
     np.testing.assert_array_equal(records[0].boxes, [[0, 0, 10, 10], [5, 5, 15, 15]])
@@ -174,17 +183,27 @@ def test_flat_val_with_wnid_index_and_csv_labels(tmp_path: Path) -> None:
     (tmp_path / "idx.txt").write_text("1\n0\n1\n")
     (tmp_path / "LOC_val_solution.csv").write_text(
         "ImageId,PredictionString\n"
-        f"{names[2]},n2 1 2 30 40 n2 5 5 9 9 \n{names[0]},n2 0 0 10 10\n{names[1]},n1 3 3 20 20\n")
+        f"{names[2]},n2 1 2 30 40 n2 5 5 9 9 \n{names[0]},n2 0 0 10 10\n{names[1]},n1 3 3 20 20\n"
+    )
     want = [1, 0, 1]
     for labels_file in ("wnids.txt", "idx.txt", "LOC_val_solution.csv"):
-        records, classes, report = build_index(root, "val", val_labels=str(tmp_path / labels_file),
-                                               classes=["n1", "n2"], cache_dir=tmp_path / "c")
+        records, classes, report = build_index(
+            root,
+            "val",
+            val_labels=str(tmp_path / labels_file),
+            classes=["n1", "n2"],
+            cache_dir=tmp_path / "c",
+        )
         assert [r.label for r in records] == want, labels_file
         assert [Path(r.path).stem for r in records] == names
     # the Kaggle CSV is also a box source (its corners read like VOC's)
-    records, _, report = build_index(root, "val", val_labels=str(tmp_path / "LOC_val_solution.csv"),
-                                     boxes=str(tmp_path / "LOC_val_solution.csv"),
-                                     cache_dir=tmp_path / "c")
+    records, _, report = build_index(
+        root,
+        "val",
+        val_labels=str(tmp_path / "LOC_val_solution.csv"),
+        boxes=str(tmp_path / "LOC_val_solution.csv"),
+        cache_dir=tmp_path / "c",
+    )
     np.testing.assert_array_equal(records[2].boxes, [[1, 2, 31, 41], [5, 5, 10, 10]])
     np.testing.assert_array_equal(records[1].boxes, [[3, 3, 21, 21]])
     assert report.boxes == 4
@@ -197,11 +216,14 @@ def test_flat_xml_dir_and_kaggle_train_csv(tmp_path: Path) -> None:
     names = _flat_val(root)
     (tmp_path / "labels.txt").write_text("n1\nn1\nn1\n")
     voc(tmp_path / "valxml" / f"{names[1]}.xml", [("n1", 1, 1, 10, 10)])
-    records, _, _ = build_index(root, "val", boxes=str(tmp_path / "valxml"),
-                                val_labels=str(tmp_path / "labels.txt"))
+    records, _, _ = build_index(
+        root, "val", boxes=str(tmp_path / "valxml"), val_labels=str(tmp_path / "labels.txt")
+    )
     assert [len(r.boxes) for r in records] == [0, 1, 0]
     jpeg(root / "train/n1/n1_7.JPEG")
-    (tmp_path / "LOC_train_solution.csv").write_text("ImageId,PredictionString\nn1_7,n1 2 2 11 11\n")
+    (tmp_path / "LOC_train_solution.csv").write_text(
+        "ImageId,PredictionString\nn1_7,n1 2 2 11 11\n"
+    )
     records, _, _ = build_index(root, "train", boxes=str(tmp_path / "LOC_train_solution.csv"))
     np.testing.assert_array_equal(records[0].boxes, [[2, 2, 12, 12]])
 
@@ -224,8 +246,15 @@ def _bad_tree(tmp_path: Path) -> dict[str, Path]:
     f["malformed"] = ann / "n1_2.xml"
     f["malformed"].parent.mkdir(parents=True, exist_ok=True)
     f["malformed"].write_text("<annotation><object><name>n1</name><bndbox><xmin>3</xmin>")
-    f["box_xml"] = voc(ann / "n1_3.xml", [("n1", 1, 1, 20, 20), ("n1", 30, 5, 10, 40),
-                                           ("n1", 200, 200, 220, 220), ("n9", 1, 1, 5, 5)])
+    f["box_xml"] = voc(
+        ann / "n1_3.xml",
+        [
+            ("n1", 1, 1, 20, 20),
+            ("n1", 30, 5, 10, 40),
+            ("n1", 200, 200, 220, 220),
+            ("n9", 1, 1, 5, 5),
+        ],
+    )
     f["orphan"] = voc(ann / "n1_99.xml", [("n1", 0, 0, 9, 9)])
     return f
 
@@ -260,8 +289,14 @@ def test_bad_input_is_skipped_counted_and_reported(tmp_path: Path) -> None:
 def test_strict_mode_raises_naming_the_file(tmp_path: Path, case: str) -> None:
     f = _bad_tree(tmp_path)
     root = tmp_path / "bad"
-    keep = {"corrupt": "corrupt", "malformed": "malformed_img", "box_xml": "boxes_img",
-            "orphan": "orphan", "text": "text", "empty": None}[case]
+    keep = {
+        "corrupt": "corrupt",
+        "malformed": "malformed_img",
+        "box_xml": "boxes_img",
+        "orphan": "orphan",
+        "text": "text",
+        "empty": None,
+    }[case]
     # leave only one bad thing in the tree
     for name in ("corrupt", "malformed_img", "boxes_img", "text"):
         if name != keep:
@@ -271,8 +306,14 @@ def test_strict_mode_raises_naming_the_file(tmp_path: Path, case: str) -> None:
             f[name].unlink()
     if case != "empty":
         (root / "train/n_empty").rmdir()
-    expected = {"corrupt": f["corrupt"], "malformed": f["malformed"], "box_xml": f["box_xml"],
-                "orphan": f["orphan"], "text": f["text"], "empty": root / "train/n_empty"}[case]
+    expected = {
+        "corrupt": f["corrupt"],
+        "malformed": f["malformed"],
+        "box_xml": f["box_xml"],
+        "orphan": f["orphan"],
+        "text": f["text"],
+        "empty": root / "train/n_empty",
+    }[case]
     error = BadImageError if case == "corrupt" else DataError
     with pytest.raises(error, match=str(expected)):
         build_index(root, "train", strict=True)
@@ -287,8 +328,9 @@ def test_flat_val_label_problems(tmp_path: Path) -> None:
     with pytest.raises(DataError, match="short.txt.*1 labels for 3 images"):
         build_index(root, "val", val_labels=str(tmp_path / "short.txt"), classes=["n1"])
     (tmp_path / "bad.txt").write_text("n1\nn7\n1\n")
-    records, _, report = build_index(root, "val", val_labels=str(tmp_path / "bad.txt"),
-                                     classes=["n1"])
+    records, _, report = build_index(
+        root, "val", val_labels=str(tmp_path / "bad.txt"), classes=["n1"]
+    )
     assert [Path(r.path).stem for r in records] == names[:1]
     assert len(report.skipped["bad_label"]) == 2
     (tmp_path / "part.csv").write_text(f"ImageId,PredictionString\n{names[0]},n1 0 0 3 3\n")

@@ -1,4 +1,5 @@
 """Class activation maps on a real torchvision ResNet-18, and their energy inside boxes."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -60,10 +61,10 @@ def test_energy_inside_a_full_image_box_is_one_and_an_empty_box_set_zero(model) 
 
 def test_energy_counts_only_positive_mass_and_is_nan_without_any() -> None:
     cams = torch.zeros(2, 4, 4)
-    cams[0, :2] = 3.0       # top half positive
-    cams[0, 2:] = -5.0      # bottom half negative: ignored
+    cams[0, :2] = 3.0  # top half positive
+    cams[0, 2:] = -5.0  # bottom half negative: ignored
     mask = torch.zeros(2, 4, 4, dtype=torch.bool)
-    mask[:, 0] = True       # first row
+    mask[:, 0] = True  # first row
     e = energy_inside(cams, mask)
     assert e[0].item() == pytest.approx(0.5)
     assert torch.isnan(e[1])

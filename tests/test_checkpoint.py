@@ -1,4 +1,5 @@
 """Checkpoint dict: atomic save, safe load, key checks, backbone loading, RNG round trip."""
+
 from __future__ import annotations
 
 import random
@@ -27,14 +28,36 @@ def _state(model: torch.nn.Module) -> dict:
     model(torch.randn(2, 3, 32, 32)).sum().backward()
     opt.step()
     sched.step()
-    return {"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-            "scaler": None, "epoch": 3, "arch": "resnet18", "num_classes": 4, "classes": list("abcd"),
-            "label_strategy": {"name": "als", "epsilon": 0.1, "e_min": 0.0, "e_max": 1.0, "no_box": "ls",
-                               "no_box_epsilon": 0.1},
-            "preprocessing": {"input_format": "RGB", "pixel_mean": [123.675, 116.28, 103.53],
-                              "pixel_std": [58.395, 57.12, 57.375], "image_size": 32},
-            "config": "SEED: 0\n", "seed": 0, "rng_state": get_rng_state(), "metrics": {"top1": 0.5}, "best_top1": 0.5,
-            "versions": {"torch": str(torch.__version__)}}
+    return {
+        "model": model.state_dict(),
+        "optimizer": opt.state_dict(),
+        "scheduler": sched.state_dict(),
+        "scaler": None,
+        "epoch": 3,
+        "arch": "resnet18",
+        "num_classes": 4,
+        "classes": list("abcd"),
+        "label_strategy": {
+            "name": "als",
+            "epsilon": 0.1,
+            "e_min": 0.0,
+            "e_max": 1.0,
+            "no_box": "ls",
+            "no_box_epsilon": 0.1,
+        },
+        "preprocessing": {
+            "input_format": "RGB",
+            "pixel_mean": [123.675, 116.28, 103.53],
+            "pixel_std": [58.395, 57.12, 57.375],
+            "image_size": 32,
+        },
+        "config": "SEED: 0\n",
+        "seed": 0,
+        "rng_state": get_rng_state(),
+        "metrics": {"top1": 0.5},
+        "best_top1": 0.5,
+        "versions": {"torch": str(torch.__version__)},
+    }
 
 
 def test_round_trip_loads_with_weights_only(tmp_path):
@@ -95,7 +118,9 @@ def test_rng_state_round_trip(tmp_path):
     torch.manual_seed(1)
     np.random.seed(2)
     random.seed(3)
-    save_checkpoint(tmp_path / "r.pth", dict(_state(build_resnet("resnet18", 4)), rng_state=get_rng_state()))
+    save_checkpoint(
+        tmp_path / "r.pth", dict(_state(build_resnet("resnet18", 4)), rng_state=get_rng_state())
+    )
     expected = (torch.rand(3), np.random.rand(3), random.random())
     torch.manual_seed(99)
     np.random.seed(99)

@@ -1,4 +1,5 @@
 """The command line every tool shares: its shape, its help page, and how a user error ends."""
+
 from __future__ import annotations
 
 import argparse
@@ -35,18 +36,25 @@ def test_every_tool_has_the_shared_shape_and_documents_every_option(name):
     for action in parser._actions:
         if action.help != argparse.SUPPRESS and action.dest != "help":
             assert action.help, f"{name}: {action.option_strings or action.dest} has no help text"
-    assert (REPO / "tools" / f"{name}.py").stat().st_mode & 0o111, f"tools/{name}.py is not executable"
+    assert (REPO / "tools" / f"{name}.py").stat().st_mode & 0o111, (
+        f"tools/{name}.py is not executable"
+    )
 
 
 def test_help_shows_defaults():
     text = _parser("evaluate").format_help()
-    assert "(default: black)" in text and "(default: 64)" in text and "(default: output/evaluate)" in text
+    assert (
+        "(default: black)" in text
+        and "(default: 64)" in text
+        and "(default: output/evaluate)" in text
+    )
     assert "(default: 1)" in _parser("finetune_coco").format_help()  # --num-gpus
 
 
 @pytest.mark.parametrize("name", TOOLS)
 def test_help_shows_the_usage_examples_as_written(name):
-    """Every line of a tool's docstring, its `\\` continuations included, is in its --help as written."""
+    """Every line of a tool's docstring, its `\\` continuations included, is in its --help as
+    written."""
     tool = _tool(name)
     help_lines = tool["build_parser"]().format_help().splitlines()
     doc_lines = [line.rstrip() for line in tool["__doc__"].strip().splitlines()]
@@ -58,9 +66,14 @@ def test_help_shows_the_usage_examples_as_written(name):
 
 
 def test_documented_pretraining_folders_are_the_configs_output_dirs():
-    """`output/pretrain/NAME/...` in the docs and tool examples is what configs/pretrain/NAME.yaml writes."""
-    pages = [REPO / "README.md", REPO / "pretrained" / "README.md", *(REPO / "docs").glob("*.md"),
-             *(REPO / "tools").glob("*.py")]
+    """`output/pretrain/NAME/...` in the docs and tool examples is what
+    configs/pretrain/NAME.yaml writes."""
+    pages = [
+        REPO / "README.md",
+        REPO / "pretrained" / "README.md",
+        *(REPO / "docs").glob("*.md"),
+        *(REPO / "tools").glob("*.py"),
+    ]
     found = {m for page in pages for m in re.findall(r"output/pretrain/(\w+)/", page.read_text())}
     assert found, "no documented pretraining folder (pattern out of date?)"
     for name in found:
@@ -76,14 +89,20 @@ def test_config_file_aliases_and_trailing_overrides():
     assert new.config_file == old.config_file == DEMO and new.resume and old.resume
     assert new.opts == old.opts == ["SOLVER.EPOCHS", "2", "SEED", "3"]
     assert parse(["--config", DEMO, "SEED", "3", "--opts", "SOLVER.EPOCHS", "2"]).opts == [
-        "SEED", "3", "SOLVER.EPOCHS", "2"]
+        "SEED",
+        "3",
+        "SOLVER.EPOCHS",
+        "2",
+    ]
     # --resume is a flag: what follows it is never its value
     assert parse(["--config", DEMO, "--resume", "SEED", "3"]).opts == ["SEED", "3"]
     assert parse(["--config", DEMO, "--resume-from", "a.pth"]).resume_from == "a.pth"
 
 
 def test_an_option_among_the_overrides_or_an_odd_override_is_one_clear_error():
-    with pytest.raises(ValueError, match="--resume comes after the config overrides .* put options before them"):
+    with pytest.raises(
+        ValueError, match="--resume comes after the config overrides .* put options before them"
+    ):
         load_config(DEMO, ["SEED", "3", "--resume"])
     with pytest.raises(ValueError, match=r"KEY VALUE pairs, got \['SEED'\]"):
         load_config(DEMO, ["SEED"])
@@ -96,7 +115,9 @@ def test_optional_values_never_swallow_the_next_token():
     args = parse(["--coco-root", "coco", "--resume", "MODEL.WEIGHTS", "w.pkl"])
     assert args.coco_root == "coco" and args.resume and args.opts == ["MODEL.WEIGHTS", "w.pkl"]
     with pytest.raises(SystemExit):
-        parse(["--coco-root"])  # a value is required, so a following token is never taken by surprise
+        parse(
+            ["--coco-root"]
+        )  # a value is required, so a following token is never taken by surprise
 
 
 def test_a_user_error_is_one_line_and_its_traceback_stays_in_the_log(tmp_path, capsys):
@@ -104,12 +125,24 @@ def test_a_user_error_is_one_line_and_its_traceback_stays_in_the_log(tmp_path, c
 
     js, img = _tiny_coco(tmp_path / "data", anns=[])
     out = tmp_path / "run"
-    argv = ["--dataset", f"tiny={js}:{img}", "--train-dataset", "tiny", "--test-dataset", "tiny",
-            "OUTPUT_DIR", str(out)]
+    argv = [
+        "--dataset",
+        f"tiny={js}:{img}",
+        "--train-dataset",
+        "tiny",
+        "--test-dataset",
+        "tiny",
+        "OUTPUT_DIR",
+        str(out),
+    ]
     assert _tool("finetune_coco")["main"](argv) == 2
     stderr = capsys.readouterr().err
     err = [line for line in stderr.splitlines() if line.startswith("error:")]
-    assert len(err) == 1 and err[0].startswith(f"error: {js}: no usable box") and "Traceback" not in stderr
+    assert (
+        len(err) == 1
+        and err[0].startswith(f"error: {js}: no usable box")
+        and "Traceback" not in stderr
+    )
     assert f"(traceback in {out / 'log.txt'})" in err[0]
     log = (out / "log.txt").read_text()
     assert "Traceback (most recent call last)" in log and "DatasetError" in log
@@ -117,10 +150,16 @@ def test_a_user_error_is_one_line_and_its_traceback_stays_in_the_log(tmp_path, c
         _tool("finetune_coco")["main"](["--debug", *argv])
     assert _tool("pretrain")["main"](["--config-file", DEMO, "SOLVER.EPOCH", "3"]) == 2
     assert capsys.readouterr().err.strip().splitlines()[-1] == (
-        "error: config overrides: Non-existent key: SOLVER.EPOCH (--debug shows the traceback)")
+        "error: config overrides: Non-existent key: SOLVER.EPOCH (--debug shows the traceback)"
+    )
 
 
 def test_no_known_harmless_warning_on_start():
-    run = subprocess.run([sys.executable, "tools/finetune_coco.py", "--help"], cwd=REPO, capture_output=True,
-                         text=True, timeout=120)
+    run = subprocess.run(
+        [sys.executable, "tools/finetune_coco.py", "--help"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert run.returncode == 0 and run.stderr == "" and "--config-file FILE" in run.stdout

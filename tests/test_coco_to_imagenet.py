@@ -1,4 +1,6 @@
-"""COCO-format detection set -> ImageNet-with-boxes tree (als_det.data.coco_to_imagenet, tools/coco_to_imagenet.py)."""
+"""COCO-format detection set -> ImageNet-with-boxes tree (als_det.data.coco_to_imagenet,
+tools/coco_to_imagenet.py)."""
+
 from __future__ import annotations
 
 import json
@@ -23,7 +25,10 @@ CATS = [{"id": 3, "name": "cat"}, {"id": 7, "name": "hot dog"}]
 
 def _coco(root: Path, name: str, anns: list[dict], n_images: int) -> SplitSource:
     (root / name).mkdir(parents=True)
-    images = [{"id": i, "file_name": f"{name}_{i}.jpg", "width": 40, "height": 30} for i in range(n_images)]
+    images = [
+        {"id": i, "file_name": f"{name}_{i}.jpg", "width": 40, "height": 30}
+        for i in range(n_images)
+    ]
     for im in images:
         Image.fromarray(np.full((30, 40, 3), 90, np.uint8)).save(root / name / im["file_name"])
     anns = [dict(a, id=k, iscrowd=a.get("iscrowd", 0)) for k, a in enumerate(anns)]
@@ -34,19 +39,33 @@ def _coco(root: Path, name: str, anns: list[dict], n_images: int) -> SplitSource
 
 @pytest.fixture
 def train_split(tmp_path) -> SplitSource:
-    return _coco(tmp_path / "coco", "train", [
-        {"image_id": 0, "category_id": 3, "bbox": [2, 3, 10, 8]},        # cat 80 px^2
-        {"image_id": 0, "category_id": 7, "bbox": [0, 0, 5, 5]},         # hot dog 25
-        {"image_id": 0, "category_id": 3, "bbox": [20, 10, 5.5, 4.2]},   # cat, fractional
-        {"image_id": 1, "category_id": 7, "bbox": [0, 0, 30, 20], "iscrowd": 1},  # crowd of hot dogs 600
-        {"image_id": 1, "category_id": 3, "bbox": [1, 1, 10, 10]},       # cat 100
-        {"image_id": 3, "category_id": 3, "bbox": [5, 5, 0, 4]},         # zero width: dropped
-    ], n_images=4)                                                       # image 2: no annotation
+    return _coco(
+        tmp_path / "coco",
+        "train",
+        [
+            {"image_id": 0, "category_id": 3, "bbox": [2, 3, 10, 8]},  # cat 80 px^2
+            {"image_id": 0, "category_id": 7, "bbox": [0, 0, 5, 5]},  # hot dog 25
+            {"image_id": 0, "category_id": 3, "bbox": [20, 10, 5.5, 4.2]},  # cat, fractional
+            {
+                "image_id": 1,
+                "category_id": 7,
+                "bbox": [0, 0, 30, 20],
+                "iscrowd": 1,
+            },  # crowd of hot dogs 600
+            {"image_id": 1, "category_id": 3, "bbox": [1, 1, 10, 10]},  # cat 100
+            {"image_id": 3, "category_id": 3, "bbox": [5, 5, 0, 4]},  # zero width: dropped
+        ],
+        n_images=4,
+    )  # image 2: no annotation
 
 
 def _records(root: Path, split: str, classes=None):
     records, classes, report = build_index(root, split, classes=classes)
-    return {Path(r.path).name: (classes[r.label], r.boxes.tolist()) for r in records}, classes, report
+    return (
+        {Path(r.path).name: (classes[r.label], r.boxes.tolist()) for r in records},
+        classes,
+        report,
+    )
 
 
 def test_dominant_category_boxes_and_crowd_kept(train_split, tmp_path):
@@ -55,25 +74,39 @@ def test_dominant_category_boxes_and_crowd_kept(train_split, tmp_path):
     assert classes == ["cat", "hot_dog"]
     # largest total area decides; VOC corners cover each box, read back as (x0, y0, x1 + 1, y1 + 1)
     assert by_name["train_0.jpg"] == ("cat", [[2, 3, 12, 11], [20, 10, 26, 15]])
-    assert by_name["train_1.jpg"] == ("hot_dog", [[0, 0, 30, 20]])  # the crowd region counts as its box
+    assert by_name["train_1.jpg"] == (
+        "hot_dog",
+        [[0, 0, 30, 20]],
+    )  # the crowd region counts as its box
     assert sorted(by_name) == ["train_0.jpg", "train_1.jpg"] and index.skipped == {}
     rep = reports["train"]
     assert (rep.images, rep.boxes, rep.crowd_boxes_kept) == (2, 3, 1)
     assert rep.skipped_images == {"no usable box": ["train_2.jpg", "train_3.jpg"]}
     assert rep.dropped_boxes == {"malformed or non-positive bbox": 1}
     meta = json.loads((tmp_path / "out" / "classes.json").read_text())
-    assert meta == [{"folder": "cat", "coco_id": 3, "images": 1}, {"folder": "hot_dog", "coco_id": 7, "images": 1}]
+    assert meta == [
+        {"folder": "cat", "coco_id": 3, "images": 1},
+        {"folder": "hot_dog", "coco_id": 7, "images": 1},
+    ]
     assert json.loads((tmp_path / "out" / "conversion.json").read_text())["crowd"] == "keep"
-    assert (tmp_path / "out" / "train" / "cat" / "train_0.jpg").read_bytes() == \
-        (Path(train_split.image_dir) / "train_0.jpg").read_bytes()  # the original file, not re-encoded
+    assert (tmp_path / "out" / "train" / "cat" / "train_0.jpg").read_bytes() == (
+        Path(train_split.image_dir) / "train_0.jpg"
+    ).read_bytes()  # the original file, not re-encoded
 
 
-@pytest.mark.parametrize("crowd, expected", [("drop", ("cat", [[1, 1, 11, 11]])), ("skip_image", None)])
+@pytest.mark.parametrize(
+    "crowd, expected", [("drop", ("cat", [[1, 1, 11, 11]])), ("skip_image", None)]
+)
 def test_crowd_policies(train_split, tmp_path, crowd, expected):
     reports = coco_to_imagenet([train_split], tmp_path / "out", crowd=crowd)
     if expected is None:
-        assert not (tmp_path / "out" / "train" / "hot_dog").exists()  # hot dog was dominant only there
-        assert "train_1.jpg" in reports["train"].skipped_images["has a crowd annotation (crowd policy 'skip_image')"]
+        assert not (
+            tmp_path / "out" / "train" / "hot_dog"
+        ).exists()  # hot dog was dominant only there
+        assert (
+            "train_1.jpg"
+            in reports["train"].skipped_images["has a crowd annotation (crowd policy 'skip_image')"]
+        )
         return
     by_name, _, _ = _records(tmp_path / "out", "train")
     assert by_name["train_1.jpg"] == expected
@@ -81,12 +114,18 @@ def test_crowd_policies(train_split, tmp_path, crowd, expected):
 
 
 def test_later_splits_use_the_first_splits_classes(train_split, tmp_path):
-    val = _coco(tmp_path / "coco", "val", [
-        {"image_id": 0, "category_id": 3, "bbox": [0, 0, 8, 8]},
-        {"image_id": 1, "category_id": 7, "bbox": [0, 0, 8, 8]},
-    ], n_images=2)
+    val = _coco(
+        tmp_path / "coco",
+        "val",
+        [
+            {"image_id": 0, "category_id": 3, "bbox": [0, 0, 8, 8]},
+            {"image_id": 1, "category_id": 7, "bbox": [0, 0, 8, 8]},
+        ],
+        n_images=2,
+    )
     reports = coco_to_imagenet([train_split, val], tmp_path / "out", min_images=1, crowd="drop")
-    # with crowds dropped, hot dog is nobody's dominant class in train: val's hot dog image is left out
+    # with crowds dropped, hot dog is nobody's dominant class in train: val's hot dog image is left
+    # out
     assert reports["val"].skipped_images == {"class absent from the first split": ["val_1.jpg"]}
     by_name, classes, _ = _records(tmp_path / "out", "val", classes=["cat"])
     assert classes == ["cat"] and list(by_name) == ["val_0.jpg"]
@@ -117,7 +156,8 @@ def test_tool_with_split_specs(train_split, tmp_path, capsys):
     main = runpy.run_path(str(REPO / "tools" / "coco_to_imagenet.py"))["main"]
     spec = f"train={train_split.json_file}:{train_split.image_dir}"
     assert main(["--split", spec, "--out", str(tmp_path / "out"), "--symlink"]) == 0
-    assert capsys.readouterr().err.count("train: 2 of 4 images in 2 classes") == 1  # once, not repeated by the tool
+    # once, not repeated by the tool
+    assert capsys.readouterr().err.count("train: 2 of 4 images in 2 classes") == 1
     assert (tmp_path / "out" / "train" / "cat" / "train_0.jpg").is_symlink()
     assert main(["--split", spec, "--out", str(tmp_path / "out")]) == 2  # not empty any more
     assert "exists and is not empty" in capsys.readouterr().err

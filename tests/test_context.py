@@ -1,4 +1,5 @@
 """Context-only variants: fills, the box-free crop, the eval-transform geometry."""
+
 from __future__ import annotations
 
 import itertools
@@ -29,7 +30,8 @@ def _image(h: int = 30, w: int = 40, seed: int = 0) -> np.ndarray:
 
 
 def _touched(boxes: np.ndarray, h: int, w: int) -> np.ndarray:
-    """Pixels overlapping a box with positive area, by the pixel-square definition (slow, direct)."""
+    """Pixels overlapping a box with positive area, by the pixel-square definition (slow,
+    direct)."""
     mask = np.zeros((h, w), dtype=bool)
     for r, c in itertools.product(range(h), range(w)):
         for x0, y0, x1, y1 in boxes:
@@ -90,8 +92,15 @@ def test_largest_box_free_crop_is_free_and_maximal(seed: int) -> None:
     w, h = 17, 13
     n = int(rng.integers(1, 4))
     x0, y0 = rng.uniform(0, w - 1, n), rng.uniform(0, h - 1, n)
-    boxes = np.stack([x0, y0, np.minimum(x0 + rng.uniform(0.5, 8, n), w), np.minimum(y0 + rng.uniform(0.5, 8, n), h)],
-                     axis=1)
+    boxes = np.stack(
+        [
+            x0,
+            y0,
+            np.minimum(x0 + rng.uniform(0.5, 8, n), w),
+            np.minimum(y0 + rng.uniform(0.5, 8, n), h),
+        ],
+        axis=1,
+    )
     touched = _touched(boxes, h, w)
     crop = largest_box_free_crop(boxes, w, h)
     best = _brute_force_largest_free(touched)
@@ -108,9 +117,13 @@ def test_largest_box_free_crop_of_a_fully_covered_image_is_none() -> None:
 
 
 def test_plan_counts_images_left_out() -> None:
-    recs = [ImageRecord("a", 0, np.zeros((0, 4), np.float32), 20, 20),
-            ImageRecord("b", 0, np.array([[0, 0, 20, 19]], np.float32), 20, 20),   # free strip is 5% of the image
-            ImageRecord("c", 1, np.array([[0, 0, 10, 20]], np.float32), 20, 20)]   # free half
+    recs = [
+        ImageRecord("a", 0, np.zeros((0, 4), np.float32), 20, 20),
+        ImageRecord(
+            "b", 0, np.array([[0, 0, 20, 19]], np.float32), 20, 20
+        ),  # free strip is 5% of the image
+        ImageRecord("c", 1, np.array([[0, 0, 10, 20]], np.float32), 20, 20),
+    ]  # free half
     plan = plan_variant(recs, "outside_crop", min_crop_fraction=0.1)
     assert plan.positions == [2] and plan.skipped == {"no_box": 1, "crop_too_small": 1}
     assert plan.crops[2] == (10, 0, 20, 20)

@@ -1,4 +1,5 @@
 """torchvision ResNet -> detectron2 .pkl: names, depth inference, verification, bad input."""
+
 from __future__ import annotations
 
 import pickle
@@ -25,10 +26,20 @@ from als_det.engine.checkpoint import get_rng_state
 REPO = Path(__file__).resolve().parents[1]
 DEMO_CONFIG = REPO / "configs" / "detection" / "faster_rcnn_R_18_FPN_demo.yaml"
 C4_CONFIG = REPO / "configs" / "detection" / "faster_rcnn_R_50_C4_1x.yaml"
-PREPROCESSING = {"input_format": "RGB", "pixel_mean": [123.675, 116.28, 103.53],
-                 "pixel_std": [58.395, 57.12, 57.375], "image_size": 64}
-STRATEGY = {"name": "als", "epsilon": 0.1, "e_min": 0.0, "e_max": 1.0, "no_box": "ls",
-            "no_box_epsilon": 0.1}
+PREPROCESSING = {
+    "input_format": "RGB",
+    "pixel_mean": [123.675, 116.28, 103.53],
+    "pixel_std": [58.395, 57.12, 57.375],
+    "image_size": 64,
+}
+STRATEGY = {
+    "name": "als",
+    "epsilon": 0.1,
+    "e_min": 0.0,
+    "e_max": 1.0,
+    "no_box": "ls",
+    "no_box_epsilon": 0.1,
+}
 
 
 def resnet(depth: int, seed: int = 0) -> torch.nn.Module:
@@ -46,10 +57,18 @@ def resnet(depth: int, seed: int = 0) -> torch.nn.Module:
 
 def suite_checkpoint(model: torch.nn.Module, arch: str, prefix: str = "") -> dict:
     """A checkpoint shaped like als_det.engine.checkpoint's (see docs/architecture.md)."""
-    return {"model": {prefix + k: v for k, v in model.state_dict().items()}, "arch": arch,
-            "num_classes": 10, "label_strategy": STRATEGY, "preprocessing": PREPROCESSING,
-            "config": "MODEL:\n  ARCH: resnet18\n", "epoch": 3, "seed": 1,
-            "rng_state": get_rng_state(), "versions": {"torch": str(torch.__version__)}}
+    return {
+        "model": {prefix + k: v for k, v in model.state_dict().items()},
+        "arch": arch,
+        "num_classes": 10,
+        "label_strategy": STRATEGY,
+        "preprocessing": PREPROCESSING,
+        "config": "MODEL:\n  ARCH: resnet18\n",
+        "epoch": 3,
+        "seed": 1,
+        "rng_state": get_rng_state(),
+        "versions": {"torch": str(torch.__version__)},
+    }
 
 
 @pytest.fixture(scope="module")
@@ -92,8 +111,9 @@ def test_convert_in_memory_drops_fc_and_counters():
     out = convert_torchvision_resnet(model.state_dict())
     sd = model.state_dict()
     assert "fc.weight" in sd and not any("fc" in k or "num_batches" in k for k in out)
-    np.testing.assert_array_equal(out["res3.0.shortcut.norm.running_var"],
-                                  sd["layer2.0.downsample.1.running_var"].numpy())
+    np.testing.assert_array_equal(
+        out["res3.0.shortcut.norm.running_var"], sd["layer2.0.downsample.1.running_var"].numpy()
+    )
     assert all(isinstance(v, np.ndarray) for v in out.values())
 
 
@@ -102,11 +122,16 @@ def test_converted_file_holds_weights_and_metadata(r18_files):
     data = pickle.loads(out.read_bytes())
     assert data["__author__"] == "als_det" and data["matching_heuristics"] is True
     assert len(data["model"]) == 100  # ResNet-18: 20 convs + 20 BNs x 4 tensors
-    np.testing.assert_array_equal(data["model"]["stem.conv1.weight"], model.conv1.weight.detach().numpy())
+    np.testing.assert_array_equal(
+        data["model"]["stem.conv1.weight"], model.conv1.weight.detach().numpy()
+    )
     meta = data["als_det"]
-    assert meta["depth"] == 18 and meta["label_strategy"] == STRATEGY and meta["unsafe_load"] is False
+    assert (
+        meta["depth"] == 18 and meta["label_strategy"] == STRATEGY and meta["unsafe_load"] is False
+    )
     assert meta["preprocessing"] == PREPROCESSING and meta["pretrain_config"].startswith("MODEL:")
     from als_det.io import sha256_file
+
     assert meta["source_sha256"] == sha256_file(src)
     assert "torch" in meta["versions"] and any("detectron2" in k for k in meta["versions"])
     assert not any(Path(p).name.endswith(".verify.pkl") for p in out.parent.iterdir())
@@ -114,8 +139,7 @@ def test_converted_file_holds_weights_and_metadata(r18_files):
 
 def test_verify_passes_in_the_demo_config(r18_files):
     src, out, _ = r18_files
-    result = verify(out, src, config_file=DEMO_CONFIG,
-                    input_size=48)
+    result = verify(out, src, config_file=DEMO_CONFIG, input_size=48)
     assert result.ok, result.summary()
     assert result.loaded_tensors == result.expected_tensors == 100
     assert result.max_diff < 1e-4
@@ -147,8 +171,11 @@ def test_verify_fails_on_a_perturbed_tensor(r18_files, tmp_path):
 
 def test_verify_fails_on_a_removed_or_extra_tensor(r18_files, tmp_path):
     src, out, _ = r18_files
-    removed = verify(_rewrite(out, tmp_path / "rm.pkl", lambda m: m.pop("res5.1.conv1.norm.weight")),
-                     src, input_size=48)
+    removed = verify(
+        _rewrite(out, tmp_path / "rm.pkl", lambda m: m.pop("res5.1.conv1.norm.weight")),
+        src,
+        input_size=48,
+    )
     assert not removed.ok and removed.loaded_tensors == 99
     assert any("not loaded" in p and "res5.1.conv1.norm.weight" in p for p in removed.problems)
 
@@ -172,11 +199,18 @@ def _bad_inputs(tmp: Path) -> dict[str, tuple[Path, str]]:
     """name -> (input file, expected message fragment)."""
     r18 = resnet(18).state_dict()
     cases: dict[str, tuple[object, str]] = {
-        "not_resnet": (torchvision.models.mobilenet_v3_small().state_dict(), "not a torchvision ResNet"),
-        "unknown_depth": ({k: v for k, v in r18.items() if not k.startswith("layer3.1.")},
-                          "unknown ResNet layout"),
-        "missing_key": ({k: v for k, v in r18.items() if k != "layer1.0.bn1.running_mean"},
-                        "missing 1 backbone tensors"),
+        "not_resnet": (
+            torchvision.models.mobilenet_v3_small().state_dict(),
+            "not a torchvision ResNet",
+        ),
+        "unknown_depth": (
+            {k: v for k, v in r18.items() if not k.startswith("layer3.1.")},
+            "unknown ResNet layout",
+        ),
+        "missing_key": (
+            {k: v for k, v in r18.items() if k != "layer1.0.bn1.running_mean"},
+            "missing 1 backbone tensors",
+        ),
         "extra_key": ({**r18, "layer1.0.se.weight": torch.zeros(1)}, "1 unexpected tensors"),
         "arch_mismatch": ({"model": r18, "arch": "resnet34"}, "records arch 'resnet34'"),
         "not_state_dict": ({"model": {"epoch": 3}}, "not a state_dict"),
@@ -220,8 +254,15 @@ def test_existing_output_needs_force(r18_files, tmp_path):
 
 def test_tool_converts_and_verifies_resnet18(tmp_path, repo_root):
     torch.save(resnet(18, seed=1).state_dict(), tmp_path / "resnet18.pth")
-    cmd = [sys.executable, str(repo_root / "tools" / "convert_to_d2.py"), str(tmp_path / "resnet18.pth"),
-           str(tmp_path / "out.pkl"), "--verify", "--verify-size", "64"]
+    cmd = [
+        sys.executable,
+        str(repo_root / "tools" / "convert_to_d2.py"),
+        str(tmp_path / "resnet18.pth"),
+        str(tmp_path / "out.pkl"),
+        "--verify",
+        "--verify-size",
+        "64",
+    ]
     run = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path)
     assert run.returncode == 0, run.stderr
     assert "loaded 100/100 backbone tensors" in run.stderr and "max abs difference" in run.stderr
@@ -234,15 +275,18 @@ def test_resnet50_verifies_in_fpn_and_c4(tmp_path):
     torch.save(suite_checkpoint(resnet(50), "resnet50", prefix="module."), tmp_path / "r50.pth")
     result = convert_file(tmp_path / "r50.pth", tmp_path / "r50.pkl", verify_size=32)
     assert result["verify"]["ok"] and result["verify"]["loaded_tensors"] == 265
-    c4 = verify(tmp_path / "r50.pkl", tmp_path / "r50.pth",
-                config_file=C4_CONFIG, input_size=32)
+    c4 = verify(tmp_path / "r50.pkl", tmp_path / "r50.pth", config_file=C4_CONFIG, input_size=32)
     # C4: res2..res4 in the backbone, res5 in the ROI head, all from the same file
     assert c4.ok and c4.loaded_tensors == 265, c4.summary()
 
 
 def _tool(repo_root: Path, *args: str, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(repo_root / "tools" / "convert_to_d2.py"), *args],
-                          capture_output=True, text=True, cwd=cwd)
+    return subprocess.run(
+        [sys.executable, str(repo_root / "tools" / "convert_to_d2.py"), *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+    )
 
 
 def test_tool_refuses_crafted_files_and_runs_nothing(tmp_path, repo_root):
@@ -275,8 +319,16 @@ def test_unsafe_load_converts_a_trusted_legacy_checkpoint_and_says_so(tmp_path, 
     with pytest.raises(ConversionError, match="argparse.Namespace.*--unsafe-load"):
         convert_file(src, out)
     assert not out.exists()
-    run = _tool(repo_root, str(src), str(out), "--unsafe-load", "--verify", "--verify-size", "32",
-                cwd=tmp_path)
+    run = _tool(
+        repo_root,
+        str(src),
+        str(out),
+        "--unsafe-load",
+        "--verify",
+        "--verify-size",
+        "32",
+        cwd=tmp_path,
+    )
     assert run.returncode == 0, run.stderr
     assert "loading with full unpickling (--unsafe-load" in run.stderr
     assert "INPUT read with full unpickling: --unsafe-load" in run.stderr

@@ -1,5 +1,6 @@
 """The demo report's verdict: one seed states no direction; several seeds pair each arm with hard of
 the same seed and conclude from t-intervals over seeds (real tiny trainings and evaluations)."""
+
 from __future__ import annotations
 
 import re
@@ -18,8 +19,15 @@ from als_det.report.demo import what_the_numbers_say
 from als_det.report.evaluation import write_evaluation
 
 REPO = Path(__file__).resolve().parents[1]
-TINY_GEN = {"NUM_CLASSES": 3, "TRAIN_PER_CLASS": 8, "VAL_PER_CLASS": 3, "IMAGE_SIZE": 16,
-            "DETECTION_TRAIN": 1, "DETECTION_VAL": 1, "DETECTION_IMAGE_SIZE": 32}
+TINY_GEN = {
+    "NUM_CLASSES": 3,
+    "TRAIN_PER_CLASS": 8,
+    "VAL_PER_CLASS": 3,
+    "IMAGE_SIZE": 16,
+    "DETECTION_TRAIN": 1,
+    "DETECTION_VAL": 1,
+    "DETECTION_IMAGE_SIZE": 32,
+}
 DIRECTIONS = re.compile(r"relies (less|more)|rely on context alike|lowers|raises")
 
 
@@ -37,15 +45,52 @@ def runs(tmp_path_factory):
     plan = _plan([0, 1])
     ckpts = {}
     for run, arm, seed in plan.runs():
-        ckpts[run] = train(load_config(str(REPO / arm.config), [
-            "DATA.ROOT", str(root), "DATA.GENERATE", "False", "DATA.IMAGE_SIZE", "16", "DATA.VAL_RESIZE", "18",
-            "DATA.NUM_WORKERS", "0", "DATA.CACHE_DIR", str(base / "cache"), "SOLVER.EPOCHS", "1",
-            "SOLVER.WARMUP_EPOCHS", "0", "SOLVER.BATCH_SIZE", "8", "TRAIN.MAX_ITERS_PER_EPOCH", "1",
-            "TRAIN.DEVICE", "cpu", "SEED", str(seed), "OUTPUT_DIR", str(base / run)])) / "last.pth"
+        ckpts[run] = (
+            train(
+                load_config(
+                    str(REPO / arm.config),
+                    [
+                        "DATA.ROOT",
+                        str(root),
+                        "DATA.GENERATE",
+                        "False",
+                        "DATA.IMAGE_SIZE",
+                        "16",
+                        "DATA.VAL_RESIZE",
+                        "18",
+                        "DATA.NUM_WORKERS",
+                        "0",
+                        "DATA.CACHE_DIR",
+                        str(base / "cache"),
+                        "SOLVER.EPOCHS",
+                        "1",
+                        "SOLVER.WARMUP_EPOCHS",
+                        "0",
+                        "SOLVER.BATCH_SIZE",
+                        "8",
+                        "TRAIN.MAX_ITERS_PER_EPOCH",
+                        "1",
+                        "TRAIN.DEVICE",
+                        "cpu",
+                        "SEED",
+                        str(seed),
+                        "OUTPUT_DIR",
+                        str(base / run),
+                    ],
+                )
+            )
+            / "last.pth"
+        )
     ev = base / "evaluation"
     opts = EvalOptions(batch_size=16, workers=0, grid_images=0, progress=False, device="cpu")
-    metrics = evaluate_checkpoints([str(c) for c in ckpts.values()], str(root), str(ev), names=list(ckpts),
-                                   baseline="hard_s0", opts=opts)
+    metrics = evaluate_checkpoints(
+        [str(c) for c in ckpts.values()],
+        str(root),
+        str(ev),
+        names=list(ckpts),
+        baseline="hard_s0",
+        opts=opts,
+    )
     write_evaluation(metrics, ev)
     return plan, ckpts, ev, metrics
 
@@ -56,8 +101,10 @@ def test_several_seeds_conclude_from_the_spread_across_seeds(runs) -> None:
     assert "2 seeds" in text and "Student-t interval over seeds" in text
     # als is paired with hard of its own seed: the t-interval of the two per-seed ratios
     models = metrics["models"]
-    reliance = {n: m["variants"]["bg_only"]["mean_confidence"] / m["val"]["mean_confidence"]
-                for n, m in models.items()}
+    reliance = {
+        n: m["variants"]["bg_only"]["mean_confidence"] / m["val"]["mean_confidence"]
+        for n, m in models.items()
+    }
     rel = [reliance[f"als_s{s}"] / reliance[f"hard_s{s}"] for s in (0, 1)]
     mean, lo, hi = t_interval(rel)
     assert f"{mean:.3f} [{lo:.3f}, {hi:.3f}]" in text

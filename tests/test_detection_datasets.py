@@ -1,4 +1,5 @@
 """COCO-format data set validation and registration (als_det.detection.datasets)."""
+
 from __future__ import annotations
 
 import json
@@ -16,16 +17,43 @@ def _tiny_coco(root: Path, images=2, anns=None, cats=None, write_images=True) ->
     """A hand-made COCO json with `images` 32x24 JPEGs; categories with non-contiguous ids."""
     img_dir = root / "img"
     img_dir.mkdir(parents=True, exist_ok=True)
-    ims = [{"id": 100 + i, "file_name": f"{i}.jpg", "width": 32, "height": 24} for i in range(images)]
+    ims = [
+        {"id": 100 + i, "file_name": f"{i}.jpg", "width": 32, "height": 24} for i in range(images)
+    ]
     if write_images:
         for im in ims:
             Image.fromarray(np.zeros((24, 32, 3), np.uint8)).save(img_dir / im["file_name"])
     cats = cats if cats is not None else [{"id": 3, "name": "cat"}, {"id": 7, "name": "dog"}]
-    anns = anns if anns is not None else [
-        {"id": 1, "image_id": 100, "category_id": 3, "bbox": [1, 2, 10, 8], "area": 80, "iscrowd": 0},
-        {"id": 2, "image_id": 100, "category_id": 7, "bbox": [5, 5, 0, 4], "area": 0, "iscrowd": 0},
-        {"id": 3, "image_id": 101, "category_id": 7, "bbox": [0, 0, 20, 20], "area": 400, "iscrowd": 1},
-    ]
+    anns = (
+        anns
+        if anns is not None
+        else [
+            {
+                "id": 1,
+                "image_id": 100,
+                "category_id": 3,
+                "bbox": [1, 2, 10, 8],
+                "area": 80,
+                "iscrowd": 0,
+            },
+            {
+                "id": 2,
+                "image_id": 100,
+                "category_id": 7,
+                "bbox": [5, 5, 0, 4],
+                "area": 0,
+                "iscrowd": 0,
+            },
+            {
+                "id": 3,
+                "image_id": 101,
+                "category_id": 7,
+                "bbox": [0, 0, 20, 20],
+                "area": 400,
+                "iscrowd": 1,
+            },
+        ]
+    )
     js = root / "instances.json"
     js.write_text(json.dumps({"images": ims, "annotations": anns, "categories": cats}))
     return js, img_dir
@@ -49,17 +77,20 @@ def test_valid_set_reports_counts_and_drops_degenerate_boxes(tmp_path):
     assert {a["category_id"] for d in dicts for a in d["annotations"]} == {0, 1}
 
 
-@pytest.mark.parametrize("case, needle", [
-    ("missing_image", "1 of 2 images missing on disk"),
-    ("dup_image", "duplicate image ids: 100"),
-    ("dup_ann", "duplicate annotation ids: 1"),
-    ("unknown_cat", "unknown ids: 5"),
-    ("unknown_image", "image_id is not in 'images'"),
-    ("bad_bbox", "4-number bbox"),
-    ("no_categories", "'categories' is empty"),
-    ("no_annotations", r"no usable box to train or evaluate on \('annotations' is empty\)"),
-    ("only_crowd", "all 1 annotations are crowd regions or boxes of non-positive size"),
-])
+@pytest.mark.parametrize(
+    "case, needle",
+    [
+        ("missing_image", "1 of 2 images missing on disk"),
+        ("dup_image", "duplicate image ids: 100"),
+        ("dup_ann", "duplicate annotation ids: 1"),
+        ("unknown_cat", "unknown ids: 5"),
+        ("unknown_image", "image_id is not in 'images'"),
+        ("bad_bbox", "4-number bbox"),
+        ("no_categories", "'categories' is empty"),
+        ("no_annotations", r"no usable box to train or evaluate on \('annotations' is empty\)"),
+        ("only_crowd", "all 1 annotations are crowd regions or boxes of non-positive size"),
+    ],
+)
 def test_bad_json_is_a_clear_error_naming_the_file(tmp_path, case, needle):
     good = {"id": 1, "image_id": 100, "category_id": 3, "bbox": [1, 2, 3, 4], "iscrowd": 0}
     kwargs: dict = {}
@@ -67,10 +98,14 @@ def test_bad_json_is_a_clear_error_naming_the_file(tmp_path, case, needle):
         js, img = _tiny_coco(tmp_path, anns=[good])
         (img / "1.jpg").unlink()
     else:
-        anns = {"dup_ann": [good, dict(good)], "unknown_cat": [dict(good, category_id=5)],
-                "unknown_image": [dict(good, image_id=999)],
-                "bad_bbox": [dict(good, bbox=[1, 2])], "no_annotations": [],
-                "only_crowd": [dict(good, iscrowd=1)]}.get(case, [good])
+        anns = {
+            "dup_ann": [good, dict(good)],
+            "unknown_cat": [dict(good, category_id=5)],
+            "unknown_image": [dict(good, image_id=999)],
+            "bad_bbox": [dict(good, bbox=[1, 2])],
+            "no_annotations": [],
+            "only_crowd": [dict(good, iscrowd=1)],
+        }.get(case, [good])
         if case == "no_categories":
             kwargs["cats"] = []
         js, img = _tiny_coco(tmp_path, anns=anns, **kwargs)
@@ -104,8 +139,12 @@ def test_dataset_spec_parsing():
 def test_train_and_test_sets_must_share_categories(tmp_path):
     a = ds.validate_coco_json("a", *_tiny_coco(tmp_path / "a"))
     only_cat = [{"id": 1, "image_id": 100, "category_id": 3, "bbox": [1, 2, 3, 4], "iscrowd": 0}]
-    b = ds.validate_coco_json("b", *_tiny_coco(tmp_path / "b", anns=only_cat,
-                                               cats=[{"id": 3, "name": "cat"}, {"id": 8, "name": "dog"}]))
+    b = ds.validate_coco_json(
+        "b",
+        *_tiny_coco(
+            tmp_path / "b", anns=only_cat, cats=[{"id": 3, "name": "cat"}, {"id": 8, "name": "dog"}]
+        ),
+    )
     assert ds.check_same_categories([a, a]) == [(3, "cat"), (7, "dog")]
     with pytest.raises(ds.DatasetError, match="different categories"):
         ds.check_same_categories([a, b])

@@ -1,4 +1,6 @@
-"""detectron2 works here (real training steps on real COCO images) and our detection configs load."""
+"""detectron2 works here (real training steps on real COCO images) and our detection configs
+load."""
+
 from __future__ import annotations
 
 import math
@@ -11,8 +13,12 @@ from als_det.config import ConfigError
 from als_det.detection import DetectionCfgNode, get_detection_cfg
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "detection"
-TORCHVISION_KEYS = {"INPUT.FORMAT": "RGB", "MODEL.PIXEL_MEAN": [123.675, 116.28, 103.53],
-                    "MODEL.PIXEL_STD": [58.395, 57.12, 57.375], "MODEL.RESNETS.STRIDE_IN_1X1": False}
+TORCHVISION_KEYS = {
+    "INPUT.FORMAT": "RGB",
+    "MODEL.PIXEL_MEAN": [123.675, 116.28, 103.53],
+    "MODEL.PIXEL_STD": [58.395, 57.12, 57.375],
+    "MODEL.RESNETS.STRIDE_IN_1X1": False,
+}
 
 
 def _get(cfg, dotted: str):
@@ -30,8 +36,13 @@ def test_every_config_loads_with_torchvision_preprocessing(path):
     assert cfg.MODEL.WEIGHTS == ""  # never the zoo's BGR caffe2 weights
 
 
-@pytest.mark.parametrize("ours,zoo", [("faster_rcnn_R_50_FPN_1x.yaml", "COCO-Detection/faster_rcnn_R_50_FPN_1x.yaml"),
-                                      ("faster_rcnn_R_50_C4_1x.yaml", "COCO-Detection/faster_rcnn_R_50_C4_1x.yaml")])
+@pytest.mark.parametrize(
+    "ours,zoo",
+    [
+        ("faster_rcnn_R_50_FPN_1x.yaml", "COCO-Detection/faster_rcnn_R_50_FPN_1x.yaml"),
+        ("faster_rcnn_R_50_C4_1x.yaml", "COCO-Detection/faster_rcnn_R_50_C4_1x.yaml"),
+    ],
+)
 def test_r50_configs_resolve_to_the_model_zoo_1x_schedule(ours, zoo):
     from detectron2 import model_zoo
 
@@ -40,8 +51,17 @@ def test_r50_configs_resolve_to_the_model_zoo_1x_schedule(ours, zoo):
     assert cfg.SOLVER.MAX_ITER == 90000 and cfg.SOLVER.IMS_PER_BATCH == 16
     assert cfg.SOLVER.BASE_LR == 0.02 and tuple(cfg.SOLVER.STEPS) == (60000, 80000)
     assert cfg.MODEL.RESNETS.DEPTH == 50 and not cfg.MODEL.MASK_ON
-    for key in ("SOLVER", "MODEL.ROI_HEADS", "MODEL.RPN", "MODEL.ANCHOR_GENERATOR", "INPUT.MIN_SIZE_TRAIN",
-                "MODEL.BACKBONE", "MODEL.RESNETS.OUT_FEATURES", "MODEL.RESNETS.NORM", "DATASETS"):
+    for key in (
+        "SOLVER",
+        "MODEL.ROI_HEADS",
+        "MODEL.RPN",
+        "MODEL.ANCHOR_GENERATOR",
+        "INPUT.MIN_SIZE_TRAIN",
+        "MODEL.BACKBONE",
+        "MODEL.RESNETS.OUT_FEATURES",
+        "MODEL.RESNETS.NORM",
+        "DATASETS",
+    ):
         assert _get(cfg, key) == _get(reference, key), key
 
 
@@ -64,11 +84,15 @@ def test_model_zoo_base_prefix_and_errors(tmp_path):
     (tmp_path / "missing.yaml").write_text('_BASE_: "model_zoo://No/such.yaml"\n')
     with pytest.raises(FileNotFoundError, match="No/such.yaml"):
         get_detection_cfg(str(tmp_path / "missing.yaml"))
-    (tmp_path / "typo.yaml").write_text('_BASE_: "model_zoo://Base-RCNN-FPN.yaml"\nMODEL:\n  RESNET:\n    DEPTH: 18\n')
+    (tmp_path / "typo.yaml").write_text(
+        '_BASE_: "model_zoo://Base-RCNN-FPN.yaml"\nMODEL:\n  RESNET:\n    DEPTH: 18\n'
+    )
     with pytest.raises(ConfigError, match=r"typo.yaml: Non-existent config key: MODEL.RESNET"):
         get_detection_cfg(str(tmp_path / "typo.yaml"))
     with pytest.raises(ConfigError, match="config overrides: Non-existent key: SOLVER.MAX_ITERS"):
-        get_detection_cfg(str(CONFIGS / "faster_rcnn_R_18_FPN_demo.yaml"), ["SOLVER.MAX_ITERS", "1"])
+        get_detection_cfg(
+            str(CONFIGS / "faster_rcnn_R_18_FPN_demo.yaml"), ["SOLVER.MAX_ITERS", "1"]
+        )
 
 
 @pytest.mark.slow
@@ -85,19 +109,48 @@ def test_two_training_iterations_on_coco_mini(coco_mini, tmp_path):
 
     name = "als_det_smoke_coco_mini_train"
     if name not in DatasetCatalog.list():
-        register_coco_instances(name, {}, str(coco_mini / "annotations" / "instances_train2017.json"),
-                                str(coco_mini / "train2017"))
+        register_coco_instances(
+            name,
+            {},
+            str(coco_mini / "annotations" / "instances_train2017.json"),
+            str(coco_mini / "train2017"),
+        )
     cfg = get_cfg()
     cfg.merge_from_file(model_zoo.get_config_file("COCO-Detection/faster_rcnn_R_50_FPN_1x.yaml"))
-    cfg.merge_from_list([
-        "MODEL.DEVICE", "cpu", "MODEL.WEIGHTS", "",
-        "MODEL.RESNETS.NORM", "BN",  # FrozenBN keeps random-init statistics and diverges at once
-        "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE", "128", "MODEL.RPN.POST_NMS_TOPK_TRAIN", "256",
-        "INPUT.MIN_SIZE_TRAIN", "(96,)", "INPUT.MAX_SIZE_TRAIN", "128",
-        "SOLVER.IMS_PER_BATCH", "2", "SOLVER.BASE_LR", "0.001", "SOLVER.WARMUP_ITERS", "0",
-        "DATASETS.TRAIN", f"('{name}',)", "DATASETS.TEST", "()", "DATALOADER.NUM_WORKERS", "0",
-        "OUTPUT_DIR", str(tmp_path), "SEED", "0",
-    ])
+    cfg.merge_from_list(
+        [
+            "MODEL.DEVICE",
+            "cpu",
+            "MODEL.WEIGHTS",
+            "",
+            "MODEL.RESNETS.NORM",
+            "BN",  # FrozenBN keeps random-init statistics and diverges at once
+            "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE",
+            "128",
+            "MODEL.RPN.POST_NMS_TOPK_TRAIN",
+            "256",
+            "INPUT.MIN_SIZE_TRAIN",
+            "(96,)",
+            "INPUT.MAX_SIZE_TRAIN",
+            "128",
+            "SOLVER.IMS_PER_BATCH",
+            "2",
+            "SOLVER.BASE_LR",
+            "0.001",
+            "SOLVER.WARMUP_ITERS",
+            "0",
+            "DATASETS.TRAIN",
+            f"('{name}',)",
+            "DATASETS.TEST",
+            "()",
+            "DATALOADER.NUM_WORKERS",
+            "0",
+            "OUTPUT_DIR",
+            str(tmp_path),
+            "SEED",
+            "0",
+        ]
+    )
     cfg.freeze()
     seed_all_rng(0)
     model = build_model(cfg)

@@ -1,6 +1,7 @@
 """The experiment runner without training: plan checks, the dry-run listing, command lines for
 several processes and nodes, fingerprints, resume points, submitit's checkpoint hook, and how a
 failed stage stops only its dependants (real subprocesses running tiny scripts)."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -41,15 +42,30 @@ def _raw(path: Path) -> dict:
     return yaml.safe_load(path.read_text())
 
 
-@pytest.mark.parametrize("edit, message", [
-    (lambda p: p.update(arms_typo={}), r"unknown key\(s\) \['arms_typo'\] in the plan"),
-    (lambda p: p.update(baseline="nope"), "baseline 'nope' is not among the arms"),
-    (lambda p: p["pretrain"]["resources"].update(gpus=8), r"unknown key\(s\) \['gpus'\] in pretrain.resources"),
-    (lambda p: p["arms"]["hard"].update(config="configs/pretrain/missing.yaml"), "arms.hard: config file"),
-    (lambda p: p.update(seeds=[]), "seeds must be a non-empty list"),
-    (lambda p: p.update(report="demo"), "report: demo needs one evaluation over all runs and a detector"),
-    (lambda p: p["detection"].append(dict(p["detection"][0])), "detection names must be distinct"),
-])
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (lambda p: p.update(arms_typo={}), r"unknown key\(s\) \['arms_typo'\] in the plan"),
+        (lambda p: p.update(baseline="nope"), "baseline 'nope' is not among the arms"),
+        (
+            lambda p: p["pretrain"]["resources"].update(gpus=8),
+            r"unknown key\(s\) \['gpus'\] in pretrain.resources",
+        ),
+        (
+            lambda p: p["arms"]["hard"].update(config="configs/pretrain/missing.yaml"),
+            "arms.hard: config file",
+        ),
+        (lambda p: p.update(seeds=[]), "seeds must be a non-empty list"),
+        (
+            lambda p: p.update(report="demo"),
+            "report: demo needs one evaluation over all runs and a detector",
+        ),
+        (
+            lambda p: p["detection"].append(dict(p["detection"][0])),
+            "detection names must be distinct",
+        ),
+    ],
+)
 def test_plan_errors_name_the_key(edit, message):
     raw = _raw(PAPER)
     raw["report"] = None
@@ -61,7 +77,11 @@ def test_plan_errors_name_the_key(edit, message):
 
 
 def test_shipped_plans_build():
-    for name, stages in (("paper_r50", 11), ("demo", 1 + 3 + 1 + 3 + 3 + 1), ("smoke", 1 + 2 + 1 + 2 + 2 + 1)):
+    for name, stages in (
+        ("paper_r50", 11),
+        ("demo", 1 + 3 + 1 + 3 + 3 + 1),
+        ("smoke", 1 + 2 + 1 + 2 + 2 + 1),
+    ):
         graph = build_graph(load_plan(REPO / f"configs/experiments/{name}.yaml"))
         assert len(graph.stages) == stages, name
         seen: set[str] = set()
@@ -71,19 +91,40 @@ def test_shipped_plans_build():
 
 
 def test_dry_run_lists_every_command_in_order_with_resources():
-    out = subprocess.run([sys.executable, "tools/run_experiment.py", "--plan", str(PAPER), "--dry-run",
-                          "--seeds", "2"], cwd=REPO, capture_output=True, text=True, timeout=120)
+    out = subprocess.run(
+        [
+            sys.executable,
+            "tools/run_experiment.py",
+            "--plan",
+            str(PAPER),
+            "--dry-run",
+            "--seeds",
+            "2",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert out.returncode == 0, out.stderr
     text = out.stdout
-    names = [ln.split(". ", 1)[1].split(" [")[0] for ln in text.splitlines() if ln.startswith("# ") and ". " in ln]
+    names = [
+        ln.split(". ", 1)[1].split(" [")[0]
+        for ln in text.splitlines()
+        if ln.startswith("# ") and ". " in ln
+    ]
     assert names[:3] == ["pretrain_hard_s0", "pretrain_ls_s0", "pretrain_als_s0"]
     assert len(names) == 6 + 1 + 6 + 6 + 1 and names[-1] == "compare_faster_rcnn_R_50_FPN_1x"
     assert names.index("evaluate") > names.index("pretrain_als_s1")
     assert names.index("finetune_faster_rcnn_R_50_FPN_1x_als_s1") > names.index("convert_als_s1")
-    assert ("torchrun --nproc_per_node=8 --standalone tools/pretrain.py --config-file "
-            "configs/pretrain/imagenet_r50_als.yaml OUTPUT_DIR output/paper_r50/pretrain/als_s1 SEED 1") in text
-    assert ("python tools/finetune_coco.py --num-gpus 8 --config-file "
-            "configs/detection/faster_rcnn_R_50_FPN_1x.yaml") in text
+    assert (
+        "torchrun --nproc_per_node=8 --standalone tools/pretrain.py --config-file "
+        "configs/pretrain/imagenet_r50_als.yaml OUTPUT_DIR output/paper_r50/pretrain/als_s1 SEED 1"
+    ) in text
+    assert (
+        "python tools/finetune_coco.py --num-gpus 8 --config-file "
+        "configs/detection/faster_rcnn_R_50_FPN_1x.yaml"
+    ) in text
     assert "1 node x 8 GPUs, 8 processes/node, 10 CPUs/process, 480 GB, 1440 min" in text
     assert "resumes from last.pth with: --resume\n" in text
     assert "resumes from last_checkpoint with: --resume" in text
@@ -92,16 +133,46 @@ def test_dry_run_lists_every_command_in_order_with_resources():
 
 def test_multi_process_and_multi_node_command_lines():
     pre = commands.pretrain_command("c.yaml", {"SEED": 1, "SOLVER.STEPS": (30, 60)}, resume=True)
-    assert pre.args == ("--resume", "--config-file", "c.yaml", "SEED", "1", "SOLVER.STEPS", "(30, 60)")
+    assert pre.args == (
+        "--resume",
+        "--config-file",
+        "c.yaml",
+        "SEED",
+        "1",
+        "SOLVER.STEPS",
+        "(30, 60)",
+    )
     node = Node(rank="1", master_addr="n001", master_port="29511")
     two = Resources(nodes=2, gpus_per_node=8)
     argv = launch_argv(pre, two, node, python="py", torchrun=("torchrun",))
-    assert argv[:6] == ["torchrun", "--nproc_per_node=8", "--nnodes=2", "--node_rank=1",
-                        "--master_addr=n001", "--master_port=29511"]
+    assert argv[:6] == [
+        "torchrun",
+        "--nproc_per_node=8",
+        "--nnodes=2",
+        "--node_rank=1",
+        "--master_addr=n001",
+        "--master_port=29511",
+    ]
     det = commands.finetune_command("d.yaml", ["--coco-root", "coco"], {"SEED": 0})
     argv = launch_argv(det, two, node, python="py")
-    assert argv == ["py", "tools/finetune_coco.py", "--num-gpus", "8", "--num-machines", "2", "--machine-rank", "1",
-                    "--dist-url", "tcp://n001:29511", "--config-file", "d.yaml", "--coco-root", "coco", "SEED", "0"]
+    assert argv == [
+        "py",
+        "tools/finetune_coco.py",
+        "--num-gpus",
+        "8",
+        "--num-machines",
+        "2",
+        "--machine-rank",
+        "1",
+        "--dist-url",
+        "tcp://n001:29511",
+        "--config-file",
+        "d.yaml",
+        "--coco-root",
+        "coco",
+        "SEED",
+        "0",
+    ]
     assert launch_argv(det, Resources(), python="py") == ["py", "tools/finetune_coco.py", *det.args]
     with pytest.raises(ValueError, match="runs as one process"):
         launch_argv(commands.convert_command("a.pth", "b.pkl"), Resources(gpus_per_node=2))
@@ -109,11 +180,22 @@ def test_multi_process_and_multi_node_command_lines():
 
 def test_slurm_parameters_carry_dependencies_and_resources(tmp_path, monkeypatch):
     plan = load_plan(PAPER)
-    st = next(s for s in build_graph(plan).stages if s.name == "finetune_faster_rcnn_R_50_FPN_1x_ls")
-    params = _parameters(st, plan.name, {**plan.slurm, "partition": "gpu", "account": "lab"}, ["101", "102"])
-    assert params["slurm_additional_parameters"] == {"dependency": "afterok:101:102", "kill-on-invalid-dep": "yes"}
+    st = next(
+        s for s in build_graph(plan).stages if s.name == "finetune_faster_rcnn_R_50_FPN_1x_ls"
+    )
+    params = _parameters(
+        st, plan.name, {**plan.slurm, "partition": "gpu", "account": "lab"}, ["101", "102"]
+    )
+    assert params["slurm_additional_parameters"] == {
+        "dependency": "afterok:101:102",
+        "kill-on-invalid-dep": "yes",
+    }
     assert (params["nodes"], params["tasks_per_node"], params["gpus_per_node"]) == (1, 1, 8)
-    assert params["cpus_per_task"] == 6 * 8 and params["timeout_min"] == 720 and params["mem_gb"] == 240
+    assert (
+        params["cpus_per_task"] == 6 * 8
+        and params["timeout_min"] == 720
+        and params["mem_gb"] == 240
+    )
     assert params["slurm_partition"] == "gpu" and params["slurm_account"] == "lab"
     # submitit's own SLURM executor accepts them and writes the sbatch file from them (it only
     # looks for an `srun` on PATH to agree to be built; nothing is submitted)
@@ -123,10 +205,21 @@ def test_slurm_parameters_carry_dependencies_and_resources(tmp_path, monkeypatch
     monkeypatch.setenv("PATH", f"{tmp_path / 'bin'}:{os.environ['PATH']}")
     executor = submitit.AutoExecutor(folder=tmp_path / "jobs", cluster="slurm")
     executor.update_parameters(**params)
-    sbatch = executor._executor._make_submission_file_text("python -m submitit.core._submit x", "uid")
-    for line in ("--dependency=afterok:101:102", "--kill-on-invalid-dep=yes", "--gpus-per-node=8",
-                 "--ntasks-per-node=1", "--cpus-per-task=48", "--time=720", "--mem=240GB", "--partition=gpu",
-                 "--signal=USR2@120", "--job-name=paper_r50.finetune_faster_rcnn_R_50_FPN_1x_ls"):
+    sbatch = executor._executor._make_submission_file_text(
+        "python -m submitit.core._submit x", "uid"
+    )
+    for line in (
+        "--dependency=afterok:101:102",
+        "--kill-on-invalid-dep=yes",
+        "--gpus-per-node=8",
+        "--ntasks-per-node=1",
+        "--cpus-per-task=48",
+        "--time=720",
+        "--mem=240GB",
+        "--partition=gpu",
+        "--signal=USR2@120",
+        "--job-name=paper_r50.finetune_faster_rcnn_R_50_FPN_1x_ls",
+    ):
         assert f"#SBATCH {line}" in sbatch, line
 
 
@@ -134,8 +227,11 @@ def test_config_chain_follows_local_bases_only():
     demo = config_chain("configs/pretrain/demo_hard.yaml")
     assert [p.name for p in demo] == ["demo_hard.yaml", "Base-Demo.yaml"]
     det = config_chain("configs/detection/faster_rcnn_R_18_FPN_demo.yaml")
-    assert [p.name for p in det] == ["faster_rcnn_R_18_FPN_demo.yaml", "faster_rcnn_R_50_FPN_1x.yaml",
-                                     "Base-torchvision.yaml"]
+    assert [p.name for p in det] == [
+        "faster_rcnn_R_18_FPN_demo.yaml",
+        "faster_rcnn_R_50_FPN_1x.yaml",
+        "Base-torchvision.yaml",
+    ]
 
 
 # --- stages running tiny scripts: real subprocesses, no training --------------------------------
@@ -163,11 +259,20 @@ def _stage(tmp: Path, name: str, script: str, *args: str, deps=(), resumable=Fal
     out = tmp / name
     out.mkdir(exist_ok=True)
     cmd = Command(str(tool), (str(out), *args))
-    return Stage(name=name, kind="test", command=cmd, resources=Resources(), state_dir=tmp / ".stages",
-                 log=tmp / "logs" / f"{name}.log", deps=tuple(deps), inputs=(tool,), outputs=(out / "done",),
-                 owns=out,
-                 resume_command=Command(str(tool), (str(out), *args, "--resume")) if resumable else None,
-                 resume_from=out / "state.json" if resumable else None)
+    return Stage(
+        name=name,
+        kind="test",
+        command=cmd,
+        resources=Resources(),
+        state_dir=tmp / ".stages",
+        log=tmp / "logs" / f"{name}.log",
+        deps=tuple(deps),
+        inputs=(tool,),
+        outputs=(out / "done",),
+        owns=out,
+        resume_command=Command(str(tool), (str(out), *args, "--resume")) if resumable else None,
+        resume_from=out / "state.json" if resumable else None,
+    )
 
 
 def test_resume_point_needs_the_same_command(tmp_path):
@@ -181,7 +286,10 @@ def test_resume_point_needs_the_same_command(tmp_path):
     assert resume_point(st, fp) == tmp_path / "train" / "state.json"
     result = run_stage(st, relay=False)
     assert result["resumed_from"] == tmp_path / "train" / "state.json"
-    assert "resumed at step 2" in st.log.read_text() and "step 1" not in st.log.read_text().splitlines()
+    assert (
+        "resumed at step 2" in st.log.read_text()
+        and "step 1" not in st.log.read_text().splitlines()
+    )
     assert is_done(st)
     # the same stage with another command is not done, and a fresh run sets the old output aside
     changed = _stage(tmp_path, "train", STEPPER, "2", resumable=True)
@@ -221,7 +329,9 @@ def test_submitit_local_jobs_fail_block_and_requeue(tmp_path):
     bad = _stage(tmp_path, "bad", FAIL)
     after_bad = _stage(tmp_path, "after_bad", STEPPER, "1", deps=["bad"])
     train = _stage(tmp_path, "train", STEPPER, "12", resumable=True)
-    launcher = SubmititLauncher([bad, after_bad, train], tmp_path / ".submitit", "local", "t", {}, poll_s=0.2)
+    launcher = SubmititLauncher(
+        [bad, after_bad, train], tmp_path / ".submitit", "local", "t", {}, poll_s=0.2
+    )
     outcome = launcher.run()
     assert list(outcome.failed) == ["bad"] and outcome.blocked == {"after_bad": "bad"}
     assert f"log: {bad.log}" in outcome.failed["bad"] and "job log:" in outcome.failed["bad"]
@@ -253,29 +363,45 @@ def test_several_nodes_need_slurm(tmp_path):
     raw["pretrain"]["resources"]["nodes"] = 4
     plan = parse_plan(raw, "p.yaml")
     for launcher in ("local", "submitit-local"):
-        with pytest.raises(ValueError, match="pretrain_hard, pretrain_ls, pretrain_als ask for several nodes"):
+        with pytest.raises(
+            ValueError, match="pretrain_hard, pretrain_ls, pretrain_als ask for several nodes"
+        ):
             run_experiment(plan, launcher)
     assert not (tmp_path / "out").exists()
     assert '--nnodes=4 "--node_rank=$NODE_RANK" "--master_addr=$MASTER_ADDR"' in dry_run(plan)
 
 
 def test_sweep_shape_per_run_evaluation_and_no_detection():
-    """What a sweep needs: one evaluation per run (a failed cell stops only its own), no detection."""
+    """What a sweep needs: one evaluation per run (a failed cell stops only its own), no
+    detection."""
     raw = _raw(REPO / "configs/experiments/smoke.yaml")
     raw.update(detection=[], report=None, seeds=[0, 1])
     raw["evaluate"]["per_run"] = True
-    raw["arms"]["als_emax05"] = {"config": "configs/pretrain/demo_als.yaml", "overrides": {"LABELS.E_MAX": 0.5}}
+    raw["arms"]["als_emax05"] = {
+        "config": "configs/pretrain/demo_als.yaml",
+        "overrides": {"LABELS.E_MAX": 0.5},
+    }
     graph = build_graph(parse_plan(raw, "sweep.yaml"))
     names = [st.name for st in graph.stages]
     assert not any(n.startswith(("convert", "finetune", "compare")) for n in names)
     ev = {st.name: st for st in graph.stages if st.kind == "evaluate"}
-    assert sorted(ev) == sorted(f"evaluate_{a}_s{s}" for a in ("hard", "als", "als_emax05") for s in (0, 1))
+    assert sorted(ev) == sorted(
+        f"evaluate_{a}_s{s}" for a in ("hard", "als", "als_emax05") for s in (0, 1)
+    )
     cell = ev["evaluate_als_emax05_s1"]
     assert cell.deps == ("pretrain_als_emax05_s1",)
     assert cell.outputs[0].parts[-3:] == ("evaluation", "als_emax05_s1", "metrics.json")
     pre = next(st for st in graph.stages if st.name == "pretrain_als_emax05_s1")
-    assert pre.command.args[-8:] == ("LABELS.E_MAX", "0.5", "OUTPUT_DIR", pre.command.args[-5], "SEED", "1",
-                                     "DATA.ROOT", pre.command.args[-1])
+    assert pre.command.args[-8:] == (
+        "LABELS.E_MAX",
+        "0.5",
+        "OUTPUT_DIR",
+        pre.command.args[-5],
+        "SEED",
+        "1",
+        "DATA.ROOT",
+        pre.command.args[-1],
+    )
 
 
 def test_fingerprint_covers_what_a_stage_computes_not_how_the_command_line_spells_it(tmp_path):
@@ -288,8 +414,9 @@ def test_fingerprint_covers_what_a_stage_computes_not_how_the_command_line_spell
         return fingerprint(dataclasses.replace(st, command=c))
 
     assert fp(cmd) == fp(respelled) != fp(other_seed)
-    assert fp(cmd) == fp(commands.pretrain_command("configs/pretrain/demo_als.yaml", {"SEED": 1},
-                                                    resume=True))
+    assert fp(cmd) == fp(
+        commands.pretrain_command("configs/pretrain/demo_als.yaml", {"SEED": 1}, resume=True)
+    )
 
 
 def test_stage_logs_keep_only_the_final_redraw_of_progress_bars() -> None:
@@ -299,10 +426,15 @@ def test_stage_logs_keep_only_the_final_redraw_of_progress_bars() -> None:
 
     buf = io.BytesIO()
     log = FinalRedraws(buf)
-    for chunk in (b"start\nepoch 1:  10%|#", b"  | 1/10\repoch 1:  50%|##### | 5/10\r",
-                  b"epoch 1: 100%|##########| 10/10\n",
-                  b"bar\r      \r[12:00 trainer]: epoch 1/2 done\r\n", b"tail 1\rtail 2"):
+    for chunk in (
+        b"start\nepoch 1:  10%|#",
+        b"  | 1/10\repoch 1:  50%|##### | 5/10\r",
+        b"epoch 1: 100%|##########| 10/10\n",
+        b"bar\r      \r[12:00 trainer]: epoch 1/2 done\r\n",
+        b"tail 1\rtail 2",
+    ):
         log.write(chunk)
     log.close()
-    assert buf.getvalue() == (b"start\nepoch 1: 100%|##########| 10/10\n[12:00 trainer]: epoch 1/2 done\n"
-                              b"tail 2\n")
+    assert buf.getvalue() == (
+        b"start\nepoch 1: 100%|##########| 10/10\n[12:00 trainer]: epoch 1/2 done\ntail 2\n"
+    )

@@ -1,8 +1,9 @@
-"""The smoke plan end to end through `tools/run_experiment.py`: every stage runs its real entry point
-for a few iterations, so a broken hand-off (checkpoint -> evaluate, checkpoint -> convert ->
-fine-tune -> compare -> report) fails here. Once in this process's order (`local`, what `make demo`
-uses), once as submitit jobs on this machine (`submitit-local`, the SLURM code path) with a training
-killed mid-run and a broken arm."""
+"""The smoke plan end to end through `tools/run_experiment.py`: every stage runs its real entry
+point for a few iterations, so a broken hand-off (checkpoint -> evaluate, checkpoint -> convert
+-> fine-tune -> compare -> report) fails here. Once in this process's order (`local`, what `make
+demo` uses), once as submitit jobs on this machine (`submitit-local`, the SLURM code path) with a
+training killed mid-run and a broken arm."""
+
 from __future__ import annotations
 
 import json
@@ -24,7 +25,15 @@ DET = "faster_rcnn_R_18_FPN"
 
 
 def _run(plan: Path, out: Path, *extra: str, timeout: int = 600) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "tools/run_experiment.py", "--plan", str(plan), "--out", str(out), *extra]
+    cmd = [
+        sys.executable,
+        "tools/run_experiment.py",
+        "--plan",
+        str(plan),
+        "--out",
+        str(out),
+        *extra,
+    ]
     return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=timeout)
 
 
@@ -40,8 +49,12 @@ def _check_outputs(out: Path, arms=ARMS) -> None:
     comparison = json.loads((out / "compare" / DET / "comparison.json").read_text())
     assert sorted(comparison["groups"]) == sorted(arms)
     report = (out / "report.md").read_text()
-    for section in ("## Pretraining", "## Classification, calibration and context reliance",
-                    "## Detection transfer", "evaluation/report.md"):
+    for section in (
+        "## Pretraining",
+        "## Classification, calibration and context reliance",
+        "## Detection transfer",
+        "evaluation/report.md",
+    ):
         assert section in report
     assert re.search(r"^\| pretrain_hard +\|", report, re.MULTILINE)
     for line in report.splitlines():  # every figure the page links exists
@@ -55,7 +68,9 @@ def test_smoke_plan_local_end_to_end_then_reused(tmp_path):
     first = _run(SMOKE, out)
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
     _check_outputs(out)
-    assert "Classification / calibration / context" in first.stderr and "Detection AP" in first.stderr
+    assert (
+        "Classification / calibration / context" in first.stderr and "Detection AP" in first.stderr
+    )
     assert f"report: {out / 'report.md'}" in first.stderr
     assert (out / "logs" / "pretrain_hard.log").read_text().count("epoch 1/1") >= 1
 
@@ -76,7 +91,11 @@ def _plan(tmp_path: Path, edit) -> Path:
 
 def _epochs(run: Path) -> list[dict]:
     path = run / "metrics.jsonl"
-    return [json.loads(x) for x in path.read_text().splitlines() if x.strip()] if path.is_file() else []
+    return (
+        [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
+        if path.is_file()
+        else []
+    )
 
 
 @pytest.mark.slow
@@ -86,15 +105,27 @@ def test_smoke_plan_as_submitit_jobs_survives_a_kill_and_a_broken_arm(tmp_path):
 
     def broken_and_slow(raw):
         raw["arms"]["hard"]["overrides"] = {"SOLVER.EPOCHS": epochs}
-        raw["arms"]["broken"] = {"config": "configs/pretrain/demo_hard.yaml", "overrides": {"NOT.A.KEY": 1}}
+        raw["arms"]["broken"] = {
+            "config": "configs/pretrain/demo_hard.yaml",
+            "overrides": {"NOT.A.KEY": 1},
+        }
 
     plan = _plan(tmp_path, broken_and_slow)
-    cmd = [sys.executable, "tools/run_experiment.py", "--plan", str(plan), "--out", str(out),
-           "--launcher", "submitit-local"]
+    cmd = [
+        sys.executable,
+        "tools/run_experiment.py",
+        "--plan",
+        str(plan),
+        "--out",
+        str(out),
+        "--launcher",
+        "submitit-local",
+    ]
 
     # 1. Kill everything (runner, submitit controller, job, trainer) once hard has an epoch on disk.
-    first = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                             start_new_session=True)
+    first = subprocess.Popen(
+        cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
     deadline = time.time() + 300
     while not _epochs(out / "pretrain" / "hard"):
         assert first.poll() is None and time.time() < deadline, "the first invocation ended early"
@@ -109,25 +140,41 @@ def test_smoke_plan_as_submitit_jobs_survives_a_kill_and_a_broken_arm(tmp_path):
     second = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
     assert second.returncode == 1, second.stdout[-3000:] + second.stderr[-3000:]
     log = out / "logs" / "pretrain_broken.log"
-    assert f"FAILED stage pretrain_broken failed (exit 2); log: {log}" in second.stderr  # a user error: 2
+    assert (
+        f"FAILED stage pretrain_broken failed (exit 2); log: {log}" in second.stderr
+    )  # a user error: 2
     assert "NOT" in log.read_text()  # the config error itself is in the stage's log
     stopped = second.stderr.split("not run because pretrain_broken failed: ")[1].splitlines()[0]
-    assert set(stopped.split(", ")) == {"evaluate", "convert_broken", f"finetune_{DET}_broken", f"compare_{DET}"}
+    assert set(stopped.split(", ")) == {
+        "evaluate",
+        "convert_broken",
+        f"finetune_{DET}_broken",
+        f"compare_{DET}",
+    }
     after = _epochs(out / "pretrain" / "hard")
     assert [r["epoch"] for r in after] == list(range(1, epochs + 1))
-    assert after[:len(before)] == before  # the epochs before the kill were kept, not trained again
-    assert f"resumed from {out / 'pretrain' / 'hard' / 'last.pth'} after epoch {len(before)}" in \
-        (out / "logs" / "pretrain_hard.log").read_text()
+    assert after[: len(before)] == before  # the epochs before the kill were kept, not trained again
+    assert (
+        f"resumed from {out / 'pretrain' / 'hard' / 'last.pth'} after epoch {len(before)}"
+        in (out / "logs" / "pretrain_hard.log").read_text()
+    )
     for arm in ARMS:
         assert (out / "detection" / DET / arm / "results.json").is_file()
     assert not (out / "report.md").exists()
 
     # 3. Without the broken arm, a third invocation runs only what is left, and the report appears.
-    plan = _plan(tmp_path, lambda raw: raw["arms"]["hard"].update(overrides={"SOLVER.EPOCHS": epochs}))
-    third = subprocess.run([*cmd[:3], str(plan), *cmd[4:]], cwd=REPO, capture_output=True, text=True, timeout=600)
+    plan = _plan(
+        tmp_path, lambda raw: raw["arms"]["hard"].update(overrides={"SOLVER.EPOCHS": epochs})
+    )
+    third = subprocess.run(
+        [*cmd[:3], str(plan), *cmd[4:]], cwd=REPO, capture_output=True, text=True, timeout=600
+    )
     assert third.returncode == 0, third.stdout[-3000:] + third.stderr[-3000:]
-    ran = [ln.split(": submitted job")[0].split("]: ")[1] for ln in third.stderr.splitlines()
-           if ": submitted job" in ln]
+    ran = [
+        ln.split(": submitted job")[0].split("]: ")[1]
+        for ln in third.stderr.splitlines()
+        if ": submitted job" in ln
+    ]
     assert sorted(ran) == ["compare_" + DET, "evaluate"]
     _check_outputs(out)
 
@@ -139,14 +186,18 @@ def _slurm_cluster() -> bool:
     if not (shutil.which("sbatch") and shutil.which("sinfo")):
         return False
     try:
-        states = subprocess.run(["sinfo", "-h", "-o", "%T"], capture_output=True, text=True, timeout=3).stdout
+        states = subprocess.run(
+            ["sinfo", "-h", "-o", "%T"], capture_output=True, text=True, timeout=3
+        ).stdout
     except (OSError, subprocess.TimeoutExpired):
         return False
     return any(s in states for s in ("idle", "mixed", "allocated"))
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not _slurm_cluster(), reason="no SLURM cluster here (scripts/slurm_one_node.sh makes one)")
+@pytest.mark.skipif(
+    not _slurm_cluster(), reason="no SLURM cluster here (scripts/slurm_one_node.sh makes one)"
+)
 def test_smoke_plan_on_slurm_with_preemption_and_a_broken_arm(tmp_path):
     """The real thing: sbatch jobs with afterok dependencies; SLURM's preemption signal to a
     training job makes submitit checkpoint and `scontrol requeue` it, and it resumes."""
@@ -155,11 +206,24 @@ def test_smoke_plan_on_slurm_with_preemption_and_a_broken_arm(tmp_path):
 
     def edit(raw):
         raw["arms"]["hard"]["overrides"] = {"SOLVER.EPOCHS": epochs}
-        raw["arms"]["broken"] = {"config": "configs/pretrain/demo_hard.yaml", "overrides": {"NOT.A.KEY": 1}}
+        raw["arms"]["broken"] = {
+            "config": "configs/pretrain/demo_hard.yaml",
+            "overrides": {"NOT.A.KEY": 1},
+        }
 
-    cmd = [sys.executable, "tools/run_experiment.py", "--plan", str(_plan(tmp_path, edit)), "--out", str(out),
-           "--launcher", "slurm"]
-    run = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    cmd = [
+        sys.executable,
+        "tools/run_experiment.py",
+        "--plan",
+        str(_plan(tmp_path, edit)),
+        "--out",
+        str(out),
+        "--launcher",
+        "slurm",
+    ]
+    run = subprocess.Popen(
+        cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
     deadline = time.time() + 600
     while not _epochs(out / "pretrain" / "hard"):
         assert run.poll() is None and time.time() < deadline
@@ -168,9 +232,17 @@ def test_smoke_plan_on_slurm_with_preemption_and_a_broken_arm(tmp_path):
     subprocess.run(["scancel", "--signal=USR2", job], check=True)
     stdout, _ = run.communicate(timeout=900)
     assert run.returncode == 1, stdout[-3000:]
-    assert f"FAILED stage pretrain_broken failed (exit 2); log: {out / 'logs' / 'pretrain_broken.log'}" in stdout
+    assert (
+        f"FAILED stage pretrain_broken failed (exit 2); log: {out / 'logs' / 'pretrain_broken.log'}"
+        in stdout
+    )
     stopped = stdout.split("not run because pretrain_broken failed: ")[1].splitlines()[0]
-    assert set(stopped.split(", ")) == {"evaluate", "convert_broken", f"finetune_{DET}_broken", f"compare_{DET}"}
+    assert set(stopped.split(", ")) == {
+        "evaluate",
+        "convert_broken",
+        f"finetune_{DET}_broken",
+        f"compare_{DET}",
+    }
     assert [r["epoch"] for r in _epochs(out / "pretrain" / "hard")] == list(range(1, epochs + 1))
     log = (out / "logs" / "pretrain_hard.log").read_text()
     assert "(resuming from" in log and "resumed from" in log

@@ -1,6 +1,7 @@
 """What the report figures draw: titles inside the canvas and clear of the panels, colour bar,
 legends clear of the bars, per-bin counts, error bars only where there is a spread. Figures are
 inspected as matplotlib objects after a layout pass, never pixel by pixel."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -28,9 +29,14 @@ def _outside(fig: Figure) -> list[str]:
     for ax in fig.axes:
         texts += [ax.title, ax.xaxis.label, ax.yaxis.label, *ax.texts]
     texts = [t for t in texts if isinstance(t, Text) and t.get_visible() and t.get_text()]
-    return [t.get_text() for t in texts
-            if (e := t.get_window_extent()).x0 < box.x0 - 1 or e.x1 > box.x1 + 1 or e.y0 < box.y0 - 1
-            or e.y1 > box.y1 + 1]
+    return [
+        t.get_text()
+        for t in texts
+        if (e := t.get_window_extent()).x0 < box.x0 - 1
+        or e.x1 > box.x1 + 1
+        or e.y0 < box.y0 - 1
+        or e.y1 > box.y1 + 1
+    ]
 
 
 def _grid_inputs(rows: int = 2, size: int = 24):
@@ -45,8 +51,17 @@ def _grid_inputs(rows: int = 2, size: int = 24):
 @pytest.mark.parametrize("method, label", [("cam", "CAM"), ("gradcam", "Grad-CAM")])
 def test_cam_grid_names_its_method_rows_and_scale(method, label) -> None:
     images, boxes, cams, titles = _grid_inputs()
-    fig = _laid_out(cam_grid_figure(images, boxes, cams, titles, ["red circle", "teddy bear"], method,
-                                    ["s0000000_12", "val_1321"]))
+    fig = _laid_out(
+        cam_grid_figure(
+            images,
+            boxes,
+            cams,
+            titles,
+            ["red circle", "teddy bear"],
+            method,
+            ["s0000000_12", "val_1321"],
+        )
+    )
     suptitle = fig.get_suptitle()
     assert suptitle.startswith(f"{label} of the labelled class")
     # a colour bar beside the 2 x 3 panels, saying what its 0..1 scale is
@@ -80,7 +95,10 @@ def _logits(n: int, k: int, margin: float, seed: int) -> tuple[torch.Tensor, tor
 
 def test_reliability_figure_counts_legend_and_temperature_panel() -> None:
     good, wrong = _logits(400, 5, 2.0, 0), _logits(400, 5, -3.0, 1)  # wrong: T runs off to infinity
-    models = {"hard": calibration_metrics_from_logits(*good), "als": calibration_metrics_from_logits(*wrong)}
+    models = {
+        "hard": calibration_metrics_from_logits(*good),
+        "als": calibration_metrics_from_logits(*wrong),
+    }
     scaled = {"hard": temperature_scaling_report(*good), "als": temperature_scaling_report(*wrong)}
     assert scaled["als"]["degenerate"] and not scaled["hard"]["degenerate"]
     fig = _laid_out(reliability_figure(models, scaled))
@@ -106,15 +124,23 @@ def test_reliability_figure_without_temperature_has_two_rows_and_a_missing_fit_s
     logits, labels = _logits(200, 4, 1.0, 1)
     m = calibration_metrics_from_logits(logits, labels)
     assert len(reliability_figure({"hard": m}).axes) == 2
-    no_fit = {**temperature_scaling_report(logits, labels), "temperature": None, "after": None,
-              "degenerate": True, "reason": "the fitted temperature is not finite"}
+    no_fit = {
+        **temperature_scaling_report(logits, labels),
+        "temperature": None,
+        "after": None,
+        "degenerate": True,
+        "reason": "the fitted temperature is not finite",
+    }
     fig = reliability_figure({"hard": m}, {"hard": no_fit})
     assert "not finite" in fig.axes[2].texts[0].get_text() and not fig.axes[2].axison
 
 
 def _comparison(tmp_path, aps: dict[str, list[float]]):
-    runs = [_write_run(tmp_path, name, {"name": name}, seed, ap) for name, seeds in aps.items()
-            for seed, ap in enumerate(seeds)]
+    runs = [
+        _write_run(tmp_path, name, {"name": name}, seed, ap)
+        for name, seeds in aps.items()
+        for seed, ap in enumerate(seeds)
+    ]
     return compare(runs)
 
 
@@ -134,7 +160,7 @@ def test_bar_chart_draws_error_bars_only_for_rows_with_a_spread(tmp_path) -> Non
     errorbars = [c for c in ax.containers if isinstance(c, ErrorbarContainer)]
     assert len(errorbars) == 1
     (segments,) = errorbars[0].lines[2]
-    ((x, lo), (_, hi)), = segments.get_segments()
-    assert x == 1 and (lo, hi) == pytest.approx((35.0 - 2 ** 0.5, 35.0 + 2 ** 0.5))
+    (((x, lo), (_, hi)),) = segments.get_segments()
+    assert x == 1 and (lo, hi) == pytest.approx((35.0 - 2**0.5, 35.0 + 2**0.5))
     assert "sample std" in fig.get_supxlabel() and "n=1, no error bar: hard" in fig.get_supxlabel()
     assert _outside(fig) == []

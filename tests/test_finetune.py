@@ -1,4 +1,5 @@
 """Fine-tuning: strict backbone loading, preprocessing checks, and tiny end-to-end runs."""
+
 from __future__ import annotations
 
 import json
@@ -17,8 +18,12 @@ from als_det.detection.weights import WeightsError, backbone_keys, load_backbone
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO = str(REPO / "configs/detection/faster_rcnn_R_18_FPN_demo.yaml")
-TORCHVISION_PRE = {"input_format": "RGB", "pixel_mean": [123.675, 116.28, 103.53],
-                   "pixel_std": [58.395, 57.12, 57.375], "image_size": 64}
+TORCHVISION_PRE = {
+    "input_format": "RGB",
+    "pixel_mean": [123.675, 116.28, 103.53],
+    "pixel_std": [58.395, 57.12, 57.375],
+    "image_size": 64,
+}
 
 
 @pytest.fixture(scope="module")
@@ -26,9 +31,16 @@ def resnet18_pth(tmp_path_factory) -> Path:
     """A random torchvision ResNet-18 saved like an als_det pretraining checkpoint."""
     torch.manual_seed(0)
     path = tmp_path_factory.mktemp("pre") / "resnet18.pth"
-    torch.save({"model": torchvision.models.resnet18(num_classes=10).state_dict(),
-                "arch": "resnet18", "label_strategy": {"name": "als", "epsilon": 0.1},
-                "preprocessing": TORCHVISION_PRE, "seed": 3}, path)
+    torch.save(
+        {
+            "model": torchvision.models.resnet18(num_classes=10).state_dict(),
+            "arch": "resnet18",
+            "label_strategy": {"name": "als", "epsilon": 0.1},
+            "preprocessing": TORCHVISION_PRE,
+            "seed": 3,
+        },
+        path,
+    )
     return path
 
 
@@ -63,15 +75,18 @@ def test_converted_backbone_loads_every_tensor(resnet18_pth, resnet18_pkl):
     tv = torch.load(resnet18_pth, weights_only=True)["model"]
     bu = model.backbone.bottom_up
     assert torch.equal(bu.res4[1].conv2.weight, tv["layer3.1.conv2.weight"])
-    assert torch.equal(bu.res3[0].shortcut.norm.running_var, tv["layer2.0.downsample.1.running_var"])
+    assert torch.equal(
+        bu.res3[0].shortcut.norm.running_var, tv["layer2.0.downsample.1.running_var"]
+    )
     prov = report.provenance()
     assert prov["label_strategy"]["name"] == "als" and prov["pretrain_seed"] == 3
     assert prov["source_sha256"] and prov["sha256"] != prov["source_sha256"]
 
 
 def test_one_missing_backbone_tensor_is_refused(resnet18_pkl, tmp_path):
-    bad = _edited_pkl(resnet18_pkl, tmp_path / "bad.pkl",
-                      lambda d: d["model"].pop("res3.1.conv2.weight"))
+    bad = _edited_pkl(
+        resnet18_pkl, tmp_path / "bad.pkl", lambda d: d["model"].pop("res3.1.conv2.weight")
+    )
     model, cfg = _model(bad)
     with pytest.raises(WeightsError, match=r"only \d+ of \d+ backbone tensors") as err:
         load_backbone_weights(model, cfg)
@@ -84,8 +99,11 @@ def test_one_missing_backbone_tensor_is_refused(resnet18_pkl, tmp_path):
 
 def test_missing_bn_statistics_are_refused(resnet18_pkl, tmp_path):
     # FrozenBatchNorm2d fills a missing running_var with ones and reports nothing missing
-    bad = _edited_pkl(resnet18_pkl, tmp_path / "no_var.pkl",
-                      lambda d: d["model"].pop("res3.0.conv1.norm.running_var"))
+    bad = _edited_pkl(
+        resnet18_pkl,
+        tmp_path / "no_var.pkl",
+        lambda d: d["model"].pop("res3.0.conv1.norm.running_var"),
+    )
     model, cfg = _model(bad)
     with pytest.raises(WeightsError, match=r"supplies only 99 of 100 backbone tensors") as err:
         load_backbone_weights(model, cfg)
@@ -98,24 +116,38 @@ def test_a_python2_era_model_zoo_file_loads_completely(resnet18_pkl, tmp_path):
     with open(resnet18_pkl, "rb") as f:
         weights = pickle.load(f)["model"]
     zoo = tmp_path / "zoo.pkl"
-    zoo.write_bytes(py2_era_pickle({"model": weights, "__author__": "Detectron2 Model Zoo",
-                                    "matching_heuristics": True}))
+    zoo.write_bytes(
+        py2_era_pickle(
+            {"model": weights, "__author__": "Detectron2 Model Zoo", "matching_heuristics": True}
+        )
+    )
     model, cfg = _model(zoo)
     report = load_backbone_weights(model, cfg)
     assert report.loaded_tensors == report.backbone_tensors == 100 and not report.unsafe_load
     bu = model.backbone.bottom_up
-    assert torch.equal(bu.res3[0].conv1.norm.running_var,
-                       torch.as_tensor(weights["res3.0.conv1.norm.running_var"]))
+    assert torch.equal(
+        bu.res3[0].conv1.norm.running_var, torch.as_tensor(weights["res3.0.conv1.norm.running_var"])
+    )
 
 
 def _caffe2_name(d2_name: str) -> str:
     """detectron2 ResNet name -> Caffe2 Detectron blob name (inverse of convert_basic_c2_names)."""
     name = d2_name.replace("stem.conv1.norm.", "res_conv1_bn_").replace("stem.conv1.", "conv1_")
-    for d2, c2 in (("conv1.", "branch2a_"), ("conv2.", "branch2b_"), ("conv3.", "branch2c_"),
-                   ("shortcut.", "branch1_"), ("norm.", "bn_")):
+    for d2, c2 in (
+        ("conv1.", "branch2a_"),
+        ("conv2.", "branch2b_"),
+        ("conv3.", "branch2c_"),
+        ("shortcut.", "branch1_"),
+        ("norm.", "bn_"),
+    ):
         name = name.replace(d2, c2)
-    for d2, c2 in (("running_mean", "rm"), ("running_var", "riv"), ("bn_weight", "bn_s"),
-                   ("bn_bias", "bn_b"), ("weight", "w")):
+    for d2, c2 in (
+        ("running_mean", "rm"),
+        ("running_var", "riv"),
+        ("bn_weight", "bn_s"),
+        ("bn_bias", "bn_b"),
+        ("weight", "w"),
+    ):
         name = name.replace(d2, c2)
     return name.replace(".", "_")
 
@@ -132,8 +164,10 @@ def test_caffe2_blobs_load_with_affine_channel_bn(resnet18_pkl, tmp_path, caplog
         report = load_backbone_weights(model, cfg)
     assert report.loaded_tensors == report.backbone_tensors
     assert "without BN statistics (AffineChannel): 40 running_mean/running_var" in caplog.text
-    assert torch.equal(model.backbone.bottom_up.res2[0].conv1.weight,
-                       torch.as_tensor(weights["res2.0.conv1.weight"]))
+    assert torch.equal(
+        model.backbone.bottom_up.res2[0].conv1.weight,
+        torch.as_tensor(weights["res2.0.conv1.weight"]),
+    )
     # a Caffe2 file that has statistics must have all of them
     partial = {k: v for k, v in blobs.items() if k != "res4_1_branch2b_bn_riv"}
     (tmp_path / "partial.pkl").write_bytes(pickle.dumps(partial, protocol=2))
@@ -151,6 +185,7 @@ def test_wrong_depth_is_refused(resnet18_pkl):
 def test_preprocessing_mismatch_is_refused(resnet18_pkl, tmp_path):
     def bgr(d):
         d["als_det"]["preprocessing"] = dict(TORCHVISION_PRE, input_format="BGR")
+
     model, cfg = _model(_edited_pkl(resnet18_pkl, tmp_path / "bgr.pkl", bgr))
     with pytest.raises(WeightsError, match="input_format 'BGR' vs INPUT.FORMAT 'RGB'"):
         load_backbone_weights(model, cfg)
@@ -169,20 +204,52 @@ def test_no_weights_or_unconverted_pth_is_refused(resnet18_pth):
         load_backbone_weights(model, cfg)
 
 
-TINY = ["SOLVER.IMS_PER_BATCH", "1", "SOLVER.BASE_LR", "0.001", "SOLVER.WARMUP_ITERS", "1",
-        "INPUT.MIN_SIZE_TRAIN", "(64,)", "INPUT.MAX_SIZE_TRAIN", "96", "INPUT.MIN_SIZE_TEST", "64",
-        "INPUT.MAX_SIZE_TEST", "96", "MODEL.RPN.POST_NMS_TOPK_TEST", "20",
-        "TEST.DETECTIONS_PER_IMAGE", "10", "MODEL.ROI_HEADS.SCORE_THRESH_TEST", "0.0",
-        "DATALOADER.NUM_WORKERS", "0", "SEED", "5"]
+TINY = [
+    "SOLVER.IMS_PER_BATCH",
+    "1",
+    "SOLVER.BASE_LR",
+    "0.001",
+    "SOLVER.WARMUP_ITERS",
+    "1",
+    "INPUT.MIN_SIZE_TRAIN",
+    "(64,)",
+    "INPUT.MAX_SIZE_TRAIN",
+    "96",
+    "INPUT.MIN_SIZE_TEST",
+    "64",
+    "INPUT.MAX_SIZE_TEST",
+    "96",
+    "MODEL.RPN.POST_NMS_TOPK_TEST",
+    "20",
+    "TEST.DETECTIONS_PER_IMAGE",
+    "10",
+    "MODEL.ROI_HEADS.SCORE_THRESH_TEST",
+    "0.0",
+    "DATALOADER.NUM_WORKERS",
+    "0",
+    "SEED",
+    "5",
+]
 
 
 def _run(*argv: str, config: str = DEMO) -> dict:
     return run_finetune(finetune_argument_parser().parse_args(["--config-file", config, *argv]))
 
 
-# The shipped R50 configs with a ResNet-18 backbone and narrow heads (CPU time); the rest as shipped.
-R18 = ["MODEL.RESNETS.DEPTH", "18", "MODEL.RESNETS.RES2_OUT_CHANNELS", "64", "MODEL.FPN.OUT_CHANNELS", "64",
-       "MODEL.ROI_BOX_HEAD.FC_DIM", "256", "MODEL.ROI_MASK_HEAD.CONV_DIM", "64"]
+# The shipped R50 configs with a ResNet-18 backbone and narrow heads (CPU time); the rest as
+# shipped.
+R18 = [
+    "MODEL.RESNETS.DEPTH",
+    "18",
+    "MODEL.RESNETS.RES2_OUT_CHANNELS",
+    "64",
+    "MODEL.FPN.OUT_CHANNELS",
+    "64",
+    "MODEL.ROI_BOX_HEAD.FC_DIM",
+    "256",
+    "MODEL.ROI_MASK_HEAD.CONV_DIM",
+    "64",
+]
 
 
 def test_class_count_goes_to_the_head_the_model_has(tmp_path):
@@ -194,22 +261,58 @@ def test_class_count_goes_to_the_head_the_model_has(tmp_path):
     js, img = _tiny_coco(tmp_path / "data")
     common = ["--dataset", f"tiny={js}:{img}", "--train-dataset", "tiny", "--test-dataset", "tiny"]
     parse = finetune_argument_parser().parse_args
-    cfg = setup(parse(["--config-file", str(REPO / "configs/detection/retinanet_R_50_FPN_1x.yaml"), *common,
-                       "OUTPUT_DIR", str(tmp_path / "r")]))
+    cfg = setup(
+        parse(
+            [
+                "--config-file",
+                str(REPO / "configs/detection/retinanet_R_50_FPN_1x.yaml"),
+                *common,
+                "OUTPUT_DIR",
+                str(tmp_path / "r"),
+            ]
+        )
+    )
     assert cfg.MODEL.RETINANET.NUM_CLASSES == 2 and cfg.MODEL.ROI_HEADS.NUM_CLASSES == 80
-    with pytest.raises(DatasetError, match="MODEL.MASK_ON needs instance masks, but 2 of 3 annotations"):
-        setup(parse(["--config-file", str(REPO / "configs/detection/mask_rcnn_R_50_FPN_1x.yaml"), *common,
-                     "OUTPUT_DIR", str(tmp_path / "m")]))
+    with pytest.raises(
+        DatasetError, match="MODEL.MASK_ON needs instance masks, but 2 of 3 annotations"
+    ):
+        setup(
+            parse(
+                [
+                    "--config-file",
+                    str(REPO / "configs/detection/mask_rcnn_R_50_FPN_1x.yaml"),
+                    *common,
+                    "OUTPUT_DIR",
+                    str(tmp_path / "m"),
+                ]
+            )
+        )
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("config, tasks", [("retinanet_R_50_FPN_1x.yaml", ["bbox"]),
-                                           ("mask_rcnn_R_50_FPN_1x.yaml", ["bbox", "segm"])])
-def test_retinanet_and_mask_rcnn_fine_tune_on_coco_mini(config, tasks, coco_mini, resnet18_pkl, tmp_path):
+@pytest.mark.parametrize(
+    "config, tasks",
+    [("retinanet_R_50_FPN_1x.yaml", ["bbox"]), ("mask_rcnn_R_50_FPN_1x.yaml", ["bbox", "segm"])],
+)
+def test_retinanet_and_mask_rcnn_fine_tune_on_coco_mini(
+    config, tasks, coco_mini, resnet18_pkl, tmp_path
+):
     out = tmp_path / "run"
-    _run("--coco-root", str(coco_mini), "MODEL.WEIGHTS", str(resnet18_pkl), "OUTPUT_DIR", str(out),
-         "SOLVER.MAX_ITER", "2", *TINY, *R18, "MODEL.RETINANET.SCORE_THRESH_TEST", "0.0",
-         config=str(REPO / "configs/detection" / config))
+    _run(
+        "--coco-root",
+        str(coco_mini),
+        "MODEL.WEIGHTS",
+        str(resnet18_pkl),
+        "OUTPUT_DIR",
+        str(out),
+        "SOLVER.MAX_ITER",
+        "2",
+        *TINY,
+        *R18,
+        "MODEL.RETINANET.SCORE_THRESH_TEST",
+        "0.0",
+        config=str(REPO / "configs/detection" / config),
+    )
     res = json.loads((out / "results.json").read_text())
     val = json.loads((coco_mini / "annotations/instances_val2017.json").read_text())
     names = {c["name"] for c in val["categories"]}
@@ -219,7 +322,11 @@ def test_retinanet_and_mask_rcnn_fine_tune_on_coco_mini(config, tasks, coco_mini
         assert set(res[task]["per_class"]) == names
         assert res["by_dataset"]["coco_2017_val"][task] == res[task]
     # strict loading: every tensor of the ResNet-18 (RetinaNet has no ROI heads: bottom-up only)
-    assert res["backbone"]["loaded_tensors"] == res["backbone"]["backbone_tensors"] == (1 + 4) + 8 * 2 * 5 + 3 * 5
+    assert (
+        res["backbone"]["loaded_tensors"]
+        == res["backbone"]["backbone_tensors"]
+        == (1 + 4) + 8 * 2 * 5 + 3 * 5
+    )
     if "segm" in tasks:
         dets = json.loads((out / "coco_instances_results.json").read_text())
         assert dets and all("segmentation" in d for d in dets)
@@ -236,10 +343,29 @@ def test_finetune_tool_refuses_crafted_weights_and_runs_nothing(tmp_path, repo_r
     pth, pkl, marker = crafted_files(tmp_path)
     for weights in (pkl, pth):
         run = subprocess.run(
-            [sys.executable, str(repo_root / "tools/finetune_coco.py"), "--config-file", DEMO,
-             "--dataset", f"tiny={js}:{img}", "--train-dataset", "tiny", "--test-dataset", "tiny",
-             "MODEL.WEIGHTS", str(weights), "OUTPUT_DIR", str(tmp_path / "out"), *TINY,
-             "SOLVER.MAX_ITER", "1"], capture_output=True, text=True, cwd=tmp_path)
+            [
+                sys.executable,
+                str(repo_root / "tools/finetune_coco.py"),
+                "--config-file",
+                DEMO,
+                "--dataset",
+                f"tiny={js}:{img}",
+                "--train-dataset",
+                "tiny",
+                "--test-dataset",
+                "tiny",
+                "MODEL.WEIGHTS",
+                str(weights),
+                "OUTPUT_DIR",
+                str(tmp_path / "out"),
+                *TINY,
+                "SOLVER.MAX_ITER",
+                "1",
+            ],
+            capture_output=True,
+            text=True,
+            cwd=tmp_path,
+        )
         assert run.returncode != 0
         assert f"error: {weights}: refused" in run.stderr and "--unsafe-load" in run.stderr
         assert not marker.exists()
@@ -251,6 +377,7 @@ def test_unsafe_load_of_a_trusted_file_is_recorded(resnet18_pkl, tmp_path):
 
     def legacy(d):  # a trusted file that only full unpickling reads
         d["args"] = argparse.Namespace(lr=0.1)
+
     trusted = _edited_pkl(resnet18_pkl, tmp_path / "trusted.pkl", legacy)
     model, cfg = _model(trusted)
     with pytest.raises(WeightsError, match="argparse.Namespace.*--unsafe-load"):
@@ -263,8 +390,17 @@ def test_unsafe_load_of_a_trusted_file_is_recorded(resnet18_pkl, tmp_path):
 @pytest.mark.slow
 def test_coco_mini_trains_and_evaluates_on_real_categories(coco_mini, resnet18_pkl, tmp_path):
     out = tmp_path / "coco"
-    _run("--coco-root", str(coco_mini), "MODEL.WEIGHTS", str(resnet18_pkl), "OUTPUT_DIR", str(out),
-         "SOLVER.MAX_ITER", "2", *TINY)
+    _run(
+        "--coco-root",
+        str(coco_mini),
+        "MODEL.WEIGHTS",
+        str(resnet18_pkl),
+        "OUTPUT_DIR",
+        str(out),
+        "SOLVER.MAX_ITER",
+        "2",
+        *TINY,
+    )
     official = json.loads((coco_mini / "annotations/instances_val2017.json").read_text())
     names = {c["name"] for c in official["categories"]}
     res = json.loads((out / "results.json").read_text())
@@ -292,11 +428,23 @@ def test_custom_dataset_resume_and_refusals(resnet18_pkl, tmp_path):
     js, img = _tiny_coco(tmp_path / "data")
     out = tmp_path / "run"
     common = ["--dataset", f"tiny={js}:{img}", "--train-dataset", "tiny", "--test-dataset", "tiny"]
-    _run(*common, "MODEL.WEIGHTS", str(resnet18_pkl), "OUTPUT_DIR", str(out),
-         "SOLVER.MAX_ITER", "2", "SOLVER.CHECKPOINT_PERIOD", "1", *TINY)
+    _run(
+        *common,
+        "MODEL.WEIGHTS",
+        str(resnet18_pkl),
+        "OUTPUT_DIR",
+        str(out),
+        "SOLVER.MAX_ITER",
+        "2",
+        "SOLVER.CHECKPOINT_PERIOD",
+        "1",
+        *TINY,
+    )
     res = json.loads((out / "results.json").read_text())
     assert set(res["bbox"]["per_class"]) == {"cat", "dog"} and res["iterations"] == 2
-    assert res["backbone"]["unsafe_load"] is False and res["backbone"]["source_unsafe_load"] is False
+    assert (
+        res["backbone"]["unsafe_load"] is False and res["backbone"]["source_unsafe_load"] is False
+    )
     # the evaluator's ground truth is the cleaned set (degenerate box 2 dropped)
     gt = json.loads((out / "tiny_coco_format.json").read_text())
     assert len(gt["annotations"]) == 2
@@ -309,8 +457,15 @@ def test_custom_dataset_resume_and_refusals(resnet18_pkl, tmp_path):
     assert res2["iterations"] == 3 and res2["backbone"] == res["backbone"]
     # --eval-only of the fine-tuned checkpoint reproduces its AP and keeps the provenance
     ev = tmp_path / "eval"
-    _run(*common, "--eval-only", "MODEL.WEIGHTS", str(out / "model_final.pth"),
-         "OUTPUT_DIR", str(ev), *TINY)
+    _run(
+        *common,
+        "--eval-only",
+        "MODEL.WEIGHTS",
+        str(out / "model_final.pth"),
+        "OUTPUT_DIR",
+        str(ev),
+        *TINY,
+    )
     res_ev = json.loads((ev / "results.json").read_text())
     assert res_ev["eval_only"] and res_ev["iterations"] == 3
     assert res_ev["backbone"]["sha256"] == res["backbone"]["sha256"]

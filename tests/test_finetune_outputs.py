@@ -1,5 +1,7 @@
-"""A fine-tuning run's folder holds one run: a fresh run sets an earlier one aside, and the data sets
-a run used are recorded there and used again by `--eval-only` with the run's own config.yaml."""
+"""A fine-tuning run's folder holds one run: a fresh run sets an earlier one aside, and the data
+sets a run used are recorded there and used again by `--eval-only` with the run's own
+config.yaml."""
+
 from __future__ import annotations
 
 import json
@@ -24,13 +26,20 @@ def _run(*argv: str, config: str = DEMO) -> dict:
 def _tool(*argv: str, config: str = DEMO) -> None:
     """tools/finetune_coco.py in its own process, as a user runs it (detectron2 caches its log file
     per process, so two runs into one folder are two commands)."""
-    proc = subprocess.run([sys.executable, "tools/finetune_coco.py", "--config-file", config, *argv],
-                          cwd=REPO, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "tools/finetune_coco.py", "--config-file", config, *argv],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
 
 
 def _iterations(out: Path) -> list[int]:
-    return [json.loads(line)["iteration"] for line in (out / "metrics.json").read_text().splitlines()]
+    return [
+        json.loads(line)["iteration"] for line in (out / "metrics.json").read_text().splitlines()
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -40,22 +49,51 @@ def trained(resnet18_pkl, tmp_path_factory) -> tuple[Path, Path, list[str]]:  # 
     js, img = _tiny_coco(root / "data")
     data = ["--dataset", f"tiny={js}:{img}", "--train-dataset", "tiny", "--test-dataset", "tiny"]
     out = root / "run"
-    _run(*data, "MODEL.WEIGHTS", str(resnet18_pkl), "OUTPUT_DIR", str(out), "SOLVER.MAX_ITER", "2",
-         "SOLVER.CHECKPOINT_PERIOD", "1", *TINY)
+    _run(
+        *data,
+        "MODEL.WEIGHTS",
+        str(resnet18_pkl),
+        "OUTPUT_DIR",
+        str(out),
+        "SOLVER.MAX_ITER",
+        "2",
+        "SOLVER.CHECKPOINT_PERIOD",
+        "1",
+        *TINY,
+    )
     return out, js, data
 
 
 @pytest.mark.slow
-def test_a_fresh_fine_tune_into_a_used_folder_sets_the_earlier_run_aside(trained, resnet18_pkl, tmp_path):  # noqa: F811
+def test_a_fresh_fine_tune_into_a_used_folder_sets_the_earlier_run_aside(
+    trained,
+    resnet18_pkl,  # noqa: F811
+    tmp_path,
+):
     _, _, data = trained
     out = tmp_path / "run"
-    _tool(*data, "MODEL.WEIGHTS", str(resnet18_pkl), "OUTPUT_DIR", str(out), "SOLVER.MAX_ITER", "3",
-          "SOLVER.CHECKPOINT_PERIOD", "2", *TINY)
+    _tool(
+        *data,
+        "MODEL.WEIGHTS",
+        str(resnet18_pkl),
+        "OUTPUT_DIR",
+        str(out),
+        "SOLVER.MAX_ITER",
+        "3",
+        "SOLVER.CHECKPOINT_PERIOD",
+        "2",
+        *TINY,
+    )
     earlier = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
-    assert "model_0000001.pth" in earlier and _iterations(out) == [2, 3]  # last training row, evaluation
+    assert "model_0000001.pth" in earlier and _iterations(out) == [
+        2,
+        3,
+    ]  # last training row, evaluation
 
     # a re-run from the run's own config.yaml: its weights, sizes and data sets, fewer iterations
-    _tool("SOLVER.MAX_ITER", "2", "SOLVER.CHECKPOINT_PERIOD", "100", config=str(out / "config.yaml"))
+    _tool(
+        "SOLVER.MAX_ITER", "2", "SOLVER.CHECKPOINT_PERIOD", "100", config=str(out / "config.yaml")
+    )
     aside = list(out.glob("previous-*"))
     assert len(aside) == 1
     # the earlier run survives whole and untouched, beside the new one
@@ -68,36 +106,51 @@ def test_a_fresh_fine_tune_into_a_used_folder_sets_the_earlier_run_aside(trained
     log = (out / "log.txt").read_text()
     assert log.count("Starting training from iteration 0") == 1
     assert f"held an earlier run; starting afresh, its files moved to {aside[0]}" in log
-    assert f"Using the data sets recorded in {aside[0] / 'datasets.json'}" in log  # set aside with its config
+    assert (
+        f"Using the data sets recorded in {aside[0] / 'datasets.json'}" in log
+    )  # set aside with its config
     # --resume continues the run in the folder instead: nothing more is set aside
     _tool(*data, "--resume", "OUTPUT_DIR", str(out), "SOLVER.MAX_ITER", "3", *TINY)
     assert len(list(out.glob("previous-*"))) == 1 and _iterations(out) == [1, 2, 2, 3]
 
 
 @pytest.mark.slow
-def test_eval_only_with_the_runs_config_evaluates_the_data_sets_it_used(trained, tmp_path, monkeypatch):
+def test_eval_only_with_the_runs_config_evaluates_the_data_sets_it_used(
+    trained, tmp_path, monkeypatch
+):
     run, js, _ = trained
     recorded = json.loads((run / "datasets.json").read_text())
     assert recorded["train"] == recorded["test"] == ["tiny"]
     assert recorded["datasets"]["tiny"]["json_file"] == str(js)
-    elsewhere = tmp_path / "elsewhere"  # a fresh working folder: relative default paths would point here
+    elsewhere = (
+        tmp_path / "elsewhere"
+    )  # a fresh working folder: relative default paths would point here
     elsewhere.mkdir()
     monkeypatch.chdir(elsewhere)
     ev = tmp_path / "eval"
-    _run("--eval-only", "MODEL.WEIGHTS", str(run / "model_final.pth"), "OUTPUT_DIR", str(ev),
-         config=str(run / "config.yaml"))
+    _run(
+        "--eval-only",
+        "MODEL.WEIGHTS",
+        str(run / "model_final.pth"),
+        "OUTPUT_DIR",
+        str(ev),
+        config=str(run / "config.yaml"),
+    )
     res, trained_res = (json.loads((d / "results.json").read_text()) for d in (ev, run))
     assert res["test_dataset"] == "tiny" and res["eval_only"] is True
     assert res["datasets"]["tiny"] == recorded["datasets"]["tiny"]
     assert res["bbox"] == trained_res["bbox"]
-    # what tools/compare.py pools by: the same experiment, and the seed of the run that made the weights
+    # what tools/compare.py pools by: the same experiment, and the seed of the run that made the
+    # weights
     sha = recorded["datasets"]["tiny"]["json_sha256"]
     assert res["training"] == trained_res["training"] == {"seed": 5, "train_sets": {"tiny": sha}}
     assert res["detection_config"] == trained_res["detection_config"]
     values = res["detection_config"]["values"]
     assert values["SOLVER.MAX_ITER"] == 2 and values["INPUT.MIN_SIZE_TEST"] == 64
     assert not {"SEED", "OUTPUT_DIR", "MODEL.WEIGHTS", "DATASETS.TEST"} & set(values)
-    assert list(elsewhere.iterdir()) == []  # no data set generated or registered under the working folder
+    assert (
+        list(elsewhere.iterdir()) == []
+    )  # no data set generated or registered under the working folder
     assert "data sets recorded in " + str(run / "datasets.json") in (ev / "log.txt").read_text()
 
 
@@ -113,7 +166,16 @@ def test_eval_only_refuses_a_recorded_data_set_that_changed(trained, tmp_path):
     changed.write_text(json.dumps({**data, "annotations": data["annotations"][:1]}))
     record["datasets"]["tiny"]["json_file"] = str(changed)
     (copy / "datasets.json").write_text(json.dumps(record))
-    with pytest.raises(DatasetError, match=rf"{changed} has changed since the run recorded it in "
-                                           rf"{copy / 'datasets.json'}"):
-        _run("--eval-only", "MODEL.WEIGHTS", str(run / "model_final.pth"), "OUTPUT_DIR", str(tmp_path / "ev"),
-             config=str(copy / "config.yaml"))
+    with pytest.raises(
+        DatasetError,
+        match=rf"{changed} has changed since the run recorded it in "
+        rf"{copy / 'datasets.json'}",
+    ):
+        _run(
+            "--eval-only",
+            "MODEL.WEIGHTS",
+            str(run / "model_final.pth"),
+            "OUTPUT_DIR",
+            str(tmp_path / "ev"),
+            config=str(copy / "config.yaml"),
+        )

@@ -1,4 +1,5 @@
 """The generated context-bias data set: layout, determinism, idempotence, the bias, COCO set."""
+
 from __future__ import annotations
 
 import hashlib
@@ -15,19 +16,30 @@ from als_det.config import get_cfg
 from als_det.data.boxes import build_index
 from als_det.data.generated import SPLITS, generate
 
-SMALL = {"NUM_CLASSES": 4, "TRAIN_PER_CLASS": 12, "VAL_PER_CLASS": 5, "IMAGE_SIZE": 48,
-         "DETECTION_TRAIN": 6, "DETECTION_VAL": 3, "DETECTION_IMAGE_SIZE": 96}
+SMALL = {
+    "NUM_CLASSES": 4,
+    "TRAIN_PER_CLASS": 12,
+    "VAL_PER_CLASS": 5,
+    "IMAGE_SIZE": 48,
+    "DETECTION_TRAIN": 6,
+    "DETECTION_VAL": 3,
+    "DETECTION_IMAGE_SIZE": 96,
+}
 
 
 @pytest.fixture(scope="module")
 def small(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return generate(tmp_path_factory.mktemp("gen") / "ctx", {**SMALL, "NO_BOX_FRACTION": 0.25},
-                    progress=False)
+    return generate(
+        tmp_path_factory.mktemp("gen") / "ctx", {**SMALL, "NO_BOX_FRACTION": 0.25}, progress=False
+    )
 
 
 def _tree_digest(root: Path) -> dict[str, str]:
-    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*")) if p.is_file() and p.name != "generation.json"}
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file() and p.name != "generation.json"
+    }
 
 
 def test_layout_counts_and_index(small: Path, tmp_path: Path) -> None:
@@ -58,14 +70,20 @@ def test_boxes_fit_the_drawn_object_and_spread_in_area(small: Path, tmp_path: Pa
     records, _, _ = build_index(small, "val", cache_dir=tmp_path)
     fractions = []
     for r in records:
-        (x0, y0, x1, y1), = r.boxes
+        ((x0, y0, x1, y1),) = r.boxes
         fractions.append((x1 - x0) * (y1 - y0) / (48 * 48))
         assert 0 <= x0 < x1 <= 48 and 0 <= y0 < y1 <= 48
     assert min(fractions) < 0.08 and max(fractions) > 0.3
 
 
 def test_deterministic_and_seed_dependent(tmp_path: Path) -> None:
-    cfg = {**SMALL, "TRAIN_PER_CLASS": 3, "VAL_PER_CLASS": 2, "DETECTION_TRAIN": 2, "DETECTION_VAL": 1}
+    cfg = {
+        **SMALL,
+        "TRAIN_PER_CLASS": 3,
+        "VAL_PER_CLASS": 2,
+        "DETECTION_TRAIN": 2,
+        "DETECTION_VAL": 1,
+    }
     a = _tree_digest(generate(tmp_path / "a", cfg, progress=False))
     b = _tree_digest(generate(tmp_path / "b", cfg, progress=False))
     c = _tree_digest(generate(tmp_path / "c", {**cfg, "SEED": 1}, progress=False))
@@ -74,9 +92,16 @@ def test_deterministic_and_seed_dependent(tmp_path: Path) -> None:
     assert sum(a[k] != c[k] for k in images) == len(images)
 
 
-def test_idempotent_regenerated_on_change_and_never_clobbers(tmp_path: Path,
-                                                             monkeypatch: pytest.MonkeyPatch) -> None:
-    cfg = {**SMALL, "TRAIN_PER_CLASS": 2, "VAL_PER_CLASS": 1, "DETECTION_TRAIN": 1, "DETECTION_VAL": 1}
+def test_idempotent_regenerated_on_change_and_never_clobbers(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cfg = {
+        **SMALL,
+        "TRAIN_PER_CLASS": 2,
+        "VAL_PER_CLASS": 1,
+        "DETECTION_TRAIN": 1,
+        "DETECTION_VAL": 1,
+    }
     root = generate(tmp_path / "g", cfg, progress=False)
     marker = root / "train" / "s0000000" / "s0000000_0.JPEG"
     mtime = marker.stat().st_mtime_ns
@@ -90,7 +115,9 @@ def test_idempotent_regenerated_on_change_and_never_clobbers(tmp_path: Path,
     assert marker.stat().st_mtime_ns == mtime
     # a crash mid-generation leaves the finished tree untouched and no temporary folder behind
     with monkeypatch.context() as m:
-        m.setattr(gen_mod, "_write_detection", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("boom")))
+        m.setattr(
+            gen_mod, "_write_detection", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("boom"))
+        )
         with pytest.raises(RuntimeError, match="boom"):
             generate(root, {**cfg, "SEED": 5}, progress=False)
     assert json.loads((root / "generation.json").read_text())["seed"] == 0
@@ -110,13 +137,26 @@ def test_idempotent_regenerated_on_change_and_never_clobbers(tmp_path: Path,
 def test_backgrounds_carry_the_class_context(tmp_path: Path) -> None:
     """With CONTEXT_RATE 1 a class's train backgrounds match its background-only images (by mean
     colour, nearest class), and with CONTEXT_RATE 0 no train image is on its own context."""
-    cfg = {**SMALL, "NUM_CLASSES": 6, "TRAIN_PER_CLASS": 8, "VAL_PER_CLASS": 4,
-           "DETECTION_TRAIN": 0, "DETECTION_VAL": 0, "MAX_AREA": 0.05, "CONTEXT_RATE": 1.0}
+    cfg = {
+        **SMALL,
+        "NUM_CLASSES": 6,
+        "TRAIN_PER_CLASS": 8,
+        "VAL_PER_CLASS": 4,
+        "DETECTION_TRAIN": 0,
+        "DETECTION_VAL": 0,
+        "MAX_AREA": 0.05,
+        "CONTEXT_RATE": 1.0,
+    }
     root = generate(tmp_path / "biased", cfg, progress=False)
 
     def mean_colour(split: str, wnid: str) -> np.ndarray:
-        return np.mean([np.asarray(Image.open(p), float).reshape(-1, 3).mean(0)
-                        for p in sorted((root / split / wnid).glob("*.JPEG"))], axis=0)
+        return np.mean(
+            [
+                np.asarray(Image.open(p), float).reshape(-1, 3).mean(0)
+                for p in sorted((root / split / wnid).glob("*.JPEG"))
+            ],
+            axis=0,
+        )
 
     wnids = sorted(json.loads((root / "classes.json").read_text()))
     train = np.stack([mean_colour("train", w) for w in wnids])
@@ -126,7 +166,10 @@ def test_backgrounds_carry_the_class_context(tmp_path: Path) -> None:
     meta = json.loads((root / "generation.json").read_text())
     assert meta["counts"]["train"]["on_own_context"] == 48
     unbiased = generate(tmp_path / "unbiased", {**cfg, "CONTEXT_RATE": 0.0}, progress=False)
-    assert json.loads((unbiased / "generation.json").read_text())["counts"]["train"]["on_own_context"] == 0
+    assert (
+        json.loads((unbiased / "generation.json").read_text())["counts"]["train"]["on_own_context"]
+        == 0
+    )
 
 
 def test_coco_detection_set(small: Path) -> None:

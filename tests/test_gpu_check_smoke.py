@@ -3,6 +3,7 @@
 The whole `benchmarks/gpu_check.sh --cpu-smoke` (wheelhouse build, fresh venv, every section)
 takes about 3 minutes, so it is documented in docs/benchmarks.md rather than run here.
 """
+
 from __future__ import annotations
 
 import importlib.util
@@ -34,8 +35,19 @@ def test_preinstalled_folder_has_torch_but_none_of_the_wheelhouse(tmp_path: Path
     names = emulate.build(tmp_path / "pre")
     linked = {p.name for p in (tmp_path / "pre").iterdir()}
     assert {"torch", "torchvision", "numpy", "PIL", "cv2", "tensorboard"} <= linked
-    assert not linked & {"detectron2", "pycocotools", "fvcore", "iopath", "yacs", "termcolor", "omegaconf",
-                         "hydra", "antlr4", "submitit", "als_det"}
+    assert not linked & {
+        "detectron2",
+        "pycocotools",
+        "fvcore",
+        "iopath",
+        "yacs",
+        "termcolor",
+        "omegaconf",
+        "hydra",
+        "antlr4",
+        "submitit",
+        "als_det",
+    }
     assert "torch" in names and "pb1-detectron2" not in names
     assert all((tmp_path / "pre" / n).is_symlink() for n in linked)
 
@@ -77,14 +89,19 @@ def test_decode_crop_rejects_a_header_that_lies(gpu_check, tmp_path: Path) -> No
 
 
 def test_detectron2_log_figures(gpu_check) -> None:
-    log = ("[11/28 00:57:40] d2.utils.events INFO:  eta: 0:00:01  iter: 39  total_loss: 2.1  time: 0.2 "
-           "data_time: 0.01  lr: 0.01  max_mem: 1500M\n"
-           "[11/28 00:57:41] d2.utils.events INFO:  eta: 0:00:00  iter: 49  total_loss: 2.0  time: 0.2 "
-           "data_time: 0.01  lr: 0.01  max_mem: 3072M\n"
-           "[11/28 00:57:46] d2.engine.hooks INFO: Overall training speed: 47 iterations in 0:00:09 "
-           "(0.2125 s / it)\n")
-    assert gpu_check._detectron2_log_figures(log) == {"timed_iterations": 47, "s_per_iter": 0.2125,
-                                                      "peak_mem_gib": 3.0}
+    log = (
+        "[11/28 00:57:40] d2.utils.events INFO:  eta: 0:00:01  iter: 39  total_loss: 2.1  time: "
+        "0.2 data_time: 0.01  lr: 0.01  max_mem: 1500M\n"
+        "[11/28 00:57:41] d2.utils.events INFO:  eta: 0:00:00  iter: 49  total_loss: 2.0  time: "
+        "0.2 data_time: 0.01  lr: 0.01  max_mem: 3072M\n"
+        "[11/28 00:57:46] d2.engine.hooks INFO: Overall training speed: 47 iterations in 0:00:09 "
+        "(0.2125 s / it)\n"
+    )
+    assert gpu_check._detectron2_log_figures(log) == {
+        "timed_iterations": 47,
+        "s_per_iter": 0.2125,
+        "peak_mem_gib": 3.0,
+    }
     assert gpu_check._detectron2_log_figures("no such lines")["s_per_iter"] is None
 
 
@@ -97,8 +114,11 @@ def test_checks_flag_a_slow_als_step(gpu_check) -> None:
 
 
 def test_a_cut_section_fails_on_a_gpu_but_not_in_a_cpu_smoke_run(gpu_check) -> None:
-    sections = {"pretrain": {"status": "ok"}, "gpu_decode": {"status": "cut at its 30 s cap; figures so far kept"},
-                "input": {"status": "skipped: the GPU, not the CPU input path, is the bound"}}
+    sections = {
+        "pretrain": {"status": "ok"},
+        "gpu_decode": {"status": "cut at its 30 s cap; figures so far kept"},
+        "input": {"status": "skipped: the GPU, not the CPU input path, is the bound"},
+    }
     assert gpu_check.failed_sections(sections, smoke=True) == []
     assert gpu_check.failed_sections(sections, smoke=False) == ["gpu_decode"]
     broken = dict(sections, finetune={"status": "failed (exit 1); see finetune.log"})
@@ -116,8 +136,11 @@ def test_every_runtime_requirement_of_als_det_is_preinstalled_or_in_the_wheelhou
     preinstalled = set(emulate.closure(emulate.PREINSTALLED))
     built = {emulate._norm(n) for n in wheelhouse.BINARY + wheelhouse.PURE}
     assert built < {emulate._norm(n) for n in emulate.WHEELHOUSE}  # what the folder must not hold
-    required = {emulate._norm(r.name) for r in map(Requirement, md.requires("als-det"))
-                if r.marker is None or r.marker.evaluate({"extra": ""})}
+    required = {
+        emulate._norm(r.name)
+        for r in map(Requirement, md.requires("als-det"))
+        if r.marker is None or r.marker.evaluate({"extra": ""})
+    }
     assert required - preinstalled - built == set()
 
 
@@ -129,4 +152,5 @@ def test_reference_step_and_trainer_step_take_the_same_batches(gpu_check) -> Non
     batches = gpu_check._synthetic_batches(plan, device, n=1)
     assert gpu_check.plain_ce_rate(model, opt, batches, plan, device, 1) > 0
     from als_det.targets import LabelStrategy
+
     assert gpu_check.trainer_rate(model, opt, LabelStrategy("als"), batches, plan, device, 1) > 0

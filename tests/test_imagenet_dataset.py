@@ -1,5 +1,6 @@
 """ImageNetBoxes: identical crops for every arm/worker count/epoch replay, coverage of the real
 crop, eval centre crop, colour modes, and undecodable images (label -1 or an error)."""
+
 from __future__ import annotations
 
 import logging
@@ -19,8 +20,9 @@ from als_det.data.images import BadImageError, load_rgb
 
 @pytest.fixture(scope="module")
 def tiny_train(tiny_imagenet: Path, tmp_path_factory: pytest.TempPathFactory):
-    records, classes, _ = build_index(tiny_imagenet, "train", max_per_class=4,
-                                      cache_dir=tmp_path_factory.mktemp("cache"))
+    records, classes, _ = build_index(
+        tiny_imagenet, "train", max_per_class=4, cache_dir=tmp_path_factory.mktemp("cache")
+    )
     return records, classes
 
 
@@ -60,7 +62,10 @@ def test_same_batches_for_any_worker_count(tiny_train) -> None:
 def _crop_rect(ds: ImageNetBoxes, index: int, rec: ImageRecord) -> tuple[int, int, int, int]:
     """The crop `ds[index]` takes, from the same seeded draws, rounded to whole pixels."""
     if not ds.train:
-        return tuple(int(round(v)) for v in center_crop_box(rec.width, rec.height, ds.val_resize, ds.image_size))
+        return tuple(
+            int(round(v))
+            for v in center_crop_box(rec.width, rec.height, ds.val_resize, ds.image_size)
+        )
     g = torch.Generator().manual_seed(sample_seed(ds.seed, ds.epoch, index))
     top, left, h, w = random_resized_crop_params(rec.width, rec.height, ds.scale, ds.ratio, g)
     return left, top, left + w, top + h
@@ -80,7 +85,10 @@ def test_coverage_is_the_box_fraction_of_the_actual_crop(tmp_path: Path) -> None
         path = tmp_path / f"{i}.png"
         Image.fromarray(pixels).save(path)
         records.append(ImageRecord(str(path), 0, np.array([[x0, y0, x1, y1]], np.float32), w, h))
-    mean, std = torch.tensor(IMAGENET_MEAN)[:, None, None], torch.tensor(IMAGENET_STD)[:, None, None]
+    mean, std = (
+        torch.tensor(IMAGENET_MEAN)[:, None, None],
+        torch.tensor(IMAGENET_STD)[:, None, None],
+    )
     for train in (True, False):
         ds = ImageNetBoxes(records, ["a"], train, 64, val_resize=73)
         covs = []
@@ -106,7 +114,9 @@ def test_no_box_record_has_zero_coverage(tmp_path: Path) -> None:
     Image.new("RGB", (40, 30), (255, 255, 255)).save(path)
     rec = ImageRecord(str(path), 2, np.zeros((0, 4), np.float32), 40, 30)
     img, label, cov, obj, has_box = ImageNetBoxes([rec], ["a", "b", "c"], True, 16)[0]
-    assert img.shape == (3, 16, 16) and label == 2 and cov == 0.0 and obj == 0.0 and has_box is False
+    assert (
+        img.shape == (3, 16, 16) and label == 2 and cov == 0.0 and obj == 0.0 and has_box is False
+    )
 
 
 def test_eval_mode_is_deterministic_centre_crop(tiny_train) -> None:
@@ -126,8 +136,9 @@ def test_greyscale_and_cmyk_become_rgb(tmp_path: Path, tiny_imagenet: Path) -> N
     assert np.abs(np.asarray(g).astype(int) - 77).max() <= 2
     r, gch, b = np.asarray(c).reshape(-1, 3).mean(0)
     assert r > 200 and gch < 60 and b < 60  # CMYK (0, 1, 1, 0) is red
-    greys = [p for p in sorted((tiny_imagenet / "train").glob("*/*.JPEG"))
-             if Image.open(p).mode == "L"][:2]
+    greys = [
+        p for p in sorted((tiny_imagenet / "train").glob("*/*.JPEG")) if Image.open(p).mode == "L"
+    ][:2]
     assert greys, "the fixture's README promises greyscale JPEGs"
     for p in greys:
         assert load_rgb(p).mode == "RGB"
@@ -135,15 +146,18 @@ def test_greyscale_and_cmyk_become_rgb(tmp_path: Path, tiny_imagenet: Path) -> N
 
 def _truncated(tmp_path: Path) -> ImageRecord:
     good = tmp_path / "good.jpg"
-    Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(good)
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(
+        good
+    )
     data = good.read_bytes()
     bad = tmp_path / "truncated.jpg"
     bad.write_bytes(data[: len(data) // 2])
     return ImageRecord(str(bad), 1, np.array([[0, 0, 64, 64]], np.float32), 64, 64)
 
 
-def test_truncated_jpeg_gives_label_minus_one_and_one_warning(tmp_path: Path,
-                                                              caplog: pytest.LogCaptureFixture) -> None:
+def test_truncated_jpeg_gives_label_minus_one_and_one_warning(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     rec = _truncated(tmp_path)
     with pytest.raises(BadImageError, match="truncated.jpg"):
         load_rgb(rec.path)

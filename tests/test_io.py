@@ -1,4 +1,5 @@
 """Atomic writes: leftovers of killed saves are cleaned up, permissions follow the umask."""
+
 from __future__ import annotations
 
 import os

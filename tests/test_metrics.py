@@ -1,4 +1,5 @@
 """Calibration metrics against torchmetrics and direct formulas."""
+
 from __future__ import annotations
 
 import json
@@ -65,7 +66,7 @@ def test_brier_nll_topk_on_a_tiny_example() -> None:
     probs = torch.tensor([[0.65, 0.25, 0.1], [0.1, 0.35, 0.55]])
     labels = torch.tensor([0, 1])
     m = calibration_metrics(probs, labels, n_bins=10)
-    brier = ((0.65 - 1) ** 2 + 0.25 ** 2 + 0.1 ** 2 + 0.1 ** 2 + (0.35 - 1) ** 2 + 0.55 ** 2) / 2
+    brier = ((0.65 - 1) ** 2 + 0.25**2 + 0.1**2 + 0.1**2 + (0.35 - 1) ** 2 + 0.55**2) / 2
     assert m["brier"] == pytest.approx(brier, abs=1e-6)
     assert m["nll"] == pytest.approx(-(math.log(0.65) + math.log(0.35)) / 2, abs=1e-6)
     assert m["top1"] == 0.5 and m["top5"] == 1.0  # K=3 < 5: every label is within the top 3
@@ -111,7 +112,9 @@ def test_bad_input_is_rejected() -> None:
 
 def test_temperature_scaling_recovers_a_known_temperature() -> None:
     logits, _ = _random(20_000, 10, seed=8)
-    labels = torch.multinomial(logits.softmax(1), 1, generator=torch.Generator().manual_seed(9)).squeeze(1)
+    labels = torch.multinomial(
+        logits.softmax(1), 1, generator=torch.Generator().manual_seed(9)
+    ).squeeze(1)
     # The model's logits are 3x too large: the optimal temperature is 3.
     fit = fit_temperature(3 * logits, labels)
     assert fit.temperature == pytest.approx(3.0, rel=0.05) and fit.converged and fit.iterations > 0
@@ -132,12 +135,27 @@ def _with_margin(n: int, k: int, margin: float, seed: int) -> tuple[torch.Tensor
     return logits, labels
 
 
-@pytest.mark.parametrize("margin, constant, reason", [
-    (5.0, False, "every prediction of the 100 fit images is right"),   # separable: T -> 0, no finite optimum
-    (20.0, False, "every prediction of the 100 fit images is right"),  # saturated: LBFGS does not even move
-    (-3.0, False, r"T = \S+ > 100: NLL keeps falling as T grows"),     # worse than a guess: T -> infinity
-    (0.0, True, "NLL does not change with T"),                          # constant logits: T undetermined
-])
+@pytest.mark.parametrize(
+    "margin, constant, reason",
+    [
+        (
+            5.0,
+            False,
+            "every prediction of the 100 fit images is right",
+        ),  # separable: T -> 0, no finite optimum
+        (
+            20.0,
+            False,
+            "every prediction of the 100 fit images is right",
+        ),  # saturated: LBFGS does not even move
+        (
+            -3.0,
+            False,
+            r"T = \S+ > 100: NLL keeps falling as T grows",
+        ),  # worse than a guess: T -> infinity
+        (0.0, True, "NLL does not change with T"),  # constant logits: T undetermined
+    ],
+)
 def test_degenerate_temperature_fit_is_flagged_and_logged(margin, constant, reason, caplog) -> None:
     logits, labels = _with_margin(200, 5, margin, seed=5)
     if constant:
@@ -160,10 +178,14 @@ def test_sound_temperature_fit_is_not_flagged(caplog) -> None:
 def test_degeneracy_of_non_finite_out_of_range_and_unconverged_fits() -> None:
     logits, labels = _with_margin(50, 4, 0.5, seed=7)
     assert not bool((logits.argmax(1) == labels).all())
-    assert temperature_degeneracy(TemperatureFit(float("inf"), 30, True), logits, labels) == \
-        "the fitted temperature is not finite"
+    assert (
+        temperature_degeneracy(TemperatureFit(float("inf"), 30, True), logits, labels)
+        == "the fitted temperature is not finite"
+    )
     assert "< 0.01" in temperature_degeneracy(TemperatureFit(0.001, 30, True), logits, labels)
-    assert "did not converge" in temperature_degeneracy(TemperatureFit(1.3, 100, False), logits, labels)
+    assert "did not converge" in temperature_degeneracy(
+        TemperatureFit(1.3, 100, False), logits, labels
+    )
     assert temperature_degeneracy(TemperatureFit(1.3, 12, True), logits, labels) is None
 
 

@@ -1,4 +1,6 @@
-"""CutMix/MixUp arms: torchvision's mixing on the batch, seeded from (seed, epoch, iteration, rank)."""
+"""CutMix/MixUp arms: torchvision's mixing on the batch, seeded from (seed, epoch, iteration,
+rank)."""
+
 from __future__ import annotations
 
 import pytest
@@ -13,7 +15,11 @@ K = 6
 
 def _batch(n: int = 6, size: int = 16) -> tuple[torch.Tensor, torch.Tensor]:
     """Image i is the constant i + 1 (so every pixel tells whose it is); labels all differ."""
-    images = torch.arange(1, n + 1, dtype=torch.float32)[:, None, None, None].expand(n, 3, size, size).clone()
+    images = (
+        torch.arange(1, n + 1, dtype=torch.float32)[:, None, None, None]
+        .expand(n, 3, size, size)
+        .clone()
+    )
     return images, torch.arange(n) % K
 
 
@@ -37,7 +43,9 @@ def test_cutmix_label_mass_is_the_pasted_area() -> None:
 
 def test_mixup_blends_images_and_labels_alike() -> None:
     images, labels = _batch()
-    mixed, targets = BatchMixer(LabelStrategy("mixup", mix_alpha=0.2), K, seed=0)(images, labels, 1, 0)
+    mixed, targets = BatchMixer(LabelStrategy("mixup", mix_alpha=0.2), K, seed=0)(
+        images, labels, 1, 0
+    )
     lam = targets[0, labels[0]].item()
     assert 0.0 < lam < 1.0
     for i in range(len(labels)):
@@ -60,8 +68,10 @@ def test_mixing_depends_only_on_seed_epoch_iteration_rank() -> None:
     after = torch.rand(4)
     torch.manual_seed(7)
     assert torch.equal(after, torch.rand(4))
-    others = [BatchMixer(strategy, K, seed=s, rank=r)(images, labels, e, i)[1]
-              for s, r, e, i in ((4, 0, 2, 5), (3, 1, 2, 5), (3, 0, 3, 5), (3, 0, 2, 6))]
+    others = [
+        BatchMixer(strategy, K, seed=s, rank=r)(images, labels, e, i)[1]
+        for s, r, e, i in ((4, 0, 2, 5), (3, 1, 2, 5), (3, 0, 3, 5), (3, 0, 2, 6))
+    ]
     assert all(not torch.equal(a[1], t) for t in others)
 
 

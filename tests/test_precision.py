@@ -1,4 +1,6 @@
-"""GPU code paths on the CPU: bf16 autocast, channels_last, fp16 refused; loss and metrics in float32."""
+"""GPU code paths on the CPU: bf16 autocast, channels_last, fp16 refused; loss and metrics in
+float32."""
+
 from __future__ import annotations
 
 import json
@@ -26,10 +28,14 @@ def test_bf16_logits_give_the_float32_loss_and_metrics():
         full, _, _ = loss_for_batch(strategy, logits32, labels, cov, has_box)
         assert loss.dtype == torch.float32
         assert torch.equal(loss, cast_up)  # computed in float32 from the bf16 values, not in bf16
-        assert loss.item() == pytest.approx(full.item(), rel=2 ** -7)  # bf16 rounding of the logits only
+        assert loss.item() == pytest.approx(
+            full.item(), rel=2**-7
+        )  # bf16 rounding of the logits only
     metrics = calibration_metrics_from_logits(bf16, labels)
     assert metrics == calibration_metrics_from_logits(bf16.float(), labels)
-    assert metrics["nll"] == pytest.approx(calibration_metrics_from_logits(logits32, labels)["nll"], rel=2 ** -7)
+    assert metrics["nll"] == pytest.approx(
+        calibration_metrics_from_logits(logits32, labels)["nll"], rel=2**-7
+    )
 
 
 @pytest.fixture(scope="module")
@@ -42,23 +48,48 @@ def test_bf16_autocast_and_channels_last_run_on_the_cpu(tiny_root, tmp_path):
 
     def record(model: torch.nn.Module) -> None:
         def hook(module, args, output):
-            seen.setdefault("train" if module.training else "eval", (
-                output.dtype, args[0].is_contiguous(memory_format=torch.channels_last)))
+            seen.setdefault(
+                "train" if module.training else "eval",
+                (output.dtype, args[0].is_contiguous(memory_format=torch.channels_last)),
+            )
+
         model.register_forward_hook(hook)
         seen["conv1"] = model.conv1
 
-    out = train(tiny_cfg(tiny_root, tmp_path, "TRAIN.AMP", "bf16", "TRAIN.CHANNELS_LAST", "True", "SOLVER.EPOCHS", "1",
-                         "SOLVER.WARMUP_EPOCHS", "0", "TRAIN.MAX_ITERS_PER_EPOCH", "1"), model_hook=record)
+    out = train(
+        tiny_cfg(
+            tiny_root,
+            tmp_path,
+            "TRAIN.AMP",
+            "bf16",
+            "TRAIN.CHANNELS_LAST",
+            "True",
+            "SOLVER.EPOCHS",
+            "1",
+            "SOLVER.WARMUP_EPOCHS",
+            "0",
+            "TRAIN.MAX_ITERS_PER_EPOCH",
+            "1",
+        ),
+        model_hook=record,
+    )
     assert seen["train"] == (torch.bfloat16, True) and seen["eval"] == (torch.bfloat16, True)
     assert seen["conv1"].weight.is_contiguous(memory_format=torch.channels_last)
     run = json.loads((out / "run.json").read_text())
-    assert (run["device"], run["amp"], run["channels_last"], run["compile"]) == ("cpu", "bf16", True, False)
+    assert (run["device"], run["amp"], run["channels_last"], run["compile"]) == (
+        "cpu",
+        "bf16",
+        True,
+        False,
+    )
     (row,) = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert row["val_n"] == 9 and 0.0 <= row["val_top1"] <= 1.0 and row["train_loss"] > 0
 
 
 def test_fp16_on_the_cpu_is_refused_before_anything_is_written(tiny_root, tmp_path):
     out = tmp_path / "run"
-    with pytest.raises(ValueError, match="TRAIN.AMP fp16 .* GPU setting; on the CPU use TRAIN.AMP bf16"):
+    with pytest.raises(
+        ValueError, match="TRAIN.AMP fp16 .* GPU setting; on the CPU use TRAIN.AMP bf16"
+    ):
         train(tiny_cfg(tiny_root, out, "TRAIN.AMP", "fp16"))
     assert not out.exists()

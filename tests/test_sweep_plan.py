@@ -2,6 +2,7 @@
 cells, its checks, the dry run, the progress line, and `configs/experiments/sweep_smoke.yaml` end
 to end on the real-photo fixture (a broken cell reported while the others finish, the report over
 the finished cells from their real evaluations, a second invocation that runs nothing)."""
+
 from __future__ import annotations
 
 import json
@@ -37,20 +38,44 @@ def test_sweep_plan_is_settings_x_seeds_x_lengths_one_cell_after_the_other():
     plan = load_plan(SWEEP)
     grid = plan.sweep
     assert plan.report == "sweep" and plan.evaluate.per_run and not plan.detection
-    assert {"hard", "ls", "als", "als_object", "als_emax05", "als_emax03", "cutmix", "mixup"} <= set(grid.settings)
-    assert plan.seeds == [0, 1, 2] and grid.epochs == [8, 16, 32] and grid.lengths_for == ["hard", "als"]
+    assert {
+        "hard",
+        "ls",
+        "als",
+        "als_object",
+        "als_emax05",
+        "als_emax03",
+        "cutmix",
+        "mixup",
+    } <= set(grid.settings)
+    assert (
+        plan.seeds == [0, 1, 2]
+        and grid.epochs == [8, 16, 32]
+        and grid.lengths_for == ["hard", "als"]
+    )
     expected = {(s, 8) for s in grid.settings} | {(s, e) for s in ("hard", "als") for e in (16, 32)}
     assert {(setting, e) for _, setting, e in grid.cells()} == expected
     # every setting is what its name says, at the length its arm names
     for name, arm in plan.arms.items():
-        cfg = load_config(str(REPO / arm.config), override_args({**plan.pretrain_overrides, **arm.overrides}))
+        cfg = load_config(
+            str(REPO / arm.config), override_args({**plan.pretrain_overrides, **arm.overrides})
+        )
         setting, epochs = name.rsplit("_e", 1)
-        assert cfg.SOLVER.EPOCHS == int(epochs) and cfg.DATA.ROOT == "../shared/data/tiny-imagenet-10"
+        assert (
+            cfg.SOLVER.EPOCHS == int(epochs) and cfg.DATA.ROOT == "../shared/data/tiny-imagenet-10"
+        )
         labels = cfg.LABELS
-        want = {"hard": ("hard", "crop", 1.0, 1.0), "ls": ("ls", "crop", 1.0, 1.0), "als": ("als", "crop", 1.0, 1.0),
-                "als_object": ("als", "object", 1.0, 1.0), "als_emax05": ("als", "crop", 0.5, 1.0),
-                "als_emax03": ("als", "crop", 0.3, 1.0), "als_p2": ("als", "crop", 1.0, 2.0),
-                "cutmix": ("cutmix", "crop", 1.0, 1.0), "mixup": ("mixup", "crop", 1.0, 1.0)}[setting]
+        want = {
+            "hard": ("hard", "crop", 1.0, 1.0),
+            "ls": ("ls", "crop", 1.0, 1.0),
+            "als": ("als", "crop", 1.0, 1.0),
+            "als_object": ("als", "object", 1.0, 1.0),
+            "als_emax05": ("als", "crop", 0.5, 1.0),
+            "als_emax03": ("als", "crop", 0.3, 1.0),
+            "als_p2": ("als", "crop", 1.0, 2.0),
+            "cutmix": ("cutmix", "crop", 1.0, 1.0),
+            "mixup": ("mixup", "crop", 1.0, 1.0),
+        }[setting]
         assert (labels.STRATEGY, labels.COVERAGE, labels.E_MAX, labels.POWER) == want, name
 
     graph = build_graph(plan)
@@ -62,29 +87,60 @@ def test_sweep_plan_is_settings_x_seeds_x_lengths_one_cell_after_the_other():
         args = list(pre.command.args)
         assert args[args.index("SEED") + 1] == run["seed"]
         assert args[args.index("SOLVER.EPOCHS") + 1] == run["epochs"]
-        assert ev.outputs[0] == REPO / "output/sweep_tiny_imagenet/evaluation" / run[0] / "metrics.json"
+        assert (
+            ev.outputs[0]
+            == REPO / "output/sweep_tiny_imagenet/evaluation" / run[0] / "metrics.json"
+        )
         runs.append(run[0])
     assert runs[:2] == ["hard_e8_s0", "ls_e8_s0"] and runs[-1] == "als_e32_s2"
-    assert runs.index("als_e8_s2") < runs.index("hard_e16_s0")  # the main length over every seed first
+    assert runs.index("als_e8_s2") < runs.index(
+        "hard_e16_s0"
+    )  # the main length over every seed first
     # fewer seeds from the command line keep the same cell names (their results are reused)
     one = [st.name for st in build_graph(plan.with_changes(seeds=[0])).stages]
     assert one == [name for name in (st.name for st in graph.stages) if name.endswith("_s0")]
 
 
-@pytest.mark.parametrize("edit, message", [
-    (lambda p: p["sweep"].update(lengths_for=["als"]), "lengths_for must include the baseline 'hard'"),
-    (lambda p: p["sweep"].update(lengths_for=["nope"]), "lengths_for must list settings among the arms"),
-    (lambda p: p["sweep"].update(epochs=[1, 1]), "sweep.epochs must be a non-empty list of distinct positive"),
-    (lambda p: p["sweep"].update(epochs=[1], lengths_for=["hard"]), "lengths_for needs more than one length"),
-    (lambda p: p["sweep"].update(seeds=[0]), r"unknown key\(s\) \['seeds'\] in sweep"),
-    (lambda p: p["arms"]["als"].update(overrides={"SOLVER.EPOCHS": 4}),
-     r"arms.als.overrides set SOLVER.EPOCHS; in a sweep the lengths come from sweep.epochs"),
-    (lambda p: p["evaluate"].update(per_run=False), "a sweep evaluates every run on its own"),
-    (lambda p: p.update(report="demo"), "a sweep writes the sweep report, not report: 'demo'"),
-    (lambda p: p.update(detection=[{"name": "d", "config": "configs/detection/faster_rcnn_R_18_FPN_demo.yaml"}]),
-     "a sweep pretrains and evaluates only"),
-    (lambda p: (p.pop("sweep"), p.update(report="sweep")), "report: sweep needs a `sweep` section"),
-])
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (
+            lambda p: p["sweep"].update(lengths_for=["als"]),
+            "lengths_for must include the baseline 'hard'",
+        ),
+        (
+            lambda p: p["sweep"].update(lengths_for=["nope"]),
+            "lengths_for must list settings among the arms",
+        ),
+        (
+            lambda p: p["sweep"].update(epochs=[1, 1]),
+            "sweep.epochs must be a non-empty list of distinct positive",
+        ),
+        (
+            lambda p: p["sweep"].update(epochs=[1], lengths_for=["hard"]),
+            "lengths_for needs more than one length",
+        ),
+        (lambda p: p["sweep"].update(seeds=[0]), r"unknown key\(s\) \['seeds'\] in sweep"),
+        (
+            lambda p: p["arms"]["als"].update(overrides={"SOLVER.EPOCHS": 4}),
+            r"arms.als.overrides set SOLVER.EPOCHS; in a sweep the lengths come from sweep.epochs",
+        ),
+        (lambda p: p["evaluate"].update(per_run=False), "a sweep evaluates every run on its own"),
+        (lambda p: p.update(report="demo"), "a sweep writes the sweep report, not report: 'demo'"),
+        (
+            lambda p: p.update(
+                detection=[
+                    {"name": "d", "config": "configs/detection/faster_rcnn_R_18_FPN_demo.yaml"}
+                ]
+            ),
+            "a sweep pretrains and evaluates only",
+        ),
+        (
+            lambda p: (p.pop("sweep"), p.update(report="sweep")),
+            "report: sweep needs a `sweep` section",
+        ),
+    ],
+)
 def test_sweep_plan_errors_name_the_key(edit, message):
     raw = _raw()
     edit(raw)
@@ -93,16 +149,35 @@ def test_sweep_plan_errors_name_the_key(edit, message):
 
 
 def test_dry_run_lists_every_cell():
-    out = subprocess.run([sys.executable, "tools/run_experiment.py", "--plan", str(SWEEP.relative_to(REPO)),
-                          "--dry-run"], cwd=REPO, capture_output=True, text=True, timeout=120)
+    out = subprocess.run(
+        [
+            sys.executable,
+            "tools/run_experiment.py",
+            "--plan",
+            str(SWEEP.relative_to(REPO)),
+            "--dry-run",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert out.returncode == 0, out.stderr
     lines = out.stdout.splitlines()
-    assert lines[1] == ("# sweep: 9 settings x 3 seeds at 8 epochs, and hard, als at 16, 32 epochs: 39 cells "
-                        "(a pretraining and an evaluation each); report: output/sweep_tiny_imagenet/report.md")
+    assert lines[1] == (
+        "# sweep: 9 settings x 3 seeds at 8 epochs, and hard, als at 16, 32 epochs: 39 cells "
+        "(a pretraining and an evaluation each); report: output/sweep_tiny_imagenet/report.md"
+    )
     commands = [ln for ln in lines if not ln.startswith("#")]
     assert len(commands) == 78
-    emax = next(ln for ln in commands if "pretrain/als_emax03_e8_s2" in ln and "tools/pretrain.py" in ln)
-    assert "configs/pretrain/tiny_imagenet_als.yaml" in emax and "LABELS.E_MAX 0.3" in emax and "SEED 2" in emax
+    emax = next(
+        ln for ln in commands if "pretrain/als_emax03_e8_s2" in ln and "tools/pretrain.py" in ln
+    )
+    assert (
+        "configs/pretrain/tiny_imagenet_als.yaml" in emax
+        and "LABELS.E_MAX 0.3" in emax
+        and "SEED 2" in emax
+    )
     assert any("evaluation/mixup_e8_s1" in ln and "tools/evaluate.py" in ln for ln in commands)
 
 
@@ -111,24 +186,49 @@ def test_progress_names_the_cell_and_estimates_the_time_left(tmp_path, caplog):
     raw["out"] = str(tmp_path / "sweep")
     plan = parse_plan(raw, "sweep.yaml")
     cells = sweep_cells(plan, build_graph(plan))
-    assert [c.run for c in cells] == ["hard_e1_s0", "als_e1_s0", "hard_e1_s1", "als_e1_s1",
-                                      "hard_e2_s0", "als_e2_s0", "hard_e2_s1", "als_e2_s1"]
+    assert [c.run for c in cells] == [
+        "hard_e1_s0",
+        "als_e1_s0",
+        "hard_e1_s1",
+        "als_e1_s1",
+        "hard_e2_s0",
+        "als_e2_s0",
+        "hard_e2_s1",
+        "als_e2_s1",
+    ]
     progress = Progress(cells)
     caplog.set_level(logging.INFO, logger="als_det.experiment")
     progress(cells[0].pretrain, Outcome())
-    assert "cell 1/8 hard_e1_s0 (hard, seed 0, 1 epoch): pretraining; 0 cells finished (0 earlier), 0 failed; " \
-           "time left: known once a cell has finished" in caplog.text
+    assert (
+        "cell 1/8 hard_e1_s0 (hard, seed 0, 1 epoch): pretraining; 0 cells "
+        "finished (0 earlier), 0 failed; time left: known once a cell has finished" in caplog.text
+    )
     caplog.clear()
-    # the first cell took 600 s (one epoch) + 40 s; an earlier invocation ran hard_e2_s1 in 1300 s + 60 s
-    for stage, seconds in ((cells[0].pretrain, 600), (cells[0].evaluate, 40), (cells[6].pretrain, 1300),
-                           (cells[6].evaluate, 60)):
-        atomic_write_json(stage.marker, {"fingerprint": "x", "seconds": seconds, "resumed_from": None})
-    progress(cells[1].pretrain, Outcome(ran=[cells[0].pretrain.name, cells[0].evaluate.name],
-                                        reused=[cells[6].pretrain.name, cells[6].evaluate.name]))
-    # rates: (600 + 1300) s / 3 epochs, (40 + 60) / 2 s; left: cells 1-5 and 7, 1+1+1+2+2+2 = 9 epochs and 6
-    # evaluations: 9 * 1900 / 3 + 6 * 50 = 6000 s
-    assert "cell 2/8 als_e1_s0 (als, seed 0, 1 epoch): pretraining; 2 cells finished (1 earlier), 0 failed; " \
-           "about 1 h 40 min left (633.3 s per training epoch, 50 s per evaluation so far)" in caplog.text
+    # the first cell took 600 s (one epoch) + 40 s; an earlier invocation ran hard_e2_s1 in 1300 s +
+    # 60 s
+    for stage, seconds in (
+        (cells[0].pretrain, 600),
+        (cells[0].evaluate, 40),
+        (cells[6].pretrain, 1300),
+        (cells[6].evaluate, 60),
+    ):
+        atomic_write_json(
+            stage.marker, {"fingerprint": "x", "seconds": seconds, "resumed_from": None}
+        )
+    progress(
+        cells[1].pretrain,
+        Outcome(
+            ran=[cells[0].pretrain.name, cells[0].evaluate.name],
+            reused=[cells[6].pretrain.name, cells[6].evaluate.name],
+        ),
+    )
+    # rates: (600 + 1300) s / 3 epochs, (40 + 60) / 2 s; left: cells 1-5 and 7, 1+1+1+2+2+2 = 9
+    # epochs and 6 evaluations: 9 * 1900 / 3 + 6 * 50 = 6000 s
+    assert (
+        "cell 2/8 als_e1_s0 (als, seed 0, 1 epoch): pretraining; 2 cells finished (1 earlier), "
+        "0 failed; about 1 h 40 min left (633.3 s per training epoch, 50 s per evaluation so far)"
+        in caplog.text
+    )
 
 
 def _sweep(plan: Path, out: Path) -> subprocess.CompletedProcess:
@@ -141,22 +241,30 @@ def _metrics(out: Path, run: str) -> dict:
 
 
 @pytest.mark.slow
-def test_smoke_sweep_reports_a_broken_cell_finishes_the_others_then_reuses_them(tmp_path, tiny_imagenet):
+def test_smoke_sweep_reports_a_broken_cell_finishes_the_others_then_reuses_them(
+    tmp_path, tiny_imagenet
+):
     out = tmp_path / "sweep"
     raw = _raw()
     raw["data"]["root"] = str(tiny_imagenet)
     (tmp_path / "sweep.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
-    raw["arms"]["broken"] = {"config": "configs/pretrain/tiny_imagenet_hard.yaml",
-                             "overrides": {"LABELS.STRATEGY": "no_such_strategy"}}
+    raw["arms"]["broken"] = {
+        "config": "configs/pretrain/tiny_imagenet_hard.yaml",
+        "overrides": {"LABELS.STRATEGY": "no_such_strategy"},
+    }
     (tmp_path / "broken.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
 
     first = _sweep(tmp_path / "broken.yaml", out)
     assert first.returncode == 1, first.stdout[-3000:] + first.stderr[-3000:]
     logs = {s: out / "logs" / f"pretrain_broken_e1_s{s}.log" for s in (0, 1)}
     for seed, log in logs.items():  # an unknown strategy is a user error: exit 2
-        assert f"FAILED stage pretrain_broken_e1_s{seed} failed (exit 2); log: {log}" in first.stderr
+        assert (
+            f"FAILED stage pretrain_broken_e1_s{seed} failed (exit 2); log: {log}" in first.stderr
+        )
         assert "no_such_strategy" in log.read_text()
-    assert "cell 10/10 als_e2_s1 (als, seed 1, 2 epochs): evaluation; 7 cells finished" in first.stderr
+    assert (
+        "cell 10/10 als_e2_s1 (als, seed 1, 2 epochs): evaluation; 7 cells finished" in first.stderr
+    )
     assert "left (" in first.stderr.split("cell 10/10")[1].splitlines()[0]
     report = (out / "report.md").read_text()
     assert report.startswith("# Sweep: sweep_smoke (incomplete)")
@@ -173,12 +281,18 @@ def test_smoke_sweep_reports_a_broken_cell_finishes_the_others_then_reuses_them(
     assert "tools/pretrain.py" not in second.stdout + second.stderr
     report = (out / "report.md").read_text()
     assert "Missing" not in report and "(incomplete)" not in report
-    for part in ("## Verdict", "## Accuracy and calibration", "## Context reliance: bg_only", "## Training length"):
+    for part in (
+        "## Verdict",
+        "## Accuracy and calibration",
+        "## Context reliance: bg_only",
+        "## Training length",
+    ):
         assert part in report, part
     for fig in ("tradeoff_bg_only.png", "tradeoff_outside_crop.png", "training_length.png"):
         assert f"]({fig})" in report and (out / fig).read_bytes()[:4] == b"\x89PNG"
 
-    # the numbers are those of the cells' own evaluations, paired with hard of the same seed and length
+    # the numbers are those of the cells' own evaluations, paired with hard of the same seed and
+    # length
     saved = json.loads((out / "sweep.json").read_text())
     assert saved["missing"] == [] and saved["main_epochs"] == 1
     groups = {(g["setting"], g["epochs"]): g["stats"] for g in saved["groups"]}
@@ -189,9 +303,13 @@ def test_smoke_sweep_reports_a_broken_cell_finishes_the_others_then_reuses_them(
         assert [m["checkpoint"]["epoch"] for m in als + hard] == [epochs] * 4
         stats = groups[("als", epochs)]
         assert stats["top1"]["mean"] == pytest.approx(np.mean([m["val"]["top1"] for m in als]))
-        assert stats["d_top1"]["mean"] == pytest.approx(np.mean([a["val"]["top1"] - h["val"]["top1"]
-                                                                 for a, h in zip(als, hard)]))
-        rel = [(a["variants"]["bg_only"]["mean_confidence"] / a["val"]["mean_confidence"])
-               / (h["variants"]["bg_only"]["mean_confidence"] / h["val"]["mean_confidence"]) for a, h in zip(als, hard)]
+        assert stats["d_top1"]["mean"] == pytest.approx(
+            np.mean([a["val"]["top1"] - h["val"]["top1"] for a, h in zip(als, hard)])
+        )
+        rel = [
+            (a["variants"]["bg_only"]["mean_confidence"] / a["val"]["mean_confidence"])
+            / (h["variants"]["bg_only"]["mean_confidence"] / h["val"]["mean_confidence"])
+            for a, h in zip(als, hard)
+        ]
         assert stats["ratio_relative_to_val_bg_only"]["mean"] == pytest.approx(np.mean(rel))
         assert stats["ratio_relative_to_val_bg_only"]["std"] == pytest.approx(np.std(rel, ddof=1))

@@ -1,4 +1,5 @@
 """The sweep report on cells made by real tiny trainings and the real evaluation code."""
+
 from __future__ import annotations
 
 import json
@@ -17,23 +18,69 @@ from als_det.report.sweep import SweepCell, SweepInputError, summarize, write_sw
 from als_det.report.sweep_figures import pareto_front
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "pretrain"
-TINY_GEN = {"NUM_CLASSES": 3, "TRAIN_PER_CLASS": 8, "VAL_PER_CLASS": 3, "IMAGE_SIZE": 16,
-            "DETECTION_TRAIN": 1, "DETECTION_VAL": 1, "DETECTION_IMAGE_SIZE": 32}
-SETTINGS = {"hard": ["LABELS.STRATEGY", "hard"], "ls": ["LABELS.STRATEGY", "ls"], "als": [],
-            "als_object": ["LABELS.COVERAGE", "object", "LABELS.E_MAX", "0.5"],
-            "cutmix": ["LABELS.STRATEGY", "cutmix"]}
+TINY_GEN = {
+    "NUM_CLASSES": 3,
+    "TRAIN_PER_CLASS": 8,
+    "VAL_PER_CLASS": 3,
+    "IMAGE_SIZE": 16,
+    "DETECTION_TRAIN": 1,
+    "DETECTION_VAL": 1,
+    "DETECTION_IMAGE_SIZE": 32,
+}
+SETTINGS = {
+    "hard": ["LABELS.STRATEGY", "hard"],
+    "ls": ["LABELS.STRATEGY", "ls"],
+    "als": [],
+    "als_object": ["LABELS.COVERAGE", "object", "LABELS.E_MAX", "0.5"],
+    "cutmix": ["LABELS.STRATEGY", "cutmix"],
+}
 SEEDS = (0, 1)
-# (epochs, seed) -> settings: ls has one seed (no interval), hard and als also run 2 epochs (training length)
-PLAN = {(1, 0): list(SETTINGS), (1, 1): ["hard", "als", "als_object", "cutmix"], (2, 0): ["hard", "als"]}
+# (epochs, seed) -> settings: ls has one seed (no interval), hard and als also run 2 epochs
+# (training length)
+PLAN = {
+    (1, 0): list(SETTINGS),
+    (1, 1): ["hard", "als", "als_object", "cutmix"],
+    (2, 0): ["hard", "als"],
+}
 
 
 def _train(root: Path, out: Path, setting: str, seed: int, epochs: int) -> Path:
-    return train(load_config(str(CONFIGS / "demo_als.yaml"), [
-        "DATA.ROOT", str(root), "DATA.GENERATE", "False", "DATA.IMAGE_SIZE", "16", "DATA.VAL_RESIZE", "18",
-        "DATA.NUM_WORKERS", "0", "DATA.CACHE_DIR", str(out / "cache"), "SOLVER.EPOCHS", str(epochs),
-        "SOLVER.WARMUP_EPOCHS", "0", "SOLVER.BATCH_SIZE", "8", "SOLVER.BASE_LR", "0.2",
-        "TRAIN.MAX_ITERS_PER_EPOCH", "1", "TRAIN.DEVICE", "cpu",
-        "SEED", str(seed), "OUTPUT_DIR", str(out), *SETTINGS[setting]]))
+    return train(
+        load_config(
+            str(CONFIGS / "demo_als.yaml"),
+            [
+                "DATA.ROOT",
+                str(root),
+                "DATA.GENERATE",
+                "False",
+                "DATA.IMAGE_SIZE",
+                "16",
+                "DATA.VAL_RESIZE",
+                "18",
+                "DATA.NUM_WORKERS",
+                "0",
+                "DATA.CACHE_DIR",
+                str(out / "cache"),
+                "SOLVER.EPOCHS",
+                str(epochs),
+                "SOLVER.WARMUP_EPOCHS",
+                "0",
+                "SOLVER.BATCH_SIZE",
+                "8",
+                "SOLVER.BASE_LR",
+                "0.2",
+                "TRAIN.MAX_ITERS_PER_EPOCH",
+                "1",
+                "TRAIN.DEVICE",
+                "cpu",
+                "SEED",
+                str(seed),
+                "OUTPUT_DIR",
+                str(out),
+                *SETTINGS[setting],
+            ],
+        )
+    )
 
 
 @pytest.fixture(scope="module")
@@ -47,8 +94,16 @@ def cells(tmp_path_factory) -> list[SweepCell]:
     for (epochs, seed), settings in PLAN.items():
         runs = {s: _train(root, base / f"{s}_s{seed}_e{epochs}", s, seed, epochs) for s in settings}
         ev = base / f"eval_s{seed}_e{epochs}"
-        write_evaluation(evaluate_checkpoints([str(r / "last.pth") for r in runs.values()], str(root), str(ev),
-                                              names=list(runs), opts=opts), ev)
+        write_evaluation(
+            evaluate_checkpoints(
+                [str(r / "last.pth") for r in runs.values()],
+                str(root),
+                str(ev),
+                names=list(runs),
+                opts=opts,
+            ),
+            ev,
+        )
         out += [SweepCell(s, seed, r, ev / "metrics.json") for s, r in runs.items()]
     return out
 
@@ -59,16 +114,25 @@ def test_report_numbers_come_from_the_evaluations(cells, tmp_path) -> None:
     sweep = summarize(cells)
     assert sweep.main_epochs == 1 and sweep.sources == ["bg_only", "outside_crop", "val_bg_only"]
     groups = {(g.setting, g.epochs): g for g in sweep.groups}
-    assert list(groups)[0] == ("hard", 1) and set(groups) == {(s, 1) for s in SETTINGS} | {("hard", 2), ("als", 2)}
+    assert list(groups)[0] == ("hard", 1) and set(groups) == {(s, 1) for s in SETTINGS} | {
+        ("hard", 2),
+        ("als", 2),
+    }
     assert groups[("ls", 1)].stats["d_top1"]["interval"] is None  # one seed: no interval
-    evals = {(c.seed, c.setting): json.loads(Path(c.eval_metrics).read_text()) for c in cells
-             if "_e1" in str(c.eval_metrics)}
+    evals = {
+        (c.seed, c.setting): json.loads(Path(c.eval_metrics).read_text())
+        for c in cells
+        if "_e1" in str(c.eval_metrics)
+    }
     als = groups[("als", 1)]
     top1 = [evals[(s, "als")]["models"]["als"]["val"]["top1"] for s in SEEDS]
     assert als.stats["top1"]["mean"] == pytest.approx(np.mean(top1))
     assert als.stats["top1"]["std"] == pytest.approx(np.std(top1, ddof=1))
-    diffs = [evals[(s, "als")]["models"]["als"]["val"]["top1"] - evals[(s, "hard")]["models"]["hard"]["val"]["top1"]
-             for s in SEEDS]
+    diffs = [
+        evals[(s, "als")]["models"]["als"]["val"]["top1"]
+        - evals[(s, "hard")]["models"]["hard"]["val"]["top1"]
+        for s in SEEDS
+    ]
     assert als.stats["d_top1"]["interval"] == pytest.approx(list(t_interval(diffs)[1:]))
     # the paired ratios are those the joint evaluation itself reported against hard
     for seed, cell in zip(SEEDS, als.cells):
@@ -76,13 +140,28 @@ def test_report_numbers_come_from_the_evaluations(cells, tmp_path) -> None:
         for source in ("bg_only", "outside_crop"):
             for form in ("ratio_absolute", "ratio_relative_to_val"):
                 assert cell.values[f"{form}_{source}"] == pytest.approx(head[source][form])
-    assert groups[("cutmix", 1)].strategy["name"] == "cutmix" and groups[("cutmix", 1)].stats["mean_e"]["mean"] > 0
+    assert (
+        groups[("cutmix", 1)].strategy["name"] == "cutmix"
+        and groups[("cutmix", 1)].stats["mean_e"]["mean"] > 0
+    )
 
     text = report.read_text()
-    for part in ("## Verdict", "## Accuracy and calibration", "## Context reliance: bg_only", "## Training length",
-                 "## Cells", "Student-t interval over seeds", "als: object coverage, e in [0, 0.5]", "cutmix: alpha=1"):
+    for part in (
+        "## Verdict",
+        "## Accuracy and calibration",
+        "## Context reliance: bg_only",
+        "## Training length",
+        "## Cells",
+        "Student-t interval over seeds",
+        "als: object coverage, e in [0, 0.5]",
+        "cutmix: alpha=1",
+    ):
         assert part in text, part
-    assert "no setting lowers" in text or "lowers relative context reliance" in text or "lowers it" in text
+    assert (
+        "no setting lowers" in text
+        or "lowers relative context reliance" in text
+        or "lowers it" in text
+    )
     for fig in ("tradeoff_bg_only.png", "tradeoff_outside_crop.png", "training_length.png"):
         assert f"]({fig})" in text and (tmp_path / "report" / fig).read_bytes()[:4] == b"\x89PNG"
     saved = json.loads((tmp_path / "report" / "sweep.json").read_text())
@@ -94,8 +173,12 @@ def test_cells_that_cannot_be_paired_are_refused(cells, tmp_path) -> None:
     no_hard = [c for c in cells if not (c.setting == "hard" and c.seed == 1)]
     with pytest.raises(SweepInputError, match=r"no 'hard' cell for \(seed, epochs\) \[\(1, 1\)\]"):
         summarize(no_hard)
-    wrong_seed = [SweepCell(c.setting, 7, c.run_dir, c.eval_metrics) if c.setting == "ls" and c.seed == 0 else c
-                  for c in cells]
+    wrong_seed = [
+        SweepCell(c.setting, 7, c.run_dir, c.eval_metrics)
+        if c.setting == "ls" and c.seed == 0
+        else c
+        for c in cells
+    ]
     with pytest.raises(SweepInputError, match="has seed 0"):
         summarize(wrong_seed)
     als = next(c for c in cells if c.setting == "als" and c.seed == 0)
@@ -105,11 +188,20 @@ def test_cells_that_cannot_be_paired_are_refused(cells, tmp_path) -> None:
         summarize([SweepCell("als", 0, als.run_dir, als.eval_metrics, model="hard")])
     # an evaluation of fewer images cannot be compared with the others
     other = tmp_path / "other_eval"
-    write_evaluation(evaluate_checkpoints(
-        [str(Path(als.run_dir) / "last.pth")], str(_data_root(als)), str(other),
-        opts=EvalOptions(max_images=4, workers=0, grid_images=0, progress=False, device="cpu")), other)
+    write_evaluation(
+        evaluate_checkpoints(
+            [str(Path(als.run_dir) / "last.pth")],
+            str(_data_root(als)),
+            str(other),
+            opts=EvalOptions(max_images=4, workers=0, grid_images=0, progress=False, device="cpu"),
+        ),
+        other,
+    )
     with pytest.raises(SweepInputError, match=r"differs in \['images_evaluated'\]"):
-        summarize([c for c in cells if c is not als] + [SweepCell("als", 0, als.run_dir, other / "metrics.json")])
+        summarize(
+            [c for c in cells if c is not als]
+            + [SweepCell("als", 0, als.run_dir, other / "metrics.json")]
+        )
 
 
 def _data_root(cell: SweepCell) -> Path:

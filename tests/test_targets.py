@@ -1,4 +1,5 @@
 """Targets: constant e equals torch's label smoothing; ALS clipping; no-box policies; masking."""
+
 from __future__ import annotations
 
 import math
@@ -21,7 +22,9 @@ def test_constant_e_equals_torch_label_smoothing(eps: float) -> None:
     torch.testing.assert_close(got, expected, rtol=1e-6, atol=1e-6)
     # the same through the per-sample path of the ls arm
     strat = LabelStrategy("ls", epsilon=eps)
-    loss, e, skipped = loss_for_batch(strat, logits, labels, torch.rand(17), torch.ones(17, dtype=torch.bool))
+    loss, e, skipped = loss_for_batch(
+        strat, logits, labels, torch.rand(17), torch.ones(17, dtype=torch.bool)
+    )
     torch.testing.assert_close(loss, expected, rtol=1e-6, atol=1e-6)
     assert skipped == 0 and torch.all(e == eps)
 
@@ -30,15 +33,16 @@ def test_hard_equals_cross_entropy_and_per_sample_e() -> None:
     g = torch.Generator().manual_seed(1)
     logits = torch.randn(8, 5, generator=g)
     labels = torch.randint(0, 5, (8,), generator=g)
-    loss, e, _ = loss_for_batch(LabelStrategy("hard"), logits, labels, torch.rand(8),
-                                torch.ones(8, dtype=torch.bool))
+    loss, e, _ = loss_for_batch(
+        LabelStrategy("hard"), logits, labels, torch.rand(8), torch.ones(8, dtype=torch.bool)
+    )
     torch.testing.assert_close(loss, F.cross_entropy(logits, labels))
     assert torch.all(e == 0)
     # per-sample e: each row equals torch's label smoothing with that row's e
     eps = torch.tensor([0.0, 0.1, 0.5, 1.0, 0.2, 0.7, 0.33, 0.9])
     per = F.cross_entropy(logits, soft_targets(labels, eps, 5), reduction="none")
     for i in range(8):
-        ref = F.cross_entropy(logits[i:i + 1], labels[i:i + 1], label_smoothing=float(eps[i]))
+        ref = F.cross_entropy(logits[i : i + 1], labels[i : i + 1], label_smoothing=float(eps[i]))
         torch.testing.assert_close(per[i], ref)
 
 
@@ -50,8 +54,13 @@ def test_soft_targets_rows() -> None:
 
 def test_soft_target_loss_is_stable_for_huge_logits() -> None:
     logits = torch.tensor([[1e4, -1e4, 0.0], [-3e4, 3e4, 1.0]], requires_grad=True)
-    loss, _, _ = loss_for_batch(LabelStrategy("ls", epsilon=0.1), logits, torch.tensor([0, 0]), torch.rand(2),
-                                torch.ones(2, dtype=torch.bool))
+    loss, _, _ = loss_for_batch(
+        LabelStrategy("ls", epsilon=0.1),
+        logits,
+        torch.tensor([0, 0]),
+        torch.rand(2),
+        torch.ones(2, dtype=torch.bool),
+    )
     loss.backward()
     assert torch.isfinite(loss) and torch.isfinite(logits.grad).all()
     # sample 1 puts 3e4 on the wrong class: its loss is about (0.9 + 0.1/3) * 6e4
@@ -61,8 +70,9 @@ def test_soft_target_loss_is_stable_for_huge_logits() -> None:
 def test_als_e_is_one_minus_coverage_clipped() -> None:
     cov = torch.tensor([0.0, 0.25, 0.6, 1.0])
     has = torch.ones(4, dtype=torch.bool)
-    torch.testing.assert_close(smoothing(LabelStrategy("als"), cov, has),
-                               torch.tensor([1.0, 0.75, 0.4, 0.0]))
+    torch.testing.assert_close(
+        smoothing(LabelStrategy("als"), cov, has), torch.tensor([1.0, 0.75, 0.4, 0.0])
+    )
     clipped = smoothing(LabelStrategy("als", e_min=0.1, e_max=0.5), cov, has)
     torch.testing.assert_close(clipped, torch.tensor([0.5, 0.5, 0.4, 0.1]))
 
@@ -90,8 +100,12 @@ def test_loss_for_batch_masks_skips_and_bad_labels() -> None:
     loss, e, skipped = loss_for_batch(LabelStrategy("als", no_box="skip"), logits, labels, cov, has)
     assert skipped == 2  # samples 2 and 4: no box; sample 1 is label -1 (not a skip)
     keep = torch.tensor([0, 3])
-    ref = torch.stack([F.cross_entropy(logits[i:i + 1], labels[i:i + 1],
-                                       label_smoothing=1 - float(cov[i])) for i in keep]).mean()
+    ref = torch.stack(
+        [
+            F.cross_entropy(logits[i : i + 1], labels[i : i + 1], label_smoothing=1 - float(cov[i]))
+            for i in keep
+        ]
+    ).mean()
     torch.testing.assert_close(loss, ref)
     loss.backward()
     assert torch.all(logits.grad[[1, 2, 4]] == 0)
@@ -100,8 +114,13 @@ def test_loss_for_batch_masks_skips_and_bad_labels() -> None:
 
 def test_loss_for_batch_with_nothing_usable_still_backprops() -> None:
     logits = torch.randn(2, 3, requires_grad=True)
-    loss, _, skipped = loss_for_batch(LabelStrategy("als"), logits, torch.tensor([-1, -1]),
-                                      torch.zeros(2), torch.zeros(2, dtype=torch.bool))
+    loss, _, skipped = loss_for_batch(
+        LabelStrategy("als"),
+        logits,
+        torch.tensor([-1, -1]),
+        torch.zeros(2),
+        torch.zeros(2, dtype=torch.bool),
+    )
     loss.backward()
     assert loss.item() == 0.0 and skipped == 0 and torch.all(logits.grad == 0)
 
@@ -121,7 +140,8 @@ def test_strategy_validation_and_config_round_trip() -> None:
 
 
 def test_default_als_targets_are_unchanged_by_the_new_options() -> None:
-    """Defaults (crop coverage, power 1) give bit for bit the targets of e = clip(1 - a, e_min, e_max)."""
+    """Defaults (crop coverage, power 1) give bit for bit the targets of e = clip(1 - a, e_min,
+    e_max)."""
     g = torch.Generator().manual_seed(3)
     cov, obj = torch.rand(64, generator=g), torch.rand(64, generator=g)
     has = torch.rand(64, generator=g) < 0.8
@@ -139,7 +159,9 @@ def test_als_power_and_object_coverage() -> None:
     squared = smoothing(LabelStrategy("als", power=2.0), cov, has)
     torch.testing.assert_close(squared, torch.tensor([1.0, 0.5625, 0.16, 0.0]))
     clipped = smoothing(LabelStrategy("als", power=0.5, e_max=0.8), cov, has)
-    torch.testing.assert_close(clipped, torch.tensor([0.8, 0.8, 0.4 ** 0.5, 0.0]))  # 0.75 ** 0.5 > 0.8
+    torch.testing.assert_close(
+        clipped, torch.tensor([0.8, 0.8, 0.4**0.5, 0.0])
+    )  # 0.75 ** 0.5 > 0.8
     by_object = smoothing(LabelStrategy("als", coverage="object"), cov, has, obj)
     torch.testing.assert_close(by_object, torch.tensor([0.0, 0.5, 0.9, 1.0]))
     with pytest.raises(ValueError, match="object coverage"):
@@ -148,9 +170,15 @@ def test_als_power_and_object_coverage() -> None:
     assert torch.all(smoothing(LabelStrategy("hard", coverage="object"), cov, has, obj) == 0)
     # through the loss: object coverage picks each row's label smoothing
     logits, labels = torch.randn(4, 3), torch.tensor([0, 1, 2, 0])
-    loss, e, _ = loss_for_batch(LabelStrategy("als", coverage="object"), logits, labels, cov, has, obj)
-    ref = torch.stack([F.cross_entropy(logits[i:i + 1], labels[i:i + 1], label_smoothing=float(1 - obj[i]))
-                       for i in range(4)]).mean()
+    loss, e, _ = loss_for_batch(
+        LabelStrategy("als", coverage="object"), logits, labels, cov, has, obj
+    )
+    ref = torch.stack(
+        [
+            F.cross_entropy(logits[i : i + 1], labels[i : i + 1], label_smoothing=float(1 - obj[i]))
+            for i in range(4)
+        ]
+    ).mean()
     torch.testing.assert_close(loss, ref)
 
 
@@ -165,5 +193,12 @@ def test_mix_strategies_carry_alpha_but_no_coverage_targets() -> None:
     s = LabelStrategy.from_cfg(cfg.LABELS)
     assert s.mixes and s.mix_alpha == 0.2 and not LabelStrategy("als").mixes
     # a checkpoint written before these keys existed reads back as today's defaults
-    old = {"name": "als", "epsilon": 0.1, "e_min": 0.0, "e_max": 1.0, "no_box": "ls", "no_box_epsilon": 0.1}
+    old = {
+        "name": "als",
+        "epsilon": 0.1,
+        "e_min": 0.0,
+        "e_max": 1.0,
+        "no_box": "ls",
+        "no_box_epsilon": 0.1,
+    }
     assert LabelStrategy.from_dict(old) == LabelStrategy("als")

@@ -1,5 +1,6 @@
-"""The trainer on a tiny generated data set: exact resume, NaN stop, checkpoint contents, lr schedule,
-the CutMix arm on the hard arm's crops, object coverage."""
+"""The trainer on a tiny generated data set: exact resume, NaN stop, checkpoint contents, lr
+schedule, the CutMix arm on the hard arm's crops, object coverage."""
+
 from __future__ import annotations
 
 import json
@@ -22,8 +23,15 @@ from als_det.mixing import BatchMixer
 from als_det.targets import LabelStrategy
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "pretrain"
-TINY_GEN = {"NUM_CLASSES": 3, "TRAIN_PER_CLASS": 8, "VAL_PER_CLASS": 3, "IMAGE_SIZE": 16,
-            "DETECTION_TRAIN": 1, "DETECTION_VAL": 1, "DETECTION_IMAGE_SIZE": 32}
+TINY_GEN = {
+    "NUM_CLASSES": 3,
+    "TRAIN_PER_CLASS": 8,
+    "VAL_PER_CLASS": 3,
+    "IMAGE_SIZE": 16,
+    "DETECTION_TRAIN": 1,
+    "DETECTION_VAL": 1,
+    "DETECTION_IMAGE_SIZE": 32,
+}
 
 
 @pytest.fixture(scope="module")
@@ -38,11 +46,38 @@ def tiny_root(tmp_path_factory) -> Path:
 
 
 def tiny_cfg(root: Path, out: Path, *extra: str) -> CfgNode:
-    return load_config(str(CONFIGS / "demo_als.yaml"), [
-        "DATA.ROOT", str(root), "DATA.GENERATE", "False", "DATA.IMAGE_SIZE", "16", "DATA.VAL_RESIZE", "18",
-        "DATA.NUM_WORKERS", "0", "DATA.CACHE_DIR", str(out / "cache"), "SOLVER.EPOCHS", "2",
-        "SOLVER.BATCH_SIZE", "8", "SOLVER.BASE_LR", "0.2", "LABELS.NO_BOX", "skip", "TRAIN.DEVICE", "cpu",
-        "TRAIN.DETERMINISTIC", "True", "OUTPUT_DIR", str(out), *extra])
+    return load_config(
+        str(CONFIGS / "demo_als.yaml"),
+        [
+            "DATA.ROOT",
+            str(root),
+            "DATA.GENERATE",
+            "False",
+            "DATA.IMAGE_SIZE",
+            "16",
+            "DATA.VAL_RESIZE",
+            "18",
+            "DATA.NUM_WORKERS",
+            "0",
+            "DATA.CACHE_DIR",
+            str(out / "cache"),
+            "SOLVER.EPOCHS",
+            "2",
+            "SOLVER.BATCH_SIZE",
+            "8",
+            "SOLVER.BASE_LR",
+            "0.2",
+            "LABELS.NO_BOX",
+            "skip",
+            "TRAIN.DEVICE",
+            "cpu",
+            "TRAIN.DETERMINISTIC",
+            "True",
+            "OUTPUT_DIR",
+            str(out),
+            *extra,
+        ],
+    )
 
 
 def rows(out: Path) -> list[dict]:
@@ -59,7 +94,12 @@ def runs(tiny_root, tmp_path_factory) -> dict[str, Path]:
     shutil.copy(base / "b" / "last.pth", base / "epoch1.pth")
     metrics_epoch1 = rows(base / "b")
     train(cfg_b, resume="last")
-    return {"a": a, "b": base / "b", "epoch1": base / "epoch1.pth", "metrics_epoch1": metrics_epoch1}
+    return {
+        "a": a,
+        "b": base / "b",
+        "epoch1": base / "epoch1.pth",
+        "metrics_epoch1": metrics_epoch1,
+    }
 
 
 def test_resume_ends_with_the_same_weights(runs):
@@ -82,13 +122,16 @@ def test_resume_ends_with_the_same_weights(runs):
 
 
 def _without_timings(out: Path) -> list[dict]:
-    return [{k: v for k, v in r.items() if not k.endswith("_time_s") and k != "images_per_s"} for r in rows(out)]
+    return [
+        {k: v for k, v in r.items() if not k.endswith("_time_s") and k != "images_per_s"}
+        for r in rows(out)
+    ]
 
 
 @pytest.mark.slow
 def test_same_seed_on_the_same_cpu_gives_bit_identical_runs(runs, tiny_root, tmp_path):
-    """What README.md ("Reproducibility") states: with TRAIN.DETERMINISTIC, the same seed
-    on the same machine (same torch threads) gives the same weights and metrics bit for bit, with any
+    """What README.md ("Reproducibility") states: with TRAIN.DETERMINISTIC, the same seed on the
+    same machine (same torch threads) gives the same weights and metrics bit for bit, with any
     number of data-loading workers. Measured too: on the CPU it holds without the flag."""
     workers = train(tiny_cfg(tiny_root, tmp_path / "workers", "DATA.NUM_WORKERS", "2"))
     no_flag = train(tiny_cfg(tiny_root, tmp_path / "no_flag", "TRAIN.DETERMINISTIC", "False"))
@@ -97,7 +140,9 @@ def test_same_seed_on_the_same_cpu_gives_bit_identical_runs(runs, tiny_root, tmp
         weights = load_checkpoint(out / "last.pth")["model"]
         assert all(torch.equal(weights[k], reference[k]) for k in reference), out
         assert _without_timings(out) == _without_timings(runs["a"]), out
-    assert json.loads((no_flag / "run.json").read_text())["torch_threads"] == torch.get_num_threads()
+    assert (
+        json.loads((no_flag / "run.json").read_text())["torch_threads"] == torch.get_num_threads()
+    )
 
 
 def test_metrics_count_bad_and_skipped_images(runs):
@@ -106,10 +151,21 @@ def test_metrics_count_bad_and_skipped_images(runs):
         assert (r["images"], r["bad_images"], r["skipped_no_box"], r["used"]) == (24, 1, 1, 22)
         assert r["with_box_fraction"] == 1.0
         assert 0.0 < r["mean_coverage"] < 1.0
-        assert r["mean_e"] == pytest.approx(1.0 - r["mean_coverage"], abs=1e-6)  # e = 1 - a, no clipping
+        assert r["mean_e"] == pytest.approx(
+            1.0 - r["mean_coverage"], abs=1e-6
+        )  # e = 1 - a, no clipping
         assert r["val_n"] == 9 and r["val_bad_images"] == 0
-        for key in ("lr", "train_loss", "images_per_s", "val_top1", "val_top5", "val_nll", "val_ece",
-                    "val_brier", "epoch_time_s"):
+        for key in (
+            "lr",
+            "train_loss",
+            "images_per_s",
+            "val_top1",
+            "val_top5",
+            "val_nll",
+            "val_ece",
+            "val_brier",
+            "epoch_time_s",
+        ):
             assert math.isfinite(r[key]), key
     run = json.loads((runs["a"] / "run.json").read_text())
     assert run["index"]["train"]["images"] == 24 and run["index"]["train"]["with_boxes"] == 23
@@ -125,11 +181,23 @@ def test_checkpoint_contents(runs, tiny_root):
     assert all(ckpt["model"][k].shape == v.shape for k, v in reference.items())
     assert ckpt["arch"] == "resnet18" and ckpt["num_classes"] == 3 and ckpt["epoch"] == 2
     assert ckpt["classes"] == sorted(p.name for p in (tiny_root / "train").iterdir())
-    assert ckpt["label_strategy"] == {"name": "als", "epsilon": 0.1, "e_min": 0.0, "e_max": 1.0,
-                                      "no_box": "skip", "no_box_epsilon": 0.1, "coverage": "crop",
-                                      "power": 1.0, "mix_alpha": 1.0}
-    assert ckpt["preprocessing"] == {"input_format": "RGB", "pixel_mean": pytest.approx([123.675, 116.28, 103.53]),
-                                     "pixel_std": pytest.approx([58.395, 57.12, 57.375]), "image_size": 16}
+    assert ckpt["label_strategy"] == {
+        "name": "als",
+        "epsilon": 0.1,
+        "e_min": 0.0,
+        "e_max": 1.0,
+        "no_box": "skip",
+        "no_box_epsilon": 0.1,
+        "coverage": "crop",
+        "power": 1.0,
+        "mix_alpha": 1.0,
+    }
+    assert ckpt["preprocessing"] == {
+        "input_format": "RGB",
+        "pixel_mean": pytest.approx([123.675, 116.28, 103.53]),
+        "pixel_std": pytest.approx([58.395, 57.12, 57.375]),
+        "image_size": 16,
+    }
     saved_cfg = get_cfg()
     saved_cfg.merge_from_other_cfg(CfgNode.load_cfg(ckpt["config"]))
     assert saved_cfg == tiny_cfg(tiny_root, out)
@@ -168,8 +236,18 @@ def test_nan_stops_and_keeps_last_good_checkpoint(tiny_root, runs, tmp_path):
     assert [r["epoch"] for r in rows(tmp_path)] == [1]
 
     # a fresh run in the same OUTPUT_DIR replaces the failed one instead of mixing with it
-    train(tiny_cfg(tiny_root, tmp_path, "TRAIN.MAX_ITERS_PER_EPOCH", "1", "SOLVER.EPOCHS", "1",
-                        "SOLVER.WARMUP_EPOCHS", "0"))
+    train(
+        tiny_cfg(
+            tiny_root,
+            tmp_path,
+            "TRAIN.MAX_ITERS_PER_EPOCH",
+            "1",
+            "SOLVER.EPOCHS",
+            "1",
+            "SOLVER.WARMUP_EPOCHS",
+            "0",
+        )
+    )
     (row,) = rows(tmp_path)
     assert row["iterations"] == 1 and load_checkpoint(tmp_path / "last.pth")["epoch"] == 1
     assert len(list((tmp_path / "tb").glob("events.out.tfevents.*"))) == 1
@@ -181,27 +259,65 @@ def test_missing_resume_checkpoint_is_an_error(runs, tiny_root):
 
 
 def test_lr_schedule_and_scaling():
-    cfg = load_config(str(CONFIGS / "Base-ImageNet.yaml"), ["SOLVER.EPOCHS", "3", "SOLVER.WARMUP_EPOCHS", "1"])
+    cfg = load_config(
+        str(CONFIGS / "Base-ImageNet.yaml"), ["SOLVER.EPOCHS", "3", "SOLVER.WARMUP_EPOCHS", "1"]
+    )
     ipe = 10
-    assert lr_factor(0, ipe, cfg) == pytest.approx(0.1)            # linear warm-up per iteration
+    assert lr_factor(0, ipe, cfg) == pytest.approx(0.1)  # linear warm-up per iteration
     assert lr_factor(9, ipe, cfg) == pytest.approx(1.0)
-    assert lr_factor(10, ipe, cfg) == pytest.approx(1.0)           # cosine starts at the peak
-    assert lr_factor(20, ipe, cfg) == pytest.approx(0.5)           # half-way through the decay
+    assert lr_factor(10, ipe, cfg) == pytest.approx(1.0)  # cosine starts at the peak
+    assert lr_factor(20, ipe, cfg) == pytest.approx(0.5)  # half-way through the decay
     assert lr_factor(29, ipe, cfg) == pytest.approx(0.5 * (1 + math.cos(math.pi * 19 / 20)))
-    step = load_config(str(CONFIGS / "Base-ImageNet.yaml"), [
-        "SOLVER.SCHEDULE", "step", "SOLVER.STEPS", "(1, 2)", "SOLVER.WARMUP_EPOCHS", "0", "SOLVER.EPOCHS", "3"])
+    step = load_config(
+        str(CONFIGS / "Base-ImageNet.yaml"),
+        [
+            "SOLVER.SCHEDULE",
+            "step",
+            "SOLVER.STEPS",
+            "(1, 2)",
+            "SOLVER.WARMUP_EPOCHS",
+            "0",
+            "SOLVER.EPOCHS",
+            "3",
+        ],
+    )
     assert [lr_factor(i, ipe, step) for i in (0, 9, 10, 25)] == pytest.approx([1.0, 1.0, 0.1, 0.01])
     opt = build_optimizer(torch.nn.Linear(2, 2), cfg, world_size=8)  # 32 x 8 = 256 images
     assert opt.param_groups[0]["lr"] == pytest.approx(0.1)
-    assert build_optimizer(torch.nn.Linear(2, 2), cfg, world_size=2).param_groups[0]["lr"] == pytest.approx(0.025)
+    assert build_optimizer(torch.nn.Linear(2, 2), cfg, world_size=2).param_groups[0][
+        "lr"
+    ] == pytest.approx(0.025)
 
 
 def test_fresh_run_sets_an_earlier_run_aside(tiny_root, tmp_path):
     out = tmp_path / "run"
-    train(tiny_cfg(tiny_root, out, "SOLVER.EPOCHS", "1", "TRAIN.MAX_ITERS_PER_EPOCH", "1", "SOLVER.WARMUP_EPOCHS", "0"))
+    train(
+        tiny_cfg(
+            tiny_root,
+            out,
+            "SOLVER.EPOCHS",
+            "1",
+            "TRAIN.MAX_ITERS_PER_EPOCH",
+            "1",
+            "SOLVER.WARMUP_EPOCHS",
+            "0",
+        )
+    )
     first = (out / "last.pth").read_bytes()
-    train(tiny_cfg(tiny_root, out, "SOLVER.EPOCHS", "1", "TRAIN.MAX_ITERS_PER_EPOCH", "1", "SEED", "1",
-                         "SOLVER.WARMUP_EPOCHS", "0"))
+    train(
+        tiny_cfg(
+            tiny_root,
+            out,
+            "SOLVER.EPOCHS",
+            "1",
+            "TRAIN.MAX_ITERS_PER_EPOCH",
+            "1",
+            "SEED",
+            "1",
+            "SOLVER.WARMUP_EPOCHS",
+            "0",
+        )
+    )
     aside = list(out.glob("previous-*"))
     assert len(aside) == 1
     assert (aside[0] / "last.pth").read_bytes() == first  # the earlier result survives, untouched
@@ -211,17 +327,24 @@ def test_fresh_run_sets_an_earlier_run_aside(tiny_root, tmp_path):
 
 def _first_inputs(store: list) -> Callable[[torch.nn.Module], None]:
     def hook(model: torch.nn.Module) -> None:
-        model.register_forward_pre_hook(lambda m, args: store.append(args[0].clone()) if m.training else None)
+        model.register_forward_pre_hook(
+            lambda m, args: store.append(args[0].clone()) if m.training else None
+        )
+
     return hook
 
 
 def test_cutmix_mixes_the_crops_the_hard_arm_sees_and_resumes_exactly(tiny_root, tmp_path):
     one = ("SOLVER.EPOCHS", "1", "SOLVER.WARMUP_EPOCHS", "0", "TRAIN.MAX_ITERS_PER_EPOCH", "1")
     hard_inputs, cutmix_inputs = [], []
-    train(tiny_cfg(tiny_root, tmp_path / "hard", "LABELS.STRATEGY", "hard", *one),
-          model_hook=_first_inputs(hard_inputs))
-    train(tiny_cfg(tiny_root, tmp_path / "cm1", "LABELS.STRATEGY", "cutmix", *one),
-          model_hook=_first_inputs(cutmix_inputs))
+    train(
+        tiny_cfg(tiny_root, tmp_path / "hard", "LABELS.STRATEGY", "hard", *one),
+        model_hook=_first_inputs(hard_inputs),
+    )
+    train(
+        tiny_cfg(tiny_root, tmp_path / "cm1", "LABELS.STRATEGY", "cutmix", *one),
+        model_hook=_first_inputs(cutmix_inputs),
+    )
     # one batch of 8 crops: undecodable image masked, the others mixed as BatchMixer mixes them
     labels = torch.tensor([-1 if x.abs().sum() == 0 else 0 for x in hard_inputs[0]])
     expected, _ = BatchMixer(LabelStrategy("cutmix"), 3, seed=0)(hard_inputs[0], labels, 1, 0)
@@ -238,16 +361,45 @@ def test_cutmix_mixes_the_crops_the_hard_arm_sees_and_resumes_exactly(tiny_root,
         assert torch.equal(a["model"][key], b["model"][key]), key
     for x, y in zip(rows(straight), rows(tmp_path / "b")):
         assert x["train_loss"] == y["train_loss"] and x["mean_e"] == y["mean_e"]
-        assert 0.0 < x["mean_e"] < 1.0 and 0.0 < x["mean_coverage"] < 1.0  # crops' coverage, before mixing
+        assert (
+            0.0 < x["mean_e"] < 1.0 and 0.0 < x["mean_coverage"] < 1.0
+        )  # crops' coverage, before mixing
         assert x["used"] == 23  # mixing uses every decodable image; the no-box policy is ALS's
 
 
 def test_als_object_coverage_run_logs_its_coverage(tiny_root, tmp_path):
-    out = train(tiny_cfg(tiny_root, tmp_path, "LABELS.COVERAGE", "object", "LABELS.POWER", "2.0",
-                         "SOLVER.EPOCHS", "1", "SOLVER.WARMUP_EPOCHS", "0"))
+    out = train(
+        tiny_cfg(
+            tiny_root,
+            tmp_path,
+            "LABELS.COVERAGE",
+            "object",
+            "LABELS.POWER",
+            "2.0",
+            "SOLVER.EPOCHS",
+            "1",
+            "SOLVER.WARMUP_EPOCHS",
+            "0",
+        )
+    )
     (row,) = rows(out)
-    assert 0.0 < row["mean_coverage"] < row["mean_object_coverage"] <= 1.0  # objects are smaller than crops
-    assert row["mean_e"] <= 1.0 - row["mean_object_coverage"]  # (1 - a) ** 2 <= 1 - a, mean over crops
+    assert (
+        0.0 < row["mean_coverage"] < row["mean_object_coverage"] <= 1.0
+    )  # objects are smaller than crops
+    assert (
+        row["mean_e"] <= 1.0 - row["mean_object_coverage"]
+    )  # (1 - a) ** 2 <= 1 - a, mean over crops
     with pytest.raises(ValueError, match='LABELS.COVERAGE: "object" \\(checkpoint\\) -> "crop"'):
-        train(tiny_cfg(tiny_root, tmp_path, "LABELS.POWER", "2.0", "SOLVER.EPOCHS", "1",
-                       "SOLVER.WARMUP_EPOCHS", "0"), resume="last")  # a resume must not switch the coverage
+        train(
+            tiny_cfg(
+                tiny_root,
+                tmp_path,
+                "LABELS.POWER",
+                "2.0",
+                "SOLVER.EPOCHS",
+                "1",
+                "SOLVER.WARMUP_EPOCHS",
+                "0",
+            ),
+            resume="last",
+        )  # a resume must not switch the coverage

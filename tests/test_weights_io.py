@@ -1,4 +1,5 @@
 """Weight files from anyone: weights-only torch loading and the restricted detectron2 unpickler."""
+
 from __future__ import annotations
 
 import argparse
@@ -37,10 +38,17 @@ def crafted_files(folder: Path) -> tuple[Path, Path, Path]:
     """(a .pth, a .pkl, the marker path): both files create the marker when unpickled."""
     marker = folder / "marker"
     pth, pkl = folder / "crafted.pth", folder / "crafted.pkl"
-    torch.save({"model": torchvision.models.resnet18().state_dict(), "x": MarkerPayload(marker)},
-               pth)
-    pkl.write_bytes(pickle.dumps({"model": {"stem.conv1.weight": np.zeros((64, 3, 7, 7))},
-                                  "__author__": MarkerPayload(marker)}))
+    torch.save(
+        {"model": torchvision.models.resnet18().state_dict(), "x": MarkerPayload(marker)}, pth
+    )
+    pkl.write_bytes(
+        pickle.dumps(
+            {
+                "model": {"stem.conv1.weight": np.zeros((64, 3, 7, 7))},
+                "__author__": MarkerPayload(marker),
+            }
+        )
+    )
     return pth, pkl, marker
 
 
@@ -70,9 +78,17 @@ def py2_era_pickle(obj: object) -> bytes:
 
 def test_numpy_pickles_reference_only_the_allowed_globals(tmp_path: Path) -> None:
     a = np.arange(12, dtype=np.float32).reshape(3, 4)
-    values = {"c": a, "f": np.asfortranarray(a), "strided": a[:, ::2], "i64": np.arange(3),
-              "bool": np.array([True, False]), "scalar": np.float32(1.5),
-              "dtype": np.dtype("<f8"), "bytes": b"\x00\xff", "nested": [(1, 2.0, None, "x")]}
+    values = {
+        "c": a,
+        "f": np.asfortranarray(a),
+        "strided": a[:, ::2],
+        "i64": np.arange(3),
+        "bool": np.array([True, False]),
+        "scalar": np.float32(1.5),
+        "dtype": np.dtype("<f8"),
+        "bytes": b"\x00\xff",
+        "nested": [(1, 2.0, None, "x")],
+    }
     seen: set[tuple[str, str]] = set()
 
     class Recording(pickle.Unpickler):
@@ -92,14 +108,23 @@ def test_numpy_pickles_reference_only_the_allowed_globals(tmp_path: Path) -> Non
                 assert loaded[key].dtype == value.dtype
             else:
                 assert loaded[key] == value, (protocol, key)
-    assert seen == {("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode"),
-                    ("numpy._core.multiarray", "_reconstruct"),
-                    ("numpy._core.multiarray", "scalar"), ("numpy._core.numeric", "_frombuffer")}
+    assert seen == {
+        ("numpy", "ndarray"),
+        ("numpy", "dtype"),
+        ("_codecs", "encode"),
+        ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy._core.multiarray", "scalar"),
+        ("numpy._core.numeric", "_frombuffer"),
+    }
 
 
 def test_a_python2_era_model_zoo_file_loads(tmp_path: Path) -> None:
-    weights = {"res2.0.conv1.weight": np.random.default_rng(0).normal(size=(64, 64, 3, 3))
-               .astype(np.float32), "stem.conv1.norm.running_var": np.ones(64, np.float32)}
+    weights = {
+        "res2.0.conv1.weight": np.random.default_rng(0)
+        .normal(size=(64, 64, 3, 3))
+        .astype(np.float32),
+        "stem.conv1.norm.running_var": np.ones(64, np.float32),
+    }
     data = py2_era_pickle({"model": weights, "__author__": "FAIR"})
     ops = {op.name for op, _, _ in pickletools.genops(data)}
     assert "SHORT_BINSTRING" in ops and "BINSTRING" in ops and "BINUNICODE" not in ops
@@ -126,8 +151,9 @@ def test_crafted_files_are_refused_and_run_nothing(tmp_path: Path) -> None:
     assert marker.exists()
 
 
-def test_a_trusted_legacy_checkpoint_needs_the_opt_in(tmp_path: Path,
-                                                      caplog: pytest.LogCaptureFixture) -> None:
+def test_a_trusted_legacy_checkpoint_needs_the_opt_in(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     # torchvision's reference scripts save their argparse.Namespace beside the weights
     path = tmp_path / "reference.pth"
     state = torchvision.models.resnet18().state_dict()

@@ -1,11 +1,13 @@
 #!/usr/bin/env python
 """Compare fine-tuning runs by backbone label strategy: table with deltas + AP bar chart.
 
-    python tools/compare.py output/finetune/demo_hard output/finetune/demo_ls output/finetune/demo_als \\
-        [--baseline hard] [--format markdown|csv|latex] [--out output/compare]
+    python tools/compare.py output/finetune/demo_hard output/finetune/demo_ls \\
+        output/finetune/demo_als [--baseline hard] [--format markdown|csv|latex] \\
+        [--out output/compare]
 
 The table goes to stdout (to paste or pipe); the files it wrote are logged.
 """
+
 import sys
 
 from als_det.cli import argument_parser, run
@@ -14,12 +16,20 @@ from als_det.report.compare import FORMATS, run_compare
 
 def build_parser():
     parser = argument_parser(__doc__)
-    parser.add_argument("runs", nargs="+", metavar="RUN_DIR",
-                        help="fine-tuning output folders (or their results.json files)")
+    parser.add_argument(
+        "runs",
+        nargs="+",
+        metavar="RUN_DIR",
+        help="fine-tuning output folders (or their results.json files)",
+    )
     parser.add_argument("--baseline", default="hard", help="strategy the deltas refer to")
     parser.add_argument("--format", default="markdown", choices=list(FORMATS), help="table format")
-    parser.add_argument("--out", default="output/compare", metavar="DIR",
-                        help="folder for the table, comparison.json and ap_by_strategy.png")
+    parser.add_argument(
+        "--out",
+        default="output/compare",
+        metavar="DIR",
+        help="folder for the table, comparison.json and ap_by_strategy.png",
+    )
     return parser
 
 

@@ -1,20 +1,28 @@
 #!/usr/bin/env python
-"""Evaluate pretrained checkpoints: classification, calibration, context-only views, where the model looks.
+"""Evaluate pretrained checkpoints: classification, calibration, context-only views, where the
+model looks.
 
     python tools/evaluate.py --checkpoint output/pretrain/demo_hard/last.pth \\
-        --checkpoint output/pretrain/demo_als/last.pth --data datasets/context_bias --out output/evaluate
-    torchrun --nproc_per_node 8 tools/evaluate.py --checkpoint output/pretrain/imagenet_r50_hard/last.pth \\
-        --checkpoint output/pretrain/imagenet_r50_als/last.pth --data datasets/imagenet --out output/eval_r50
+        --checkpoint output/pretrain/demo_als/last.pth --data datasets/context_bias \\
+        --out output/evaluate
+    torchrun --nproc_per_node 8 tools/evaluate.py \\
+        --checkpoint output/pretrain/imagenet_r50_hard/last.pth \\
+        --checkpoint output/pretrain/imagenet_r50_als/last.pth --data datasets/imagenet \\
+        --out output/eval_r50
 
-Writes DIR/metrics.json, DIR/report.md and PNG figures (reliability diagrams, bg_only confidence, CAM grid).
+Writes DIR/metrics.json, DIR/report.md and PNG figures (reliability diagrams, bg_only confidence,
+CAM grid).
 
 An ImageNet-9 Backgrounds Challenge tree (ROOT/<variant>/val/<class>/*, variants original,
 only_bg_b, only_bg_t, no_fg, only_fg, mixed_same, mixed_rand, mixed_next) is recognised by its
-original/val folder: per-variant accuracy and BG-Gap go to DIR/in9_metrics.json and DIR/in9_report.md.
+original/val folder: per-variant accuracy and BG-Gap go to DIR/in9_metrics.json and
+DIR/in9_report.md.
 
-    python tools/evaluate.py --checkpoint output/pretrain/imagenet_r50_als/last.pth --data datasets/bg_challenge \\
-        --in-to-in9 datasets/bg_challenge/in_to_in9.json --out output/eval_r50_in9
+    python tools/evaluate.py --checkpoint output/pretrain/imagenet_r50_als/last.pth \\
+        --data datasets/bg_challenge --in-to-in9 datasets/bg_challenge/in_to_in9.json \\
+        --out output/eval_r50_in9
 """
+
 from __future__ import annotations
 
 import logging
@@ -30,22 +38,50 @@ from als_det.report.evaluation import write_evaluation
 logger = logging.getLogger("als_det.tools.evaluate")
 
 # Options of the box-based evaluation that an ImageNet-9 tree has no use for.
-IN9_IGNORES = ("split", "boxes", "val_labels", "temperature_scaling", "fill", "min_crop_fraction", "cam_method",
-               "grid_images", "max_images", "cache_dir")
+IN9_IGNORES = (
+    "split",
+    "boxes",
+    "val_labels",
+    "temperature_scaling",
+    "fill",
+    "min_crop_fraction",
+    "cam_method",
+    "grid_images",
+    "max_images",
+    "cache_dir",
+)
 
 
 def build_parser():
     p = argument_parser(__doc__)
-    p.add_argument("--checkpoint", action="append", required=True, help="a pretraining checkpoint (repeat)")
-    p.add_argument("--name", action="append", default=None,
-                   help="a model name per --checkpoint, in order (default: its label strategy)")
-    p.add_argument("--data", required=True, metavar="ROOT",
-                   help="data root (ImageNet layout with Annotation/<split>, or an ImageNet-9 tree)")
+    p.add_argument(
+        "--checkpoint", action="append", required=True, help="a pretraining checkpoint (repeat)"
+    )
+    p.add_argument(
+        "--name",
+        action="append",
+        default=None,
+        help="a model name per --checkpoint, in order (default: its label strategy)",
+    )
+    p.add_argument(
+        "--data",
+        required=True,
+        metavar="ROOT",
+        help="data root (ImageNet layout with Annotation/<split>, or an ImageNet-9 tree)",
+    )
     p.add_argument("--out", default="output/evaluate", metavar="DIR", help="output folder")
-    p.add_argument("--baseline", default=None,
-                   help="model name the headline ratios divide by (default: hard if present, else the first)")
-    p.add_argument("--in-to-in9", default=None, metavar="JSON",
-                   help="ImageNet-9 data: the challenge's in_to_in9.json, for models whose classes are not IN-9's")
+    p.add_argument(
+        "--baseline",
+        default=None,
+        help="model name the headline ratios divide by (default: hard if present, else the first)",
+    )
+    p.add_argument(
+        "--in-to-in9",
+        default=None,
+        metavar="JSON",
+        help="ImageNet-9 data: the challenge's in_to_in9.json, "
+        "for models whose classes are not IN-9's",
+    )
     add_options(p.add_argument_group("evaluation options"), EvalOptions)
     return p
 
@@ -54,20 +90,42 @@ def run_tool(args) -> None:
     opts = options_from_args(EvalOptions, args)
     if is_in9_layout(args.data):
         defaults = EvalOptions()
-        unused = [option_flag(f) for f in fields(EvalOptions)
-                  if f.name in IN9_IGNORES and getattr(opts, f.name) != getattr(defaults, f.name)]
+        unused = [
+            option_flag(f)
+            for f in fields(EvalOptions)
+            if f.name in IN9_IGNORES and getattr(opts, f.name) != getattr(defaults, f.name)
+        ]
         if args.baseline is not None:
             unused.insert(0, "--baseline")
         if unused:
-            raise ValueError(f"{' '.join(unused)} do(es) not apply to ImageNet-9 data ({args.data} has original/val)")
-        metrics = evaluate_in9(args.checkpoint, args.data, args.out, names=args.name, in_to_in9=args.in_to_in9,
-                               opts=opts, args=vars(args))
+            raise ValueError(
+                f"{' '.join(unused)} do(es) not apply to "
+                f"ImageNet-9 data ({args.data} has original/val)"
+            )
+        metrics = evaluate_in9(
+            args.checkpoint,
+            args.data,
+            args.out,
+            names=args.name,
+            in_to_in9=args.in_to_in9,
+            opts=opts,
+            args=vars(args),
+        )
         write, summary = write_in9_report, summary_lines
     else:
         if args.in_to_in9:
-            raise ValueError(f"--in-to-in9 applies to ImageNet-9 data; {args.data} has no original/val folder")
-        metrics = evaluate_checkpoints(args.checkpoint, args.data, args.out, names=args.name,
-                                       baseline=args.baseline, opts=opts, args=vars(args))
+            raise ValueError(
+                f"--in-to-in9 applies to ImageNet-9 data; {args.data} has no original/val folder"
+            )
+        metrics = evaluate_checkpoints(
+            args.checkpoint,
+            args.data,
+            args.out,
+            names=args.name,
+            baseline=args.baseline,
+            opts=opts,
+            args=vars(args),
+        )
         write, summary = write_evaluation, _bg_only_sentences
     if metrics is not None:  # rank 0
         report = write(metrics, args.out)
@@ -77,8 +135,12 @@ def run_tool(args) -> None:
 
 
 def _bg_only_sentences(metrics: dict) -> list[str]:
-    return [comps["bg_only"]["sentence"] for comps in metrics["headline"]["comparisons"].values()
-            if "bg_only" in comps]
+    return [
+        comps["bg_only"]["sentence"]
+        for comps in metrics["headline"]["comparisons"].values()
+        if "bg_only" in comps
+    ]
+
 
 def main(argv: list[str] | None = None) -> int:
     return run(run_tool, build_parser(), argv)

@@ -4,11 +4,11 @@
     python tools/finetune_coco.py --config-file configs/detection/faster_rcnn_R_18_FPN_demo.yaml \\
         MODEL.WEIGHTS pretrained/demo_als.pkl OUTPUT_DIR output/finetune/demo_als
     python tools/finetune_coco.py --coco-root /data/coco --num-gpus 8 \\
-        --config-file configs/detection/faster_rcnn_R_50_FPN_1x.yaml MODEL.WEIGHTS pretrained/r50_als.pkl \\
-        OUTPUT_DIR output/finetune/r50_als
+        --config-file configs/detection/faster_rcnn_R_50_FPN_1x.yaml \\
+        MODEL.WEIGHTS pretrained/r50_als.pkl OUTPUT_DIR output/finetune/r50_als
     torchrun --nproc_per_node 8 tools/finetune_coco.py --coco-root /data/coco \\
-        --config-file configs/detection/faster_rcnn_R_50_FPN_1x.yaml MODEL.WEIGHTS pretrained/r50_als.pkl \\
-        OUTPUT_DIR output/finetune/r50_als
+        --config-file configs/detection/faster_rcnn_R_50_FPN_1x.yaml \\
+        MODEL.WEIGHTS pretrained/r50_als.pkl OUTPUT_DIR output/finetune/r50_als
 
 Options go before the trailing KEY VALUE config overrides. Without CUDA, --num-gpus N starts N CPU
 processes (gloo) that train as one job; under torchrun its processes are the job (no --num-gpus).
@@ -17,6 +17,7 @@ MODEL.WEIGHTS must be a .pkl from tools/convert_to_d2.py (or a detectron2 checkp
 backbone tensor must come from it unless --allow-random-backbone. Weight files are read without
 full unpickling unless --unsafe-load.
 """
+
 import sys
 
 from als_det.cli import run

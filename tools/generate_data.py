@@ -1,10 +1,12 @@
 #!/usr/bin/env python
 """Generate the context-bias data set that a pretraining config's DATA.ROOT and DATA.GEN describe.
 
-    python tools/generate_data.py --config-file configs/pretrain/demo_hard.yaml DATA.ROOT datasets/context_bias
+    python tools/generate_data.py --config-file configs/pretrain/demo_hard.yaml \\
+        DATA.ROOT datasets/context_bias
 
 Nothing happens when DATA.ROOT already holds a finished generation with the same parameters.
 """
+
 from __future__ import annotations
 
 import logging

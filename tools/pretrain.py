@@ -4,13 +4,16 @@
     python tools/pretrain.py --config-file configs/pretrain/demo_als.yaml
     python tools/pretrain.py --config-file configs/pretrain/demo_als.yaml \\
         DATA.ROOT ../shared/data/tiny-imagenet-10 DATA.GENERATE False
-    python tools/pretrain.py --resume --config-file configs/pretrain/demo_als.yaml   # from OUTPUT_DIR/last.pth
+    python tools/pretrain.py --resume \\
+        --config-file configs/pretrain/demo_als.yaml   # from OUTPUT_DIR/last.pth
     python tools/pretrain.py --resume --allow-config-change \\
         --config-file configs/pretrain/demo_als.yaml SOLVER.EPOCHS 12
-    torchrun --nproc_per_node 8 tools/pretrain.py --config-file configs/pretrain/imagenet_r50_als.yaml
+    torchrun --nproc_per_node 8 tools/pretrain.py \\
+        --config-file configs/pretrain/imagenet_r50_als.yaml
 
 Options go before the trailing KEY VALUE config overrides.
 """
+
 from __future__ import annotations
 
 import sys
@@ -22,14 +25,24 @@ from als_det.engine.trainer import train
 
 def build_parser():
     parser = argument_parser(__doc__, config="required")
-    parser.add_argument("--resume", action="store_true",
-                        help="continue the run in OUTPUT_DIR from its last.pth (a flag: a checkpoint "
-                             "path goes in --resume-from)")
-    parser.add_argument("--resume-from", metavar="PATH", default=None,
-                        help="continue from this checkpoint instead of OUTPUT_DIR/last.pth (implies --resume)")
-    parser.add_argument("--allow-config-change", action="store_true",
-                        help="with --resume: continue although the config's experiment differs from the "
-                             "checkpoint's (each change is recorded in OUTPUT_DIR/run.json)")
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the run in OUTPUT_DIR from its last.pth (a flag: a checkpoint "
+        "path goes in --resume-from)",
+    )
+    parser.add_argument(
+        "--resume-from",
+        metavar="PATH",
+        default=None,
+        help="continue from this checkpoint instead of OUTPUT_DIR/last.pth (implies --resume)",
+    )
+    parser.add_argument(
+        "--allow-config-change",
+        action="store_true",
+        help="with --resume: continue although the config's experiment differs from the "
+        "checkpoint's (each change is recorded in OUTPUT_DIR/run.json)",
+    )
     return parser
 
 
@@ -37,7 +50,11 @@ def run_tool(args) -> None:
     resume = args.resume_from or ("last" if args.resume else None)
     if args.allow_config_change and not resume:
         raise ValueError("--allow-config-change only applies with --resume")
-    train(load_config(args.config_file, args.opts), resume=resume, allow_config_change=args.allow_config_change)
+    train(
+        load_config(args.config_file, args.opts),
+        resume=resume,
+        allow_config_change=args.allow_config_change,
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -2,14 +2,16 @@
 """Run a whole experiment from its plan: pretrain the arms, evaluate, convert, fine-tune, compare.
 
     python tools/run_experiment.py --plan configs/experiments/paper_r50.yaml --dry-run
-    python tools/run_experiment.py --plan configs/experiments/paper_r50.yaml                 # this machine
+    python tools/run_experiment.py --plan configs/experiments/paper_r50.yaml  # this machine
     python tools/run_experiment.py --plan configs/experiments/paper_r50.yaml --launcher slurm
-    python tools/run_experiment.py --plan configs/experiments/demo.yaml --seeds 3            # `make demo SEEDS=3`
+    python tools/run_experiment.py --plan configs/experiments/demo.yaml \\
+        --seeds 3  # `make demo SEEDS=3`
 
 Finished stages are reused (fingerprint of command and inputs), interrupted trainings resume from
 their checkpoint, and a failed stage stops only the stages that need it. Run the same command
 again after a failure or an interruption: only what is left runs.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -25,22 +27,37 @@ logger = logging.getLogger("als_det.tools.run_experiment")
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argument_parser(__doc__)
-    parser.add_argument("--plan", required=True, metavar="FILE", help="experiment plan (YAML, configs/experiments/)")
-    parser.add_argument("--launcher", choices=LAUNCHERS, default="local",
-                        help="local: every stage here, in order; slurm: one job per stage (submitit, "
-                             "afterok dependencies); submitit-local: submitit jobs on this machine")
-    parser.add_argument("--dry-run", action="store_true", help="print every command with its resources")
-    parser.add_argument("--out", default=None, metavar="DIR", help="output folder (default: the plan's `out`)")
-    parser.add_argument("--seeds", type=int, default=None, metavar="N",
-                        help="seeds 0..N-1 instead of the plan's")
-    parser.add_argument("--no-wait", action="store_true",
-                        help="slurm: submit and return; run the command again to follow the jobs")
+    parser.add_argument(
+        "--plan", required=True, metavar="FILE", help="experiment plan (YAML, configs/experiments/)"
+    )
+    parser.add_argument(
+        "--launcher",
+        choices=LAUNCHERS,
+        default="local",
+        help="local: every stage here, in order; slurm: one job per stage (submitit, "
+        "afterok dependencies); submitit-local: submitit jobs on this machine",
+    )
+    parser.add_argument(
+        "--dry-run", action="store_true", help="print every command with its resources"
+    )
+    parser.add_argument(
+        "--out", default=None, metavar="DIR", help="output folder (default: the plan's `out`)"
+    )
+    parser.add_argument(
+        "--seeds", type=int, default=None, metavar="N", help="seeds 0..N-1 instead of the plan's"
+    )
+    parser.add_argument(
+        "--no-wait",
+        action="store_true",
+        help="slurm: submit and return; run the command again to follow the jobs",
+    )
     return parser
 
 
 def run_tool(args: argparse.Namespace) -> int:
     plan = load_plan(args.plan).with_changes(
-        out=args.out, seeds=None if args.seeds is None else list(range(args.seeds)))
+        out=args.out, seeds=None if args.seeds is None else list(range(args.seeds))
+    )
     if args.dry_run:
         print(dry_run(plan))
         return 0

@@ -15,6 +15,7 @@ Inputs: the challenge feeds its 224 x 224 images unchanged (`ToTensor`) and norm
 model's own mean/std; here a model whose input size differs sees the whole image resized to its
 input size (no crop, so no part of the foreground is cut away).
 """
+
 from __future__ import annotations
 
 import json
@@ -41,12 +42,24 @@ from als_det.versions import package_versions
 
 logger = logging.getLogger(__name__)
 
-IN9_VARIANTS = ("original", "only_bg_b", "only_bg_t", "no_fg", "only_fg", "mixed_same", "mixed_rand", "mixed_next")
+IN9_VARIANTS = (
+    "original",
+    "only_bg_b",
+    "only_bg_t",
+    "no_fg",
+    "only_fg",
+    "mixed_same",
+    "mixed_rand",
+    "mixed_next",
+)
 NUM_CLASSES = 9
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 # torchvision's ResNet-50, from the challenge's README ("Test Accuracy Results on ImageNet-9").
-REFERENCE = {"model": "torchvision ResNet-50 (Xiao et al. 2020)",
-             "accuracy": {"original": 0.956, "mixed_same": 0.862, "mixed_rand": 0.789}, "bg_gap": 0.073}
+REFERENCE = {
+    "model": "torchvision ResNet-50 (Xiao et al. 2020)",
+    "accuracy": {"original": 0.956, "mixed_same": 0.862, "mixed_rand": 0.789},
+    "bg_gap": 0.073,
+}
 
 
 def is_in9_layout(root: str | Path) -> bool:
@@ -64,42 +77,58 @@ def list_variant(root: Path, variant: str, classes: Sequence[str]) -> list[tuple
     val = root / variant / "val"
     folders = sorted(p.name for p in val.iterdir() if p.is_dir())
     if folders != list(classes):
-        raise EvaluationInputError(f"{val}: class folders {folders} differ from original/val's {list(classes)}")
-    return [(str(p), k) for k, c in enumerate(classes) for p in sorted((val / c).iterdir())
-            if p.suffix.lower() in IMAGE_SUFFIXES]
+        raise EvaluationInputError(
+            f"{val}: class folders {folders} differ from original/val's {list(classes)}"
+        )
+    return [
+        (str(p), k)
+        for k, c in enumerate(classes)
+        for p in sorted((val / c).iterdir())
+        if p.suffix.lower() in IMAGE_SUFFIXES
+    ]
 
 
 def load_in9_mapping(path: str | Path, num_outputs: int) -> torch.Tensor:
     """`in_to_in9.json` as a LongTensor [num_outputs] of IN-9 indices (-1: no IN-9 class)."""
     raw = json.loads(Path(path).read_text())
     if not isinstance(raw, dict):
-        raise EvaluationInputError(f"{path}: expected a JSON object {{\"<output index>\": <IN-9 index>}}")
+        raise EvaluationInputError(
+            f"{path}: expected a JSON object {{\"<output index>\": <IN-9 index>}}"
+        )
     keys = {str(i) for i in range(num_outputs)}
     if set(raw) != keys:
         missing, extra = sorted(keys - set(raw), key=int)[:5], sorted(set(raw) - keys)[:5]
-        raise EvaluationInputError(f"{path} maps {len(raw)} outputs, the model has {num_outputs} "
-                                   f"(missing e.g. {missing}, unexpected e.g. {extra})")
+        raise EvaluationInputError(
+            f"{path} maps {len(raw)} outputs, the model has {num_outputs} "
+            f"(missing e.g. {missing}, unexpected e.g. {extra})"
+        )
     values = torch.tensor([int(raw[str(i)]) for i in range(num_outputs)], dtype=torch.long)
     if ((values < -1) | (values >= NUM_CLASSES)).any() or not (values >= 0).any():
         raise EvaluationInputError(f"{path}: values must be IN-9 indices 0-8 or -1, and not all -1")
     return values
 
 
-def output_mapping(lm: LoadedModel, classes: Sequence[str], mapping_path: str | None) -> torch.Tensor | None:
+def output_mapping(
+    lm: LoadedModel, classes: Sequence[str], mapping_path: str | None
+) -> torch.Tensor | None:
     """None for a model trained on the IN-9 classes themselves, else its output -> IN-9 map."""
     ck_classes = list(lm.ckpt["classes"])
     if ck_classes == list(classes):
         return None
     if not mapping_path:
-        raise EvaluationInputError(f"{lm.path}: its {len(ck_classes)} classes are not the IN-9 folders "
-                                   f"{list(classes)}; pass --in-to-in9 in_to_in9.json (the challenge's mapping)")
+        raise EvaluationInputError(
+            f"{lm.path}: its {len(ck_classes)} classes are not the IN-9 folders "
+            f"{list(classes)}; pass --in-to-in9 in_to_in9.json (the challenge's mapping)"
+        )
     return load_in9_mapping(mapping_path, int(lm.ckpt["num_classes"]))
 
 
 class In9Images(Dataset):
     """`(input, label, position)` per image; undecodable files come back with label -1."""
 
-    def __init__(self, items: Sequence[tuple[str, int]], prep: Preprocessing, positions: Sequence[int]) -> None:
+    def __init__(
+        self, items: Sequence[tuple[str, int]], prep: Preprocessing, positions: Sequence[int]
+    ) -> None:
         self.items, self.prep, self.positions = items, prep, list(positions)
 
     def __len__(self) -> int:
@@ -116,42 +145,66 @@ class In9Images(Dataset):
             return torch.zeros(3, size, size), -1, pos
         if img.size != (size, size):
             img = TF.resize(img, [size, size], antialias=True)
-        x = TF.normalize(TF.to_tensor(img), [m / 255 for m in self.prep.mean], [s / 255 for s in self.prep.std])
+        x = TF.normalize(
+            TF.to_tensor(img), [m / 255 for m in self.prep.mean], [s / 255 for s in self.prep.std]
+        )
         return x, label, pos
 
 
 @torch.no_grad()
-def score_variant(lm: LoadedModel, items: Sequence[tuple[str, int]], mapping: torch.Tensor | None,
-                  opts: EvalOptions, info: DistInfo, desc: str) -> dict[str, Any]:
+def score_variant(
+    lm: LoadedModel,
+    items: Sequence[tuple[str, int]],
+    mapping: torch.Tensor | None,
+    opts: EvalOptions,
+    info: DistInfo,
+    desc: str,
+) -> dict[str, Any]:
     """Accuracy (the challenge's rule), mean max-softmax confidence, predictions outside IN-9."""
     ds = In9Images(items, lm.prep, range(info.rank, len(items), info.world_size))
     loader = DataLoader(ds, batch_size=opts.batch_size, num_workers=opts.workers, shuffle=False)
     model = lm.model.to(info.device).eval()
     labels, preds, confs = [], [], []
-    for x, y, _ in tqdm(loader, desc=desc, disable=not (opts.progress and info.is_main), leave=False):
+    for x, y, _ in tqdm(
+        loader, desc=desc, disable=not (opts.progress and info.is_main), leave=False
+    ):
         probs = model(x.to(info.device)).float().softmax(1).cpu()
         conf, pred = probs.max(1)
         labels.append(y)
         preds.append(pred if mapping is None else mapping[pred])
         confs.append(conf)
-    local = [torch.cat(t) if t else torch.zeros(0, dtype=dtype)
-             for t, dtype in ((labels, torch.long), (preds, torch.long), (confs, torch.float32))]
+    local = [
+        torch.cat(t) if t else torch.zeros(0, dtype=dtype)
+        for t, dtype in ((labels, torch.long), (preds, torch.long), (confs, torch.float32))
+    ]
     y, pred, conf = (torch.cat([p[i] for p in all_gather_objects(local)]) for i in range(3))
     ok = y >= 0
     n = int(ok.sum())
     if n == 0:
         return {"n": 0, "undecodable": int((~ok).sum())}
     y, pred, conf = y[ok].long(), pred[ok].long(), conf[ok]
-    return {"n": n, "undecodable": int((~ok).sum()), "accuracy": float((pred == y).double().mean()),
-            "mean_confidence": float(conf.double().mean()),
-            "predicted_outside_in9": float((pred < 0).double().mean()),
-            "per_class_accuracy": [float((pred[y == k] == k).double().mean()) if (y == k).any() else None
-                                   for k in range(NUM_CLASSES)]}
+    return {
+        "n": n,
+        "undecodable": int((~ok).sum()),
+        "accuracy": float((pred == y).double().mean()),
+        "mean_confidence": float(conf.double().mean()),
+        "predicted_outside_in9": float((pred < 0).double().mean()),
+        "per_class_accuracy": [
+            float((pred[y == k] == k).double().mean()) if (y == k).any() else None
+            for k in range(NUM_CLASSES)
+        ],
+    }
 
 
-def evaluate_in9(checkpoints: Sequence[str], data_root: str, out_dir: str, names: Sequence[str] | None = None,
-                 in_to_in9: str | None = None, opts: EvalOptions | None = None,
-                 args: dict[str, Any] | None = None) -> dict[str, Any] | None:
+def evaluate_in9(
+    checkpoints: Sequence[str],
+    data_root: str,
+    out_dir: str,
+    names: Sequence[str] | None = None,
+    in_to_in9: str | None = None,
+    opts: EvalOptions | None = None,
+    args: dict[str, Any] | None = None,
+) -> dict[str, Any] | None:
     """Every checkpoint on every IN-9 variant present: in9_metrics.json's content on rank 0 (None on
     the others); `report.backgrounds.write_in9_report` writes it with in9_report.md."""
     start = time.perf_counter()
@@ -161,8 +214,9 @@ def evaluate_in9(checkpoints: Sequence[str], data_root: str, out_dir: str, names
         raise FileNotFoundError(f"{root} is not an ImageNet-9 tree: no {root / 'original' / 'val'}")
     classes = in9_classes(root)
     if len(classes) != NUM_CLASSES:
-        raise EvaluationInputError(f"{root / 'original' / 'val'} has {len(classes)} class folders, IN-9 has "
-                                   f"{NUM_CLASSES}")
+        raise EvaluationInputError(
+            f"{root / 'original' / 'val'} has {len(classes)} class folders, IN-9 has {NUM_CLASSES}"
+        )
     variants = [v for v in IN9_VARIANTS if (root / v / "val").is_dir()]
     missing = [v for v in IN9_VARIANTS if v not in variants]
     info = init_distributed(opts.device)
@@ -172,20 +226,46 @@ def evaluate_in9(checkpoints: Sequence[str], data_root: str, out_dir: str, names
     setup_logging(out_dir, info.rank)
     results: dict[str, Any] = {}
     for lm in models:
-        scores = {v: score_variant(lm, items[v], mappings[lm.name], opts, info, f"{lm.name} {v}") for v in variants}
-        same, rand = scores.get("mixed_same", {}).get("accuracy"), scores.get("mixed_rand", {}).get("accuracy")
+        scores = {
+            v: score_variant(lm, items[v], mappings[lm.name], opts, info, f"{lm.name} {v}")
+            for v in variants
+        }
+        same, rand = (
+            scores.get("mixed_same", {}).get("accuracy"),
+            scores.get("mixed_rand", {}).get("accuracy"),
+        )
         results[lm.name] = {
-            "checkpoint": {"path": str(Path(lm.path).resolve()), "sha256": sha256_file(lm.path),
-                           "arch": lm.ckpt["arch"], "num_classes": int(lm.ckpt["num_classes"]),
-                           "epoch": int(lm.ckpt["epoch"]), "image_size": lm.prep.image_size},
+            "checkpoint": {
+                "path": str(Path(lm.path).resolve()),
+                "sha256": sha256_file(lm.path),
+                "arch": lm.ckpt["arch"],
+                "num_classes": int(lm.ckpt["num_classes"]),
+                "epoch": int(lm.ckpt["epoch"]),
+                "image_size": lm.prep.image_size,
+            },
             "label_strategy": lm.ckpt["label_strategy"],
-            "output_mapping": "IN-9 classes" if mappings[lm.name] is None else str(Path(in_to_in9).resolve()),
-            "variants": scores, "bg_gap": None if same is None or rand is None else same - rand}
+            "output_mapping": "IN-9 classes"
+            if mappings[lm.name] is None
+            else str(Path(in_to_in9).resolve()),
+            "variants": scores,
+            "bg_gap": None if same is None or rand is None else same - rand,
+        }
     if not info.is_main:
         return None
-    return {"models": results, "reference": REFERENCE,
-            "data": {"root": str(root.resolve()), "classes": classes, "variants": variants, "missing": missing,
-                     "images": {v: len(items[v]) for v in variants}, "world_size": info.world_size,
-                     "device": str(info.device)},
-            "options": asdict(opts), "versions": package_versions(), "args": args or {},
-            "wall_time_s": round(time.perf_counter() - start, 1)}
+    return {
+        "models": results,
+        "reference": REFERENCE,
+        "data": {
+            "root": str(root.resolve()),
+            "classes": classes,
+            "variants": variants,
+            "missing": missing,
+            "images": {v: len(items[v]) for v in variants},
+            "world_size": info.world_size,
+            "device": str(info.device),
+        },
+        "options": asdict(opts),
+        "versions": package_versions(),
+        "args": args or {},
+        "wall_time_s": round(time.perf_counter() - start, 1),
+    }

@@ -6,6 +6,7 @@ et al. 2017) weights the features by the spatially averaged gradient of the clas
 for GAP + fc that gradient is ``w_ck / (h w)``, so it agrees with CAM up to a positive scale, but it
 is computed through autograd and so stays valid for any head.
 """
+
 from __future__ import annotations
 
 import torch
@@ -26,7 +27,7 @@ def features_and_logits(model: nn.Module, x: Tensor) -> tuple[Tensor, Tensor]:
 
 def cam_from_features(model: nn.Module, feats: Tensor, classes: Tensor) -> Tensor:
     """CAM [B, h, w]: the fc weights of each sample's class over its layer4 features."""
-    weights = model.fc.weight[classes]                      # [B, C]
+    weights = model.fc.weight[classes]  # [B, C]
     return torch.einsum("bchw,bc->bhw", feats, weights.to(feats.dtype))
 
 
@@ -36,14 +37,16 @@ def grad_cam(model: nn.Module, x: Tensor, classes: Tensor) -> tuple[Tensor, Tens
         feats, logits = features_and_logits(model, x)
         score = logits.gather(1, classes[:, None]).sum()
         (grads,) = torch.autograd.grad(score, feats)
-    weights = grads.mean(dim=(2, 3))                        # [B, C]
+    weights = grads.mean(dim=(2, 3))  # [B, C]
     cams = torch.einsum("bchw,bc->bhw", feats.detach(), weights)
     return cams, logits.detach()
 
 
 def upsample(cams: Tensor, size: int) -> Tensor:
     """Bilinear upsampling of [B, h, w] maps to the network input [B, size, size]."""
-    return F.interpolate(cams[:, None].float(), size=(size, size), mode="bilinear", align_corners=False)[:, 0]
+    return F.interpolate(
+        cams[:, None].float(), size=(size, size), mode="bilinear", align_corners=False
+    )[:, 0]
 
 
 def energy_inside(cams: Tensor, masks: Tensor) -> Tensor:
@@ -51,10 +54,14 @@ def energy_inside(cams: Tensor, masks: Tensor) -> Tensor:
     pos = cams.clamp_min(0).flatten(1).double()
     total = pos.sum(dim=1)
     inside = (pos * masks.flatten(1).to(pos.dtype)).sum(dim=1)
-    return torch.where(total > 0, inside / total.clamp_min(1e-300), torch.full_like(total, float("nan")))
+    return torch.where(
+        total > 0, inside / total.clamp_min(1e-300), torch.full_like(total, float("nan"))
+    )
 
 
-def compute_cams(model: nn.Module, x: Tensor, classes: Tensor, method: str = "cam") -> tuple[Tensor, Tensor]:
+def compute_cams(
+    model: nn.Module, x: Tensor, classes: Tensor, method: str = "cam"
+) -> tuple[Tensor, Tensor]:
     """(upsampled maps [B, S, S], logits [B, K]) for `classes`, by CAM or Grad-CAM."""
     if method not in CAM_METHODS:
         raise ValueError(f"CAM method must be one of {CAM_METHODS}, got {method!r}")

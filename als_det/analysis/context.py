@@ -7,11 +7,12 @@ transform):
 - ``fg_only``: every pixel touched by no box filled (the object alone);
 - ``outside_crop``: the largest axis-aligned crop that touches no box (context without any object
   pixel and without fill artefacts), skipped when smaller than ``min_crop_fraction`` of the image.
-Fills: ``black``; ``mean`` (the checkpoint's normalisation mean, so the filled region is exactly 0 at
-the network input); ``blur`` (the image Gaussian-blurred with a radius of ``blur_fraction`` of its
-shorter side, which keeps colour but removes shape). A pixel is "touched" by a box when they
+Fills: ``black``; ``mean`` (the checkpoint's normalisation mean, so the filled region is exactly 0
+at the network input); ``blur`` (the image Gaussian-blurred with a radius of ``blur_fraction`` of
+its shorter side, which keeps colour but removes shape). A pixel is "touched" by a box when they
 overlap with positive area: box (x0, y0, x1, y1) covers columns floor(x0)..ceil(x1)-1.
 """
+
 from __future__ import annotations
 
 import logging
@@ -46,7 +47,9 @@ def box_pixel_mask(boxes: np.ndarray, width: int, height: int) -> np.ndarray:
     return mask
 
 
-def largest_box_free_crop(boxes: np.ndarray, width: int, height: int) -> tuple[int, int, int, int] | None:
+def largest_box_free_crop(
+    boxes: np.ndarray, width: int, height: int
+) -> tuple[int, int, int, int] | None:
     """The largest-area integer rectangle (x0, y0, x1, y1) inside the image touching no box pixel.
 
     A maximal empty rectangle has every edge on the image border or on a box edge, so only those
@@ -65,9 +68,9 @@ def largest_box_free_crop(boxes: np.ndarray, width: int, height: int) -> tuple[i
     li, ri = np.triu_indices(len(xs), k=1)
     ti, bi = np.triu_indices(len(ys), k=1)
     left, right, top, bottom = xs[li], xs[ri], ys[ti], ys[bi]
-    over_x = (left[:, None] < bx1[None]) & (right[:, None] > bx0[None])        # [P, boxes]
-    over_y = (top[:, None] < by1[None]) & (bottom[:, None] > by0[None])        # [Q, boxes]
-    blocked = (over_x.astype(np.float32) @ over_y.astype(np.float32).T) > 0    # [P, Q]
+    over_x = (left[:, None] < bx1[None]) & (right[:, None] > bx0[None])  # [P, boxes]
+    over_y = (top[:, None] < by1[None]) & (bottom[:, None] > by0[None])  # [Q, boxes]
+    blocked = (over_x.astype(np.float32) @ over_y.astype(np.float32).T) > 0  # [P, Q]
     area = np.where(blocked, -1.0, (right - left)[:, None] * (bottom - top)[None, :])
     p, q = np.unravel_index(int(np.argmax(area)), area.shape)
     if area[p, q] <= 0:
@@ -75,8 +78,13 @@ def largest_box_free_crop(boxes: np.ndarray, width: int, height: int) -> tuple[i
     return int(left[p]), int(top[q]), int(right[p]), int(bottom[q])
 
 
-def fill_image(image: np.ndarray, mask: np.ndarray, fill: str, mean_rgb: Sequence[float],
-               blur_fraction: float = 0.1) -> np.ndarray:
+def fill_image(
+    image: np.ndarray,
+    mask: np.ndarray,
+    fill: str,
+    mean_rgb: Sequence[float],
+    blur_fraction: float = 0.1,
+) -> np.ndarray:
     """A copy of `image` (H, W, 3 uint8) with the pixels under `mask` replaced by the fill."""
     if fill not in FILLS:
         raise ValueError(f"fill must be one of {FILLS}, got {fill!r}")
@@ -98,7 +106,7 @@ class Preprocessing:
 
     image_size: int
     val_resize: int
-    mean: tuple[float, float, float]   # 0-255 scale, as in the checkpoint
+    mean: tuple[float, float, float]  # 0-255 scale, as in the checkpoint
     std: tuple[float, float, float]
 
     def crop_region(self, width: int, height: int) -> tuple[float, float, float, float]:
@@ -110,8 +118,11 @@ class Preprocessing:
         return TF.center_crop(resized, [self.image_size, self.image_size])
 
     def to_input(self, image: Image.Image) -> torch.Tensor:
-        return TF.normalize(TF.to_tensor(self.resize_crop(image)), [m / 255 for m in self.mean],
-                            [s / 255 for s in self.std])
+        return TF.normalize(
+            TF.to_tensor(self.resize_crop(image)),
+            [m / 255 for m in self.mean],
+            [s / 255 for s in self.std],
+        )
 
     def boxes_in_input(self, boxes: np.ndarray, width: int, height: int) -> np.ndarray:
         """Original-image boxes in network-input pixels (clipped to the crop; may be empty)."""
@@ -127,13 +138,16 @@ def centre_mask(boxes: np.ndarray, size: int) -> np.ndarray:
     centres = np.arange(size) + 0.5
     mask = np.zeros((size, size), dtype=bool)
     for x0, y0, x1, y1 in np.asarray(boxes, dtype=np.float64).reshape(-1, 4):
-        mask |= ((centres[:, None] > y0) & (centres[:, None] < y1)) & ((centres[None] > x0) & (centres[None] < x1))
+        mask |= ((centres[:, None] > y0) & (centres[:, None] < y1)) & (
+            (centres[None] > x0) & (centres[None] < x1)
+        )
     return mask
 
 
 @dataclass
 class VariantPlan:
-    """Which records a variant uses (positions into the record list) and why others were left out."""
+    """Which records a variant uses (positions into the record list) and why others were left
+    out."""
 
     variant: str
     positions: list[int]
@@ -141,9 +155,12 @@ class VariantPlan:
     skipped: dict[str, int]
 
 
-def plan_variant(records: Sequence[ImageRecord], variant: str, min_crop_fraction: float = 0.1) -> VariantPlan:
+def plan_variant(
+    records: Sequence[ImageRecord], variant: str, min_crop_fraction: float = 0.1
+) -> VariantPlan:
     """Select records for `variant`: images without boxes leave every box variant (counted);
-    `outside_crop` also leaves out images whose largest box-free crop is below `min_crop_fraction`."""
+    `outside_crop` also leaves out images whose largest box-free crop is below
+    `min_crop_fraction`."""
     if variant not in VARIANTS:
         raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
     positions: list[int] = []
@@ -158,7 +175,11 @@ def plan_variant(records: Sequence[ImageRecord], variant: str, min_crop_fraction
             continue
         if variant == "outside_crop":
             crop = largest_box_free_crop(rec.boxes, rec.width, rec.height)
-            if crop is None or (crop[2] - crop[0]) * (crop[3] - crop[1]) < min_crop_fraction * rec.width * rec.height:
+            if (
+                crop is None
+                or (crop[2] - crop[0]) * (crop[3] - crop[1])
+                < min_crop_fraction * rec.width * rec.height
+            ):
                 skipped["crop_too_small"] += 1
                 continue
             crops[i] = crop
@@ -168,8 +189,15 @@ def plan_variant(records: Sequence[ImageRecord], variant: str, min_crop_fraction
     return VariantPlan(variant, positions, crops, skipped)
 
 
-def make_variant(image: Image.Image, boxes: np.ndarray, variant: str, fill: str, mean_rgb: Sequence[float],
-                 blur_fraction: float = 0.1, crop: tuple[int, int, int, int] | None = None) -> Image.Image:
+def make_variant(
+    image: Image.Image,
+    boxes: np.ndarray,
+    variant: str,
+    fill: str,
+    mean_rgb: Sequence[float],
+    blur_fraction: float = 0.1,
+    crop: tuple[int, int, int, int] | None = None,
+) -> Image.Image:
     """The `variant` of one decoded image (original pixel coordinates)."""
     if variant == "intact":
         return image
@@ -191,8 +219,15 @@ class VariantDataset(Dataset):
     and left out by the caller) instead of stopping a long evaluation.
     """
 
-    def __init__(self, records: Sequence[ImageRecord], plan: VariantPlan, prep: Preprocessing,
-                 fill: str = "black", blur_fraction: float = 0.1, positions: Sequence[int] | None = None) -> None:
+    def __init__(
+        self,
+        records: Sequence[ImageRecord],
+        plan: VariantPlan,
+        prep: Preprocessing,
+        fill: str = "black",
+        blur_fraction: float = 0.1,
+        positions: Sequence[int] | None = None,
+    ) -> None:
         if fill not in FILLS:
             raise ValueError(f"fill must be one of {FILLS}, got {fill!r}")
         self.records = records
@@ -215,8 +250,15 @@ class VariantDataset(Dataset):
             logger.warning("%s", exc)
             return torch.zeros(3, size, size), -1, pos, torch.zeros(size, size, dtype=torch.bool)
         width, height = image.size
-        view = make_variant(image, rec.boxes, self.plan.variant, self.fill, self.prep.mean, self.blur_fraction,
-                            self.plan.crops.get(pos))
+        view = make_variant(
+            image,
+            rec.boxes,
+            self.plan.variant,
+            self.fill,
+            self.prep.mean,
+            self.blur_fraction,
+            self.plan.crops.get(pos),
+        )
         if self.plan.variant == "outside_crop" or len(rec.boxes) == 0:
             mask = np.zeros((size, size), dtype=bool)
         else:

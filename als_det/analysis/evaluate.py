@@ -1,4 +1,5 @@
-"""The evaluation run: checkpoints x (val, context-only variants, generated splits) -> a metrics dict.
+"""The evaluation run: checkpoints x (val, context-only variants, generated splits) -> a metrics
+dict.
 
 `evaluate_checkpoints` returns the metrics (`metrics.json`'s content, see docs/architecture.md) on
 rank 0 and writes only data files (the index cache, `cam_grid.npz`); the report, its figures and
@@ -6,6 +7,7 @@ metrics.json itself come from `als_det.report.evaluation.write_evaluation`. Ever
 planned images with ``range(rank, N, world)`` and gathers per-image results with
 ``all_gather_object``, so under torchrun each image is counted exactly once (no sampler padding).
 """
+
 from __future__ import annotations
 
 import logging
@@ -54,23 +56,34 @@ class EvalOptions:
     split: str = option("val", "the split to evaluate")
     boxes: str = option("", "box source for the split (default ROOT/Annotation/<split>)")
     val_labels: str = option("", "labels file for a flat val folder")
-    fill: str = option("black", "fill for the box variants (the headline's; bg_only also runs under the others)",
-                       choices=FILLS)
-    single_fill: bool = option(False, "evaluate bg_only under --fill only, not side by side under every fill")
+    fill: str = option(
+        "black",
+        "fill for the box variants (the headline's; bg_only also runs under the others)",
+        choices=FILLS,
+    )
+    single_fill: bool = option(
+        False, "evaluate bg_only under --fill only, not side by side under every fill"
+    )
     blur_fraction: float = 0.1
     min_crop_fraction: float = option(
-        0.1, "outside_crop: skip images whose largest box-free crop is smaller than this fraction")
+        0.1, "outside_crop: skip images whose largest box-free crop is smaller than this fraction"
+    )
     batch_size: int = option(64, "images per batch")
     workers: int = option(2, "data-loading processes")
     max_images: int = option(0, "evaluate N images spread over the split (0 = all)", metavar="N")
-    temperature_scaling: bool = option(False, "fit a temperature on a seeded half of val, report both")
+    temperature_scaling: bool = option(
+        False, "fit a temperature on a seeded half of val, report both"
+    )
     ts_fit_fraction: float = 0.5
     seed: int = option(0, "seed of the temperature-scaling split and the bootstrap")
     cam_method: str = option("cam", "class activation maps by", flag="--cam", choices=CAM_METHODS)
     grid_images: int = option(8, "rows of the CAM grid")
     device: str = option("auto", "where to run (auto: a GPU when there is one)", choices=DEVICES)
-    cache_dir: str = option("", "box index cache (default ROOT/.als_det_cache, or the output folder's "
-                                "if ROOT is read-only)")
+    cache_dir: str = option(
+        "",
+        "box index cache (default ROOT/.als_det_cache, or the output folder's "
+        "if ROOT is read-only)",
+    )
     progress: bool = True
 
     def validate(self) -> None:
@@ -90,18 +103,35 @@ def select_records(records: Sequence[ImageRecord], max_images: int) -> list[Imag
     return [records[i] for i in picks]
 
 
-def run_pass(lm: LoadedModel, records: Sequence[ImageRecord], variant: str, opts: EvalOptions, info: DistInfo,
-             desc: str, with_cam: bool, fill: str | None = None) -> dict[str, Any]:
+def run_pass(
+    lm: LoadedModel,
+    records: Sequence[ImageRecord],
+    variant: str,
+    opts: EvalOptions,
+    info: DistInfo,
+    desc: str,
+    with_cam: bool,
+    fill: str | None = None,
+) -> dict[str, Any]:
     """Logits (and CAM energies) for every planned image of `variant` (box variants filled with
     `fill`, default `opts.fill`), gathered on every rank."""
     plan = plan_variant(records, variant, opts.min_crop_fraction)
-    mine = plan.positions[info.rank::info.world_size]
-    ds = VariantDataset(records, plan, lm.prep, fill or opts.fill, opts.blur_fraction, positions=mine)
-    loader = DataLoader(ds, batch_size=opts.batch_size, shuffle=False, num_workers=opts.workers,
-                        pin_memory=info.device.type == "cuda")
+    mine = plan.positions[info.rank :: info.world_size]
+    ds = VariantDataset(
+        records, plan, lm.prep, fill or opts.fill, opts.blur_fraction, positions=mine
+    )
+    loader = DataLoader(
+        ds,
+        batch_size=opts.batch_size,
+        shuffle=False,
+        num_workers=opts.workers,
+        pin_memory=info.device.type == "cuda",
+    )
     positions, labels, logits, energy = [], [], [], []
     model = lm.model.to(info.device)
-    for x, y, pos, mask in tqdm(loader, desc=desc, disable=not (opts.progress and info.is_main), leave=False):
+    for x, y, pos, mask in tqdm(
+        loader, desc=desc, disable=not (opts.progress and info.is_main), leave=False
+    ):
         x = x.to(info.device, non_blocking=True)
         y_dev = y.to(info.device)
         if with_cam:
@@ -114,10 +144,12 @@ def run_pass(lm: LoadedModel, records: Sequence[ImageRecord], variant: str, opts
         labels.append(y)
         logits.append(out.float().cpu())
     k = int(lm.ckpt["num_classes"])
-    local = {"positions": torch.cat(positions) if positions else torch.zeros(0, dtype=torch.long),
-             "labels": torch.cat(labels) if labels else torch.zeros(0, dtype=torch.long),
-             "logits": torch.cat(logits) if logits else torch.zeros(0, k),
-             "energy": torch.cat(energy) if energy else torch.zeros(0, dtype=torch.float64)}
+    local = {
+        "positions": torch.cat(positions) if positions else torch.zeros(0, dtype=torch.long),
+        "labels": torch.cat(labels) if labels else torch.zeros(0, dtype=torch.long),
+        "logits": torch.cat(logits) if logits else torch.zeros(0, k),
+        "energy": torch.cat(energy) if energy else torch.zeros(0, dtype=torch.float64),
+    }
     parts = all_gather_objects(local)
     merged = {key: torch.cat([p[key] for p in parts]) for key in local}
     order = torch.argsort(merged["positions"])
@@ -136,22 +168,38 @@ def _drop_undecodable(res: dict[str, Any]) -> dict[str, Any]:
     return res
 
 
-def cam_summary(res: dict[str, Any], records: Sequence[ImageRecord], prep: Preprocessing,
-                method: str) -> dict[str, Any]:
+def cam_summary(
+    res: dict[str, Any], records: Sequence[ImageRecord], prep: Preprocessing, method: str
+) -> dict[str, Any]:
     """Mean fraction of positive CAM energy inside the labelled boxes, next to the boxes' share of
     the input (what a uniform map would score)."""
-    has_box = torch.tensor([len(records[int(p)].boxes) > 0 for p in res["positions"]], dtype=torch.bool)
+    has_box = torch.tensor(
+        [len(records[int(p)].boxes) > 0 for p in res["positions"]], dtype=torch.bool
+    )
     energy = res["energy"]
     valid = has_box & ~torch.isnan(energy)
-    area = [float(centre_mask(prep.boxes_in_input(records[int(p)].boxes, records[int(p)].width,
-                                                   records[int(p)].height), prep.image_size).mean())
-            for p, ok in zip(res["positions"], valid.tolist()) if ok]
-    return {"method": method,
-            "n": int(valid.sum()),
-            "mean_energy_inside_boxes": float(energy[valid].mean()) if valid.any() else None,
-            "mean_box_area_fraction": float(np.mean(area)) if area else None,
-            "skipped": {"no_box": int((~has_box).sum()),
-                        "no_positive_energy": int((has_box & torch.isnan(energy)).sum())}}
+    area = [
+        float(
+            centre_mask(
+                prep.boxes_in_input(
+                    records[int(p)].boxes, records[int(p)].width, records[int(p)].height
+                ),
+                prep.image_size,
+            ).mean()
+        )
+        for p, ok in zip(res["positions"], valid.tolist())
+        if ok
+    ]
+    return {
+        "method": method,
+        "n": int(valid.sum()),
+        "mean_energy_inside_boxes": float(energy[valid].mean()) if valid.any() else None,
+        "mean_box_area_fraction": float(np.mean(area)) if area else None,
+        "skipped": {
+            "no_box": int((~has_box).sum()),
+            "no_positive_energy": int((has_box & torch.isnan(energy)).sum()),
+        },
+    }
 
 
 def _extra_splits(root: Path) -> list[str]:
@@ -161,8 +209,13 @@ def _extra_splits(root: Path) -> list[str]:
     return [s for s in ("val_mixed", "val_bg_only") if (root / s).is_dir()]
 
 
-def cam_grid(models: Sequence[LoadedModel], records: Sequence[ImageRecord], names: Sequence[str],
-             opts: EvalOptions, path: Path) -> dict[str, Any] | None:
+def cam_grid(
+    models: Sequence[LoadedModel],
+    records: Sequence[ImageRecord],
+    names: Sequence[str],
+    opts: EvalOptions,
+    path: Path,
+) -> dict[str, Any] | None:
     """The CAM grid's data: `grid_images` boxed val images spread over the index, each model's CAM
     of the labelled class and its prediction. Arrays go to `path` (.npz: `images` [R, S, S, 3]
     uint8, `boxes` [N, 5] (row, x0, y0, x1, y1) in input pixels, `cam_<i>` [R, S, S] per model);
@@ -171,7 +224,10 @@ def cam_grid(models: Sequence[LoadedModel], records: Sequence[ImageRecord], name
     boxed = [i for i, r in enumerate(records) if len(r.boxes)]
     if not boxed or not opts.grid_images:
         return None
-    picks = [boxed[i] for i in np.unique(np.linspace(0, len(boxed) - 1, opts.grid_images).round().astype(int))]
+    picks = [
+        boxed[i]
+        for i in np.unique(np.linspace(0, len(boxed) - 1, opts.grid_images).round().astype(int))
+    ]
     prep = models[0].prep
     images, boxes, rows, files = [], [], [], []
     for row, p in enumerate(picks):
@@ -184,8 +240,11 @@ def cam_grid(models: Sequence[LoadedModel], records: Sequence[ImageRecord], name
     maps, titles = {}, {}
     for i, lm in enumerate(models):
         if lm.prep != prep:
-            logger.warning("%s uses another eval transform than %s; its CAM grid column uses its own crop",
-                           lm.name, models[0].name)
+            logger.warning(
+                "%s uses another eval transform than %s; its CAM grid column uses its own crop",
+                lm.name,
+                models[0].name,
+            )
         x = torch.stack([lm.prep.to_input(load_rgb(records[p].path)) for p in picks])
         y = torch.tensor([records[p].label for p in picks])
         device = next(lm.model.parameters()).device
@@ -193,35 +252,65 @@ def cam_grid(models: Sequence[LoadedModel], records: Sequence[ImageRecord], name
         conf, pred = logits.softmax(1).cpu().max(1)
         maps[f"cam_{i}"] = cams.cpu().numpy().astype(np.float32)
         titles[lm.name] = [f"pred {names[int(c)]} {float(q):.2f}" for c, q in zip(pred, conf)]
-    atomic_savez(path, images=np.stack(images), boxes=np.asarray(boxes, dtype=np.float32).reshape(-1, 5), **maps)
-    return {"data": path.name, "method": opts.cam_method, "models": [lm.name for lm in models], "rows": rows,
-            "files": files, "titles": titles}
+    atomic_savez(
+        path,
+        images=np.stack(images),
+        boxes=np.asarray(boxes, dtype=np.float32).reshape(-1, 5),
+        **maps,
+    )
+    return {
+        "data": path.name,
+        "method": opts.cam_method,
+        "models": [lm.name for lm in models],
+        "rows": rows,
+        "files": files,
+        "titles": titles,
+    }
 
 
-def evaluate_model(lm: LoadedModel, records: Sequence[ImageRecord], extra: dict[str, list[ImageRecord]],
-                   opts: EvalOptions, info: DistInfo, where: str) -> None:
+def evaluate_model(
+    lm: LoadedModel,
+    records: Sequence[ImageRecord],
+    extra: dict[str, list[ImageRecord]],
+    opts: EvalOptions,
+    info: DistInfo,
+    where: str,
+) -> None:
     """Every view of one model: the intact split at `where` (calibration, CAM energy, temperature
     scaling), the box variants and the generated splits in `extra`; fills `lm.results` and
     `lm.confidences`."""
-    res = _drop_undecodable(run_pass(lm, records, "intact", opts, info, f"{lm.name} {opts.split}", True))
+    res = _drop_undecodable(
+        run_pass(lm, records, "intact", opts, info, f"{lm.name} {opts.split}", True)
+    )
     if not len(res["labels"]):
         raise EvaluationInputError(f"{where}: no decodable images to evaluate")
     val = calibration_metrics_from_logits(res["logits"], res["labels"])
-    val.update({k: v for k, v in confidence_summary(res["logits"], res["labels"], "intact").items()
-                if k in ("frac_confidence_gt_0.5", "confidence_histogram")})
+    val.update(
+        {
+            k: v
+            for k, v in confidence_summary(res["logits"], res["labels"], "intact").items()
+            if k in ("frac_confidence_gt_0.5", "confidence_histogram")
+        }
+    )
     val["skipped"] = res["skipped"]
     lm.results["val"] = val
     lm.confidences = {"val": res["logits"].softmax(1).max(1).values}
     lm.results["cam"] = cam_summary(res, records, lm.prep, opts.cam_method)
     if opts.temperature_scaling:
         lm.results["temperature_scaling"] = temperature_scaling_report(
-            res["logits"], res["labels"], opts.ts_fit_fraction, opts.seed)
+            res["logits"], res["labels"], opts.ts_fit_fraction, opts.seed
+        )
     variants: dict[str, Any] = {}
     views = [(v, records, v, False) for v in BOX_VARIANTS]
     views += [(s, recs, "intact", s == "val_mixed") for s, recs in extra.items()]
     for view, recs, variant, with_cam in views:
-        r = _drop_undecodable(run_pass(lm, recs, variant, opts, info, f"{lm.name} {view}", with_cam))
-        variants[view] = {**confidence_summary(r["logits"], r["labels"], view), "skipped": r["skipped"]}
+        r = _drop_undecodable(
+            run_pass(lm, recs, variant, opts, info, f"{lm.name} {view}", with_cam)
+        )
+        variants[view] = {
+            **confidence_summary(r["logits"], r["labels"], view),
+            "skipped": r["skipped"],
+        }
         lm.confidences[view] = r["logits"].softmax(1).max(1).values
         if view == "val_mixed" and len(r["labels"]):
             cal = calibration_metrics_from_logits(r["logits"], r["labels"])
@@ -230,30 +319,53 @@ def evaluate_model(lm: LoadedModel, records: Sequence[ImageRecord], extra: dict[
     lm.results["variants"] = variants
 
 
-def evaluate_fills(lm: LoadedModel, records: Sequence[ImageRecord], opts: EvalOptions, info: DistInfo) -> None:
+def evaluate_fills(
+    lm: LoadedModel, records: Sequence[ImageRecord], opts: EvalOptions, info: DistInfo
+) -> None:
     """bg_only under every fill (`opts.fill`'s pass reused; only it with `opts.single_fill`): what
     the fill itself does to the verdict (docs/als.md). Fills `lm.results["bg_only_by_fill"]`."""
     lm.results["bg_only_by_fill"] = {opts.fill: lm.results["variants"]["bg_only"]}
     lm.confidences[f"bg_only@{opts.fill}"] = lm.confidences["bg_only"]
     for fill in () if opts.single_fill else [f for f in FILLS if f != opts.fill]:
-        r = _drop_undecodable(run_pass(lm, records, "bg_only", opts, info, f"{lm.name} bg_only ({fill} fill)",
-                                       False, fill))
-        lm.results["bg_only_by_fill"][fill] = {**confidence_summary(r["logits"], r["labels"], "bg_only"),
-                                               "skipped": r["skipped"]}
+        r = _drop_undecodable(
+            run_pass(
+                lm, records, "bg_only", opts, info, f"{lm.name} bg_only ({fill} fill)", False, fill
+            )
+        )
+        lm.results["bg_only_by_fill"][fill] = {
+            **confidence_summary(r["logits"], r["labels"], "bg_only"),
+            "skipped": r["skipped"],
+        }
         lm.confidences[f"bg_only@{fill}"] = r["logits"].softmax(1).max(1).values
 
 
 def _model_entry(lm: LoadedModel) -> dict[str, Any]:
     ck = lm.ckpt
-    return {"checkpoint": {"path": str(Path(lm.path).resolve()), "sha256": lm.sha256, "arch": ck["arch"],
-                           "num_classes": int(ck["num_classes"]), "epoch": int(ck["epoch"]), "seed": ck["seed"],
-                           "preprocessing": ck["preprocessing"], "val_resize": lm.prep.val_resize},
-            "label_strategy": ck["label_strategy"], **lm.results}
+    return {
+        "checkpoint": {
+            "path": str(Path(lm.path).resolve()),
+            "sha256": lm.sha256,
+            "arch": ck["arch"],
+            "num_classes": int(ck["num_classes"]),
+            "epoch": int(ck["epoch"]),
+            "seed": ck["seed"],
+            "preprocessing": ck["preprocessing"],
+            "val_resize": lm.prep.val_resize,
+        },
+        "label_strategy": ck["label_strategy"],
+        **lm.results,
+    }
 
 
-def evaluate_checkpoints(checkpoints: Sequence[str], data_root: str, out_dir: str, names: Sequence[str] | None = None,
-                         baseline: str | None = None, opts: EvalOptions | None = None,
-                         args: dict[str, Any] | None = None) -> dict[str, Any] | None:
+def evaluate_checkpoints(
+    checkpoints: Sequence[str],
+    data_root: str,
+    out_dir: str,
+    names: Sequence[str] | None = None,
+    baseline: str | None = None,
+    opts: EvalOptions | None = None,
+    args: dict[str, Any] | None = None,
+) -> dict[str, Any] | None:
     """Evaluate every checkpoint on `data_root`'s split; the metrics dict on rank 0 (None on the
     others). `out_dir` receives the log, the CAM grid's data and (if `data_root` is read-only)
     the index cache; `report.evaluation.write_evaluation` writes the rest."""
@@ -268,14 +380,21 @@ def evaluate_checkpoints(checkpoints: Sequence[str], data_root: str, out_dir: st
     if baseline is None:
         baseline = "hard" if any(m.name == "hard" for m in models) else models[0].name
     if baseline not in {m.name for m in models}:
-        raise EvaluationInputError(f"--baseline {baseline!r} is none of the model names {[m.name for m in models]}")
+        raise EvaluationInputError(
+            f"--baseline {baseline!r} is none of the model names {[m.name for m in models]}"
+        )
     cache_dir = index_cache_dir(root, out / ".als_det_cache", opts.cache_dir)
-    records_all, classes, report = build_index(root, opts.split, boxes=opts.boxes, val_labels=opts.val_labels,
-                                               cache_dir=cache_dir)
+    records_all, classes, report = build_index(
+        root, opts.split, boxes=opts.boxes, val_labels=opts.val_labels, cache_dir=cache_dir
+    )
     check_models_fit_data(models, classes, f"{root}/{opts.split}")
     records = select_records(records_all, opts.max_images)
-    extra = {s: select_records(build_index(root, s, classes=classes, cache_dir=cache_dir)[0], opts.max_images)
-             for s in _extra_splits(root)}
+    extra = {
+        s: select_records(
+            build_index(root, s, classes=classes, cache_dir=cache_dir)[0], opts.max_images
+        )
+        for s in _extra_splits(root)
+    }
     setup_logging(out, info.rank)
     logger.info("%s", report.summary())
     for lm in models:
@@ -288,14 +407,28 @@ def evaluate_checkpoints(checkpoints: Sequence[str], data_root: str, out_dir: st
     display_names = class_names(root, classes)
     return {
         "models": entries,
-        "headline": headline(entries, baseline, {lm.name: lm.confidences for lm in models}, opts.seed),
-        "fills": {"primary": opts.fill,
-                  "comparisons": fill_comparisons(entries, baseline, {lm.name: lm.confidences for lm in models},
-                                                  opts.seed)},
-        "data": {"root": str(root.resolve()), "split": opts.split, "classes": classes, "class_names": display_names,
-                 "index": report.summary(), "images_in_index": len(records_all), "images_evaluated": len(records),
-                 "with_boxes": sum(1 for r in records if len(r.boxes)), "extra_splits": list(extra),
-                 "world_size": info.world_size, "device": str(info.device)},
+        "headline": headline(
+            entries, baseline, {lm.name: lm.confidences for lm in models}, opts.seed
+        ),
+        "fills": {
+            "primary": opts.fill,
+            "comparisons": fill_comparisons(
+                entries, baseline, {lm.name: lm.confidences for lm in models}, opts.seed
+            ),
+        },
+        "data": {
+            "root": str(root.resolve()),
+            "split": opts.split,
+            "classes": classes,
+            "class_names": display_names,
+            "index": report.summary(),
+            "images_in_index": len(records_all),
+            "images_evaluated": len(records),
+            "with_boxes": sum(1 for r in records if len(r.boxes)),
+            "extra_splits": list(extra),
+            "world_size": info.world_size,
+            "device": str(info.device),
+        },
         "options": asdict(opts),
         "cam_grid": cam_grid(models, records, display_names, opts, out / "cam_grid.npz"),
         "figures": {},

@@ -3,6 +3,7 @@ files and val label lists, read into `BoxFile`s; whatever they hold that cannot 
 counted in an `IndexReport` (or, with `strict`, raised as a `DataError` naming the file).
 The rules for what is skipped and why are `als_det.data.boxes`' module doc.
 """
+
 from __future__ import annotations
 
 import csv
@@ -38,11 +39,15 @@ class IndexReport:
         self.skipped.setdefault(reason, []).append(str(file))
 
     def summary(self) -> str:
-        lines = [f"index '{self.split}': {self.images} images, {self.with_boxes} with boxes, "
-                 f"{self.boxes} boxes, {self.empty_boxes_dropped} empty boxes dropped "
-                 f"(box source: {self.box_source or 'none'})"]
+        lines = [
+            f"index '{self.split}': {self.images} images, {self.with_boxes} with boxes, "
+            f"{self.boxes} boxes, {self.empty_boxes_dropped} empty boxes dropped "
+            f"(box source: {self.box_source or 'none'})"
+        ]
         for reason, files in sorted(self.skipped.items()):
-            shown = ", ".join(files[:3]) + (f", ... ({len(files) - 3} more)" if len(files) > 3 else "")
+            shown = ", ".join(files[:3]) + (
+                f", ... ({len(files) - 3} more)" if len(files) > 3 else ""
+            )
             lines.append(f"  skipped {len(files)} x {reason}: {shown}")
         return "\n".join(lines)
 
@@ -101,8 +106,9 @@ def read_loc_csv(path: Path, report: IndexReport, strict: bool) -> dict[str, Box
             image_id, pred = row[0].strip(), row[1].split()
             if len(pred) % 5:
                 raise ValueError("PredictionString is not groups of 'wnid x0 y0 x1 y1'")
-            objects = [(pred[i], *(float(v) for v in pred[i + 1:i + 5]))
-                       for i in range(0, len(pred), 5)]
+            objects = [
+                (pred[i], *(float(v) for v in pred[i + 1 : i + 5])) for i in range(0, len(pred), 5)
+            ]
         except (IndexError, ValueError) as exc:
             report.skip("malformed_box_file", where, strict, str(exc))
             continue
@@ -120,8 +126,9 @@ def loc_csv_rows(path: Path) -> Iterator[tuple[int, list[str]]]:
         yield from enumerate(reader, start=2)
 
 
-def read_val_labels(path: Path, image_names: list[str], classes: list[str] | None
-                     ) -> tuple[list[str | int | None], list[str] | None]:
+def read_val_labels(
+    path: Path, image_names: list[str], classes: list[str] | None
+) -> tuple[list[str | int | None], list[str] | None]:
     """Per image (sorted names) its wnid, 0-based index, or None (not in a CSV), and the classes.
 
     A text file holds one label per line in sorted filename order; a .csv is LOC_val_solution.
@@ -137,8 +144,10 @@ def read_val_labels(path: Path, image_names: list[str], classes: list[str] | Non
     else:
         lines = [ln.strip() for ln in path.read_text().splitlines() if ln.strip()]
         if len(lines) != len(image_names):
-            raise DataError(f"{path}: {len(lines)} labels for {len(image_names)} images; the file "
-                            "needs one label per image, in sorted filename order")
+            raise DataError(
+                f"{path}: {len(lines)} labels for {len(image_names)} images; the file "
+                "needs one label per image, in sorted filename order"
+            )
         labels = [int(ln) if ln.lstrip("-").isdigit() else ln for ln in lines]
     if classes is None:
         if any(isinstance(lb, int) for lb in labels):
@@ -147,8 +156,15 @@ def read_val_labels(path: Path, image_names: list[str], classes: list[str] | Non
     return labels, classes
 
 
-def boxes_for(box_file: BoxFile, wnid: str, known: set[str], width: int, height: int,
-               report: IndexReport, strict: bool) -> np.ndarray:
+def boxes_for(
+    box_file: BoxFile,
+    wnid: str,
+    known: set[str],
+    width: int,
+    height: int,
+    report: IndexReport,
+    strict: bool,
+) -> np.ndarray:
     """The labelled class's boxes as float32 (N, 4), converted, scaled, clipped, empties dropped."""
     sx = sy = 1.0
     if box_file.size is not None and box_file.size != (width, height):
@@ -167,8 +183,12 @@ def boxes_for(box_file: BoxFile, wnid: str, known: set[str], width: int, height:
         y0, y1 = np.clip([ymin * sy, (ymax + 1) * sy], 0, height)
         if x1 <= x0 or y1 <= y0:
             report.empty_boxes_dropped += 1
-            report.skip("box_outside_image", box_file.source, strict,
-                        f"box {(xmin, ymin, xmax, ymax)} outside the {width}x{height} image")
+            report.skip(
+                "box_outside_image",
+                box_file.source,
+                strict,
+                f"box {(xmin, ymin, xmax, ymax)} outside the {width}x{height} image",
+            )
             continue
         kept.append((x0, y0, x1, y1))
     return np.asarray(kept, dtype=np.float32).reshape(-1, 4)

@@ -1,4 +1,5 @@
-"""The box index: one `ImageRecord` per image with the labelled class's boxes, built once and cached.
+"""The box index: one `ImageRecord` per image with the labelled class's boxes, built once and
+cached.
 
 Layouts (ILSVRC2012 as users have it):
   images  `ROOT/<split>/<wnid>/<stem>.JPEG` (class folders), or flat `ROOT/<split>/<stem>.JPEG`
@@ -31,6 +32,7 @@ first one raises (`BadImageError` for images, `DataError` otherwise) naming the 
   inverted_box             that box (x1 < x0 or y1 < y0 in the file)
   box_outside_image        that box (nothing left after clipping; also `empty_boxes_dropped`)
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -86,9 +88,14 @@ def _visible(entries: Iterable[os.DirEntry]) -> list[os.DirEntry]:
 
 
 # ----------------------------------------------------------------------------------- listing
-def _list_images(split_dir: Path, val_labels: str, classes: list[str] | None,
-                 max_per_class: int, report: IndexReport, strict: bool
-                 ) -> tuple[list[tuple[str, int]], list[str]]:
+def _list_images(
+    split_dir: Path,
+    val_labels: str,
+    classes: list[str] | None,
+    max_per_class: int,
+    report: IndexReport,
+    strict: bool,
+) -> tuple[list[tuple[str, int]], list[str]]:
     """(image path, label) pairs in a stable order, and the class list."""
     entries = _visible(os.scandir(split_dir))
     items: list[tuple[str, int]] = []
@@ -109,8 +116,11 @@ def _list_images(split_dir: Path, val_labels: str, classes: list[str] | None,
                 continue
             label = lb if isinstance(lb, int) else index.get(lb, -1)
             if not 0 <= label < len(classes):
-                hint = " (1-based devkit ILSVRC2012_IDs must be converted to wnids)" \
-                    if isinstance(lb, int) else ""
+                hint = (
+                    " (1-based devkit ILSVRC2012_IDs must be converted to wnids)"
+                    if isinstance(lb, int)
+                    else ""
+                )
                 report.skip("bad_label", path, strict, f"label {lb!r} in {val_labels}{hint}")
                 continue
             per_class[label] = per_class.get(label, 0) + 1
@@ -157,8 +167,15 @@ def _box_source(root: Path, split: str, boxes: str) -> tuple[str, Path | None]:
     return ("csv" if path.suffix.lower() == ".csv" else "xml"), path
 
 
-def _build(root: Path, split: str, boxes: str, val_labels: str, strict: bool, max_per_class: int,
-           classes: list[str] | None) -> tuple[list[ImageRecord], list[str], IndexReport]:
+def _build(
+    root: Path,
+    split: str,
+    boxes: str,
+    val_labels: str,
+    strict: bool,
+    max_per_class: int,
+    classes: list[str] | None,
+) -> tuple[list[ImageRecord], list[str], IndexReport]:
     split_dir = root / split
     if not split_dir.is_dir():
         raise FileNotFoundError(f"image folder {split_dir} does not exist")
@@ -177,7 +194,9 @@ def _build(root: Path, split: str, boxes: str, val_labels: str, strict: bool, ma
     used: set[str] = set()
 
     records: list[ImageRecord] = []
-    for path, label in tqdm(items, desc=f"indexing {split}", unit="img", disable=len(items) < 20000):
+    for path, label in tqdm(
+        items, desc=f"indexing {split}", unit="img", disable=len(items) < 20000
+    ):
         try:
             width, height = image_size(path)
         except BadImageError:
@@ -202,8 +221,11 @@ def _build(root: Path, split: str, boxes: str, val_labels: str, strict: bool, ma
                 used.add(key)
                 box_file = csv_boxes[key]
                 break
-        arr = (boxes_for(box_file, wnid, known, width, height, report, strict)
-               if box_file is not None else np.zeros((0, 4), np.float32))
+        arr = (
+            boxes_for(box_file, wnid, known, width, height, report, strict)
+            if box_file is not None
+            else np.zeros((0, 4), np.float32)
+        )
         records.append(ImageRecord(path, label, arr, width, height))
         report.with_boxes += bool(len(arr))
         report.boxes += len(arr)
@@ -219,10 +241,16 @@ def _build(root: Path, split: str, boxes: str, val_labels: str, strict: bool, ma
 
 def _unpack(data: dict, root: Path) -> list[ImageRecord]:
     off = data["offsets"]
-    return [ImageRecord(os.path.join(root, p), int(lb), data["boxes"][off[i]:off[i + 1]],
-                        int(wh[0]), int(wh[1]))
-            for i, (p, lb, wh) in enumerate(zip(data["meta"]["paths"], data["labels"],
-                                                data["sizes"]))]
+    return [
+        ImageRecord(
+            os.path.join(root, p),
+            int(lb),
+            data["boxes"][off[i] : off[i + 1]],
+            int(wh[0]),
+            int(wh[1]),
+        )
+        for i, (p, lb, wh) in enumerate(zip(data["meta"]["paths"], data["labels"], data["sizes"]))
+    ]
 
 
 def is_marked_read_only(path: str | os.PathLike) -> bool:
@@ -231,7 +259,9 @@ def is_marked_read_only(path: str | os.PathLike) -> bool:
     return not Path(path).stat().st_mode & stat.S_IWUSR
 
 
-def index_cache_dir(root: str | os.PathLike, fallback: str | os.PathLike, requested: str = "") -> str:
+def index_cache_dir(
+    root: str | os.PathLike, fallback: str | os.PathLike, requested: str = ""
+) -> str:
     """Where to cache `root`'s box index: `requested`, else ROOT's default ("" for build_index),
     else — ROOT marked read-only — `fallback` (a run's own output folder)."""
     if requested:
@@ -242,10 +272,16 @@ def index_cache_dir(root: str | os.PathLike, fallback: str | os.PathLike, reques
     return str(fallback)
 
 
-def build_index(root: str | os.PathLike, split: str, boxes: str = "", val_labels: str = "",
-                strict: bool = False, cache_dir: str | os.PathLike = "", max_per_class: int = 0,
-                classes: Sequence[str] | None = None
-                ) -> tuple[list[ImageRecord], list[str], IndexReport]:
+def build_index(
+    root: str | os.PathLike,
+    split: str,
+    boxes: str = "",
+    val_labels: str = "",
+    strict: bool = False,
+    cache_dir: str | os.PathLike = "",
+    max_per_class: int = 0,
+    classes: Sequence[str] | None = None,
+) -> tuple[list[ImageRecord], list[str], IndexReport]:
     """Index `root/split` with its boxes; cached under `cache_dir` (default ROOT/.als_det_cache,
     not written when ROOT is marked read-only).
 
@@ -258,14 +294,27 @@ def build_index(root: str | os.PathLike, split: str, boxes: str = "", val_labels
     root = Path(root).resolve()
     classes = list(classes) if classes is not None else None
     _, box_path = _box_source(root, split, boxes)
-    key = {"root": str(root), "split": split, "boxes": str(boxes), "val_labels": str(val_labels),
-           "strict": strict, "max_per_class": max_per_class, "classes": classes}
+    key = {
+        "root": str(root),
+        "split": split,
+        "boxes": str(boxes),
+        "val_labels": str(val_labels),
+        "strict": strict,
+        "max_per_class": max_per_class,
+        "classes": classes,
+    }
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]
     cache = Path(cache_dir or root / CACHE_SUBDIR) / f"index-{split.replace('/', '_')}-{digest}.npz"
     started = time.perf_counter()
-    files = index_cache.fingerprint([root / split, box_path, Path(val_labels) if val_labels else None])
-    logger.debug("fingerprinted %d folders/files for the %s index in %.2f s", len(files), split,
-              time.perf_counter() - started)
+    files = index_cache.fingerprint(
+        [root / split, box_path, Path(val_labels) if val_labels else None]
+    )
+    logger.debug(
+        "fingerprinted %d folders/files for the %s index in %.2f s",
+        len(files),
+        split,
+        time.perf_counter() - started,
+    )
 
     cached = index_cache.load(cache, key, files)
     if cached is not None:
@@ -274,15 +323,24 @@ def build_index(root: str | os.PathLike, split: str, boxes: str = "", val_labels
         return _unpack(cached, root), list(meta["classes"]), IndexReport(**meta["report"])
 
     started = time.perf_counter()
-    records, classes, report = _build(root, split, boxes, val_labels, strict, max_per_class, classes)
+    records, classes, report = _build(
+        root, split, boxes, val_labels, strict, max_per_class, classes
+    )
     logger.info("%s\n  built in %.1f s", report.summary(), time.perf_counter() - started)
     if not cache_dir and is_marked_read_only(root):
-        logger.warning("data root %s is read-only: index not cached; pass cache_dir= (DATA.CACHE_DIR) "
-                    "so it is not rebuilt at every start", root)
+        logger.warning(
+            "data root %s is read-only: index not cached; pass cache_dir= (DATA.CACHE_DIR) "
+            "so it is not rebuilt at every start",
+            root,
+        )
         return records, classes, report
     try:
         index_cache.save(cache, key, files, classes, asdict(report), records, root)
     except OSError as exc:
-        logger.warning("could not write the index cache %s (%s); pass cache_dir= to a writable "
-                    "folder so the index is not rebuilt at every start", cache, exc)
+        logger.warning(
+            "could not write the index cache %s (%s); pass cache_dir= to a writable "
+            "folder so the index is not rebuilt at every start",
+            cache,
+            exc,
+        )
     return records, classes, report

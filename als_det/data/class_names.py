@@ -9,6 +9,7 @@ Looked for in the data root, then its parent, first match per class wins:
 The first comma-separated synonym is the name. A name that two of the classes share (ImageNet has
 two "crane"s) gets its wnid appended; classes without a name keep their id.
 """
+
 from __future__ import annotations
 
 import json

@@ -1,13 +1,14 @@
-"""A COCO-format detection set -> an ImageNet-with-boxes tree, for ALS pretraining on any detection set.
+"""A COCO-format detection set -> an ImageNet-with-boxes tree, for ALS pretraining on any detection
+set.
 
 Each image becomes one classification sample: its label is the image's **dominant category** (the
 category whose boxes cover the largest total area; ties go to more boxes, then the lower category
 id) and its boxes are that category's boxes, written as Pascal-VOC XML like ILSVRC2012_bbox_*:
 
-    OUT/<split>/<class>/<file_name>                 the original image (copied, or symlinked)
-    OUT/Annotation/<split>/<class>/<stem>.xml       inclusive integer corners covering each box
-    OUT/classes.json                                [{folder, coco_id, images}] of the classes
-    OUT/conversion.json                             sources, options, per-split report (written last)
+    OUT/<split>/<class>/<file_name>             the original image (copied, or symlinked)
+    OUT/Annotation/<split>/<class>/<stem>.xml   inclusive integer corners covering each box
+    OUT/classes.json                            [{folder, coco_id, images}] of the classes
+    OUT/conversion.json                         sources, options, per-split report (written last)
 
 `<class>` is the category name with spaces as underscores. The first split decides the classes
 (categories dominant in at least `min_images` of its images); later splits keep only images of
@@ -18,6 +19,7 @@ instances are inside it), `drop` (ignored) or `skip_image` (the image is left ou
 left out and every box dropped is counted by reason in the report; a missing image file or a
 malformed json is an error naming the file.
 """
+
 from __future__ import annotations
 
 import json
@@ -66,16 +68,18 @@ class SplitReport:
     crowd_boxes_kept: int = 0
     per_class: dict[str, int] = field(default_factory=dict)
     skipped_images: dict[str, list[str]] = field(default_factory=dict)  # reason -> file names
-    dropped_boxes: dict[str, int] = field(default_factory=dict)        # reason -> count
+    dropped_boxes: dict[str, int] = field(default_factory=dict)  # reason -> count
 
     def skip(self, reason: str, file_name: str) -> None:
         self.skipped_images.setdefault(reason, []).append(file_name)
 
     def summary(self) -> str:
         """One line, then one line per skip reason."""
-        lines = [f"{self.split}: {self.images} of {self.images_in_json} images in "
-                 f"{len(self.per_class)} classes, {self.boxes} boxes ({self.crowd_boxes_kept} crowd) "
-                 f"[{self.json_file}]"]
+        lines = [
+            f"{self.split}: {self.images} of {self.images_in_json} images in "
+            f"{len(self.per_class)} classes, {self.boxes} boxes ({self.crowd_boxes_kept} crowd) "
+            f"[{self.json_file}]"
+        ]
         for reason, files in sorted(self.skipped_images.items()):
             lines.append(f"  left out {len(files)} images: {reason} (e.g. {', '.join(files[:3])})")
         for reason, n in sorted(self.dropped_boxes.items()):
@@ -83,13 +87,17 @@ class SplitReport:
         return "\n".join(lines)
 
 
-def coco_split_sources(coco_root: str | os.PathLike,
-                       splits: Sequence[tuple[str, str]] = (("train2017", "train"), ("val2017", "val"))
-                       ) -> list[SplitSource]:
-    """The official COCO layout: (COCO split, output split) -> annotations/instances_<s>.json, <s>/."""
+def coco_split_sources(
+    coco_root: str | os.PathLike,
+    splits: Sequence[tuple[str, str]] = (("train2017", "train"), ("val2017", "val")),
+) -> list[SplitSource]:
+    """The official COCO layout: (COCO split, output split) -> annotations/instances_<s>.json,
+    <s>/."""
     root = Path(coco_root)
-    return [SplitSource(out, str(root / "annotations" / f"instances_{s}.json"), str(root / s))
-            for s, out in splits]
+    return [
+        SplitSource(out, str(root / "annotations" / f"instances_{s}.json"), str(root / s))
+        for s, out in splits
+    ]
 
 
 def class_folder(name: str) -> str:
@@ -133,27 +141,34 @@ def dominant_category(boxes: Sequence[tuple[int, list[float]]]) -> int:
 
 
 def voc_corners(bbox: Sequence[float], width: int, height: int) -> tuple[int, int, int, int]:
-    """COCO [x, y, w, h] (continuous) -> VOC inclusive integer corners covering it, inside the image."""
+    """COCO [x, y, w, h] (continuous) -> VOC inclusive integer corners covering it, inside the
+    image."""
     x, y, w, h = bbox
     x0, y0 = max(0, math.floor(x)), max(0, math.floor(y))
     x1, y1 = min(width, math.ceil(x + w)) - 1, min(height, math.ceil(y + h)) - 1
     return x0, y0, x1, y1
 
 
-def voc_xml(folder: str, file_name: str, width: int, height: int,
-            boxes: Sequence[tuple[int, int, int, int]]) -> str:
+def voc_xml(
+    folder: str, file_name: str, width: int, height: int, boxes: Sequence[tuple[int, int, int, int]]
+) -> str:
     """A Pascal-VOC annotation with one `<object>` named `folder` per box."""
     objects = "".join(
         f"\t<object>\n\t\t<name>{escape(folder)}</name>\n\t\t<bndbox>\n\t\t\t<xmin>{x0}</xmin>\n"
         f"\t\t\t<ymin>{y0}</ymin>\n\t\t\t<xmax>{x1}</xmax>\n\t\t\t<ymax>{y1}</ymax>\n\t\t</bndbox>\n"
-        f"\t</object>\n" for x0, y0, x1, y1 in boxes)
-    return (f"<annotation>\n\t<folder>{escape(folder)}</folder>\n\t<filename>{escape(file_name)}"
-            f"</filename>\n\t<size>\n\t\t<width>{width}</width>\n\t\t<height>{height}</height>\n"
-            f"\t\t<depth>3</depth>\n\t</size>\n{objects}</annotation>\n")
+        f"\t</object>\n"
+        for x0, y0, x1, y1 in boxes
+    )
+    return (
+        f"<annotation>\n\t<folder>{escape(folder)}</folder>\n\t<filename>{escape(file_name)}"
+        f"</filename>\n\t<size>\n\t\t<width>{width}</width>\n\t\t<height>{height}</height>\n"
+        f"\t\t<depth>3</depth>\n\t</size>\n{objects}</annotation>\n"
+    )
 
 
-def _usable_box(a: dict[str, Any], im: dict[str, Any], crowd: str, report: SplitReport
-                ) -> tuple[int, list[float], tuple[int, int, int, int]] | None:
+def _usable_box(
+    a: dict[str, Any], im: dict[str, Any], crowd: str, report: SplitReport
+) -> tuple[int, list[float], tuple[int, int, int, int]] | None:
     """(category id, COCO bbox, VOC corners) of one annotation, or None (dropped and counted)."""
     bbox = a.get("bbox")
     if a.get("iscrowd", 0) and crowd == "drop":
@@ -169,14 +184,18 @@ def _usable_box(a: dict[str, Any], im: dict[str, Any], crowd: str, report: Split
     return None
 
 
-def _labelled_images(data: dict[str, Any], folders: dict[int, str], crowd: str, report: SplitReport
-                     ) -> list[tuple[dict[str, Any], str, list[tuple[int, int, int, int]], int]]:
-    """(image entry, class folder, VOC boxes of that class, crowd boxes among them) per usable image."""
+def _labelled_images(
+    data: dict[str, Any], folders: dict[int, str], crowd: str, report: SplitReport
+) -> list[tuple[dict[str, Any], str, list[tuple[int, int, int, int]], int]]:
+    """(image entry, class folder, VOC boxes of that class, crowd boxes among them) per usable
+    image."""
     by_image: dict[Any, list[dict[str, Any]]] = defaultdict(list)
     for a in data["annotations"]:
         if a.get("category_id") not in folders:
-            raise ConversionError(f"{report.json_file}: annotation {a.get('id')} uses undeclared "
-                                  f"category id {a.get('category_id')}")
+            raise ConversionError(
+                f"{report.json_file}: annotation {a.get('id')} uses undeclared "
+                f"category id {a.get('category_id')}"
+            )
         by_image[a.get("image_id")].append(a)
     out = []
     for im in data["images"]:
@@ -194,24 +213,32 @@ def _labelled_images(data: dict[str, Any], folders: dict[int, str], crowd: str, 
     return out
 
 
-def _write_split(src: SplitSource, tmp: Path, classes: list[str] | None, crowd: str, min_images: int,
-                 link: str) -> tuple[SplitReport, list[str], dict[str, int]]:
+def _write_split(
+    src: SplitSource, tmp: Path, classes: list[str] | None, crowd: str, min_images: int, link: str
+) -> tuple[SplitReport, list[str], dict[str, int]]:
     json_file, image_dir = Path(src.json_file), Path(src.image_dir)
     data = _load(json_file)
     folders = _categories(data, json_file)
-    report = SplitReport(split=src.name, json_file=str(json_file), images_in_json=len(data["images"]))
+    report = SplitReport(
+        split=src.name, json_file=str(json_file), images_in_json=len(data["images"])
+    )
     labelled = _labelled_images(data, folders, crowd, report)
-    missing = [im["file_name"] for im, *_ in labelled if not (image_dir / im["file_name"]).is_file()]
+    missing = [
+        im["file_name"] for im, *_ in labelled if not (image_dir / im["file_name"]).is_file()
+    ]
     if missing:
-        raise ConversionError(f"{json_file}: {len(missing)} images missing in {image_dir}, "
-                              f"e.g. {missing[:3]}")
+        raise ConversionError(
+            f"{json_file}: {len(missing)} images missing in {image_dir}, e.g. {missing[:3]}"
+        )
     counts: dict[str, int] = defaultdict(int)
     for _, folder, _, _ in labelled:
         counts[folder] += 1
     if classes is None:  # the first split decides the classes
         classes = sorted(f for f, n in counts.items() if n >= min_images)
         if not classes:
-            raise ConversionError(f"{json_file}: no category is dominant in {min_images} or more images")
+            raise ConversionError(
+                f"{json_file}: no category is dominant in {min_images} or more images"
+            )
         reason = f"class with fewer than {min_images} images"
     else:
         reason = "class absent from the first split"
@@ -239,8 +266,13 @@ def _write_split(src: SplitSource, tmp: Path, classes: list[str] | None, crowd: 
     return report, classes, {folder: cid for cid, folder in folders.items()}
 
 
-def coco_to_imagenet(splits: Sequence[SplitSource], out_root: str | os.PathLike, crowd: str = "keep",
-                     min_images: int = 1, link: str = "copy") -> dict[str, SplitReport]:
+def coco_to_imagenet(
+    splits: Sequence[SplitSource],
+    out_root: str | os.PathLike,
+    crowd: str = "keep",
+    min_images: int = 1,
+    link: str = "copy",
+) -> dict[str, SplitReport]:
     """Convert `splits` (the first decides the classes) into a new ImageNet-with-boxes tree.
 
     The tree is written into a temporary sibling and renamed into place when complete; an
@@ -263,16 +295,26 @@ def coco_to_imagenet(splits: Sequence[SplitSource], out_root: str | os.PathLike,
         reports: dict[str, SplitReport] = {}
         classes, ids = None, {}
         for src in splits:
-            reports[src.name], classes, split_ids = _write_split(src, tmp, classes, crowd, min_images, link)
+            reports[src.name], classes, split_ids = _write_split(
+                src, tmp, classes, crowd, min_images, link
+            )
             ids = ids or split_ids
             logger.info("%s", reports[src.name].summary())
         first = reports[splits[0].name]
-        atomic_write_json(tmp / "classes.json", [
-            {"folder": c, "coco_id": ids[c], "images": first.per_class[c]} for c in classes])
-        atomic_write_json(tmp / "conversion.json", {
-            "crowd": crowd, "min_images": min_images, "link": link,
-            "label": "dominant category (largest total box area; ties: more boxes, lower id)",
-            "splits": {name: asdict(r) for name, r in reports.items()}})
+        atomic_write_json(
+            tmp / "classes.json",
+            [{"folder": c, "coco_id": ids[c], "images": first.per_class[c]} for c in classes],
+        )
+        atomic_write_json(
+            tmp / "conversion.json",
+            {
+                "crowd": crowd,
+                "min_images": min_images,
+                "link": link,
+                "label": "dominant category (largest total box area; ties: more boxes, lower id)",
+                "splits": {name: asdict(r) for name, r in reports.items()},
+            },
+        )
         if out_root.exists():
             out_root.rmdir()
         os.rename(tmp, out_root)
@@ -280,4 +322,3 @@ def coco_to_imagenet(splits: Sequence[SplitSource], out_root: str | os.PathLike,
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return reports
-

@@ -1,4 +1,6 @@
-"""Random-resized-crop sampling driven by an explicit generator, and exact box coverage of a crop."""
+"""Random-resized-crop sampling driven by an explicit generator, and exact box coverage of a
+crop."""
+
 from __future__ import annotations
 
 import functools
@@ -16,10 +18,15 @@ def _log_ratio(ratio: tuple[float, ...]) -> tuple[float, float]:
     return float(lr[0]), float(lr[1])
 
 
-def random_resized_crop_params(width: int, height: int, scale: Sequence[float],
-                               ratio: Sequence[float],
-                               generator: torch.Generator) -> tuple[int, int, int, int]:
-    """(top, left, h, w): torchvision's `RandomResizedCrop.get_params`, draw for draw, on `generator`.
+def random_resized_crop_params(
+    width: int,
+    height: int,
+    scale: Sequence[float],
+    ratio: Sequence[float],
+    generator: torch.Generator,
+) -> tuple[int, int, int, int]:
+    """(top, left, h, w): torchvision's `RandomResizedCrop.get_params`, draw for draw, on
+    `generator`.
 
     Same calls in the same order as torchvision, so with a generator in the same state as the
     global one the result is identical; an explicit generator makes crops depend only on its seed.
@@ -29,7 +36,8 @@ def random_resized_crop_params(width: int, height: int, scale: Sequence[float],
     for _ in range(10):
         target_area = area * torch.empty(1).uniform_(scale[0], scale[1], generator=generator).item()
         aspect_ratio = torch.exp(
-            torch.empty(1).uniform_(log_ratio[0], log_ratio[1], generator=generator)).item()
+            torch.empty(1).uniform_(log_ratio[0], log_ratio[1], generator=generator)
+        ).item()
         w = int(round(math.sqrt(target_area * aspect_ratio)))
         h = int(round(math.sqrt(target_area / aspect_ratio)))
         if 0 < w <= width and 0 < h <= height:
@@ -48,7 +56,9 @@ def random_resized_crop_params(width: int, height: int, scale: Sequence[float],
     return (height - h) // 2, (width - w) // 2, h, w
 
 
-def center_crop_box(width: int, height: int, resize: int, size: int) -> tuple[float, float, float, float]:
+def center_crop_box(
+    width: int, height: int, resize: int, size: int
+) -> tuple[float, float, float, float]:
     """The region of the original image seen by `Resize(resize)` then `CenterCrop(size)`.
 
     Mirrors torchvision's arithmetic (shorter side -> `resize`, longer side truncated; crop offset

@@ -9,6 +9,7 @@ label most of the time, as grass predicts cows in ImageNet. `val_mixed` draws ba
 uniformly; `val_bg_only` holds backgrounds alone, labelled by the class whose context they are.
 Also a COCO-format detection set of the same K categories. Layout: docs/architecture.md.
 """
+
 from __future__ import annotations
 
 import json
@@ -52,7 +53,8 @@ SPLITS = ("train", "val", "val_mixed", "val_bg_only")
 
 # ------------------------------------------------------------------------------------ params
 def _params(cfg_gen: Mapping[str, Any]) -> dict[str, Any]:
-    """The generation parameters: config defaults overlaid with `cfg_gen`, typed; unknown keys fail."""
+    """The generation parameters: config defaults overlaid with `cfg_gen`, typed; unknown keys
+    fail."""
     from als_det.config import get_cfg
 
     defaults = dict(get_cfg().DATA.GEN)
@@ -73,9 +75,16 @@ def _params(cfg_gen: Mapping[str, Any]) -> dict[str, Any]:
 
 def _identity(p: dict[str, Any]) -> dict[str, Any]:
     """What must match for an existing generation to be reused."""
-    return {"generator": GENERATOR_VERSION, "params": p, "jpeg_quality": JPEG_QUALITY,
-            "detection": {"area": list(DETECTION_AREA), "objects": list(DETECTION_OBJECTS),
-                          "max_iou": DETECTION_MAX_IOU}}
+    return {
+        "generator": GENERATOR_VERSION,
+        "params": p,
+        "jpeg_quality": JPEG_QUALITY,
+        "detection": {
+            "area": list(DETECTION_AREA),
+            "objects": list(DETECTION_OBJECTS),
+            "max_iou": DETECTION_MAX_IOU,
+        },
+    }
 
 
 def _finished(root: Path, identity: dict[str, Any]) -> bool:
@@ -87,8 +96,9 @@ def _finished(root: Path, identity: dict[str, Any]) -> bool:
 
 
 def _jpeg(img: np.ndarray) -> bytes:
-    ok, buf = cv2.imencode(".jpg", np.clip(img, 0, 255).astype(np.uint8),
-                           [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
+    ok, buf = cv2.imencode(
+        ".jpg", np.clip(img, 0, 255).astype(np.uint8), [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY]
+    )
     if not ok:
         raise RuntimeError("JPEG encoding failed")
     return buf.tobytes()
@@ -96,13 +106,15 @@ def _jpeg(img: np.ndarray) -> bytes:
 
 def _voc_xml(folder: str, stem: str, size: int, wnid: str, box: tuple[int, int, int, int]) -> str:
     x0, y0, x1, y1 = box
-    return (f"<annotation>\n\t<folder>{escape(folder)}</folder>\n\t<filename>{escape(stem)}</filename>\n"
-            f"\t<source>\n\t\t<database>als_det generated context-bias set</database>\n\t</source>\n"
-            f"\t<size>\n\t\t<width>{size}</width>\n\t\t<height>{size}</height>\n\t\t<depth>3</depth>\n"
-            f"\t</size>\n\t<segmented>0</segmented>\n\t<object>\n\t\t<name>{wnid}</name>\n"
-            f"\t\t<pose>Unspecified</pose>\n\t\t<truncated>0</truncated>\n\t\t<difficult>0</difficult>\n"
-            f"\t\t<bndbox>\n\t\t\t<xmin>{x0}</xmin>\n\t\t\t<ymin>{y0}</ymin>\n\t\t\t<xmax>{x1}</xmax>\n"
-            f"\t\t\t<ymax>{y1}</ymax>\n\t\t</bndbox>\n\t</object>\n</annotation>\n")
+    return (
+        f"<annotation>\n\t<folder>{escape(folder)}</folder>\n\t<filename>{escape(stem)}</filename>\n"
+        f"\t<source>\n\t\t<database>als_det generated context-bias set</database>\n\t</source>\n"
+        f"\t<size>\n\t\t<width>{size}</width>\n\t\t<height>{size}</height>\n\t\t<depth>3</depth>\n"
+        f"\t</size>\n\t<segmented>0</segmented>\n\t<object>\n\t\t<name>{wnid}</name>\n"
+        f"\t\t<pose>Unspecified</pose>\n\t\t<truncated>0</truncated>\n\t\t<difficult>0</difficult>\n"
+        f"\t\t<bndbox>\n\t\t\t<xmin>{x0}</xmin>\n\t\t\t<ymin>{y0}</ymin>\n\t\t\t<xmax>{x1}</xmax>\n"
+        f"\t\t\t<ymax>{y1}</ymax>\n\t\t</bndbox>\n\t</object>\n</annotation>\n"
+    )
 
 
 def _iou(a: tuple[float, ...], b: tuple[float, ...]) -> float:
@@ -155,11 +167,19 @@ def _write_classification(tmp: Path, p: dict[str, Any], bar: tqdm) -> dict[str, 
 
 def _write_detection(tmp: Path, p: dict[str, Any], bar: tqdm) -> dict[str, Any]:
     K, S = p["NUM_CLASSES"], p["DETECTION_IMAGE_SIZE"]
-    categories = [{"id": k + 1, "name": class_spec(k)["name"], "wnid": class_spec(k)["wnid"],
-                   "supercategory": "shape"} for k in range(K)]
+    categories = [
+        {
+            "id": k + 1,
+            "name": class_spec(k)["name"],
+            "wnid": class_spec(k)["wnid"],
+            "supercategory": "shape",
+        }
+        for k in range(K)
+    ]
     counts = {}
-    for split_code, (split, n) in enumerate((("train2017", p["DETECTION_TRAIN"]),
-                                             ("val2017", p["DETECTION_VAL"])), start=len(SPLITS)):
+    for split_code, (split, n) in enumerate(
+        (("train2017", p["DETECTION_TRAIN"]), ("val2017", p["DETECTION_VAL"])), start=len(SPLITS)
+    ):
         (tmp / "detection" / split).mkdir(parents=True)
         images, annotations = [], []
         for i in range(n):
@@ -182,18 +202,30 @@ def _write_detection(tmp: Path, p: dict[str, Any], bar: tqdm) -> dict[str, Any]:
                     continue
                 placed.append(cand)
                 x0, y0, x1, y1, area = drawn
-                annotations.append({"id": len(annotations) + 1, "image_id": i + 1,
-                                    "category_id": k + 1,
-                                    "bbox": [x0, y0, x1 - x0 + 1, y1 - y0 + 1],
-                                    "area": area, "iscrowd": 0})
+                annotations.append(
+                    {
+                        "id": len(annotations) + 1,
+                        "image_id": i + 1,
+                        "category_id": k + 1,
+                        "bbox": [x0, y0, x1 - x0 + 1, y1 - y0 + 1],
+                        "area": area,
+                        "iscrowd": 0,
+                    }
+                )
             name = f"{i + 1:012d}.jpg"
             (tmp / "detection" / split / name).write_bytes(_jpeg(img))
             images.append({"id": i + 1, "file_name": name, "width": S, "height": S})
             bar.update()
-        atomic_write_json(tmp / "detection" / "annotations" / f"instances_{split}.json",
-                          {"info": {"description": "als_det generated detection set"},
-                           "images": images, "annotations": annotations,
-                           "categories": categories}, indent=None)
+        atomic_write_json(
+            tmp / "detection" / "annotations" / f"instances_{split}.json",
+            {
+                "info": {"description": "als_det generated detection set"},
+                "images": images,
+                "annotations": annotations,
+                "categories": categories,
+            },
+            indent=None,
+        )
         counts[split] = {"images": len(images), "annotations": len(annotations)}
     return counts
 
@@ -211,24 +243,38 @@ def generate(root: str | os.PathLike, cfg_gen: Mapping[str, Any], progress: bool
     if _finished(root, identity):
         return root
     if root.exists() and any(root.iterdir()) and not (root / "generation.json").exists():
-        raise FileExistsError(f"{root} exists and is not a generated data set (no generation.json); "
-                              "choose another DATA.ROOT or remove it")
+        raise FileExistsError(
+            f"{root} exists and is not a generated data set (no generation.json); "
+            "choose another DATA.ROOT or remove it"
+        )
     root.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.tmp-", dir=root.parent))
     try:
         start = time.perf_counter()
-        total = p["NUM_CLASSES"] * (p["TRAIN_PER_CLASS"] + 3 * p["VAL_PER_CLASS"]) \
-            + p["DETECTION_TRAIN"] + p["DETECTION_VAL"]
-        with tqdm(total=total, desc=f"generating {root.name}", unit="img",
-                  disable=not progress) as bar:
+        total = (
+            p["NUM_CLASSES"] * (p["TRAIN_PER_CLASS"] + 3 * p["VAL_PER_CLASS"])
+            + p["DETECTION_TRAIN"]
+            + p["DETECTION_VAL"]
+        )
+        with tqdm(
+            total=total, desc=f"generating {root.name}", unit="img", disable=not progress
+        ) as bar:
             counts = _write_classification(tmp, p, bar)
             counts.update(_write_detection(tmp, p, bar))
         classes = {class_spec(k)["wnid"]: class_spec(k)["name"] for k in range(p["NUM_CLASSES"])}
         atomic_write_json(tmp / "classes.json", classes)
-        atomic_write_json(tmp / "generation.json", {
-            **identity, "seed": p["SEED"], "counts": counts, "classes": classes,
-            "seconds": round(time.perf_counter() - start, 3), "als_det_version": __version__,
-            "versions": package_versions()})
+        atomic_write_json(
+            tmp / "generation.json",
+            {
+                **identity,
+                "seed": p["SEED"],
+                "counts": counts,
+                "classes": classes,
+                "seconds": round(time.perf_counter() - start, 3),
+                "als_det_version": __version__,
+                "versions": package_versions(),
+            },
+        )
         old = None
         if root.exists():
             old = root.with_name(f".{root.name}.old-{os.getpid()}")

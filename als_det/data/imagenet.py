@@ -1,4 +1,5 @@
 """The training/eval Dataset: decoded image, random crop + flip (or centre crop), box coverages."""
+
 from __future__ import annotations
 
 import logging
@@ -51,10 +52,18 @@ class ImageNetBoxes(Dataset):
     Records are stored as flat arrays so forked DataLoader workers share them without copying.
     """
 
-    def __init__(self, records: Sequence[ImageRecord], classes: Sequence[str], train: bool,
-                 image_size: int, val_resize: int | None = None,
-                 scale: Sequence[float] = (0.08, 1.0), ratio: Sequence[float] = (3 / 4, 4 / 3),
-                 seed: int = 0, strict: bool = False) -> None:
+    def __init__(
+        self,
+        records: Sequence[ImageRecord],
+        classes: Sequence[str],
+        train: bool,
+        image_size: int,
+        val_resize: int | None = None,
+        scale: Sequence[float] = (0.08, 1.0),
+        ratio: Sequence[float] = (3 / 4, 4 / 3),
+        seed: int = 0,
+        strict: bool = False,
+    ) -> None:
         self.classes = list(classes)
         self.train = train
         self.image_size = int(image_size)
@@ -68,12 +77,17 @@ class ImageNetBoxes(Dataset):
         self.epoch = 0
         encoded = [r.path.encode("utf-8") for r in records]
         self._path_bytes = np.frombuffer(b"".join(encoded), dtype=np.uint8)
-        self._path_offsets = np.concatenate([[0], np.cumsum([len(b) for b in encoded])]).astype(np.int64)
+        self._path_offsets = np.concatenate([[0], np.cumsum([len(b) for b in encoded])]).astype(
+            np.int64
+        )
         self._labels = np.array([r.label for r in records], dtype=np.int64)
         counts = np.array([len(r.boxes) for r in records], dtype=np.int64)
         self._offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
-        self._boxes = (np.concatenate([r.boxes for r in records]).astype(np.float32)
-                       if len(records) else np.zeros((0, 4), np.float32))
+        self._boxes = (
+            np.concatenate([r.boxes for r in records]).astype(np.float32)
+            if len(records)
+            else np.zeros((0, 4), np.float32)
+        )
         self._warned: set[str] = set()
 
     def __len__(self) -> int:
@@ -84,7 +98,7 @@ class ImageNetBoxes(Dataset):
         self.epoch = int(epoch)
 
     def boxes(self, index: int) -> np.ndarray:
-        return self._boxes[self._offsets[index]:self._offsets[index + 1]]
+        return self._boxes[self._offsets[index] : self._offsets[index + 1]]
 
     def label(self, index: int) -> int:
         return int(self._labels[index])
@@ -102,8 +116,9 @@ class ImageNetBoxes(Dataset):
                 raise
             if path not in self._warned:
                 self._warned.add(path)
-                logger.warning("undecodable image %s: returned with label -1 (masked by the trainer)",
-                            path)
+                logger.warning(
+                    "undecodable image %s: returned with label -1 (masked by the trainer)", path
+                )
             return torch.zeros(3, self.image_size, self.image_size), -1, 0.0, 0.0, False
         boxes = self.boxes(index)
         width, height = img.size
@@ -120,6 +135,8 @@ class ImageNetBoxes(Dataset):
         else:
             crop = center_crop_box(width, height, self.val_resize, self.image_size)
             img = TF.center_crop(TF.resize(img, self.val_resize, antialias=True), size)
-        cov, obj = (coverage(boxes, crop), object_coverage(boxes, crop)) if len(boxes) else (0.0, 0.0)
+        cov, obj = (
+            (coverage(boxes, crop), object_coverage(boxes, crop)) if len(boxes) else (0.0, 0.0)
+        )
         tensor = TF.normalize(TF.to_tensor(img), IMAGENET_MEAN, IMAGENET_STD)
         return tensor, int(self._labels[index]), float(cov), float(obj), bool(len(boxes))

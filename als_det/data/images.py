@@ -1,4 +1,5 @@
 """Decoding images to RGB, with one error type for every unreadable file."""
+
 from __future__ import annotations
 
 import os

@@ -6,6 +6,7 @@ cannot run code: at worst it is refused and the index rebuilt. It is valid while
 match and every indexed folder holds the same entries with the same sizes and mtimes (one
 `os.scandir` pass with a `stat` per entry; per-folder digests say which folders changed).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -58,20 +59,35 @@ def _fingerprint_folder(folder: str, out: dict[str, str]) -> None:
         _fingerprint_folder(sub, out)
 
 
-def save(path: Path, key: dict[str, Any], files: dict[str, str], classes: list[str],
-         report: dict[str, Any], records: list, root: Path) -> None:
+def save(
+    path: Path,
+    key: dict[str, Any],
+    files: dict[str, str],
+    classes: list[str],
+    report: dict[str, Any],
+    records: list,
+    root: Path,
+) -> None:
     """Write the index (records of `als_det.data.boxes.ImageRecord`) atomically."""
     counts = np.array([len(r.boxes) for r in records], dtype=np.int64)
-    meta = {"format": CACHE_FORMAT, "key": key, "files": files, "classes": classes,
-            "report": report, "paths": [os.path.relpath(r.path, root) for r in records]}
+    meta = {
+        "format": CACHE_FORMAT,
+        "key": key,
+        "files": files,
+        "classes": classes,
+        "report": report,
+        "paths": [os.path.relpath(r.path, root) for r in records],
+    }
     atomic_savez(
         path,
         meta=np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8),
         labels=np.array([r.label for r in records], dtype=np.int64),
         sizes=np.array([(r.width, r.height) for r in records], dtype=np.int64).reshape(-1, 2),
         offsets=np.concatenate([[0], np.cumsum(counts)]).astype(np.int64),
-        boxes=(np.concatenate([r.boxes for r in records]) if records
-               else np.zeros((0, 4), np.float32)).astype(np.float32))
+        boxes=(
+            np.concatenate([r.boxes for r in records]) if records else np.zeros((0, 4), np.float32)
+        ).astype(np.float32),
+    )
 
 
 def load(path: Path, key: dict[str, Any], files: dict[str, str]) -> dict[str, Any] | None:
@@ -88,8 +104,12 @@ def load(path: Path, key: dict[str, Any], files: dict[str, str]) -> dict[str, An
         if len(data["labels"]) != n or len(data["sizes"]) != n or len(data["offsets"]) != n + 1:
             raise ValueError("record count mismatch")
     except (OSError, ValueError, KeyError, TypeError, zipfile.BadZipFile) as exc:
-        logger.warning("ignoring unreadable box index cache %s (%s: %s); rebuilding", path,
-                       type(exc).__name__, exc)
+        logger.warning(
+            "ignoring unreadable box index cache %s (%s: %s); rebuilding",
+            path,
+            type(exc).__name__,
+            exc,
+        )
         return None
     if meta.get("format") != CACHE_FORMAT or meta.get("key") != key:
         logger.warning("box index cache %s was built with other arguments; rebuilding", path)
@@ -97,9 +117,15 @@ def load(path: Path, key: dict[str, Any], files: dict[str, str]) -> dict[str, An
     built_from = meta["files"]
     changed = sorted(k for k in set(files) | set(built_from) if files.get(k) != built_from.get(k))
     if changed:
-        shown = ", ".join(changed[:3]) + (f", ... ({len(changed) - 3} more)"
-                                          if len(changed) > 3 else "")
-        logger.warning("box index cache %s is stale: %d folder(s)/file(s) changed since it was "
-                       "built (%s); rebuilding", path, len(changed), shown)
+        shown = ", ".join(changed[:3]) + (
+            f", ... ({len(changed) - 3} more)" if len(changed) > 3 else ""
+        )
+        logger.warning(
+            "box index cache %s is stale: %d folder(s)/file(s) changed since it was "
+            "built (%s); rebuilding",
+            path,
+            len(changed),
+            shown,
+        )
         return None
     return {**data, "meta": meta}

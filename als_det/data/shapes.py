@@ -1,5 +1,6 @@
 """Drawing the generated data set: each class's shape, colour and context texture (`class_spec`),
 its textured backgrounds and its objects, all from a seeded numpy generator (OpenCV draws)."""
+
 from __future__ import annotations
 
 import math
@@ -8,13 +9,35 @@ from typing import Any
 import cv2
 import numpy as np
 
-SHAPES = ("circle", "square", "triangle", "star", "cross", "ring", "hexagon", "ellipse",
-          "diamond", "heart", "pentagon", "arrow")
+SHAPES = (
+    "circle",
+    "square",
+    "triangle",
+    "star",
+    "cross",
+    "ring",
+    "hexagon",
+    "ellipse",
+    "diamond",
+    "heart",
+    "pentagon",
+    "arrow",
+)
 # (name, hue in degrees on OpenCV's 0..180 scale x2, saturation, value)
-COLOURS = (("red", 0, 0.85, 0.9), ("blue", 220, 0.8, 0.9), ("yellow", 55, 0.9, 0.95),
-           ("green", 125, 0.8, 0.75), ("magenta", 305, 0.75, 0.9), ("orange", 28, 0.9, 0.95),
-           ("cyan", 185, 0.8, 0.9), ("purple", 270, 0.7, 0.75), ("lime", 85, 0.85, 0.9),
-           ("pink", 340, 0.5, 0.95), ("teal", 165, 0.85, 0.6), ("white", 0, 0.0, 0.97))
+COLOURS = (
+    ("red", 0, 0.85, 0.9),
+    ("blue", 220, 0.8, 0.9),
+    ("yellow", 55, 0.9, 0.95),
+    ("green", 125, 0.8, 0.75),
+    ("magenta", 305, 0.75, 0.9),
+    ("orange", 28, 0.9, 0.95),
+    ("cyan", 185, 0.8, 0.9),
+    ("purple", 270, 0.7, 0.75),
+    ("lime", 85, 0.85, 0.9),
+    ("pink", 340, 0.5, 0.95),
+    ("teal", 165, 0.85, 0.6),
+    ("white", 0, 0.0, 0.97),
+)
 TEXTURES = ("stripes", "checker", "blobs", "waves", "rings", "dots")
 
 
@@ -37,8 +60,9 @@ def class_spec(k: int) -> dict[str, Any]:
 
 
 def _hsv_to_bgr(h_deg: float, s: float, v: float) -> np.ndarray:
-    hsv = np.array([[[h_deg % 360 / 2.0, np.clip(s, 0, 1) * 255, np.clip(v, 0, 1) * 255]]],
-                   dtype=np.float32)
+    hsv = np.array(
+        [[[h_deg % 360 / 2.0, np.clip(s, 0, 1) * 255, np.clip(v, 0, 1) * 255]]], dtype=np.float32
+    )
     return cv2.cvtColor(hsv.astype(np.uint8), cv2.COLOR_HSV2BGR)[0, 0].astype(np.float32)
 
 
@@ -55,11 +79,16 @@ def background(k: int, size: int, rng: np.random.Generator) -> np.ndarray:
     if tex == "stripes":
         mix = 0.5 + 0.5 * np.tanh(4 * np.sin(2 * math.pi * freq * u + phase))
     elif tex == "checker":
-        mix = 0.5 + 0.5 * np.tanh(4 * np.sin(math.pi * freq * u + phase) * np.sin(math.pi * freq * v))
+        mix = 0.5 + 0.5 * np.tanh(
+            4 * np.sin(math.pi * freq * u + phase) * np.sin(math.pi * freq * v)
+        )
     elif tex == "blobs":
         cells = max(2, int(round(freq)))
-        mix = cv2.resize(rng.random((cells, cells), dtype=np.float32), (size, size),
-                         interpolation=cv2.INTER_CUBIC)
+        mix = cv2.resize(
+            rng.random((cells, cells), dtype=np.float32),
+            (size, size),
+            interpolation=cv2.INTER_CUBIC,
+        )
         mix = 0.5 + 0.5 * np.tanh(6 * (mix - 0.5))
     elif tex == "waves":
         mix = 0.5 + 0.5 * np.sin(2 * math.pi * freq * u + 1.5 * np.sin(2 * math.pi * v + phase))
@@ -108,15 +137,36 @@ def _unit_polygons(shape: str) -> list[np.ndarray]:
         return [np.stack([outer, inner], 1).reshape(-1, 2)]
     if shape == "cross":
         a = 0.33
-        return [np.array([[-a, -1], [a, -1], [a, -a], [1, -a], [1, a], [a, a], [a, 1], [-a, 1],
-                          [-a, a], [-1, a], [-1, -a], [-a, -a]], float)]
+        return [
+            np.array(
+                [
+                    [-a, -1],
+                    [a, -1],
+                    [a, -a],
+                    [1, -a],
+                    [1, a],
+                    [a, a],
+                    [a, 1],
+                    [-a, 1],
+                    [-a, a],
+                    [-1, a],
+                    [-1, -a],
+                    [-a, -a],
+                ],
+                float,
+            )
+        ]
     if shape == "heart":
         x = 16 * np.sin(t) ** 3
         y = -(13 * np.cos(t) - 5 * np.cos(2 * t) - 2 * np.cos(3 * t) - np.cos(4 * t))
         return [np.stack([x, y], 1) / 16.0]
     if shape == "arrow":
-        return [np.array([[-1, -0.3], [0.2, -0.3], [0.2, -0.8], [1, 0], [0.2, 0.8], [0.2, 0.3],
-                          [-1, 0.3]], float)]
+        return [
+            np.array(
+                [[-1, -0.3], [0.2, -0.3], [0.2, -0.8], [1, 0], [0.2, 0.8], [0.2, 0.3], [-1, 0.3]],
+                float,
+            )
+        ]
     raise ValueError(f"unknown shape {shape!r}")
 
 
@@ -130,8 +180,9 @@ def object_shape(k: int, rng: np.random.Generator) -> tuple[list[np.ndarray], fl
     return [(p - lo) / (hi - lo) for p in polys], float((hi - lo)[0] / (hi - lo)[1])
 
 
-def box_size(rng: np.random.Generator, area: tuple[float, float], size: int,
-             aspect: float) -> tuple[float, float]:
+def box_size(
+    rng: np.random.Generator, area: tuple[float, float], size: int, aspect: float
+) -> tuple[float, float]:
     """Box width/height: log-uniform area fraction in `area`, the shape's aspect with jitter,
     shrunk to fit the image when needed."""
     a = math.exp(rng.uniform(math.log(area[0]), math.log(area[1])))
@@ -141,17 +192,23 @@ def box_size(rng: np.random.Generator, area: tuple[float, float], size: int,
     return w * fit, h * fit
 
 
-def draw_object(img: np.ndarray, k: int, polys: list[np.ndarray], box_wh: tuple[float, float],
-                xy: tuple[float, float], rng: np.random.Generator
-                ) -> tuple[int, int, int, int, int] | None:
+def draw_object(
+    img: np.ndarray,
+    k: int,
+    polys: list[np.ndarray],
+    box_wh: tuple[float, float],
+    xy: tuple[float, float],
+    rng: np.random.Generator,
+) -> tuple[int, int, int, int, int] | None:
     """Alpha-blend class k's shape (`polys` from `object_shape`) into `img`, box at `xy`.
 
     Returns the drawn mask's inclusive pixel box (xmin, ymin, xmax, ymax) and its pixel area,
     or None when nothing visible was drawn.
     """
     h_deg, s, v = class_spec(k)["hsv"]
-    colour = _hsv_to_bgr(h_deg + rng.uniform(-8, 8), s * rng.uniform(0.85, 1.0),
-                         v * rng.uniform(0.8, 1.0))
+    colour = _hsv_to_bgr(
+        h_deg + rng.uniform(-8, 8), s * rng.uniform(0.85, 1.0), v * rng.uniform(0.8, 1.0)
+    )
     size = img.shape[0]
     mask = np.zeros((size, size), np.uint8)
     for j, p in enumerate(polys):
@@ -167,10 +224,12 @@ def draw_object(img: np.ndarray, k: int, polys: list[np.ndarray], box_wh: tuple[
     # a light gradient across the object, so it is not a single pixel value
     yy, xx = np.mgrid[r0:r1, c0:c1].astype(np.float32) / size
     direction = rng.uniform(0, 2 * math.pi)
-    shade = 1.0 + 0.25 * ((xx - xy[0] / size) * math.cos(direction)
-                          + (yy - xy[1] / size) * math.sin(direction))
-    fill = colour * shade[..., None] + 5.0 * rng.standard_normal(alpha.shape[:2] + (3,),
-                                                                 dtype=np.float32)
+    shade = 1.0 + 0.25 * (
+        (xx - xy[0] / size) * math.cos(direction) + (yy - xy[1] / size) * math.sin(direction)
+    )
+    fill = colour * shade[..., None] + 5.0 * rng.standard_normal(
+        alpha.shape[:2] + (3,), dtype=np.float32
+    )
     region = img[r0:r1, c0:c1]
     region *= 1 - alpha
     region += alpha * fill

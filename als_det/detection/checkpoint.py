@@ -9,6 +9,7 @@ Every weight file the suite hands to detectron2 (MODEL.WEIGHTS, `--resume`, `--e
   and the incompatible keys detectron2 would only log. `FrozenBatchNorm2d` fills running
   statistics a file lacks with 0/1 and reports nothing missing, so only `supplied` tells.
 """
+
 from __future__ import annotations
 
 import logging
@@ -26,8 +27,15 @@ class RecordingCheckpointer(DetectionCheckpointer):
     """DetectionCheckpointer with safe file reading; after `load`: `incompatible` (detectron2's
     record), `supplied` (model keys the file filled), `unsafe_used` and `author`."""
 
-    def __init__(self, model: nn.Module, save_dir: str = "", *, unsafe_load: bool = False,
-                 log_incompatible: bool = True, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        save_dir: str = "",
+        *,
+        unsafe_load: bool = False,
+        log_incompatible: bool = True,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(model, save_dir, **kwargs)
         self.unsafe_load = unsafe_load
         self.log_incompatible = log_incompatible
@@ -46,15 +54,22 @@ class RecordingCheckpointer(DetectionCheckpointer):
             if "model" in data and "__author__" in data:  # detectron2 model-zoo format
                 self.logger.info("Reading a file from '%s'", data["__author__"])
             else:  # a Caffe2 / Detectron1 model-zoo file: blobs by Caffe2 name
-                data = {k: v for k, v in data.get("blobs", data).items()
-                        if not k.endswith("_momentum")}
+                data = {
+                    k: v for k, v in data.get("blobs", data).items() if not k.endswith("_momentum")
+                }
                 data = {"model": data, "__author__": "Caffe2", "matching_heuristics": True}
         else:
             data, self.unsafe_used = read_torch_file(filename, self.unsafe_load)
             if filename.endswith(".pyth"):  # pycls
-                data = {"model": {k: v for k, v in data["model_state"].items()
-                                  if not k.endswith("num_batches_tracked")},
-                        "__author__": "pycls", "matching_heuristics": True}
+                data = {
+                    "model": {
+                        k: v
+                        for k, v in data["model_state"].items()
+                        if not k.endswith("num_batches_tracked")
+                    },
+                    "__author__": "pycls",
+                    "matching_heuristics": True,
+                }
             elif "model" not in data:
                 data = {"model": data}
         self.author = data.get("__author__")

@@ -1,4 +1,5 @@
-"""Detection configs: detectron2's `get_cfg()` + a YAML file + `KEY VALUE` overrides, with model-zoo bases.
+"""Detection configs: detectron2's `get_cfg()` + a YAML file + `KEY VALUE` overrides, with model-zoo
+bases.
 
 Our YAML files inherit detectron2's own model-zoo configs through `_BASE_: "model_zoo://<path>"`
 (path relative to detectron2's `model_zoo/configs/`), so the zoo's schedules are used verbatim
@@ -6,6 +7,7 @@ instead of copied. fvcore joins a relative `_BASE_` to the including file's fold
 `cls.load_yaml_with_base` on the result (recursively, list bases included), so the prefix arrives
 here embedded in that joined path and is resolved with `detectron2.model_zoo.get_config_file`.
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -20,7 +22,8 @@ MODEL_ZOO_PREFIX = "model_zoo://"
 
 
 def resolve_config_path(filename: str) -> str:
-    """Map `[any/folder/]model_zoo://X.yaml` to detectron2's installed zoo file; other paths pass."""
+    """Map `[any/folder/]model_zoo://X.yaml` to detectron2's installed zoo file; other paths
+    pass."""
     _, sep, zoo_path = filename.partition(MODEL_ZOO_PREFIX)
     if not sep:
         return filename
@@ -29,7 +32,8 @@ def resolve_config_path(filename: str) -> str:
     except RuntimeError as err:
         raise FileNotFoundError(
             f"config base {MODEL_ZOO_PREFIX}{zoo_path} (from {filename!r}) is not in detectron2's "
-            f"model zoo: {err}") from err
+            f"model zoo: {err}"
+        ) from err
 
 
 class DetectionCfgNode(CfgNode):
@@ -40,8 +44,9 @@ class DetectionCfgNode(CfgNode):
         return super().load_yaml_with_base(resolve_config_path(filename), allow_unsafe=allow_unsafe)
 
 
-def get_detection_cfg(config_file: str | None = None,
-                      opts: Sequence[str] | None = None) -> DetectionCfgNode:
+def get_detection_cfg(
+    config_file: str | None = None, opts: Sequence[str] | None = None
+) -> DetectionCfgNode:
     """detectron2's defaults, then `config_file` (a path or `model_zoo://...`), then `opts`.
 
     Unknown keys in the file or in `opts` raise a ConfigError naming the key; an option among

@@ -6,6 +6,7 @@ detectron2 leaves to a crash hours later or to a silent drop: images missing on 
 ids, unknown category ids (clear errors), and boxes of non-positive size (dropped, counted and
 reported).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -50,13 +51,17 @@ class CocoValidationReport:
     crowd: int = 0
     categories: list[tuple[int, str]] = field(default_factory=list)  # (official id, name)
     dropped_boxes: list[int] = field(default_factory=list)  # annotation ids, non-positive w or h
-    without_masks: list[int] = field(default_factory=list)  # non-crowd annotation ids, no segmentation
+    without_masks: list[int] = field(
+        default_factory=list
+    )  # non-crowd annotation ids, no segmentation
 
     def summary(self) -> str:
         """One line for the log."""
-        return (f"{self.name}: {self.images} images, {self.annotations} boxes ({self.crowd} crowd), "
-                f"{len(self.categories)} categories, {len(self.dropped_boxes)} boxes of "
-                f"non-positive size dropped [{self.json_file}]")
+        return (
+            f"{self.name}: {self.images} images, {self.annotations} boxes ({self.crowd} crowd), "
+            f"{len(self.categories)} categories, {len(self.dropped_boxes)} boxes of "
+            f"non-positive size dropped [{self.json_file}]"
+        )
 
 
 def _duplicates(values: Iterable) -> list:
@@ -69,8 +74,9 @@ def _fail(json_file: str | os.PathLike, problem: str, items: list) -> None:
     raise DatasetError(f"{json_file}: {problem}: {shown}{more}")
 
 
-def validate_coco_json(name: str, json_file: str | os.PathLike,
-                       image_root: str | os.PathLike) -> CocoValidationReport:
+def validate_coco_json(
+    name: str, json_file: str | os.PathLike, image_root: str | os.PathLike
+) -> CocoValidationReport:
     """Check a COCO instances json against its image folder; raise `DatasetError` on bad input.
 
     Errors: unreadable json, missing sections, duplicate image/annotation/category ids,
@@ -106,39 +112,61 @@ def validate_coco_json(name: str, json_file: str | os.PathLike,
 
     unknown_img = [a.get("id") for a in anns if a.get("image_id") not in image_ids]
     if unknown_img:
-        _fail(json_file, "annotations whose image_id is not in 'images' (annotation ids)",
-              unknown_img)
+        _fail(
+            json_file, "annotations whose image_id is not in 'images' (annotation ids)", unknown_img
+        )
     unknown_cat = sorted({a.get("category_id") for a in anns} - cat_ids, key=str)
     if unknown_cat:
-        _fail(json_file, f"annotations use category ids not declared in 'categories' "
-              f"(declared: {sorted(cat_ids)}); unknown ids", unknown_cat)
-    bad_bbox = [a.get("id") for a in anns
-                if not (isinstance(a.get("bbox"), list) and len(a["bbox"]) == 4)]
+        _fail(
+            json_file,
+            f"annotations use category ids not declared in 'categories' "
+            f"(declared: {sorted(cat_ids)}); unknown ids",
+            unknown_cat,
+        )
+    bad_bbox = [
+        a.get("id") for a in anns if not (isinstance(a.get("bbox"), list) and len(a["bbox"]) == 4)
+    ]
     if bad_bbox:
-        _fail(json_file, "annotations without a 4-number bbox [x, y, w, h] (annotation ids)",
-              bad_bbox)
+        _fail(
+            json_file, "annotations without a 4-number bbox [x, y, w, h] (annotation ids)", bad_bbox
+        )
     usable = [a for a in anns if not a.get("iscrowd", 0) and a["bbox"][2] > 0 and a["bbox"][3] > 0]
     if not usable:
-        what = ("'annotations' is empty" if not anns else
-                f"all {len(anns)} annotations are crowd regions or boxes of non-positive size")
-        raise DatasetError(f"{json_file}: no usable box to train or evaluate on ({what}); data set {name!r}")
-    missing = [str(image_root / im["file_name"]) for im in images
-               if not (image_root / im["file_name"]).is_file()]
+        what = (
+            "'annotations' is empty"
+            if not anns
+            else f"all {len(anns)} annotations are crowd regions or boxes of non-positive size"
+        )
+        raise DatasetError(
+            f"{json_file}: no usable box to train or evaluate on ({what}); data set {name!r}"
+        )
+    missing = [
+        str(image_root / im["file_name"])
+        for im in images
+        if not (image_root / im["file_name"]).is_file()
+    ]
     if missing:
         _fail(json_file, f"{len(missing)} of {len(images)} images missing on disk", missing)
 
     return CocoValidationReport(
-        name=name, json_file=str(json_file), image_root=str(image_root),
-        json_sha256=hashlib.sha256(raw).hexdigest(), images=len(images),
-        annotations=len(anns), crowd=sum(1 for a in anns if a.get("iscrowd", 0)),
+        name=name,
+        json_file=str(json_file),
+        image_root=str(image_root),
+        json_sha256=hashlib.sha256(raw).hexdigest(),
+        images=len(images),
+        annotations=len(anns),
+        crowd=sum(1 for a in anns if a.get("iscrowd", 0)),
         categories=sorted((c["id"], c["name"]) for c in cats),
         dropped_boxes=[a["id"] for a in anns if a["bbox"][2] <= 0 or a["bbox"][3] <= 0],
-        without_masks=[a["id"] for a in anns if not a.get("iscrowd", 0) and not a.get("segmentation")],
+        without_masks=[
+            a["id"] for a in anns if not a.get("iscrowd", 0) and not a.get("segmentation")
+        ],
     )
 
 
-def load_coco_detection(name: str, json_file: str, image_root: str,
-                        dropped: Iterable[int] = ()) -> list[dict]:
+def load_coco_detection(
+    name: str, json_file: str, image_root: str, dropped: Iterable[int] = ()
+) -> list[dict]:
     """detectron2's `load_coco_json`, minus the annotations whose ids are in `dropped`."""
     dropped = set(dropped)
     dicts = load_coco_json(json_file, image_root, name, extra_annotation_keys=["id"])
@@ -147,8 +175,9 @@ def load_coco_detection(name: str, json_file: str, image_root: str,
     return dicts
 
 
-def register_coco_detection(name: str, json_file: str | os.PathLike,
-                            image_root: str | os.PathLike) -> CocoValidationReport:
+def register_coco_detection(
+    name: str, json_file: str | os.PathLike, image_root: str | os.PathLike
+) -> CocoValidationReport:
     """Validate, then register `name` (replacing any earlier registration, detectron2's included).
 
     When boxes were dropped, the evaluator's ground truth is detectron2's own conversion of the
@@ -156,20 +185,29 @@ def register_coco_detection(name: str, json_file: str | os.PathLike,
     """
     report = validate_coco_json(name, json_file, image_root)
     if report.dropped_boxes:
-        logger.warning("%s: dropping %d boxes of non-positive size (annotation ids %s%s)",
-                       json_file, len(report.dropped_boxes), report.dropped_boxes[:_SHOW],
-                       " ..." if len(report.dropped_boxes) > _SHOW else "")
+        logger.warning(
+            "%s: dropping %d boxes of non-positive size (annotation ids %s%s)",
+            json_file,
+            len(report.dropped_boxes),
+            report.dropped_boxes[:_SHOW],
+            " ..." if len(report.dropped_boxes) > _SHOW else "",
+        )
     if name in DatasetCatalog.list():
         DatasetCatalog.remove(name)
     if name in MetadataCatalog.list():
         MetadataCatalog.remove(name)
     json_file, image_root, dropped = str(json_file), str(image_root), list(report.dropped_boxes)
     DatasetCatalog.register(name, lambda: load_coco_detection(name, json_file, image_root, dropped))
-    meta = {"image_root": image_root, "evaluator_type": "coco", "source_json": json_file,
-            "json_sha256": report.json_sha256,
-            "thing_classes": [n for _, n in report.categories],
-            "thing_dataset_id_to_contiguous_id": {cid: i for i, (cid, _) in
-                                                  enumerate(report.categories)}}
+    meta = {
+        "image_root": image_root,
+        "evaluator_type": "coco",
+        "source_json": json_file,
+        "json_sha256": report.json_sha256,
+        "thing_classes": [n for _, n in report.categories],
+        "thing_dataset_id_to_contiguous_id": {
+            cid: i for i, (cid, _) in enumerate(report.categories)
+        },
+    }
     if not report.dropped_boxes:
         meta["json_file"] = json_file
     MetadataCatalog.get(name).set(**meta)
@@ -194,7 +232,9 @@ def parse_dataset_spec(spec: str) -> tuple[str, str, str]:
     name, sep, rest = spec.partition("=")
     json_file, sep2, image_dir = rest.rpartition(".json:")
     if not (name and sep and sep2 and json_file and image_dir):
-        raise DatasetError(f"--dataset expects NAME=JSON:IMAGE_DIR (JSON ending in .json), got {spec!r}")
+        raise DatasetError(
+            f"--dataset expects NAME=JSON:IMAGE_DIR (JSON ending in .json), got {spec!r}"
+        )
     return name, json_file + ".json", image_dir
 
 
@@ -202,8 +242,12 @@ def check_has_masks(reports: list[CocoValidationReport]) -> None:
     """A mask model needs a segmentation for every (non-crowd) object it trains or is scored on."""
     for r in reports:
         if r.without_masks:
-            _fail(r.json_file, f"MODEL.MASK_ON needs instance masks, but {len(r.without_masks)} of "
-                  f"{r.annotations} annotations have no 'segmentation' (annotation ids)", r.without_masks)
+            _fail(
+                r.json_file,
+                f"MODEL.MASK_ON needs instance masks, but {len(r.without_masks)} of "
+                f"{r.annotations} annotations have no 'segmentation' (annotation ids)",
+                r.without_masks,
+            )
 
 
 def check_same_categories(reports: list[CocoValidationReport]) -> list[tuple[int, str]]:
@@ -215,7 +259,8 @@ def check_same_categories(reports: list[CocoValidationReport]) -> list[tuple[int
             raise DatasetError(
                 f"{r.json_file} declares different categories than {first.json_file}: "
                 f"only in the first {sorted(ours - theirs)[:_SHOW]}, "
-                f"only in the second {sorted(theirs - ours)[:_SHOW]}")
+                f"only in the second {sorted(theirs - ours)[:_SHOW]}"
+            )
     return first.categories
 
 
@@ -224,8 +269,11 @@ def dataset_record(names: Iterable[str]) -> dict[str, dict[str, str]]:
     record = {}
     for name in dict.fromkeys(names):
         meta = MetadataCatalog.get(name)
-        record[name] = {"json_file": os.path.abspath(meta.source_json), "image_root": os.path.abspath(meta.image_root),
-                        "json_sha256": meta.json_sha256}
+        record[name] = {
+            "json_file": os.path.abspath(meta.source_json),
+            "image_root": os.path.abspath(meta.image_root),
+            "json_sha256": meta.json_sha256,
+        }
     return record
 
 
@@ -235,8 +283,13 @@ def read_dataset_record(path: Path) -> dict:
         record = json.loads(path.read_text(encoding="utf-8"))
         entries = [record["datasets"][name] for name in (*record["train"], *record["test"])]
     except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as e:
-        raise DatasetError(f"{path}: not a readable record of a run's data sets ({type(e).__name__}: {e})") from e
-    if not all(isinstance(e, dict) and {"json_file", "image_root", "json_sha256"} <= set(e) for e in entries):
+        raise DatasetError(
+            f"{path}: not a readable record of a run's data sets ({type(e).__name__}: {e})"
+        ) from e
+    if not all(
+        isinstance(e, dict) and {"json_file", "image_root", "json_sha256"} <= set(e)
+        for e in entries
+    ):
         raise DatasetError(f"{path}: a data set entry lacks json_file, image_root or json_sha256")
     return record
 
@@ -244,7 +297,9 @@ def read_dataset_record(path: Path) -> dict:
 def check_recorded(report: CocoValidationReport, entry: dict[str, str], record_path: Path) -> None:
     """The json a run recorded must still be the one it used: same bytes (sha256)."""
     if report.json_sha256 != entry["json_sha256"]:
-        raise DatasetError(f"{report.json_file} has changed since the run recorded it in {record_path} "
-                           f"(sha256 {entry['json_sha256'][:12]}... then, {report.json_sha256[:12]}... now): "
-                           "evaluating on it would not measure the run's data set; name a data set explicitly "
-                           "with --dataset NAME=JSON:IMAGE_DIR --test-dataset NAME to use the changed file")
+        raise DatasetError(
+            f"{report.json_file} has changed since the run recorded it in {record_path} "
+            f"(sha256 {entry['json_sha256'][:12]}... then, {report.json_sha256[:12]}... now): "
+            "evaluating on it would not measure the run's data set; name a data set explicitly "
+            "with --dataset NAME=JSON:IMAGE_DIR --test-dataset NAME to use the changed file"
+        )

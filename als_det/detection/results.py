@@ -1,4 +1,5 @@
 """`OUTPUT_DIR/results.json` of a fine-tuning run (schema in docs/architecture.md)."""
+
 from __future__ import annotations
 
 import hashlib
@@ -20,10 +21,21 @@ SUMMARY_METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
 # run's seed is what varies between the runs pooled as one experiment), the weights (the backbone
 # is identified by its own record) and the data set names (data sets are identified by the sha256
 # of their json). Every other key (model, solver and schedule, input sizes, test settings) does.
-NOT_EXPERIMENT_KEYS = frozenset({
-    "OUTPUT_DIR", "SEED", "MODEL.WEIGHTS", "MODEL.DEVICE", "DATASETS.TRAIN", "DATASETS.TEST",
-    "DATALOADER.NUM_WORKERS", "SOLVER.CHECKPOINT_PERIOD", "TEST.EVAL_PERIOD", "VIS_PERIOD", "CUDNN_BENCHMARK",
-})
+NOT_EXPERIMENT_KEYS = frozenset(
+    {
+        "OUTPUT_DIR",
+        "SEED",
+        "MODEL.WEIGHTS",
+        "MODEL.DEVICE",
+        "DATASETS.TRAIN",
+        "DATASETS.TEST",
+        "DATALOADER.NUM_WORKERS",
+        "SOLVER.CHECKPOINT_PERIOD",
+        "TEST.EVAL_PERIOD",
+        "VIS_PERIOD",
+        "CUDNN_BENCHMARK",
+    }
+)
 
 
 def experiment_config(cfg: CfgNode) -> dict[str, Any]:
@@ -37,12 +49,15 @@ def training_record(cfg: CfgNode) -> dict[str, Any]:
     """How the fine-tuned weights were made beyond the backbone: the fine-tuning seed and the
     training data (sha256 of each registered json). Kept in each checkpoint, so that an
     `--eval-only` run of it knows which seed it measures."""
-    return {"seed": int(cfg.SEED),
-            "train_sets": {n: r["json_sha256"] for n, r in dataset_record(cfg.DATASETS.TRAIN).items()}}
+    return {
+        "seed": int(cfg.SEED),
+        "train_sets": {n: r["json_sha256"] for n, r in dataset_record(cfg.DATASETS.TRAIN).items()},
+    }
 
 
 def _number(x: Any) -> float | None:
-    """COCOeval's NaN (no ground truth / no detections) becomes JSON null, not a non-standard NaN."""
+    """COCOeval's NaN (no ground truth / no detections) becomes JSON null, not a non-standard
+    NaN."""
     x = float(x)
     return None if math.isnan(x) else x
 
@@ -51,12 +66,13 @@ TASKS = ("bbox", "segm")  # COCO box AP, and mask AP for models that predict mas
 
 
 def bbox_summary(bbox: Mapping[str, float]) -> dict[str, Any]:
-    """detectron2's COCOEvaluator `bbox` (or `segm`) dict -> {AP, ..., APl, per_class: {name: AP}}."""
+    """detectron2's COCOEvaluator `bbox` (or `segm`) dict -> {AP, ..., APl, per_class: {name:
+    AP}}."""
     missing = [m for m in SUMMARY_METRICS if m not in bbox]
     if missing:
         raise KeyError(f"evaluation results lack {missing}; got keys {sorted(bbox)}")
     out: dict[str, Any] = {m: _number(bbox[m]) for m in SUMMARY_METRICS}
-    out["per_class"] = {k[len("AP-"):]: _number(v) for k, v in bbox.items() if k.startswith("AP-")}
+    out["per_class"] = {k[len("AP-") :]: _number(v) for k, v in bbox.items() if k.startswith("AP-")}
     return out
 
 
@@ -65,9 +81,14 @@ def task_summaries(results: Mapping[str, Mapping[str, float]]) -> dict[str, Any]
     return {task: bbox_summary(results[task]) for task in TASKS if task in results}
 
 
-def write_results(output_dir: str | Path, eval_results: Mapping[str, Mapping[str, Any]],
-                  backbone: Mapping[str, Any], iterations: int, seed: int,
-                  **extra: Any) -> Path:
+def write_results(
+    output_dir: str | Path,
+    eval_results: Mapping[str, Mapping[str, Any]],
+    backbone: Mapping[str, Any],
+    iterations: int,
+    seed: int,
+    **extra: Any,
+) -> Path:
     """Write results.json atomically. `eval_results` maps each test data set's name to
     detectron2's results for it ({"bbox": {...}, ["segm": {...}]}); `bbox` (and `segm`) are the
     first data set's, every data set's are kept under `by_dataset`. `extra` holds the rest of the
@@ -76,7 +97,14 @@ def write_results(output_dir: str | Path, eval_results: Mapping[str, Mapping[str
         raise ValueError("no evaluation results to write")
     by_dataset = {name: task_summaries(res) for name, res in eval_results.items()}
     first = next(iter(by_dataset))
-    payload = {**by_dataset[first], "test_dataset": first, "by_dataset": by_dataset,
-               "backbone": dict(backbone), "iterations": int(iterations), "seed": int(seed),
-               **extra, "versions": package_versions()}
+    payload = {
+        **by_dataset[first],
+        "test_dataset": first,
+        "by_dataset": by_dataset,
+        "backbone": dict(backbone),
+        "iterations": int(iterations),
+        "seed": int(seed),
+        **extra,
+        "versions": package_versions(),
+    }
     return atomic_write_json(Path(output_dir) / "results.json", payload)

@@ -8,6 +8,7 @@ with `FinetuneTrainer` (detectron2's `DefaultTrainer` + strict backbone loading 
 `OUTPUT_DIR/results.json`. `launch_finetune(args)` runs it through `detectron2.engine.launch`
 (one process per GPU, any number of machines).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -47,14 +48,34 @@ from als_det.output_dir import set_aside_note, set_aside_previous_run
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_CONFIG = str(Path(__file__).resolve().parents[2] / "configs/detection/faster_rcnn_R_18_FPN_demo.yaml")
+DEFAULT_CONFIG = str(
+    Path(__file__).resolve().parents[2] / "configs/detection/faster_rcnn_R_18_FPN_demo.yaml"
+)
 # What detectron2 and this module write into OUTPUT_DIR, and the files only a started run writes.
-FINETUNE_OUTPUTS = ("config.yaml", "log.txt*", "metrics.json", "events.out.tfevents.*", "last_checkpoint",
-                    "model_*.pth", "inference", "coco_instances_results.json", "instances_predictions.pth",
-                    "*_coco_format.json*", "results.json", ds.RECORD_FILE)
+FINETUNE_OUTPUTS = (
+    "config.yaml",
+    "log.txt*",
+    "metrics.json",
+    "events.out.tfevents.*",
+    "last_checkpoint",
+    "model_*.pth",
+    "inference",
+    "coco_instances_results.json",
+    "instances_predictions.pth",
+    "*_coco_format.json*",
+    "results.json",
+    ds.RECORD_FILE,
+)
 FINETUNE_MARKERS = ("last_checkpoint", "metrics.json", "model_final.pth", "results.json")
 # Options that name the data sets; without any, a run's own config.yaml brings its recorded ones.
-DATASET_OPTIONS = ("dataset", "train_dataset", "test_dataset", "coco_root", "generated_config", "generated_root")
+DATASET_OPTIONS = (
+    "dataset",
+    "train_dataset",
+    "test_dataset",
+    "coco_root",
+    "generated_config",
+    "generated_root",
+)
 
 
 class FinetuneTrainer(DefaultTrainer):
@@ -65,8 +86,9 @@ class FinetuneTrainer(DefaultTrainer):
     Every file is read without full unpickling unless `unsafe_load` (`--unsafe-load`).
     """
 
-    def __init__(self, cfg: DetectionCfgNode, allow_random_backbone: bool = False,
-                 unsafe_load: bool = False) -> None:
+    def __init__(
+        self, cfg: DetectionCfgNode, allow_random_backbone: bool = False, unsafe_load: bool = False
+    ) -> None:
         # DefaultTrainer.__init__ with two changes: DDP also on the CPU (detectron2's
         # create_ddp_model passes device_ids=[local rank], which DistributedDataParallel refuses
         # for a CPU model), and the checkpointer that reads files safely.
@@ -77,10 +99,13 @@ class FinetuneTrainer(DefaultTrainer):
         data_loader = self.build_train_loader(cfg)
         on_cpu = {"device_ids": None} if cfg.MODEL.DEVICE == "cpu" else {}
         model = create_ddp_model(model, broadcast_buffers=False, **on_cpu)
-        self._trainer = (AMPTrainer if cfg.SOLVER.AMP.ENABLED else SimpleTrainer)(model, data_loader, optimizer)
+        self._trainer = (AMPTrainer if cfg.SOLVER.AMP.ENABLED else SimpleTrainer)(
+            model, data_loader, optimizer
+        )
         self.scheduler = self.build_lr_scheduler(cfg, optimizer)
-        self.checkpointer = RecordingCheckpointer(model, cfg.OUTPUT_DIR, unsafe_load=unsafe_load,
-                                                  trainer=weakref.proxy(self))
+        self.checkpointer = RecordingCheckpointer(
+            model, cfg.OUTPUT_DIR, unsafe_load=unsafe_load, trainer=weakref.proxy(self)
+        )
         self.start_iter = 0
         self.max_iter = cfg.SOLVER.MAX_ITER
         self.cfg = cfg
@@ -94,11 +119,18 @@ class FinetuneTrainer(DefaultTrainer):
         """Resume everything from OUTPUT_DIR's last checkpoint, or load MODEL.WEIGHTS strictly."""
         if resume and self.checkpointer.has_checkpoint():
             super().resume_or_load(resume=True)
-            logger.info("Resumed from %s at iteration %d", self.checkpointer.get_checkpoint_file(),
-                        self.start_iter)
+            logger.info(
+                "Resumed from %s at iteration %d",
+                self.checkpointer.get_checkpoint_file(),
+                self.start_iter,
+            )
         else:
-            load = load_backbone_weights(self.checkpointer.model, self.cfg,
-                                         self.allow_random_backbone, unsafe_load=self.unsafe_load)
+            load = load_backbone_weights(
+                self.checkpointer.model,
+                self.cfg,
+                self.allow_random_backbone,
+                unsafe_load=self.unsafe_load,
+            )
             self.backbone = load.provenance()
 
     def state_dict(self) -> dict[str, Any]:
@@ -122,8 +154,11 @@ class FinetuneTrainer(DefaultTrainer):
     @classmethod
     def build_evaluator(cls, cfg: DetectionCfgNode, dataset_name: str) -> COCOEvaluator:
         """COCOEvaluator (pycocotools COCOeval). The first test set writes into OUTPUT_DIR."""
-        out = (cfg.OUTPUT_DIR if dataset_name == cfg.DATASETS.TEST[0]
-               else os.path.join(cfg.OUTPUT_DIR, "inference", dataset_name))
+        out = (
+            cfg.OUTPUT_DIR
+            if dataset_name == cfg.DATASETS.TEST[0]
+            else os.path.join(cfg.OUTPUT_DIR, "inference", dataset_name)
+        )
         meta = MetadataCatalog.get(dataset_name)
         if not hasattr(meta, "json_file"):  # boxes were dropped: ground truth from cleaned dicts
             gt = os.path.join(out, f"{dataset_name}_coco_format.json")
@@ -131,8 +166,13 @@ class FinetuneTrainer(DefaultTrainer):
                 convert_to_coco_json(dataset_name, gt, allow_cached=False)
             comm.synchronize()
             meta.json_file = gt
-        return COCOEvaluator(dataset_name, tasks=evaluation_tasks(cfg), distributed=True, output_dir=out,
-                             use_fast_impl=False)
+        return COCOEvaluator(
+            dataset_name,
+            tasks=evaluation_tasks(cfg),
+            distributed=True,
+            output_dir=out,
+            use_fast_impl=False,
+        )
 
     @classmethod
     def test(cls, cfg: DetectionCfgNode, model: torch.nn.Module, evaluators=None) -> dict:
@@ -142,12 +182,16 @@ class FinetuneTrainer(DefaultTrainer):
 
 
 def divergence_hint(cfg: DetectionCfgNode) -> str:
-    """What to change when training diverged: the lr against the linear-scaling rule, the warm-up."""
+    """What to change when training diverged: the lr against the linear-scaling rule, the
+    warm-up."""
     linear = 0.02 * cfg.SOLVER.IMS_PER_BATCH / 16
-    return (f"Training diverged at SOLVER.BASE_LR {cfg.SOLVER.BASE_LR:g} with SOLVER.IMS_PER_BATCH "
-            f"{cfg.SOLVER.IMS_PER_BATCH}: the linear-scaling rule (0.02 for 16 images) gives {linear:g}. "
-            f"Lower SOLVER.BASE_LR (e.g. {linear:g}) or lengthen SOLVER.WARMUP_ITERS "
-            f"({cfg.SOLVER.WARMUP_ITERS} now); checkpoints before the divergence are in {cfg.OUTPUT_DIR}.")
+    return (
+        f"Training diverged at SOLVER.BASE_LR {cfg.SOLVER.BASE_LR:g} with SOLVER.IMS_PER_BATCH "
+        f"{cfg.SOLVER.IMS_PER_BATCH}: the linear-scaling rule (0.02 for 16 images) gives "
+        f"{linear:g}. Lower SOLVER.BASE_LR (e.g. {linear:g}) or lengthen SOLVER.WARMUP_ITERS "
+        f"({cfg.SOLVER.WARMUP_ITERS} now); checkpoints before the divergence are in "
+        f"{cfg.OUTPUT_DIR}."
+    )
 
 
 def evaluation_tasks(cfg: DetectionCfgNode) -> tuple[str, ...]:
@@ -164,36 +208,75 @@ def finetune_argument_parser(description: str | None = None) -> argparse.Argumen
     """The suite's parser (`als_det.cli`) with detectron2's run and process options
     (`default_argument_parser`'s) and the data set and backbone options."""
     parser = argument_parser(description, config="optional", default_config=DEFAULT_CONFIG)
-    parser.add_argument("--resume", action="store_true",
-                        help="continue from OUTPUT_DIR's last checkpoint (detectron2's resume_or_load)")
-    parser.add_argument("--eval-only", action="store_true",
-                        help="only evaluate: the last checkpoint with --resume, else MODEL.WEIGHTS")
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue from OUTPUT_DIR's last checkpoint (detectron2's resume_or_load)",
+    )
+    parser.add_argument(
+        "--eval-only",
+        action="store_true",
+        help="only evaluate: the last checkpoint with --resume, else MODEL.WEIGHTS",
+    )
     add_launch_arguments(parser)
     data = parser.add_argument_group("data sets")
-    data.add_argument("--coco-root", default=None, metavar="DIR",
-                      help="train/test on COCO 2017 in the official layout under DIR "
-                           "(annotations/instances_{train,val}2017.json, {train,val}2017/; detectron2's "
-                           "own place is $DETECTRON2_DATASETS/coco)")
-    data.add_argument("--dataset", action="append", default=[], metavar="NAME=JSON:IMAGE_DIR",
-                      help="register a COCO-format data set under NAME (repeatable)")
-    data.add_argument("--train-dataset", action="append", default=[], metavar="NAME",
-                      help="train on NAME (repeatable; default: DATASETS.TRAIN if given among "
-                           "the trailing options, else coco_2017_train with --coco-root, else "
-                           "the generated set)")
-    data.add_argument("--test-dataset", action="append", default=[], metavar="NAME",
-                      help="evaluate on NAME (repeatable; defaults as for --train-dataset)")
-    data.add_argument("--generated-config", default="", metavar="FILE",
-                      help="pretraining config whose DATA.ROOT / DATA.GEN describe the generated "
-                           "data set (default: the pretraining defaults)")
-    data.add_argument("--generated-root", default="", metavar="DIR",
-                      help="root of the generated data set (default: that config's DATA.ROOT)")
+    data.add_argument(
+        "--coco-root",
+        default=None,
+        metavar="DIR",
+        help="train/test on COCO 2017 in the official layout under DIR "
+        "(annotations/instances_{train,val}2017.json, {train,val}2017/; detectron2's "
+        "own place is $DETECTRON2_DATASETS/coco)",
+    )
+    data.add_argument(
+        "--dataset",
+        action="append",
+        default=[],
+        metavar="NAME=JSON:IMAGE_DIR",
+        help="register a COCO-format data set under NAME (repeatable)",
+    )
+    data.add_argument(
+        "--train-dataset",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="train on NAME (repeatable; default: DATASETS.TRAIN if given among "
+        "the trailing options, else coco_2017_train with --coco-root, else "
+        "the generated set)",
+    )
+    data.add_argument(
+        "--test-dataset",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="evaluate on NAME (repeatable; defaults as for --train-dataset)",
+    )
+    data.add_argument(
+        "--generated-config",
+        default="",
+        metavar="FILE",
+        help="pretraining config whose DATA.ROOT / DATA.GEN describe the generated "
+        "data set (default: the pretraining defaults)",
+    )
+    data.add_argument(
+        "--generated-root",
+        default="",
+        metavar="DIR",
+        help="root of the generated data set (default: that config's DATA.ROOT)",
+    )
     weights = parser.add_argument_group("backbone weights")
-    weights.add_argument("--allow-random-backbone", action="store_true",
-                         help="train even though backbone tensors are missing from MODEL.WEIGHTS "
-                              "(training from scratch on purpose)")
-    weights.add_argument("--unsafe-load", action="store_true",
-                         help="allow full unpickling of a trusted MODEL.WEIGHTS or checkpoint that "
-                              "the safe readers refuse (it can run code; recorded in results.json)")
+    weights.add_argument(
+        "--allow-random-backbone",
+        action="store_true",
+        help="train even though backbone tensors are missing from MODEL.WEIGHTS "
+        "(training from scratch on purpose)",
+    )
+    weights.add_argument(
+        "--unsafe-load",
+        action="store_true",
+        help="allow full unpickling of a trusted MODEL.WEIGHTS or checkpoint that "
+        "the safe readers refuse (it can run code; recorded in results.json)",
+    )
     return parser
 
 
@@ -232,21 +315,25 @@ def recorded_datasets(args: argparse.Namespace) -> tuple[Path, dict] | None:
     when the command names none itself: a run's config.yaml (with `--eval-only`, `--resume`, or for
     a re-run) brings the data sets that run used, wherever the command is started from."""
     if any(getattr(args, o) for o in DATASET_OPTIONS) or any(
-            _opts_set(args.opts or [], f"DATASETS.{split}") for split in ("TRAIN", "TEST")):
+        _opts_set(args.opts or [], f"DATASETS.{split}") for split in ("TRAIN", "TEST")
+    ):
         return None
     path = Path(args.config_file).parent / ds.RECORD_FILE
     return (path, ds.read_dataset_record(path)) if path.is_file() else None
 
 
-def register_datasets(args: argparse.Namespace, names: list[str],
-                      recorded: tuple[Path, dict] | None = None) -> list[ds.CocoValidationReport]:
+def register_datasets(
+    args: argparse.Namespace, names: list[str], recorded: tuple[Path, dict] | None = None
+) -> list[ds.CocoValidationReport]:
     """Validate and register every data set in `names`; see the parser's help for the sources.
     A `recorded` data set must still be the one recorded (same json sha256)."""
     given = [ds.parse_dataset_spec(spec) for spec in args.dataset]
     unused = sorted({name for name, _, _ in given} - set(names))
     if unused:
-        raise ds.DatasetError(f"--dataset {unused} registered but neither trained nor tested on; "
-                              "select it with --train-dataset/--test-dataset")
+        raise ds.DatasetError(
+            f"--dataset {unused} registered but neither trained nor tested on; "
+            "select it with --train-dataset/--test-dataset"
+        )
     record = recorded[1]["datasets"] if recorded else {}
     specs = {name: (e["json_file"], e["image_root"]) for name, e in record.items()}
     specs.update({name: (json_file, image_dir) for name, json_file, image_dir in given})
@@ -255,14 +342,17 @@ def register_datasets(args: argparse.Namespace, names: list[str],
         if name in specs:
             json_file, image_dir = specs[name]
         elif name in ds.COCO_SPLITS:
-            json_file, image_dir = ds.coco_split_paths(args.coco_root or ds.coco_root_default(),
-                                                       ds.COCO_SPLITS[name])
+            json_file, image_dir = ds.coco_split_paths(
+                args.coco_root or ds.coco_root_default(), ds.COCO_SPLITS[name]
+            )
         elif name in ds.GENERATED_SPLITS:
-            json_file, image_dir = ds.coco_split_paths(_generated_detection_root(args),
-                                                       ds.GENERATED_SPLITS[name])
+            json_file, image_dir = ds.coco_split_paths(
+                _generated_detection_root(args), ds.GENERATED_SPLITS[name]
+            )
         else:
-            raise ds.DatasetError(f"unknown data set {name!r}: register it with "
-                                  f"--dataset {name}=JSON:IMAGE_DIR")
+            raise ds.DatasetError(
+                f"unknown data set {name!r}: register it with --dataset {name}=JSON:IMAGE_DIR"
+            )
         reports.append(ds.register_coco_detection(name, json_file, image_dir))
         if name in record:
             ds.check_recorded(reports[-1], record[name], recorded[0])
@@ -300,9 +390,16 @@ def setup(args: argparse.Namespace) -> DetectionCfgNode:
         logger.info("SEED was negative: drew seed %d (recorded in config.yaml)", cfg.SEED)
 
     if recorded:
-        cfg.DATASETS.TRAIN, cfg.DATASETS.TEST = tuple(recorded[1]["train"]), tuple(recorded[1]["test"])
-        logger.info("Using the data sets recorded in %s: train %s, test %s", recorded[0], list(cfg.DATASETS.TRAIN),
-                    list(cfg.DATASETS.TEST))
+        cfg.DATASETS.TRAIN, cfg.DATASETS.TEST = (
+            tuple(recorded[1]["train"]),
+            tuple(recorded[1]["test"]),
+        )
+        logger.info(
+            "Using the data sets recorded in %s: train %s, test %s",
+            recorded[0],
+            list(cfg.DATASETS.TRAIN),
+            list(cfg.DATASETS.TEST),
+        )
     else:
         cfg.DATASETS.TRAIN = tuple(_choose(args, cfg, "TRAIN"))
         cfg.DATASETS.TEST = tuple(_choose(args, cfg, "TEST"))
@@ -313,15 +410,24 @@ def setup(args: argparse.Namespace) -> DetectionCfgNode:
         ds.check_has_masks(reports)
     head = getattr(cfg.MODEL, num_classes_key(cfg))
     if head.NUM_CLASSES != len(categories):
-        logger.info("MODEL.%s.NUM_CLASSES set to %d from the data's categories (config had %d)",
-                    num_classes_key(cfg), len(categories), head.NUM_CLASSES)
+        logger.info(
+            "MODEL.%s.NUM_CLASSES set to %d from the data's categories (config had %d)",
+            num_classes_key(cfg),
+            len(categories),
+            head.NUM_CLASSES,
+        )
         head.NUM_CLASSES = len(categories)
     cfg.freeze()
     record_run(cfg, args)
     if not args.eval_only and comm.is_main_process():
-        atomic_write_json(Path(cfg.OUTPUT_DIR) / ds.RECORD_FILE, {
-            "train": list(cfg.DATASETS.TRAIN), "test": list(cfg.DATASETS.TEST),
-            "datasets": ds.dataset_record(names)})
+        atomic_write_json(
+            Path(cfg.OUTPUT_DIR) / ds.RECORD_FILE,
+            {
+                "train": list(cfg.DATASETS.TRAIN),
+                "test": list(cfg.DATASETS.TEST),
+                "datasets": ds.dataset_record(names),
+            },
+        )
     return cfg
 
 
@@ -346,26 +452,40 @@ def run_finetune(args: argparse.Namespace) -> dict[str, Any]:
     if args.eval_only:
         model = FinetuneTrainer.build_model(cfg)
         checkpointer = RecordingCheckpointer(model, cfg.OUTPUT_DIR)
-        path = (checkpointer.get_checkpoint_file()
-                if args.resume and checkpointer.has_checkpoint() else cfg.MODEL.WEIGHTS)
-        load = load_backbone_weights(model, cfg, args.allow_random_backbone, path=path,
-                                     unsafe_load=args.unsafe_load)
+        path = (
+            checkpointer.get_checkpoint_file()
+            if args.resume and checkpointer.has_checkpoint()
+            else cfg.MODEL.WEIGHTS
+        )
+        load = load_backbone_weights(
+            model, cfg, args.allow_random_backbone, path=path, unsafe_load=args.unsafe_load
+        )
         results = FinetuneTrainer.test(cfg, model)
         backbone, training = load.provenance(), load.training
         iterations = 0 if load.iteration is None else load.iteration + 1
     else:
-        trainer = FinetuneTrainer(cfg, allow_random_backbone=args.allow_random_backbone,
-                                  unsafe_load=args.unsafe_load)
+        trainer = FinetuneTrainer(
+            cfg, allow_random_backbone=args.allow_random_backbone, unsafe_load=args.unsafe_load
+        )
         trainer.resume_or_load(resume=args.resume)
         results = trainer.train()
         backbone, training, iterations = trainer.backbone, trainer.training, cfg.SOLVER.MAX_ITER
     if comm.is_main_process():
         used = cfg.DATASETS.TEST if args.eval_only else (*cfg.DATASETS.TRAIN, *cfg.DATASETS.TEST)
-        path = write_results(cfg.OUTPUT_DIR, results, backbone, iterations=iterations,
-                             seed=cfg.SEED, train_datasets=list(cfg.DATASETS.TRAIN),
-                             eval_only=bool(args.eval_only), device=cfg.MODEL.DEVICE,
-                             world_size=comm.get_world_size(), training=training,
-                             datasets=ds.dataset_record(used), detection_config=experiment_config(cfg))
+        path = write_results(
+            cfg.OUTPUT_DIR,
+            results,
+            backbone,
+            iterations=iterations,
+            seed=cfg.SEED,
+            train_datasets=list(cfg.DATASETS.TRAIN),
+            eval_only=bool(args.eval_only),
+            device=cfg.MODEL.DEVICE,
+            world_size=comm.get_world_size(),
+            training=training,
+            datasets=ds.dataset_record(used),
+            detection_config=experiment_config(cfg),
+        )
         logger.info("Wrote %s", path)
     return results
 
@@ -374,5 +494,11 @@ def launch_finetune(args: argparse.Namespace) -> None:
     """`run_finetune` on every process of the job: `--num-gpus` processes per machine (gloo ones
     without CUDA), or the processes torchrun started (see `als_det.detection.launch`)."""
     check_overrides(args.opts)
-    launch_processes(run_finetune, (args,), args.num_gpus, num_machines=args.num_machines,
-                     machine_rank=args.machine_rank, dist_url=args.dist_url)
+    launch_processes(
+        run_finetune,
+        (args,),
+        args.num_gpus,
+        num_machines=args.num_machines,
+        machine_rank=args.machine_rank,
+        dist_url=args.dist_url,
+    )

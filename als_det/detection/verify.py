@@ -2,6 +2,7 @@
 builds, loads the `.pkl` through the suite's `DetectionCheckpointer`, and compares every backbone
 tensor and the res2..res5 outputs with the torchvision source.
 """
+
 from __future__ import annotations
 
 import math
@@ -38,12 +39,13 @@ VERIFY_TOLERANCE = 1e-4
 @dataclass
 class VerifyResult:
     """Outcome of `verify`: `ok` only if every backbone tensor loaded exactly and outputs match."""
+
     pkl: str
     config_file: str
     depth: int
-    expected_tensors: int                  # backbone tensors the detectron2 model has
-    loaded_tensors: int                    # of those, loaded by the checkpointer, equal to source
-    max_abs_diff: dict[str, float] = field(default_factory=dict)   # res2..res5 vs torchvision
+    expected_tensors: int  # backbone tensors the detectron2 model has
+    loaded_tensors: int  # of those, loaded by the checkpointer, equal to source
+    max_abs_diff: dict[str, float] = field(default_factory=dict)  # res2..res5 vs torchvision
     problems: list[str] = field(default_factory=list)
     tolerance: float = VERIFY_TOLERANCE
 
@@ -53,15 +55,20 @@ class VerifyResult:
 
     @property
     def ok(self) -> bool:
-        return (not self.problems and self.loaded_tensors == self.expected_tensors > 0
-                and self.max_diff < self.tolerance)
+        return (
+            not self.problems
+            and self.loaded_tensors == self.expected_tensors > 0
+            and self.max_diff < self.tolerance
+        )
 
     def summary(self) -> str:
         diffs = ", ".join(f"{k} {v:.3g}" for k, v in self.max_abs_diff.items())
-        lines = [f"{'OK' if self.ok else 'FAILED'}: {self.pkl} in {Path(self.config_file).name} "
-                 f"(resnet{self.depth}): loaded {self.loaded_tensors}/{self.expected_tensors} "
-                 f"backbone tensors; max |d2 - torchvision| = {self.max_diff:.3g} "
-                 f"(tolerance {self.tolerance:g}; {diffs})"]
+        lines = [
+            f"{'OK' if self.ok else 'FAILED'}: {self.pkl} in {Path(self.config_file).name} "
+            f"(resnet{self.depth}): loaded {self.loaded_tensors}/{self.expected_tensors} "
+            f"backbone tensors; max |d2 - torchvision| = {self.max_diff:.3g} "
+            f"(tolerance {self.tolerance:g}; {diffs})"
+        ]
         lines += [f"  problem: {p}" for p in self.problems]
         return "\n".join(lines)
 
@@ -77,8 +84,9 @@ class VerificationFailed(ConversionError):
         self.result = result
 
 
-def _source_backbone(source: Mapping[str, torch.Tensor] | str | os.PathLike,
-                     unsafe_load: bool) -> tuple[dict[str, torch.Tensor], int]:
+def _source_backbone(
+    source: Mapping[str, torch.Tensor] | str | os.PathLike, unsafe_load: bool
+) -> tuple[dict[str, torch.Tensor], int]:
     """The torchvision source's backbone tensors and its depth (a `.pth` path or a state_dict)."""
     if isinstance(source, (str, os.PathLike)):
         state_dict, name = load_checkpoint_file(source, unsafe_load).state_dict, str(source)
@@ -99,86 +107,134 @@ def _read_conversion(pkl_path: Path) -> dict[str, Any]:
 
 
 def _verify_config(config_file: str, depth: int) -> tuple[DetectionCfgNode, bool]:
-    """The detection config at the source's depth, and whether it is a C4 model (res5 in the head)."""
-    cfg = get_detection_cfg(config_file, [
-        "MODEL.RESNETS.DEPTH", str(depth), "MODEL.RESNETS.RES2_OUT_CHANNELS", "64" if depth < 50 else "256",
-        "MODEL.WEIGHTS", "", "MODEL.DEVICE", "cpu"])
+    """The detection config at the source's depth, and whether it is a C4 model (res5 in the
+    head)."""
+    cfg = get_detection_cfg(
+        config_file,
+        [
+            "MODEL.RESNETS.DEPTH",
+            str(depth),
+            "MODEL.RESNETS.RES2_OUT_CHANNELS",
+            "64" if depth < 50 else "256",
+            "MODEL.WEIGHTS",
+            "",
+            "MODEL.DEVICE",
+            "cpu",
+        ],
+    )
     c4 = cfg.MODEL.ROI_HEADS.NAME == "Res5ROIHeads"
     if c4 and depth < 50:
-        raise ConversionError(f"{config_file}: a C4 model's res5 head needs a Bottleneck ResNet "
-                              f"(depth >= 50), not resnet{depth}")
-    cfg.MODEL.RESNETS.OUT_FEATURES = ["res2", "res3", "res4"] if c4 else ["res2", "res3", "res4", "res5"]
+        raise ConversionError(
+            f"{config_file}: a C4 model's res5 head needs a Bottleneck ResNet "
+            f"(depth >= 50), not resnet{depth}"
+        )
+    cfg.MODEL.RESNETS.OUT_FEATURES = (
+        ["res2", "res3", "res4"] if c4 else ["res2", "res3", "res4", "res5"]
+    )
     return cfg, c4
 
 
 def _check_metadata(result: VerifyResult, meta: dict[str, Any], cfg: DetectionCfgNode) -> None:
     """The file's recorded depth and preprocessing against the source and the config."""
     if meta.get("depth", result.depth) != result.depth:
-        result.problems.append(f"file records depth {meta['depth']}, source is resnet{result.depth}")
+        result.problems.append(
+            f"file records depth {meta['depth']}, source is resnet{result.depth}"
+        )
     prep = meta.get("preprocessing")
     if prep is None:
         return
-    wanted = {"input_format": cfg.INPUT.FORMAT, "pixel_mean": list(cfg.MODEL.PIXEL_MEAN),
-              "pixel_std": list(cfg.MODEL.PIXEL_STD)}
+    wanted = {
+        "input_format": cfg.INPUT.FORMAT,
+        "pixel_mean": list(cfg.MODEL.PIXEL_MEAN),
+        "pixel_std": list(cfg.MODEL.PIXEL_STD),
+    }
     for key, value in wanted.items():
         if key in prep and not _same(prep[key], value):
             result.problems.append(f"pretraining {key} {prep[key]} != config {value}")
 
 
-def _backbone_parts(model: torch.nn.Module, c4: bool, config_file: str
-                    ) -> tuple[ResNet, dict[str, tuple[torch.nn.Module, str]]]:
-    """The model's ResNet and its parts: model key prefix -> (module, its key prefix in the file)."""
+def _backbone_parts(
+    model: torch.nn.Module, c4: bool, config_file: str
+) -> tuple[ResNet, dict[str, tuple[torch.nn.Module, str]]]:
+    """The model's ResNet and its parts: model key prefix -> (module, its key prefix in the
+    file)."""
     bottom_up = getattr(model.backbone, "bottom_up", model.backbone)
     if not isinstance(bottom_up, ResNet):
-        raise ConversionError(f"{config_file}: the backbone is a {type(bottom_up).__name__}, not "
-                              "detectron2's ResNet")
-    parts = {"backbone.bottom_up." if bottom_up is not model.backbone else "backbone.": (bottom_up, "")}
+        raise ConversionError(
+            f"{config_file}: the backbone is a {type(bottom_up).__name__}, not detectron2's ResNet"
+        )
+    parts = {
+        "backbone.bottom_up." if bottom_up is not model.backbone else "backbone.": (bottom_up, "")
+    }
     if c4:
         parts["roi_heads.res5."] = (model.roi_heads.res5, "res5.")
     return bottom_up, parts
 
 
-def _check_loading(result: VerifyResult, checkpointer: RecordingCheckpointer, expected: dict[str, str],
-                   file_model: dict[str, np.ndarray], source_sd: dict[str, torch.Tensor]) -> None:
+def _check_loading(
+    result: VerifyResult,
+    checkpointer: RecordingCheckpointer,
+    expected: dict[str, str],
+    file_model: dict[str, np.ndarray],
+    source_sd: dict[str, torch.Tensor],
+) -> None:
     """Every backbone tensor loaded from the file, holding exactly its source tensor."""
     inc = checkpointer.incompatible
     missing = sorted(set(expected) - checkpointer.supplied)
     if missing:
         result.problems.append(f"{len(missing)} backbone tensors not loaded: {missing[:5]}")
     if inc.unexpected_keys:
-        result.problems.append(f"{len(inc.unexpected_keys)} file tensors matched nothing: "
-                               f"{sorted(inc.unexpected_keys)[:5]}")
+        result.problems.append(
+            f"{len(inc.unexpected_keys)} file tensors matched nothing: "
+            f"{sorted(inc.unexpected_keys)[:5]}"
+        )
     if inc.incorrect_shapes:
-        result.problems.append(f"{len(inc.incorrect_shapes)} tensors of the wrong shape: "
-                               f"{inc.incorrect_shapes[:3]}")
+        result.problems.append(
+            f"{len(inc.incorrect_shapes)} tensors of the wrong shape: {inc.incorrect_shapes[:3]}"
+        )
     unused = sorted(set(file_model) - set(expected.values()))
     if unused:
-        result.problems.append(f"{len(unused)} file tensors have no place in the model: {unused[:5]}")
+        result.problems.append(
+            f"{len(unused)} file tensors have no place in the model: {unused[:5]}"
+        )
     by_d2_name = {d2_name(k): v for k, v in source_sd.items()}
     model_sd = checkpointer.model.state_dict()
     misloaded, wrong = [], []
     for model_key, file_key in expected.items():
         if model_key in missing:
             continue
-        if file_key not in file_model or not torch.equal(model_sd[model_key], torch.as_tensor(file_model[file_key])):
+        if file_key not in file_model or not torch.equal(
+            model_sd[model_key], torch.as_tensor(file_model[file_key])
+        ):
             misloaded.append(model_key)
-        elif file_key not in by_d2_name or not torch.equal(model_sd[model_key], by_d2_name[file_key]):
+        elif file_key not in by_d2_name or not torch.equal(
+            model_sd[model_key], by_d2_name[file_key]
+        ):
             wrong.append(file_key)
         else:
             result.loaded_tensors += 1
     if misloaded:
-        result.problems.append(f"{len(misloaded)} model tensors do not hold their file tensor: {misloaded[:5]}")
+        result.problems.append(
+            f"{len(misloaded)} model tensors do not hold their file tensor: {misloaded[:5]}"
+        )
     if wrong:
         result.problems.append(f"{len(wrong)} file tensors differ from the source: {wrong[:5]}")
 
 
-def _compare_outputs(result: VerifyResult, model: torch.nn.Module, bottom_up: ResNet, c4: bool,
-                     source_sd: dict[str, torch.Tensor], x: torch.Tensor) -> None:
+def _compare_outputs(
+    result: VerifyResult,
+    model: torch.nn.Module,
+    bottom_up: ResNet,
+    c4: bool,
+    source_sd: dict[str, torch.Tensor],
+    x: torch.Tensor,
+) -> None:
     """res2..res5 of the loaded model against torchvision's layer1..layer4, in float64."""
     reference = getattr(torchvision.models, f"resnet{result.depth}")(weights=None)
     reference.load_state_dict(source_sd, strict=False)
     features = create_feature_extractor(
-        reference, {"layer1": "res2", "layer2": "res3", "layer3": "res4", "layer4": "res5"})
+        reference, {"layer1": "res2", "layer2": "res3", "layer3": "res4", "layer4": "res5"}
+    )
     features.double().eval()
     bottom_up.double()
     if c4:
@@ -192,10 +248,17 @@ def _compare_outputs(result: VerifyResult, model: torch.nn.Module, bottom_up: Re
         result.max_abs_diff[name] = float((ours[name] - theirs[name]).abs().max())
 
 
-def verify(pkl_path: str | os.PathLike, state_dict_or_input: Mapping[str, torch.Tensor] | str | os.PathLike,
-           config_file: str | os.PathLike | None = None, input_size: int = 224, batch: int = 2,
-           seed: int = 0, unsafe_load: bool = False) -> VerifyResult:
-    """Load `pkl_path` into a detectron2 model the way a fine-tune does and compare with torchvision.
+def verify(
+    pkl_path: str | os.PathLike,
+    state_dict_or_input: Mapping[str, torch.Tensor] | str | os.PathLike,
+    config_file: str | os.PathLike | None = None,
+    input_size: int = 224,
+    batch: int = 2,
+    seed: int = 0,
+    unsafe_load: bool = False,
+) -> VerifyResult:
+    """Load `pkl_path` into a detectron2 model the way a fine-tune does and compare with
+    torchvision.
 
     Builds the whole detectron2 model from `config_file` (default: our R50-FPN 1x config, depth and
     RES2_OUT_CHANNELS set from the source), loads the file through `DetectionCheckpointer`, then
@@ -213,8 +276,13 @@ def verify(pkl_path: str | os.PathLike, state_dict_or_input: Mapping[str, torch.
     source_sd, depth = _source_backbone(state_dict_or_input, unsafe_load)
     data = _read_conversion(pkl_path)
     cfg, c4 = _verify_config(config_file, depth)
-    result = VerifyResult(pkl=str(pkl_path), config_file=config_file, depth=depth,
-                          expected_tensors=0, loaded_tensors=0)
+    result = VerifyResult(
+        pkl=str(pkl_path),
+        config_file=config_file,
+        depth=depth,
+        expected_tensors=0,
+        loaded_tensors=0,
+    )
     _check_metadata(result, data.get(AUTHOR, {}), cfg)
     model = build_model(cfg).eval()
     bottom_up, parts = _backbone_parts(model, c4, config_file)
@@ -223,8 +291,14 @@ def verify(pkl_path: str | os.PathLike, state_dict_or_input: Mapping[str, torch.
     checkpointer = RecordingCheckpointer(model, save_to_disk=False, log_incompatible=False)
     checkpointer.load(str(pkl_path), checkpointables=[])
     _check_loading(result, checkpointer, expected, data["model"], source_sd)
-    x = torch.randn(batch, 3, input_size, input_size, dtype=torch.float64,
-                    generator=torch.Generator().manual_seed(seed))
+    x = torch.randn(
+        batch,
+        3,
+        input_size,
+        input_size,
+        dtype=torch.float64,
+        generator=torch.Generator().manual_seed(seed),
+    )
     _compare_outputs(result, model, bottom_up, c4, source_sd, x)
     return result
 

@@ -7,6 +7,7 @@ parameter and buffer must come from the file itself, and the file's recorded pre
 `als_det.convert`, key `"als_det"`) must match the config. The file is read without full
 unpickling (`als_det.detection.checkpoint`) unless the caller passes `unsafe_load`.
 """
+
 from __future__ import annotations
 
 import logging
@@ -24,8 +25,10 @@ from als_det.weights_io import UnsafeFileError
 
 logger = logging.getLogger(__name__)
 
-CONVERT_HINT = ("A torchvision or als_det pretraining .pth must be converted first: "
-                "python tools/convert_to_d2.py CHECKPOINT.pth pretrained/NAME.pkl --verify")
+CONVERT_HINT = (
+    "A torchvision or als_det pretraining .pth must be converted first: "
+    "python tools/convert_to_d2.py CHECKPOINT.pth pretrained/NAME.pkl --verify"
+)
 
 
 class WeightsError(ValueError):
@@ -53,19 +56,30 @@ class BackboneLoad:
         """The `backbone` entry of results.json: the pretrained file, its label strategy and
         pretraining config; for a fine-tuned checkpoint, that run's record plus the checkpoint."""
         if self.finetuned_from:
-            return {**self.finetuned_from, "checkpoint": self.path,
-                    "checkpoint_sha256": self.sha256, "checkpoint_iteration": self.iteration,
-                    "checkpoint_unsafe_load": self.unsafe_load}
+            return {
+                **self.finetuned_from,
+                "checkpoint": self.path,
+                "checkpoint_sha256": self.sha256,
+                "checkpoint_iteration": self.iteration,
+                "checkpoint_unsafe_load": self.unsafe_load,
+            }
         meta = self.metadata or {}
-        return {"path": self.path, "sha256": self.sha256, "unsafe_load": self.unsafe_load,
-                "label_strategy": meta.get("label_strategy"),
-                "pretrain_config": meta.get("pretrain_config"),
-                "source": meta.get("source"), "source_sha256": meta.get("source_sha256"),
-                "source_unsafe_load": meta.get("unsafe_load"),
-                "depth": meta.get("depth"), "preprocessing": meta.get("preprocessing"),
-                "pretrain_seed": meta.get("pretrain_seed"),
-                "pretrain_epoch": meta.get("pretrain_epoch"),
-                "backbone_tensors": self.backbone_tensors, "loaded_tensors": self.loaded_tensors}
+        return {
+            "path": self.path,
+            "sha256": self.sha256,
+            "unsafe_load": self.unsafe_load,
+            "label_strategy": meta.get("label_strategy"),
+            "pretrain_config": meta.get("pretrain_config"),
+            "source": meta.get("source"),
+            "source_sha256": meta.get("source_sha256"),
+            "source_unsafe_load": meta.get("unsafe_load"),
+            "depth": meta.get("depth"),
+            "preprocessing": meta.get("preprocessing"),
+            "pretrain_seed": meta.get("pretrain_seed"),
+            "pretrain_epoch": meta.get("pretrain_epoch"),
+            "backbone_tensors": self.backbone_tensors,
+            "loaded_tensors": self.loaded_tensors,
+        }
 
 
 def backbone_prefixes(model: nn.Module) -> list[str]:
@@ -80,22 +94,29 @@ def backbone_prefixes(model: nn.Module) -> list[str]:
 def backbone_keys(model: nn.Module) -> list[str]:
     """Every backbone parameter and buffer name, except BN's `num_batches_tracked` counters."""
     prefixes = tuple(backbone_prefixes(model))
-    return [k for k in model.state_dict()
-            if k.startswith(prefixes) and not k.endswith("num_batches_tracked")]
+    return [
+        k
+        for k in model.state_dict()
+        if k.startswith(prefixes) and not k.endswith("num_batches_tracked")
+    ]
 
 
 def check_preprocessing(cfg: CfgNode, metadata: dict[str, Any] | None, path: str) -> None:
     """Refuse a backbone pretrained on other input than the config feeds it (channel order,
     normalisation, depth). Files without an `als_det` record cannot be checked: logged."""
     if not metadata or "preprocessing" not in metadata:
-        logger.warning("%s records no preprocessing (not written by als_det.convert): cannot check "
-                       "that INPUT.FORMAT / MODEL.PIXEL_MEAN / MODEL.PIXEL_STD match it", path)
+        logger.warning(
+            "%s records no preprocessing (not written by als_det.convert): cannot check "
+            "that INPUT.FORMAT / MODEL.PIXEL_MEAN / MODEL.PIXEL_STD match it",
+            path,
+        )
         return
     pre = metadata["preprocessing"]
     problems = []
     if pre.get("input_format") != cfg.INPUT.FORMAT:
-        problems.append(f"input_format {pre.get('input_format')!r} vs INPUT.FORMAT "
-                        f"{cfg.INPUT.FORMAT!r}")
+        problems.append(
+            f"input_format {pre.get('input_format')!r} vs INPUT.FORMAT {cfg.INPUT.FORMAT!r}"
+        )
     for key, cfg_key in (("pixel_mean", "PIXEL_MEAN"), ("pixel_std", "PIXEL_STD")):
         ours = list(getattr(cfg.MODEL, cfg_key))
         if pre.get(key) is None or not np.allclose(pre[key], ours, rtol=0, atol=1e-3):
@@ -104,30 +125,42 @@ def check_preprocessing(cfg: CfgNode, metadata: dict[str, Any] | None, path: str
     if depth is not None and int(depth) != cfg.MODEL.RESNETS.DEPTH:
         problems.append(f"depth {depth} vs MODEL.RESNETS.DEPTH {cfg.MODEL.RESNETS.DEPTH}")
     if problems:
-        raise WeightsError(f"{path} was pretrained with different preprocessing than the config: "
-                           + "; ".join(problems))
+        raise WeightsError(
+            f"{path} was pretrained with different preprocessing than the config: "
+            + "; ".join(problems)
+        )
 
 
-def _unfilled_backbone_keys(checkpointer: RecordingCheckpointer, keys: list[str], path: str
-                           ) -> list[str]:
+def _unfilled_backbone_keys(
+    checkpointer: RecordingCheckpointer, keys: list[str], path: str
+) -> list[str]:
     """The backbone keys the file did not supply. Caffe2-format files without any BN statistics
     (MSRA's AffineChannel ResNets: statistics folded into scale and bias) are the one case where
     FrozenBatchNorm2d's filled-in identity statistics are what the file means."""
     missing = [k for k in keys if k not in checkpointer.supplied]
     stats = ("running_mean", "running_var")
     if checkpointer.author == "Caffe2" and not any(
-            k.endswith(stats) for k in checkpointer.supplied):
+        k.endswith(stats) for k in checkpointer.supplied
+    ):
         folded = [k for k in missing if k.endswith(stats)]
         if folded:
-            logger.info("%s: a Caffe2-format file without BN statistics (AffineChannel): %d "
-                        "running_mean/running_var buffers keep the identity values 0/1",
-                        path, len(folded))
+            logger.info(
+                "%s: a Caffe2-format file without BN statistics (AffineChannel): %d "
+                "running_mean/running_var buffers keep the identity values 0/1",
+                path,
+                len(folded),
+            )
         missing = [k for k in missing if k not in folded]
     return missing
 
 
-def load_backbone_weights(model: nn.Module, cfg: CfgNode, allow_random_backbone: bool = False,
-                          path: str | None = None, unsafe_load: bool = False) -> BackboneLoad:
+def load_backbone_weights(
+    model: nn.Module,
+    cfg: CfgNode,
+    allow_random_backbone: bool = False,
+    path: str | None = None,
+    unsafe_load: bool = False,
+) -> BackboneLoad:
     """Load `path` (default `cfg.MODEL.WEIGHTS`) into `model` through detectron2's checkpointer,
     then refuse (WeightsError) unless every backbone tensor came from the file and its recorded
     preprocessing matches `cfg`. `allow_random_backbone` is the only way to train without them.
@@ -136,13 +169,19 @@ def load_backbone_weights(model: nn.Module, cfg: CfgNode, allow_random_backbone:
     keys = backbone_keys(model)
     if not path:
         if not allow_random_backbone:
-            raise WeightsError("MODEL.WEIGHTS is empty: the backbone would be random. Give a "
-                               "pretrained .pkl, or pass --allow-random-backbone to train from "
-                               "scratch on purpose")
-        logger.warning("No MODEL.WEIGHTS and --allow-random-backbone: all %d backbone tensors "
-                       "are randomly initialised", len(keys))
-        return BackboneLoad(path="", sha256=None, backbone_tensors=len(keys), loaded_tensors=0,
-                            missing=keys)
+            raise WeightsError(
+                "MODEL.WEIGHTS is empty: the backbone would be random. Give a "
+                "pretrained .pkl, or pass --allow-random-backbone to train from "
+                "scratch on purpose"
+            )
+        logger.warning(
+            "No MODEL.WEIGHTS and --allow-random-backbone: all %d backbone tensors "
+            "are randomly initialised",
+            len(keys),
+        )
+        return BackboneLoad(
+            path="", sha256=None, backbone_tensors=len(keys), loaded_tensors=0, missing=keys
+        )
 
     local = PathManager.get_local_path(path)
     checkpointer = RecordingCheckpointer(model, unsafe_load=unsafe_load)
@@ -151,31 +190,50 @@ def load_backbone_weights(model: nn.Module, cfg: CfgNode, allow_random_backbone:
     except UnsafeFileError as e:
         raise WeightsError(str(e)) from e
     except Exception as e:  # any reader failure: name the file and say what is expected
-        raise WeightsError(f"cannot read {path} as detectron2 weights ({type(e).__name__}: {e}). "
-                           f"Expected a .pkl from tools/convert_to_d2.py or a detectron2 .pth "
-                           f"checkpoint. {CONVERT_HINT}") from e
+        raise WeightsError(
+            f"cannot read {path} as detectron2 weights ({type(e).__name__}: {e}). "
+            f"Expected a .pkl from tools/convert_to_d2.py or a detectron2 .pth "
+            f"checkpoint. {CONVERT_HINT}"
+        ) from e
     inc = checkpointer.incompatible
     missing = _unfilled_backbone_keys(checkpointer, keys, path)
     trainer_state = extra.get("trainer") or {}
     finetuned_from = trainer_state.get("als_det_backbone") or None
     metadata = extra.get("als_det") or finetuned_from
-    report = BackboneLoad(path=path, sha256=sha256_file(local), backbone_tensors=len(keys),
-                          loaded_tensors=len(keys) - len(missing), metadata=extra.get("als_det"),
-                          missing=missing, finetuned_from=finetuned_from,
-                          iteration=extra.get("iteration"), training=trainer_state.get("als_det_training"),
-                          unsafe_load=checkpointer.unsafe_used)
-    logger.info("Backbone: %d of %d tensors loaded from %s (%d unexpected keys in the file "
-                "ignored)", report.loaded_tensors, len(keys), path, len(inc.unexpected_keys))
+    report = BackboneLoad(
+        path=path,
+        sha256=sha256_file(local),
+        backbone_tensors=len(keys),
+        loaded_tensors=len(keys) - len(missing),
+        metadata=extra.get("als_det"),
+        missing=missing,
+        finetuned_from=finetuned_from,
+        iteration=extra.get("iteration"),
+        training=trainer_state.get("als_det_training"),
+        unsafe_load=checkpointer.unsafe_used,
+    )
+    logger.info(
+        "Backbone: %d of %d tensors loaded from %s (%d unexpected keys in the file ignored)",
+        report.loaded_tensors,
+        len(keys),
+        path,
+        len(inc.unexpected_keys),
+    )
     if missing:
-        shapes = [f"{k}: file {a} vs model {b}" for k, a, b in inc.incorrect_shapes
-                  if k in set(missing)]
-        msg = (f"{path} supplies only {report.loaded_tensors} of {len(keys)} backbone tensors; "
-               f"missing or mis-shaped: {missing[:5]}{' ...' if len(missing) > 5 else ''}"
-               + (f" (shape mismatches: {shapes[:3]})" if shapes else ""))
+        shapes = [
+            f"{k}: file {a} vs model {b}" for k, a, b in inc.incorrect_shapes if k in set(missing)
+        ]
+        msg = (
+            f"{path} supplies only {report.loaded_tensors} of {len(keys)} backbone tensors; "
+            f"missing or mis-shaped: {missing[:5]}{' ...' if len(missing) > 5 else ''}"
+            + (f" (shape mismatches: {shapes[:3]})" if shapes else "")
+        )
         if not allow_random_backbone:
-            raise WeightsError(msg + ". Refusing to fine-tune a partly random backbone; check "
-                               f"MODEL.RESNETS.DEPTH and the file. {CONVERT_HINT} "
-                               "(--allow-random-backbone overrides)")
+            raise WeightsError(
+                msg + ". Refusing to fine-tune a partly random backbone; check "
+                f"MODEL.RESNETS.DEPTH and the file. {CONVERT_HINT} "
+                "(--allow-random-backbone overrides)"
+            )
         logger.warning(msg + "; training anyway (--allow-random-backbone)")
     check_preprocessing(cfg, metadata, path)
     return report

@@ -4,6 +4,7 @@ The dict holds only tensors and plain Python values, so it loads with `torch.loa
 weights_only=True)`: nobody has to unpickle arbitrary objects to read a backbone. During a run,
 `CheckpointSaver` owns it (timm's `CheckpointSaver`): what goes in, last.pth and best.pth.
 """
+
 from __future__ import annotations
 
 import random
@@ -19,9 +20,24 @@ from als_det.models import build_resnet
 from als_det.versions import package_versions
 from als_det.weights_io import WRAPPER_PREFIXES, WeightsFileError, read_torch_file
 
-REQUIRED_KEYS = ("model", "optimizer", "scheduler", "scaler", "epoch", "arch", "num_classes", "classes",
-                 "label_strategy", "preprocessing", "config", "seed", "rng_state", "metrics", "best_top1",
-                 "versions")
+REQUIRED_KEYS = (
+    "model",
+    "optimizer",
+    "scheduler",
+    "scaler",
+    "epoch",
+    "arch",
+    "num_classes",
+    "classes",
+    "label_strategy",
+    "preprocessing",
+    "config",
+    "seed",
+    "rng_state",
+    "metrics",
+    "best_top1",
+    "versions",
+)
 LAST, BEST = "last.pth", "best.pth"
 
 
@@ -47,8 +63,10 @@ def save_checkpoint(path: str | Path, state: dict[str, Any]) -> Path:
         raise KeyError(f"checkpoint for {path} lacks {missing}")
     wrapped = [k for k in state["model"] if k.startswith(WRAPPER_PREFIXES)]
     if wrapped:
-        raise ValueError(f"checkpoint for {path}: model keys carry a wrapper prefix, e.g. {wrapped[0]!r}; "
-                         "save unwrap_model(model).state_dict()")
+        raise ValueError(
+            f"checkpoint for {path}: model keys carry a wrapper prefix, e.g. {wrapped[0]!r}; "
+            "save unwrap_model(model).state_dict()"
+        )
     return atomic_torch_save(path, state)
 
 
@@ -62,10 +80,14 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     except WeightsFileError as exc:
         raise CheckpointError(str(exc)) from exc
     if not isinstance(ckpt, dict):
-        raise CheckpointError(f"{path} holds a {type(ckpt).__name__}, not an als_det pretraining checkpoint")
+        raise CheckpointError(
+            f"{path} holds a {type(ckpt).__name__}, not an als_det pretraining checkpoint"
+        )
     missing = [k for k in REQUIRED_KEYS if k not in ckpt]
     if missing:
-        raise CheckpointError(f"{path} is not an als_det pretraining checkpoint: it lacks {missing}")
+        raise CheckpointError(
+            f"{path} is not an als_det pretraining checkpoint: it lacks {missing}"
+        )
     return ckpt
 
 
@@ -76,8 +98,9 @@ def load_backbone(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
     try:
         model.load_state_dict(ckpt["model"], strict=True)
     except RuntimeError as exc:
-        raise CheckpointError(f"{path}: weights do not fit {ckpt['arch']} with {ckpt['num_classes']} classes: "
-                              f"{exc}") from exc
+        raise CheckpointError(
+            f"{path}: weights do not fit {ckpt['arch']} with {ckpt['num_classes']} classes: {exc}"
+        ) from exc
     return model.eval(), ckpt
 
 
@@ -88,11 +111,23 @@ class CheckpointSaver:
     change during the run (arch, classes, label strategy, preprocessing, config, seed, ...); with
     `enabled=False` (ranks other than 0) it only follows `best_top1`."""
 
-    def __init__(self, out_dir: str | Path, model: nn.Module, optimizer: torch.optim.Optimizer,
-                 scheduler: torch.optim.lr_scheduler.LRScheduler, scaler: torch.amp.GradScaler,
-                 identity: dict[str, Any], enabled: bool = True) -> None:
+    def __init__(
+        self,
+        out_dir: str | Path,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        scheduler: torch.optim.lr_scheduler.LRScheduler,
+        scaler: torch.amp.GradScaler,
+        identity: dict[str, Any],
+        enabled: bool = True,
+    ) -> None:
         self.out_dir, self.identity, self.enabled = Path(out_dir), identity, enabled
-        self.model, self.optimizer, self.scheduler, self.scaler = model, optimizer, scheduler, scaler
+        self.model, self.optimizer, self.scheduler, self.scaler = (
+            model,
+            optimizer,
+            scheduler,
+            scaler,
+        )
         self.best_top1 = -1.0
 
     def resume(self, ckpt: dict[str, Any]) -> tuple[int, dict[str, Any]]:
@@ -108,17 +143,25 @@ class CheckpointSaver:
         return int(ckpt["epoch"]), ckpt["metrics"]
 
     def save(self, epoch: int, metrics: dict[str, Any], top1: float | None) -> None:
-        """After `epoch` (1-based) with its last validation `metrics`; `top1` when it was validated."""
+        """After `epoch` (1-based) with its last validation `metrics`; `top1` when it was
+        validated."""
         is_best = top1 is not None and top1 > self.best_top1
         if is_best:
             self.best_top1 = top1
         if not self.enabled:
             return
-        state = {"model": unwrap_model(self.model).state_dict(), "optimizer": self.optimizer.state_dict(),
-                 "scheduler": self.scheduler.state_dict(),
-                 "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else None,
-                 "epoch": epoch, **self.identity, "rng_state": get_rng_state(), "metrics": metrics,
-                 "best_top1": self.best_top1, "versions": package_versions()}
+        state = {
+            "model": unwrap_model(self.model).state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else None,
+            "epoch": epoch,
+            **self.identity,
+            "rng_state": get_rng_state(),
+            "metrics": metrics,
+            "best_top1": self.best_top1,
+            "versions": package_versions(),
+        }
         save_checkpoint(self.out_dir / LAST, state)
         if is_best:
             save_checkpoint(self.out_dir / BEST, state)
@@ -129,8 +172,13 @@ def get_rng_state() -> dict[str, Any]:
     np_state = np.random.get_state()
     state: dict[str, Any] = {
         "python": random.getstate(),
-        "numpy": {"kind": np_state[0], "keys": torch.from_numpy(np_state[1].astype(np.int64)),
-                  "pos": int(np_state[2]), "has_gauss": int(np_state[3]), "cached_gaussian": float(np_state[4])},
+        "numpy": {
+            "kind": np_state[0],
+            "keys": torch.from_numpy(np_state[1].astype(np.int64)),
+            "pos": int(np_state[2]),
+            "has_gauss": int(np_state[3]),
+            "cached_gaussian": float(np_state[4]),
+        },
         "torch": torch.get_rng_state(),
         "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
     }
@@ -141,10 +189,21 @@ def set_rng_state(state: dict[str, Any]) -> None:
     """Restore what `get_rng_state` captured (CUDA states only where the same GPUs exist)."""
     random.setstate(_as_tuple(state["python"]))
     n = state["numpy"]
-    np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"],
-                         n["cached_gaussian"]))
+    np.random.set_state(
+        (
+            n["kind"],
+            n["keys"].numpy().astype(np.uint32),
+            n["pos"],
+            n["has_gauss"],
+            n["cached_gaussian"],
+        )
+    )
     torch.set_rng_state(state["torch"])
-    if state["cuda"] and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
+    if (
+        state["cuda"]
+        and torch.cuda.is_available()
+        and len(state["cuda"]) == torch.cuda.device_count()
+    ):
         torch.cuda.set_rng_state_all(state["cuda"])
 
 

@@ -1,6 +1,7 @@
 """The pretraining data: the demo data generated if asked, train and val indexed (val with train's
 classes), their datasets and loaders (a distributed sampler that drops the tail; val sharded
 without padding so every image counts once)."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -29,12 +30,17 @@ class DataBundle:
 
 def mean_box_area(records: list[ImageRecord]) -> float:
     """Mean coverage of the whole image by the labelled boxes, over images that have boxes."""
-    areas = [box_coverage(r.boxes, (0.0, 0.0, float(r.width), float(r.height))) for r in records if len(r.boxes)]
+    areas = [
+        box_coverage(r.boxes, (0.0, 0.0, float(r.width), float(r.height)))
+        for r in records
+        if len(r.boxes)
+    ]
     return float(np.mean(areas)) if areas else float("nan")
 
 
 def build_data(cfg: CfgNode, info: DistInfo, out_dir: Path) -> DataBundle:
-    """Generate the demo data if asked, index train and val (val with train's classes), build datasets.
+    """Generate the demo data if asked, index train and val (val with train's classes), build
+    datasets.
 
     Rank 0 generates and indexes first (writing the caches); the other ranks then read them.
     """
@@ -44,34 +50,71 @@ def build_data(cfg: CfgNode, info: DistInfo, out_dir: Path) -> DataBundle:
             if cfg.DATA.GENERATE:
                 generate(root, cfg.DATA.GEN)
             if not (root / cfg.DATA.TRAIN_SPLIT).is_dir():
-                raise FileNotFoundError(f"DATA.ROOT {root} has no '{cfg.DATA.TRAIN_SPLIT}' folder "
-                                        "(set DATA.GENERATE True to make the demo data there)")
+                raise FileNotFoundError(
+                    f"DATA.ROOT {root} has no '{cfg.DATA.TRAIN_SPLIT}' folder "
+                    "(set DATA.GENERATE True to make the demo data there)"
+                )
             cache = index_cache_dir(cfg.DATA.ROOT, out_dir / "index_cache", cfg.DATA.CACHE_DIR)
             train_records, classes, train_report = build_index(
-                root, cfg.DATA.TRAIN_SPLIT, boxes=cfg.DATA.TRAIN_BOXES, strict=cfg.DATA.STRICT,
-                cache_dir=cache, max_per_class=cfg.DATA.MAX_PER_CLASS)
+                root,
+                cfg.DATA.TRAIN_SPLIT,
+                boxes=cfg.DATA.TRAIN_BOXES,
+                strict=cfg.DATA.STRICT,
+                cache_dir=cache,
+                max_per_class=cfg.DATA.MAX_PER_CLASS,
+            )
             val_records, _, val_report = build_index(
-                root, cfg.DATA.VAL_SPLIT, boxes=cfg.DATA.VAL_BOXES, val_labels=cfg.DATA.VAL_LABELS,
-                strict=cfg.DATA.STRICT, cache_dir=cache, max_per_class=cfg.DATA.MAX_PER_CLASS, classes=classes)
+                root,
+                cfg.DATA.VAL_SPLIT,
+                boxes=cfg.DATA.VAL_BOXES,
+                val_labels=cfg.DATA.VAL_LABELS,
+                strict=cfg.DATA.STRICT,
+                cache_dir=cache,
+                max_per_class=cfg.DATA.MAX_PER_CLASS,
+                classes=classes,
+            )
         barrier()
     kw = dict(image_size=cfg.DATA.IMAGE_SIZE, seed=cfg.SEED, strict=cfg.DATA.STRICT)
-    train_set = ImageNetBoxes(train_records, classes, train=True, scale=tuple(cfg.DATA.CROP_SCALE),
-                              ratio=tuple(cfg.DATA.CROP_RATIO), **kw)
+    train_set = ImageNetBoxes(
+        train_records,
+        classes,
+        train=True,
+        scale=tuple(cfg.DATA.CROP_SCALE),
+        ratio=tuple(cfg.DATA.CROP_RATIO),
+        **kw,
+    )
     val_set = ImageNetBoxes(val_records, classes, train=False, val_resize=cfg.DATA.VAL_RESIZE, **kw)
-    return DataBundle(train_set, val_set, classes, {"train": train_report, "val": val_report},
-                      mean_box_area(train_records))
+    return DataBundle(
+        train_set,
+        val_set,
+        classes,
+        {"train": train_report, "val": val_report},
+        mean_box_area(train_records),
+    )
 
 
-def build_loaders(cfg: CfgNode, data: DataBundle, info: DistInfo
-                  ) -> tuple[DataLoader, DistributedSampler, DataLoader]:
+def build_loaders(
+    cfg: CfgNode, data: DataBundle, info: DistInfo
+) -> tuple[DataLoader, DistributedSampler, DataLoader]:
     """(train loader, its sampler, val loader of this rank's shard)."""
-    sampler = DistributedSampler(data.train_set, num_replicas=info.world_size, rank=info.rank, shuffle=True,
-                                 seed=cfg.SEED, drop_last=True)
+    sampler = DistributedSampler(
+        data.train_set,
+        num_replicas=info.world_size,
+        rank=info.rank,
+        shuffle=True,
+        seed=cfg.SEED,
+        drop_last=True,
+    )
     if len(sampler) < cfg.SOLVER.BATCH_SIZE:
-        raise ValueError(f"the train split has {len(sampler)} images per process, fewer than "
-                         f"SOLVER.BATCH_SIZE={cfg.SOLVER.BATCH_SIZE}")
-    common = dict(batch_size=cfg.SOLVER.BATCH_SIZE, num_workers=cfg.DATA.NUM_WORKERS,
-                  pin_memory=info.device.type == "cuda")
+        raise ValueError(
+            f"the train split has {len(sampler)} images per process, fewer than "
+            f"SOLVER.BATCH_SIZE={cfg.SOLVER.BATCH_SIZE}"
+        )
+    common = dict(
+        batch_size=cfg.SOLVER.BATCH_SIZE,
+        num_workers=cfg.DATA.NUM_WORKERS,
+        pin_memory=info.device.type == "cuda",
+    )
     # persistent_workers stays off: workers must pick up the dataset's set_epoch each epoch.
     train_loader = DataLoader(data.train_set, sampler=sampler, drop_last=True, **common)
     shard = Subset(data.val_set, range(info.rank, len(data.val_set), info.world_size))

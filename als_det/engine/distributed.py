@@ -3,6 +3,7 @@
 A plain `python tools/pretrain.py` run is a world of one: every helper here then works without
 `torch.distributed` being initialised.
 """
+
 from __future__ import annotations
 
 import os
@@ -50,9 +51,13 @@ def init_distributed(device: str = "auto") -> DistInfo:
     if dev.type == "cuda":
         torch.cuda.set_device(dev)
     if world_size > 1 and not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if dev.type == "cuda" else "gloo", init_method="env://",
-                                rank=rank, world_size=world_size,
-                                device_id=dev if dev.type == "cuda" else None)
+        dist.init_process_group(
+            backend="nccl" if dev.type == "cuda" else "gloo",
+            init_method="env://",
+            rank=rank,
+            world_size=world_size,
+            device_id=dev if dev.type == "cuda" else None,
+        )
     return DistInfo(rank=rank, world_size=world_size, local_rank=local_rank, device=dev)
 
 

@@ -1,6 +1,7 @@
 """A pretraining run's per-epoch metrics, written in one place: `OUTPUT_DIR/metrics.jsonl` (one JSON
 object per epoch, rewritten atomically), TensorBoard (`OUTPUT_DIR/tb/`) and the console line.
 """
+
 from __future__ import annotations
 
 import json
@@ -25,12 +26,21 @@ def read_history(path: str | Path, upto_epoch: int | None = None) -> list[dict[s
 
 def epoch_line(row: dict[str, Any], epochs: int) -> str:
     """The console summary of one epoch's row."""
-    val = (f", val top1 {row['val_top1']:.3f} top5 {row['val_top5']:.3f} nll {row['val_nll']:.3f} "
-           f"ece {row['val_ece']:.3f}") if "val_top1" in row else ""
+    val = (
+        (
+            f", val top1 {row['val_top1']:.3f} top5 {row['val_top5']:.3f} nll {row['val_nll']:.3f} "
+            f"ece {row['val_ece']:.3f}"
+        )
+        if "val_top1" in row
+        else ""
+    )
     cov = "n/a" if row["mean_coverage"] is None else f"{row['mean_coverage']:.3f}"
-    return (f"epoch {row['epoch']}/{epochs}: loss {row['train_loss']:.4f}, mean e {row['mean_e']:.3f}, "
-            f"mean crop coverage {cov}, {row['images_per_s']:.0f} img/s, bad images {row['bad_images']}, "
-            f"no-box skips {row['skipped_no_box']}{val} ({row['epoch_time_s']:.1f} s)")
+    return (
+        f"epoch {row['epoch']}/{epochs}: loss {row['train_loss']:.4f}, mean e {row['mean_e']:.3f}, "
+        f"mean crop coverage {cov}, {row['images_per_s']:.0f} img/s, bad images "
+        f"{row['bad_images']}, no-box skips {row['skipped_no_box']}{val} "
+        f"({row['epoch_time_s']:.1f} s)"
+    )
 
 
 class MetricsWriter:
@@ -38,8 +48,14 @@ class MetricsWriter:
     `enabled=False` elsewhere). A resumed run starts from the earlier `history`; TensorBoard
     events after `start_epoch` (from an interrupted attempt) are purged."""
 
-    def __init__(self, out_dir: str | Path, epochs: int, history: list[dict[str, Any]], start_epoch: int,
-                 enabled: bool = True) -> None:
+    def __init__(
+        self,
+        out_dir: str | Path,
+        epochs: int,
+        history: list[dict[str, Any]],
+        start_epoch: int,
+        enabled: bool = True,
+    ) -> None:
         self.path = Path(out_dir) / "metrics.jsonl"
         self.epochs, self.history, self.enabled = epochs, list(history), enabled
         self.tb = None

@@ -6,6 +6,7 @@ fast it runs. A resume whose experiment keys (or process count, hence global bat
 the checkpoint's is refused with every difference listed, unless the change is deliberate
 (`allow_change`); then the differences are returned for `run.json`.
 """
+
 from __future__ import annotations
 
 import json
@@ -16,10 +17,19 @@ from fvcore.common.config import CfgNode
 
 from als_det.config import get_cfg
 
-RUNTIME_KEYS = frozenset({
-    "OUTPUT_DIR", "DATA.NUM_WORKERS", "DATA.CACHE_DIR", "DATA.STRICT", "TRAIN.DEVICE",
-    "TRAIN.EVAL_PERIOD", "TRAIN.COMPILE", "TRAIN.CHANNELS_LAST", "TRAIN.DETERMINISTIC",
-})
+RUNTIME_KEYS = frozenset(
+    {
+        "OUTPUT_DIR",
+        "DATA.NUM_WORKERS",
+        "DATA.CACHE_DIR",
+        "DATA.STRICT",
+        "TRAIN.DEVICE",
+        "TRAIN.EVAL_PERIOD",
+        "TRAIN.COMPILE",
+        "TRAIN.CHANNELS_LAST",
+        "TRAIN.DETERMINISTIC",
+    }
+)
 WORLD_SIZE = "processes (global batch = SOLVER.BATCH_SIZE x processes)"
 ALLOW_FLAG = "--allow-config-change"
 
@@ -52,12 +62,16 @@ def config_differences(saved_yaml: str, cfg: CfgNode) -> dict[str, tuple[Any, An
     config lacks had its default then; a key that no longer exists shows as `None` now."""
     then = saved_config(saved_yaml)
     now = flatten_config(cfg)
-    return {k: (then.get(k), now.get(k)) for k in sorted(set(then) | set(now))
-            if k not in RUNTIME_KEYS and then.get(k) != now.get(k)}
+    return {
+        k: (then.get(k), now.get(k))
+        for k in sorted(set(then) | set(now))
+        if k not in RUNTIME_KEYS and then.get(k) != now.get(k)
+    }
 
 
-def check_resume(ckpt: Mapping[str, Any], cfg: CfgNode, world_size: int, path: str,
-                 allow_change: bool = False) -> dict[str, tuple[Any, Any]]:
+def check_resume(
+    ckpt: Mapping[str, Any], cfg: CfgNode, world_size: int, path: str, allow_change: bool = False
+) -> dict[str, tuple[Any, Any]]:
     """The differences between the checkpoint's experiment and this one's ({} when none).
 
     Raises ResumeError listing each difference unless `allow_change`.
@@ -67,18 +81,26 @@ def check_resume(ckpt: Mapping[str, Any], cfg: CfgNode, world_size: int, path: s
     if saved_world is not None and int(saved_world) != world_size:
         diffs[WORLD_SIZE] = (int(saved_world), world_size)
     if diffs and not allow_change:
-        lines = "\n".join(f"  {k}: {json.dumps(a)} (checkpoint) -> {json.dumps(b)} (now)"
-                          for k, (a, b) in diffs.items())
-        raise ResumeError(f"cannot resume {path}: this config describes a different experiment than the "
-                          f"checkpoint's ({len(diffs)} difference{'s' if len(diffs) > 1 else ''}):\n{lines}\n"
-                          f"Resume with the checkpoint's settings, start a fresh run (without --resume), or pass "
-                          f"{ALLOW_FLAG} to continue with the new settings on purpose (recorded in run.json).")
+        lines = "\n".join(
+            f"  {k}: {json.dumps(a)} (checkpoint) -> {json.dumps(b)} (now)"
+            for k, (a, b) in diffs.items()
+        )
+        raise ResumeError(
+            f"cannot resume {path}: this config describes a different experiment than the "
+            f"checkpoint's ({len(diffs)} difference{'s' if len(diffs) > 1 else ''}):\n{lines}\n"
+            f"Resume with the checkpoint's settings, start a fresh run (without --resume), or pass "
+            f"{ALLOW_FLAG} to continue with the new settings on purpose (recorded in run.json)."
+        )
     return diffs
 
 
-def resume_record(path: str, epoch: int, diffs: Mapping[str, tuple[Any, Any]],
-                  earlier: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def resume_record(
+    path: str, epoch: int, diffs: Mapping[str, tuple[Any, Any]], earlier: list[dict[str, Any]]
+) -> list[dict[str, Any]]:
     """run.json's `resumes` list: the earlier entries plus this resume and its allowed changes."""
-    entry = {"from": path, "after_epoch": epoch,
-             "config_changes": {k: {"checkpoint": a, "now": b} for k, (a, b) in diffs.items()}}
+    entry = {
+        "from": path,
+        "after_epoch": epoch,
+        "config_changes": {k: {"checkpoint": a, "now": b} for k, (a, b) in diffs.items()},
+    }
     return [*earlier, entry]

@@ -1,5 +1,6 @@
 """The pretraining solver: SGD with the learning rate scaled linearly with the global batch, a
 per-iteration linear warm-up, then cosine or step decay (torchvision's reference recipe)."""
+
 from __future__ import annotations
 
 import math
@@ -25,11 +26,19 @@ def lr_factor(iteration: int, iters_per_epoch: int, cfg: CfgNode) -> float:
 def build_optimizer(model: nn.Module, cfg: CfgNode, world_size: int) -> torch.optim.SGD:
     """SGD with momentum; peak lr scaled linearly with the global batch."""
     lr = cfg.SOLVER.BASE_LR * cfg.SOLVER.BATCH_SIZE * world_size / cfg.SOLVER.REFERENCE_BATCH
-    return torch.optim.SGD(model.parameters(), lr=lr, momentum=cfg.SOLVER.MOMENTUM,
-                           nesterov=cfg.SOLVER.NESTEROV, weight_decay=cfg.SOLVER.WEIGHT_DECAY)
+    return torch.optim.SGD(
+        model.parameters(),
+        lr=lr,
+        momentum=cfg.SOLVER.MOMENTUM,
+        nesterov=cfg.SOLVER.NESTEROV,
+        weight_decay=cfg.SOLVER.WEIGHT_DECAY,
+    )
 
 
-def build_scheduler(optimizer: torch.optim.Optimizer, cfg: CfgNode,
-                    iters_per_epoch: int) -> torch.optim.lr_scheduler.LambdaLR:
+def build_scheduler(
+    optimizer: torch.optim.Optimizer, cfg: CfgNode, iters_per_epoch: int
+) -> torch.optim.lr_scheduler.LambdaLR:
     """Stepped once per iteration."""
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda it: lr_factor(it, iters_per_epoch, cfg))
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda it: lr_factor(it, iters_per_epoch, cfg)
+    )

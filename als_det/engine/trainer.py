@@ -7,6 +7,7 @@ metrics.jsonl, log.txt, last.pth, best.pth, tb/}`: the data and loaders come fro
 (`engine.checkpoint`) and per-epoch metrics through `MetricsWriter` (`engine.events`). SGD weight
 decay applies to every parameter (BN and biases included, torchvision's default).
 """
+
 from __future__ import annotations
 
 import json
@@ -64,18 +65,32 @@ def _autocast(device: torch.device, amp: str):
 
 
 def resolve_precision(cfg: CfgNode, device: torch.device) -> tuple[str, bool]:
-    """(amp, channels_last) as they will run on `device`: the config's, or an error for fp16 on the CPU."""
+    """(amp, channels_last) as they will run on `device`: the config's, or an error for fp16 on
+    the CPU."""
     if cfg.TRAIN.AMP == "fp16" and device.type != "cuda":
-        raise ValueError("TRAIN.AMP fp16 (float16 autocast with GradScaler) is a GPU setting; on the CPU "
-                         "use TRAIN.AMP bf16 (CPU autocast) or none")
+        raise ValueError(
+            "TRAIN.AMP fp16 (float16 autocast with GradScaler) is a GPU setting; on the CPU "
+            "use TRAIN.AMP bf16 (CPU autocast) or none"
+        )
     return cfg.TRAIN.AMP, bool(cfg.TRAIN.CHANNELS_LAST)
 
 
-def train_one_epoch(model: nn.Module, loader: DataLoader, optimizer: torch.optim.Optimizer,
-                    scheduler: torch.optim.lr_scheduler.LRScheduler, scaler: torch.amp.GradScaler,
-                    strategy: LabelStrategy, device: torch.device, epoch: int, *, amp: str = "none",
-                    channels_last: bool = False, max_iters: int = 0, progress: bool = True,
-                    mixer: BatchMixer | None = None) -> dict[str, float]:
+def train_one_epoch(
+    model: nn.Module,
+    loader: DataLoader,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    scaler: torch.amp.GradScaler,
+    strategy: LabelStrategy,
+    device: torch.device,
+    epoch: int,
+    *,
+    amp: str = "none",
+    channels_last: bool = False,
+    max_iters: int = 0,
+    progress: bool = True,
+    mixer: BatchMixer | None = None,
+) -> dict[str, float]:
     """One pass over `loader`; returns the epoch's statistics summed over all ranks.
 
     `epoch` is 1-based (for messages). A NaN/inf loss on any rank raises NonFiniteLossError on
@@ -86,16 +101,23 @@ def train_one_epoch(model: nn.Module, loader: DataLoader, optimizer: torch.optim
         raise ValueError(f"label strategy {strategy.name} needs a BatchMixer")
     model.train()
     n_iters = len(loader) if max_iters <= 0 else min(max_iters, len(loader))
-    # sums: loss*n_used, n_used, e over used, coverage over used with box, n with box, bad, skipped, seen,
-    # object coverage over used with box
+    # sums: loss*n_used, n_used, e over used, coverage over used with box, n with box, bad, skipped,
+    # seen, object coverage over used with box
     sums = torch.zeros(9, dtype=torch.float64, device=device)
     start = time.perf_counter()
-    bar = tqdm(total=n_iters, desc=f"epoch {epoch}", disable=not progress, dynamic_ncols=True, leave=False)
+    bar = tqdm(
+        total=n_iters, desc=f"epoch {epoch}", disable=not progress, dynamic_ncols=True, leave=False
+    )
     for it, (images, labels, cov, obj_cov, has_box) in enumerate(loader):
         if it >= n_iters:
             break
         images = images.to(device, non_blocking=True)
-        labels, cov, obj_cov, has_box = labels.to(device), cov.to(device), obj_cov.to(device), has_box.to(device)
+        labels, cov, obj_cov, has_box = (
+            labels.to(device),
+            cov.to(device),
+            obj_cov.to(device),
+            has_box.to(device),
+        )
         mixed_targets = None
         if mixer is not None:
             images, mixed_targets = mixer(images, labels, epoch, it)
@@ -109,16 +131,25 @@ def train_one_epoch(model: nn.Module, loader: DataLoader, optimizer: torch.optim
             loss, e, n_skipped = loss_for_batch(strategy, logits, labels, cov, has_box, obj_cov)
         used = (labels >= 0) & ~torch.isnan(e)
         n_used = used.sum()
-        batch = torch.stack([loss.detach().double() * n_used, n_used.double(),
-                             e[used].double().sum(), cov[used & has_box].double().sum(),
-                             (used & has_box).sum().double(), (labels < 0).sum().double(),
-                             torch.tensor(float(n_skipped), dtype=torch.float64, device=device),
-                             torch.tensor(float(labels.shape[0]), dtype=torch.float64, device=device),
-                             obj_cov[used & has_box].double().sum()])
+        batch = torch.stack(
+            [
+                loss.detach().double() * n_used,
+                n_used.double(),
+                e[used].double().sum(),
+                cov[used & has_box].double().sum(),
+                (used & has_box).sum().double(),
+                (labels < 0).sum().double(),
+                torch.tensor(float(n_skipped), dtype=torch.float64, device=device),
+                torch.tensor(float(labels.shape[0]), dtype=torch.float64, device=device),
+                obj_cov[used & has_box].double().sum(),
+            ]
+        )
         all_reduce_sum(batch)
         if not torch.isfinite(batch[0]):
-            raise NonFiniteLossError(f"non-finite training loss at epoch {epoch}, iteration {it + 1}/{n_iters} "
-                                     f"(lr {optimizer.param_groups[0]['lr']:.4g}); stopping before this step")
+            raise NonFiniteLossError(
+                f"non-finite training loss at epoch {epoch}, iteration {it + 1}/{n_iters} "
+                f"(lr {optimizer.param_groups[0]['lr']:.4g}); stopping before this step"
+            )
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         scaler.step(optimizer)
@@ -127,22 +158,43 @@ def train_one_epoch(model: nn.Module, loader: DataLoader, optimizer: torch.optim
         sums += batch
         if progress:
             rate = sums[7].item() / (time.perf_counter() - start)
-            bar.set_postfix(loss=f"{batch[0].item() / max(1.0, batch[1].item()):.3f}",
-                            lr=f"{optimizer.param_groups[0]['lr']:.4g}", img_s=f"{rate:.0f}", refresh=False)
+            bar.set_postfix(
+                loss=f"{batch[0].item() / max(1.0, batch[1].item()):.3f}",
+                lr=f"{optimizer.param_groups[0]['lr']:.4g}",
+                img_s=f"{rate:.0f}",
+                refresh=False,
+            )
             bar.update()
     bar.close()
     seconds = time.perf_counter() - start
     s = sums.tolist()
-    return {"train_loss": s[0] / max(1.0, s[1]), "mean_e": s[2] / max(1.0, s[1]),
-            "mean_coverage": s[3] / s[4] if s[4] else None,
-            "mean_object_coverage": s[8] / s[4] if s[4] else None, "with_box_fraction": s[4] / max(1.0, s[1]),
-            "images": int(s[7]), "used": int(s[1]), "bad_images": int(s[5]), "skipped_no_box": int(s[6]),
-            "iterations": n_iters, "images_per_s": s[7] / seconds, "train_time_s": seconds}
+    return {
+        "train_loss": s[0] / max(1.0, s[1]),
+        "mean_e": s[2] / max(1.0, s[1]),
+        "mean_coverage": s[3] / s[4] if s[4] else None,
+        "mean_object_coverage": s[8] / s[4] if s[4] else None,
+        "with_box_fraction": s[4] / max(1.0, s[1]),
+        "images": int(s[7]),
+        "used": int(s[1]),
+        "bad_images": int(s[5]),
+        "skipped_no_box": int(s[6]),
+        "iterations": n_iters,
+        "images_per_s": s[7] / seconds,
+        "train_time_s": seconds,
+    }
 
 
 @torch.inference_mode()
-def evaluate(model: nn.Module, loader: DataLoader, device: torch.device, num_classes: int, *,
-             amp: str = "none", channels_last: bool = False, progress: bool = False) -> dict[str, Any]:
+def evaluate(
+    model: nn.Module,
+    loader: DataLoader,
+    device: torch.device,
+    num_classes: int,
+    *,
+    amp: str = "none",
+    channels_last: bool = False,
+    progress: bool = False,
+) -> dict[str, Any]:
     """Top-1/5, NLL, Brier, ECE (`calibration_metrics_from_logits`) over the whole val set.
 
     Under torchrun each rank passes its own unpadded shard; predictions are gathered so every
@@ -150,7 +202,9 @@ def evaluate(model: nn.Module, loader: DataLoader, device: torch.device, num_cla
     """
     model.eval()
     outputs, labels = [], []
-    for images, target, *_ in tqdm(loader, desc="eval", disable=not progress, leave=False, dynamic_ncols=True):
+    for images, target, *_ in tqdm(
+        loader, desc="eval", disable=not progress, leave=False, dynamic_ncols=True
+    ):
         images = images.to(device, non_blocking=True)
         if channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
@@ -162,12 +216,16 @@ def evaluate(model: nn.Module, loader: DataLoader, device: torch.device, num_cla
         labels.append(target.to(device))
     empty = torch.zeros(0, num_classes, device=device)
     z = all_gather_cat(torch.cat(outputs) if outputs else empty).cpu()
-    y = all_gather_cat(torch.cat(labels) if labels else torch.zeros(0, dtype=torch.long, device=device)).cpu()
+    y = all_gather_cat(
+        torch.cat(labels) if labels else torch.zeros(0, dtype=torch.long, device=device)
+    ).cpu()
     good = y >= 0
     if not good.any():
         raise ValueError("evaluation found no readable val image")
     metrics = calibration_metrics_from_logits(z[good], y[good])
-    out = {k: v for k, v in metrics.items() if not isinstance(v, (dict, list))}  # scalars; no reliability bins
+    out = {
+        k: v for k, v in metrics.items() if not isinstance(v, (dict, list))
+    }  # scalars; no reliability bins
     out.update(n=int(good.sum()), bad_images=int((~good).sum()))
     return out
 
@@ -179,10 +237,20 @@ def evaluate(model: nn.Module, loader: DataLoader, device: torch.device, num_cla
 def _check_finite(model: nn.Module, epoch: int) -> None:
     for name, t in model.state_dict().items():
         if t.is_floating_point() and not torch.isfinite(t).all():
-            raise NonFiniteLossError(f"non-finite value in {name} after epoch {epoch}; checkpoint not written")
+            raise NonFiniteLossError(
+                f"non-finite value in {name} after epoch {epoch}; checkpoint not written"
+            )
 
 
-PRETRAIN_OUTPUTS = ("last.pth", "best.pth", "metrics.jsonl", "run.json", "config.yaml", "log.txt", "tb")
+PRETRAIN_OUTPUTS = (
+    "last.pth",
+    "best.pth",
+    "metrics.jsonl",
+    "run.json",
+    "config.yaml",
+    "log.txt",
+    "tb",
+)
 PRETRAIN_MARKERS = ("last.pth", "metrics.jsonl")
 
 
@@ -195,8 +263,13 @@ def _resolve_resume(resume: str | None, out_dir: Path) -> Path | None:
     return path
 
 
-def train(cfg: CfgNode, resume: str | None = None, stop_after_epoch: int | None = None,
-          model_hook: Callable[[nn.Module], None] | None = None, allow_config_change: bool = False) -> Path:
+def train(
+    cfg: CfgNode,
+    resume: str | None = None,
+    stop_after_epoch: int | None = None,
+    model_hook: Callable[[nn.Module], None] | None = None,
+    allow_config_change: bool = False,
+) -> Path:
     """Pretrain one arm as `cfg` says; returns OUTPUT_DIR.
 
     resume: None (a fresh run; an earlier run's files in OUTPUT_DIR are set aside), "last"
@@ -218,22 +291,47 @@ def train(cfg: CfgNode, resume: str | None = None, stop_after_epoch: int | None 
             cleanup_distributed()
 
 
-def _run_record(cfg: CfgNode, info: DistInfo, data: DataBundle, strategy: LabelStrategy, amp: str,
-                channels_last: bool, resumes: list[dict[str, Any]]) -> dict[str, Any]:
+def _run_record(
+    cfg: CfgNode,
+    info: DistInfo,
+    data: DataBundle,
+    strategy: LabelStrategy,
+    amp: str,
+    channels_last: bool,
+    resumes: list[dict[str, Any]],
+) -> dict[str, Any]:
     """run.json: what actually ran (device, intra-op threads, precision, memory format, compiler),
     data and versions."""
-    return {"seed": cfg.SEED, "world_size": info.world_size, "device": str(info.device),
-            "torch_threads": torch.get_num_threads(), "amp": amp,
-            "channels_last": channels_last, "compile": "inductor" if cfg.TRAIN.COMPILE else False,
-            "label_strategy": strategy.to_dict(), "classes": data.classes,
-            "index": {k: {"images": r.images, "with_boxes": r.with_boxes, "boxes": r.boxes,
-                          "skipped": {why: len(f) for why, f in r.skipped.items()}} for k, r in data.reports.items()},
-            "train_mean_box_area": data.box_area, "resumes": resumes, "versions": package_versions()}
+    return {
+        "seed": cfg.SEED,
+        "world_size": info.world_size,
+        "device": str(info.device),
+        "torch_threads": torch.get_num_threads(),
+        "amp": amp,
+        "channels_last": channels_last,
+        "compile": "inductor" if cfg.TRAIN.COMPILE else False,
+        "label_strategy": strategy.to_dict(),
+        "classes": data.classes,
+        "index": {
+            k: {
+                "images": r.images,
+                "with_boxes": r.with_boxes,
+                "boxes": r.boxes,
+                "skipped": {why: len(f) for why, f in r.skipped.items()},
+            }
+            for k, r in data.reports.items()
+        },
+        "train_mean_box_area": data.box_area,
+        "resumes": resumes,
+        "versions": package_versions(),
+    }
 
 
-def _checked_resume(resume_path: Path | None, cfg: CfgNode, info: DistInfo, allow_config_change: bool
-                    ) -> tuple[dict[str, Any] | None, list[dict[str, Any]]]:
-    """(the checkpoint to resume, run.json's `resumes` list); ResumeError if the experiment changed."""
+def _checked_resume(
+    resume_path: Path | None, cfg: CfgNode, info: DistInfo, allow_config_change: bool
+) -> tuple[dict[str, Any] | None, list[dict[str, Any]]]:
+    """(the checkpoint to resume, run.json's `resumes` list); ResumeError if the experiment
+    changed."""
     if resume_path is None:
         return None, []
     ckpt = load_checkpoint(resume_path)
@@ -241,8 +339,11 @@ def _checked_resume(resume_path: Path | None, cfg: CfgNode, info: DistInfo, allo
     run_json = Path(cfg.OUTPUT_DIR) / "run.json"
     earlier = json.loads(run_json.read_text()).get("resumes", []) if run_json.is_file() else []
     if diffs:
-        logger.info("resuming with %d deliberate config change(s) (recorded in run.json): %s", len(diffs),
-                    ", ".join(diffs))
+        logger.info(
+            "resuming with %d deliberate config change(s) (recorded in run.json): %s",
+            len(diffs),
+            ", ".join(diffs),
+        )
     return ckpt, resume_record(str(resume_path), int(ckpt["epoch"]), diffs, earlier)
 
 
@@ -257,30 +358,57 @@ def _seed(cfg: CfgNode) -> None:
     random.seed(cfg.SEED)
 
 
-def _identity(cfg: CfgNode, data: DataBundle, strategy: LabelStrategy, world_size: int) -> dict[str, Any]:
+def _identity(
+    cfg: CfgNode, data: DataBundle, strategy: LabelStrategy, world_size: int
+) -> dict[str, Any]:
     """What every checkpoint of the run records besides its training state."""
-    return {"arch": cfg.MODEL.ARCH, "num_classes": len(data.classes), "classes": data.classes,
-            "label_strategy": strategy.to_dict(),
-            "preprocessing": {"input_format": "RGB", "pixel_mean": [255.0 * m for m in IMAGENET_MEAN],
-                              "pixel_std": [255.0 * s for s in IMAGENET_STD], "image_size": cfg.DATA.IMAGE_SIZE},
-            "config": cfg.dump(), "seed": cfg.SEED, "world_size": world_size}
+    return {
+        "arch": cfg.MODEL.ARCH,
+        "num_classes": len(data.classes),
+        "classes": data.classes,
+        "label_strategy": strategy.to_dict(),
+        "preprocessing": {
+            "input_format": "RGB",
+            "pixel_mean": [255.0 * m for m in IMAGENET_MEAN],
+            "pixel_std": [255.0 * s for s in IMAGENET_STD],
+            "image_size": cfg.DATA.IMAGE_SIZE,
+        },
+        "config": cfg.dump(),
+        "seed": cfg.SEED,
+        "world_size": world_size,
+    }
 
 
-def _log_start(cfg: CfgNode, info: DistInfo, data: DataBundle, strategy: LabelStrategy, iters_per_epoch: int,
-               amp: str, channels_last: bool) -> None:
+def _log_start(
+    cfg: CfgNode,
+    info: DistInfo,
+    data: DataBundle,
+    strategy: LabelStrategy,
+    iters_per_epoch: int,
+    amp: str,
+    channels_last: bool,
+) -> None:
     tr, va = data.reports["train"], data.reports["val"]
     logger.info(tr.summary())
     logger.info(va.summary())
-    logger.info(f"train: {tr.images} images, {tr.with_boxes} with boxes "
-                f"({100.0 * tr.with_boxes / max(1, tr.images):.1f}%), mean box area {data.box_area:.3f} of the "
-                f"image; {len(data.classes)} classes; label strategy {strategy.name}; {info.world_size} "
-                f"process(es) on {info.device}, global batch {cfg.SOLVER.BATCH_SIZE * info.world_size}, "
-                f"{iters_per_epoch} iterations/epoch; precision "
-                f"{'float32' if amp == 'none' else amp + ' autocast'}, channels_last {channels_last}")
+    logger.info(
+        f"train: {tr.images} images, {tr.with_boxes} with boxes "
+        f"({100.0 * tr.with_boxes / max(1, tr.images):.1f}%), mean box area {data.box_area:.3f} of "
+        f"the image; {len(data.classes)} classes; label strategy {strategy.name}; "
+        f"{info.world_size} process(es) on {info.device}, global batch "
+        f"{cfg.SOLVER.BATCH_SIZE * info.world_size}, {iters_per_epoch} iterations/epoch; precision "
+        f"{'float32' if amp == 'none' else amp + ' autocast'}, channels_last {channels_last}"
+    )
 
 
-def _train(cfg: CfgNode, info: DistInfo, resume: str | None, stop_after_epoch: int | None,
-           model_hook: Callable[[nn.Module], None] | None, allow_config_change: bool = False) -> Path:
+def _train(
+    cfg: CfgNode,
+    info: DistInfo,
+    resume: str | None,
+    stop_after_epoch: int | None,
+    model_hook: Callable[[nn.Module], None] | None,
+    allow_config_change: bool = False,
+) -> Path:
     out_dir, main, device = Path(cfg.OUTPUT_DIR), info.is_main, info.device
     # Every check that can refuse the run comes before the first write into OUTPUT_DIR.
     amp, channels_last = resolve_precision(cfg, device)
@@ -289,11 +417,17 @@ def _train(cfg: CfgNode, info: DistInfo, resume: str | None, stop_after_epoch: i
     _seed(cfg)
     data = build_data(cfg, info, out_dir)
     if ckpt is not None and ckpt["classes"] != data.classes:
-        raise ResumeError(f"cannot resume {resume_path}: it was trained on {len(ckpt['classes'])} classes, "
-                          f"{cfg.DATA.ROOT} now has {len(data.classes)} (or other names)")
+        raise ResumeError(
+            f"cannot resume {resume_path}: it was trained on {len(ckpt['classes'])} classes, "
+            f"{cfg.DATA.ROOT} now has {len(data.classes)} (or other names)"
+        )
     if main:
         out_dir.mkdir(parents=True, exist_ok=True)
-        aside = None if resume_path else set_aside_previous_run(out_dir, PRETRAIN_OUTPUTS, PRETRAIN_MARKERS)
+        aside = (
+            None
+            if resume_path
+            else set_aside_previous_run(out_dir, PRETRAIN_OUTPUTS, PRETRAIN_MARKERS)
+        )
         if aside is not None:
             logger.info("%s", set_aside_note(out_dir, aside))
         atomic_write_text(out_dir / "config.yaml", cfg.dump())
@@ -301,8 +435,11 @@ def _train(cfg: CfgNode, info: DistInfo, resume: str | None, stop_after_epoch: i
     strategy = LabelStrategy.from_cfg(cfg.LABELS)
     mixer = BatchMixer(strategy, len(data.classes), cfg.SEED, info.rank) if strategy.mixes else None
     train_loader, sampler, val_loader = build_loaders(cfg, data, info)
-    iters_per_epoch = len(train_loader) if cfg.TRAIN.MAX_ITERS_PER_EPOCH <= 0 else \
-        min(cfg.TRAIN.MAX_ITERS_PER_EPOCH, len(train_loader))
+    iters_per_epoch = (
+        len(train_loader)
+        if cfg.TRAIN.MAX_ITERS_PER_EPOCH <= 0
+        else min(cfg.TRAIN.MAX_ITERS_PER_EPOCH, len(train_loader))
+    )
     _log_start(cfg, info, data, strategy, iters_per_epoch, amp, channels_last)
 
     model = build_resnet(cfg.MODEL.ARCH, len(data.classes)).to(device)
@@ -313,8 +450,15 @@ def _train(cfg: CfgNode, info: DistInfo, resume: str | None, stop_after_epoch: i
     optimizer = build_optimizer(model, cfg, info.world_size)
     scheduler = build_scheduler(optimizer, cfg, iters_per_epoch)
     scaler = torch.amp.GradScaler(device.type, enabled=amp == "fp16")
-    saver = CheckpointSaver(out_dir, model, optimizer, scheduler, scaler,
-                            _identity(cfg, data, strategy, info.world_size), enabled=main)
+    saver = CheckpointSaver(
+        out_dir,
+        model,
+        optimizer,
+        scheduler,
+        scaler,
+        _identity(cfg, data, strategy, info.world_size),
+        enabled=main,
+    )
     start_epoch, last_val, history = 0, {}, []
     if ckpt is not None:
         start_epoch, last_val = saver.resume(ckpt)
@@ -322,27 +466,56 @@ def _train(cfg: CfgNode, info: DistInfo, resume: str | None, stop_after_epoch: i
         logger.info("resumed from %s after epoch %d", resume_path, start_epoch)
     raw_model = model  # saved and evaluated: torchvision key names, no collectives
     if info.distributed:
-        model = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+        model = nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None
+        )
     if cfg.TRAIN.COMPILE:
         model = torch.compile(model)
     if main:
-        atomic_write_json(out_dir / "run.json", _run_record(cfg, info, data, strategy, amp, channels_last, resumes))
+        atomic_write_json(
+            out_dir / "run.json",
+            _run_record(cfg, info, data, strategy, amp, channels_last, resumes),
+        )
     writer = MetricsWriter(out_dir, cfg.SOLVER.EPOCHS, history, start_epoch, enabled=main)
-    last_epoch = cfg.SOLVER.EPOCHS if stop_after_epoch is None else min(stop_after_epoch, cfg.SOLVER.EPOCHS)
+    last_epoch = (
+        cfg.SOLVER.EPOCHS if stop_after_epoch is None else min(stop_after_epoch, cfg.SOLVER.EPOCHS)
+    )
     try:
         for epoch in range(start_epoch + 1, last_epoch + 1):
             sampler.set_epoch(epoch - 1)
             data.train_set.set_epoch(epoch - 1)
             t0 = time.perf_counter()
-            stats = train_one_epoch(model, train_loader, optimizer, scheduler, scaler, strategy, device, epoch,
-                                    amp=amp, channels_last=channels_last, max_iters=cfg.TRAIN.MAX_ITERS_PER_EPOCH,
-                                    progress=main, mixer=mixer)
+            stats = train_one_epoch(
+                model,
+                train_loader,
+                optimizer,
+                scheduler,
+                scaler,
+                strategy,
+                device,
+                epoch,
+                amp=amp,
+                channels_last=channels_last,
+                max_iters=cfg.TRAIN.MAX_ITERS_PER_EPOCH,
+                progress=main,
+                mixer=mixer,
+            )
             row: dict[str, Any] = {"epoch": epoch, "lr": optimizer.param_groups[0]["lr"], **stats}
             if epoch % cfg.TRAIN.EVAL_PERIOD == 0 or epoch == cfg.SOLVER.EPOCHS:
                 t1 = time.perf_counter()
-                last_val = evaluate(raw_model, val_loader, device, len(data.classes), amp=amp,
-                                    channels_last=channels_last, progress=main)
-                row.update({f"val_{k}": v for k, v in last_val.items()}, eval_time_s=time.perf_counter() - t1)
+                last_val = evaluate(
+                    raw_model,
+                    val_loader,
+                    device,
+                    len(data.classes),
+                    amp=amp,
+                    channels_last=channels_last,
+                    progress=main,
+                )
+                row.update(
+                    {f"val_{k}": v for k, v in last_val.items()},
+                    eval_time_s=time.perf_counter() - t1,
+                )
             row["epoch_time_s"] = time.perf_counter() - t0
             _check_finite(raw_model, epoch)
             saver.save(epoch, last_val, row.get("val_top1"))

@@ -1,1 +1,2 @@
-"""Experiments: a plan file -> a graph of stages (each a `tools/` entry point) -> run here or on SLURM."""
+"""Experiments: a plan file -> a graph of stages (each a `tools/` entry point) -> run here or on
+SLURM."""

@@ -4,6 +4,7 @@ wraps a command for several processes (torchrun, or detectron2's own `--num-gpus
 A stage runs exactly what a user would type, from the repository root. When an entry point's
 command line changes, the function for that tool is the only thing to edit here.
 """
+
 from __future__ import annotations
 
 import shlex
@@ -21,7 +22,7 @@ LAUNCH_KINDS = ("torchrun", "detectron2", "single")
 
 @dataclass(frozen=True)
 class Command:
-    tool: str                 # path of the entry point, relative to the repository root
+    tool: str  # path of the entry point, relative to the repository root
     args: tuple[str, ...]
     launch: str = "single"
     # What the stage computes (config, overrides, inputs), in a form that does not depend on how
@@ -44,55 +45,97 @@ class Node:
 
 
 def override_args(overrides: Mapping[str, Any]) -> list[str]:
-    """{KEY: value} -> [KEY, str]; non-strings as Python literals (what yacs' merge_from_list reads)."""
-    return [a for key, value in overrides.items()
-            for a in (key, value if isinstance(value, str) else repr(value))]
+    """{KEY: value} -> [KEY, str]; non-strings as Python literals (what yacs' merge_from_list
+    reads)."""
+    return [
+        a
+        for key, value in overrides.items()
+        for a in (key, value if isinstance(value, str) else repr(value))
+    ]
 
 
 def generate_command(config: str, overrides: Mapping[str, Any]) -> Command:
     opts = override_args(overrides)
-    return Command("tools/generate_data.py", ("--config-file", config, *opts),
-                   spec=("config", config, "overrides", tuple(opts)))
+    return Command(
+        "tools/generate_data.py",
+        ("--config-file", config, *opts),
+        spec=("config", config, "overrides", tuple(opts)),
+    )
 
 
 def pretrain_command(config: str, overrides: Mapping[str, Any], resume: bool = False) -> Command:
     opts = override_args(overrides)
     args = [*(["--resume"] if resume else []), "--config-file", config, *opts]
-    return Command("tools/pretrain.py", tuple(args), "torchrun",
-                   spec=("config", config, "overrides", tuple(opts)))
+    return Command(
+        "tools/pretrain.py",
+        tuple(args),
+        "torchrun",
+        spec=("config", config, "overrides", tuple(opts)),
+    )
 
 
-def evaluate_command(checkpoints: Mapping[str, str], data: str, out: str, baseline: str | None,
-                     extra: Sequence[str]) -> Command:
+def evaluate_command(
+    checkpoints: Mapping[str, str], data: str, out: str, baseline: str | None, extra: Sequence[str]
+) -> Command:
     args = [a for name, path in checkpoints.items() for a in ("--checkpoint", path, "--name", name)]
     args += ["--data", data, "--out", out]
     if baseline:
         args += ["--baseline", baseline]
-    return Command("tools/evaluate.py", tuple(args + list(extra)), "torchrun",
-                   spec=("checkpoints", tuple(checkpoints.items()), "data", data, "out", out,
-                         "baseline", baseline, "options", tuple(extra)))
+    return Command(
+        "tools/evaluate.py",
+        tuple(args + list(extra)),
+        "torchrun",
+        spec=(
+            "checkpoints",
+            tuple(checkpoints.items()),
+            "data",
+            data,
+            "out",
+            out,
+            "baseline",
+            baseline,
+            "options",
+            tuple(extra),
+        ),
+    )
 
 
 def convert_command(checkpoint: str, output: str) -> Command:
-    return Command("tools/convert_to_d2.py", (checkpoint, output, "--verify", "--force"),
-                   spec=("checkpoint", checkpoint, "output", output, "verified"))
+    return Command(
+        "tools/convert_to_d2.py",
+        (checkpoint, output, "--verify", "--force"),
+        spec=("checkpoint", checkpoint, "output", output, "verified"),
+    )
 
 
-def finetune_command(config: str, extra: Sequence[str], overrides: Mapping[str, Any],
-                     resume: bool = False) -> Command:
+def finetune_command(
+    config: str, extra: Sequence[str], overrides: Mapping[str, Any], resume: bool = False
+) -> Command:
     opts = override_args(overrides)
     args = ["--config-file", config, *extra, *(["--resume"] if resume else []), *opts]
-    return Command("tools/finetune_coco.py", tuple(args), "detectron2",
-                   spec=("config", config, "options", tuple(extra), "overrides", tuple(opts)))
+    return Command(
+        "tools/finetune_coco.py",
+        tuple(args),
+        "detectron2",
+        spec=("config", config, "options", tuple(extra), "overrides", tuple(opts)),
+    )
 
 
 def compare_command(run_dirs: Sequence[str], baseline: str, out: str) -> Command:
-    return Command("tools/compare.py", (*run_dirs, "--baseline", baseline, "--out", out),
-                   spec=("runs", tuple(run_dirs), "baseline", baseline, "out", out))
+    return Command(
+        "tools/compare.py",
+        (*run_dirs, "--baseline", baseline, "--out", out),
+        spec=("runs", tuple(run_dirs), "baseline", baseline, "out", out),
+    )
 
 
-def launch_argv(cmd: Command, res: Resources, node: Node = Node(), python: str = sys.executable,
-                torchrun: Sequence[str] = (sys.executable, "-m", "torch.distributed.run")) -> list[str]:
+def launch_argv(
+    cmd: Command,
+    res: Resources,
+    node: Node = Node(),
+    python: str = sys.executable,
+    torchrun: Sequence[str] = (sys.executable, "-m", "torch.distributed.run"),
+) -> list[str]:
     """The argv that runs `cmd` on one node with `res.processes` processes per node."""
     many = res.processes > 1 or res.nodes > 1
     if cmd.launch == "torchrun" and many:
@@ -100,18 +143,30 @@ def launch_argv(cmd: Command, res: Resources, node: Node = Node(), python: str =
         if res.nodes == 1:
             prefix.append("--standalone")
         else:
-            prefix += [f"--nnodes={res.nodes}", f"--node_rank={node.rank}",
-                       f"--master_addr={node.master_addr}", f"--master_port={node.master_port}"]
+            prefix += [
+                f"--nnodes={res.nodes}",
+                f"--node_rank={node.rank}",
+                f"--master_addr={node.master_addr}",
+                f"--master_port={node.master_port}",
+            ]
         return [*prefix, cmd.tool, *cmd.args]
     if cmd.launch == "detectron2" and many:
         dist = ["--num-gpus", str(res.processes)]
         if res.nodes > 1:
-            dist += ["--num-machines", str(res.nodes), "--machine-rank", node.rank,
-                     "--dist-url", f"tcp://{node.master_addr}:{node.master_port}"]
+            dist += [
+                "--num-machines",
+                str(res.nodes),
+                "--machine-rank",
+                node.rank,
+                "--dist-url",
+                f"tcp://{node.master_addr}:{node.master_port}",
+            ]
         return [python, cmd.tool, *dist, *cmd.args]
     if many:
-        raise ValueError(f"{cmd.tool} runs as one process; its resources ask for {res.processes} "
-                         f"per node on {res.nodes} node(s)")
+        raise ValueError(
+            f"{cmd.tool} runs as one process; its resources ask for {res.processes} "
+            f"per node on {res.nodes} node(s)"
+        )
     return [python, cmd.tool, *cmd.args]
 
 

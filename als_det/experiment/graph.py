@@ -9,6 +9,7 @@ Everything lands under the plan's `out`: `pretrain/<run>/`, `evaluation/[<run>/]
 `pretrained/<run>.pkl`, `detection/<detector>/<run>/`, `compare/<detector>/`, one log per stage in
 `logs/`, the stage records in `.stages/`.
 """
+
 from __future__ import annotations
 
 from collections.abc import Mapping
@@ -24,10 +25,10 @@ from als_det.experiment.stages import Stage, config_chain, resolve
 @dataclass
 class Graph:
     stages: list[Stage]
-    checkpoints: dict[str, Path] = field(default_factory=dict)     # run -> last.pth
+    checkpoints: dict[str, Path] = field(default_factory=dict)  # run -> last.pth
     evaluation: Path | None = None
     detection: dict[str, list[Path]] = field(default_factory=dict)  # detector -> run folders
-    compare: dict[str, Path] = field(default_factory=dict)          # detector -> compare folder
+    compare: dict[str, Path] = field(default_factory=dict)  # detector -> compare folder
 
 
 def baseline_strategy(plan: Plan) -> str:
@@ -35,8 +36,10 @@ def baseline_strategy(plan: Plan) -> str:
     from als_det.config import load_config
 
     arm = plan.arms[plan.baseline]
-    cfg = load_config(str(resolve(arm.config)),
-                      commands.override_args({**plan.pretrain_overrides, **arm.overrides}))
+    cfg = load_config(
+        str(resolve(arm.config)),
+        commands.override_args({**plan.pretrain_overrides, **arm.overrides}),
+    )
     return str(cfg.LABELS.STRATEGY)
 
 
@@ -61,9 +64,17 @@ class _Builder:
         return {k: self.fill(v) for k, v in overrides.items()}
 
     def add(self, name: str, kind: str, command: commands.Command, resources, **kw: Any) -> str:
-        self.graph.stages.append(Stage(name=name, kind=kind, command=command, resources=resources,
-                                       state_dir=self.state_dir,
-                                       log=resolve(self.path("logs", f"{name}.log")), **kw))
+        self.graph.stages.append(
+            Stage(
+                name=name,
+                kind=kind,
+                command=command,
+                resources=resources,
+                state_dir=self.state_dir,
+                log=resolve(self.path("logs", f"{name}.log")),
+                **kw,
+            )
+        )
         return name
 
     def data(self) -> tuple[str, ...]:
@@ -72,23 +83,41 @@ class _Builder:
             return ()
         first = next(iter(plan.arms.values()))
         overrides = {**self.fill_all(plan.pretrain_overrides), "DATA.ROOT": self.data_root}
-        return (self.add("data", "data", commands.generate_command(first.config, overrides),
-                         plan.data_resources, inputs=tuple(config_chain(first.config)),
-                         outputs=(resolve(self.data_root) / "generation.json",)),)
+        return (
+            self.add(
+                "data",
+                "data",
+                commands.generate_command(first.config, overrides),
+                plan.data_resources,
+                inputs=tuple(config_chain(first.config)),
+                outputs=(resolve(self.data_root) / "generation.json",),
+            ),
+        )
 
     def pretrain(self, deps: tuple[str, ...]) -> dict[str, str]:
         plan, names = self.plan, {}
         for run, arm, seed in plan.runs():
             run_dir = self.path("pretrain", run)
-            overrides = {**self.fill_all(plan.pretrain_overrides), **self.fill_all(arm.overrides),
-                         "OUTPUT_DIR": run_dir, "SEED": seed, "DATA.ROOT": self.data_root}
+            overrides = {
+                **self.fill_all(plan.pretrain_overrides),
+                **self.fill_all(arm.overrides),
+                "OUTPUT_DIR": run_dir,
+                "SEED": seed,
+                "DATA.ROOT": self.data_root,
+            }
             last = resolve(run_dir) / "last.pth"
             names[run] = self.add(
-                f"pretrain_{run}", "pretrain", commands.pretrain_command(arm.config, overrides),
-                plan.pretrain_resources, deps=deps, inputs=tuple(config_chain(arm.config)),
-                outputs=(last, resolve(run_dir) / "metrics.jsonl"), owns=resolve(run_dir),
+                f"pretrain_{run}",
+                "pretrain",
+                commands.pretrain_command(arm.config, overrides),
+                plan.pretrain_resources,
+                deps=deps,
+                inputs=tuple(config_chain(arm.config)),
+                outputs=(last, resolve(run_dir) / "metrics.jsonl"),
+                owns=resolve(run_dir),
                 resume_command=commands.pretrain_command(arm.config, overrides, resume=True),
-                resume_from=last)
+                resume_from=last,
+            )
             self.graph.checkpoints[run] = last
         return names
 
@@ -98,16 +127,21 @@ class _Builder:
             return
         data = self.fill(ev.data) or self.data_root
         args = [self.fill(a) for a in ev.args]
-        groups = ({run: [run] for run in pretrained} if ev.per_run else {"": list(pretrained)})
+        groups = {run: [run] for run in pretrained} if ev.per_run else {"": list(pretrained)}
         for label, runs in groups.items():
             out = self.path("evaluation", *([label] if label else []))
             ckpts = {r: str(self.out / "pretrain" / r / "last.pth") for r in runs}
             baseline = None if ev.per_run else plan.run_name(plan.baseline, plan.seeds[0])
-            self.add(f"evaluate_{label}" if label else "evaluate", "evaluate",
-                     commands.evaluate_command(ckpts, data, out, baseline, args), ev.resources,
-                     deps=tuple(pretrained[r] for r in runs),
-                     inputs=tuple(self.graph.checkpoints[r] for r in runs),
-                     outputs=(resolve(out) / "metrics.json",), owns=resolve(out))
+            self.add(
+                f"evaluate_{label}" if label else "evaluate",
+                "evaluate",
+                commands.evaluate_command(ckpts, data, out, baseline, args),
+                ev.resources,
+                deps=tuple(pretrained[r] for r in runs),
+                inputs=tuple(self.graph.checkpoints[r] for r in runs),
+                outputs=(resolve(out) / "metrics.json",),
+                owns=resolve(out),
+            )
         self.graph.evaluation = resolve(self.path("evaluation"))
 
     def detection(self, pretrained: dict[str, str]) -> None:
@@ -117,11 +151,20 @@ class _Builder:
         converted = {}
         for run, _, seed in plan.runs():
             pkl = self.path("pretrained", f"{run}.pkl")
-            converted[run] = (self.add(f"convert_{run}", "convert",
-                                       commands.convert_command(str(self.out / "pretrain" / run / "last.pth"), pkl),
-                                       plan.convert_resources, deps=(pretrained[run],),
-                                       inputs=(self.graph.checkpoints[run],), outputs=(resolve(pkl),),
-                                       owns=resolve(pkl)), pkl, seed)
+            converted[run] = (
+                self.add(
+                    f"convert_{run}",
+                    "convert",
+                    commands.convert_command(str(self.out / "pretrain" / run / "last.pth"), pkl),
+                    plan.convert_resources,
+                    deps=(pretrained[run],),
+                    inputs=(self.graph.checkpoints[run],),
+                    outputs=(resolve(pkl),),
+                    owns=resolve(pkl),
+                ),
+                pkl,
+                seed,
+            )
         strategy = baseline_strategy(plan)
         for det in plan.detection:
             args = [self.fill(a) for a in det.args]
@@ -130,21 +173,40 @@ class _Builder:
                 for seed in det.seeds or [pretrain_seed]:
                     name = run if det.seeds is None else f"{run}_d{seed}"
                     run_dir = self.path("detection", det.name, name)
-                    overrides = {**self.fill_all(det.overrides), "MODEL.WEIGHTS": pkl, "OUTPUT_DIR": run_dir,
-                                 "SEED": seed}
-                    stage_names.append(self.add(
-                        f"finetune_{det.name}_{name}", "finetune",
-                        commands.finetune_command(det.config, args, overrides), det.resources,
-                        deps=(convert,), inputs=(resolve(pkl), *config_chain(det.config)),
-                        outputs=(resolve(run_dir) / "results.json",), owns=resolve(run_dir),
-                        resume_command=commands.finetune_command(det.config, args, overrides, resume=True),
-                        resume_from=resolve(run_dir) / "last_checkpoint"))
+                    overrides = {
+                        **self.fill_all(det.overrides),
+                        "MODEL.WEIGHTS": pkl,
+                        "OUTPUT_DIR": run_dir,
+                        "SEED": seed,
+                    }
+                    stage_names.append(
+                        self.add(
+                            f"finetune_{det.name}_{name}",
+                            "finetune",
+                            commands.finetune_command(det.config, args, overrides),
+                            det.resources,
+                            deps=(convert,),
+                            inputs=(resolve(pkl), *config_chain(det.config)),
+                            outputs=(resolve(run_dir) / "results.json",),
+                            owns=resolve(run_dir),
+                            resume_command=commands.finetune_command(
+                                det.config, args, overrides, resume=True
+                            ),
+                            resume_from=resolve(run_dir) / "last_checkpoint",
+                        )
+                    )
                     runs.append(run_dir)
             out = self.path("compare", det.name)
-            self.add(f"compare_{det.name}", "compare", commands.compare_command(runs, strategy, out),
-                     plan.compare_resources, deps=tuple(stage_names),
-                     inputs=tuple(resolve(r) / "results.json" for r in runs),
-                     outputs=(resolve(out) / "comparison.json",), owns=resolve(out))
+            self.add(
+                f"compare_{det.name}",
+                "compare",
+                commands.compare_command(runs, strategy, out),
+                plan.compare_resources,
+                deps=tuple(stage_names),
+                inputs=tuple(resolve(r) / "results.json" for r in runs),
+                outputs=(resolve(out) / "comparison.json",),
+                owns=resolve(out),
+            )
             self.graph.detection[det.name] = [resolve(r) for r in runs]
             self.graph.compare[det.name] = resolve(out)
 

@@ -8,6 +8,7 @@ executor has no dependencies, so there a stage is submitted when the stages it n
 A second invocation on a half-finished experiment runs only what is left, and on SLURM follows
 the jobs an earlier invocation submitted that are still queued or running.
 """
+
 from __future__ import annotations
 
 import json
@@ -25,8 +26,17 @@ from als_det.io import atomic_write_json
 
 logger = logging.getLogger(__name__)
 
-ACTIVE_SLURM_STATES = {"PENDING", "RUNNING", "REQUEUED", "CONFIGURING", "COMPLETING", "RESIZING",
-                       "SUSPENDED", "REQUEUE_HOLD", "REQUEUE_FED"}
+ACTIVE_SLURM_STATES = {
+    "PENDING",
+    "RUNNING",
+    "REQUEUED",
+    "CONFIGURING",
+    "COMPLETING",
+    "RESIZING",
+    "SUSPENDED",
+    "REQUEUE_HOLD",
+    "REQUEUE_FED",
+}
 
 
 @dataclass
@@ -35,8 +45,8 @@ class Outcome:
 
     ran: list[str] = field(default_factory=list)
     reused: list[str] = field(default_factory=list)
-    failed: dict[str, str] = field(default_factory=dict)    # stage -> message naming its log
-    blocked: dict[str, str] = field(default_factory=dict)   # stage -> the failed stage it needed
+    failed: dict[str, str] = field(default_factory=dict)  # stage -> message naming its log
+    blocked: dict[str, str] = field(default_factory=dict)  # stage -> the failed stage it needed
     submitted: dict[str, str] = field(default_factory=dict)  # stage -> job id (still running)
 
     @property
@@ -62,8 +72,9 @@ def _reason(name: str, error: Exception | None) -> str:
     return f"stage {name} failed: {trace[-1] if trace else 'the job ended without a result'}"
 
 
-def run_local(stages: Sequence[Stage], before: Callable[[Stage, Outcome], None] | None = None
-              ) -> Outcome:
+def run_local(
+    stages: Sequence[Stage], before: Callable[[Stage, Outcome], None] | None = None
+) -> Outcome:
     """Each stage in this process's order, its output relayed to the terminal and its log.
     `before(stage, outcome so far)` is called before each stage that runs (a sweep's progress
     line)."""
@@ -89,17 +100,28 @@ def run_local(stages: Sequence[Stage], before: Callable[[Stage, Outcome], None] 
 
 
 def make_executor(folder: Path, cluster: str, slurm: dict[str, Any]) -> submitit.AutoExecutor:
-    return submitit.AutoExecutor(folder=folder, cluster=cluster,
-                                 slurm_max_num_timeout=int(slurm.get("max_num_timeout") or 10))
+    return submitit.AutoExecutor(
+        folder=folder,
+        cluster=cluster,
+        slurm_max_num_timeout=int(slurm.get("max_num_timeout") or 10),
+    )
 
 
-def _parameters(st: Stage, plan_name: str, slurm: dict[str, Any], after: Sequence[str]) -> dict[str, Any]:
+def _parameters(
+    st: Stage, plan_name: str, slurm: dict[str, Any], after: Sequence[str]
+) -> dict[str, Any]:
     """One task per node; the stage's command starts the node's processes (torchrun, detectron2)."""
     res = st.resources
     params: dict[str, Any] = dict(
-        name=f"{plan_name}.{st.name}", nodes=res.nodes, tasks_per_node=1, gpus_per_node=res.gpus_per_node,
-        cpus_per_task=res.cpus_per_proc * res.processes, timeout_min=res.timeout_min, stderr_to_stdout=True,
-        slurm_signal_delay_s=int(slurm.get("signal_delay_s") or 120))
+        name=f"{plan_name}.{st.name}",
+        nodes=res.nodes,
+        tasks_per_node=1,
+        gpus_per_node=res.gpus_per_node,
+        cpus_per_task=res.cpus_per_proc * res.processes,
+        timeout_min=res.timeout_min,
+        stderr_to_stdout=True,
+        slurm_signal_delay_s=int(slurm.get("signal_delay_s") or 120),
+    )
     if res.mem_gb:
         params["mem_gb"] = res.mem_gb
     for key in ("partition", "account", "qos", "constraint"):
@@ -117,8 +139,16 @@ def _parameters(st: Stage, plan_name: str, slurm: dict[str, Any], after: Sequenc
 class SubmititLauncher:
     """Stages as submitit jobs on SLURM (`cluster="slurm"`) or this machine (`"local"`)."""
 
-    def __init__(self, stages: Sequence[Stage], folder: Path, cluster: str, plan_name: str,
-                 slurm: dict[str, Any], poll_s: float = 5.0, max_jobs: int = 1) -> None:
+    def __init__(
+        self,
+        stages: Sequence[Stage],
+        folder: Path,
+        cluster: str,
+        plan_name: str,
+        slurm: dict[str, Any],
+        poll_s: float = 5.0,
+        max_jobs: int = 1,
+    ) -> None:
         self.stages = {st.name: st for st in stages}
         self.order = [st.name for st in stages]
         self.folder, self.cluster, self.plan_name, self.slurm = folder, cluster, plan_name, slurm
@@ -143,21 +173,33 @@ class SubmititLauncher:
     def _submit(self, st: Stage, after: Sequence[str]) -> None:
         job = self._reattach(st)
         if job is not None:
-            logger.info(f"{st.name}: job {job.job_id} from an earlier invocation is {job.state}; following it")
+            logger.info(
+                f"{st.name}: job {job.job_id} from an earlier "
+                f"invocation is {job.state}; following it"
+            )
         else:
             self.executor.update_parameters(**_parameters(st, self.plan_name, self.slurm, after))
             job = self.executor.submit(StageJob(st))
-            atomic_write_json(self._job_record(st), {"job_id": job.job_id, "cluster": self.cluster,
-                                                     "submitted": time.time()})
-            logger.info(f"{st.name}: submitted job {job.job_id}" + (f" (after {', '.join(after)})" if after else ""))
+            atomic_write_json(
+                self._job_record(st),
+                {"job_id": job.job_id, "cluster": self.cluster, "submitted": time.time()},
+            )
+            logger.info(
+                f"{st.name}: submitted job {job.job_id}"
+                + (f" (after {', '.join(after)})" if after else "")
+            )
         self.jobs[st.name] = job
 
     def _schedule(self, scheduler_dependencies: bool) -> None:
         """Decide every stage that can be decided now: blocked, reused, or submitted."""
         for name in self.order:
             st = self.stages[name]
-            if name in self.jobs or name in self.done or name in self.outcome.blocked \
-                    or name in self.outcome.failed:
+            if (
+                name in self.jobs
+                or name in self.done
+                or name in self.outcome.blocked
+                or name in self.outcome.failed
+            ):
                 continue
             cause = self.outcome.cause(st.deps)
             if cause:
@@ -188,7 +230,9 @@ class SubmititLauncher:
                 self.outcome.ran.append(name)
                 logger.info(f"{name}: finished (job {job.job_id}, {recorded_seconds(st):.0f} s)")
                 continue
-            self.outcome.failed[name] = f"{_reason(name, error)} (job {job.job_id}, job log: {job.paths.stdout})"
+            self.outcome.failed[name] = (
+                f"{_reason(name, error)} (job {job.job_id}, job log: {job.paths.stdout})"
+            )
             logger.error(f"FAILED: {self.outcome.failed[name]}")
             self._cancel_dependants()
 

@@ -32,6 +32,7 @@ the first length; the settings in `lengths_for` (the baseline among them) run ev
 run length by length (the first length over every seed first). The report (`report: sweep`,
 implied) is `als_det.report.sweep`'s, written to OUT/report.md.
 """
+
 from __future__ import annotations
 
 import copy
@@ -57,11 +58,11 @@ class Resources:
 
     nodes: int = 1
     gpus_per_node: int = 0
-    procs_per_node: int = 0        # processes per node; 0 = one per GPU (at least one)
+    procs_per_node: int = 0  # processes per node; 0 = one per GPU (at least one)
     cpus_per_proc: int = 2
-    mem_gb: float = 0              # 0 = the cluster's default
+    mem_gb: float = 0  # 0 = the cluster's default
     timeout_min: int = 60
-    partition: str = ""            # overrides slurm.partition for this stage
+    partition: str = ""  # overrides slurm.partition for this stage
 
     @property
     def processes(self) -> int:
@@ -73,7 +74,10 @@ class Resources:
         mem = f", {self.mem_gb:g} GB" if self.mem_gb else ""
         part = f", partition {self.partition}" if self.partition else ""
         cpus = f"{self.cpus_per_proc} CPU{'s' * (self.cpus_per_proc > 1)}/process"
-        return f"{self.nodes} node{'s' * (self.nodes > 1)}{gpus}{procs}, {cpus}{mem}, {self.timeout_min} min{part}"
+        return (
+            f"{self.nodes} node{'s' * (self.nodes > 1)}{gpus}{procs}, "
+            f"{cpus}{mem}, {self.timeout_min} min{part}"
+        )
 
 
 @dataclass(frozen=True)
@@ -96,8 +100,8 @@ class Detection:
 @dataclass(frozen=True)
 class Evaluation:
     args: list[str] = field(default_factory=list)
-    per_run: bool = False          # one evaluation per pretraining run (cells cached apart)
-    data: str = ""                 # "" = the plan's data root
+    per_run: bool = False  # one evaluation per pretraining run (cells cached apart)
+    data: str = ""  # "" = the plan's data root
     resources: Resources = Resources()
 
 
@@ -106,14 +110,18 @@ class SweepGrid:
     """Settings (the plan's arms as written) x training lengths; the seeds are the plan's."""
 
     settings: dict[str, Arm]
-    epochs: list[int]              # epochs[0]: every setting's (the report's main length)
-    lengths_for: list[str]         # the settings that also run the other lengths
-    baseline: str                  # the setting every cell is paired with (same seed and length)
+    epochs: list[int]  # epochs[0]: every setting's (the report's main length)
+    lengths_for: list[str]  # the settings that also run the other lengths
+    baseline: str  # the setting every cell is paired with (same seed and length)
 
     def cells(self) -> list[tuple[str, str, int]]:
         """(arm name, setting, epochs) of every generated arm, the main length first."""
-        return [(f"{name}_e{e}", name, e) for e in self.epochs for name in self.settings
-                if e == self.epochs[0] or name in self.lengths_for]
+        return [
+            (f"{name}_e{e}", name, e)
+            for e in self.epochs
+            for name in self.settings
+            if e == self.epochs[0] or name in self.lengths_for
+        ]
 
 
 @dataclass(frozen=True)
@@ -143,20 +151,34 @@ class Plan:
         return arm if len(self.seeds) == 1 and self.sweep is None else f"{arm}_s{seed}"
 
     def runs(self) -> list[tuple[str, Arm, int]]:
-        """(run name, arm, seed) for every pretraining run, seeds outermost (a sweep: lengths outermost,
-        so its main length is complete over every seed first)."""
+        """(run name, arm, seed) for every pretraining run, seeds outermost (a sweep: lengths
+        outermost, so its main length is complete over every seed first)."""
         if self.sweep is None:
-            return [(self.run_name(a.name, s), a, s) for s in self.seeds for a in self.arms.values()]
-        return [(self.run_name(arm, s), self.arms[arm], s) for length in self.sweep.epochs for s in self.seeds
-                for arm, _, e in self.sweep.cells() if e == length]
+            return [
+                (self.run_name(a.name, s), a, s) for s in self.seeds for a in self.arms.values()
+            ]
+        return [
+            (self.run_name(arm, s), self.arms[arm], s)
+            for length in self.sweep.epochs
+            for s in self.seeds
+            for arm, _, e in self.sweep.cells()
+            if e == length
+        ]
 
     def with_changes(self, out: str | None = None, seeds: list[int] | None = None) -> Plan:
         """The command line's `--out` / `--seeds` applied."""
         return replace(self, out=out or self.out, seeds=list(seeds) if seeds else self.seeds)
 
 
-SLURM_DEFAULTS = {"partition": None, "account": None, "qos": None, "constraint": None,
-                  "signal_delay_s": 120, "max_num_timeout": 10, "additional_parameters": {}}
+SLURM_DEFAULTS = {
+    "partition": None,
+    "account": None,
+    "qos": None,
+    "constraint": None,
+    "signal_delay_s": 120,
+    "max_num_timeout": 10,
+    "additional_parameters": {},
+}
 
 
 def _check_keys(raw: Any, allowed: set[str], where: str, source: str) -> dict[str, Any]:
@@ -166,7 +188,9 @@ def _check_keys(raw: Any, allowed: set[str], where: str, source: str) -> dict[st
         raise PlanError(f"{source}: {where} must be a mapping, got {type(raw).__name__}")
     unknown = sorted(set(raw) - allowed)
     if unknown:
-        raise PlanError(f"{source}: unknown key(s) {unknown} in {where}; allowed: {sorted(allowed)}")
+        raise PlanError(
+            f"{source}: unknown key(s) {unknown} in {where}; allowed: {sorted(allowed)}"
+        )
     return dict(raw)
 
 
@@ -178,8 +202,10 @@ def _resources(raw: Any, where: str, source: str) -> Resources:
     except TypeError as e:
         raise PlanError(f"{source}: {where}.resources: {e}") from None
     if res.nodes < 1 or res.timeout_min < 1 or res.processes < 1:
-        raise PlanError(f"{source}: {where}.resources needs nodes >= 1, timeout_min >= 1 and at "
-                        f"least one process, got {res}")
+        raise PlanError(
+            f"{source}: {where}.resources needs nodes >= 1, timeout_min >= 1 and at "
+            f"least one process, got {res}"
+        )
     return res
 
 
@@ -217,11 +243,14 @@ def _detection(raw: Any, i: int, source: str) -> Detection:
     if not d.get("name") or not d.get("config"):
         raise PlanError(f"{source}: {where} needs a name and a config")
     seeds = d.get("seeds")
-    return Detection(name=str(d["name"]), config=_existing(d["config"], where, source),
-                     args=_string_list(d.get("args"), f"{where}.args", source),
-                     overrides=_overrides(d.get("overrides"), f"{where}.overrides", source),
-                     seeds=None if seeds is None else _seeds(seeds, f"{where}.seeds", source),
-                     resources=_resources(d.get("resources"), where, source))
+    return Detection(
+        name=str(d["name"]),
+        config=_existing(d["config"], where, source),
+        args=_string_list(d.get("args"), f"{where}.args", source),
+        overrides=_overrides(d.get("overrides"), f"{where}.overrides", source),
+        seeds=None if seeds is None else _seeds(seeds, f"{where}.seeds", source),
+        resources=_resources(d.get("resources"), where, source),
+    )
 
 
 def _section(raw: Mapping[str, Any], key: str, allowed: set[str], source: str) -> dict[str, Any]:
@@ -230,8 +259,22 @@ def _section(raw: Mapping[str, Any], key: str, allowed: set[str], source: str) -
 
 def parse_plan(raw: Any, source: str = "<plan>") -> Plan:
     """Check a loaded plan mapping and build the `Plan`; every problem is a `PlanError`."""
-    top = {"name", "out", "seeds", "baseline", "data", "arms", "pretrain", "evaluate", "convert",
-           "detection", "compare", "report", "slurm", "sweep"}
+    top = {
+        "name",
+        "out",
+        "seeds",
+        "baseline",
+        "data",
+        "arms",
+        "pretrain",
+        "evaluate",
+        "convert",
+        "detection",
+        "compare",
+        "report",
+        "slurm",
+        "sweep",
+    }
     raw = _check_keys(raw, top, "the plan", source)
     for key in ("name", "out", "arms"):
         if not raw.get(key):
@@ -241,8 +284,11 @@ def parse_plan(raw: Any, source: str = "<plan>") -> Plan:
         a = _check_keys(spec, {"config", "overrides"}, f"arms.{name}", source)
         if not a.get("config"):
             raise PlanError(f"{source}: arms.{name} needs a config")
-        arms[str(name)] = Arm(str(name), _existing(a["config"], f"arms.{name}", source),
-                              _overrides(a.get("overrides"), f"arms.{name}.overrides", source))
+        arms[str(name)] = Arm(
+            str(name),
+            _existing(a["config"], f"arms.{name}", source),
+            _overrides(a.get("overrides"), f"arms.{name}.overrides", source),
+        )
     baseline = str(raw.get("baseline", "hard"))
     if baseline not in arms:
         raise PlanError(f"{source}: baseline {baseline!r} is not among the arms {list(arms)}")
@@ -253,9 +299,12 @@ def parse_plan(raw: Any, source: str = "<plan>") -> Plan:
     evaluate = None
     if raw.get("evaluate", {}) is not None:
         ev = _section(raw, "evaluate", {"args", "per_run", "data"}, source)
-        evaluate = Evaluation(args=_string_list(ev.get("args"), "evaluate.args", source),
-                              per_run=bool(ev.get("per_run", False)), data=str(ev.get("data") or ""),
-                              resources=_resources(ev.get("resources"), "evaluate", source))
+        evaluate = Evaluation(
+            args=_string_list(ev.get("args"), "evaluate.args", source),
+            per_run=bool(ev.get("per_run", False)),
+            data=str(ev.get("data") or ""),
+            resources=_resources(ev.get("resources"), "evaluate", source),
+        )
     detection = raw.get("detection") or []
     if not isinstance(detection, list):
         raise PlanError(f"{source}: detection must be a list of detector entries")
@@ -269,64 +318,103 @@ def parse_plan(raw: Any, source: str = "<plan>") -> Plan:
     if raw.get("sweep") is not None or report == "sweep":
         _check_sweep_plan(raw, evaluate, pretrain, source)
         sweep = _sweep_grid(raw["sweep"], arms, baseline, source)
-        arms = {name: Arm(name, arms[setting].config, {**arms[setting].overrides, "SOLVER.EPOCHS": e})
-                for name, setting, e in sweep.cells()}
+        arms = {
+            name: Arm(name, arms[setting].config, {**arms[setting].overrides, "SOLVER.EPOCHS": e})
+            for name, setting, e in sweep.cells()
+        }
         baseline = f"{baseline}_e{sweep.epochs[0]}"
         evaluate, report = replace(evaluate, per_run=True), "sweep"
     if report == "demo" and (evaluate is None or evaluate.per_run or not detection):
         raise PlanError(f"{source}: report: demo needs one evaluation over all runs and a detector")
-    slurm = {**copy.deepcopy(SLURM_DEFAULTS),
-             **_check_keys(raw.get("slurm"), set(SLURM_DEFAULTS), "slurm", source)}
+    slurm = {
+        **copy.deepcopy(SLURM_DEFAULTS),
+        **_check_keys(raw.get("slurm"), set(SLURM_DEFAULTS), "slurm", source),
+    }
     return Plan(
-        name=str(raw["name"]), out=str(raw["out"]), seeds=_seeds(raw.get("seeds", [0]), "seeds", source),
-        arms=arms, baseline=baseline, data_root=str(data["root"]), generate=bool(data.get("generate")),
+        name=str(raw["name"]),
+        out=str(raw["out"]),
+        seeds=_seeds(raw.get("seeds", [0]), "seeds", source),
+        arms=arms,
+        baseline=baseline,
+        data_root=str(data["root"]),
+        generate=bool(data.get("generate")),
         data_resources=_resources(data.get("resources"), "data", source),
         pretrain_overrides=_overrides(pretrain.get("overrides"), "pretrain.overrides", source),
         pretrain_resources=_resources(pretrain.get("resources"), "pretrain", source),
         evaluate=evaluate,
-        convert_resources=_resources(_section(raw, "convert", set(), source).get("resources"), "convert", source),
+        convert_resources=_resources(
+            _section(raw, "convert", set(), source).get("resources"), "convert", source
+        ),
         detection=[_detection(d, i, source) for i, d in enumerate(detection)],
-        compare_resources=_resources(_section(raw, "compare", set(), source).get("resources"), "compare",
-                                     source),
-        report=report, slurm=slurm, sweep=sweep, source=source)
+        compare_resources=_resources(
+            _section(raw, "compare", set(), source).get("resources"), "compare", source
+        ),
+        report=report,
+        slurm=slurm,
+        sweep=sweep,
+        source=source,
+    )
 
 
 def _sweep_grid(raw: Any, arms: dict[str, Arm], baseline: str, source: str) -> SweepGrid:
     s = _check_keys(raw, {"epochs", "lengths_for"}, "sweep", source)
     epochs = s.get("epochs")
-    if not isinstance(epochs, list) or not epochs or not all(isinstance(e, int) and e > 0 for e in epochs) \
-            or len(set(epochs)) != len(epochs):
-        raise PlanError(f"{source}: sweep.epochs must be a non-empty list of distinct positive integers (the "
-                        f"first is every setting's), got {epochs!r}")
+    if (
+        not isinstance(epochs, list)
+        or not epochs
+        or not all(isinstance(e, int) and e > 0 for e in epochs)
+        or len(set(epochs)) != len(epochs)
+    ):
+        raise PlanError(
+            f"{source}: sweep.epochs must be a non-empty list of distinct positive integers (the "
+            f"first is every setting's), got {epochs!r}"
+        )
     lengths_for = s.get("lengths_for") or []
     if not isinstance(lengths_for, list) or not set(lengths_for) <= set(arms):
-        raise PlanError(f"{source}: sweep.lengths_for must list settings among the arms {list(arms)}, "
-                        f"got {lengths_for!r}")
+        raise PlanError(
+            f"{source}: sweep.lengths_for must list settings among the arms {list(arms)}, "
+            f"got {lengths_for!r}"
+        )
     if len(epochs) > 1 and baseline not in lengths_for:
-        raise PlanError(f"{source}: sweep.lengths_for must include the baseline {baseline!r}: every cell is "
-                        "compared with the baseline of its own seed and training length")
+        raise PlanError(
+            f"{source}: sweep.lengths_for must include the baseline {baseline!r}: every cell is "
+            "compared with the baseline of its own seed and training length"
+        )
     if len(epochs) == 1 and lengths_for:
         raise PlanError(f"{source}: sweep.lengths_for needs more than one length in sweep.epochs")
     return SweepGrid(dict(arms), list(epochs), [str(x) for x in lengths_for], baseline)
 
 
-def _check_sweep_plan(raw: Mapping[str, Any], evaluate: Evaluation | None, pretrain: Mapping[str, Any],
-                      source: str) -> None:
+def _check_sweep_plan(
+    raw: Mapping[str, Any], evaluate: Evaluation | None, pretrain: Mapping[str, Any], source: str
+) -> None:
     """A sweep pretrains and evaluates each run; its lengths come from sweep.epochs alone."""
     if raw.get("sweep") is None:
         raise PlanError(f"{source}: report: sweep needs a `sweep` section (epochs, lengths_for)")
     if raw.get("report") not in (None, "sweep"):
         raise PlanError(f"{source}: a sweep writes the sweep report, not report: {raw['report']!r}")
     if evaluate is None or raw.get("evaluate", {}).get("per_run") is False:
-        raise PlanError(f"{source}: a sweep evaluates every run on its own: leave evaluate.per_run unset or true")
+        raise PlanError(
+            f"{source}: a sweep evaluates every run on "
+            "its own: leave evaluate.per_run unset or true"
+        )
     if raw.get("detection"):
-        raise PlanError(f"{source}: a sweep pretrains and evaluates only: `detection` must be empty")
-    overrides = {"pretrain.overrides": pretrain.get("overrides") or {},
-                 **{f"arms.{name}.overrides": arm.get("overrides") or {} for name, arm in raw["arms"].items()}}
+        raise PlanError(
+            f"{source}: a sweep pretrains and evaluates only: `detection` must be empty"
+        )
+    overrides = {
+        "pretrain.overrides": pretrain.get("overrides") or {},
+        **{
+            f"arms.{name}.overrides": arm.get("overrides") or {}
+            for name, arm in raw["arms"].items()
+        },
+    }
     setters = [where for where, values in overrides.items() if "SOLVER.EPOCHS" in values]
     if setters:
-        raise PlanError(f"{source}: {', '.join(setters)} set SOLVER.EPOCHS; in a sweep the lengths come from "
-                        "sweep.epochs")
+        raise PlanError(
+            f"{source}: {', '.join(setters)} set SOLVER.EPOCHS; in a sweep the lengths come from "
+            "sweep.epochs"
+        )
 
 
 def load_plan(path: str | Path) -> Plan:

@@ -1,5 +1,6 @@
 """`tools/run_experiment.py`: a plan -> its stage graph -> a launcher -> a summary (and the demo
 or sweep report when the plan asks for one)."""
+
 from __future__ import annotations
 
 import logging
@@ -20,8 +21,10 @@ logger = logging.getLogger(__name__)
 def dry_run(plan: Plan) -> str:
     """Every command in dependency order with its resources; nothing runs."""
     graph = build_graph(plan)
-    head = (f"# plan {plan.name} ({plan.source}): {len(graph.stages)} stages, run from the repository root; "
-            f"output under {plan.out}")
+    head = (
+        f"# plan {plan.name} ({plan.source}): {len(graph.stages)} "
+        f"stages, run from the repository root; output under {plan.out}"
+    )
     if plan.sweep is not None:
         head += "\n" + sweep.describe_grid(plan)
     return head + "\n" + describe(graph.stages)
@@ -35,8 +38,11 @@ def summary(outcome: Outcome) -> str:
         if stopped:
             lines.append(f"  not run because {name} failed: {', '.join(stopped)}")
     if outcome.submitted:
-        lines.append("still queued or running: " + ", ".join(f"{s} (job {j})" for s, j in outcome.submitted.items())
-                     + "; run the same command again to follow them")
+        lines.append(
+            "still queued or running: "
+            + ", ".join(f"{s} (job {j})" for s, j in outcome.submitted.items())
+            + "; run the same command again to follow them"
+        )
     if not outcome.ok and outcome.failed:
         lines.append("Fix the failure and run the same command again: finished stages are reused.")
     return "\n".join(lines)
@@ -48,8 +54,15 @@ def _demo_report(plan: Plan, graph: Graph, total_s: float) -> Path:
     timings = {st.name: recorded_seconds(st) for st in graph.stages}
     timings["total (this run)"] = total_s
     det = next(iter(graph.detection))
-    report, tables = write_demo_report(resolve(plan.out), plan, graph.checkpoints, graph.evaluation,
-                                       graph.detection[det], graph.compare[det], timings)
+    report, tables = write_demo_report(
+        resolve(plan.out),
+        plan,
+        graph.checkpoints,
+        graph.evaluation,
+        graph.detection[det],
+        graph.compare[det],
+        timings,
+    )
     logger.info("\n%s", tables)
     return report
 
@@ -62,17 +75,27 @@ def run_experiment(plan: Plan, launcher: str = "local", wait: bool = True) -> Ou
     graph = build_graph(plan)
     several = [st.name for st in graph.stages if st.resources.nodes > 1]
     if several and launcher != "slurm":
-        raise ValueError(f"the {launcher} launcher runs on this one machine, but {', '.join(several)} "
-                         "ask for several nodes: use --launcher slurm or set nodes: 1 in the plan")
+        raise ValueError(
+            f"the {launcher} launcher runs on this one machine, but {', '.join(several)} "
+            "ask for several nodes: use --launcher slurm or set nodes: 1 in the plan"
+        )
     out = resolve(plan.out)
     (out / "logs").mkdir(parents=True, exist_ok=True)
     if launcher == "local":
-        progress = sweep.Progress(sweep.sweep_cells(plan, graph)) if plan.sweep is not None else None
+        progress = (
+            sweep.Progress(sweep.sweep_cells(plan, graph)) if plan.sweep is not None else None
+        )
         outcome = run_local(graph.stages, before=progress)
     else:
         cluster = "slurm" if launcher == "slurm" else "local"
-        outcome = SubmititLauncher(graph.stages, out / ".submitit", cluster, plan.name, plan.slurm,
-                                   poll_s=10.0 if cluster == "slurm" else 0.5).run(wait=wait)
+        outcome = SubmititLauncher(
+            graph.stages,
+            out / ".submitit",
+            cluster,
+            plan.name,
+            plan.slurm,
+            poll_s=10.0 if cluster == "slurm" else 0.5,
+        ).run(wait=wait)
     for line in summary(outcome).splitlines():
         (logger.error if line.startswith("FAILED") else logger.info)(line)
     if plan.report == "sweep":  # also after failures: the report covers the cells that finished

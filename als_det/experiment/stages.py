@@ -10,6 +10,7 @@ fingerprint still matches and its outputs exist. A stage that started records th
 preemption or time-out submitit calls its `checkpoint()`, which requeues the same stage: the
 requeued job finds the checkpoint and resumes from it.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -50,14 +51,14 @@ class Stage:
     kind: str
     command: Command
     resources: Resources
-    state_dir: Path                      # OUT/.stages
+    state_dir: Path  # OUT/.stages
     log: Path
     deps: tuple[str, ...] = ()
-    inputs: tuple[Path, ...] = ()        # files whose content decides the result
-    outputs: tuple[Path, ...] = ()       # must exist after a successful run
-    owns: Path | None = None             # the folder or file this stage writes (set aside, never mixed)
+    inputs: tuple[Path, ...] = ()  # files whose content decides the result
+    outputs: tuple[Path, ...] = ()  # must exist after a successful run
+    owns: Path | None = None  # the folder or file this stage writes (set aside, never mixed)
     resume_command: Command | None = None
-    resume_from: Path | None = None      # present after an interrupted run: resume instead of restart
+    resume_from: Path | None = None  # present after an interrupted run: resume instead of restart
 
     @property
     def marker(self) -> Path:
@@ -85,8 +86,11 @@ def config_chain(config: str | Path) -> list[Path]:
         chain.append(path)
         if path.is_file():
             base = (yaml.safe_load(path.read_text(encoding="utf-8")) or {}).get("_BASE_") or []
-            todo += [path.parent / b for b in ([base] if isinstance(base, str) else base)
-                     if "model_zoo://" not in b]
+            todo += [
+                path.parent / b
+                for b in ([base] if isinstance(base, str) else base)
+                if "model_zoo://" not in b
+            ]
     return chain
 
 
@@ -166,11 +170,18 @@ def _relay(argv: list[str], log: Path, to_stdout: bool) -> int:
     usr_sig = submitit.JobEnvironment._usr_sig()
     with open(log, "ab") as f:
         tee = FinalRedraws(f)
-        proc = subprocess.Popen(argv, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                preexec_fn=lambda: signal.signal(usr_sig, signal.SIG_IGN))
+        proc = subprocess.Popen(
+            argv,
+            cwd=REPO,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            preexec_fn=lambda: signal.signal(usr_sig, signal.SIG_IGN),
+        )
         try:
             assert proc.stdout is not None
-            # Bytes, not lines: progress bars redraw with "\r" and must reach the terminal as they are.
+            # Bytes, not lines: progress bars redraw with "\r" and must reach the terminal as they
+            # are.
             while chunk := proc.stdout.read1(65536):
                 if to_stdout:
                     sys.stdout.buffer.write(chunk)
@@ -199,8 +210,15 @@ def run_stage(stage: Stage, node: Node | None = None, relay: bool = True) -> dic
     if main:
         if point is None:
             _set_aside_if_foreign(stage, fp)
-        atomic_write_json(stage.started_marker, {"fingerprint": fp, "started": time.time(),
-                                                 "host": socket.gethostname(), "pid": os.getpid()})
+        atomic_write_json(
+            stage.started_marker,
+            {
+                "fingerprint": fp,
+                "started": time.time(),
+                "host": socket.gethostname(),
+                "pid": os.getpid(),
+            },
+        )
     note = f"  (resuming from {point})" if point is not None else ""
     header = f"{stage.name}: {display(cmd, stage.resources)}{note}"
     logger.info(header)
@@ -215,10 +233,19 @@ def run_stage(stage: Stage, node: Node | None = None, relay: bool = True) -> dic
         return {"seconds": seconds}
     missing = [str(p) for p in stage.outputs if not p.exists()]
     if missing:
-        raise StageFailed(f"stage {stage.name} exited 0 but did not write {missing}; log: {stage.log}")
-    atomic_write_json(stage.marker, {"fingerprint": fp, "command": shlex.split(display(cmd, stage.resources)),
-                                     "seconds": round(seconds, 1), "finished": time.time(),
-                                     "resumed_from": None if point is None else str(point)})
+        raise StageFailed(
+            f"stage {stage.name} exited 0 but did not write {missing}; log: {stage.log}"
+        )
+    atomic_write_json(
+        stage.marker,
+        {
+            "fingerprint": fp,
+            "command": shlex.split(display(cmd, stage.resources)),
+            "seconds": round(seconds, 1),
+            "finished": time.time(),
+            "resumed_from": None if point is None else str(point),
+        },
+    )
     logger.info("%s: finished in %.0f s", stage.name, seconds)
     return {"seconds": seconds, "resumed_from": point}
 
@@ -247,9 +274,14 @@ class StageJob(submitit.helpers.Checkpointable):
 
     def checkpoint(self, *args: Any, **kwargs: Any) -> submitit.helpers.DelayedSubmission:
         point = resume_point(self.stage, fingerprint(self.stage))
-        logger.info("%s: requeued; %s", self.stage.name,
-                    f"will resume from {point}" if point else "no checkpoint yet, will start again")
-        return submitit.helpers.DelayedSubmission(type(self)(self.stage, self.relay), *args, **kwargs)
+        logger.info(
+            "%s: requeued; %s",
+            self.stage.name,
+            f"will resume from {point}" if point else "no checkpoint yet, will start again",
+        )
+        return submitit.helpers.DelayedSubmission(
+            type(self)(self.stage, self.relay), *args, **kwargs
+        )
 
 
 def describe(stages: Sequence[Stage]) -> str:
@@ -260,8 +292,13 @@ def describe(stages: Sequence[Stage]) -> str:
         lines.append(f"# {i}. {st.name} [{st.resources.describe()}{after}]")
         if st.resume_command is not None:
             old, new = list(st.command.args), list(st.resume_command.args)
-            added = [new[j1:j2] for op, _, _, j1, j2 in SequenceMatcher(a=old, b=new).get_opcodes()
-                     if op == "insert"]
-            lines.append(f"#    resumes from {st.resume_from.name} with: {shlex.join(sum(added, []))}")
+            added = [
+                new[j1:j2]
+                for op, _, _, j1, j2 in SequenceMatcher(a=old, b=new).get_opcodes()
+                if op == "insert"
+            ]
+            lines.append(
+                f"#    resumes from {st.resume_from.name} with: {shlex.join(sum(added, []))}"
+            )
         lines.append(display(st.command, st.resources))
     return "\n".join(lines)

@@ -3,6 +3,7 @@ as the runner sees them: a progress line before each stage (which cell, how many
 time left), and after the run the sweep report over the cells that finished, naming the ones
 that did not (`als_det.report.sweep` writes it).
 """
+
 from __future__ import annotations
 
 import json
@@ -21,7 +22,7 @@ logger = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class Cell:
-    run: str          # the run's folder and model name, `<setting>_e<epochs>_s<seed>`
+    run: str  # the run's folder and model name, `<setting>_e<epochs>_s<seed>`
     setting: str
     seed: int
     epochs: int
@@ -30,7 +31,10 @@ class Cell:
 
     @property
     def label(self) -> str:
-        return f"{self.run} ({self.setting}, seed {self.seed}, {self.epochs} epoch{'s' * (self.epochs != 1)})"
+        return (
+            f"{self.run} ({self.setting}, seed {self.seed}, "
+            f"{self.epochs} epoch{'s' * (self.epochs != 1)})"
+        )
 
 
 def sweep_cells(plan: Plan, graph: Graph) -> list[Cell]:
@@ -42,7 +46,9 @@ def sweep_cells(plan: Plan, graph: Graph) -> list[Cell]:
     cells = []
     for run, arm, seed in plan.runs():
         setting, epochs = arms[arm.name]
-        cells.append(Cell(run, setting, seed, epochs, stages[f"pretrain_{run}"], stages[f"evaluate_{run}"]))
+        cells.append(
+            Cell(run, setting, seed, epochs, stages[f"pretrain_{run}"], stages[f"evaluate_{run}"])
+        )
     return cells
 
 
@@ -51,10 +57,17 @@ def describe_grid(plan: Plan) -> str:
     grid = plan.sweep
     assert grid is not None
     main, longer = grid.epochs[0], grid.epochs[1:]
-    extra = f", and {', '.join(grid.lengths_for)} at {', '.join(map(str, longer))} epochs" if longer else ""
+    extra = (
+        f", and {', '.join(grid.lengths_for)} at {', '.join(map(str, longer))} epochs"
+        if longer
+        else ""
+    )
     n = len(grid.cells()) * len(plan.seeds)
-    return (f"# sweep: {len(grid.settings)} settings x {len(plan.seeds)} seeds at {main} epochs{extra}: {n} cells "
-            f"(a pretraining and an evaluation each); report: {Path(plan.out) / 'report.md'}")
+    return (
+        f"# sweep: {len(grid.settings)} settings x {len(plan.seeds)} seeds at {main} "
+        f"epochs{extra}: {n} cells (a pretraining and an evaluation each); report: "
+        f"{Path(plan.out) / 'report.md'}"
+    )
 
 
 def _record(stage: Stage) -> dict[str, Any]:
@@ -66,7 +79,9 @@ def _record(stage: Stage) -> dict[str, Any]:
 
 def _duration(seconds: float) -> str:
     minutes = round(seconds / 60)
-    return f"{minutes // 60} h {minutes % 60:02d} min" if minutes >= 60 else f"{max(minutes, 1)} min"
+    return (
+        f"{minutes // 60} h {minutes % 60:02d} min" if minutes >= 60 else f"{max(minutes, 1)} min"
+    )
 
 
 class Progress:
@@ -77,40 +92,70 @@ class Progress:
 
     def __init__(self, cells: list[Cell]) -> None:
         self.cells = cells
-        self.where = {st.name: (i, c) for i, c in enumerate(cells) for st in (c.pretrain, c.evaluate)}
+        self.where = {
+            st.name: (i, c) for i, c in enumerate(cells) for st in (c.pretrain, c.evaluate)
+        }
 
     def _rates(self) -> tuple[float | None, float | None]:
         train_s = train_epochs = 0.0
         evals = []
         for c in self.cells:
             pre, ev = _record(c.pretrain), _record(c.evaluate)
-            if pre and not pre.get("resumed_from"):  # a resumed run's seconds cover only its last epochs
+            if pre and not pre.get(
+                "resumed_from"
+            ):  # a resumed run's seconds cover only its last epochs
                 train_s, train_epochs = train_s + pre["seconds"], train_epochs + c.epochs
             if ev:
                 evals.append(ev["seconds"])
-        return (train_s / train_epochs if train_epochs else None), (sum(evals) / len(evals) if evals else None)
+        return (train_s / train_epochs if train_epochs else None), (
+            sum(evals) / len(evals) if evals else None
+        )
 
     def time_left(self, stage: Stage) -> str:
         per_epoch, per_eval = self._rates()
         if per_epoch is None or per_eval is None:
             return "time left: known once a cell has finished"
         start = self.where[stage.name][0]
-        todo = [st for c in self.cells[start:] for st in (c.pretrain, c.evaluate)
-                if st is stage or not st.marker.is_file()]
-        seconds = sum(per_epoch * self.where[st.name][1].epochs if st.kind == "pretrain" else per_eval
-                      for st in todo)
-        return (f"about {_duration(seconds)} left ({per_epoch:.1f} s per training epoch, {per_eval:.0f} s per "
-                "evaluation so far)")
+        todo = [
+            st
+            for c in self.cells[start:]
+            for st in (c.pretrain, c.evaluate)
+            if st is stage or not st.marker.is_file()
+        ]
+        seconds = sum(
+            per_epoch * self.where[st.name][1].epochs if st.kind == "pretrain" else per_eval
+            for st in todo
+        )
+        return (
+            f"about {_duration(seconds)} left ({per_epoch:.1f} s per "
+            f"training epoch, {per_eval:.0f} s per evaluation so far)"
+        )
 
     def __call__(self, stage: Stage, outcome: Outcome) -> None:
         i, cell = self.where[stage.name]
-        done = [c for c in self.cells if c.evaluate.name in outcome.ran or c.evaluate.name in outcome.reused]
+        done = [
+            c
+            for c in self.cells
+            if c.evaluate.name in outcome.ran or c.evaluate.name in outcome.reused
+        ]
         earlier = sum(c.evaluate.name in outcome.reused for c in done)
-        failed = sum(c.pretrain.name in outcome.failed or c.evaluate.name in outcome.failed for c in self.cells)
+        failed = sum(
+            c.pretrain.name in outcome.failed or c.evaluate.name in outcome.failed
+            for c in self.cells
+        )
         what = "pretraining" if stage.kind == "pretrain" else "evaluation"
-        logger.info("cell %d/%d %s: %s; %d cell%s finished (%d earlier), %d failed; %s", i + 1,
-                    len(self.cells), cell.label, what, len(done), "s" * (len(done) != 1), earlier,
-                    failed, self.time_left(stage))
+        logger.info(
+            "cell %d/%d %s: %s; %d cell%s finished (%d earlier), %d failed; %s",
+            i + 1,
+            len(self.cells),
+            cell.label,
+            what,
+            len(done),
+            "s" * (len(done) != 1),
+            earlier,
+            failed,
+            self.time_left(stage),
+        )
 
 
 def _why_missing(cell: Cell, outcome: Outcome) -> str:
@@ -130,26 +175,50 @@ def write_report(plan: Plan, graph: Graph, outcome: Outcome) -> Path | None:
     grid = plan.sweep
     assert grid is not None
     cells = sweep_cells(plan, graph)
-    finished = {c.run for c in cells if c.evaluate.name in outcome.ran or c.evaluate.name in outcome.reused}
+    finished = {
+        c.run for c in cells if c.evaluate.name in outcome.ran or c.evaluate.name in outcome.reused
+    }
     missing = {c.run: _why_missing(c, outcome) for c in cells if c.run not in finished}
     paired = {(c.seed, c.epochs) for c in cells if c.setting == grid.baseline and c.run in finished}
     for c in cells:
         if c.run in finished and (c.seed, c.epochs) not in paired:
-            missing[c.run] = (f"no finished {grid.baseline} cell of seed {c.seed} at {c.epochs} epochs to compare "
-                              "it with")
+            missing[c.run] = (
+                f"no finished {grid.baseline} cell of seed "
+                f"{c.seed} at {c.epochs} epochs to compare it with"
+            )
     shown = [c for c in cells if c.run not in missing]
     if missing:
-        logger.warning("%d of %d cells missing: %s", len(missing), len(cells),
-                       "; ".join(f"{run}: {why}" for run, why in missing.items()))
+        logger.warning(
+            "%d of %d cells missing: %s",
+            len(missing),
+            len(cells),
+            "; ".join(f"{run}: {why}" for run, why in missing.items()),
+        )
     if not shown:
         logger.error("no report: no cell finished together with its baseline cell")
         return None
     report = write_sweep_report(
-        [SweepCell(c.setting, c.seed, c.pretrain.outputs[0].parent, c.evaluate.outputs[0], model=c.run)
-         for c in shown],
-        resolve(plan.out), baseline=grid.baseline,
-        main_epochs=grid.epochs[0] if any(c.epochs == grid.epochs[0] for c in shown) else None, title=plan.name,
-        missing=[{"cell": c.run, "setting": c.setting, "seed": c.seed, "epochs": c.epochs, "reason": missing[c.run]}
-                 for c in cells if c.run in missing])
+        [
+            SweepCell(
+                c.setting, c.seed, c.pretrain.outputs[0].parent, c.evaluate.outputs[0], model=c.run
+            )
+            for c in shown
+        ],
+        resolve(plan.out),
+        baseline=grid.baseline,
+        main_epochs=grid.epochs[0] if any(c.epochs == grid.epochs[0] for c in shown) else None,
+        title=plan.name,
+        missing=[
+            {
+                "cell": c.run,
+                "setting": c.setting,
+                "seed": c.seed,
+                "epochs": c.epochs,
+                "reason": missing[c.run],
+            }
+            for c in cells
+            if c.run in missing
+        ],
+    )
     logger.info("report over %d of %d cells: %s", len(shown), len(cells), report)
     return report

@@ -1,4 +1,5 @@
 """Metrics from logits/probabilities and labels; knows nothing of models or data."""
+
 from als_det.metrics.calibration import (
     calibration_metrics,
     calibration_metrics_from_logits,
@@ -8,5 +9,11 @@ from als_det.metrics.calibration import (
     temperature_scaling_report,
 )
 
-__all__ = ["calibration_metrics", "calibration_metrics_from_logits", "fit_temperature", "split_indices",
-           "temperature_degeneracy", "temperature_scaling_report"]
+__all__ = [
+    "calibration_metrics",
+    "calibration_metrics_from_logits",
+    "fit_temperature",
+    "split_indices",
+    "temperature_degeneracy",
+    "temperature_scaling_report",
+]

@@ -13,6 +13,7 @@ Definitions
 - ``mce``: maximum calibration error, ``max_b |acc_b - conf_b|`` over non-empty bins.
 - ``ace``: adaptive ECE, the same sum over ``n_bins`` equal-mass bins of the sorted confidences.
 """
+
 from __future__ import annotations
 
 import logging
@@ -35,14 +36,18 @@ def _check(scores: Tensor, labels: Tensor, what: str) -> None:
     if scores.ndim != 2:
         raise ValueError(f"{what} must be [N, K], got shape {tuple(scores.shape)}")
     if labels.ndim != 1 or labels.shape[0] != scores.shape[0]:
-        raise ValueError(f"labels must be [N] with N={scores.shape[0]}, got shape {tuple(labels.shape)}")
+        raise ValueError(
+            f"labels must be [N] with N={scores.shape[0]}, got shape {tuple(labels.shape)}"
+        )
     if scores.shape[0] == 0:
         raise ValueError("calibration metrics need at least one sample")
     if labels.dtype.is_floating_point or labels.dtype == torch.bool:
         raise ValueError(f"labels must be integer class indices, got dtype {labels.dtype}")
     if int(labels.min()) < 0 or int(labels.max()) >= scores.shape[1]:
-        raise ValueError(f"labels must lie in [0, {scores.shape[1]}), got range "
-                         f"[{int(labels.min())}, {int(labels.max())}]")
+        raise ValueError(
+            f"labels must lie in [0, {scores.shape[1]}), got range "
+            f"[{int(labels.min())}, {int(labels.max())}]"
+        )
 
 
 def _equal_width_bins(conf: Tensor, correct: Tensor, n_bins: int) -> dict[str, Any]:
@@ -54,7 +59,12 @@ def _equal_width_bins(conf: Tensor, correct: Tensor, n_bins: int) -> dict[str, A
     conf_sum = torch.zeros(n_bins, dtype=torch.float64).index_add_(0, idx, conf)
     acc_sum = torch.zeros(n_bins, dtype=torch.float64).index_add_(0, idx, correct)
     safe = counts.clamp_min(1.0)
-    return {"edges": edges, "counts": counts, "accuracy": acc_sum / safe, "confidence": conf_sum / safe}
+    return {
+        "edges": edges,
+        "counts": counts,
+        "accuracy": acc_sum / safe,
+        "confidence": conf_sum / safe,
+    }
 
 
 def _adaptive_ece(conf: Tensor, correct: Tensor, n_bins: int) -> float:
@@ -98,9 +108,14 @@ def _metrics(probs: Tensor, log_p_true: Tensor, labels: Tensor, n_bins: int) -> 
             "edges": bins["edges"].tolist(),
             "counts": [int(c) for c in bins["counts"].tolist()],
             # Empty bins have no accuracy or confidence: None, not a made-up number.
-            "accuracy": [float(a) if m else None for a, m in zip(bins["accuracy"].tolist(), nonempty.tolist())],
-            "confidence": [float(c) if m else None
-                           for c, m in zip(bins["confidence"].tolist(), nonempty.tolist())],
+            "accuracy": [
+                float(a) if m else None
+                for a, m in zip(bins["accuracy"].tolist(), nonempty.tolist())
+            ],
+            "confidence": [
+                float(c) if m else None
+                for c, m in zip(bins["confidence"].tolist(), nonempty.tolist())
+            ],
         },
     }
 
@@ -123,15 +138,20 @@ def calibration_metrics(probs: Tensor, labels: Tensor, n_bins: int = 15) -> dict
     sums = probs.sum(dim=1, dtype=torch.float64)
     worst = float((sums - 1.0).abs().max())
     if float(probs.min()) < 0.0 or worst > _SUM_TOLERANCE:
-        raise ValueError(f"probs must be non-negative with rows summing to 1 (worst row sum off by {worst:.3g});"
-                         " pass logits to calibration_metrics_from_logits")
-    log_p_true = probs.gather(1, labels[:, None]).squeeze(1).to(torch.float64).clamp_min(1e-12).log()
+        raise ValueError(
+            f"probs must be non-negative with rows summing to 1 (worst row sum off by {worst:.3g});"
+            " pass logits to calibration_metrics_from_logits"
+        )
+    log_p_true = (
+        probs.gather(1, labels[:, None]).squeeze(1).to(torch.float64).clamp_min(1e-12).log()
+    )
     return _metrics(probs, log_p_true, labels, n_bins)
 
 
 @torch.no_grad()
-def calibration_metrics_from_logits(logits: Tensor, labels: Tensor, n_bins: int = 15,
-                                    temperature: float = 1.0) -> dict[str, Any]:
+def calibration_metrics_from_logits(
+    logits: Tensor, labels: Tensor, n_bins: int = 15, temperature: float = 1.0
+) -> dict[str, Any]:
     """:func:`calibration_metrics` of ``softmax(logits / temperature)``, NLL via log_softmax."""
     logits = logits.detach().cpu()
     labels = labels.detach().cpu().long()
@@ -190,15 +210,24 @@ def temperature_degeneracy(fit: TemperatureFit, logits: Tensor, labels: Tensor) 
     if not math.isfinite(t):
         return "the fitted temperature is not finite"
     if bool((logits.argmax(1) == labels).all()):
-        return (f"every prediction of the {labels.numel()} fit images is right: NLL falls without bound as T -> 0, "
-                f"so T = {t:.3g} is only where LBFGS stopped")
+        return (
+            f"every prediction of the {labels.numel()} fit images is right: NLL falls "
+            f"without bound as T -> 0, so T = {t:.3g} is only where LBFGS stopped"
+        )
     if t > hi:
-        return (f"T = {t:.3g} > {hi:g}: NLL keeps falling as T grows (the predictions on the fit images are no "
-                "better than a uniform guess), so scaling flattens them towards 1/K")
+        return (
+            f"T = {t:.3g} > {hi:g}: NLL keeps falling as T grows (the predictions on the fit "
+            "images are no better than a uniform guess), so scaling flattens them towards 1/K"
+        )
     if t < lo:
-        return f"T = {t:.3g} < {lo:g}: NLL keeps falling as T shrinks; T is only where LBFGS stopped"
+        return (
+            f"T = {t:.3g} < {lo:g}: NLL keeps falling as T shrinks; T is only where LBFGS stopped"
+        )
     if fit.iterations == 0:
-        return "NLL does not change with T on the fit images (zero gradient at T = 1): T is undetermined"
+        return (
+            "NLL does not change with T on the fit images "
+            "(zero gradient at T = 1): T is undetermined"
+        )
     if not fit.converged:
         return f"LBFGS did not converge within its limit ({fit.iterations} iterations)"
     return None
@@ -210,13 +239,16 @@ def split_indices(n: int, fraction: float, seed: int) -> tuple[Tensor, Tensor]:
         raise ValueError(f"fraction must lie in (0, 1), got {fraction}")
     cut = int(round(n * fraction))
     if cut < 1 or cut >= n:
-        raise ValueError(f"cannot split {n} samples with fraction {fraction}: one side would be empty")
+        raise ValueError(
+            f"cannot split {n} samples with fraction {fraction}: one side would be empty"
+        )
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
     return perm[:cut].sort().values, perm[cut:].sort().values
 
 
-def temperature_scaling_report(logits: Tensor, labels: Tensor, fit_fraction: float = 0.5, seed: int = 0,
-                               n_bins: int = 15) -> dict[str, Any]:
+def temperature_scaling_report(
+    logits: Tensor, labels: Tensor, fit_fraction: float = 0.5, seed: int = 0, n_bins: int = 15
+) -> dict[str, Any]:
     """Fit T on a seeded held-out part of val, report metrics on the rest before and after.
 
     A degenerate fit (:func:`temperature_degeneracy`) is logged as a warning and recorded
@@ -241,6 +273,9 @@ def temperature_scaling_report(logits: Tensor, labels: Tensor, fit_fraction: flo
         "n_fit": int(fit_idx.numel()),
         "n_eval": int(eval_idx.numel()),
         "before": calibration_metrics_from_logits(logits[eval_idx], labels[eval_idx], n_bins),
-        "after": calibration_metrics_from_logits(logits[eval_idx], labels[eval_idx], n_bins,
-                                                 temperature=fit.temperature) if finite else None,
+        "after": calibration_metrics_from_logits(
+            logits[eval_idx], labels[eval_idx], n_bins, temperature=fit.temperature
+        )
+        if finite
+        else None,
     }

@@ -1,4 +1,6 @@
-"""Confidence intervals over a few seeds: Student's t, which a bootstrap over 3 values cannot replace."""
+"""Confidence intervals over a few seeds: Student's t, which a bootstrap over 3 values cannot
+replace."""
+
 from __future__ import annotations
 
 import functools

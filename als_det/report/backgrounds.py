@@ -1,5 +1,6 @@
 """ImageNet-9 metrics (from als_det.analysis.backgrounds) -> in9_report.md, in9_metrics.json and the
 console summary."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -41,54 +42,99 @@ def render_in9_report(metrics: dict[str, Any]) -> str:
     models, data, ref = metrics["models"], metrics["data"], metrics["reference"]
     names = list(models)
     out = [f"# ImageNet-9 backgrounds: {', '.join(names)}", ""]
-    out.append(f"Data: `{data['root']}`, variants {', '.join(data['variants'])}"
-               + (f" (absent: {', '.join(data['missing'])})" if data["missing"] else "")
-               + f"; {data['images'].get('original', 0)} original images; classes {', '.join(data['classes'])}.")
+    out.append(
+        f"Data: `{data['root']}`, variants {', '.join(data['variants'])}"
+        + (f" (absent: {', '.join(data['missing'])})" if data["missing"] else "")
+        + f"; {data['images'].get('original', 0)} original "
+        f"images; classes {', '.join(data['classes'])}."
+    )
     out.append("")
-    out.append("Scored as the Backgrounds Challenge scores (Xiao et al. 2020): top-1 over all model outputs; a "
-               "model with other classes than IN-9's goes through `in_to_in9.json`, and a prediction it maps to "
-               "-1 counts as wrong. BG-Gap = mixed_same - mixed_rand: how much a correct object's accuracy "
-               "depends on its background matching its class.")
+    out.append(
+        "Scored as the Backgrounds Challenge scores (Xiao et al. 2020): top-1 over all model "
+        "outputs; a model with other classes than IN-9's goes through `in_to_in9.json`, and a "
+        "prediction it maps to -1 counts as wrong. BG-Gap = mixed_same - mixed_rand: how much a "
+        "correct object's accuracy depends on its background matching its class."
+    )
     out.append("")
     rows = _rows(metrics, "accuracy", _pct)
     gap = ["**BG-Gap** (mixed_same - mixed_rand)", _pct(ref["bg_gap"])]
     gap += [_pct(m["bg_gap"]) for m in models.values()]
     out.append(f"Reference: {ref['model']}, the challenge's published figures.")
     out.append("")
-    out.append(tabulate(rows + [gap], headers=["accuracy", "reference"] + names, tablefmt="pipe",
-                        colalign=("left",) + ("right",) * (len(names) + 1)))
+    out.append(
+        tabulate(
+            rows + [gap],
+            headers=["accuracy", "reference"] + names,
+            tablefmt="pipe",
+            colalign=("left",) + ("right",) * (len(names) + 1),
+        )
+    )
     out += ["", "Mean max-softmax confidence (over the model's own outputs):", ""]
-    out.append(tabulate(_rows(metrics, "mean_confidence", lambda v: "" if v is None else f"{v:.3f}"),
-                        headers=["confidence"] + names, tablefmt="pipe"))
+    out.append(
+        tabulate(
+            _rows(metrics, "mean_confidence", lambda v: "" if v is None else f"{v:.3f}"),
+            headers=["confidence"] + names,
+            tablefmt="pipe",
+        )
+    )
     mapped = [n for n, m in models.items() if m["output_mapping"] != "IN-9 classes"]
     if mapped:
         out += ["", "Share of predictions that map to no IN-9 class (counted wrong):", ""]
-        out.append(tabulate([[r[0]] + [r[1 + names.index(n)] for n in mapped]
-                             for r in _rows(metrics, "predicted_outside_in9", _pct)],
-                            headers=["outside IN-9"] + mapped, tablefmt="pipe"))
+        out.append(
+            tabulate(
+                [
+                    [r[0]] + [r[1 + names.index(n)] for n in mapped]
+                    for r in _rows(metrics, "predicted_outside_in9", _pct)
+                ],
+                headers=["outside IN-9"] + mapped,
+                tablefmt="pipe",
+            )
+        )
     out += ["", "## Checkpoints", ""]
-    out += [f"- `{n}`: `{m['checkpoint']['path']}` ({m['checkpoint']['arch']}, {m['checkpoint']['num_classes']} "
-            f"classes, {m['label_strategy']['name']}, input {m['checkpoint']['image_size']} px; outputs: "
-            f"{m['output_mapping']})" for n, m in models.items()]
-    undecodable = {f"{n}/{v}": s["undecodable"] for n, m in models.items() for v, s in m["variants"].items()
-                   if s.get("undecodable")}
+    out += [
+        f"- `{n}`: `{m['checkpoint']['path']}` ({m['checkpoint']['arch']}, "
+        f"{m['checkpoint']['num_classes']} classes, {m['label_strategy']['name']}, input "
+        f"{m['checkpoint']['image_size']} px; outputs: {m['output_mapping']})"
+        for n, m in models.items()
+    ]
+    undecodable = {
+        f"{n}/{v}": s["undecodable"]
+        for n, m in models.items()
+        for v, s in m["variants"].items()
+        if s.get("undecodable")
+    }
     if undecodable:
-        out += ["", "Undecodable images, left out: " + ", ".join(f"{k} {c}" for k, c in undecodable.items()) + "."]
-    out += ["", "Versions: " + ", ".join(f"{k} {v}" for k, v in metrics.get("versions", {}).items()) + "."]
+        out += [
+            "",
+            "Undecodable images, left out: "
+            + ", ".join(f"{k} {c}" for k, c in undecodable.items())
+            + ".",
+        ]
+    out += [
+        "",
+        "Versions: " + ", ".join(f"{k} {v}" for k, v in metrics.get("versions", {}).items()) + ".",
+    ]
     return "\n".join(out) + "\n"
 
 
 def summary_lines(metrics: dict[str, Any]) -> list[str]:
-    """Per-variant accuracy and BG-Gap of every model, the reference beside them (for the console)."""
+    """Per-variant accuracy and BG-Gap of every model, the reference beside them (for the
+    console)."""
     ref = metrics["reference"]
     lines = []
     for name, m in metrics["models"].items():
         parts = []
         for v in metrics["data"]["variants"]:
             r = ref["accuracy"].get(v)
-            parts.append(f"{v} {_pct(m['variants'][v].get('accuracy'))}" + (f" (ref {_pct(r)})" if r else ""))
+            parts.append(
+                f"{v} {_pct(m['variants'][v].get('accuracy'))}" + (f" (ref {_pct(r)})" if r else "")
+            )
         gap = "n/a (needs mixed_same and mixed_rand)" if m["bg_gap"] is None else _pct(m["bg_gap"])
-        lines.append(f"{name}: " + ", ".join(parts) + f"; BG-Gap {gap} (ref {_pct(ref['bg_gap'])}, {ref['model']})")
+        lines.append(
+            f"{name}: "
+            + ", ".join(parts)
+            + f"; BG-Gap {gap} (ref {_pct(ref['bg_gap'])}, {ref['model']})"
+        )
     return lines
 
 

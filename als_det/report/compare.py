@@ -10,6 +10,7 @@ seed; a run with the same seeds as another is a duplicate, named and counted onc
 per strategy give a mean and a sample standard deviation (n shown); each metric's difference to
 the baseline strategy's mean is reported; every row names the runs it pools.
 """
+
 from __future__ import annotations
 
 import csv
@@ -63,7 +64,9 @@ class Run:
 class Group:
     name: str
     runs: list[Run] = field(default_factory=list)
-    duplicates: list[Duplicate] = field(default_factory=list)  # runs of the same seeds, counted once
+    duplicates: list[Duplicate] = field(
+        default_factory=list
+    )  # runs of the same seeds, counted once
 
     @property
     def n(self) -> int:
@@ -107,8 +110,10 @@ def load_run(path: str | Path) -> Run:
     if isinstance(strategy, str):
         strategy = {"name": strategy}
     if not isinstance(strategy, dict) or not strategy.get("name"):
-        raise ResultsError(f"{file}: backbone.label_strategy.name is missing; cannot group the run "
-                           "(was the backbone converted from an als_det pretraining checkpoint?)")
+        raise ResultsError(
+            f"{file}: backbone.label_strategy.name is missing; cannot group the run "
+            "(was the backbone converted from an als_det pretraining checkpoint?)"
+        )
     return Run(path=file, strategy=strategy, identity=read_identity(file, data), metrics=metrics)
 
 
@@ -149,7 +154,9 @@ def group_runs(runs: Sequence[Run]) -> list[Group]:
         varying = [k for k in keys if len({json.dumps(r.strategy.get(k)) for r in members}) > 1]
         recipe = recipe_differences(members)
         for r in members:
-            parts = [f"{k}={r.strategy.get(k)}" for k in varying] + [f"{k}={r.identity.recipe.get(k)}" for k in recipe]
+            parts = [f"{k}={r.strategy.get(k)}" for k in varying] + [
+                f"{k}={r.identity.recipe.get(k)}" for k in recipe
+            ]
             label = name + ("[" + ",".join(parts) + "]" if parts else "")
             members_of.setdefault(label, []).append(r)
     groups = [Group(label, *drop_duplicates(members)) for label, members in members_of.items()]
@@ -169,23 +176,51 @@ class Comparison:
         return group.mean(metric, task) - self.base().mean(metric, task)
 
     def _stats(self, g: Group, task: str) -> dict[str, Any]:
-        return {m: {k: None if math.isnan(v) else v for k, v in
-                    (("mean", g.mean(m, task)), ("std", g.std(m, task)), ("delta", self.delta(g, m, task)))}
-                for m in METRICS}
+        return {
+            m: {
+                k: None if math.isnan(v) else v
+                for k, v in (
+                    ("mean", g.mean(m, task)),
+                    ("std", g.std(m, task)),
+                    ("delta", self.delta(g, m, task)),
+                )
+            }
+            for m in METRICS
+        }
 
     def to_json(self) -> dict[str, Any]:
-        """Box AP statistics at the top of each group (as before mask AP existed), mask AP under `segm`."""
+        """Box AP statistics at the top of each group (as before mask AP existed), mask AP under
+        `segm`."""
         first = self.groups[0].runs[0].identity
-        experiment = {"test_set": first.test_set, "test_json_sha256": first.test_sha256,
-                      "detection_config": first.config_fingerprint, "iterations": first.iterations}
-        return {"baseline": self.baseline, "metrics": list(METRICS), "tasks": list(self.tasks),
-                "experiment": experiment, "groups": {
-            g.name: {"n": g.n, "runs": [str(r.path) for r in g.runs],
-                     "seeds": [{"pretrain": r.identity.seeds[0], "finetune": r.identity.seeds[1]} for r in g.runs],
-                     "duplicates": [{"run": str(d.run), "same_as": str(d.same_as), "why": d.why} for d in g.duplicates],
-                     **self._stats(g, "bbox"),
-                     **{task: self._stats(g, task) for task in self.tasks if task != "bbox"}}
-            for g in self.groups}}
+        experiment = {
+            "test_set": first.test_set,
+            "test_json_sha256": first.test_sha256,
+            "detection_config": first.config_fingerprint,
+            "iterations": first.iterations,
+        }
+        return {
+            "baseline": self.baseline,
+            "metrics": list(METRICS),
+            "tasks": list(self.tasks),
+            "experiment": experiment,
+            "groups": {
+                g.name: {
+                    "n": g.n,
+                    "runs": [str(r.path) for r in g.runs],
+                    "seeds": [
+                        {"pretrain": r.identity.seeds[0], "finetune": r.identity.seeds[1]}
+                        for r in g.runs
+                    ],
+                    "duplicates": [
+                        {"run": str(d.run), "same_as": str(d.same_as), "why": d.why}
+                        for d in g.duplicates
+                    ],
+                    **self._stats(g, "bbox"),
+                    **{task: self._stats(g, task) for task in self.tasks if task != "bbox"},
+                }
+                for g in self.groups
+            },
+        }
 
 
 def compare(paths: Sequence[str | Path], baseline: str = "hard") -> Comparison:
@@ -196,13 +231,16 @@ def compare(paths: Sequence[str | Path], baseline: str = "hard") -> Comparison:
     check_one_experiment(runs)
     with_masks = [str(r.path) for r in runs if "segm" in r.metrics]
     if with_masks and len(with_masks) != len(runs):
-        raise ResultsError(f"only some runs have mask AP (segm): {with_masks}; compare mask models "
-                           "with mask models")
+        raise ResultsError(
+            f"only some runs have mask AP (segm): {with_masks}; compare mask models "
+            "with mask models"
+        )
     groups = group_runs(runs)
     names = [g.name for g in groups]
     if baseline not in names:
-        raise ResultsError(f"baseline {baseline!r} is not among the strategies {names}; "
-                           "pass --baseline NAME")
+        raise ResultsError(
+            f"baseline {baseline!r} is not among the strategies {names}; pass --baseline NAME"
+        )
     return Comparison(groups, baseline, ("bbox", "segm") if with_masks else ("bbox",))
 
 
@@ -218,12 +256,27 @@ def _csv(comp: Comparison) -> str:
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     prefix = {task: "" if task == "bbox" else f"{task}_" for task in comp.tasks}
-    w.writerow(["strategy", "n"] + [f"{prefix[t]}{m}_{s}" for t in comp.tasks for m in METRICS
-                                    for s in ("mean", "std", "delta")] + ["runs"])
+    w.writerow(
+        ["strategy", "n"]
+        + [
+            f"{prefix[t]}{m}_{s}"
+            for t in comp.tasks
+            for m in METRICS
+            for s in ("mean", "std", "delta")
+        ]
+        + ["runs"]
+    )
     for g in comp.groups:
-        w.writerow([g.name, g.n] + [f"{v:.4f}" for t in comp.tasks for m in METRICS
-                                    for v in (g.mean(m, t), g.std(m, t), comp.delta(g, m, t))]
-                   + [";".join(r.folder for r in g.runs)])
+        w.writerow(
+            [g.name, g.n]
+            + [
+                f"{v:.4f}"
+                for t in comp.tasks
+                for m in METRICS
+                for v in (g.mean(m, t), g.std(m, t), comp.delta(g, m, t))
+            ]
+            + [";".join(r.folder for r in g.runs)]
+        )
     return buf.getvalue()
 
 
@@ -232,11 +285,13 @@ def pooled_runs(comp: Comparison) -> list[str]:
     duplicates it counted once."""
     lines = []
     for g in comp.groups:
-        line = f"{g.name} (n={g.n}): " + ", ".join(f"{r.folder} (seeds {r.identity.seeds[0]}/{r.identity.seeds[1]})"
-                                                   for r in g.runs)
+        line = f"{g.name} (n={g.n}): " + ", ".join(
+            f"{r.folder} (seeds {r.identity.seeds[0]}/{r.identity.seeds[1]})" for r in g.runs
+        )
         if g.duplicates:
-            line += "; counted once: " + ", ".join(f"{run_folder(d.run)} (as {run_folder(d.same_as)}: {d.why})"
-                                                   for d in g.duplicates)
+            line += "; counted once: " + ", ".join(
+                f"{run_folder(d.run)} (as {run_folder(d.same_as)}: {d.why})" for d in g.duplicates
+            )
         lines.append(line)
     return lines
 
@@ -272,23 +327,37 @@ def format_table(comp: Comparison, fmt: str = "markdown") -> str:
             table = markdown_table(rows, head, colalign=align)
         else:  # booktabs LaTeX; tabulate escapes _ and the like, ± becomes math
             title = [f"% {t}" for t in title if t]
-            table = tabulate(rows, head, tablefmt="latex_booktabs", disable_numparse=True,
-                             colalign=align).replace("±", r"$\pm$")
+            table = tabulate(
+                rows, head, tablefmt="latex_booktabs", disable_numparse=True, colalign=align
+            ).replace("±", r"$\pm$")
         parts.append("\n".join(title + [table]))
-    note = "; n/a: no number (no detections, or no ground truth of that size)" if any(
-        "n/a" in c for task in comp.tasks for r in _rows(comp, task) for c in r) else ""
-    footer = (f"\n\nmean ± sample std over n runs; (Δ) vs {comp.baseline}{note}\n" if fmt == "markdown"
-              else "\n")
+    note = (
+        "; n/a: no number (no detections, or no ground truth of that size)"
+        if any("n/a" in c for task in comp.tasks for r in _rows(comp, task) for c in r)
+        else ""
+    )
+    footer = (
+        f"\n\nmean ± sample std over n runs; (Δ) vs {comp.baseline}{note}\n"
+        if fmt == "markdown"
+        else "\n"
+    )
     runs = pooled_runs(comp)
-    footer += ("\nruns in each row (seeds: pretraining/fine-tuning):\n" + "".join(f"- {line}\n" for line in runs)
-               if fmt == "markdown" else "".join(f"% {line}\n" for line in runs))
+    footer += (
+        "\nruns in each row (seeds: pretraining/fine-tuning):\n"
+        + "".join(f"- {line}\n" for line in runs)
+        if fmt == "markdown"
+        else "".join(f"% {line}\n" for line in runs)
+    )
     return "\n\n".join(parts) + footer
 
 
 def bar_figure(comp: Comparison, metric: str = "AP") -> Figure:
     """Bar chart of `metric` by strategy, one panel per task; error bars = sample std over the runs
     of a row, drawn only where n >= 2 (the caption says so)."""
-    fig = Figure(figsize=(max(3.6, 1.0 + 1.0 * len(comp.groups)) * len(comp.tasks), 3.4), layout="constrained")
+    fig = Figure(
+        figsize=(max(3.6, 1.0 + 1.0 * len(comp.groups)) * len(comp.tasks), 3.4),
+        layout="constrained",
+    )
     x = np.arange(len(comp.groups))
     spread = [i for i, g in enumerate(comp.groups) if g.n >= 2]
     for i, task in enumerate(comp.tasks):
@@ -296,17 +365,27 @@ def bar_figure(comp: Comparison, metric: str = "AP") -> Figure:
         means = np.array([g.mean(metric, task) for g in comp.groups])
         ax.bar(x, means, color=["0.6" if g.name == comp.baseline else "C0" for g in comp.groups])
         if spread:
-            ax.errorbar(x[spread], means[spread], yerr=[comp.groups[j].std(metric, task) for j in spread],
-                        fmt="none", ecolor="black", capsize=4)
+            ax.errorbar(
+                x[spread],
+                means[spread],
+                yerr=[comp.groups[j].std(metric, task) for j in spread],
+                fmt="none",
+                ecolor="black",
+                capsize=4,
+            )
         ax.set_xticks(x, [f"{g.name}\n(n={g.n})" for g in comp.groups])
         ax.set_ylabel(f"{TASKS[task].split()[0]} {metric}")
         if len(comp.tasks) > 1:
-            ax.set_title("Detection (boxes)" if task == "bbox" else "Instance segmentation (masks)", fontsize=9)
+            ax.set_title(
+                "Detection (boxes)" if task == "bbox" else "Instance segmentation (masks)",
+                fontsize=9,
+            )
     what = f"{'Detection ' if comp.tasks == ('bbox',) else ''}{metric}"
     fig.suptitle(f"{what} by pretraining label strategy", fontsize=10)
     single = [g.name for g in comp.groups if g.n < 2]
-    caption = (["error bars: sample std over the n runs of a row"] if spread else []) + \
-        ([f"n=1, no error bar: {', '.join(single)}"] if single else [])
+    caption = (["error bars: sample std over the n runs of a row"] if spread else []) + (
+        [f"n=1, no error bar: {', '.join(single)}"] if single else []
+    )
     fig.supxlabel("\n".join(caption), fontsize=7)
     return fig
 
@@ -316,16 +395,24 @@ def bar_chart(comp: Comparison, path: str | Path, metric: str = "AP") -> Path:
     return save_figure(bar_figure(comp, metric), path)
 
 
-def write_comparison(comp: Comparison, out_dir: str | Path, fmt: str = "markdown") -> dict[str, Path]:
+def write_comparison(
+    comp: Comparison, out_dir: str | Path, fmt: str = "markdown"
+) -> dict[str, Path]:
     """Write the table (chosen format), comparison.json and ap_by_strategy.png into `out_dir`."""
     out_dir = Path(out_dir)
-    return {"table": atomic_write_text(out_dir / f"comparison.{FORMATS[fmt]}", format_table(comp, fmt)),
-            "json": atomic_write_json(out_dir / "comparison.json", comp.to_json()),
-            "chart": bar_chart(comp, out_dir / "ap_by_strategy.png")}
+    return {
+        "table": atomic_write_text(out_dir / f"comparison.{FORMATS[fmt]}", format_table(comp, fmt)),
+        "json": atomic_write_json(out_dir / "comparison.json", comp.to_json()),
+        "chart": bar_chart(comp, out_dir / "ap_by_strategy.png"),
+    }
 
 
-def run_compare(paths: Sequence[str | Path], baseline: str = "hard", fmt: str = "markdown",
-                out_dir: str | Path = "output/compare") -> str:
+def run_compare(
+    paths: Sequence[str | Path],
+    baseline: str = "hard",
+    fmt: str = "markdown",
+    out_dir: str | Path = "output/compare",
+) -> str:
     """`tools/compare.py`: compare, write the files (logged), return the table."""
     comp = compare(paths, baseline)
     for path in write_comparison(comp, out_dir, fmt).values():

@@ -1,6 +1,7 @@
 """The demo's one page: pretraining curves, classification/calibration/context table, the detector
 AP table, every figure, stage timings. Reads only result files (metrics.jsonl, metrics.json,
 comparison.*), so it can be redrawn from a finished `demo_output/` at any time."""
+
 from __future__ import annotations
 
 import json
@@ -69,8 +70,11 @@ def context_table(models: Mapping[str, Mapping[str, Any]]) -> str:
         cells = [arm, str(len(ms))]
         for _, path, spec in CONTEXT_COLUMNS:
             if path is None:
-                vals = [(_get(m, ("variants", "bg_only", "mean_confidence")) or math.nan)
-                        / (_get(m, ("val", "mean_confidence")) or math.nan) for m in ms]
+                vals = [
+                    (_get(m, ("variants", "bg_only", "mean_confidence")) or math.nan)
+                    / (_get(m, ("val", "mean_confidence")) or math.nan)
+                    for m in ms
+                ]
             else:
                 vals = [_get(m, path) for m in ms]
             cells.append(_cell(vals, spec))
@@ -87,9 +91,19 @@ def pretrain_table(runs: Mapping[str, Path]) -> tuple[str, dict[str, list[dict[s
         curves[name] = lines
         last = lines[-1] if lines else {}
         total = sum(float(x.get("epoch_time_s") or 0.0) for x in lines)
-        rows.append([name, last.get("epoch", "–"), _fmt(last.get("val_top1")), _fmt(last.get("val_ece")),
-                     _fmt(last.get("mean_e")), f"{total:.0f}"])
-    return markdown_table(rows, ["run", "epochs", "val top-1", "val ECE", "mean e", "train s"]), curves
+        rows.append(
+            [
+                name,
+                last.get("epoch", "–"),
+                _fmt(last.get("val_top1")),
+                _fmt(last.get("val_ece")),
+                _fmt(last.get("mean_e")),
+                f"{total:.0f}",
+            ]
+        )
+    return markdown_table(
+        rows, ["run", "epochs", "val top-1", "val ECE", "mean e", "train s"]
+    ), curves
 
 
 def _fmt(v: Any, spec: str = ".3f") -> str:
@@ -115,41 +129,64 @@ def _one_seed(metrics: Mapping[str, Any], runs: Sequence[str]) -> list[str]:
     """One seed: the numbers and their image-level intervals, and no direction, which the spread
     between seeds (not measured by one run) can flip."""
     head = metrics.get("headline", {})
-    lines = ["**What the numbers say — one seed.** The intervals cover the choice of images only, not training "
-             "variance: between seeds these ratios move by more than their width (README, \"`make demo`\"), so "
-             "one run does not show the direction of the difference in context reliance. `make demo SEEDS=3` "
-             "pairs each arm with hard of the same seed and gives t-intervals over seeds.\n"]
+    lines = [
+        "**What the numbers say — one seed.** The intervals cover the choice of images only, not "
+        "training variance: between seeds these ratios move by more than their width (README, "
+        "\"`make demo`\"), so one run does not show the direction of the difference in context "
+        "reliance. `make demo SEEDS=3` pairs each arm with hard of the same seed and gives "
+        "t-intervals over seeds.\n"
+    ]
     for name, by_source in head.get("comparisons", {}).items():
         if name not in runs:
             continue
         for source in ("bg_only", "outside_crop"):
             h = by_source.get(source)
             if isinstance(h, Mapping):
-                lines.append(f"- {name} / {head['baseline']}, {source} confidence: absolute "
-                             f"{with_interval(h, 'ratio_absolute')}, relative to own val confidence "
-                             f"{with_interval(h, 'ratio_relative_to_val')}")
+                lines.append(
+                    f"- {name} / {head['baseline']}, {source} confidence: absolute "
+                    f"{with_interval(h, 'ratio_absolute')}, relative to own val confidence "
+                    f"{with_interval(h, 'ratio_relative_to_val')}"
+                )
     return lines + [""]
 
 
 def _over_seeds(plan: Any, ckpts: Mapping[str, Path], eval_dir: Path) -> list[str]:
-    """Several seeds: each arm paired with the baseline of its own seed; verdicts from t-intervals."""
-    cells = [SweepCell(arm.name, seed, ckpts[run].parent, eval_dir / "metrics.json", model=run)
-             for run, arm, seed in plan.runs()]
+    """Several seeds: each arm paired with the baseline of its own seed; verdicts from
+    t-intervals."""
+    cells = [
+        SweepCell(arm.name, seed, ckpts[run].parent, eval_dir / "metrics.json", model=run)
+        for run, arm, seed in plan.runs()
+    ]
     sweep = summarize(cells, plan.baseline)
-    lines = [f"**What the numbers say — {len(plan.seeds)} seeds** ({INTERVAL_METHOD}):\n",
-             verdict(sweep, "bg_only"), ""]
+    lines = [
+        f"**What the numbers say — {len(plan.seeds)} seeds** ({INTERVAL_METHOD}):\n",
+        verdict(sweep, "bg_only"),
+        "",
+    ]
     if "outside_crop" in sweep.sources:
         lines += [verdict(sweep, "outside_crop"), ""]
     return lines + ["Per arm over seeds (bg_only):\n", reliance_table(sweep, "bg_only"), ""]
 
 
-def what_the_numbers_say(plan: Any, ckpts: Mapping[str, Path], eval_dir: Path,
-                         metrics: Mapping[str, Any]) -> list[str]:
-    return _over_seeds(plan, ckpts, eval_dir) if len(plan.seeds) > 1 else _one_seed(metrics, list(ckpts))
+def what_the_numbers_say(
+    plan: Any, ckpts: Mapping[str, Path], eval_dir: Path, metrics: Mapping[str, Any]
+) -> list[str]:
+    return (
+        _over_seeds(plan, ckpts, eval_dir)
+        if len(plan.seeds) > 1
+        else _one_seed(metrics, list(ckpts))
+    )
 
 
-def write_demo_report(out: Path, plan: Any, ckpts: Mapping[str, Path], eval_dir: Path, det_dirs: Sequence[Path],
-                      compare_dir: Path, timings: Mapping[str, float]) -> tuple[Path, str]:
+def write_demo_report(
+    out: Path,
+    plan: Any,
+    ckpts: Mapping[str, Path],
+    eval_dir: Path,
+    det_dirs: Sequence[Path],
+    compare_dir: Path,
+    timings: Mapping[str, float],
+) -> tuple[Path, str]:
     """Write OUT/report.md; return it and the two tables printed at the end of `make demo`."""
     metrics = json.loads((eval_dir / "metrics.json").read_text())
     ctx = context_table(metrics["models"])
@@ -160,30 +197,56 @@ def write_demo_report(out: Path, plan: Any, ckpts: Mapping[str, Path], eval_dir:
     figures = metrics.get("figures", {})
     seeds = list(plan.seeds)
 
-    md = ["# als_det demo report\n",
-          f"Generated {time.strftime('%Y-%m-%d %H:%M')} by `make demo` (seeds {seeds}) on the generated "
-          "context-bias data set. **Demo-scale numbers on generated data**, not ImageNet/COCO results.\n",
-          "## Pretraining\n", pre_table, ""]
+    md = [
+        "# als_det demo report\n",
+        f"Generated {time.strftime('%Y-%m-%d %H:%M')} by `make demo` (seeds {seeds}) on the "
+        "generated context-bias data set. **Demo-scale numbers on generated data**, not "
+        "ImageNet/COCO results.\n",
+        "## Pretraining\n",
+        pre_table,
+        "",
+    ]
     if curves_png:
         md += [f"![pretraining curves]({rel(curves_png)})\n"]
-    md += ["## Classification, calibration and context reliance\n",
-           "conf = mean max-softmax confidence. `bg_only`: val images with every box of the labelled class "
-           "filled; `outside_crop`: the largest crop that avoids every box (no fill); `val_bg_only`: generated "
-           "backgrounds with no object; `top-1 val_mixed`: objects on random backgrounds; `bg_only / val`: "
-           "context-only confidence relative to the same model's confidence on intact images; `CAM in box`: share of "
-           "class-activation energy inside the labelled boxes.\n",
-           ctx, ""]
+    md += [
+        "## Classification, calibration and context reliance\n",
+        "conf = mean max-softmax confidence. `bg_only`: val images with every box of the labelled "
+        "class filled; `outside_crop`: the largest crop that avoids every box (no fill); "
+        "`val_bg_only`: generated backgrounds with no object; `top-1 val_mixed`: objects on "
+        "random backgrounds; `bg_only / val`: context-only confidence relative to the same "
+        "model's confidence on intact images; `CAM in box`: share of class-activation energy "
+        "inside the labelled boxes.\n",
+        ctx,
+        "",
+    ]
     md += what_the_numbers_say(plan, ckpts, eval_dir, metrics) + fill_section(metrics) + [""]
-    for key, title in (("reliability", "Reliability diagrams"), ("bg_only_confidence", "Confidence on bg_only"),
-                       ("cam_grid", "Class activation maps")):
+    for key, title in (
+        ("reliability", "Reliability diagrams"),
+        ("bg_only_confidence", "Confidence on bg_only"),
+        ("cam_grid", "Class activation maps"),
+    ):
         if figures.get(key):
             md += [f"### {title}\n", f"![{title}]({rel(eval_dir / Path(figures[key]).name)})\n"]
-    md += [f"Full evaluation report: [evaluation/report.md]({rel(eval_dir / 'report.md')})\n",
-           "## Detection transfer (Faster R-CNN, COCO-style box AP)\n", ap_table, "",
-           f"![AP by strategy]({rel(compare_dir / 'ap_by_strategy.png')})\n",
-           "## Stages\n", markdown_table([[k, f"{v:.0f}"] for k, v in timings.items()], ["stage", "seconds"]),
-           "", "## Versions\n", "```", json.dumps(package_versions(), indent=1), "```", ""]
+    md += [
+        f"Full evaluation report: [evaluation/report.md]({rel(eval_dir / 'report.md')})\n",
+        "## Detection transfer (Faster R-CNN, COCO-style box AP)\n",
+        ap_table,
+        "",
+        f"![AP by strategy]({rel(compare_dir / 'ap_by_strategy.png')})\n",
+        "## Stages\n",
+        markdown_table([[k, f"{v:.0f}"] for k, v in timings.items()], ["stage", "seconds"]),
+        "",
+        "## Versions\n",
+        "```",
+        json.dumps(package_versions(), indent=1),
+        "```",
+        "",
+    ]
     report = atomic_write_text(out / "report.md", "\n".join(md))
-    tables = ("Classification / calibration / context (demo scale, generated data)\n" + ctx +
-              "\n\nDetection AP (demo scale, generated data)\n" + ap_table)
+    tables = (
+        "Classification / calibration / context (demo scale, generated data)\n"
+        + ctx
+        + "\n\nDetection AP (demo scale, generated data)\n"
+        + ap_table
+    )
     return report, tables

@@ -1,5 +1,6 @@
-"""An evaluation's metrics (`als_det.analysis.evaluate`) -> report.md with tables (models as columns),
-its figures, and metrics.json: `write_evaluation(metrics, out_dir)`."""
+"""An evaluation's metrics (`als_det.analysis.evaluate`) -> report.md with tables (models as
+columns), its figures, and metrics.json: `write_evaluation(metrics, out_dir)`."""
+
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
@@ -25,10 +26,12 @@ VARIANT_TEXT = {
     "val_mixed": "generated: objects on random backgrounds",
     "val_bg_only": "generated: backgrounds of the class alone",
 }
-FORMS = (("ratio_absolute", "absolute"),
-         ("ratio_above_chance", "above chance: (c - 1/K) / (1 - 1/K)"),
-         ("ratio_relative_to_val", "relative to own val confidence"))
-Row = tuple[str, Callable[[str], Any], str]   # (label, value of a model name, format)
+FORMS = (
+    ("ratio_absolute", "absolute"),
+    ("ratio_above_chance", "above chance: (c - 1/K) / (1 - 1/K)"),
+    ("ratio_relative_to_val", "relative to own val confidence"),
+)
+Row = tuple[str, Callable[[str], Any], str]  # (label, value of a model name, format)
 
 
 def _num(v: Any, spec: str) -> str:
@@ -41,8 +44,11 @@ def _num(v: Any, spec: str) -> str:
 
 def _table(names: Sequence[str], rows: Sequence[Row]) -> str:
     """A row per (label, getter(model name), format), a column per model."""
-    return markdown_table([[label, *(_num(get(n), spec) for n in names)] for label, get, spec in rows],
-                          ["", *names], colalign=("left",) + ("right",) * len(names))
+    return markdown_table(
+        [[label, *(_num(get(n), spec) for n in names)] for label, get, spec in rows],
+        ["", *names],
+        colalign=("left",) + ("right",) * len(names),
+    )
 
 
 def _get(d: dict[str, Any], *keys: str) -> Any:
@@ -82,26 +88,44 @@ def _figure(metrics: dict[str, Any], key: str, alt: str) -> list[str]:
 
 
 def _getter(models: dict[str, Any]) -> Callable[..., Callable[[str], Any]]:
-    return lambda *keys: (lambda n: _get(models[n], *keys))
+    return lambda *keys: lambda n: _get(models[n], *keys)
 
 
 def _checkpoints(metrics: dict[str, Any]) -> list[str]:
     models = metrics["models"]
     names, m = list(models), _getter(models)
-    table = _table(names, [
-        ("label strategy", m("label_strategy", "name"), ""),
-        ("epsilon / e_min / e_max",
-         lambda n: "{epsilon} / {e_min} / {e_max}".format(**models[n]["label_strategy"]), ""),
-        ("als coverage / power", lambda n: _als_mapping(models[n]["label_strategy"]), ""),
-        ("mix alpha", lambda n: _mix_alpha(models[n]["label_strategy"]), ""),
-        ("no-box policy", m("label_strategy", "no_box"), ""),
-        ("arch", m("checkpoint", "arch"), ""),
-        ("epochs", m("checkpoint", "epoch"), "d"),
-        ("input size / val resize", lambda n: f"{models[n]['checkpoint']['preprocessing']['image_size']} / "
-                                              f"{models[n]['checkpoint']['val_resize']}", ""),
-        ("sha256", lambda n: models[n]["checkpoint"]["sha256"][:12], ""),
-    ])
-    return ["## Checkpoints", "", table, "", *(f"- `{n}`: `{models[n]['checkpoint']['path']}`" for n in names)]
+    table = _table(
+        names,
+        [
+            ("label strategy", m("label_strategy", "name"), ""),
+            (
+                "epsilon / e_min / e_max",
+                lambda n: "{epsilon} / {e_min} / {e_max}".format(**models[n]["label_strategy"]),
+                "",
+            ),
+            ("als coverage / power", lambda n: _als_mapping(models[n]["label_strategy"]), ""),
+            ("mix alpha", lambda n: _mix_alpha(models[n]["label_strategy"]), ""),
+            ("no-box policy", m("label_strategy", "no_box"), ""),
+            ("arch", m("checkpoint", "arch"), ""),
+            ("epochs", m("checkpoint", "epoch"), "d"),
+            (
+                "input size / val resize",
+                lambda n: (
+                    f"{models[n]['checkpoint']['preprocessing']['image_size']} / "
+                    f"{models[n]['checkpoint']['val_resize']}"
+                ),
+                "",
+            ),
+            ("sha256", lambda n: models[n]["checkpoint"]["sha256"][:12], ""),
+        ],
+    )
+    return [
+        "## Checkpoints",
+        "",
+        table,
+        "",
+        *(f"- `{n}`: `{models[n]['checkpoint']['path']}`" for n in names),
+    ]
 
 
 def _temperature(ts: dict[str, Any] | None) -> str:
@@ -122,66 +146,124 @@ def _before_after(model: dict[str, Any], key: str) -> str:
 def _calibration(metrics: dict[str, Any]) -> list[str]:
     models = metrics["models"]
     names, m = list(models), _getter(models)
-    out = ["## Calibration", "",
-           "15 equal-width bins on the top-label confidence (ECE, MCE); ACE uses 15 equal-mass bins; "
-           "Brier is the multi-class score in [0, 2].", ""]
-    rows = [("ECE", m("val", "ece"), ".4f"), ("MCE", m("val", "mce"), ".4f"), ("ACE", m("val", "ace"), ".4f"),
-            ("Brier", m("val", "brier"), ".4f"), ("mean confidence", m("val", "mean_confidence"), ".3f"),
-            ("top-1 - mean confidence", lambda n: models[n]["val"]["top1"] - models[n]["val"]["mean_confidence"],
-             "+.3f")]
+    out = [
+        "## Calibration",
+        "",
+        "15 equal-width bins on the top-label confidence (ECE, MCE); ACE uses 15 equal-mass bins; "
+        "Brier is the multi-class score in [0, 2].",
+        "",
+    ]
+    rows = [
+        ("ECE", m("val", "ece"), ".4f"),
+        ("MCE", m("val", "mce"), ".4f"),
+        ("ACE", m("val", "ace"), ".4f"),
+        ("Brier", m("val", "brier"), ".4f"),
+        ("mean confidence", m("val", "mean_confidence"), ".3f"),
+        (
+            "top-1 - mean confidence",
+            lambda n: models[n]["val"]["top1"] - models[n]["val"]["mean_confidence"],
+            "+.3f",
+        ),
+    ]
     scaled = [n for n in names if "temperature_scaling" in models[n]]
     if scaled:
         ts = models[scaled[0]]["temperature_scaling"]
-        rows += [("temperature T", lambda n: _temperature(models[n].get("temperature_scaling")), ""),
-                 ("ECE before / after T (held-out part)", lambda n: _before_after(models[n], "ece"), ""),
-                 ("NLL before / after T (held-out part)", lambda n: _before_after(models[n], "nll"), "")]
-        out += [f"Temperature fitted by LBFGS on NLL over a seeded {ts['fit_fraction']:.0%} of val "
-                f"(seed {ts['seed']}, {ts['n_fit']} images) and evaluated on the other {ts['n_eval']}.", ""]
-        out += [f"**Degenerate temperature fit for `{n}`**: {models[n]['temperature_scaling']['reason']}. "
-                "Its after-T numbers say nothing about calibration.\n"
-                for n in scaled if models[n]["temperature_scaling"].get("degenerate")]
+        rows += [
+            ("temperature T", lambda n: _temperature(models[n].get("temperature_scaling")), ""),
+            ("ECE before / after T (held-out part)", lambda n: _before_after(models[n], "ece"), ""),
+            ("NLL before / after T (held-out part)", lambda n: _before_after(models[n], "nll"), ""),
+        ]
+        out += [
+            f"Temperature fitted by LBFGS on NLL over a seeded {ts['fit_fraction']:.0%} of val "
+            f"(seed {ts['seed']}, {ts['n_fit']} images) and evaluated on the other {ts['n_eval']}.",
+            "",
+        ]
+        out += [
+            f"**Degenerate temperature fit for `{n}`**: "
+            f"{models[n]['temperature_scaling']['reason']}. Its after-T numbers say nothing about "
+            "calibration.\n"
+            for n in scaled
+            if models[n]["temperature_scaling"].get("degenerate")
+        ]
     return [*out, _table(names, rows), *_figure(metrics, "reliability", "reliability diagrams")]
 
 
 def _context(metrics: dict[str, Any]) -> list[str]:
     models = metrics["models"]
     names, m = list(models), _getter(models)
-    out = ["## Context-only evaluation", "",
-           "Mean max-softmax confidence, the fraction of images above 0.5, and accuracy. Where the object is "
-           "absent, *context accuracy* is how often the model still predicts the labelled class from context "
-           "alone. Images without boxes leave every box variant (counted).", ""]
-    variants = [v for v in ("bg_only", "outside_crop", "fg_only", "val_mixed", "val_bg_only")
-                if any(v in models[n]["variants"] for n in names)]
-    rows = [("intact val: mean confidence", m("val", "mean_confidence"), ".3f"),
-            ("intact val: fraction > 0.5", m("val", "frac_confidence_gt_0.5"), ".3f")]
+    out = [
+        "## Context-only evaluation",
+        "",
+        "Mean max-softmax confidence, the fraction of images above 0.5, and accuracy. Where the "
+        "object is absent, *context accuracy* is how often the model still predicts the labelled "
+        "class from context alone. Images without boxes leave every box variant (counted).",
+        "",
+    ]
+    variants = [
+        v
+        for v in ("bg_only", "outside_crop", "fg_only", "val_mixed", "val_bg_only")
+        if any(v in models[n]["variants"] for n in names)
+    ]
+    rows = [
+        ("intact val: mean confidence", m("val", "mean_confidence"), ".3f"),
+        ("intact val: fraction > 0.5", m("val", "frac_confidence_gt_0.5"), ".3f"),
+    ]
     for v in variants:
-        meaning = "context accuracy" if v in ("bg_only", "outside_crop", "val_bg_only") else "accuracy"
+        meaning = (
+            "context accuracy" if v in ("bg_only", "outside_crop", "val_bg_only") else "accuracy"
+        )
         key = "context_accuracy" if meaning == "context accuracy" else "accuracy"
-        rows += [(f"**{v}** ({VARIANT_TEXT[v]}): mean confidence", m("variants", v, "mean_confidence"), ".3f"),
-                 (f"{v}: fraction > 0.5", m("variants", v, "frac_confidence_gt_0.5"), ".3f"),
-                 (f"{v}: {meaning}", m("variants", v, key), ".2%"),
-                 (f"{v}: images", m("variants", v, "n"), "d"),
-                 (f"{v}: left out", lambda n, v=v: _skips(models[n]["variants"].get(v)), "")]
+        rows += [
+            (
+                f"**{v}** ({VARIANT_TEXT[v]}): mean confidence",
+                m("variants", v, "mean_confidence"),
+                ".3f",
+            ),
+            (f"{v}: fraction > 0.5", m("variants", v, "frac_confidence_gt_0.5"), ".3f"),
+            (f"{v}: {meaning}", m("variants", v, key), ".2%"),
+            (f"{v}: images", m("variants", v, "n"), "d"),
+            (f"{v}: left out", lambda n, v=v: _skips(models[n]["variants"].get(v)), ""),
+        ]
         if v == "val_mixed":
             rows += [("val_mixed: ECE", m("variants", v, "ece"), ".4f")]
-    return [*out, _table(names, rows), *_figure(metrics, "bg_only_confidence", "bg_only confidence histogram")]
+    return [
+        *out,
+        _table(names, rows),
+        *_figure(metrics, "bg_only_confidence", "bg_only confidence histogram"),
+    ]
 
 
 def _where_it_looks(metrics: dict[str, Any]) -> list[str]:
     models = metrics["models"]
     names, m = list(models), _getter(models)
     cam_method = next((models[n]["cam"]["method"] for n in names), "cam")
-    out = ["## Where the model looks", "",
-           f"Fraction of the positive {CAM_METHOD_NAMES[cam_method]} energy for the labelled class (upsampled to the "
-           "network input) that falls inside the labelled boxes, averaged over val images with boxes. "
-           "The box area fraction is what a uniform map would score.", ""]
-    rows = [("energy inside boxes (val)", m("cam", "mean_energy_inside_boxes"), ".3f"),
-            ("box area fraction (val)", m("cam", "mean_box_area_fraction"), ".3f"),
-            ("images", m("cam", "n"), "d"), ("left out", lambda n: _skips(models[n]["cam"]), "")]
+    out = [
+        "## Where the model looks",
+        "",
+        f"Fraction of the positive {CAM_METHOD_NAMES[cam_method]} energy for the labelled class "
+        "(upsampled to the network input) that falls inside the labelled boxes, averaged over "
+        "val images with boxes. The box area fraction is what a uniform map would score.",
+        "",
+    ]
+    rows = [
+        ("energy inside boxes (val)", m("cam", "mean_energy_inside_boxes"), ".3f"),
+        ("box area fraction (val)", m("cam", "mean_box_area_fraction"), ".3f"),
+        ("images", m("cam", "n"), "d"),
+        ("left out", lambda n: _skips(models[n]["cam"]), ""),
+    ]
     if any(_get(models[n], "variants", "val_mixed", "cam") for n in names):
-        rows += [("energy inside boxes (val_mixed)", m("variants", "val_mixed", "cam", "mean_energy_inside_boxes"),
-                  ".3f"),
-                 ("box area fraction (val_mixed)", m("variants", "val_mixed", "cam", "mean_box_area_fraction"), ".3f")]
+        rows += [
+            (
+                "energy inside boxes (val_mixed)",
+                m("variants", "val_mixed", "cam", "mean_energy_inside_boxes"),
+                ".3f",
+            ),
+            (
+                "box area fraction (val_mixed)",
+                m("variants", "val_mixed", "cam", "mean_box_area_fraction"),
+                ".3f",
+            ),
+        ]
     return [*out, _table(names, rows), *_figure(metrics, "cam_grid", "class activation maps")]
 
 
@@ -191,17 +273,30 @@ def _headline(metrics: dict[str, Any]) -> list[str]:
     out = ["## Headline: confidence from context alone, model / baseline", ""]
     if not comps:
         return out + [f"Only the baseline `{head['baseline']}` was evaluated: no ratio to report."]
-    out.append(f"Ratio of mean confidence on context-only images, each model over the baseline "
-               f"`{head['baseline']}`, in three forms. Absolute alone misleads when a model is less confident "
-               "everywhere; with few classes the chance floor 1/K caps any absolute ratio. In brackets: 95% "
-               f"intervals ({head.get('interval_method', 'bootstrap')}).")
+    out.append(
+        "Ratio of mean confidence on context-only images, each model over the baseline "
+        f"`{head['baseline']}`, in three forms. Absolute alone misleads when a model is less "
+        "confident everywhere; with few classes the chance floor 1/K caps any absolute ratio. In "
+        f"brackets: 95% intervals ({head.get('interval_method', 'bootstrap')})."
+    )
     cols = list(comps)
     for source in ("bg_only", "outside_crop", "val_bg_only"):
         if not any(source in comps[c] for c in cols):
             continue
-        out += ["", f"### {source}" + (" (primary)" if source == head["primary_source"] else ""), ""]
-        out.append(_table(cols, [(label, lambda c, k=key, s=source: with_interval(comps[c].get(s), k), "")
-                                 for key, label in FORMS]))
+        out += [
+            "",
+            f"### {source}" + (" (primary)" if source == head["primary_source"] else ""),
+            "",
+        ]
+        out.append(
+            _table(
+                cols,
+                [
+                    (label, lambda c, k=key, s=source: with_interval(comps[c].get(s), k), "")
+                    for key, label in FORMS
+                ],
+            )
+        )
         out.append("")
         out += [f"- {comps[c][source]['sentence']}" for c in cols if source in comps[c]]
     fills = fill_section(metrics)
@@ -222,7 +317,11 @@ def fill_section(metrics: dict[str, Any]) -> list[str]:
     models, comps = metrics["models"], fills.get("comparisons", {})
     baseline = metrics["headline"]["baseline"]
     names = list(models)
-    order = [f for f in ("black", "mean", "blur") if all(f in models[n].get("bg_only_by_fill", {}) for n in names)]
+    order = [
+        f
+        for f in ("black", "mean", "blur")
+        if all(f in models[n].get("bg_only_by_fill", {}) for n in names)
+    ]
     if len(order) < 2:
         return []
     cols = [f"bg_only, {f} fill" + (" (headline)" if f == fills["primary"] else "") for f in order]
@@ -231,59 +330,115 @@ def fill_section(metrics: dict[str, Any]) -> list[str]:
 
     def by_col(n: str) -> list[tuple[dict[str, Any] | None, dict[str, Any] | None]]:
         """(the model's summary, its comparison with the baseline) per column."""
-        return ([(models[n]["bg_only_by_fill"][f], comps.get(n, {}).get(f)) for f in order]
-                + [(models[n]["variants"].get("outside_crop"), head.get(n, {}).get("outside_crop"))])
+        return [(models[n]["bg_only_by_fill"][f], comps.get(n, {}).get(f)) for f in order] + [
+            (models[n]["variants"].get("outside_crop"), head.get(n, {}).get("outside_crop"))
+        ]
 
     rows = []
     for n in names:
         val = models[n]["val"]["mean_confidence"]
-        rows.append([f"{n}: mean confidence", *(_num(_get(v or {}, "mean_confidence"), ".3f") for v, _ in by_col(n))])
-        rows.append([f"{n}: / own val confidence",
-                     *(_num(v["mean_confidence"] / val if v and v.get("n") else None, ".3f") for v, _ in by_col(n))])
+        rows.append(
+            [
+                f"{n}: mean confidence",
+                *(_num(_get(v or {}, "mean_confidence"), ".3f") for v, _ in by_col(n)),
+            ]
+        )
+        rows.append(
+            [
+                f"{n}: / own val confidence",
+                *(
+                    _num(v["mean_confidence"] / val if v and v.get("n") else None, ".3f")
+                    for v, _ in by_col(n)
+                ),
+            ]
+        )
     sentences = []
     for n in (n for n in names if n != baseline):
         cells = by_col(n)
-        rows.append([f"{n} / {baseline}: absolute", *(with_interval(h, "ratio_absolute") for _, h in cells)])
-        rows.append([f"{n} / {baseline}: relative to own val",
-                     *(with_interval(h, "ratio_relative_to_val") for _, h in cells)])
+        rows.append(
+            [f"{n} / {baseline}: absolute", *(with_interval(h, "ratio_absolute") for _, h in cells)]
+        )
+        rows.append(
+            [
+                f"{n} / {baseline}: relative to own val",
+                *(with_interval(h, "ratio_relative_to_val") for _, h in cells),
+            ]
+        )
         words = [_direction(h) for _, h in cells]
         rows.append([f"{n} vs {baseline}: context reliance", *words])
         if len(set(words)) == 1:
-            sentences.append(f"- {n} vs {baseline}: every fill and outside_crop agree (relative to own val "
-                             f"confidence: {words[0]}).")
+            sentences.append(
+                f"- {n} vs {baseline}: every fill and outside_crop agree (relative to own val "
+                f"confidence: {words[0]})."
+            )
         else:
             said = ", ".join(f"{c.split(' (')[0]} says {w}" for c, w in zip(cols, words))
-            sentences.append(f"- {n} vs {baseline}: **the verdict depends on the fill** ({said}); bg_only alone "
-                             "does not settle whether it relies on context less.")
-    return ["### bg_only under each fill", "",
-            "The same images with the labelled boxes filled black, with the normalisation mean, or with a blur of "
-            "the image, beside `outside_crop` (context without any fill). Each fill adds or leaks something "
-            "(docs/als.md, \"Context-only views\"); a verdict that changes with the fill is not a verdict. "
-            "lower / alike / higher: the 95% interval of the relative ratio lies below 1 / includes 1 / lies "
-            "above 1.", "",
-            markdown_table(rows, ["", *cols], colalign=("left",) + ("right",) * len(cols)), "", *sentences]
+            sentences.append(
+                f"- {n} vs {baseline}: **the verdict depends on the fill** ({said}); bg_only alone "
+                "does not settle whether it relies on context less."
+            )
+    return [
+        "### bg_only under each fill",
+        "",
+        "The same images with the labelled boxes filled black, with the normalisation mean, or "
+        "with a blur of the image, beside `outside_crop` (context without any fill). Each fill "
+        "adds or leaks something (docs/als.md, \"Context-only views\"); a verdict that changes "
+        "with the fill is not a verdict. lower / alike / higher: the 95% interval of the relative "
+        "ratio lies below 1 / includes 1 / lies above 1.",
+        "",
+        markdown_table(rows, ["", *cols], colalign=("left",) + ("right",) * len(cols)),
+        "",
+        *sentences,
+    ]
 
 
 def render_report(metrics: dict[str, Any]) -> str:
     """The Markdown text of the report (figures referenced by relative links)."""
     models, data = metrics["models"], metrics["data"]
     names, m = list(models), _getter(models)
-    out = [f"# Evaluation: {', '.join(names)}", "",
-           f"Data: `{data['root']}` split `{data['split']}`, {data['images_evaluated']} of "
-           f"{data['images_in_index']} indexed images evaluated ({data['with_boxes']} with boxes), "
-           f"{len(data['classes'])} classes; run on {data['world_size']} process(es), device {data['device']}. "
-           f"Fill for box variants: `{metrics['options']['fill']}`."
-           + (f" Wall time {metrics['wall_time_s']:.0f} s." if metrics.get("wall_time_s") is not None else "")]
+    out = [
+        f"# Evaluation: {', '.join(names)}",
+        "",
+        f"Data: `{data['root']}` split `{data['split']}`, {data['images_evaluated']} of "
+        f"{data['images_in_index']} indexed images evaluated ({data['with_boxes']} with boxes), "
+        f"{len(data['classes'])} classes; run on {data['world_size']} process(es), device "
+        f"{data['device']}. Fill for box variants: `{metrics['options']['fill']}`."
+        + (
+            f" Wall time {metrics['wall_time_s']:.0f} s."
+            if metrics.get("wall_time_s") is not None
+            else ""
+        ),
+    ]
     shown = data.get("class_names") or data["classes"]
     if len(shown) <= 20:
         out += ["", "Classes: " + ", ".join(shown) + "."]
     out += ["", *_checkpoints(metrics), "", "## Classification", ""]
-    out.append(_table(names, [("top-1", m("val", "top1"), ".2%"), ("top-5", m("val", "top5"), ".2%"),
-                              ("NLL", m("val", "nll"), ".4f"), ("images", m("val", "n"), "d"),
-                              ("left out", lambda n: _skips(models[n]["val"]), "")]))
-    out += ["", *_calibration(metrics), "", *_context(metrics), "", *_where_it_looks(metrics), "",
-            *_headline(metrics), ""]
-    out.append("Versions: " + ", ".join(f"{k} {v}" for k, v in metrics.get("versions", {}).items()) + ".")
+    out.append(
+        _table(
+            names,
+            [
+                ("top-1", m("val", "top1"), ".2%"),
+                ("top-5", m("val", "top5"), ".2%"),
+                ("NLL", m("val", "nll"), ".4f"),
+                ("images", m("val", "n"), "d"),
+                ("left out", lambda n: _skips(models[n]["val"]), ""),
+            ],
+        )
+    )
+    out += [
+        "",
+        *_calibration(metrics),
+        "",
+        *_context(metrics),
+        "",
+        *_where_it_looks(metrics),
+        "",
+        *_headline(metrics),
+        "",
+    ]
+    out.append(
+        "Versions: " + ", ".join(f"{k} {v}" for k, v in metrics.get("versions", {}).items()) + "."
+    )
     return "\n".join(out) + "\n"
 
 
@@ -293,8 +448,16 @@ def _draw_cam_grid(entry: dict[str, Any], out: Path) -> Path:
         images = list(data["images"])
         cams = {name: list(data[f"cam_{i}"]) for i, name in enumerate(entry["models"])}
     per_row = [boxes[boxes[:, 0] == r, 1:] for r in range(len(images))]
-    return cam_grid(images, per_row, cams, entry["titles"], entry["rows"], out / "cam_grid.png", entry["method"],
-                    entry.get("files"))
+    return cam_grid(
+        images,
+        per_row,
+        cams,
+        entry["titles"],
+        entry["rows"],
+        out / "cam_grid.png",
+        entry["method"],
+        entry.get("files"),
+    )
 
 
 def write_evaluation(metrics: dict[str, Any], out_dir: str | Path) -> Path:
@@ -304,14 +467,20 @@ def write_evaluation(metrics: dict[str, Any], out_dir: str | Path) -> Path:
     models = metrics["models"]
     figs = metrics.setdefault("figures", {})
     scaled = {n: m["temperature_scaling"] for n, m in models.items() if "temperature_scaling" in m}
-    figs["reliability"] = reliability_diagrams({n: m["val"] for n, m in models.items()}, out / "reliability.png",
-                                               scaled).name
-    hists = {n: m["variants"]["bg_only"]["confidence_histogram"] for n, m in models.items()
-             if _get(m, "variants", "bg_only", "confidence_histogram")}
+    figs["reliability"] = reliability_diagrams(
+        {n: m["val"] for n, m in models.items()}, out / "reliability.png", scaled
+    ).name
+    hists = {
+        n: m["variants"]["bg_only"]["confidence_histogram"]
+        for n, m in models.items()
+        if _get(m, "variants", "bg_only", "confidence_histogram")
+    }
     if hists:
         figs["bg_only_confidence"] = confidence_histograms(
-            hists, f"bg_only ({metrics['options']['fill']} fill): max softmax confidence",
-            out / "bg_only_confidence.png").name
+            hists,
+            f"bg_only ({metrics['options']['fill']} fill): max softmax confidence",
+            out / "bg_only_confidence.png",
+        ).name
     if metrics.get("cam_grid"):
         figs["cam_grid"] = _draw_cam_grid(metrics["cam_grid"], out).name
     add_sentences(metrics)

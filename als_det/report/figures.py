@@ -4,6 +4,7 @@ the CAM grid; `save_figure` writes every figure of the suite.
 Each figure has a `*_figure` function that returns the drawn `Figure` (tests inspect it) and a
 wrapper that saves it.
 """
+
 from __future__ import annotations
 
 import io
@@ -25,7 +26,8 @@ CAM_COLOURMAP = "jet"
 
 
 def save_figure(fig: Figure, path: str | Path) -> Path:
-    """Lay out `fig` (tight, unless it has its own layout engine) and write it as a PNG, atomically."""
+    """Lay out `fig` (tight, unless it has its own layout engine) and write it as a PNG,
+    atomically."""
     if fig.get_layout_engine() is None:
         fig.tight_layout()
     buf = io.BytesIO()
@@ -46,20 +48,49 @@ def _reliability_panel(ax: Axes, count_ax: Axes, bins: dict[str, Any], title: st
     acc, conf = _nan_for_none(bins["accuracy"]), _nan_for_none(bins["confidence"])
     counts = np.asarray(bins["counts"])
     filled = counts > 0
-    ax.bar(centres[filled], acc[filled], width=width[filled], color="tab:blue", alpha=0.75, edgecolor="black",
-           linewidth=0.5, label="accuracy in bin")
-    ax.hlines(conf[filled], edges[:-1][filled], edges[1:][filled], colors="tab:red", linewidth=2,
-              label="mean confidence in bin")
+    ax.bar(
+        centres[filled],
+        acc[filled],
+        width=width[filled],
+        color="tab:blue",
+        alpha=0.75,
+        edgecolor="black",
+        linewidth=0.5,
+        label="accuracy in bin",
+    )
+    ax.hlines(
+        conf[filled],
+        edges[:-1][filled],
+        edges[1:][filled],
+        colors="tab:red",
+        linewidth=2,
+        label="mean confidence in bin",
+    )
     ax.plot([0, 1], [0, 1], "k--", linewidth=1, label="perfect calibration")
     ax.set_xlim(0, 1)
     ax.set_ylim(0, 1)
     ax.set_ylabel("accuracy")
     ax.set_title(title, fontsize=8)
     ax.tick_params(labelbottom=False)
-    count_ax.bar(centres[filled], counts[filled], width=width[filled], color="0.6", edgecolor="black", linewidth=0.5)
+    count_ax.bar(
+        centres[filled],
+        counts[filled],
+        width=width[filled],
+        color="0.6",
+        edgecolor="black",
+        linewidth=0.5,
+    )
     for x, c in zip(centres[filled], counts[filled]):
-        count_ax.annotate(str(int(c)), (x, c), xytext=(0, 1), textcoords="offset points", ha="center",
-                          va="bottom", fontsize=5.5, rotation=90)
+        count_ax.annotate(
+            str(int(c)),
+            (x, c),
+            xytext=(0, 1),
+            textcoords="offset points",
+            ha="center",
+            va="bottom",
+            fontsize=5.5,
+            rotation=90,
+        )
     count_ax.set_xlim(0, 1)
     count_ax.set_ylim(0, 1.6 * max(int(counts.max()), 1))
     count_ax.set_ylabel("images", fontsize=7)
@@ -68,13 +99,18 @@ def _reliability_panel(ax: Axes, count_ax: Axes, bins: dict[str, Any], title: st
 
 
 def _scaled_title(name: str, ts: dict[str, Any]) -> str:
-    t = f"T = {ts['temperature']:.3g}" + (": DEGENERATE FIT, see report" if ts.get("degenerate") else "")
-    return (f"{name} after temperature scaling\n{t}\nheld-out {ts['n_eval']} images: ECE "
-            f"{ts['before']['ece']:.3f} \u2192 {ts['after']['ece']:.3f}")
+    t = f"T = {ts['temperature']:.3g}" + (
+        ": DEGENERATE FIT, see report" if ts.get("degenerate") else ""
+    )
+    return (
+        f"{name} after temperature scaling\n{t}\nheld-out {ts['n_eval']} images: ECE "
+        f"{ts['before']['ece']:.3f} \u2192 {ts['after']['ece']:.3f}"
+    )
 
 
-def reliability_figure(models: dict[str, dict[str, Any]],
-                       scaled: dict[str, dict[str, Any]] | None = None) -> Figure:
+def reliability_figure(
+    models: dict[str, dict[str, Any]], scaled: dict[str, dict[str, Any]] | None = None
+) -> Figure:
     """A column per model: its reliability diagram on val with images per bin below; with `scaled`
     (model -> `temperature_scaling_report`), a second pair of rows after temperature scaling on the
     held-out part. `models[name]` is a `calibration_metrics` dict (with "bins")."""
@@ -84,32 +120,52 @@ def reliability_figure(models: dict[str, dict[str, Any]],
     axes = fig.subplots(2 * sections, len(names), squeeze=False, height_ratios=[3, 1] * sections)
     for col, name in enumerate(names):
         m = models[name]
-        _reliability_panel(axes[0][col], axes[1][col], m["bins"],
-                           f"{name}: val, {m['n']} images\nECE {m['ece']:.3f}, top-1 {m['top1']:.1%}")
+        _reliability_panel(
+            axes[0][col],
+            axes[1][col],
+            m["bins"],
+            f"{name}: val, {m['n']} images\nECE {m['ece']:.3f}, top-1 {m['top1']:.1%}",
+        )
         if not scaled:
             continue
         ts = scaled.get(name)
         if ts and ts.get("after"):
-            _reliability_panel(axes[2][col], axes[3][col], ts["after"]["bins"], _scaled_title(name, ts))
+            _reliability_panel(
+                axes[2][col], axes[3][col], ts["after"]["bins"], _scaled_title(name, ts)
+            )
         else:
             why = ts.get("reason", "no fit") if ts else "not temperature-scaled"
             for ax in (axes[2][col], axes[3][col]):
                 ax.set_axis_off()
-            axes[2][col].text(0.5, 0.5, f"{name}: no temperature-scaled panel\n({why})", ha="center",
-                              va="center", fontsize=8, wrap=True, transform=axes[2][col].transAxes)
+            axes[2][col].text(
+                0.5,
+                0.5,
+                f"{name}: no temperature-scaled panel\n({why})",
+                ha="center",
+                va="center",
+                fontsize=8,
+                wrap=True,
+                transform=axes[2][col].transAxes,
+            )
     handles, labels = axes[0][0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="outside lower center", ncols=len(labels), fontsize=7, frameon=False)
+    fig.legend(
+        handles, labels, loc="outside lower center", ncols=len(labels), fontsize=7, frameon=False
+    )
     return fig
 
 
-def reliability_diagrams(models: dict[str, dict[str, Any]], path: str | Path,
-                         scaled: dict[str, dict[str, Any]] | None = None) -> Path:
+def reliability_diagrams(
+    models: dict[str, dict[str, Any]],
+    path: str | Path,
+    scaled: dict[str, dict[str, Any]] | None = None,
+) -> Path:
     """`reliability_figure`, written to `path`."""
     return save_figure(reliability_figure(models, scaled), path)
 
 
 def confidence_histograms(hists: dict[str, dict[str, Any]], title: str, path: str | Path) -> Path:
-    """Overlaid step histograms of max-softmax confidence, one line per model (fractions of images)."""
+    """Overlaid step histograms of max-softmax confidence, one line per model (fractions of
+    images)."""
     fig = Figure(figsize=(5.5, 3.6))
     ax = fig.subplots()
     for name, h in hists.items():
@@ -128,12 +184,22 @@ def confidence_histograms(hists: dict[str, dict[str, Any]], title: str, path: st
 
 def _draw_boxes(ax: Axes, boxes: np.ndarray) -> None:
     for x0, y0, x1, y1 in np.asarray(boxes).reshape(-1, 4):
-        ax.add_patch(Rectangle((x0 - 0.5, y0 - 0.5), x1 - x0, y1 - y0, fill=False, edgecolor="white", linewidth=1.5))
+        ax.add_patch(
+            Rectangle(
+                (x0 - 0.5, y0 - 0.5), x1 - x0, y1 - y0, fill=False, edgecolor="white", linewidth=1.5
+            )
+        )
 
 
-def cam_grid_figure(images: Sequence[np.ndarray], boxes: Sequence[np.ndarray], cams: dict[str, Sequence[np.ndarray]],
-                    titles: dict[str, Sequence[str]], row_labels: Sequence[str], method: str,
-                    files: Sequence[str] | None = None) -> Figure:
+def cam_grid_figure(
+    images: Sequence[np.ndarray],
+    boxes: Sequence[np.ndarray],
+    cams: dict[str, Sequence[np.ndarray]],
+    titles: dict[str, Sequence[str]],
+    row_labels: Sequence[str],
+    method: str,
+    files: Sequence[str] | None = None,
+) -> Figure:
     """A row per image: the input with its boxes (titled by its class `row_labels[i]`, the file
     `files[i]` in small print below), then each model's map, each scaled to its own peak, on one
     colour bar.
@@ -154,7 +220,9 @@ def cam_grid_figure(images: Sequence[np.ndarray], boxes: Sequence[np.ndarray], c
             if c > 0:
                 cam = np.clip(cams[names[c - 1]][r], 0, None)
                 peak = cam.max()
-                ax.imshow(cam / peak if peak > 0 else cam, cmap=CAM_COLOURMAP, alpha=0.5, vmin=0, vmax=1)
+                ax.imshow(
+                    cam / peak if peak > 0 else cam, cmap=CAM_COLOURMAP, alpha=0.5, vmin=0, vmax=1
+                )
                 ax.set_title(f"{names[c - 1]}\n{titles[names[c - 1]][r]}", fontsize=8)
             else:
                 ax.set_title(row_labels[r], fontsize=9, fontweight="bold")
@@ -163,16 +231,29 @@ def cam_grid_figure(images: Sequence[np.ndarray], boxes: Sequence[np.ndarray], c
             _draw_boxes(ax, boxes[r])
             ax.set_xticks([])
             ax.set_yticks([])
-    bar = fig.colorbar(ScalarMappable(Normalize(0, 1), cmap=CAM_COLOURMAP), ax=axes[:, 1:].ravel().tolist(),
-                       shrink=min(1.0, 0.9 / rows + 0.3), aspect=25)
+    bar = fig.colorbar(
+        ScalarMappable(Normalize(0, 1), cmap=CAM_COLOURMAP),
+        ax=axes[:, 1:].ravel().tolist(),
+        shrink=min(1.0, 0.9 / rows + 0.3),
+        aspect=25,
+    )
     bar.set_label(f"{label}, positive part / its peak (each map)", fontsize=7)
     bar.ax.tick_params(labelsize=7)
     fig.suptitle(f"{label} of the labelled class (white: labelled boxes)", fontsize=9)
     return fig
 
 
-def cam_grid(images: Sequence[np.ndarray], boxes: Sequence[np.ndarray], cams: dict[str, Sequence[np.ndarray]],
-             titles: dict[str, Sequence[str]], row_labels: Sequence[str], path: str | Path, method: str,
-             files: Sequence[str] | None = None) -> Path:
+def cam_grid(
+    images: Sequence[np.ndarray],
+    boxes: Sequence[np.ndarray],
+    cams: dict[str, Sequence[np.ndarray]],
+    titles: dict[str, Sequence[str]],
+    row_labels: Sequence[str],
+    path: str | Path,
+    method: str,
+    files: Sequence[str] | None = None,
+) -> Path:
     """`cam_grid_figure`, written to `path`."""
-    return save_figure(cam_grid_figure(images, boxes, cams, titles, row_labels, method, files), path)
+    return save_figure(
+        cam_grid_figure(images, boxes, cams, titles, row_labels, method, files), path
+    )

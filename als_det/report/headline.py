@@ -1,13 +1,16 @@
 """The headline comparisons of an evaluation (`als_det.metrics.context.headline`) in words: one
 sentence per model and context-only source, said from the numbers and their intervals."""
+
 from __future__ import annotations
 
 import math
 from typing import Any
 
-ONE_CHECKPOINT_EACH = ("These are two trained checkpoints: the intervals cover the choice of images, not training "
-                       "seeds, and another seed can move or flip the direction (a sweep or `make demo SEEDS=3` "
-                       "measures that spread).")
+ONE_CHECKPOINT_EACH = (
+    "These are two trained checkpoints: the intervals cover the choice of images, not training "
+    "seeds, and another seed can move or flip the direction (a sweep or `make demo SEEDS=3` "
+    "measures that spread)."
+)
 
 
 def _fmt(v: float | None, spec: str = ".2f") -> str:
@@ -30,36 +33,60 @@ def headline_sentence(h: dict[str, Any], models: dict[str, dict[str, Any]]) -> s
     ece_a, ece_b = models[h["model"]]["val"]["ece"], models[h["baseline"]]["val"]["ece"]
     a, b, s = h["model"], h["baseline"], h["source"]
     ca, cb = h["confidence"][a], h["confidence"][b]
-    absolute, val_ratio, rel = h["ratio_absolute"], h["ratio_val_confidence"], h["ratio_relative_to_val"]
+    absolute, val_ratio, rel = (
+        h["ratio_absolute"],
+        h["ratio_val_confidence"],
+        h["ratio_relative_to_val"],
+    )
     unchanged = _includes_one(h, "ratio_absolute")
     verb = "leaves" if unchanged else ("lowers" if ca < cb else "raises")
-    parts = [f"{a} {verb} mean {s} confidence {'about unchanged, ' if unchanged else ''}from {cb:.2f} ({b}) to "
-             f"{ca:.2f} ({ca - cb:+.2f} absolute, ratio {_fmt(absolute)}{_ci(h, 'ratio_absolute')}; ratio above "
-             f"chance {_fmt(h['ratio_above_chance'])} with K={h['num_classes']})."]
+    parts = [
+        f"{a} {verb} mean {s} confidence {'about unchanged, ' if unchanged else ''}from {cb:.2f} "
+        f"({b}) to {ca:.2f} ({ca - cb:+.2f} absolute, ratio "
+        f"{_fmt(absolute)}{_ci(h, 'ratio_absolute')}; ratio above chance "
+        f"{_fmt(h['ratio_above_chance'])} with K={h['num_classes']})."
+    ]
     wa, wb = h["val_confidence"][a], h["val_confidence"][b]
-    parts.append(f"On intact val its mean confidence is {wa:.2f} vs {wb:.2f} (ratio {val_ratio:.2f}), "
-                 f"top-1 {top1_a:.1%} vs {top1_b:.1%}, ECE {ece_a:.3f} vs {ece_b:.3f}.")
+    parts.append(
+        f"On intact val its mean confidence is {wa:.2f} vs {wb:.2f} (ratio {val_ratio:.2f}), "
+        f"top-1 {top1_a:.1%} vs {top1_b:.1%}, ECE {ece_a:.3f} vs {ece_b:.3f}."
+    )
     ra, rb = h["relative_to_val"][a], h["relative_to_val"][b]
-    parts.append(f"Relative to each model's own val confidence, {s}/val is {ra:.2f} for {a} and {rb:.2f} for {b} "
-                 f"(ratio {rel:.2f}{_ci(h, 'ratio_relative_to_val')}):")
+    parts.append(
+        f"Relative to each model's own val confidence, {s}/val is {ra:.2f} for {a} "
+        f"and {rb:.2f} for {b} (ratio {rel:.2f}{_ci(h, 'ratio_relative_to_val')}):"
+    )
     if absolute is not None and absolute < 1 and not unchanged:
         if val_ratio >= 1:
             parts.append(f"none of the {s} drop comes from lower val confidence,")
         else:
             share = math.log(val_ratio) / math.log(absolute)
-            parts.append(f"the lower val confidence accounts for all of the {s} drop in log terms," if share >= 1 else
-                         f"the lower val confidence accounts for {share:.0%} of the {s} drop in log terms,")
+            parts.append(
+                f"the lower val confidence accounts for all of the {s} drop in log terms,"
+                if share >= 1
+                else "the lower val confidence accounts for "
+                f"{share:.0%} of the {s} drop in log terms,"
+            )
     if _includes_one(h, "ratio_relative_to_val"):
-        parts.append(f"so once overall confidence is accounted for, {a} and {b} rely on context alike "
-                     "(the interval includes 1).")
+        parts.append(
+            f"so once overall confidence is accounted for, {a} and {b} rely on context alike "
+            "(the interval includes 1)."
+        )
     elif rel < 1:
-        parts.append(f"so {a} relies less on context than {b} even after accounting for its overall confidence "
-                     f"(by a factor {rel:.2f}).")
+        parts.append(
+            f"so {a} relies less on context than {b} even after accounting "
+            f"for its overall confidence (by a factor {rel:.2f})."
+        )
     elif h["intervals_95"].get("ratio_relative_to_val"):
-        parts.append(f"so relative to its own val confidence, {a} relies on context more than {b} "
-                     f"(by a factor {rel:.2f}).")
+        parts.append(
+            f"so relative to its own val confidence, {a} relies on context more than {b} "
+            f"(by a factor {rel:.2f})."
+        )
     else:
-        parts.append(f"so once its overall confidence is accounted for, {a} relies on context no less than {b}.")
+        parts.append(
+            "so once its overall confidence is accounted "
+            f"for, {a} relies on context no less than {b}."
+        )
     parts.append(ONE_CHECKPOINT_EACH)
     return " ".join(parts)
 

@@ -10,6 +10,7 @@ must be a new seed (another pretraining seed or fine-tuning seed): a run whose t
 those of a run already in the row (the same run copied, a rerun of that seed, an `--eval-only` run
 of the same weights) is a duplicate, reported and counted once.
 """
+
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
@@ -56,8 +57,10 @@ class Duplicate:
     why: str
 
 
-OLD_RESULTS = ("results.json files written before this record existed cannot be pooled safely: "
-               "re-run the fine-tuning")
+OLD_RESULTS = (
+    "results.json files written before this record existed cannot be pooled safely: "
+    "re-run the fine-tuning"
+)
 
 
 def _field(file: Path, data: Mapping[str, Any], *keys: str, why: str = OLD_RESULTS) -> Any:
@@ -74,7 +77,9 @@ def _recipe(file: Path, pretrain_yaml: str) -> tuple[dict[str, Any], int]:
     try:
         flat = saved_config(pretrain_yaml)
     except (yaml.YAMLError, KeyError, ValueError, TypeError) as e:
-        raise ResultsError(f"{file}: backbone.pretrain_config is not a readable pretraining config: {e}") from e
+        raise ResultsError(
+            f"{file}: backbone.pretrain_config is not a readable pretraining config: {e}"
+        ) from e
     return {k: v for k, v in flat.items() if k not in RUNTIME_KEYS and k != "SEED"}, flat["SEED"]
 
 
@@ -83,23 +88,36 @@ def read_identity(file: Path, data: Mapping[str, Any]) -> RunIdentity:
     missing record otherwise."""
     test = _field(file, data, "test_dataset")
     backbone = _field(file, data, "backbone")
-    recipe, config_seed = _recipe(file, _field(
-        file, data, "backbone", "pretrain_config",
-        why="the backbone records no pretraining config (was it converted from an als_det pretraining checkpoint?), "
-            "so neither its recipe nor its seed can be checked"))
+    recipe, config_seed = _recipe(
+        file,
+        _field(
+            file,
+            data,
+            "backbone",
+            "pretrain_config",
+            why="the backbone records no pretraining config (was it converted from an als_det "
+            "pretraining checkpoint?), so neither its recipe nor its seed can be checked",
+        ),
+    )
     eval_only = bool(data.get("eval_only", False))
     if eval_only and data.get("training") is None:
-        raise ResultsError(f"{file}: an --eval-only run of weights that do not record how they were fine-tuned, "
-                           "so the seed it measures is unknown; compare the fine-tuning run itself")
+        raise ResultsError(
+            f"{file}: an --eval-only run of weights that do not record how they were fine-tuned, "
+            "so the seed it measures is unknown; compare the fine-tuning run itself"
+        )
     pretrain_seed = int(backbone.get("pretrain_seed", config_seed))
     return RunIdentity(
-        test_set=test, test_sha256=_field(file, data, "datasets", test, "json_sha256"),
+        test_set=test,
+        test_sha256=_field(file, data, "datasets", test, "json_sha256"),
         config=_field(file, data, "detection_config", "values"),
         config_fingerprint=_field(file, data, "detection_config", "fingerprint"),
         iterations=int(_field(file, data, "iterations")),
         train_sets=tuple(sorted(_field(file, data, "training", "train_sets").values())),
-        recipe=recipe, seeds=(pretrain_seed, int(_field(file, data, "training", "seed"))),
-        backbone=backbone.get("source_sha256") or _field(file, data, "backbone", "sha256"), eval_only=eval_only)
+        recipe=recipe,
+        seeds=(pretrain_seed, int(_field(file, data, "training", "seed"))),
+        backbone=backbone.get("source_sha256") or _field(file, data, "backbone", "sha256"),
+        eval_only=eval_only,
+    )
 
 
 def check_one_experiment(runs: Sequence[HasIdentity]) -> None:
@@ -109,23 +127,32 @@ def check_one_experiment(runs: Sequence[HasIdentity]) -> None:
     for r in runs:
         by_test.setdefault(r.identity.test_sha256, []).append(r)
     if len(by_test) > 1:
-        sets = "; ".join(f"{group[0].identity.test_set} (json sha256 {sha[:12]}...): "
-                         + ", ".join(str(r.path) for r in group) for sha, group in by_test.items())
-        raise ResultsError(f"refusing to pool or compare runs evaluated on different test sets: {sets}. "
-                           "AP on different test sets measures different things; compare runs of one test set")
+        sets = "; ".join(
+            f"{group[0].identity.test_set} (json sha256 {sha[:12]}...): "
+            + ", ".join(str(r.path) for r in group)
+            for sha, group in by_test.items()
+        )
+        raise ResultsError(
+            f"refusing to pool or compare runs evaluated on different test sets: {sets}. "
+            "AP on different test sets measures different things; compare runs of one test set"
+        )
     first = runs[0]
     for r in runs[1:]:
         problems = _differences(first.identity, r.identity)
         if problems:
-            raise ResultsError(f"{r.path} and {first.path} are runs of different experiments and cannot be pooled "
-                               f"or compared: {'; '.join(problems)}. Compare runs of one detection config, "
-                               "schedule and training data")
+            raise ResultsError(
+                f"{r.path} and {first.path} are runs of different experiments and cannot be pooled "
+                f"or compared: {'; '.join(problems)}. Compare runs of one detection config, "
+                "schedule and training data"
+            )
 
 
 def _differences(a: RunIdentity, b: RunIdentity) -> list[str]:
     problems = []
     if a.config_fingerprint != b.config_fingerprint:
-        keys = sorted(k for k in set(a.config) | set(b.config) if a.config.get(k) != b.config.get(k))
+        keys = sorted(
+            k for k in set(a.config) | set(b.config) if a.config.get(k) != b.config.get(k)
+        )
         shown = ", ".join(f"{k} {b.config.get(k)!r} vs {a.config.get(k)!r}" for k in keys[:_SHOW])
         more = f" (and {len(keys) - _SHOW} more)" if len(keys) > _SHOW else ""
         problems.append(f"detection config differs: {shown or 'fingerprints differ'}{more}")
@@ -158,7 +185,10 @@ def drop_duplicates(runs: Sequence[HasIdentity]) -> tuple[list[HasIdentity], lis
         elif r.identity.backbone == seen.identity.backbone:
             why = "same backbone and seeds"
         else:
-            why = "same seeds from another copy of the pretraining (a rerun of that seed, not a new seed)"
+            why = (
+                "same seeds from another copy of the pretraining "
+                "(a rerun of that seed, not a new seed)"
+            )
         duplicates.append(Duplicate(r.path, seen.path, why))
     order = {id(r): i for i, r in enumerate(runs)}
     return sorted(kept.values(), key=lambda r: order[id(r)]), duplicates

@@ -1,4 +1,5 @@
-"""Evaluated sweep cells (setting x seed x training length) -> tables, trade-off figures, one report.
+"""Evaluated sweep cells (setting x seed x training length) -> tables, trade-off figures, one
+report.
 
 A cell is one pretraining run (its OUTPUT_DIR: metrics.jsonl, last.pth) and the `tools/evaluate.py`
 metrics.json that holds its evaluation. Every cell is compared with the baseline setting (hard) of
@@ -7,6 +8,7 @@ evaluation's own `headline_comparison`, so the three ratio forms are exactly tho
 evaluation reports. Across seeds: mean ± sample std, and for the paired quantities (differences
 and ratios to the baseline) a 95% Student-t interval over seeds (`als_det.metrics.intervals`).
 """
+
 from __future__ import annotations
 
 import json
@@ -23,11 +25,14 @@ from als_det.metrics.context import headline_comparison
 from als_det.metrics.intervals import t_interval
 
 SOURCES = ("bg_only", "outside_crop", "val_bg_only")
-FORMS = (("ratio_absolute", "absolute"), ("ratio_above_chance", "above chance"),
-         ("ratio_relative_to_val", "relative to own val confidence"))
+FORMS = (
+    ("ratio_absolute", "absolute"),
+    ("ratio_above_chance", "above chance"),
+    ("ratio_relative_to_val", "relative to own val confidence"),
+)
 PAIRED_PREFIXES = ("d_", "ratio_")
 DATA_KEYS = ("root", "split", "images_evaluated", "classes")
-NEUTRAL_POINTS = 1.0   # "accuracy-neutral": a mean top-1 cost of at most this many points
+NEUTRAL_POINTS = 1.0  # "accuracy-neutral": a mean top-1 cost of at most this many points
 
 
 class SweepInputError(ValueError):
@@ -51,8 +56,8 @@ class CellResult:
     cell: SweepCell
     epochs: int
     strategy: dict[str, Any]
-    evaluation: dict[str, Any]       # the model's entry in metrics.json
-    data: dict[str, Any]             # metrics.json's "data", the fields every cell must share
+    evaluation: dict[str, Any]  # the model's entry in metrics.json
+    data: dict[str, Any]  # metrics.json's "data", the fields every cell must share
     values: dict[str, float | None] = field(default_factory=dict)
 
 
@@ -64,7 +69,7 @@ class Group:
     epochs: int
     strategy: dict[str, Any]
     cells: list[CellResult]
-    stats: dict[str, dict[str, Any]] = field(default_factory=dict)   # key -> mean, std, n, interval
+    stats: dict[str, dict[str, Any]] = field(default_factory=dict)  # key -> mean, std, n, interval
 
     @property
     def seeds(self) -> list[int]:
@@ -84,17 +89,25 @@ def _find_model(models: dict[str, Any], cell: SweepCell) -> str:
     run = Path(cell.run_dir).resolve()
     if cell.model is not None:
         if cell.model not in models:
-            raise SweepInputError(f"{cell.eval_metrics} has no model {cell.model!r} (it has {sorted(models)})")
+            raise SweepInputError(
+                f"{cell.eval_metrics} has no model {cell.model!r} (it has {sorted(models)})"
+            )
         if Path(models[cell.model]["checkpoint"]["path"]).parent != run:
-            raise SweepInputError(f"{cell.eval_metrics}: model {cell.model!r} is "
-                                  f"{models[cell.model]['checkpoint']['path']}, not a checkpoint in {run}")
+            raise SweepInputError(
+                f"{cell.eval_metrics}: model {cell.model!r} is "
+                f"{models[cell.model]['checkpoint']['path']}, not a checkpoint in {run}"
+            )
         return cell.model
     names = [n for n, m in models.items() if Path(m["checkpoint"]["path"]).parent == run]
     if not names:
-        raise SweepInputError(f"{cell.eval_metrics}: no evaluated checkpoint of {cell.setting} seed {cell.seed} "
-                              f"lies in {run}")
+        raise SweepInputError(
+            f"{cell.eval_metrics}: no evaluated checkpoint of {cell.setting} seed {cell.seed} "
+            f"lies in {run}"
+        )
     if len(names) > 1:
-        raise SweepInputError(f"{cell.eval_metrics}: checkpoints {names} all lie in {run}; name the cell's model")
+        raise SweepInputError(
+            f"{cell.eval_metrics}: checkpoints {names} all lie in {run}; name the cell's model"
+        )
     return names[0]
 
 
@@ -108,30 +121,47 @@ def load_cell(cell: SweepCell) -> CellResult:
     model = metrics["models"][_find_model(metrics["models"], cell)]
     ck = model["checkpoint"]
     if int(ck["seed"]) != int(cell.seed):
-        raise SweepInputError(f"{cell.setting} seed {cell.seed}: its checkpoint {ck['path']} has seed {ck['seed']}")
+        raise SweepInputError(
+            f"{cell.setting} seed {cell.seed}: its checkpoint {ck['path']} has seed {ck['seed']}"
+        )
     rows = read_history(history_path, int(ck["epoch"]))
     if not rows or rows[-1]["epoch"] != int(ck["epoch"]):
-        raise SweepInputError(f"{history_path} has no row for epoch {ck['epoch']}, the evaluated checkpoint's")
+        raise SweepInputError(
+            f"{history_path} has no row for epoch {ck['epoch']}, the evaluated checkpoint's"
+        )
     last = rows[-1]
-    values = {"top1": model["val"]["top1"], "ece": model["val"]["ece"], "nll": model["val"]["nll"],
-              "conf_val": model["val"]["mean_confidence"], "mean_e": last.get("mean_e"),
-              "mean_coverage": last.get("mean_coverage"),
-              "train_time_s": float(sum(r.get("epoch_time_s", 0.0) for r in rows))}
+    values = {
+        "top1": model["val"]["top1"],
+        "ece": model["val"]["ece"],
+        "nll": model["val"]["nll"],
+        "conf_val": model["val"]["mean_confidence"],
+        "mean_e": last.get("mean_e"),
+        "mean_coverage": last.get("mean_coverage"),
+        "train_time_s": float(sum(r.get("epoch_time_s", 0.0) for r in rows)),
+    }
     for s in SOURCES:
         v = model["variants"].get(s) or {}
         if v.get("n"):
             values[f"conf_{s}"] = v["mean_confidence"]
             values[f"reliance_{s}"] = v["mean_confidence"] / values["conf_val"]
-    return CellResult(cell, int(ck["epoch"]), model["label_strategy"], model,
-                      {k: metrics["data"].get(k) for k in DATA_KEYS}, values)
+    return CellResult(
+        cell,
+        int(ck["epoch"]),
+        model["label_strategy"],
+        model,
+        {k: metrics["data"].get(k) for k in DATA_KEYS},
+        values,
+    )
 
 
 def _pair_with_baseline(results: list[CellResult], baseline: str) -> None:
     base = {(r.cell.seed, r.epochs): r for r in results if r.cell.setting == baseline}
     missing = sorted({(r.cell.seed, r.epochs) for r in results} - set(base))
     if missing:
-        raise SweepInputError(f"no {baseline!r} cell for (seed, epochs) {missing}: every cell is compared with the "
-                              "baseline of its own seed and training length")
+        raise SweepInputError(
+            f"no {baseline!r} cell for (seed, epochs) {missing}: every cell is compared with the "
+            "baseline of its own seed and training length"
+        )
     for r in results:
         b = base[(r.cell.seed, r.epochs)]
         if r is b:
@@ -150,11 +180,17 @@ def _stats(values: Sequence[float | None], paired: bool) -> dict[str, Any]:
     if x.size == 0:
         return {"n": 0, "mean": None, "std": None, "interval": None}
     iv = t_interval(x) if paired else None
-    return {"n": int(x.size), "mean": float(x.mean()), "std": float(x.std(ddof=1)) if x.size > 1 else None,
-            "interval": [iv[1], iv[2]] if iv else None}
+    return {
+        "n": int(x.size),
+        "mean": float(x.mean()),
+        "std": float(x.std(ddof=1)) if x.size > 1 else None,
+        "interval": [iv[1], iv[2]] if iv else None,
+    }
 
 
-def summarize(cells: Sequence[SweepCell], baseline: str = "hard", main_epochs: int | None = None) -> Sweep:
+def summarize(
+    cells: Sequence[SweepCell], baseline: str = "hard", main_epochs: int | None = None
+) -> Sweep:
     """Load, check and pair every cell; per (setting, epochs): statistics over seeds."""
     if not cells:
         raise SweepInputError("no cells to summarize")
@@ -166,32 +202,47 @@ def summarize(cells: Sequence[SweepCell], baseline: str = "hard", main_epochs: i
     for r in results[1:]:
         if r.data != first:
             diff = [k for k in DATA_KEYS if r.data.get(k) != first.get(k)]
-            raise SweepInputError(f"{r.cell.eval_metrics} was evaluated on other data than "
-                                  f"{results[0].cell.eval_metrics} (differs in {diff}); every cell must see the same "
-                                  "images")
+            raise SweepInputError(
+                f"{r.cell.eval_metrics} was evaluated on other data than "
+                f"{results[0].cell.eval_metrics} (differs in {diff}); every cell must see the same "
+                "images"
+            )
     _pair_with_baseline(results, baseline)
     if main_epochs is None:
         main_epochs = Counter(r.epochs for r in results).most_common(1)[0][0]
     appearance = {s: i for i, s in reversed(list(enumerate(c.setting for c in cells)))}
     order: dict[tuple[str, int], list[CellResult]] = {}
-    for r in sorted(results, key=lambda r: (r.epochs != main_epochs, r.epochs, r.cell.setting != baseline,
-                                            appearance[r.cell.setting])):
+    for r in sorted(
+        results,
+        key=lambda r: (
+            r.epochs != main_epochs,
+            r.epochs,
+            r.cell.setting != baseline,
+            appearance[r.cell.setting],
+        ),
+    ):
         order.setdefault((r.cell.setting, r.epochs), []).append(r)
     groups = []
     for (setting, epochs), members in order.items():
         members.sort(key=lambda r: r.cell.seed)
         names = {json.dumps(m.strategy, sort_keys=True) for m in members}
         if len(names) > 1:
-            raise SweepInputError(f"setting {setting!r} ({epochs} epochs) mixes label strategies: {sorted(names)}")
+            raise SweepInputError(
+                f"setting {setting!r} ({epochs} epochs) mixes label strategies: {sorted(names)}"
+            )
         keys = sorted({k for m in members for k in m.values})
-        stats = {k: _stats([m.values.get(k) for m in members], k.startswith(PAIRED_PREFIXES)) for k in keys}
+        stats = {
+            k: _stats([m.values.get(k) for m in members], k.startswith(PAIRED_PREFIXES))
+            for k in keys
+        }
         groups.append(Group(setting, epochs, members[0].strategy, members, stats))
     sources = [s for s in SOURCES if any(f"conf_{s}" in r.values for r in results)]
     return Sweep(baseline, groups, first, main_epochs, sources)
 
 
 def describe(strategy: dict[str, Any]) -> str:
-    """A short text of what a label strategy does, e.g. "als: object coverage, p=2, e in [0, 0.5]"."""
+    """A short text of what a label strategy does, e.g. "als: object coverage, p=2, e in [0,
+    0.5]"."""
     name = strategy["name"]
     if name == "ls":
         return f"ls: e={strategy['epsilon']}"
@@ -199,24 +250,36 @@ def describe(strategy: dict[str, Any]) -> str:
         return f"{name}: alpha={strategy.get('mix_alpha', 1.0)}"
     if name == "als":
         power = strategy.get("power", 1.0)
-        return (f"als: {strategy.get('coverage', 'crop')} coverage" + (f", p={power:g}" if power != 1.0 else "")
-                + f", e in [{strategy['e_min']:g}, {strategy['e_max']:g}]")
+        return (
+            f"als: {strategy.get('coverage', 'crop')} coverage"
+            + (f", p={power:g}" if power != 1.0 else "")
+            + f", e in [{strategy['e_min']:g}, {strategy['e_max']:g}]"
+        )
     return name
 
 
-def write_sweep_report(cells: Sequence[SweepCell], out_dir: str | Path, baseline: str = "hard",
-                       main_epochs: int | None = None, title: str = "",
-                       missing: Sequence[dict[str, Any]] = ()) -> Path:
-    """Summarize `cells` and write OUT/report.md, OUT/sweep.json and the figures; returns report.md.
-    `missing`: the planned cells left out ({cell, setting, seed, epochs, reason}), named at the top."""
+def write_sweep_report(
+    cells: Sequence[SweepCell],
+    out_dir: str | Path,
+    baseline: str = "hard",
+    main_epochs: int | None = None,
+    title: str = "",
+    missing: Sequence[dict[str, Any]] = (),
+) -> Path:
+    """Summarize `cells` and write OUT/report.md, OUT/sweep.json and the figures; returns
+    report.md. `missing`: the planned cells left out ({cell, setting, seed, epochs, reason}),
+    named at the top."""
     from als_det.io import atomic_write_json, atomic_write_text
     from als_det.report.sweep_figures import tradeoff_figure, training_length_figure
     from als_det.report.sweep_tables import render_sweep_report, sweep_json
 
     out = Path(out_dir)
     sweep = summarize(cells, baseline, main_epochs)
-    figures = {s: tradeoff_figure(sweep, s, out / f"tradeoff_{s}.png").name for s in sweep.sources
-               if s != "val_bg_only"}
+    figures = {
+        s: tradeoff_figure(sweep, s, out / f"tradeoff_{s}.png").name
+        for s in sweep.sources
+        if s != "val_bg_only"
+    }
     length = training_length_figure(sweep, out / "training_length.png")
     if length is not None:
         figures["training_length"] = length.name

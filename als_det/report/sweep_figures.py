@@ -1,4 +1,6 @@
-"""Sweep figures: the accuracy / context-reliance trade-off with its Pareto front, and training length."""
+"""Sweep figures: the accuracy / context-reliance trade-off with its Pareto front, and training
+length."""
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -16,8 +18,11 @@ MARKERS = {"hard": "s", "ls": "^", "als": "o", "cutmix": "D", "mixup": "P"}
 def pareto_front(points: Sequence[tuple[float, float]]) -> list[int]:
     """Indices of the points no other point beats (higher x and lower y, one of them strictly),
     ordered by x."""
-    front = [i for i, (x, y) in enumerate(points)
-             if not any(xo >= x and yo <= y and (xo > x or yo < y) for xo, yo in points)]
+    front = [
+        i
+        for i, (x, y) in enumerate(points)
+        if not any(xo >= x and yo <= y and (xo > x or yo < y) for xo, yo in points)
+    ]
     return sorted(front, key=lambda i: points[i][0])
 
 
@@ -28,12 +33,21 @@ def _mean_std(g: Group, key: str, scale: float = 1.0) -> tuple[float, float]:
     return s["mean"] * scale, (s["std"] or 0.0) * abs(scale)
 
 
-PALETTE = ("tab:blue", "tab:orange", "tab:red", "tab:purple", "tab:brown", "tab:pink", "tab:olive", "tab:cyan")
+PALETTE = (
+    "tab:blue",
+    "tab:orange",
+    "tab:red",
+    "tab:purple",
+    "tab:brown",
+    "tab:pink",
+    "tab:olive",
+    "tab:cyan",
+)
 
 
 def _styles(sweep: Sweep) -> dict[str, dict]:
-    """One marker and colour per setting, the same in every figure: the baseline a black square, ls a
-    grey triangle (green is kept for the target region)."""
+    """One marker and colour per setting, the same in every figure: the baseline a black square,
+    ls a grey triangle (green is kept for the target region)."""
     styles: dict[str, dict] = {}
     for g in sweep.groups:
         if g.setting in styles:
@@ -45,7 +59,11 @@ def _styles(sweep: Sweep) -> dict[str, dict]:
             styles[g.setting] = {"marker": "^", "color": "tab:gray", "markersize": 9}
         else:
             n = sum(1 for v in styles.values() if v["color"] in PALETTE)
-            styles[g.setting] = {"marker": MARKERS.get(name, "o"), "color": PALETTE[n % len(PALETTE)], "markersize": 7}
+            styles[g.setting] = {
+                "marker": MARKERS.get(name, "o"),
+                "color": PALETTE[n % len(PALETTE)],
+                "markersize": 7,
+            }
     return styles
 
 
@@ -58,19 +76,51 @@ def _panel(ax, sweep: Sweep, groups: list[Group], key: str, ylabel: str) -> None
         x, xerr = _mean_std(g, "top1", 100)
         y, yerr = (1.0, 0.0) if g is base else _mean_std(g, key)
         pts.append((x, y))
-        ax.errorbar(x, y, xerr=xerr, yerr=yerr, linestyle="none", capsize=3, elinewidth=1, **styles[g.setting],
-                    markeredgecolor="black", markeredgewidth=0.6, zorder=3)
-        ax.annotate(g.setting, (x, y), textcoords="offset points", xytext=(6, 5), fontsize=8, zorder=4,
-                    bbox={"boxstyle": "round,pad=0.15", "fc": "white", "ec": "none", "alpha": 0.75})
+        ax.errorbar(
+            x,
+            y,
+            xerr=xerr,
+            yerr=yerr,
+            linestyle="none",
+            capsize=3,
+            elinewidth=1,
+            **styles[g.setting],
+            markeredgecolor="black",
+            markeredgewidth=0.6,
+            zorder=3,
+        )
+        ax.annotate(
+            g.setting,
+            (x, y),
+            textcoords="offset points",
+            xytext=(6, 5),
+            fontsize=8,
+            zorder=4,
+            bbox={"boxstyle": "round,pad=0.15", "fc": "white", "ec": "none", "alpha": 0.75},
+        )
     ok = [i for i, p in enumerate(pts) if np.isfinite(p).all()]
     front = [ok[i] for i in pareto_front([pts[i] for i in ok])]
     if len(front) > 1:
-        ax.plot([pts[i][0] for i in front], [pts[i][1] for i in front], "--", color="0.35", linewidth=1.2,
-                zorder=2, label="Pareto front (higher top-1, lower ratio)")
+        ax.plot(
+            [pts[i][0] for i in front],
+            [pts[i][1] for i in front],
+            "--",
+            color="0.35",
+            linewidth=1.2,
+            zorder=2,
+            label="Pareto front (higher top-1, lower ratio)",
+        )
     ax.axhline(1.0, color="grey", linestyle=":", linewidth=1, zorder=1)
     (x0, x1), (y0, y1) = ax.get_xlim(), ax.get_ylim()
-    ax.fill_between([hx - NEUTRAL_POINTS, x1], y0, min(1.0, y1), color="tab:green", alpha=0.08, zorder=0,
-                    label=f"≤ {NEUTRAL_POINTS:g} point below {sweep.baseline}, ratio < 1")
+    ax.fill_between(
+        [hx - NEUTRAL_POINTS, x1],
+        y0,
+        min(1.0, y1),
+        color="tab:green",
+        alpha=0.08,
+        zorder=0,
+        label=f"≤ {NEUTRAL_POINTS:g} point below {sweep.baseline}, ratio < 1",
+    )
     ax.set_xlim(x0, x1)
     ax.set_ylim(y0, y1)
     ax.set_xlabel("top-1 on val (%)")
@@ -81,21 +131,38 @@ def _panel(ax, sweep: Sweep, groups: list[Group], key: str, ylabel: str) -> None
 
 def tradeoff_figure(sweep: Sweep, source: str, path: str | Path) -> Path:
     """x = top-1, y = `source` confidence over the baseline's (left: each relative to its own val
-    confidence; right: absolute); one point per setting at the sweep's main length, ± 1 std over seeds."""
+    confidence; right: absolute); one point per setting at the sweep's main length, ± 1 std over
+    seeds."""
     groups = [g for g in sweep.groups if g.epochs == sweep.main_epochs]
     fig = Figure(figsize=(11.5, 4.6))
     left, right = fig.subplots(1, 2)
-    _panel(left, sweep, groups, f"ratio_relative_to_val_{source}",
-           f"({source} conf / val conf) over {sweep.baseline}'s\n(context reliance relative to own confidence)")
-    _panel(right, sweep, groups, f"ratio_absolute_{source}", f"{source} confidence over {sweep.baseline}'s (absolute)")
+    _panel(
+        left,
+        sweep,
+        groups,
+        f"ratio_relative_to_val_{source}",
+        f"({source} conf / val conf) over {sweep.baseline}'s\n"
+        "(context reliance relative to own confidence)",
+    )
+    _panel(
+        right,
+        sweep,
+        groups,
+        f"ratio_absolute_{source}",
+        f"{source} confidence over {sweep.baseline}'s (absolute)",
+    )
     seeds = sorted({len(g.cells) for g in groups})
-    fig.suptitle(f"Accuracy vs confidence from context alone ({source}), {sweep.main_epochs} epochs, "
-                 f"{'/'.join(map(str, seeds))} seeds per setting; bars: ± 1 std over seeds", fontsize=10)
+    fig.suptitle(
+        f"Accuracy vs confidence from context alone ({source}), {sweep.main_epochs} epochs, "
+        f"{'/'.join(map(str, seeds))} seeds per setting; bars: ± 1 std over seeds",
+        fontsize=10,
+    )
     return save_figure(fig, path)
 
 
 def training_length_figure(sweep: Sweep, path: str | Path, source: str = "bg_only") -> Path | None:
-    """For settings run at two or more lengths: top-1, top-1 cost vs the baseline, relative reliance."""
+    """For settings run at two or more lengths: top-1, top-1 cost vs the baseline, relative
+    reliance."""
     lengths: dict[str, list[Group]] = {}
     for g in sweep.groups:
         lengths.setdefault(g.setting, []).append(g)
@@ -104,8 +171,15 @@ def training_length_figure(sweep: Sweep, path: str | Path, source: str = "bg_onl
         return None
     fig = Figure(figsize=(13, 4.0))
     axes = fig.subplots(1, 3)
-    panels = (("top1", 100, "top-1 on val (%)"), ("d_top1", -100, f"top-1 cost vs {sweep.baseline} (points)"),
-              (f"ratio_relative_to_val_{source}", 1, f"{source} conf / val conf, over {sweep.baseline}'s"))
+    panels = (
+        ("top1", 100, "top-1 on val (%)"),
+        ("d_top1", -100, f"top-1 cost vs {sweep.baseline} (points)"),
+        (
+            f"ratio_relative_to_val_{source}",
+            1,
+            f"{source} conf / val conf, over {sweep.baseline}'s",
+        ),
+    )
     epochs = sorted({g.epochs for gs in multi.values() for g in gs})
     styles = _styles(sweep)
     for ax, (key, scale, label) in zip(axes, panels):
@@ -113,8 +187,15 @@ def training_length_figure(sweep: Sweep, path: str | Path, source: str = "bg_onl
             if key != "top1" and setting == sweep.baseline:
                 continue
             ms = [_mean_std(g, key, scale) for g in gs]
-            ax.errorbar([g.epochs for g in gs], [m for m, _ in ms], yerr=[s for _, s in ms], capsize=3,
-                        marker=styles[setting]["marker"], color=styles[setting]["color"], label=setting)
+            ax.errorbar(
+                [g.epochs for g in gs],
+                [m for m, _ in ms],
+                yerr=[s for _, s in ms],
+                capsize=3,
+                marker=styles[setting]["marker"],
+                color=styles[setting]["color"],
+                label=setting,
+            )
         if key != "top1":
             ax.axhline(0.0 if key == "d_top1" else 1.0, color="grey", linestyle=":", linewidth=1)
         ax.set_xscale("log", base=2)
@@ -124,5 +205,7 @@ def training_length_figure(sweep: Sweep, path: str | Path, source: str = "bg_onl
         ax.set_ylabel(label, fontsize=9)
         ax.grid(alpha=0.3, linewidth=0.5)
         ax.legend(fontsize=8)
-    fig.suptitle("Training length: does the accuracy cost shrink? (bars: ± 1 std over seeds)", fontsize=10)
+    fig.suptitle(
+        "Training length: does the accuracy cost shrink? (bars: ± 1 std over seeds)", fontsize=10
+    )
     return save_figure(fig, path)

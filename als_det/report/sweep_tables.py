@@ -1,4 +1,6 @@
-"""A summarized sweep (`als_det.report.sweep.Sweep`) -> report.md tables and text, and sweep.json."""
+"""A summarized sweep (`als_det.report.sweep.Sweep`) -> report.md tables and text, and
+sweep.json."""
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -11,9 +13,11 @@ from als_det.report.sweep import FORMS, NEUTRAL_POINTS, Group, Sweep, describe
 
 TABLE = {"tablefmt": "pipe", "disable_numparse": True}
 
-INTERVAL_METHOD = ("95% Student-t interval over seeds of the paired (same seed, same crops) differences and "
-                   "ratios to the baseline; it covers seed-to-seed training variance on this val set, not the "
-                   "choice of val images (each evaluation's bootstrap) nor other classes or data sets")
+INTERVAL_METHOD = (
+    "95% Student-t interval over seeds of the paired (same seed, same crops) differences and "
+    "ratios to the baseline; it covers seed-to-seed training variance on this val set, not the "
+    "choice of val images (each evaluation's bootstrap) nor other classes or data sets"
+)
 PRIMARY = "bg_only"
 REL = "ratio_relative_to_val"
 
@@ -36,8 +40,11 @@ def _ci(g: Group, key: str, scale: float = 1.0, spec: str = ".3f", sign: str = "
         return ""
     text = format(s["mean"] * scale, sign + spec)
     iv = s["interval"]
-    return text + (f" [{format(iv[0] * scale, sign + spec)}, {format(iv[1] * scale, sign + spec)}]" if iv else
-                   " (one seed)")
+    return text + (
+        f" [{format(iv[0] * scale, sign + spec)}, {format(iv[1] * scale, sign + spec)}]"
+        if iv
+        else " (one seed)"
+    )
 
 
 def _label(g: Group, sweep: Sweep) -> str:
@@ -45,44 +52,93 @@ def _label(g: Group, sweep: Sweep) -> str:
 
 
 def accuracy_table(sweep: Sweep) -> str:
-    rows = [[_label(g, sweep), describe(g.strategy), g.epochs, len(g.cells), _pm(g, "top1", 100, ".1f"),
-             _ci(g, "d_top1", 100, ".1f", "+"), _pm(g, "ece"), _ci(g, "d_ece", 1, ".3f", "+"),
-             _pm(g, "conf_val"), _pm(g, "mean_e"), _pm(g, "train_time_s", 1 / 60, ".1f")] for g in sweep.groups]
-    return tabulate(rows, headers=["setting", "targets", "epochs", "seeds", "top-1 (%)",
-                                   f"Δ top-1 vs {sweep.baseline} (points)", "ECE", f"Δ ECE vs {sweep.baseline}",
-                                   "val confidence", "mean e (last epoch)", "training (min)"], **TABLE)
+    rows = [
+        [
+            _label(g, sweep),
+            describe(g.strategy),
+            g.epochs,
+            len(g.cells),
+            _pm(g, "top1", 100, ".1f"),
+            _ci(g, "d_top1", 100, ".1f", "+"),
+            _pm(g, "ece"),
+            _ci(g, "d_ece", 1, ".3f", "+"),
+            _pm(g, "conf_val"),
+            _pm(g, "mean_e"),
+            _pm(g, "train_time_s", 1 / 60, ".1f"),
+        ]
+        for g in sweep.groups
+    ]
+    return tabulate(
+        rows,
+        headers=[
+            "setting",
+            "targets",
+            "epochs",
+            "seeds",
+            "top-1 (%)",
+            f"Δ top-1 vs {sweep.baseline} (points)",
+            "ECE",
+            f"Δ ECE vs {sweep.baseline}",
+            "val confidence",
+            "mean e (last epoch)",
+            "training (min)",
+        ],
+        **TABLE,
+    )
 
 
 def reliance_table(sweep: Sweep, source: str) -> str:
     rows = []
     for g in sweep.groups:
         row = [_label(g, sweep), g.epochs, _pm(g, f"conf_{source}"), _pm(g, f"reliance_{source}")]
-        row += ["—" if g.setting == sweep.baseline else _ci(g, f"{key}_{source}") for key, _ in FORMS]
+        row += [
+            "—" if g.setting == sweep.baseline else _ci(g, f"{key}_{source}") for key, _ in FORMS
+        ]
         rows.append(row)
-    return tabulate(rows, headers=["setting", "epochs", f"{source} confidence", f"{source} / own val confidence"]
-                    + [f"/{sweep.baseline}: {label}" for _, label in FORMS], **TABLE)
+    return tabulate(
+        rows,
+        headers=["setting", "epochs", f"{source} confidence", f"{source} / own val confidence"]
+        + [f"/{sweep.baseline}: {label}" for _, label in FORMS],
+        **TABLE,
+    )
 
 
 def verdict(sweep: Sweep, source: str = PRIMARY) -> str:
     """Which settings lower context reliance relative to own val confidence (interval below 1) at a
     mean top-1 cost of at most NEUTRAL_POINTS — said from the numbers, including when none does."""
     key = f"{REL}_{source}"
-    groups = [g for g in sweep.groups if g.epochs == sweep.main_epochs and g.setting != sweep.baseline
-              and g.stats.get(key, {}).get("mean") is not None]
+    groups = [
+        g
+        for g in sweep.groups
+        if g.epochs == sweep.main_epochs
+        and g.setting != sweep.baseline
+        and g.stats.get(key, {}).get("mean") is not None
+    ]
     if not groups:
-        return f"No setting besides {sweep.baseline} at {sweep.main_epochs} epochs has {source} results."
+        return (
+            f"No setting besides {sweep.baseline} at "
+            f"{sweep.main_epochs} epochs has {source} results."
+        )
     if all(g.stats[key]["interval"] is None for g in groups):
-        return (f"With one seed per setting there is no interval: no setting can be said to lower {source} reliance "
-                "relative to own val confidence. Run three or more seeds.")
+        return (
+            "With one seed per setting there is no interval: no setting can be said to "
+            f"lower {source} reliance relative to own val confidence. Run three or more seeds."
+        )
 
     def numbers(g: Group) -> str:
-        return (f"`{g.setting}` ({describe(g.strategy)}): {source} ratio relative to own val confidence "
-                f"{_ci(g, key)}, Δ top-1 {_ci(g, 'd_top1', 100, '.1f', '+')} points over {len(g.cells)} seeds")
+        return (
+            f"`{g.setting}` ({describe(g.strategy)}): {source} ratio relative to own val "
+            f"confidence {_ci(g, key)}, Δ top-1 {_ci(g, 'd_top1', 100, '.1f', '+')} points over "
+            f"{len(g.cells)} seeds"
+        )
 
     lower = [g for g in groups if g.stats[key]["interval"] and g.stats[key]["interval"][1] < 1.0]
     good = [g for g in lower if g.stats["d_top1"]["mean"] >= -NEUTRAL_POINTS / 100]
-    lines = [f"**{source}, {sweep.main_epochs}-epoch runs** (95% t-intervals over seeds, paired with "
-             f"{sweep.baseline}):"]
+    lines = [
+        f"**{source}, {sweep.main_epochs}-epoch runs** (95% t-intervals over seeds, paired with "
+        f"{sweep.baseline}):"
+    ]
+
     def cost_note(g: Group) -> str:
         iv = g.stats["d_top1"]["interval"]
         if iv and iv[0] >= -NEUTRAL_POINTS / 100:
@@ -90,11 +146,16 @@ def verdict(sweep: Sweep, source: str = PRIMARY) -> str:
         return f" (the top-1 interval reaches below -{NEUTRAL_POINTS:g} point)"
 
     if good:
-        lines += [f"- lowers relative context reliance at ≤ {NEUTRAL_POINTS:g} point mean top-1 cost: {numbers(g)}"
-                  + cost_note(g) for g in good]
+        lines += [
+            "- lowers relative context reliance at ≤ "
+            f"{NEUTRAL_POINTS:g} point mean top-1 cost: {numbers(g)}" + cost_note(g)
+            for g in good
+        ]
     else:
-        lines.append(f"- no setting lowers {source} confidence relative to its own val confidence (interval below 1) "
-                     f"at a mean top-1 cost of at most {NEUTRAL_POINTS:g} point.")
+        lines.append(
+            f"- no setting lowers {source} confidence relative to its own val confidence "
+            f"(interval below 1) at a mean top-1 cost of at most {NEUTRAL_POINTS:g} point."
+        )
     lines += [f"- lowers it, at a larger top-1 cost: {numbers(g)}" for g in lower if g not in good]
     best = min(groups, key=lambda g: g.stats[key]["mean"])
     if not lower:
@@ -108,32 +169,63 @@ def cells_table(sweep: Sweep) -> str:
         for c in g.cells:
             v = c.values
             rel = v.get(f"{REL}_{PRIMARY}")
-            rows.append([g.setting, c.cell.seed, g.epochs, f"{100 * v['top1']:.1f}", f"{v['ece']:.3f}",
-                         "" if v.get(f"conf_{PRIMARY}") is None else f"{v[f'conf_{PRIMARY}']:.3f}",
-                         "" if rel is None else f"{rel:.3f}", f"`{c.cell.run_dir}`", f"`{c.cell.eval_metrics}`"])
-    return tabulate(rows, headers=["setting", "seed", "epochs", "top-1 (%)", "ECE", f"{PRIMARY} confidence",
-                                   f"{PRIMARY} ratio rel. to val", "run", "evaluation"], **TABLE)
+            rows.append(
+                [
+                    g.setting,
+                    c.cell.seed,
+                    g.epochs,
+                    f"{100 * v['top1']:.1f}",
+                    f"{v['ece']:.3f}",
+                    "" if v.get(f"conf_{PRIMARY}") is None else f"{v[f'conf_{PRIMARY}']:.3f}",
+                    "" if rel is None else f"{rel:.3f}",
+                    f"`{c.cell.run_dir}`",
+                    f"`{c.cell.eval_metrics}`",
+                ]
+            )
+    return tabulate(
+        rows,
+        headers=[
+            "setting",
+            "seed",
+            "epochs",
+            "top-1 (%)",
+            "ECE",
+            f"{PRIMARY} confidence",
+            f"{PRIMARY} ratio rel. to val",
+            "run",
+            "evaluation",
+        ],
+        **TABLE,
+    )
 
 
 def missing_section(sweep: Sweep, missing: Sequence[dict[str, Any]]) -> list[str]:
     shown = sum(len(g.cells) for g in sweep.groups)
     rows = [[f"`{m['cell']}`", m["setting"], m["seed"], m["epochs"], m["reason"]] for m in missing]
-    return ["", "## Missing cells", "",
-            f"**{len(missing)} of {shown + len(missing)} planned cells are missing.** Everything below (verdict, "
-            f"tables, figures) covers only the {shown} cells listed under Cells; a setting's mean, std and interval "
-            "are over the seeds it has.", "",
-            tabulate(rows, headers=["cell", "setting", "seed", "epochs", "why"], **TABLE)]
+    return [
+        "",
+        "## Missing cells",
+        "",
+        f"**{len(missing)} of {shown + len(missing)} planned cells are missing.** Everything "
+        f"below (verdict, tables, figures) covers only the {shown} cells listed under Cells; a "
+        "setting's mean, std and interval are over the seeds it has.",
+        "",
+        tabulate(rows, headers=["cell", "setting", "seed", "epochs", "why"], **TABLE),
+    ]
 
 
-def render_sweep_report(sweep: Sweep, figures: dict[str, str], title: str = "",
-                        missing: Sequence[dict[str, Any]] = ()) -> str:
+def render_sweep_report(
+    sweep: Sweep, figures: dict[str, str], title: str = "", missing: Sequence[dict[str, Any]] = ()
+) -> str:
     data = sweep.data
     seeds = sorted({c.cell.seed for g in sweep.groups for c in g.cells})
     out = [f"# Sweep{': ' + title if title else ''}{' (incomplete)' if missing else ''}", ""]
-    out.append(f"Evaluated on `{data['root']}` split `{data['split']}` ({data['images_evaluated']} images, "
-               f"{len(data['classes'])} classes); seeds {', '.join(map(str, seeds))}; baseline `{sweep.baseline}` of "
-               f"the same seed and training length. Values: mean ± sample std over seeds; in brackets: "
-               f"{INTERVAL_METHOD}.")
+    out.append(
+        f"Evaluated on `{data['root']}` split `{data['split']}` ({data['images_evaluated']} "
+        f"images, {len(data['classes'])} classes); seeds {', '.join(map(str, seeds))}; baseline "
+        f"`{sweep.baseline}` of the same seed and training length. Values: mean ± sample std over "
+        f"seeds; in brackets: {INTERVAL_METHOD}."
+    )
     if missing:
         out += missing_section(sweep, missing)
     out += ["", "## Verdict", "", verdict(sweep, PRIMARY)]
@@ -145,19 +237,52 @@ def render_sweep_report(sweep: Sweep, figures: dict[str, str], title: str = "",
         if s in figures:
             out += ["", f"![trade-off: {s}]({figures[s]})"]
     if "training_length" in figures:
-        out += ["", "## Training length", "",
-                "Settings run at several lengths: top-1, its cost against the baseline of the same length, and "
-                f"{PRIMARY} confidence relative to own val confidence, over {sweep.baseline}'s.", "",
-                f"![training length]({figures['training_length']})"]
+        out += [
+            "",
+            "## Training length",
+            "",
+            "Settings run at several lengths: top-1, its cost against the baseline of the same "
+            f"length, and {PRIMARY} confidence relative to own val confidence, over "
+            f"{sweep.baseline}'s.",
+            "",
+            f"![training length]({figures['training_length']})",
+        ]
     out += ["", "## Cells", "", cells_table(sweep), ""]
     return "\n".join(out)
 
 
-def sweep_json(sweep: Sweep, figures: dict[str, str], missing: Sequence[dict[str, Any]] = ()) -> dict[str, Any]:
-    return {"baseline": sweep.baseline, "main_epochs": sweep.main_epochs, "data": sweep.data, "sources": sweep.sources,
-            "interval_method": INTERVAL_METHOD, "figures": figures, "missing": list(missing),
-            "groups": [{"setting": g.setting, "epochs": g.epochs, "strategy": g.strategy,
-                        "description": describe(g.strategy), "seeds": g.seeds, "stats": g.stats} for g in sweep.groups],
-            "cells": [{"setting": c.cell.setting, "seed": c.cell.seed, "epochs": c.epochs,
-                       "run_dir": str(Path(c.cell.run_dir)), "eval_metrics": str(Path(c.cell.eval_metrics)),
-                       "values": c.values} for g in sweep.groups for c in g.cells]}
+def sweep_json(
+    sweep: Sweep, figures: dict[str, str], missing: Sequence[dict[str, Any]] = ()
+) -> dict[str, Any]:
+    return {
+        "baseline": sweep.baseline,
+        "main_epochs": sweep.main_epochs,
+        "data": sweep.data,
+        "sources": sweep.sources,
+        "interval_method": INTERVAL_METHOD,
+        "figures": figures,
+        "missing": list(missing),
+        "groups": [
+            {
+                "setting": g.setting,
+                "epochs": g.epochs,
+                "strategy": g.strategy,
+                "description": describe(g.strategy),
+                "seeds": g.seeds,
+                "stats": g.stats,
+            }
+            for g in sweep.groups
+        ],
+        "cells": [
+            {
+                "setting": c.cell.setting,
+                "seed": c.cell.seed,
+                "epochs": c.epochs,
+                "run_dir": str(Path(c.cell.run_dir)),
+                "eval_metrics": str(Path(c.cell.eval_metrics)),
+                "values": c.values,
+            }
+            for g in sweep.groups
+            for c in g.cells
+        ],
+    }

@@ -1,4 +1,5 @@
 """Every table of the reports, through `tabulate`: Markdown (pipe) tables of pre-formatted cells."""
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -7,8 +8,14 @@ from typing import Any
 from tabulate import tabulate
 
 
-def markdown_table(rows: Sequence[Sequence[Any]], headers: Sequence[str],
-                   colalign: Sequence[str] | None = None) -> str:
+def markdown_table(
+    rows: Sequence[Sequence[Any]], headers: Sequence[str], colalign: Sequence[str] | None = None
+) -> str:
     """A pipe table; cells are shown as given (numbers are formatted by the caller)."""
-    return tabulate([[str(c) for c in row] for row in rows], headers=list(headers), tablefmt="pipe",
-                    disable_numparse=True, colalign=colalign)
+    return tabulate(
+        [[str(c) for c in row] for row in rows],
+        headers=list(headers),
+        tablefmt="pipe",
+        disable_numparse=True,
+        colalign=colalign,
+    )
