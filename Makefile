@@ -15,6 +15,7 @@ setup:
 
 test:
 	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
 	$(PY) -m pytest -q tests
 
 demo:

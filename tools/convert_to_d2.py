@@ -2,6 +2,9 @@
 """Convert a torchvision ResNet checkpoint to a detectron2 backbone .pkl (optionally verified).
 
     python tools/convert_to_d2.py output/pretrain/demo_als/last.pth pretrained/demo_als.pkl --verify
+
+--verify builds the detectron2 backbone, loads the .pkl through DetectionCheckpointer and compares
+its features with the torchvision model's.
 """
 
 from __future__ import annotations

@@ -65,8 +65,8 @@ def describe_grid(plan: Plan) -> str:
     n = len(grid.cells()) * len(plan.seeds)
     return (
         f"# sweep: {len(grid.settings)} settings x {len(plan.seeds)} seeds at {main} "
-        f"epochs{extra}: {n} cells (a pretraining and an evaluation each); report: "
-        f"{Path(plan.out) / 'report.md'}"
+        f"epoch{'s' * (main != 1)}{extra}: {n} cells (a pretraining and an evaluation each); "
+        f"report: {Path(plan.out) / 'report.md'}"
     )
 
 
