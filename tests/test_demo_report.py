@@ -109,6 +109,20 @@ def test_several_seeds_conclude_from_the_spread_across_seeds(runs) -> None:
     mean, lo, hi = t_interval(rel)
     assert f"{mean:.3f} [{lo:.3f}, {hi:.3f}]" in text
     assert "bg_only, 1-epoch runs" in text
+    # each fill and outside_crop, paired by seed
+    assert "### Context reliance under each fill, over seeds" in text
+    for view, fill in (("outside_crop", None), ("blur", "blur")):
+        rel = [
+            _relative(models[f"als_s{s}"], view, fill) / _relative(models[f"hard_s{s}"], view, fill)
+            for s in (0, 1)
+        ]
+        mean, lo, hi = t_interval(rel)
+        assert f"{rel[0]:.2f} / {rel[1]:.2f}: {mean:.3f} [{lo:.3f}, {hi:.3f}]" in text
+
+
+def _relative(model: dict, view: str, fill: str | None) -> float:
+    summary = model["bg_only_by_fill"][fill] if fill else model["variants"][view]
+    return summary["mean_confidence"] / model["val"]["mean_confidence"]
 
 
 def test_one_seed_says_so_and_states_no_direction(runs) -> None:
@@ -118,6 +132,8 @@ def test_one_seed_says_so_and_states_no_direction(runs) -> None:
     assert {"ls_s0", "als_s0"} <= set(comparisons)
     text = "\n".join(what_the_numbers_say(_plan([0]), one, ev, metrics))
     assert "one seed" in text and "not training variance" in text and "make demo SEEDS=3" in text
-    assert not DIRECTIONS.search(text), text
+    verdicts, fills = text.split("### bg_only under each fill")
+    assert not DIRECTIONS.search(verdicts), verdicts
+    assert "One seed: lower / alike / higher below describe these checkpoints" in fills
     h = comparisons["als_s0"]["bg_only"]
     assert f"relative to own val confidence {h['ratio_relative_to_val']:.3f}" in text

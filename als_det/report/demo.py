@@ -17,6 +17,7 @@ from matplotlib.figure import Figure
 
 from als_det.engine.events import read_history
 from als_det.io import atomic_write_text
+from als_det.metrics.intervals import t_interval
 from als_det.report.evaluation import fill_section, with_interval
 from als_det.report.figures import save_figure
 from als_det.report.sweep import SweepCell, summarize
@@ -168,14 +169,74 @@ def _over_seeds(plan: Any, ckpts: Mapping[str, Path], eval_dir: Path) -> list[st
     return lines + ["Per arm over seeds (bg_only):\n", reliance_table(sweep, "bg_only"), ""]
 
 
+FILL_VIEWS = ("black", "mean", "blur", "outside_crop")
+
+
+def _reliance(model: Mapping[str, Any], view: str) -> float | None:
+    """Context-only confidence in `view` (a fill of bg_only, or outside_crop) over own val's."""
+    if view == "outside_crop":
+        v = model["variants"].get("outside_crop")
+    else:
+        v = model.get("bg_only_by_fill", {}).get(view)
+    if not v or not v.get("n"):
+        return None
+    return v["mean_confidence"] / model["val"]["mean_confidence"]
+
+
+def fills_over_seeds(plan: Any, metrics: Mapping[str, Any]) -> list[str]:
+    """Several seeds: per arm and view (each fill of bg_only, and outside_crop), the ratio of its
+    relative context-only confidence to the baseline's of the same seed; per seed, then the mean
+    with its t-interval and what it says (lower / alike / higher)."""
+    models = metrics["models"]
+    views = [v for v in FILL_VIEWS if all(_reliance(m, v) is not None for m in models.values())]
+    if len(views) < 2:
+        return []
+    rows = []
+    for arm in (a for a in plan.arms if a != plan.baseline):
+        cells = []
+        for view in views:
+            per_seed = [
+                _reliance(models[plan.run_name(arm, s)], view)
+                / _reliance(models[plan.run_name(plan.baseline, s)], view)
+                for s in plan.seeds
+            ]
+            mean, lo, hi = t_interval(per_seed)
+            word = "lower" if hi < 1 else ("higher" if lo > 1 else "alike")
+            seeds = " / ".join(f"{x:.2f}" for x in per_seed)
+            cells.append(f"{seeds}: {mean:.3f} [{lo:.3f}, {hi:.3f}] {word}")
+        rows.append([f"{arm} / {plan.baseline}", *cells])
+    headers = [
+        "",
+        *(f"bg_only, {v} fill" if v != "outside_crop" else "outside_crop (no fill)" for v in views),
+    ]
+    return [
+        "### Context reliance under each fill, over seeds",
+        "",
+        "Context-only confidence relative to own val confidence, each arm over the baseline of the "
+        "same seed: per seed, then the mean and its 95% t-interval over seeds; lower / alike / "
+        "higher: the interval lies below 1 / includes 1 / lies above 1. Each fill adds or leaks "
+        'something (docs/als.md, "Context-only views: what each fill adds or leaks").',
+        "",
+        markdown_table(rows, headers),
+        "",
+    ]
+
+
 def what_the_numbers_say(
     plan: Any, ckpts: Mapping[str, Path], eval_dir: Path, metrics: Mapping[str, Any]
 ) -> list[str]:
-    return (
-        _over_seeds(plan, ckpts, eval_dir)
-        if len(plan.seeds) > 1
-        else _one_seed(metrics, list(ckpts))
-    )
+    """The verdict and the fill table: from t-intervals over seeds paired with the baseline, or
+    for one seed the numbers without a direction."""
+    if len(plan.seeds) > 1:
+        return _over_seeds(plan, ckpts, eval_dir) + fills_over_seeds(plan, metrics)
+    fills = fill_section(metrics)
+    if fills:
+        fills[1:1] = [
+            "",
+            "One seed: lower / alike / higher below describe these checkpoints on these images; "
+            "another seed can flip them.",
+        ]
+    return _one_seed(metrics, list(ckpts)) + fills
 
 
 def write_demo_report(
@@ -219,7 +280,7 @@ def write_demo_report(
         ctx,
         "",
     ]
-    md += what_the_numbers_say(plan, ckpts, eval_dir, metrics) + fill_section(metrics) + [""]
+    md += what_the_numbers_say(plan, ckpts, eval_dir, metrics) + [""]
     for key, title in (
         ("reliability", "Reliability diagrams"),
         ("bg_only_confidence", "Confidence on bg_only"),
