@@ -29,7 +29,8 @@ from als_det.metrics.context import (
     headline_comparison,
 )
 from als_det.models import build_resnet
-from als_det.report.evaluation import fill_section, write_evaluation
+from als_det.report.evaluation import write_evaluation
+from als_det.report.fills import fill_section
 from als_det.report.headline import headline_sentence
 
 CLASSES = ["n00000001", "n00000002", "n00000003"]

@@ -18,11 +18,11 @@ from matplotlib.figure import Figure
 from als_det.engine.events import read_history
 from als_det.io import atomic_write_text
 from als_det.metrics.intervals import t_interval
-from als_det.report.evaluation import fill_section, with_interval
 from als_det.report.figures import save_figure
+from als_det.report.fills import fill_section
 from als_det.report.sweep import SweepCell, summarize
 from als_det.report.sweep_tables import INTERVAL_METHOD, reliance_table, verdict
-from als_det.report.tables import markdown_table
+from als_det.report.tables import markdown_table, with_interval
 from als_det.versions import package_versions
 
 # (label, path into a model's metrics.json entry, format)

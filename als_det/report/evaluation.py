@@ -16,8 +16,9 @@ from als_det.report.figures import (
     confidence_histograms,
     reliability_diagrams,
 )
+from als_det.report.fills import fill_section
 from als_det.report.headline import add_sentences
-from als_det.report.tables import markdown_table
+from als_det.report.tables import cell, lookup, markdown_table, with_interval
 
 VARIANT_TEXT = {
     "bg_only": "boxes filled: context alone",
@@ -34,29 +35,13 @@ FORMS = (
 Row = tuple[str, Callable[[str], Any], str]  # (label, value of a model name, format)
 
 
-def _num(v: Any, spec: str) -> str:
-    if v is None:
-        return "n/a"
-    if isinstance(v, str):
-        return v
-    return format(v, spec)
-
-
 def _table(names: Sequence[str], rows: Sequence[Row]) -> str:
     """A row per (label, getter(model name), format), a column per model."""
     return markdown_table(
-        [[label, *(_num(get(n), spec) for n in names)] for label, get, spec in rows],
+        [[label, *(cell(get(n), spec) for n in names)] for label, get, spec in rows],
         ["", *names],
         colalign=("left",) + ("right",) * len(names),
     )
-
-
-def _get(d: dict[str, Any], *keys: str) -> Any:
-    for k in keys:
-        if not isinstance(d, dict) or k not in d:
-            return None
-        d = d[k]
-    return d
 
 
 def _skips(d: dict[str, Any] | None) -> str:
@@ -64,13 +49,6 @@ def _skips(d: dict[str, Any] | None) -> str:
         return "none"
     items = [f"{k} {v}" for k, v in d["skipped"].items() if v]
     return ", ".join(items) or "none"
-
-
-def with_interval(h: dict[str, Any] | None, key: str) -> str:
-    if not h or h.get(key) is None:
-        return "n/a"
-    iv = h.get("intervals_95", {}).get(key)
-    return f"{h[key]:.3f}" + (f" ({iv[0]:.3f}-{iv[1]:.3f})" if iv else "")
 
 
 def _als_mapping(ls: dict[str, Any]) -> str:
@@ -88,7 +66,7 @@ def _figure(metrics: dict[str, Any], key: str, alt: str) -> list[str]:
 
 
 def _getter(models: dict[str, Any]) -> Callable[..., Callable[[str], Any]]:
-    return lambda *keys: lambda n: _get(models[n], *keys)
+    return lambda *keys: lambda n: lookup(models[n], *keys)
 
 
 def _checkpoints(metrics: dict[str, Any]) -> list[str]:
@@ -140,7 +118,7 @@ def _before_after(model: dict[str, Any], key: str) -> str:
     if not ts:
         return "n/a"
     after = ts["after"][key] if ts.get("after") else None
-    return f"{ts['before'][key]:.4f} / {_num(after, '.4f')}"
+    return f"{ts['before'][key]:.4f} / {cell(after, '.4f')}"
 
 
 def _calibration(metrics: dict[str, Any]) -> list[str]:
@@ -251,7 +229,7 @@ def _where_it_looks(metrics: dict[str, Any]) -> list[str]:
         ("images", m("cam", "n"), "d"),
         ("left out", lambda n: _skips(models[n]["cam"]), ""),
     ]
-    if any(_get(models[n], "variants", "val_mixed", "cam") for n in names):
+    if any(lookup(models[n], "variants", "val_mixed", "cam") for n in names):
         rows += [
             (
                 "energy inside boxes (val_mixed)",
@@ -301,95 +279,6 @@ def _headline(metrics: dict[str, Any]) -> list[str]:
         out += [f"- {comps[c][source]['sentence']}" for c in cols if source in comps[c]]
     fills = fill_section(metrics)
     return out + ["", *fills] if fills else out
-
-
-def _direction(h: dict[str, Any] | None, key: str = "ratio_relative_to_val") -> str:
-    iv = (h or {}).get("intervals_95", {}).get(key)
-    if not iv:
-        return "no interval"
-    return "lower" if iv[1] < 1 else ("higher" if iv[0] > 1 else "alike")
-
-
-def fill_section(metrics: dict[str, Any]) -> list[str]:
-    """bg_only under every fill beside outside_crop (no fill): the confidences, the ratios to the
-    baseline with their intervals, and whether the verdicts agree. Empty without fills."""
-    fills = metrics.get("fills") or {}
-    models, comps = metrics["models"], fills.get("comparisons", {})
-    baseline = metrics["headline"]["baseline"]
-    names = list(models)
-    order = [
-        f
-        for f in ("black", "mean", "blur")
-        if all(f in models[n].get("bg_only_by_fill", {}) for n in names)
-    ]
-    if len(order) < 2:
-        return []
-    cols = [f"bg_only, {f} fill" + (" (headline)" if f == fills["primary"] else "") for f in order]
-    cols.append("outside_crop (no fill)")
-    head = metrics["headline"]["comparisons"]
-
-    def by_col(n: str) -> list[tuple[dict[str, Any] | None, dict[str, Any] | None]]:
-        """(the model's summary, its comparison with the baseline) per column."""
-        return [(models[n]["bg_only_by_fill"][f], comps.get(n, {}).get(f)) for f in order] + [
-            (models[n]["variants"].get("outside_crop"), head.get(n, {}).get("outside_crop"))
-        ]
-
-    rows = []
-    for n in names:
-        val = models[n]["val"]["mean_confidence"]
-        rows.append(
-            [
-                f"{n}: mean confidence",
-                *(_num(_get(v or {}, "mean_confidence"), ".3f") for v, _ in by_col(n)),
-            ]
-        )
-        rows.append(
-            [
-                f"{n}: / own val confidence",
-                *(
-                    _num(v["mean_confidence"] / val if v and v.get("n") else None, ".3f")
-                    for v, _ in by_col(n)
-                ),
-            ]
-        )
-    sentences = []
-    for n in (n for n in names if n != baseline):
-        cells = by_col(n)
-        rows.append(
-            [f"{n} / {baseline}: absolute", *(with_interval(h, "ratio_absolute") for _, h in cells)]
-        )
-        rows.append(
-            [
-                f"{n} / {baseline}: relative to own val",
-                *(with_interval(h, "ratio_relative_to_val") for _, h in cells),
-            ]
-        )
-        words = [_direction(h) for _, h in cells]
-        rows.append([f"{n} vs {baseline}: context reliance", *words])
-        if len(set(words)) == 1:
-            sentences.append(
-                f"- {n} vs {baseline}: every fill and outside_crop agree (relative to own val "
-                f"confidence: {words[0]})."
-            )
-        else:
-            said = ", ".join(f"{c.split(' (')[0]} says {w}" for c, w in zip(cols, words))
-            sentences.append(
-                f"- {n} vs {baseline}: **the verdict depends on the fill** ({said}); bg_only alone "
-                "does not settle whether it relies on context less."
-            )
-    return [
-        "### bg_only under each fill",
-        "",
-        "The same images with the labelled boxes filled black, with the normalisation mean, or "
-        "with a blur of the image, beside `outside_crop` (context without any fill). Each fill "
-        "adds or leaks something (docs/als.md, \"Context-only views\"); a verdict that changes "
-        "with the fill is not a verdict. lower / alike / higher: the 95% interval of the relative "
-        "ratio lies below 1 / includes 1 / lies above 1.",
-        "",
-        markdown_table(rows, ["", *cols], colalign=("left",) + ("right",) * len(cols)),
-        "",
-        *sentences,
-    ]
 
 
 def render_report(metrics: dict[str, Any]) -> str:
@@ -473,7 +362,7 @@ def write_evaluation(metrics: dict[str, Any], out_dir: str | Path) -> Path:
     hists = {
         n: m["variants"]["bg_only"]["confidence_histogram"]
         for n, m in models.items()
-        if _get(m, "variants", "bg_only", "confidence_histogram")
+        if lookup(m, "variants", "bg_only", "confidence_histogram")
     }
     if hists:
         figs["bg_only_confidence"] = confidence_histograms(
