@@ -30,7 +30,8 @@ import torch  # noqa: E402
 
 from als_det.config import load_config  # noqa: E402
 from als_det.data.generated import generate  # noqa: E402
-from als_det.engine.trainer import train, train_one_epoch  # noqa: E402
+from als_det.engine.loops import train_one_epoch  # noqa: E402
+from als_det.engine.trainer import train  # noqa: E402
 from als_det.io import atomic_write_json  # noqa: E402
 from als_det.models import build_resnet  # noqa: E402
 from als_det.targets import LabelStrategy  # noqa: E402

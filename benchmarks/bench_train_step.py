@@ -1,6 +1,6 @@
 """Trainer step time on CPU: ALS vs hard targets, same model, same batch (ratio printed last).
 
-Runs `als_det.engine.trainer.train_one_epoch` (forward, per-sample smoothing, soft targets, soft
+Runs `als_det.engine.loops.train_one_epoch` (forward, per-sample smoothing, soft targets, soft
 cross entropy, backward, SGD step, NaN check, statistics) over `--steps` copies of one batch for
 each arm, interleaved over `--repeats` so CPU contention hits both alike; reports the median seconds
 per step. The ALS batch carries real coverages in (0, 1), so its soft targets differ per sample.
@@ -16,7 +16,7 @@ import time
 
 import torch
 
-from als_det.engine.trainer import train_one_epoch
+from als_det.engine.loops import train_one_epoch
 from als_det.io import atomic_write_json
 from als_det.models import build_resnet
 from als_det.targets import LabelStrategy

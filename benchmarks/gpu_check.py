@@ -198,7 +198,7 @@ def trainer_rate(
 ) -> float:
     """Images/s of als_det's `train_one_epoch` over `iters` GPU-resident batches (wall time,
     synced)."""
-    from als_det.engine.trainer import train_one_epoch
+    from als_det.engine.loops import train_one_epoch
 
     loader = [batches[i % len(batches)] for i in range(iters)]
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda it: 1.0)
@@ -415,7 +415,7 @@ def end_to_end_rate(
     loader, model, opt, plan: Plan, device: torch.device, warm: int, timed: int
 ) -> float:
     """Images/s of `train_one_epoch` (ALS) fed by `loader`, after `warm` iterations."""
-    from als_det.engine.trainer import train_one_epoch
+    from als_det.engine.loops import train_one_epoch
     from als_det.targets import LabelStrategy
 
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda it: 1.0)
