@@ -12,8 +12,9 @@ import torchvision
 from detectron2.modeling import build_model
 
 from als_det.convert import convert_file
+from als_det.detection.command_line import finetune_argument_parser
 from als_det.detection.config import get_detection_cfg
-from als_det.detection.trainer import finetune_argument_parser, run_finetune
+from als_det.detection.trainer import run_finetune
 from als_det.detection.weights import WeightsError, backbone_keys, load_backbone_weights
 
 REPO = Path(__file__).resolve().parents[1]

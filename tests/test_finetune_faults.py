@@ -6,8 +6,9 @@ import pytest
 from test_detection_datasets import _tiny_coco
 from test_finetune import DEMO, TINY, resnet18_pkl, resnet18_pth  # noqa: F401 (module fixtures)
 
+from als_det.detection.command_line import finetune_argument_parser
 from als_det.detection.datasets import DatasetError
-from als_det.detection.trainer import finetune_argument_parser, run_finetune
+from als_det.detection.trainer import run_finetune
 
 
 def _run(*argv: str) -> dict:

@@ -24,7 +24,8 @@ from pathlib import Path
 import pytest
 
 from als_det.config import load_config
-from als_det.detection.trainer import finetune_argument_parser, run_finetune
+from als_det.detection.command_line import finetune_argument_parser
+from als_det.detection.trainer import run_finetune
 from als_det.engine.checkpoint import load_checkpoint
 from als_det.engine.trainer import train
 

@@ -21,7 +21,8 @@ full unpickling unless --unsafe-load.
 import sys
 
 from als_det.cli import run
-from als_det.detection.trainer import finetune_argument_parser, launch_finetune
+from als_det.detection.command_line import finetune_argument_parser
+from als_det.detection.trainer import launch_finetune
 
 
 def build_parser():
