@@ -16,7 +16,8 @@ from pathlib import Path
 import pytest
 
 from als_det.config import get_cfg
-from als_det.report.compare import METRICS, ResultsError, compare, format_table, run_compare
+from als_det.report.compare import METRICS, ResultsError, compare
+from als_det.report.compare_output import format_table, run_compare
 
 # strategy -> AP per seed (other metrics derived from AP by fixed offsets below)
 AP = {"hard": [30.0, 32.0, 31.0], "ls": [31.5, 33.5], "als": [34.0, 35.0, 36.5]}

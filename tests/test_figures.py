@@ -13,7 +13,8 @@ from matplotlib.text import Text
 from test_compare import _write_run
 
 from als_det.metrics.calibration import calibration_metrics_from_logits, temperature_scaling_report
-from als_det.report.compare import bar_figure, compare
+from als_det.report.compare import compare
+from als_det.report.compare_output import bar_figure
 from als_det.report.figures import cam_grid, cam_grid_figure, reliability_figure
 
 

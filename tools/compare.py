@@ -11,7 +11,8 @@ The table goes to stdout (to paste or pipe); the files it wrote are logged.
 import sys
 
 from als_det.cli import argument_parser, run
-from als_det.report.compare import FORMATS, run_compare
+from als_det.report.compare import FORMATS
+from als_det.report.compare_output import run_compare
 
 
 def build_parser():
