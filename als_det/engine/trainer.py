@@ -219,6 +219,38 @@ def _log_start(
     )
 
 
+def _prepare_output_dir(out_dir: Path, cfg: CfgNode, fresh: bool) -> None:
+    """Create OUTPUT_DIR; a fresh run sets an earlier run's files aside; write config.yaml."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    aside = set_aside_previous_run(out_dir, PRETRAIN_OUTPUTS, PRETRAIN_MARKERS) if fresh else None
+    if aside is not None:
+        logger.info("%s", set_aside_note(out_dir, aside))
+    atomic_write_text(out_dir / "config.yaml", cfg.dump())
+
+
+def _build_model(
+    cfg: CfgNode,
+    num_classes: int,
+    device: torch.device,
+    channels_last: bool,
+    model_hook: Callable[[nn.Module], None] | None,
+) -> nn.Module:
+    model = build_resnet(cfg.MODEL.ARCH, num_classes).to(device)
+    if model_hook is not None:
+        model_hook(model)
+    return model.to(memory_format=torch.channels_last) if channels_last else model
+
+
+def _wrap_for_training(model: nn.Module, cfg: CfgNode, info: DistInfo) -> nn.Module:
+    """DistributedDataParallel under torchrun, then torch.compile if asked."""
+    if info.distributed:
+        device = info.device
+        model = nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None
+        )
+    return torch.compile(model) if cfg.TRAIN.COMPILE else model
+
+
 def _train(
     cfg: CfgNode,
     info: DistInfo,
@@ -240,15 +272,7 @@ def _train(
             f"{cfg.DATA.ROOT} now has {len(data.classes)} (or other names)"
         )
     if main:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        aside = (
-            None
-            if resume_path
-            else set_aside_previous_run(out_dir, PRETRAIN_OUTPUTS, PRETRAIN_MARKERS)
-        )
-        if aside is not None:
-            logger.info("%s", set_aside_note(out_dir, aside))
-        atomic_write_text(out_dir / "config.yaml", cfg.dump())
+        _prepare_output_dir(out_dir, cfg, fresh=resume_path is None)
     setup_logging(out_dir, info.rank)
     strategy = LabelStrategy.from_cfg(cfg.LABELS)
     mixer = BatchMixer(strategy, len(data.classes), cfg.SEED, info.rank) if strategy.mixes else None
@@ -260,11 +284,7 @@ def _train(
     )
     _log_start(cfg, info, data, strategy, iters_per_epoch, amp, channels_last)
 
-    model = build_resnet(cfg.MODEL.ARCH, len(data.classes)).to(device)
-    if model_hook is not None:
-        model_hook(model)
-    if channels_last:
-        model = model.to(memory_format=torch.channels_last)
+    model = _build_model(cfg, len(data.classes), device, channels_last, model_hook)
     optimizer = build_optimizer(model, cfg, info.world_size)
     scheduler = build_scheduler(optimizer, cfg, iters_per_epoch)
     scaler = torch.amp.GradScaler(device.type, enabled=amp == "fp16")
@@ -283,12 +303,7 @@ def _train(
         history = read_history(out_dir / "metrics.jsonl", start_epoch)
         logger.info("resumed from %s after epoch %d", resume_path, start_epoch)
     raw_model = model  # saved and evaluated: torchvision key names, no collectives
-    if info.distributed:
-        model = nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None
-        )
-    if cfg.TRAIN.COMPILE:
-        model = torch.compile(model)
+    model = _wrap_for_training(model, cfg, info)
     if main:
         atomic_write_json(
             out_dir / "run.json",
