@@ -96,21 +96,7 @@ def train_one_epoch(
             loss, e, n_skipped = loss_for_mixed_batch(logits, labels, mixed_targets)
         else:
             loss, e, n_skipped = loss_for_batch(strategy, logits, labels, cov, has_box, obj_cov)
-        used = (labels >= 0) & ~torch.isnan(e)
-        n_used = used.sum()
-        batch = torch.stack(
-            [
-                loss.detach().double() * n_used,
-                n_used.double(),
-                e[used].double().sum(),
-                cov[used & has_box].double().sum(),
-                (used & has_box).sum().double(),
-                (labels < 0).sum().double(),
-                torch.tensor(float(n_skipped), dtype=torch.float64, device=device),
-                torch.tensor(float(labels.shape[0]), dtype=torch.float64, device=device),
-                obj_cov[used & has_box].double().sum(),
-            ]
-        )
+        batch = _batch_sums(loss, e, labels, cov, obj_cov, has_box, n_skipped)
         all_reduce_sum(batch)
         if not torch.isfinite(batch[0]):
             raise NonFiniteLossError(
@@ -133,8 +119,39 @@ def train_one_epoch(
             )
             bar.update()
     bar.close()
-    seconds = time.perf_counter() - start
-    s = sums.tolist()
+    return _epoch_stats(sums.tolist(), n_iters, time.perf_counter() - start)
+
+
+def _batch_sums(
+    loss: torch.Tensor,
+    e: torch.Tensor,
+    labels: torch.Tensor,
+    cov: torch.Tensor,
+    obj_cov: torch.Tensor,
+    has_box: torch.Tensor,
+    n_skipped: int,
+) -> torch.Tensor:
+    """A batch's contribution to the epoch sums (the order `_epoch_stats` reads)."""
+    used = (labels >= 0) & ~torch.isnan(e)
+    n_used = used.sum()
+    n_seen = torch.tensor(float(labels.shape[0]), dtype=torch.float64, device=labels.device)
+    return torch.stack(
+        [
+            loss.detach().double() * n_used,
+            n_used.double(),
+            e[used].double().sum(),
+            cov[used & has_box].double().sum(),
+            (used & has_box).sum().double(),
+            (labels < 0).sum().double(),
+            torch.tensor(float(n_skipped), dtype=torch.float64, device=labels.device),
+            n_seen,
+            obj_cov[used & has_box].double().sum(),
+        ]
+    )
+
+
+def _epoch_stats(s: list[float], n_iters: int, seconds: float) -> dict[str, float]:
+    """The epoch's statistics from its summed `_batch_sums`."""
     return {
         "train_loss": s[0] / max(1.0, s[1]),
         "mean_e": s[2] / max(1.0, s[1]),
