@@ -52,6 +52,7 @@ def test_sweep_plan_is_settings_x_seeds_x_lengths_one_cell_after_the_other():
         plan.seeds == [0, 1, 2]
         and grid.epochs == [8, 16, 32]
         and grid.lengths_for == ["hard", "als"]
+        and grid.length_seeds == [0, 1]
     )
     expected = {(s, 8) for s in grid.settings} | {(s, e) for s in ("hard", "als") for e in (16, 32)}
     assert {(setting, e) for _, setting, e in grid.cells()} == expected
@@ -79,7 +80,8 @@ def test_sweep_plan_is_settings_x_seeds_x_lengths_one_cell_after_the_other():
         assert (labels.STRATEGY, labels.COVERAGE, labels.E_MAX, labels.POWER) == want, name
 
     graph = build_graph(plan)
-    assert len(graph.stages) == 2 * len(expected) * 3
+    longer = {(s, e) for s, e in expected if e != 8}
+    assert len(graph.stages) == 2 * ((len(expected) - len(longer)) * 3 + len(longer) * 2)
     runs = []
     for pre, ev in zip(graph.stages[::2], graph.stages[1::2]):  # each cell trained, then evaluated
         assert (pre.kind, ev.kind, ev.deps) == ("pretrain", "evaluate", (pre.name,))
@@ -92,7 +94,8 @@ def test_sweep_plan_is_settings_x_seeds_x_lengths_one_cell_after_the_other():
             == REPO / "output/sweep_tiny_imagenet/evaluation" / run[0] / "metrics.json"
         )
         runs.append(run[0])
-    assert runs[:2] == ["hard_e8_s0", "ls_e8_s0"] and runs[-1] == "als_e32_s2"
+    assert runs[:2] == ["hard_e8_s0", "ls_e8_s0"] and runs[-1] == "als_e32_s1"
+    assert "mixup_e8_s2" in runs and not any(r.endswith("_s2") and "_e8_" not in r for r in runs)
     assert runs.index("als_e8_s2") < runs.index(
         "hard_e16_s0"
     )  # the main length over every seed first
@@ -121,6 +124,10 @@ def test_sweep_plan_is_settings_x_seeds_x_lengths_one_cell_after_the_other():
             "lengths_for needs more than one length",
         ),
         (lambda p: p["sweep"].update(seeds=[0]), r"unknown key\(s\) \['seeds'\] in sweep"),
+        (
+            lambda p: p["sweep"].update(length_seeds=[0, 7]),
+            r"sweep.length_seeds must be among the plan.s seeds \[.*\], got \[0, 7\]",
+        ),
         (
             lambda p: p["arms"]["als"].update(overrides={"SOLVER.EPOCHS": 4}),
             r"arms.als.overrides set SOLVER.EPOCHS; in a sweep the lengths come from sweep.epochs",
@@ -165,11 +172,12 @@ def test_dry_run_lists_every_cell():
     assert out.returncode == 0, out.stderr
     lines = out.stdout.splitlines()
     assert lines[1] == (
-        "# sweep: 9 settings x 3 seeds at 8 epochs, and hard, als at 16, 32 epochs: 39 cells "
-        "(a pretraining and an evaluation each); report: output/sweep_tiny_imagenet/report.md"
+        "# sweep: 9 settings x 3 seeds at 8 epochs, and hard, als at 16, 32 epochs (seeds 0, 1): "
+        "35 cells (a pretraining and an evaluation each); report: "
+        "output/sweep_tiny_imagenet/report.md"
     )
     commands = [ln for ln in lines if not ln.startswith("#")]
-    assert len(commands) == 78
+    assert len(commands) == 70
     emax = next(
         ln for ln in commands if "pretrain/als_emax03_e8_s2" in ln and "tools/pretrain.py" in ln
     )

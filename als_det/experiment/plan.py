@@ -28,7 +28,8 @@ A sweep (`sweep: {epochs: [8, 16, 32], lengths_for: [hard, als]}`) reads `arms` 
 runs every setting x seed x training length as one cell: the arm `<setting>_e<epochs>` (the setting
 with `SOLVER.EPOCHS` set), the run `<setting>_e<epochs>_s<seed>` (the seed always named, so
 `--seeds N` keeps the finished cells), one evaluation per run and no detection. Every setting runs
-the first length; the settings in `lengths_for` (the baseline among them) run every length. Cells
+the first length; the settings in `lengths_for` (the baseline among them) run every length, with
+the seeds in `length_seeds` (optional, among the plan's; default every seed). Cells
 run length by length (the first length over every seed first). The report (`report: sweep`,
 implied) is `als_det.report.sweep`'s, written to OUT/report.md.
 """
@@ -205,7 +206,7 @@ def parse_plan(raw: Any, source: str = "<plan>") -> Plan:
     sweep = None
     if raw.get("sweep") is not None or report == "sweep":
         _check_sweep_plan(raw, evaluate, pretrain, source)
-        sweep = _sweep_grid(raw["sweep"], arms, baseline, source)
+        sweep = _sweep_grid(raw["sweep"], arms, baseline, raw.get("seeds", [0]), source)
         arms = {
             name: Arm(name, arms[setting].config, {**arms[setting].overrides, "SOLVER.EPOCHS": e})
             for name, setting, e in sweep.cells()
@@ -244,8 +245,10 @@ def parse_plan(raw: Any, source: str = "<plan>") -> Plan:
     )
 
 
-def _sweep_grid(raw: Any, arms: dict[str, Arm], baseline: str, source: str) -> SweepGrid:
-    s = _check_keys(raw, {"epochs", "lengths_for"}, "sweep", source)
+def _sweep_grid(
+    raw: Any, arms: dict[str, Arm], baseline: str, seeds: list[int], source: str
+) -> SweepGrid:
+    s = _check_keys(raw, {"epochs", "lengths_for", "length_seeds"}, "sweep", source)
     epochs = s.get("epochs")
     if (
         not isinstance(epochs, list)
@@ -270,7 +273,17 @@ def _sweep_grid(raw: Any, arms: dict[str, Arm], baseline: str, source: str) -> S
         )
     if len(epochs) == 1 and lengths_for:
         raise PlanError(f"{source}: sweep.lengths_for needs more than one length in sweep.epochs")
-    return SweepGrid(dict(arms), list(epochs), [str(x) for x in lengths_for], baseline)
+    length_seeds = s.get("length_seeds")
+    if length_seeds is not None:
+        length_seeds = _seeds(length_seeds, "sweep.length_seeds", source)
+        if not set(length_seeds) <= set(seeds):
+            raise PlanError(
+                f"{source}: sweep.length_seeds must be among the plan's seeds {seeds}, "
+                f"got {length_seeds}"
+            )
+    return SweepGrid(
+        dict(arms), list(epochs), [str(x) for x in lengths_for], baseline, length_seeds
+    )
 
 
 def _check_sweep_plan(

@@ -72,6 +72,13 @@ class SweepGrid:
     epochs: list[int]  # epochs[0]: every setting's (the report's main length)
     lengths_for: list[str]  # the settings that also run the other lengths
     baseline: str  # the setting every cell is paired with (same seed and length)
+    length_seeds: list[int] | None = None  # the seeds of the other lengths (None: every seed)
+
+    def seeds_at(self, epochs: int, seeds: list[int]) -> list[int]:
+        """The plan's seeds that run at this length."""
+        if epochs == self.epochs[0] or self.length_seeds is None:
+            return list(seeds)
+        return [s for s in seeds if s in self.length_seeds]
 
     def cells(self) -> list[tuple[str, str, int]]:
         """(arm name, setting, epochs) of every generated arm, the main length first."""
@@ -119,7 +126,7 @@ class Plan:
         return [
             (self.run_name(arm, s), self.arms[arm], s)
             for length in self.sweep.epochs
-            for s in self.seeds
+            for s in self.sweep.seeds_at(length, self.seeds)
             for arm, _, e in self.sweep.cells()
             if e == length
         ]

@@ -62,7 +62,10 @@ def describe_grid(plan: Plan) -> str:
         if longer
         else ""
     )
-    n = len(grid.cells()) * len(plan.seeds)
+    n = sum(len(grid.seeds_at(e, plan.seeds)) for _, _, e in grid.cells())
+    longer_seeds = grid.seeds_at(longer[0], plan.seeds) if longer else plan.seeds
+    if longer and longer_seeds != plan.seeds:
+        extra += f" (seed{'s' * (len(longer_seeds) != 1)} {', '.join(map(str, longer_seeds))})"
     return (
         f"# sweep: {len(grid.settings)} settings x {len(plan.seeds)} seeds at {main} "
         f"epoch{'s' * (main != 1)}{extra}: {n} cells (a pretraining and an evaluation each); "
