@@ -89,47 +89,9 @@ def validate_coco_json(
         raise DatasetError(f"{json_file}: annotation file not found (data set {name!r})")
     if not image_root.is_dir():
         raise DatasetError(f"{image_root}: image folder not found (data set {name!r}, {json_file})")
-    try:
-        raw = json_file.read_bytes()
-        data = json.loads(raw.decode("utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise DatasetError(f"{json_file}: not a readable json file: {e}") from e
-    if not isinstance(data, dict):
-        raise DatasetError(f"{json_file}: expected a COCO json object, got {type(data).__name__}")
-    for key in ("images", "annotations", "categories"):
-        if not isinstance(data.get(key), list):
-            raise DatasetError(f"{json_file}: no {key!r} list; not a COCO instances file")
+    raw, data = _read_coco_json(json_file)
     images, anns, cats = data["images"], data["annotations"], data["categories"]
-    if not cats:
-        raise DatasetError(f"{json_file}: 'categories' is empty")
-
-    for what, items in (("image", images), ("annotation", anns), ("category", cats)):
-        dup = _duplicates(x.get("id") for x in items)
-        if dup:
-            _fail(json_file, f"duplicate {what} ids", dup)
-    image_ids = {im["id"] for im in images}
-    cat_ids = {c["id"] for c in cats}
-
-    unknown_img = [a.get("id") for a in anns if a.get("image_id") not in image_ids]
-    if unknown_img:
-        _fail(
-            json_file, "annotations whose image_id is not in 'images' (annotation ids)", unknown_img
-        )
-    unknown_cat = sorted({a.get("category_id") for a in anns} - cat_ids, key=str)
-    if unknown_cat:
-        _fail(
-            json_file,
-            f"annotations use category ids not declared in 'categories' "
-            f"(declared: {sorted(cat_ids)}); unknown ids",
-            unknown_cat,
-        )
-    bad_bbox = [
-        a.get("id") for a in anns if not (isinstance(a.get("bbox"), list) and len(a["bbox"]) == 4)
-    ]
-    if bad_bbox:
-        _fail(
-            json_file, "annotations without a 4-number bbox [x, y, w, h] (annotation ids)", bad_bbox
-        )
+    _check_references(json_file, images, anns, cats)
     usable = [a for a in anns if not a.get("iscrowd", 0) and a["bbox"][2] > 0 and a["bbox"][3] > 0]
     if not usable:
         what = (
@@ -162,6 +124,54 @@ def validate_coco_json(
             a["id"] for a in anns if not a.get("iscrowd", 0) and not a.get("segmentation")
         ],
     )
+
+
+def _read_coco_json(json_file: Path) -> tuple[bytes, dict]:
+    """The file's bytes (for its hash) and its parsed object, with the three COCO lists."""
+    try:
+        raw = json_file.read_bytes()
+        data = json.loads(raw.decode("utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise DatasetError(f"{json_file}: not a readable json file: {e}") from e
+    if not isinstance(data, dict):
+        raise DatasetError(f"{json_file}: expected a COCO json object, got {type(data).__name__}")
+    for key in ("images", "annotations", "categories"):
+        if not isinstance(data.get(key), list):
+            raise DatasetError(f"{json_file}: no {key!r} list; not a COCO instances file")
+    if not data["categories"]:
+        raise DatasetError(f"{json_file}: 'categories' is empty")
+    return raw, data
+
+
+def _check_references(json_file: Path, images: list, anns: list, cats: list) -> None:
+    """Ids are unique, every annotation names a known image and category, every bbox has 4
+    numbers."""
+    for what, items in (("image", images), ("annotation", anns), ("category", cats)):
+        dup = _duplicates(x.get("id") for x in items)
+        if dup:
+            _fail(json_file, f"duplicate {what} ids", dup)
+    image_ids = {im["id"] for im in images}
+    cat_ids = {c["id"] for c in cats}
+    unknown_img = [a.get("id") for a in anns if a.get("image_id") not in image_ids]
+    if unknown_img:
+        _fail(
+            json_file, "annotations whose image_id is not in 'images' (annotation ids)", unknown_img
+        )
+    unknown_cat = sorted({a.get("category_id") for a in anns} - cat_ids, key=str)
+    if unknown_cat:
+        _fail(
+            json_file,
+            f"annotations use category ids not declared in 'categories' "
+            f"(declared: {sorted(cat_ids)}); unknown ids",
+            unknown_cat,
+        )
+    bad_bbox = [
+        a.get("id") for a in anns if not (isinstance(a.get("bbox"), list) and len(a["bbox"]) == 4)
+    ]
+    if bad_bbox:
+        _fail(
+            json_file, "annotations without a 4-number bbox [x, y, w, h] (annotation ids)", bad_bbox
+        )
 
 
 def load_coco_detection(

@@ -57,6 +57,22 @@ from als_det.experiment.spec import (
 REPO = Path(__file__).resolve().parents[2]
 STAGE_KINDS = ("data", "pretrain", "evaluate", "convert", "finetune", "compare")
 REPORTS = ("demo", "sweep")
+PLAN_KEYS = {
+    "name",
+    "out",
+    "seeds",
+    "baseline",
+    "data",
+    "arms",
+    "pretrain",
+    "evaluate",
+    "convert",
+    "detection",
+    "compare",
+    "report",
+    "slurm",
+    "sweep",
+}
 
 
 SLURM_DEFAULTS = {
@@ -148,36 +164,11 @@ def _section(raw: Mapping[str, Any], key: str, allowed: set[str], source: str) -
 
 def parse_plan(raw: Any, source: str = "<plan>") -> Plan:
     """Check a loaded plan mapping and build the `Plan`; every problem is a `PlanError`."""
-    top = {
-        "name",
-        "out",
-        "seeds",
-        "baseline",
-        "data",
-        "arms",
-        "pretrain",
-        "evaluate",
-        "convert",
-        "detection",
-        "compare",
-        "report",
-        "slurm",
-        "sweep",
-    }
-    raw = _check_keys(raw, top, "the plan", source)
+    raw = _check_keys(raw, PLAN_KEYS, "the plan", source)
     for key in ("name", "out", "arms"):
         if not raw.get(key):
             raise PlanError(f"{source}: the plan needs `{key}`")
-    arms = {}
-    for name, spec in _check_keys(raw["arms"], set(raw["arms"]), "arms", source).items():
-        a = _check_keys(spec, {"config", "overrides"}, f"arms.{name}", source)
-        if not a.get("config"):
-            raise PlanError(f"{source}: arms.{name} needs a config")
-        arms[str(name)] = Arm(
-            str(name),
-            _existing(a["config"], f"arms.{name}", source),
-            _overrides(a.get("overrides"), f"arms.{name}.overrides", source),
-        )
+    arms = _arms(raw["arms"], source)
     baseline = str(raw.get("baseline", "hard"))
     if baseline not in arms:
         raise PlanError(f"{source}: baseline {baseline!r} is not among the arms {list(arms)}")
@@ -185,21 +176,8 @@ def parse_plan(raw: Any, source: str = "<plan>") -> Plan:
     if not data.get("root"):
         raise PlanError(f"{source}: data.root is required (the pretraining and evaluation data)")
     pretrain = _section(raw, "pretrain", {"overrides"}, source)
-    evaluate = None
-    if raw.get("evaluate", {}) is not None:
-        ev = _section(raw, "evaluate", {"args", "per_run", "data"}, source)
-        evaluate = Evaluation(
-            args=_string_list(ev.get("args"), "evaluate.args", source),
-            per_run=bool(ev.get("per_run", False)),
-            data=str(ev.get("data") or ""),
-            resources=_resources(ev.get("resources"), "evaluate", source),
-        )
-    detection = raw.get("detection") or []
-    if not isinstance(detection, list):
-        raise PlanError(f"{source}: detection must be a list of detector entries")
-    names = [d.get("name") for d in detection if isinstance(d, Mapping)]
-    if len(set(names)) != len(names):
-        raise PlanError(f"{source}: detection names must be distinct, got {names}")
+    evaluate = _evaluation(raw, source)
+    detection = _detection_entries(raw, source)
     report = raw.get("report")
     if report is not None and report not in REPORTS:
         raise PlanError(f"{source}: report must be one of {list(REPORTS)} or null, got {report!r}")
@@ -215,10 +193,6 @@ def parse_plan(raw: Any, source: str = "<plan>") -> Plan:
         evaluate, report = replace(evaluate, per_run=True), "sweep"
     if report == "demo" and (evaluate is None or evaluate.per_run or not detection):
         raise PlanError(f"{source}: report: demo needs one evaluation over all runs and a detector")
-    slurm = {
-        **copy.deepcopy(SLURM_DEFAULTS),
-        **_check_keys(raw.get("slurm"), set(SLURM_DEFAULTS), "slurm", source),
-    }
     return Plan(
         name=str(raw["name"]),
         out=str(raw["out"]),
@@ -231,18 +205,58 @@ def parse_plan(raw: Any, source: str = "<plan>") -> Plan:
         pretrain_overrides=_overrides(pretrain.get("overrides"), "pretrain.overrides", source),
         pretrain_resources=_resources(pretrain.get("resources"), "pretrain", source),
         evaluate=evaluate,
-        convert_resources=_resources(
-            _section(raw, "convert", set(), source).get("resources"), "convert", source
-        ),
+        convert_resources=_stage_resources(raw, "convert", source),
         detection=[_detection(d, i, source) for i, d in enumerate(detection)],
-        compare_resources=_resources(
-            _section(raw, "compare", set(), source).get("resources"), "compare", source
-        ),
+        compare_resources=_stage_resources(raw, "compare", source),
         report=report,
-        slurm=slurm,
+        slurm={
+            **copy.deepcopy(SLURM_DEFAULTS),
+            **_check_keys(raw.get("slurm"), set(SLURM_DEFAULTS), "slurm", source),
+        },
         sweep=sweep,
         source=source,
     )
+
+
+def _arms(raw: Any, source: str) -> dict[str, Arm]:
+    arms = {}
+    for name, spec in _check_keys(raw, set(raw), "arms", source).items():
+        a = _check_keys(spec, {"config", "overrides"}, f"arms.{name}", source)
+        if not a.get("config"):
+            raise PlanError(f"{source}: arms.{name} needs a config")
+        arms[str(name)] = Arm(
+            str(name),
+            _existing(a["config"], f"arms.{name}", source),
+            _overrides(a.get("overrides"), f"arms.{name}.overrides", source),
+        )
+    return arms
+
+
+def _evaluation(raw: Mapping[str, Any], source: str) -> Evaluation | None:
+    """`evaluate: null` turns evaluation off; absent means the defaults."""
+    if raw.get("evaluate", {}) is None:
+        return None
+    ev = _section(raw, "evaluate", {"args", "per_run", "data"}, source)
+    return Evaluation(
+        args=_string_list(ev.get("args"), "evaluate.args", source),
+        per_run=bool(ev.get("per_run", False)),
+        data=str(ev.get("data") or ""),
+        resources=_resources(ev.get("resources"), "evaluate", source),
+    )
+
+
+def _detection_entries(raw: Mapping[str, Any], source: str) -> list[Any]:
+    detection = raw.get("detection") or []
+    if not isinstance(detection, list):
+        raise PlanError(f"{source}: detection must be a list of detector entries")
+    names = [d.get("name") for d in detection if isinstance(d, Mapping)]
+    if len(set(names)) != len(names):
+        raise PlanError(f"{source}: detection names must be distinct, got {names}")
+    return detection
+
+
+def _stage_resources(raw: Mapping[str, Any], stage: str, source: str) -> Resources:
+    return _resources(_section(raw, stage, set(), source).get("resources"), stage, source)
 
 
 def _sweep_grid(
