@@ -16,6 +16,7 @@ import os
 import random
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +25,6 @@ import torch
 import torch.nn as nn
 from fvcore.common.config import CfgNode
 
-from als_det.data.imagenet import IMAGENET_MEAN, IMAGENET_STD
 from als_det.engine.checkpoint import CheckpointSaver, load_checkpoint
 from als_det.engine.data import DataBundle, build_data, build_loaders
 from als_det.engine.distributed import (
@@ -36,6 +36,7 @@ from als_det.engine.distributed import (
 from als_det.engine.events import MetricsWriter, read_history
 from als_det.engine.loops import NonFiniteLossError, evaluate, resolve_precision, train_one_epoch
 from als_det.engine.resume import ResumeError, check_resume, resume_record
+from als_det.engine.run_record import checkpoint_identity, log_start, run_record
 from als_det.engine.solver import build_optimizer, build_scheduler
 from als_det.io import atomic_write_json, atomic_write_text
 from als_det.logger import setup_logging
@@ -43,7 +44,6 @@ from als_det.mixing import BatchMixer
 from als_det.models import build_resnet
 from als_det.output_dir import set_aside_note, set_aside_previous_run
 from als_det.targets import LabelStrategy
-from als_det.versions import package_versions
 
 logger = logging.getLogger(__name__)
 
@@ -109,42 +109,6 @@ def train(
             cleanup_distributed()
 
 
-def _run_record(
-    cfg: CfgNode,
-    info: DistInfo,
-    data: DataBundle,
-    strategy: LabelStrategy,
-    amp: str,
-    channels_last: bool,
-    resumes: list[dict[str, Any]],
-) -> dict[str, Any]:
-    """run.json: what actually ran (device, intra-op threads, precision, memory format, compiler),
-    data and versions."""
-    return {
-        "seed": cfg.SEED,
-        "world_size": info.world_size,
-        "device": str(info.device),
-        "torch_threads": torch.get_num_threads(),
-        "amp": amp,
-        "channels_last": channels_last,
-        "compile": "inductor" if cfg.TRAIN.COMPILE else False,
-        "label_strategy": strategy.to_dict(),
-        "classes": data.classes,
-        "index": {
-            k: {
-                "images": r.images,
-                "with_boxes": r.with_boxes,
-                "boxes": r.boxes,
-                "skipped": {why: len(f) for why, f in r.skipped.items()},
-            }
-            for k, r in data.reports.items()
-        },
-        "train_mean_box_area": data.box_area,
-        "resumes": resumes,
-        "versions": package_versions(),
-    }
-
-
 def _checked_resume(
     resume_path: Path | None, cfg: CfgNode, info: DistInfo, allow_config_change: bool
 ) -> tuple[dict[str, Any] | None, list[dict[str, Any]]]:
@@ -174,49 +138,6 @@ def _seed(cfg: CfgNode) -> None:
     torch.manual_seed(cfg.SEED)
     np.random.seed(cfg.SEED)
     random.seed(cfg.SEED)
-
-
-def _identity(
-    cfg: CfgNode, data: DataBundle, strategy: LabelStrategy, world_size: int
-) -> dict[str, Any]:
-    """What every checkpoint of the run records besides its training state."""
-    return {
-        "arch": cfg.MODEL.ARCH,
-        "num_classes": len(data.classes),
-        "classes": data.classes,
-        "label_strategy": strategy.to_dict(),
-        "preprocessing": {
-            "input_format": "RGB",
-            "pixel_mean": [255.0 * m for m in IMAGENET_MEAN],
-            "pixel_std": [255.0 * s for s in IMAGENET_STD],
-            "image_size": cfg.DATA.IMAGE_SIZE,
-        },
-        "config": cfg.dump(),
-        "seed": cfg.SEED,
-        "world_size": world_size,
-    }
-
-
-def _log_start(
-    cfg: CfgNode,
-    info: DistInfo,
-    data: DataBundle,
-    strategy: LabelStrategy,
-    iters_per_epoch: int,
-    amp: str,
-    channels_last: bool,
-) -> None:
-    tr, va = data.reports["train"], data.reports["val"]
-    logger.info(tr.summary())
-    logger.info(va.summary())
-    logger.info(
-        f"train: {tr.images} images, {tr.with_boxes} with boxes "
-        f"({100.0 * tr.with_boxes / max(1, tr.images):.1f}%), mean box area {data.box_area:.3f} of "
-        f"the image; {len(data.classes)} classes; label strategy {strategy.name}; "
-        f"{info.world_size} process(es) on {info.device}, global batch "
-        f"{cfg.SOLVER.BATCH_SIZE * info.world_size}, {iters_per_epoch} iterations/epoch; precision "
-        f"{'float32' if amp == 'none' else amp + ' autocast'}, channels_last {channels_last}"
-    )
 
 
 def _prepare_output_dir(out_dir: Path, cfg: CfgNode, fresh: bool) -> None:
@@ -251,17 +172,14 @@ def _wrap_for_training(model: nn.Module, cfg: CfgNode, info: DistInfo) -> nn.Mod
     return torch.compile(model) if cfg.TRAIN.COMPILE else model
 
 
-def _train(
-    cfg: CfgNode,
-    info: DistInfo,
-    resume: str | None,
-    stop_after_epoch: int | None,
-    model_hook: Callable[[nn.Module], None] | None,
-    allow_config_change: bool = False,
-) -> Path:
-    out_dir, main, device = Path(cfg.OUTPUT_DIR), info.is_main, info.device
-    # Every check that can refuse the run comes before the first write into OUTPUT_DIR.
-    amp, channels_last = resolve_precision(cfg, device)
+def _start(
+    cfg: CfgNode, info: DistInfo, resume: str | None, allow_config_change: bool
+) -> tuple[DataBundle, dict[str, Any] | None, Path | None, list[dict[str, Any]], str, bool]:
+    """Every check that can refuse the run, before the first write into OUTPUT_DIR; then the
+    folder prepared and logging set up. Returns (data, the checkpoint to resume or None, its path,
+    run.json's `resumes`, amp, channels_last)."""
+    out_dir = Path(cfg.OUTPUT_DIR)
+    amp, channels_last = resolve_precision(cfg, info.device)
     resume_path = _resolve_resume(resume, out_dir)
     ckpt, resumes = _checked_resume(resume_path, cfg, info, allow_config_change)
     _seed(cfg)
@@ -271,18 +189,52 @@ def _train(
             f"cannot resume {resume_path}: it was trained on {len(ckpt['classes'])} classes, "
             f"{cfg.DATA.ROOT} now has {len(data.classes)} (or other names)"
         )
-    if main:
+    if info.is_main:
         _prepare_output_dir(out_dir, cfg, fresh=resume_path is None)
     setup_logging(out_dir, info.rank)
+    return data, ckpt, resume_path, resumes, amp, channels_last
+
+
+def _epoch(
+    epoch: int,
+    train_step: Callable[..., dict[str, float]],
+    validate: Callable[[], dict[str, float]],
+    optimizer: torch.optim.Optimizer,
+    cfg: CfgNode,
+    last_val: dict[str, float],
+) -> tuple[dict[str, Any], dict[str, float]]:
+    """Train one epoch, validate when TRAIN.EVAL_PERIOD (or the last epoch) says so; returns the
+    epoch's metrics row and the latest validation metrics."""
+    t0 = time.perf_counter()
+    stats = train_step(epoch=epoch)
+    row: dict[str, Any] = {"epoch": epoch, "lr": optimizer.param_groups[0]["lr"], **stats}
+    if epoch % cfg.TRAIN.EVAL_PERIOD == 0 or epoch == cfg.SOLVER.EPOCHS:
+        t1 = time.perf_counter()
+        last_val = validate()
+        row.update({f"val_{k}": v for k, v in last_val.items()})
+        row["eval_time_s"] = time.perf_counter() - t1
+    row["epoch_time_s"] = time.perf_counter() - t0
+    return row, last_val
+
+
+def _train(
+    cfg: CfgNode,
+    info: DistInfo,
+    resume: str | None,
+    stop_after_epoch: int | None,
+    model_hook: Callable[[nn.Module], None] | None,
+    allow_config_change: bool = False,
+) -> Path:
+    out_dir, main, device = Path(cfg.OUTPUT_DIR), info.is_main, info.device
+    data, ckpt, resume_path, resumes, amp, channels_last = _start(
+        cfg, info, resume, allow_config_change
+    )
     strategy = LabelStrategy.from_cfg(cfg.LABELS)
     mixer = BatchMixer(strategy, len(data.classes), cfg.SEED, info.rank) if strategy.mixes else None
     train_loader, sampler, val_loader = build_loaders(cfg, data, info)
-    iters_per_epoch = (
-        len(train_loader)
-        if cfg.TRAIN.MAX_ITERS_PER_EPOCH <= 0
-        else min(cfg.TRAIN.MAX_ITERS_PER_EPOCH, len(train_loader))
-    )
-    _log_start(cfg, info, data, strategy, iters_per_epoch, amp, channels_last)
+    max_iters = cfg.TRAIN.MAX_ITERS_PER_EPOCH
+    iters_per_epoch = len(train_loader) if max_iters <= 0 else min(max_iters, len(train_loader))
+    log_start(cfg, info, data, strategy, iters_per_epoch, amp, channels_last)
 
     model = _build_model(cfg, len(data.classes), device, channels_last, model_hook)
     optimizer = build_optimizer(model, cfg, info.world_size)
@@ -294,7 +246,7 @@ def _train(
         optimizer,
         scheduler,
         scaler,
-        _identity(cfg, data, strategy, info.world_size),
+        checkpoint_identity(cfg, data, strategy, info.world_size),
         enabled=main,
     )
     start_epoch, last_val, history = 0, {}, []
@@ -307,9 +259,34 @@ def _train(
     if main:
         atomic_write_json(
             out_dir / "run.json",
-            _run_record(cfg, info, data, strategy, amp, channels_last, resumes),
+            run_record(cfg, info, data, strategy, amp, channels_last, resumes),
         )
     writer = MetricsWriter(out_dir, cfg.SOLVER.EPOCHS, history, start_epoch, enabled=main)
+    train_step = partial(
+        train_one_epoch,
+        model,
+        train_loader,
+        optimizer,
+        scheduler,
+        scaler,
+        strategy,
+        device,
+        amp=amp,
+        channels_last=channels_last,
+        max_iters=max_iters,
+        progress=main,
+        mixer=mixer,
+    )
+    validate = partial(
+        evaluate,
+        raw_model,
+        val_loader,
+        device,
+        len(data.classes),
+        amp=amp,
+        channels_last=channels_last,
+        progress=main,
+    )
     last_epoch = (
         cfg.SOLVER.EPOCHS if stop_after_epoch is None else min(stop_after_epoch, cfg.SOLVER.EPOCHS)
     )
@@ -317,39 +294,7 @@ def _train(
         for epoch in range(start_epoch + 1, last_epoch + 1):
             sampler.set_epoch(epoch - 1)
             data.train_set.set_epoch(epoch - 1)
-            t0 = time.perf_counter()
-            stats = train_one_epoch(
-                model,
-                train_loader,
-                optimizer,
-                scheduler,
-                scaler,
-                strategy,
-                device,
-                epoch,
-                amp=amp,
-                channels_last=channels_last,
-                max_iters=cfg.TRAIN.MAX_ITERS_PER_EPOCH,
-                progress=main,
-                mixer=mixer,
-            )
-            row: dict[str, Any] = {"epoch": epoch, "lr": optimizer.param_groups[0]["lr"], **stats}
-            if epoch % cfg.TRAIN.EVAL_PERIOD == 0 or epoch == cfg.SOLVER.EPOCHS:
-                t1 = time.perf_counter()
-                last_val = evaluate(
-                    raw_model,
-                    val_loader,
-                    device,
-                    len(data.classes),
-                    amp=amp,
-                    channels_last=channels_last,
-                    progress=main,
-                )
-                row.update(
-                    {f"val_{k}": v for k, v in last_val.items()},
-                    eval_time_s=time.perf_counter() - t1,
-                )
-            row["epoch_time_s"] = time.perf_counter() - t0
+            row, last_val = _epoch(epoch, train_step, validate, optimizer, cfg, last_val)
             _check_finite(raw_model, epoch)
             saver.save(epoch, last_val, row.get("val_top1"))
             writer.write(row)
