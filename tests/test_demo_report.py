@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from tiny_runs import tiny_data_overrides
 
 from als_det.analysis.evaluate import EvalOptions, evaluate_checkpoints
 from als_det.config import load_config
@@ -50,18 +51,7 @@ def runs(tmp_path_factory):
                 load_config(
                     str(REPO / arm.config),
                     [
-                        "DATA.ROOT",
-                        str(root),
-                        "DATA.GENERATE",
-                        "False",
-                        "DATA.IMAGE_SIZE",
-                        "16",
-                        "DATA.VAL_RESIZE",
-                        "18",
-                        "DATA.NUM_WORKERS",
-                        "0",
-                        "DATA.CACHE_DIR",
-                        str(base / "cache"),
+                        *tiny_data_overrides(root, base / "cache"),
                         "SOLVER.EPOCHS",
                         "1",
                         "SOLVER.WARMUP_EPOCHS",

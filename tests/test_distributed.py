@@ -14,6 +14,7 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from tiny_runs import tiny_data_overrides
 
 from als_det.config import load_config
 from als_det.data.generated import generate
@@ -92,16 +93,7 @@ def test_collectives_with_uneven_shards(tmp_path):
 def test_torchrun_two_process_gloo_run(tmp_path):
     root = generate(tmp_path / "gen", TINY_GEN, progress=False)
     opts = [
-        "DATA.ROOT",
-        str(root),
-        "DATA.GENERATE",
-        "False",
-        "DATA.IMAGE_SIZE",
-        "16",
-        "DATA.VAL_RESIZE",
-        "18",
-        "DATA.NUM_WORKERS",
-        "0",
+        *tiny_data_overrides(root),
         "SOLVER.EPOCHS",
         "1",
         "SOLVER.BATCH_SIZE",

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from tiny_runs import tiny_data_overrides
 
 from als_det.analysis.evaluate import EvalOptions, evaluate_checkpoints
 from als_det.config import load_config
@@ -49,18 +50,7 @@ def _train(root: Path, out: Path, setting: str, seed: int, epochs: int) -> Path:
         load_config(
             str(CONFIGS / "demo_als.yaml"),
             [
-                "DATA.ROOT",
-                str(root),
-                "DATA.GENERATE",
-                "False",
-                "DATA.IMAGE_SIZE",
-                "16",
-                "DATA.VAL_RESIZE",
-                "18",
-                "DATA.NUM_WORKERS",
-                "0",
-                "DATA.CACHE_DIR",
-                str(out / "cache"),
+                *tiny_data_overrides(root, out / "cache"),
                 "SOLVER.EPOCHS",
                 str(epochs),
                 "SOLVER.WARMUP_EPOCHS",

@@ -13,6 +13,7 @@ import pytest
 import torch
 import torchvision
 from fvcore.common.config import CfgNode
+from tiny_runs import tiny_data_overrides
 
 from als_det.config import get_cfg, load_config
 from als_det.data.generated import generate
@@ -49,18 +50,7 @@ def tiny_cfg(root: Path, out: Path, *extra: str) -> CfgNode:
     return load_config(
         str(CONFIGS / "demo_als.yaml"),
         [
-            "DATA.ROOT",
-            str(root),
-            "DATA.GENERATE",
-            "False",
-            "DATA.IMAGE_SIZE",
-            "16",
-            "DATA.VAL_RESIZE",
-            "18",
-            "DATA.NUM_WORKERS",
-            "0",
-            "DATA.CACHE_DIR",
-            str(out / "cache"),
+            *tiny_data_overrides(root, out / "cache"),
             "SOLVER.EPOCHS",
             "2",
             "SOLVER.BATCH_SIZE",
