@@ -154,7 +154,8 @@ def tradeoff_figure(sweep: Sweep, source: str, path: str | Path) -> Path:
     seeds = sorted({len(g.cells) for g in groups})
     fig.suptitle(
         f"Accuracy vs confidence from context alone ({source}), {sweep.main_epochs} epochs, "
-        f"{'/'.join(map(str, seeds))} seeds per setting; bars: ± 1 std over seeds",
+        f"{'/'.join(map(str, seeds))} seed{'s' * (seeds != [1])} per setting; "
+        f"bars: ± 1 std over seeds",
         fontsize=10,
     )
     return save_figure(fig, path)
