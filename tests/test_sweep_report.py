@@ -194,6 +194,28 @@ def test_cells_that_cannot_be_paired_are_refused(cells, tmp_path) -> None:
         )
 
 
+@pytest.mark.slow
+def test_a_moved_sweep_folder_is_matched_by_checkpoint_hash(cells, tmp_path) -> None:
+    als = next(c for c in cells if c.setting == "als" and c.seed == 0)
+    metrics = json.loads(Path(als.eval_metrics).read_text())
+    run = Path(als.run_dir).resolve()
+    (name,) = [
+        n for n, m in metrics["models"].items() if Path(m["checkpoint"]["path"]).parent == run
+    ]
+    ck = metrics["models"][name]["checkpoint"]
+    ck["path"] = str(Path("/elsewhere/before/the/move") / Path(ck["path"]).name)
+    moved = tmp_path / "moved.json"
+    moved.write_text(json.dumps(metrics))
+    as_moved_cells = [SweepCell("als", 0, als.run_dir, moved) if c is als else c for c in cells]
+    as_moved = summarize(as_moved_cells)
+    stats = [json.dumps(g.stats, default=str) for g in summarize(cells).groups]
+    assert [json.dumps(g.stats, default=str) for g in as_moved.groups] == stats
+    ck["sha256"] = "0" * 64  # another checkpoint of the same name: not this run's
+    moved.write_text(json.dumps(metrics))
+    with pytest.raises(SweepInputError, match="no evaluated checkpoint"):
+        summarize(as_moved_cells)
+
+
 def _data_root(cell: SweepCell) -> Path:
     return Path(json.loads(Path(cell.eval_metrics).read_text())["data"]["root"])
 

@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from als_det.engine.events import read_history
+from als_det.io import sha256_file
 from als_det.metrics.context import headline_comparison
 from als_det.metrics.intervals import t_interval
 
@@ -85,6 +86,21 @@ class Sweep:
     sources: list[str]
 
 
+def _lies_in(run: Path, checkpoint: dict[str, Any]) -> bool:
+    """The evaluated checkpoint is a file of the run folder: by its recorded path, or, where the
+    folder has moved since (another checkout, another machine), by the file of the same name there
+    having the recorded sha256."""
+    path = Path(checkpoint["path"])
+    if path.parent == run:
+        return True
+    moved = run / path.name
+    return (
+        bool(checkpoint.get("sha256"))
+        and moved.is_file()
+        and (sha256_file(moved) == checkpoint["sha256"])
+    )
+
+
 def _find_model(models: dict[str, Any], cell: SweepCell) -> str:
     run = Path(cell.run_dir).resolve()
     if cell.model is not None:
@@ -92,13 +108,13 @@ def _find_model(models: dict[str, Any], cell: SweepCell) -> str:
             raise SweepInputError(
                 f"{cell.eval_metrics} has no model {cell.model!r} (it has {sorted(models)})"
             )
-        if Path(models[cell.model]["checkpoint"]["path"]).parent != run:
+        if not _lies_in(run, models[cell.model]["checkpoint"]):
             raise SweepInputError(
                 f"{cell.eval_metrics}: model {cell.model!r} is "
                 f"{models[cell.model]['checkpoint']['path']}, not a checkpoint in {run}"
             )
         return cell.model
-    names = [n for n, m in models.items() if Path(m["checkpoint"]["path"]).parent == run]
+    names = [n for n, m in models.items() if _lies_in(run, m["checkpoint"])]
     if not names:
         raise SweepInputError(
             f"{cell.eval_metrics}: no evaluated checkpoint of {cell.setting} seed {cell.seed} "
