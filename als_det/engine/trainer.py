@@ -4,7 +4,8 @@
 one GPU, or several processes under torchrun, and writes `OUTPUT_DIR/{config.yaml, run.json,
 metrics.jsonl, log.txt, last.pth, best.pth, tb/}`: the data and loaders come from
 `engine.data`, the solver from `engine.solver`, checkpoints go through `CheckpointSaver`
-(`engine.checkpoint`) and per-epoch metrics through `MetricsWriter` (`engine.events`). SGD weight
+(`engine.checkpoint`), per-epoch metrics through `MetricsWriter` (`engine.events`), and what the
+run records about itself (checkpoint identity, run.json) comes from `engine.run_record`. SGD weight
 decay applies to every parameter (BN and biases included, torchvision's default).
 """
 
