@@ -67,6 +67,39 @@ def _styles(sweep: Sweep) -> dict[str, dict]:
     return styles
 
 
+LABEL_OFFSETS = ((6, 5), (6, -13), (-6, 5), (-6, -13), (6, 15), (-6, -23))  # points from the marker
+
+
+def _label_points(ax, names: list[str], pts: list[tuple[float, float]]) -> None:
+    """Name each point at the first offset whose label box overlaps no label placed before (the
+    last offset when all do): settings with close results stay readable."""
+    to_points = 72.0 / ax.figure.dpi
+    placed: list[tuple[float, float, float, float]] = []
+    for name, (x, y) in zip(names, pts):
+        if not (np.isfinite(x) and np.isfinite(y)):
+            continue
+        px, py = (v * to_points for v in ax.transData.transform((x, y)))
+        width, height = 5.0 * len(name) + 4, 12.0
+        for dx, dy in LABEL_OFFSETS:
+            left = px + dx if dx > 0 else px + dx - width
+            box = (left, py + dy - 2, left + width, py + dy + height - 2)
+            if not any(
+                box[0] < b[2] and b[0] < box[2] and box[1] < b[3] and b[1] < box[3] for b in placed
+            ):
+                break
+        placed.append(box)
+        ax.annotate(
+            name,
+            (x, y),
+            textcoords="offset points",
+            xytext=(dx, dy),
+            ha="left" if dx > 0 else "right",
+            fontsize=8,
+            zorder=4,
+            bbox={"boxstyle": "round,pad=0.15", "fc": "white", "ec": "none", "alpha": 0.75},
+        )
+
+
 def _panel(ax, sweep: Sweep, groups: list[Group], key: str, ylabel: str) -> None:
     base = next(g for g in groups if g.setting == sweep.baseline)
     hx, _ = _mean_std(base, "top1", 100)
@@ -88,15 +121,6 @@ def _panel(ax, sweep: Sweep, groups: list[Group], key: str, ylabel: str) -> None
             markeredgecolor="black",
             markeredgewidth=0.6,
             zorder=3,
-        )
-        ax.annotate(
-            g.setting,
-            (x, y),
-            textcoords="offset points",
-            xytext=(6, 5),
-            fontsize=8,
-            zorder=4,
-            bbox={"boxstyle": "round,pad=0.15", "fc": "white", "ec": "none", "alpha": 0.75},
         )
     ok = [i for i, p in enumerate(pts) if np.isfinite(p).all()]
     front = [ok[i] for i in pareto_front([pts[i] for i in ok])]
@@ -123,6 +147,7 @@ def _panel(ax, sweep: Sweep, groups: list[Group], key: str, ylabel: str) -> None
     )
     ax.set_xlim(x0, x1)
     ax.set_ylim(y0, y1)
+    _label_points(ax, [g.setting for g in groups], pts)
     ax.set_xlabel("top-1 on val (%)")
     ax.set_ylabel(ylabel, fontsize=9)
     ax.grid(alpha=0.3, linewidth=0.5)
