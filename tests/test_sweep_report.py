@@ -102,7 +102,13 @@ def cells(tmp_path_factory) -> list[SweepCell]:
 def test_report_numbers_come_from_the_evaluations(cells, tmp_path) -> None:
     report = write_sweep_report(cells, tmp_path / "report", title="tiny")
     sweep = summarize(cells)
-    assert sweep.main_epochs == 1 and sweep.sources == ["bg_only", "outside_crop", "val_bg_only"]
+    assert sweep.main_epochs == 1 and sweep.sources == [
+        "bg_only",
+        "bg_only_mean",
+        "bg_only_blur",
+        "outside_crop",
+        "val_bg_only",
+    ]
     groups = {(g.setting, g.epochs): g for g in sweep.groups}
     assert list(groups)[0] == ("hard", 1) and set(groups) == {(s, 1) for s in SETTINGS} | {
         ("hard", 2),
@@ -130,6 +136,11 @@ def test_report_numbers_come_from_the_evaluations(cells, tmp_path) -> None:
         for source in ("bg_only", "outside_crop"):
             for form in ("ratio_absolute", "ratio_relative_to_val"):
                 assert cell.values[f"{form}_{source}"] == pytest.approx(head[source][form])
+        # bg_only under the other fills: the evaluation's own per-fill comparisons
+        by_fill = evals[(seed, "als")]["fills"]["comparisons"]["als"]
+        for fill in ("mean", "blur"):
+            for form in ("ratio_absolute", "ratio_relative_to_val"):
+                assert cell.values[f"{form}_bg_only_{fill}"] == pytest.approx(by_fill[fill][form])
     assert (
         groups[("cutmix", 1)].strategy["name"] == "cutmix"
         and groups[("cutmix", 1)].stats["mean_e"]["mean"] > 0
@@ -138,6 +149,9 @@ def test_report_numbers_come_from_the_evaluations(cells, tmp_path) -> None:
     text = report.read_text()
     for part in (
         "## Verdict",
+        "**bg_only_mean, 1-epoch runs**",
+        "## Context reliance: bg_only_blur",
+        "may be about the fill, not the context",
         "## Accuracy and calibration",
         "## Context reliance: bg_only",
         "## Training length",
@@ -152,7 +166,12 @@ def test_report_numbers_come_from_the_evaluations(cells, tmp_path) -> None:
         or "lowers relative context reliance" in text
         or "lowers it" in text
     )
-    for fig in ("tradeoff_bg_only.png", "tradeoff_outside_crop.png", "training_length.png"):
+    for fig in (
+        "tradeoff_bg_only.png",
+        "tradeoff_bg_only_mean.png",
+        "tradeoff_outside_crop.png",
+        "training_length.png",
+    ):
         assert f"]({fig})" in text and (tmp_path / "report" / fig).read_bytes()[:4] == b"\x89PNG"
     saved = json.loads((tmp_path / "report" / "sweep.json").read_text())
     assert len(saved["cells"]) == len(cells) and saved["groups"][0]["setting"] == "hard"

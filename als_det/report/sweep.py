@@ -25,7 +25,15 @@ from als_det.io import sha256_file
 from als_det.metrics.context import headline_comparison
 from als_det.metrics.intervals import t_interval
 
-SOURCES = ("bg_only", "outside_crop", "val_bg_only")
+SOURCES = (
+    "bg_only",
+    "bg_only_black",
+    "bg_only_mean",
+    "bg_only_blur",
+    "outside_crop",
+    "val_bg_only",
+)
+FILL_SOURCES = {f"bg_only_{f}": f for f in ("black", "mean", "blur")}  # bg_only under another fill
 FORMS = (
     ("ratio_absolute", "absolute"),
     ("ratio_above_chance", "above chance"),
@@ -127,6 +135,18 @@ def _find_model(models: dict[str, Any], cell: SweepCell) -> str:
     return names[0]
 
 
+def _with_fill_sources(model: dict[str, Any], metrics: dict[str, Any]) -> dict[str, Any]:
+    """The model's entry with bg_only under each fill other than the evaluation's own as variants
+    `bg_only_<fill>` (evaluations made with `--single-fill` have none)."""
+    own = metrics.get("options", {}).get("fill", "black")
+    fills = {
+        source: model["bg_only_by_fill"][fill]
+        for source, fill in FILL_SOURCES.items()
+        if fill != own and fill in model.get("bg_only_by_fill", {})
+    }
+    return {**model, "variants": {**model["variants"], **fills}}
+
+
 def load_cell(cell: SweepCell) -> CellResult:
     """Read one cell's evaluation and training history; check they belong together."""
     eval_path, history_path = Path(cell.eval_metrics), Path(cell.run_dir) / "metrics.jsonl"
@@ -134,7 +154,7 @@ def load_cell(cell: SweepCell) -> CellResult:
         if not path.is_file():
             raise SweepInputError(f"{cell.setting} seed {cell.seed}: {path} does not exist")
     metrics = json.loads(eval_path.read_text())
-    model = metrics["models"][_find_model(metrics["models"], cell)]
+    model = _with_fill_sources(metrics["models"][_find_model(metrics["models"], cell)], metrics)
     ck = model["checkpoint"]
     if int(ck["seed"]) != int(cell.seed):
         raise SweepInputError(

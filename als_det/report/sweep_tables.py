@@ -9,7 +9,7 @@ from typing import Any
 
 from tabulate import tabulate
 
-from als_det.report.sweep import FORMS, NEUTRAL_POINTS, Group, Sweep, describe
+from als_det.report.sweep import FILL_SOURCES, FORMS, NEUTRAL_POINTS, Group, Sweep, describe
 
 TABLE = {"tablefmt": "pipe", "disable_numparse": True}
 
@@ -129,7 +129,12 @@ def verdict(sweep: Sweep, source: str = PRIMARY) -> str:
         return (
             f"`{g.setting}` ({describe(g.strategy)}): {source} ratio relative to own val "
             f"confidence {_ci(g, key)}, Δ top-1 {_ci(g, 'd_top1', 100, '.1f', '+')} points over "
-            f"{len(g.cells)} seeds"
+            f"{g.stats[key]['n']} seeds"
+            + (
+                f" (of {len(g.cells)}: the others have no {source})"
+                if g.stats[key]["n"] < len(g.cells)
+                else ""
+            )
         )
 
     lower = [g for g in groups if g.stats[key]["interval"] and g.stats[key]["interval"][1] < 1.0]
@@ -214,6 +219,15 @@ def missing_section(sweep: Sweep, missing: Sequence[dict[str, Any]]) -> list[str
     ]
 
 
+VIEWS_NOTE = (
+    "The views: `bg_only` fills the labelled object's boxes (black unless the evaluation's "
+    "`--fill` said otherwise), `bg_only_<fill>` is the same images under another fill (the "
+    "image's mean colour, or a strong blur of the image), `outside_crop` is the largest crop "
+    "touching no box, unfilled. A verdict that holds under one view and not the others may be "
+    'about the fill, not the context (docs/als.md, "Context-only views").'
+)
+
+
 def render_sweep_report(
     sweep: Sweep, figures: dict[str, str], title: str = "", missing: Sequence[dict[str, Any]] = ()
 ) -> str:
@@ -228,9 +242,11 @@ def render_sweep_report(
     )
     if missing:
         out += missing_section(sweep, missing)
+    views = [s for s in sweep.sources if s in FILL_SOURCES or s == "outside_crop"]
     out += ["", "## Verdict", "", verdict(sweep, PRIMARY)]
-    if "outside_crop" in sweep.sources:
-        out += ["", verdict(sweep, "outside_crop")]
+    out += [x for s in views for x in ("", verdict(sweep, s))]
+    if views:
+        out += ["", VIEWS_NOTE]
     out += ["", "## Accuracy and calibration", "", accuracy_table(sweep)]
     for s in sweep.sources:
         out += ["", f"## Context reliance: {s}", "", reliance_table(sweep, s)]
