@@ -1,7 +1,10 @@
 # README command 1: make setup   README command 2: make test   README command 3: make demo
+# `make test` and `make demo` set up .venv first when it is missing or older than
+# pyproject.toml / constraints.txt (the stamp file records the last completed set-up).
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
+STAMP := $(VENV)/.als_det-setup
 SEEDS ?= 1
 
 .PHONY: setup test demo clean-demo bench
@@ -12,14 +15,19 @@ setup:
 	$(PY) -m pip install -q -c constraints.txt -e ".[dev]"
 	$(PY) scripts/install_detectron2.py
 	@$(PY) -c "import als_det, detectron2, torch, torchvision; print('als_det ready: torch', torch.__version__, 'torchvision', torchvision.__version__, 'detectron2', detectron2.__version__)"
+	@touch $(STAMP)
 
-test:
+$(STAMP): pyproject.toml constraints.txt scripts/install_detectron2.py
+	@echo "setting up $(VENV) first (missing or older than pyproject.toml/constraints.txt)"
+	$(MAKE) setup
+
+test: $(STAMP)
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
 	$(PY) -m pytest -q tests
 
-demo:
+demo: $(STAMP)
 	$(PY) tools/run_experiment.py --plan configs/experiments/demo.yaml --seeds $(SEEDS)
 
-bench:
+bench: $(STAMP)
 	$(PY) benchmarks/run_cpu.py

@@ -60,9 +60,11 @@ def argument_parser(
     config: str = "none",
     default_config: str | None = None,
     epilog: str | None = None,
+    override_example: str = "SOLVER.EPOCHS 2 OUTPUT_DIR out",
 ) -> ArgumentParser:
     """The parser a tool extends. `config`: "required" or "optional" (with `default_config`) for
-    tools that read a YAML config and take `KEY VALUE` overrides, "none" for the others."""
+    tools that read a YAML config and take `KEY VALUE` overrides, "none" for the others;
+    `override_example`: overrides of that tool's own config keys, shown in the help."""
     parser = ArgumentParser(description=description, epilog=epilog, formatter_class=HelpFormatter)
     if config != "none":
         parser.add_argument(
@@ -82,8 +84,8 @@ def argument_parser(
             nargs=argparse.REMAINDER,
             default=[],
             metavar="KEY VALUE",
-            help="config overrides, after every option (e.g. SOLVER.EPOCHS 2 "
-            "OUTPUT_DIR out; also accepted after --opts)",
+            help=f"config overrides, after every option (e.g. {override_example}; also "
+            "accepted after --opts)",
         )
     parser.add_argument("--debug", action="store_true", help="show the traceback of an error here")
     return parser

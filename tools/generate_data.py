@@ -20,7 +20,9 @@ logger = logging.getLogger("als_det.tools.generate_data")
 
 
 def build_parser():
-    return argument_parser(__doc__, config="required")
+    return argument_parser(
+        __doc__, config="required", override_example="DATA.ROOT datasets/context_bias"
+    )
 
 
 def run_tool(args) -> None:
