@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from exif_photos import rotated_photo
 from PIL import Image
 
 import als_det.data.boxes as boxes_mod
@@ -355,3 +356,22 @@ def test_read_only_root_is_not_written_without_cache_dir(tmp_path: Path) -> None
         assert not (root / ".als_det_cache").exists()
     finally:
         root.chmod(0o755)
+
+
+# ----------------------------------------------------------------------------- EXIF orientation
+def test_exif_rotated_photo_is_indexed_in_its_displayed_orientation(tmp_path: Path) -> None:
+    # stored 40x30 with EXIF orientation 6: displayed (and read by detectron2) as 30x40
+    root = tmp_path / "d"
+    rotated_photo(root / "train/n1/n1_0.JPEG")
+    rotated_photo(root / "train/n1/n1_1.JPEG")
+    voc(root / "Annotation/train/n1/n1_0.xml", [("n1", 20, 0, 29, 12)], size=(30, 40))
+    stored = voc(root / "Annotation/train/n1/n1_1.xml", [("n1", 0, 0, 12, 9)], size=(40, 30))
+    records, _, report = build_index(root, "train")
+    assert [(r.width, r.height) for r in records] == [(30, 40), (30, 40)]
+    np.testing.assert_array_equal(records[0].boxes, [[20, 0, 30, 13]])  # as given, not rescaled
+    # a box file in the stored orientation is not rescaled onto another region: skipped, counted
+    assert records[1].boxes.shape == (0, 4)
+    assert report.skipped == {"box_file_before_exif": [str(stored)]}
+    with pytest.raises(DataError, match=rf"{stored}: .*the size 40x30.*EXIF orientation 6"):
+        build_index(root, "train", strict=True)
+    assert "skipped 1 x box_file_before_exif" in report.summary()

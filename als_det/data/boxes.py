@@ -10,8 +10,11 @@ Layouts (ILSVRC2012 as users have it):
           (ILSVRC2012_bbox_train_v2 / _val_v3); or a Kaggle `LOC_*_solution.csv`
           (`ImageId,PredictionString` with `wnid x0 y0 x1 y1 ...`).
 VOC corners are inclusive pixels and are read as (xmin, ymin, xmax + 1, ymax + 1); boxes are scaled
-when the XML `<size>` differs from the JPEG's header size, clipped to the image, and empty ones are
+when the XML `<size>` differs from the image's size, clipped to the image, and empty ones are
 dropped. Images without a box file keep `N == 0` boxes (the no-box policy applies in training).
+Sizes and boxes are in the image's displayed orientation, its EXIF orientation applied, as
+detectron2 reads images and `als_det.data.images` decodes them; a box file whose `<size>` is the
+stored size of an image that EXIF turns a quarter is not rescaled but skipped (below).
 
 Bad input. With `strict=False` each case below is skipped, counted under its reason in
 `IndexReport.skipped` (with the files) and listed by `IndexReport.summary()`; with `strict=True` the
@@ -27,6 +30,8 @@ first one raises (`BadImageError` for images, `DataError` otherwise) naming the 
   bad_label                the image (labels file names an unknown wnid or an index out of range)
   box_file_without_image   nothing: a box file (or CSV row) whose image is absent
   malformed_box_file       the image's boxes: the image stays, with N == 0 (no-box policy)
+  box_file_before_exif     the image's boxes, as above: the box file's <size> is the image's
+                           stored size, which its EXIF orientation turns a quarter
   unknown_wnid             that box (object name not in `classes`); boxes of other known classes
                            are ignored silently, as the index keeps only the labelled class's
   inverted_box             that box (x1 < x0 or y1 < y0 in the file)
@@ -59,7 +64,13 @@ from als_det.data.annotations import (
     read_val_labels,
     scan_xml_dir,
 )
-from als_det.data.images import BadImageError, image_size
+from als_det.data.images import (
+    TRANSPOSING_ORIENTATIONS,
+    BadImageError,
+    exif_orientation,
+    image_size,
+    size_mismatch,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -70,7 +81,7 @@ CACHE_SUBDIR = ".als_det_cache"
 @dataclass
 class ImageRecord:
     """One image: its path, class index, labelled-class boxes (float32 (N, 4), x0 y0 x1 y1 in the
-    decoded image's pixels) and the header size."""
+    decoded image's pixels) and its displayed size (EXIF orientation applied, `image_size`)."""
 
     path: str
     label: int
@@ -221,6 +232,14 @@ def _build(
                 used.add(key)
                 box_file = csv_boxes[key]
                 break
+        if box_file is not None and _before_exif(box_file, path, width, height):
+            report.skip(
+                "box_file_before_exif",
+                box_file.source,
+                strict,
+                size_mismatch(path, box_file.size, "the box file"),
+            )
+            box_file = None
         arr = (
             boxes_for(box_file, wnid, known, width, height, report, strict)
             if box_file is not None
@@ -237,6 +256,14 @@ def _build(
             report.skip("box_file_without_image", csv_boxes[key].source, strict, f"ImageId {key}")
     report.images = len(records)
     return records, classes, report
+
+
+def _before_exif(box_file: BoxFile, path: str, width: int, height: int) -> bool:
+    """Whether `box_file` gives the stored size of an image that EXIF displays turned a quarter."""
+    return (
+        box_file.size == (height, width) != (width, height)
+        and exif_orientation(path) in TRANSPOSING_ORIENTATIONS
+    )
 
 
 def _unpack(data: dict, root: Path) -> list[ImageRecord]:

@@ -22,7 +22,7 @@ _TRANSPOSE = {
     7: Image.Transpose.TRANSVERSE,
     8: Image.Transpose.ROTATE_90,
 }
-_SWAPS_SIDES = (5, 6, 7, 8)
+TRANSPOSING_ORIENTATIONS = (5, 6, 7, 8)  # displayed width = stored height
 _PIL_ERRORS = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)
 
 
@@ -60,7 +60,7 @@ def image_size(path: str | os.PathLike) -> tuple[int, int]:
     try:
         with Image.open(path) as img:
             width, height = img.size
-            if _orientation(img) in _SWAPS_SIDES:
+            if _orientation(img) in TRANSPOSING_ORIENTATIONS:
                 width, height = height, width
     except _PIL_ERRORS as exc:
         raise BadImageError(path, f"unreadable image header ({exc})") from exc
@@ -82,7 +82,7 @@ def size_mismatch(path: str | os.PathLike, given: tuple[int, int], source: str) 
         f"{shown[0]}x{shown[1]}"
     )
     orientation = exif_orientation(path)
-    if given == shown[::-1] and orientation in _SWAPS_SIDES:
+    if given == shown[::-1] and orientation in TRANSPOSING_ORIENTATIONS:
         problem += (
             f": {given[0]}x{given[1]} is its stored size before its EXIF orientation "
             f"{orientation} is applied. Sizes and boxes must be given in the displayed "

@@ -24,7 +24,7 @@ from als_det.io import atomic_savez
 
 logger = logging.getLogger(__name__)
 
-CACHE_FORMAT = 2
+CACHE_FORMAT = 3  # 3: sizes and boxes in the displayed (EXIF-applied) orientation
 
 
 def fingerprint(paths: Iterable[Path | None]) -> dict[str, str]:
