@@ -24,6 +24,9 @@ first one raises (`BadImageError` for images, `DataError` otherwise) naming the 
   corrupt_image            the image (header unreadable; data truncated later is caught at load
                            time by `ImageNetBoxes`, which returns label -1)
   not_an_image             nothing indexed: a non-image file in an image folder
+  symlink_loop             nothing indexed: a link (image, box file or folder) that loops; a
+                           folder link back to a folder above it is not followed
+  broken_symlink           nothing indexed: a link to a path that does not exist
   empty_class_folder       nothing: a class folder without images (the class keeps its index)
   unknown_class_folder     the folder's images (a folder whose name is not in `classes`)
   unlabelled_image         the image (flat layout: no entry in the labels file)
@@ -46,7 +49,7 @@ import logging
 import os
 import stat
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -71,6 +74,7 @@ from als_det.data.images import (
     image_size,
     size_mismatch,
 )
+from als_det.data.listing import LINK_PROBLEMS, entry_kind, link_problem, visible_entries
 
 logger = logging.getLogger(__name__)
 
@@ -94,8 +98,19 @@ def _is_image(name: str) -> bool:
     return name.lower().endswith(IMAGE_EXTENSIONS)
 
 
-def _visible(entries: Iterable[os.DirEntry]) -> list[os.DirEntry]:
-    return sorted((e for e in entries if not e.name.startswith(".")), key=lambda e: e.name)
+def _kinds(
+    folder: str | os.PathLike, report: IndexReport, strict: bool
+) -> list[tuple[os.DirEntry, str]]:
+    """(entry, kind) of `folder`'s visible entries; links that loop or lead nowhere are skipped
+    and counted under their reason."""
+    out = []
+    for e in visible_entries(folder):
+        kind = entry_kind(e)
+        if kind in LINK_PROBLEMS:
+            report.skip(kind, e.path, strict, link_problem(kind, e.path))
+        else:
+            out.append((e, kind))
+    return out
 
 
 # ----------------------------------------------------------------------------------- listing
@@ -108,14 +123,14 @@ def _list_images(
     strict: bool,
 ) -> tuple[list[tuple[str, int]], list[str]]:
     """(image path, label) pairs in a stable order, and the class list."""
-    entries = _visible(os.scandir(split_dir))
+    entries = _kinds(split_dir, report, strict)
     items: list[tuple[str, int]] = []
     if val_labels:
         files = []
-        for e in entries:
-            if e.is_file() and _is_image(e.name):
+        for e, kind in entries:
+            if kind == "file" and _is_image(e.name):
                 files.append(e.name)
-            elif e.is_file():
+            elif kind == "file":
                 report.skip("not_an_image", e.path, strict)
         labels, classes = read_val_labels(Path(val_labels), files, classes)
         index = {c: i for i, c in enumerate(classes)}
@@ -140,9 +155,9 @@ def _list_images(
             items.append((path, label))
         return items, classes
 
-    folders = {e.name: e.path for e in entries if e.is_dir()}
-    for e in entries:
-        if e.is_file():
+    folders = {e.name: e.path for e, kind in entries if kind == "dir"}
+    for e, kind in entries:
+        if kind == "file":
             report.skip("not_an_image", e.path, strict, "file beside the class folders")
     if classes is None:
         classes = sorted(folders)
@@ -152,8 +167,8 @@ def _list_images(
         folder = folders.get(wnid)
         names = []
         if folder is not None:
-            for e in _visible(os.scandir(folder)):
-                if e.is_file() and _is_image(e.name):
+            for e, kind in _kinds(folder, report, strict):
+                if kind == "file" and _is_image(e.name):
                     names.append(e.name)
                 else:
                     report.skip("not_an_image", e.path, strict)
@@ -199,7 +214,7 @@ def _build(
     xml_files: dict[str, str] = {}
     csv_boxes: dict[str, BoxFile] = {}
     if kind == "xml" and box_path is not None:
-        xml_files = scan_xml_dir(box_path)
+        xml_files = scan_xml_dir(box_path, report, strict)
     elif kind == "csv" and box_path is not None:
         csv_boxes = read_loc_csv(box_path, report, strict)
     used: set[str] = set()
