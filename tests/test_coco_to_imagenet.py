@@ -279,3 +279,22 @@ def test_exif_rotated_photo_is_converted_in_its_displayed_orientation(tmp_path):
     ):
         coco_to_imagenet([split], tmp_path / "other")
     assert not (tmp_path / "other").exists()
+
+
+@pytest.mark.parametrize("name", ["../escaped", "ABSOLUTE", "Annotation", ".hidden", "a/b"])
+def test_split_names_are_plain_folder_names(train_split, tmp_path, name):
+    name = str(tmp_path / "escaped") if name == "ABSOLUTE" else name
+    bad = SplitSource(name, train_split.json_file, train_split.image_dir)
+    with pytest.raises(ValueError, match="split name"):
+        coco_to_imagenet([bad], tmp_path / "out")
+    with pytest.raises(ValueError, match="split names must differ"):
+        coco_to_imagenet([train_split, train_split], tmp_path / "out")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["coco"]
+
+
+@pytest.mark.parametrize("category", ["..", " ", ".cat"])
+def test_category_names_that_make_no_readable_folder_are_refused(train_split, tmp_path, category):
+    _edit(train_split, lambda d: d["categories"][0].update(name=category))
+    with pytest.raises(ConversionError, match="empty or hidden"):
+        coco_to_imagenet([train_split], tmp_path / "out")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["coco"]

@@ -193,7 +193,16 @@ def _flat_names(data: dict[str, Any], json_file: Path) -> dict[Any, str]:
 
 def _categories(data: dict[str, Any], json_file: Path) -> dict[int, str]:
     """category id -> class folder name; two categories may not share a folder."""
-    folders = {c["id"]: class_folder(c["name"]) for c in data["categories"]}
+    bad = [c for c in data["categories"] if not isinstance(c.get("name"), str)]
+    if bad:
+        raise ConversionError(f"{json_file}: a category without a name: {bad[0]!r:.200}")
+    folders = {c.get("id"): class_folder(c["name"]) for c in data["categories"]}
+    hidden = [f for f in folders.values() if not f or f.startswith(".")]
+    if hidden:
+        raise ConversionError(
+            f"{json_file}: category names {hidden} make folder names that are empty or hidden "
+            "(leading '.'), which pretraining would not read"
+        )
     names = list(folders.values())
     clash = sorted({f for f in names if names.count(f) > 1})
     if clash:
@@ -402,6 +411,15 @@ def coco_to_imagenet(
         raise ValueError(f"min_images must be >= 1, got {min_images}")
     if not splits:
         raise ValueError("no splits to convert")
+    names = [src.name for src in splits]
+    for name in names:
+        if not name or name.startswith(".") or "/" in name or "\\" in name or name == "Annotation":
+            raise ValueError(
+                f"split name {name!r}: a split is a folder of the tree, so a plain name other "
+                "than 'Annotation' (no '/', no leading '.')"
+            )
+    if len(set(names)) != len(names):
+        raise ValueError(f"split names must differ, got {names}")
     out_root = Path(out_root).resolve()
     if out_root.exists() and (not out_root.is_dir() or any(out_root.iterdir())):
         raise ConversionError(f"{out_root} exists and is not empty; choose a new output folder")
