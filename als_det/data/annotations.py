@@ -94,8 +94,8 @@ def parse_voc_xml(path: str | os.PathLike) -> BoxFile:
 
 def scan_xml_dir(box_dir: Path, report: IndexReport, strict: bool) -> dict[str, str]:
     """Relative path without extension ("<wnid>/<stem>" or "<stem>") -> XML path, folder links
-    followed; a link back to a folder it is in, an XML link that loops and one that leads nowhere
-    are counted skips (`als_det.data.listing`)."""
+    followed; a folder link leading back (to a folder entered or enclosing it), a link that loops
+    and one that leads nowhere are counted skips (`als_det.data.listing`)."""
     found: dict[str, str] = {}
 
     def walk(folder: str, rel: str, inside: frozenset[str]) -> None:

@@ -162,7 +162,7 @@ def _check_entries(data: dict[str, Any], json_file: Path) -> None:
             raise ConversionError(f"{json_file}: duplicate {what} ids: {_shown(dup)}")
 
 
-def flat_name(file_name: str) -> str:
+def _flat_name(file_name: str) -> str:
     """`file_name` with its folders flattened into the name (`a/b.jpg` -> `a_b.jpg`); absolute
     names and `..` are refused (ValueError)."""
     parts = file_name.replace("\\", "/").split("/")
@@ -176,7 +176,7 @@ def _flat_names(data: dict[str, Any], json_file: Path) -> dict[Any, str]:
     names = {}
     for im in data["images"]:
         try:
-            names[im["id"]] = flat_name(im["file_name"])
+            names[im["id"]] = _flat_name(im["file_name"])
         except ValueError as e:
             raise ConversionError(f"{json_file}: {e}") from None
     by_stem: dict[str, list[str]] = defaultdict(list)
@@ -376,7 +376,7 @@ def _check_pretraining_reads(
     find every image and box written."""
     with tempfile.TemporaryDirectory(prefix="index-check-") as cache:
         for name, written in reports.items():
-            records, _, index = build_index(tmp, name, classes=classes, cache_dir=cache)
+            _, _, index = build_index(tmp, name, classes=classes, cache_dir=cache)
             if (index.images, index.boxes) != (written.images, written.boxes):
                 raise ConversionError(
                     f"split {name}: wrote {written.images} images with {written.boxes} boxes, "
