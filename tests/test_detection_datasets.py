@@ -12,6 +12,7 @@ from detectron2.data.detection_utils import SizeMismatchError, check_image_size,
 from exif_photos import rotated_photo
 from PIL import Image
 
+from als_det.data.images import load_rgb
 from als_det.detection import datasets as ds
 
 
@@ -184,6 +185,10 @@ def test_json_sizes_are_checked_against_the_displayed_image_up_front(tmp_path):
     ds.register_coco_detection("als_test_exif", js, tmp_path / "img")
     (record,) = DatasetCatalog.get("als_test_exif")
     check_image_size(record, read_image(record["file_name"], "BGR"))  # detectron2 agrees
+    # and pretraining decodes the same pixels as detectron2
+    np.testing.assert_array_equal(
+        np.asarray(load_rgb(record["file_name"])), read_image(record["file_name"], "RGB")
+    )
     stored = dict(image, width=40, height=30)
     js.write_text(json.dumps({"images": [stored], "annotations": [ann], "categories": cats}))
     with pytest.raises(
