@@ -12,7 +12,7 @@ from detectron2.data.detection_utils import SizeMismatchError, check_image_size,
 from exif_photos import rotated_photo
 from PIL import Image
 
-from als_det.data.images import load_rgb
+from als_det.data.images import image_size, load_rgb
 from als_det.detection import datasets as ds
 
 
@@ -204,3 +204,11 @@ def test_json_sizes_are_checked_against_the_displayed_image_up_front(tmp_path):
     )
     with pytest.raises(ds.DatasetError, match=r"the size 31x40, but it displays as 30x40$"):
         ds.validate_coco_json("x", js, tmp_path / "img")
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_every_exif_orientation_is_read_as_detectron2_reads_it(tmp_path, orientation):
+    photo = rotated_photo(tmp_path / "r.jpg", orientation=orientation)
+    seen = read_image(str(photo), "RGB")
+    assert image_size(photo) == (seen.shape[1], seen.shape[0])
+    np.testing.assert_array_equal(np.asarray(load_rgb(photo)), seen)
