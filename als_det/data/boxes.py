@@ -24,8 +24,8 @@ first one raises (`BadImageError` for images, `DataError` otherwise) naming the 
   corrupt_image            the image (header unreadable; data truncated later is caught at load
                            time by `ImageNetBoxes`, which returns label -1)
   not_an_image             nothing indexed: a non-image file in an image folder
-  symlink_loop             nothing indexed: a link (image, box file or folder) that loops; a
-                           folder link back to a folder above it is not followed
+  symlink_loop             nothing indexed: a link (image, box file or folder) that loops, or a
+                           folder link back to a folder it is in (never followed)
   broken_symlink           nothing indexed: a link to a path that does not exist
   empty_class_folder       nothing: a class folder without images (the class keeps its index)
   unknown_class_folder     the folder's images (a folder whose name is not in `classes`)
@@ -74,7 +74,13 @@ from als_det.data.images import (
     image_size,
     size_mismatch,
 )
-from als_det.data.listing import LINK_PROBLEMS, entry_kind, link_problem, visible_entries
+from als_det.data.listing import (
+    LINK_PROBLEMS,
+    entry_kind,
+    leads_back,
+    link_problem,
+    visible_entries,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -101,12 +107,15 @@ def _is_image(name: str) -> bool:
 def _kinds(
     folder: str | os.PathLike, report: IndexReport, strict: bool
 ) -> list[tuple[os.DirEntry, str]]:
-    """(entry, kind) of `folder`'s visible entries; links that loop or lead nowhere are skipped
-    and counted under their reason."""
+    """(entry, kind) of `folder`'s visible entries; links that loop (a folder link back to
+    `folder` or above it included) or lead nowhere are skipped and counted under their reason."""
+    here = os.path.realpath(folder)
     out = []
     for e in visible_entries(folder):
         kind = entry_kind(e)
-        if kind in LINK_PROBLEMS:
+        if kind == "dir" and leads_back(os.path.realpath(e.path), here, ()):
+            report.skip("symlink_loop", e.path, strict, f"links back to {os.path.realpath(e.path)}")
+        elif kind in LINK_PROBLEMS:
             report.skip(kind, e.path, strict, link_problem(kind, e.path))
         else:
             out.append((e, kind))
