@@ -298,3 +298,15 @@ def test_category_names_that_make_no_readable_folder_are_refused(train_split, tm
     with pytest.raises(ConversionError, match="empty or hidden"):
         coco_to_imagenet([train_split], tmp_path / "out")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["coco"]
+
+
+def test_bboxes_that_are_not_four_finite_numbers_are_counted_drops(train_split, tmp_path):
+    def bad_boxes(d):
+        good = {"image_id": 2, "category_id": 3, "iscrowd": 0}
+        for k, bbox in enumerate([[float("nan"), 1, 5, 5], ["1", 1, 5, 5], [1, 1, True, 5]]):
+            d["annotations"].append(dict(good, id=100 + k, bbox=bbox))
+
+    _edit(train_split, bad_boxes)
+    reports = coco_to_imagenet([train_split], tmp_path / "out")
+    assert reports["train"].dropped_boxes == {"malformed or non-positive bbox": 4}
+    assert "train_2.jpg" in reports["train"].skipped_images["no usable box"]
