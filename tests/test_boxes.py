@@ -11,9 +11,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from exif_photos import rotated_photo
 from PIL import Image
 
 import als_det.data.boxes as boxes_mod
+from als_det.data import index_cache
 from als_det.data.boxes import DataError, build_index, parse_voc_xml
 from als_det.data.images import BadImageError
 
@@ -355,3 +357,93 @@ def test_read_only_root_is_not_written_without_cache_dir(tmp_path: Path) -> None
         assert not (root / ".als_det_cache").exists()
     finally:
         root.chmod(0o755)
+
+
+# ----------------------------------------------------------------------------- EXIF orientation
+def test_exif_rotated_photo_is_indexed_in_its_displayed_orientation(tmp_path: Path) -> None:
+    # stored 40x30 with EXIF orientation 6: displayed (and read by detectron2) as 30x40
+    root = tmp_path / "d"
+    rotated_photo(root / "train/n1/n1_0.JPEG")
+    rotated_photo(root / "train/n1/n1_1.JPEG")
+    voc(root / "Annotation/train/n1/n1_0.xml", [("n1", 20, 0, 29, 12)], size=(30, 40))
+    stored = voc(root / "Annotation/train/n1/n1_1.xml", [("n1", 0, 0, 12, 9)], size=(40, 30))
+    records, _, report = build_index(root, "train")
+    assert [(r.width, r.height) for r in records] == [(30, 40), (30, 40)]
+    np.testing.assert_array_equal(records[0].boxes, [[20, 0, 30, 13]])  # as given, not rescaled
+    # a box file in the stored orientation is not rescaled onto another region: skipped, counted
+    assert records[1].boxes.shape == (0, 4)
+    assert report.skipped == {"box_file_before_exif": [str(stored)]}
+    with pytest.raises(DataError, match=rf"{stored}: .*the size 40x30.*EXIF orientation 6"):
+        build_index(root, "train", strict=True)
+    assert "skipped 1 x box_file_before_exif" in report.summary()
+
+
+# ----------------------------------------------------------------------------- symbolic links
+def _linked_tree(tmp_path: Path) -> tuple[Path, dict[str, Path]]:
+    """One good image with its box, and links that loop or lead nowhere, in the image and box
+    folders."""
+    root = tmp_path / "d"
+    jpeg(root / "train/n1/n1_0.JPEG")
+    ann = root / "Annotation/train/n1"
+    voc(ann / "n1_0.xml", [("n1", 0, 0, 9, 9)])
+    links = {
+        "image_loop": root / "train/n1/n1_1.JPEG",  # -> itself
+        "image_broken": root / "train/n1/n1_2.JPEG",
+        "folder_up": root / "train/n1/up",  # -> the split folder: a class folder's subfolder
+        "box_loop": ann / "n1_1.xml",
+        "box_folder_up": ann / "up",  # -> Annotation/, above the box folder
+        "box_folder_cycle": ann / "other",  # -> a sibling folder linking back here
+    }
+    links["image_loop"].symlink_to("n1_1.JPEG")
+    links["image_broken"].symlink_to("gone.JPEG")
+    links["folder_up"].symlink_to("..")
+    links["box_loop"].symlink_to("n1_1.xml")
+    links["box_folder_up"].symlink_to("../..")
+    (root / "Annotation/elsewhere").mkdir()
+    (root / "Annotation/elsewhere/back").symlink_to(ann)
+    links["box_folder_cycle"].symlink_to("../../elsewhere")
+    return root, links
+
+
+def test_symlink_loops_are_counted_skips_not_a_hang(tmp_path: Path) -> None:
+    root, links = _linked_tree(tmp_path)
+    records, _, report = build_index(root, "train")
+    assert [Path(r.path).name for r in records] == ["n1_0.JPEG"]
+    np.testing.assert_array_equal(records[0].boxes, [[0, 0, 10, 10]])
+    assert report.skipped == {
+        "symlink_loop": [
+            str(links["image_loop"]),
+            str(links["folder_up"]),
+            str(links["box_loop"]),
+            str(links["box_folder_cycle"] / "back"),
+            str(links["box_folder_up"]),
+        ],
+        "broken_symlink": [str(links["image_broken"])],
+    }
+    assert "skipped 5 x symlink_loop" in report.summary()
+    again = build_index(root, "train")  # the cache's digest of the folders ends too, and holds
+    assert again[2] == report
+    links["image_broken"].unlink()
+    links["image_broken"].symlink_to("n1_0.JPEG")  # a link's change is noticed
+    assert build_index(root, "train")[2].images == 2
+    with pytest.raises(DataError, match=rf"{links['image_loop']}: symlink loop: .*loops"):
+        build_index(root, "train", strict=True)
+
+
+def test_folder_link_loops_end_the_walks(tmp_path: Path) -> None:
+    """Folder links only (no looping file): the cache digest and the box scan follow folder
+    links, and each stops where a link leads back instead of going 40 levels deep."""
+    root = tmp_path / "d"
+    jpeg(root / "train/n1/n1_0.JPEG")
+    voc(root / "Annotation/train/n1/n1_0.xml", [("n1", 0, 0, 9, 9)])
+    for link in ("train/n1/up", "train/n1/up2", "Annotation/train/n1/up"):
+        (root / link).symlink_to("..")
+    files = index_cache.fingerprint([root / "train", root / "Annotation/train"])
+    assert sorted(files) == [
+        str(root / p) for p in ("Annotation/train", "Annotation/train/n1", "train", "train/n1")
+    ]
+    records, _, report = build_index(root, "train")
+    assert records[0].boxes.shape == (1, 4)
+    assert report.skipped["symlink_loop"] == [
+        str(root / p) for p in ("train/n1/up", "train/n1/up2", "Annotation/train/n1/up")
+    ]

@@ -4,11 +4,13 @@ tools/coco_to_imagenet.py)."""
 from __future__ import annotations
 
 import json
+import logging
 import runpy
 from pathlib import Path
 
 import numpy as np
 import pytest
+from exif_photos import rotated_photo
 from PIL import Image
 
 from als_det.data.boxes import build_index
@@ -161,3 +163,150 @@ def test_tool_with_split_specs(train_split, tmp_path, capsys):
     assert (tmp_path / "out" / "train" / "cat" / "train_0.jpg").is_symlink()
     assert main(["--split", spec, "--out", str(tmp_path / "out")]) == 2  # not empty any more
     assert "exists and is not empty" in capsys.readouterr().err
+
+
+def _edit(split: SplitSource, change) -> None:
+    js = Path(split.json_file)
+    data = json.loads(js.read_text())
+    change(data)
+    js.write_text(json.dumps(data))
+
+
+def test_duplicate_image_ids_are_refused(train_split, tmp_path):
+    # a second entry with id 0 pointing at another photo would take image 0's boxes
+    _edit(train_split, lambda d: d["images"].append(dict(d["images"][2], id=0)))
+    with pytest.raises(ConversionError, match=r"train.json: duplicate image ids: 0$"):
+        coco_to_imagenet([train_split], tmp_path / "out")
+    assert not (tmp_path / "out").exists() and not list(tmp_path.glob(".out.tmp-*"))
+    _edit(train_split, lambda d: (d["images"].pop(), d["annotations"][1].update(id=0)))
+    with pytest.raises(ConversionError, match="duplicate annotation ids: 0"):
+        coco_to_imagenet([train_split], tmp_path / "out")
+
+
+def test_annotation_of_an_unknown_image_is_a_counted_drop(train_split, tmp_path, caplog):
+    _edit(
+        train_split,
+        lambda d: d["annotations"].append(
+            {"id": 50, "image_id": 99, "category_id": 3, "bbox": [1, 1, 5, 5], "iscrowd": 0}
+        ),
+    )
+    with caplog.at_level(logging.INFO, logger="als_det.data.coco_to_imagenet"):
+        reports = coco_to_imagenet([train_split], tmp_path / "out")
+    assert reports["train"].dropped_boxes == {
+        "malformed or non-positive bbox": 1,
+        "image id not in 'images'": 1,
+    }
+    assert "dropped 1 boxes: image id not in 'images'" in caplog.text
+    recorded = json.loads((tmp_path / "out" / "conversion.json").read_text())
+    assert recorded["splits"]["train"]["dropped_boxes"]["image id not in 'images'"] == 1
+
+
+def test_file_names_with_folders_are_flattened_and_indexed(tiny_imagenet, tmp_path, caplog):
+    # the fixture's json names its photos "<wnid>/<file>"; pretraining reads only files directly
+    # in the class folders
+    train = SplitSource(
+        "train",
+        str(tiny_imagenet / "annotations" / "instances_train.json"),
+        str(tiny_imagenet / "train"),
+    )
+    with caplog.at_level(logging.INFO, logger="als_det.data.coco_to_imagenet"):
+        reports = coco_to_imagenet([train], tmp_path / "out", link="symlink")
+    assert reports["train"].images == 3000
+    assert "check: pretraining indexes 3000 train images with 3000 boxes" in caplog.text
+    records, classes, index = build_index(tmp_path / "out", "train", cache_dir=tmp_path / "c")
+    assert (index.images, index.boxes, index.skipped) == (3000, 3000, {})
+    names = {Path(r.path).name for r in records}
+    assert "n04146614_n04146614_0.JPEG" in names and len(names) == 3000
+    assert list((tmp_path / "out" / "Annotation" / "train").glob("*/n04146614_n04146614_0.xml"))
+
+
+@pytest.mark.parametrize(
+    "names, needle",
+    [
+        (["a/b_0.jpg", "a_b/0.jpg"], "would share a name once flattened"),
+        (["x/../../0.jpg", "1.jpg"], "not a plain relative path"),
+        (["/etc/0.jpg", "1.jpg"], "not a plain relative path"),
+    ],
+)
+def test_names_that_cannot_be_flattened_are_refused(train_split, tmp_path, names, needle):
+    def rename(d):
+        d["images"] = d["images"][:2]
+        for im, name in zip(d["images"], names):
+            im["file_name"] = name
+
+    _edit(train_split, rename)
+    with pytest.raises(ConversionError, match=needle):
+        coco_to_imagenet([train_split], tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_tree_pretraining_cannot_index_is_refused(train_split, tmp_path):
+    # pretraining indexes .jpeg/.jpg/.png only: a .bmp photo would be written but never read
+    Image.open(Path(train_split.image_dir) / "train_0.jpg").save(
+        Path(train_split.image_dir) / "train_0.bmp"
+    )
+    _edit(train_split, lambda d: d["images"][0].update(file_name="train_0.bmp"))
+    with pytest.raises(
+        ConversionError,
+        match=r"(?s)wrote 2 images with 3 boxes, but pretraining indexes 1 images with 1 boxes"
+        r".*not_an_image.*train_0.bmp",
+    ):
+        coco_to_imagenet([train_split], tmp_path / "out")
+    assert not (tmp_path / "out").exists() and not list(tmp_path.glob(".out.tmp-*"))
+
+
+def test_exif_rotated_photo_is_converted_in_its_displayed_orientation(tmp_path):
+    # stored 40x30 with EXIF orientation 6: displayed (and read by detectron2) as 30x40
+    src = tmp_path / "coco"
+    rotated_photo(src / "img" / "r.jpg")
+    image = {"id": 1, "file_name": "r.jpg", "width": 30, "height": 40}
+    ann = {"id": 1, "image_id": 1, "category_id": 3, "bbox": [20, 0, 10, 13], "iscrowd": 0}
+    js = src / "train.json"
+    js.write_text(json.dumps({"images": [image], "annotations": [ann], "categories": CATS}))
+    split = SplitSource("train", str(js), str(src / "img"))
+    coco_to_imagenet([split], tmp_path / "out")
+    records, _, _ = build_index(tmp_path / "out", "train")
+    assert (records[0].width, records[0].height) == (30, 40)
+    assert records[0].boxes.tolist() == [[20, 0, 30, 13]]  # not rescaled onto another region
+    # the stored size fits only before the orientation is applied: an error naming the file
+    js.write_text(
+        json.dumps(
+            {"images": [dict(image, width=40, height=30)], "annotations": [ann], "categories": CATS}
+        )
+    )
+    with pytest.raises(
+        ConversionError, match=r"train.json: .*r.jpg the size 40x30.*EXIF orientation 6"
+    ):
+        coco_to_imagenet([split], tmp_path / "other")
+    assert not (tmp_path / "other").exists()
+
+
+@pytest.mark.parametrize("name", ["../escaped", "ABSOLUTE", "Annotation", ".hidden", "a/b"])
+def test_split_names_are_plain_folder_names(train_split, tmp_path, name):
+    name = str(tmp_path / "escaped") if name == "ABSOLUTE" else name
+    bad = SplitSource(name, train_split.json_file, train_split.image_dir)
+    with pytest.raises(ValueError, match="split name"):
+        coco_to_imagenet([bad], tmp_path / "out")
+    with pytest.raises(ValueError, match="split names must differ"):
+        coco_to_imagenet([train_split, train_split], tmp_path / "out")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["coco"]
+
+
+@pytest.mark.parametrize("category", ["..", " ", ".cat"])
+def test_category_names_that_make_no_readable_folder_are_refused(train_split, tmp_path, category):
+    _edit(train_split, lambda d: d["categories"][0].update(name=category))
+    with pytest.raises(ConversionError, match="empty or hidden"):
+        coco_to_imagenet([train_split], tmp_path / "out")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["coco"]
+
+
+def test_bboxes_that_are_not_four_finite_numbers_are_counted_drops(train_split, tmp_path):
+    def bad_boxes(d):
+        good = {"image_id": 2, "category_id": 3, "iscrowd": 0}
+        for k, bbox in enumerate([[float("nan"), 1, 5, 5], ["1", 1, 5, 5], [1, 1, True, 5]]):
+            d["annotations"].append(dict(good, id=100 + k, bbox=bbox))
+
+    _edit(train_split, bad_boxes)
+    reports = coco_to_imagenet([train_split], tmp_path / "out")
+    assert reports["train"].dropped_boxes == {"malformed or non-positive bbox": 4}
+    assert "train_2.jpg" in reports["train"].skipped_images["no usable box"]

@@ -8,8 +8,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 from detectron2.data import DatasetCatalog, MetadataCatalog
+from detectron2.data.detection_utils import SizeMismatchError, check_image_size, read_image
+from exif_photos import rotated_photo
 from PIL import Image
 
+from als_det.data.images import image_size, load_rgb
 from als_det.detection import datasets as ds
 
 
@@ -167,3 +170,45 @@ def test_coco_mini_replaces_detectron2_builtin_registration(coco_mini):
     # detectron2's contiguous mapping: official id 90 (toothbrush) -> 79
     assert meta.thing_dataset_id_to_contiguous_id[90] == 79
     assert all(0 <= a["category_id"] < 80 for d in dicts for a in d["annotations"])
+
+
+def test_json_sizes_are_checked_against_the_displayed_image_up_front(tmp_path):
+    """A photo stored 40x30 with EXIF orientation 6 is 30x40 to detectron2 (`read_image` applies
+    the orientation): a json with its stored size is refused by validation, before any model is
+    built, not at its first loading; one with the displayed size passes detectron2's own check."""
+    rotated_photo(tmp_path / "img" / "r.jpg")
+    image = {"id": 1, "file_name": "r.jpg", "width": 30, "height": 40}
+    ann = {"id": 1, "image_id": 1, "category_id": 3, "bbox": [20, 0, 10, 13], "iscrowd": 0}
+    js = tmp_path / "instances.json"
+    cats = [{"id": 3, "name": "cat"}]
+    js.write_text(json.dumps({"images": [image], "annotations": [ann], "categories": cats}))
+    ds.register_coco_detection("als_test_exif", js, tmp_path / "img")
+    (record,) = DatasetCatalog.get("als_test_exif")
+    check_image_size(record, read_image(record["file_name"], "BGR"))  # detectron2 agrees
+    # and pretraining decodes the same pixels as detectron2
+    np.testing.assert_array_equal(
+        np.asarray(load_rgb(record["file_name"])), read_image(record["file_name"], "RGB")
+    )
+    stored = dict(image, width=40, height=30)
+    js.write_text(json.dumps({"images": [stored], "annotations": [ann], "categories": cats}))
+    with pytest.raises(
+        ds.DatasetError,
+        match=rf"{js}: 1 of 1 images do not have the width and height given: image id 1 gives "
+        r".*r.jpg the size 40x30, but it displays as 30x40: .*EXIF orientation 6",
+    ):
+        ds.validate_coco_json("x", js, tmp_path / "img")
+    with pytest.raises(SizeMismatchError):  # what detectron2 itself says, only when loading it
+        check_image_size(dict(record, **stored), read_image(record["file_name"], "BGR"))
+    js.write_text(
+        json.dumps({"images": [dict(image, width=31)], "annotations": [ann], "categories": cats})
+    )
+    with pytest.raises(ds.DatasetError, match=r"the size 31x40, but it displays as 30x40$"):
+        ds.validate_coco_json("x", js, tmp_path / "img")
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_every_exif_orientation_is_read_as_detectron2_reads_it(tmp_path, orientation):
+    photo = rotated_photo(tmp_path / "r.jpg", orientation=orientation)
+    seen = read_image(str(photo), "RGB")
+    assert image_size(photo) == (seen.shape[1], seen.shape[0])
+    np.testing.assert_array_equal(np.asarray(load_rgb(photo)), seen)

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from exif_photos import rotated_photo
 from PIL import Image
 from torch.utils.data import DataLoader
 
@@ -171,3 +172,34 @@ def test_truncated_jpeg_gives_label_minus_one_and_one_warning(
     strict = ImageNetBoxes([rec], ["a", "b"], True, 32, strict=True)
     with pytest.raises(BadImageError, match="truncated.jpg"):
         strict[0]
+
+
+def test_exif_rotated_photo_is_cropped_in_its_displayed_orientation(tmp_path: Path) -> None:
+    """Stored 120x90 with EXIF orientation 6, its bright block in the stored top-left corner: as
+    displayed (detectron2's convention) 90x120 with the block top-right, where its box is. Every
+    crop's brightness then says how much of the box it shows."""
+    root = tmp_path / "d"
+    rotated_photo(root / "train/n1/n1_0.JPEG", stored=(120, 90))
+    xml = root / "Annotation/train/n1/n1_0.xml"
+    xml.parent.mkdir(parents=True)
+    xml.write_text(
+        "<annotation><size><width>90</width><height>120</height></size><object><name>n1</name>"
+        "<bndbox><xmin>60</xmin><ymin>0</ymin><xmax>89</xmax><ymax>39</ymax></bndbox></object>"
+        "</annotation>"
+    )
+    records, classes, _ = build_index(root, "train")
+    assert (records[0].width, records[0].height) == (90, 120)
+    assert np.asarray(load_rgb(records[0].path)).shape == (120, 90, 3)
+    mean, std = (
+        torch.tensor(IMAGENET_MEAN)[:, None, None],
+        torch.tensor(IMAGENET_STD)[:, None, None],
+    )
+    ds = ImageNetBoxes(records, classes, True, 32, scale=(0.2, 1.0))
+    covs = []
+    for epoch in range(12):
+        ds.set_epoch(epoch)
+        img, _, cov, _, _ = ds[0]
+        brightness = float((img * std + mean).mean())
+        assert cov == pytest.approx((brightness - 20 / 255) / (215 / 255), abs=0.06)
+        covs.append(cov)
+    assert sum(0.05 < c < 0.95 for c in covs) >= 3  # partial crops, not only trivial ones

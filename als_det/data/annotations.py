@@ -15,6 +15,14 @@ from pathlib import Path
 
 import numpy as np
 
+from als_det.data.listing import (
+    LINK_PROBLEMS,
+    entry_kind,
+    leads_back,
+    link_problem,
+    visible_entries,
+)
+
 
 class DataError(ValueError):
     """Bad data-set input (labels, box files); the message names the file."""
@@ -84,16 +92,28 @@ def parse_voc_xml(path: str | os.PathLike) -> BoxFile:
     return BoxFile(str(path), size, objects)
 
 
-def scan_xml_dir(box_dir: Path) -> dict[str, str]:
-    """Relative path without extension ("<wnid>/<stem>" or "<stem>") -> XML path."""
+def scan_xml_dir(box_dir: Path, report: IndexReport, strict: bool) -> dict[str, str]:
+    """Relative path without extension ("<wnid>/<stem>" or "<stem>") -> XML path, folder links
+    followed; a folder link leading back (to a folder entered or enclosing it), a link that loops
+    and one that leads nowhere are counted skips (`als_det.data.listing`)."""
     found: dict[str, str] = {}
-    for dirpath, dirnames, filenames in os.walk(box_dir):
-        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
-        rel_dir = os.path.relpath(dirpath, box_dir)
-        for name in filenames:
-            if name.lower().endswith(".xml"):
-                stem = name[:-4]
-                found[stem if rel_dir == "." else f"{rel_dir}/{stem}"] = os.path.join(dirpath, name)
+
+    def walk(folder: str, rel: str, inside: frozenset[str]) -> None:
+        here = os.path.realpath(folder)
+        for e in visible_entries(folder):
+            kind = entry_kind(e)
+            if kind == "dir":
+                real = os.path.realpath(e.path)
+                if leads_back(real, here, inside):
+                    report.skip("symlink_loop", e.path, strict, f"links back to {real}")
+                else:
+                    walk(e.path, f"{rel}{e.name}/", inside | {real})
+            elif kind in LINK_PROBLEMS:
+                report.skip(kind, e.path, strict, link_problem(kind, e.path))
+            elif kind == "file" and e.name.lower().endswith(".xml"):
+                found[rel + e.name[:-4]] = e.path
+
+    walk(str(box_dir), "", frozenset({os.path.realpath(box_dir)}))
     return found
 
 

@@ -10,8 +10,11 @@ Layouts (ILSVRC2012 as users have it):
           (ILSVRC2012_bbox_train_v2 / _val_v3); or a Kaggle `LOC_*_solution.csv`
           (`ImageId,PredictionString` with `wnid x0 y0 x1 y1 ...`).
 VOC corners are inclusive pixels and are read as (xmin, ymin, xmax + 1, ymax + 1); boxes are scaled
-when the XML `<size>` differs from the JPEG's header size, clipped to the image, and empty ones are
+when the XML `<size>` differs from the image's size, clipped to the image, and empty ones are
 dropped. Images without a box file keep `N == 0` boxes (the no-box policy applies in training).
+Sizes and boxes are in the image's displayed orientation, its EXIF orientation applied, as
+detectron2 reads images and `als_det.data.images` decodes them; a box file whose `<size>` is the
+stored size of an image that EXIF turns a quarter is not rescaled but skipped (below).
 
 Bad input. With `strict=False` each case below is skipped, counted under its reason in
 `IndexReport.skipped` (with the files) and listed by `IndexReport.summary()`; with `strict=True` the
@@ -21,12 +24,17 @@ first one raises (`BadImageError` for images, `DataError` otherwise) naming the 
   corrupt_image            the image (header unreadable; data truncated later is caught at load
                            time by `ImageNetBoxes`, which returns label -1)
   not_an_image             nothing indexed: a non-image file in an image folder
+  symlink_loop             nothing indexed: a link (image, box file or folder) that loops, or a
+                           folder link back to a folder it is in (never followed)
+  broken_symlink           nothing indexed: a link to a path that does not exist
   empty_class_folder       nothing: a class folder without images (the class keeps its index)
   unknown_class_folder     the folder's images (a folder whose name is not in `classes`)
   unlabelled_image         the image (flat layout: no entry in the labels file)
   bad_label                the image (labels file names an unknown wnid or an index out of range)
   box_file_without_image   nothing: a box file (or CSV row) whose image is absent
   malformed_box_file       the image's boxes: the image stays, with N == 0 (no-box policy)
+  box_file_before_exif     the image's boxes, as above: the box file's <size> is the image's
+                           stored size, which its EXIF orientation turns a quarter
   unknown_wnid             that box (object name not in `classes`); boxes of other known classes
                            are ignored silently, as the index keeps only the labelled class's
   inverted_box             that box (x1 < x0 or y1 < y0 in the file)
@@ -41,7 +49,7 @@ import logging
 import os
 import stat
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -59,7 +67,20 @@ from als_det.data.annotations import (
     read_val_labels,
     scan_xml_dir,
 )
-from als_det.data.images import BadImageError, image_size
+from als_det.data.images import (
+    TRANSPOSING_ORIENTATIONS,
+    BadImageError,
+    exif_orientation,
+    image_size,
+    size_mismatch,
+)
+from als_det.data.listing import (
+    LINK_PROBLEMS,
+    entry_kind,
+    leads_back,
+    link_problem,
+    visible_entries,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -70,7 +91,7 @@ CACHE_SUBDIR = ".als_det_cache"
 @dataclass
 class ImageRecord:
     """One image: its path, class index, labelled-class boxes (float32 (N, 4), x0 y0 x1 y1 in the
-    decoded image's pixels) and the header size."""
+    decoded image's pixels) and its displayed size (EXIF orientation applied, `image_size`)."""
 
     path: str
     label: int
@@ -83,8 +104,22 @@ def _is_image(name: str) -> bool:
     return name.lower().endswith(IMAGE_EXTENSIONS)
 
 
-def _visible(entries: Iterable[os.DirEntry]) -> list[os.DirEntry]:
-    return sorted((e for e in entries if not e.name.startswith(".")), key=lambda e: e.name)
+def _kinds(
+    folder: str | os.PathLike, report: IndexReport, strict: bool
+) -> list[tuple[os.DirEntry, str]]:
+    """(entry, kind) of `folder`'s visible entries; links that loop (a folder link back to
+    `folder` or above it included) or lead nowhere are skipped and counted under their reason."""
+    here = os.path.realpath(folder)
+    out = []
+    for e in visible_entries(folder):
+        kind = entry_kind(e)
+        if kind == "dir" and leads_back(os.path.realpath(e.path), here, ()):
+            report.skip("symlink_loop", e.path, strict, f"links back to {os.path.realpath(e.path)}")
+        elif kind in LINK_PROBLEMS:
+            report.skip(kind, e.path, strict, link_problem(kind, e.path))
+        else:
+            out.append((e, kind))
+    return out
 
 
 # ----------------------------------------------------------------------------------- listing
@@ -97,14 +132,14 @@ def _list_images(
     strict: bool,
 ) -> tuple[list[tuple[str, int]], list[str]]:
     """(image path, label) pairs in a stable order, and the class list."""
-    entries = _visible(os.scandir(split_dir))
+    entries = _kinds(split_dir, report, strict)
     items: list[tuple[str, int]] = []
     if val_labels:
         files = []
-        for e in entries:
-            if e.is_file() and _is_image(e.name):
+        for e, kind in entries:
+            if kind == "file" and _is_image(e.name):
                 files.append(e.name)
-            elif e.is_file():
+            elif kind == "file":
                 report.skip("not_an_image", e.path, strict)
         labels, classes = read_val_labels(Path(val_labels), files, classes)
         index = {c: i for i, c in enumerate(classes)}
@@ -129,9 +164,9 @@ def _list_images(
             items.append((path, label))
         return items, classes
 
-    folders = {e.name: e.path for e in entries if e.is_dir()}
-    for e in entries:
-        if e.is_file():
+    folders = {e.name: e.path for e, kind in entries if kind == "dir"}
+    for e, kind in entries:
+        if kind == "file":
             report.skip("not_an_image", e.path, strict, "file beside the class folders")
     if classes is None:
         classes = sorted(folders)
@@ -141,8 +176,8 @@ def _list_images(
         folder = folders.get(wnid)
         names = []
         if folder is not None:
-            for e in _visible(os.scandir(folder)):
-                if e.is_file() and _is_image(e.name):
+            for e, kind in _kinds(folder, report, strict):
+                if kind == "file" and _is_image(e.name):
                     names.append(e.name)
                 else:
                     report.skip("not_an_image", e.path, strict)
@@ -188,7 +223,7 @@ def _build(
     xml_files: dict[str, str] = {}
     csv_boxes: dict[str, BoxFile] = {}
     if kind == "xml" and box_path is not None:
-        xml_files = scan_xml_dir(box_path)
+        xml_files = scan_xml_dir(box_path, report, strict)
     elif kind == "csv" and box_path is not None:
         csv_boxes = read_loc_csv(box_path, report, strict)
     used: set[str] = set()
@@ -221,6 +256,14 @@ def _build(
                 used.add(key)
                 box_file = csv_boxes[key]
                 break
+        if box_file is not None and _before_exif(box_file, path, width, height):
+            report.skip(
+                "box_file_before_exif",
+                box_file.source,
+                strict,
+                size_mismatch(path, box_file.size, "the box file"),
+            )
+            box_file = None
         arr = (
             boxes_for(box_file, wnid, known, width, height, report, strict)
             if box_file is not None
@@ -237,6 +280,14 @@ def _build(
             report.skip("box_file_without_image", csv_boxes[key].source, strict, f"ImageId {key}")
     report.images = len(records)
     return records, classes, report
+
+
+def _before_exif(box_file: BoxFile, path: str, width: int, height: int) -> bool:
+    """Whether `box_file` gives the stored size of an image that EXIF displays turned a quarter."""
+    return (
+        box_file.size == (height, width) != (width, height)
+        and exif_orientation(path) in TRANSPOSING_ORIENTATIONS
+    )
 
 
 def _unpack(data: dict, root: Path) -> list[ImageRecord]:

@@ -5,7 +5,7 @@ Each image becomes one classification sample: its label is the image's **dominan
 category whose boxes cover the largest total area; ties go to more boxes, then the lower category
 id) and its boxes are that category's boxes, written as Pascal-VOC XML like ILSVRC2012_bbox_*:
 
-    OUT/<split>/<class>/<file_name>             the original image (copied, or symlinked)
+    OUT/<split>/<class>/<name>                  the original image (copied, or symlinked)
     OUT/Annotation/<split>/<class>/<stem>.xml   inclusive integer corners covering each box
     OUT/classes.json                            [{folder, coco_id, images}] of the classes
     OUT/conversion.json                         sources, options, per-split report (written last)
@@ -16,8 +16,16 @@ those classes, and every split has a folder for every class (empty where it has 
 that its class list is the first split's, as in ImageNet. Crowd annotations (`iscrowd: 1`, a box
 around a group of instances) follow an explicit policy: `keep` (a box of its category: the
 instances are inside it), `drop` (ignored) or `skip_image` (the image is left out). Every image
-left out and every box dropped is counted by reason in the report; a missing image file or a
-malformed json is an error naming the file.
+left out and every box dropped is counted by reason in the report (an annotation of an image id
+that `images` lacks is dropped as "image id not in 'images'"); a missing image file, a malformed
+json, duplicate ids (image, annotation or category, as fine-tuning's validation refuses them) and a
+`width`/`height` that is not the image's displayed size (EXIF orientation applied, as detectron2
+reads it; `als_det.data.images`) are errors naming the file.
+
+`<name>` is `file_name` with its folders flattened into the name (`a/b/c.jpg` -> `a_b_c.jpg`), as
+pretraining indexes only files directly inside the class folders; names that become the same stem,
+absolute names and names with `..` are refused. Before the tree is moved into place, its box
+index is built as pretraining builds it, and its image and box counts must be those written.
 """
 
 from __future__ import annotations
@@ -28,19 +36,23 @@ import math
 import os
 import shutil
 import tempfile
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 from xml.sax.saxutils import escape
 
+from als_det.data.boxes import build_index
+from als_det.data.images import BadImageError, size_mismatch
 from als_det.io import atomic_write_json
 
 logger = logging.getLogger(__name__)
 
 CROWD_POLICIES = ("keep", "drop", "skip_image")
 LINK_MODES = ("copy", "symlink")
+UNKNOWN_IMAGE = "image id not in 'images'"
+_SHOW = 3  # entries named in an error message
 
 
 class ConversionError(ValueError):
@@ -117,12 +129,80 @@ def _load(json_file: Path) -> dict[str, Any]:
             raise ConversionError(f"{json_file}: no {key!r} list; not a COCO instances file")
     if not data["categories"]:
         raise ConversionError(f"{json_file}: 'categories' is empty")
+    _check_entries(data, json_file)
     return data
+
+
+def _shown(items: Sequence[Any]) -> str:
+    more = f" (and {len(items) - _SHOW} more)" if len(items) > _SHOW else ""
+    return ", ".join(str(x) for x in items[:_SHOW]) + more
+
+
+def _check_entries(data: dict[str, Any], json_file: Path) -> None:
+    """Image entries have an id, a file name and a positive size; ids are unique in each list."""
+    for k, im in enumerate(data["images"]):
+        ok = isinstance(im, dict) and "id" in im and isinstance(im.get("file_name"), str)
+        if not ok or not all(
+            isinstance(im.get(s), int) and not isinstance(im.get(s), bool) and im[s] > 0
+            for s in ("width", "height")
+        ):
+            raise ConversionError(
+                f"{json_file}: images[{k}] needs an id, a file_name and positive integer "
+                f"width and height, got {im!r:.200}"
+            )
+    for key, what in (
+        ("images", "image"),
+        ("annotations", "annotation"),
+        ("categories", "category"),
+    ):
+        if not all(isinstance(x, dict) for x in data[key]):
+            raise ConversionError(f"{json_file}: {key!r} holds an entry that is not an object")
+        dup = [i for i, n in Counter(x.get("id") for x in data[key]).items() if n > 1]
+        if dup:
+            raise ConversionError(f"{json_file}: duplicate {what} ids: {_shown(dup)}")
+
+
+def _flat_name(file_name: str) -> str:
+    """`file_name` with its folders flattened into the name (`a/b.jpg` -> `a_b.jpg`); absolute
+    names and `..` are refused (ValueError)."""
+    parts = file_name.replace("\\", "/").split("/")
+    if file_name.startswith(("/", "\\")) or any(p in ("", ".", "..") for p in parts):
+        raise ValueError(f"file_name {file_name!r} is not a plain relative path")
+    return "_".join(parts)
+
+
+def _flat_names(data: dict[str, Any], json_file: Path) -> dict[Any, str]:
+    """image id -> output file name; two images may not share a stem (their XMLs would clash)."""
+    names = {}
+    for im in data["images"]:
+        try:
+            names[im["id"]] = _flat_name(im["file_name"])
+        except ValueError as e:
+            raise ConversionError(f"{json_file}: {e}") from None
+    by_stem: dict[str, list[str]] = defaultdict(list)
+    for im in data["images"]:
+        by_stem[Path(names[im["id"]]).stem].append(im["file_name"])
+    clash = [" and ".join(files) for files in by_stem.values() if len(files) > 1]
+    if clash:
+        raise ConversionError(
+            f"{json_file}: {len(clash)} groups of images would share a name once flattened "
+            f"into a class folder (file stem, folders joined by '_'): {_shown(clash)}"
+        )
+    return names
 
 
 def _categories(data: dict[str, Any], json_file: Path) -> dict[int, str]:
     """category id -> class folder name; two categories may not share a folder."""
-    folders = {c["id"]: class_folder(c["name"]) for c in data["categories"]}
+    bad = [c for c in data["categories"] if not isinstance(c.get("name"), str)]
+    if bad:
+        raise ConversionError(f"{json_file}: a category without a name: {bad[0]!r:.200}")
+    folders = {c.get("id"): class_folder(c["name"]) for c in data["categories"]}
+    hidden = [f for f in folders.values() if not f or f.startswith(".")]
+    if hidden:
+        raise ConversionError(
+            f"{json_file}: category names {hidden} make folder names that are empty or hidden "
+            "(leading '.'), which pretraining would not read"
+        )
     names = list(folders.values())
     clash = sorted({f for f in names if names.count(f) > 1})
     if clash:
@@ -166,6 +246,16 @@ def voc_xml(
     )
 
 
+def _numbers(bbox: Any) -> bool:
+    """A list of 4 finite numbers."""
+    return (
+        isinstance(bbox, list)
+        and len(bbox) == 4
+        and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in bbox)
+        and all(math.isfinite(v) for v in bbox)
+    )
+
+
 def _usable_box(
     a: dict[str, Any], im: dict[str, Any], crowd: str, report: SplitReport
 ) -> tuple[int, list[float], tuple[int, int, int, int]] | None:
@@ -173,7 +263,7 @@ def _usable_box(
     bbox = a.get("bbox")
     if a.get("iscrowd", 0) and crowd == "drop":
         reason = "crowd (crowd policy 'drop')"
-    elif not (isinstance(bbox, list) and len(bbox) == 4) or bbox[2] <= 0 or bbox[3] <= 0:
+    elif not _numbers(bbox) or bbox[2] <= 0 or bbox[3] <= 0:
         reason = "malformed or non-positive bbox"
     else:
         corners = voc_corners(bbox, im["width"], im["height"])
@@ -197,6 +287,10 @@ def _labelled_images(
                 f"category id {a.get('category_id')}"
             )
         by_image[a.get("image_id")].append(a)
+    image_ids = {im["id"] for im in data["images"]}
+    unknown = sum(len(anns) for i, anns in by_image.items() if i not in image_ids)
+    if unknown:
+        report.dropped_boxes[UNKNOWN_IMAGE] = unknown
     out = []
     for im in data["images"]:
         anns = by_image.get(im["id"], [])
@@ -222,6 +316,7 @@ def _write_split(
     report = SplitReport(
         split=src.name, json_file=str(json_file), images_in_json=len(data["images"])
     )
+    names = _flat_names(data, json_file)
     labelled = _labelled_images(data, folders, crowd, report)
     missing = [
         im["file_name"] for im, *_ in labelled if not (image_dir / im["file_name"]).is_file()
@@ -230,6 +325,14 @@ def _write_split(
         raise ConversionError(
             f"{json_file}: {len(missing)} images missing in {image_dir}, e.g. {missing[:3]}"
         )
+    for im, *_ in labelled:
+        path = image_dir / im["file_name"]
+        try:
+            problem = size_mismatch(path, (im["width"], im["height"]), f"image id {im['id']}")
+        except BadImageError as e:
+            raise ConversionError(f"{json_file}: {e}") from None
+        if problem:
+            raise ConversionError(f"{json_file}: {problem}")
     counts: dict[str, int] = defaultdict(int)
     for _, folder, _, _ in labelled:
         counts[folder] += 1
@@ -249,21 +352,43 @@ def _write_split(
         if folder not in keep:
             report.skip(reason, im["file_name"])
             continue
-        target = tmp / src.name / folder / im["file_name"]
-        target.parent.mkdir(parents=True, exist_ok=True)
+        name = names[im["id"]]
+        target = tmp / src.name / folder / name
         source = (image_dir / im["file_name"]).resolve()
         if link == "symlink":
             target.symlink_to(source)
         else:
             shutil.copyfile(source, target)
-        xml = tmp / "Annotation" / src.name / folder / (Path(im["file_name"]).stem + ".xml")
+        xml = tmp / "Annotation" / src.name / folder / (Path(name).stem + ".xml")
         xml.parent.mkdir(parents=True, exist_ok=True)
-        xml.write_text(voc_xml(folder, im["file_name"], im["width"], im["height"], boxes))
+        xml.write_text(voc_xml(folder, name, im["width"], im["height"], boxes))
         report.images += 1
         report.boxes += len(boxes)
         report.crowd_boxes_kept += n_crowd
         report.per_class[folder] = report.per_class.get(folder, 0) + 1
     return report, classes, {folder: cid for cid, folder in folders.items()}
+
+
+def _check_pretraining_reads(
+    tmp: Path, classes: list[str], reports: dict[str, SplitReport]
+) -> None:
+    """Index each split as pretraining does (val with train's classes, cache thrown away): it must
+    find every image and box written."""
+    with tempfile.TemporaryDirectory(prefix="index-check-") as cache:
+        for name, written in reports.items():
+            _, _, index = build_index(tmp, name, classes=classes, cache_dir=cache)
+            if (index.images, index.boxes) != (written.images, written.boxes):
+                raise ConversionError(
+                    f"split {name}: wrote {written.images} images with {written.boxes} boxes, "
+                    f"but pretraining indexes {index.images} images with {index.boxes} boxes:\n"
+                    f"{index.summary()}"
+                )
+            logger.info(
+                "check: pretraining indexes %d %s images with %d boxes, as written",
+                index.images,
+                name,
+                index.boxes,
+            )
 
 
 def coco_to_imagenet(
@@ -286,6 +411,15 @@ def coco_to_imagenet(
         raise ValueError(f"min_images must be >= 1, got {min_images}")
     if not splits:
         raise ValueError("no splits to convert")
+    names = [src.name for src in splits]
+    for name in names:
+        if not name or name.startswith(".") or "/" in name or "\\" in name or name == "Annotation":
+            raise ValueError(
+                f"split name {name!r}: a split is a folder of the tree, so a plain name other "
+                "than 'Annotation' (no '/', no leading '.')"
+            )
+    if len(set(names)) != len(names):
+        raise ValueError(f"split names must differ, got {names}")
     out_root = Path(out_root).resolve()
     if out_root.exists() and (not out_root.is_dir() or any(out_root.iterdir())):
         raise ConversionError(f"{out_root} exists and is not empty; choose a new output folder")
@@ -300,6 +434,7 @@ def coco_to_imagenet(
             )
             ids = ids or split_ids
             logger.info("%s", reports[src.name].summary())
+        _check_pretraining_reads(tmp, classes, reports)
         first = reports[splits[0].name]
         atomic_write_json(
             tmp / "classes.json",

@@ -20,43 +20,54 @@ from typing import Any
 
 import numpy as np
 
+from als_det.data.listing import LINK_PROBLEMS, entry_kind, leads_back, visible_entries
 from als_det.io import atomic_savez
 
 logger = logging.getLogger(__name__)
 
-CACHE_FORMAT = 2
+CACHE_FORMAT = 3  # 3: sizes and boxes in the displayed (EXIF-applied) orientation
 
 
 def fingerprint(paths: Iterable[Path | None]) -> dict[str, str]:
     """{folder or file: digest}: for a file its size and mtime, for a folder (and every visible
-    subfolder) a digest of each entry's name, size and mtime (subfolders: name only)."""
+    subfolder, links followed, each real folder once) a digest of each entry's name, size and
+    mtime (subfolders: name, or name and real path for a link to a folder already visited or
+    enclosing it; links that loop or lead nowhere: name and problem)."""
     out: dict[str, str] = {}
+    visited: set[str] = set()
     for path in paths:
         if path is None or not path.exists():
             continue
         if path.is_dir():
-            _fingerprint_folder(str(path), out)
+            _fingerprint_folder(str(path), out, visited)
         else:
             st = path.stat()
             out[str(path)] = f"{st.st_size}:{st.st_mtime_ns}"
     return out
 
 
-def _fingerprint_folder(folder: str, out: dict[str, str]) -> None:
+def _fingerprint_folder(folder: str, out: dict[str, str], visited: set[str]) -> None:
+    here = os.path.realpath(folder)
+    visited.add(here)
     lines, subfolders = [], []
-    with os.scandir(folder) as entries:
-        for e in entries:
-            if e.name.startswith("."):
-                continue
-            if e.is_dir():
+    for e in visible_entries(folder):
+        kind = entry_kind(e)
+        if kind == "dir":
+            real = os.path.realpath(e.path)
+            if leads_back(real, here, visited):
+                lines.append(f"{e.name}/ -> {real}")
+            else:
+                visited.add(real)
                 subfolders.append(e.path)
                 lines.append(f"{e.name}/")
-            else:
-                st = e.stat()
-                lines.append(f"{e.name}\t{st.st_size}\t{st.st_mtime_ns}")
+        elif kind in LINK_PROBLEMS:
+            lines.append(f"{e.name}\t{kind}")
+        else:
+            st = e.stat()
+            lines.append(f"{e.name}\t{st.st_size}\t{st.st_mtime_ns}")
     out[folder] = hashlib.sha1("\n".join(sorted(lines)).encode()).hexdigest()
-    for sub in sorted(subfolders):
-        _fingerprint_folder(sub, out)
+    for sub in subfolders:
+        _fingerprint_folder(sub, out, visited)
 
 
 def save(

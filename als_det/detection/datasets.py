@@ -3,8 +3,9 @@
 Registration goes through detectron2's own `load_coco_json` (which maps COCO's non-contiguous
 category ids to contiguous ones and back for evaluation); this module adds only the checks that
 detectron2 leaves to a crash hours later or to a silent drop: images missing on disk, duplicate
-ids, unknown category ids (clear errors), and boxes of non-positive size (dropped, counted and
-reported).
+ids, unknown category ids, a width/height that is not the image's size as detectron2 reads it
+(EXIF orientation applied; detectron2 checks it only when it first loads the image) (clear errors),
+and boxes of non-positive size (dropped, counted and reported).
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ from pathlib import Path
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.datasets import load_coco_json
+
+from als_det.data.images import BadImageError, size_mismatch
 
 logger = logging.getLogger(__name__)
 
@@ -109,6 +112,7 @@ def validate_coco_json(
     ]
     if missing:
         _fail(json_file, f"{len(missing)} of {len(images)} images missing on disk", missing)
+    _check_sizes(json_file, image_root, images)
 
     return CocoValidationReport(
         name=name,
@@ -124,6 +128,29 @@ def validate_coco_json(
             a["id"] for a in anns if not a.get("iscrowd", 0) and not a.get("segmentation")
         ],
     )
+
+
+def _check_sizes(json_file: Path, image_root: Path, images: list) -> None:
+    """Every image's width and height are its displayed size (EXIF orientation applied), which
+    detectron2's `read_image` decodes and `check_image_size` compares at loading time."""
+    wrong = []
+    for im in images:
+        size = (im.get("width"), im.get("height"))
+        if not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in size):
+            wrong.append(f"image id {im['id']}: width/height {size} are not positive integers")
+            continue
+        try:
+            problem = size_mismatch(image_root / im["file_name"], size, f"image id {im['id']}")
+        except BadImageError as e:
+            problem = str(e)
+        if problem:
+            wrong.append(problem)
+    if wrong:
+        _fail(
+            json_file,
+            f"{len(wrong)} of {len(images)} images do not have the width and height given",
+            wrong,
+        )
 
 
 def _read_coco_json(json_file: Path) -> tuple[bytes, dict]:
