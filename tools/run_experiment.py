@@ -47,6 +47,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--seeds", type=int, default=None, metavar="N", help="seeds 0..N-1 instead of the plan's"
     )
     parser.add_argument(
+        "--skip-preflight",
+        action="store_true",
+        help="launch even when the pre-flight check (data roots, GPUs, torch, detectron2, disk) "
+        "finds a problem",
+    )
+    parser.add_argument(
         "--no-wait",
         action="store_true",
         help="slurm: submit and return; run the command again to follow the jobs",
@@ -59,10 +65,12 @@ def run_tool(args: argparse.Namespace) -> int:
         out=args.out, seeds=None if args.seeds is None else list(range(args.seeds))
     )
     if args.dry_run:
-        print(dry_run(plan))
+        print(dry_run(plan, args.launcher))
         return 0
     try:
-        outcome = run_experiment(plan, args.launcher, wait=not args.no_wait)
+        outcome = run_experiment(
+            plan, args.launcher, wait=not args.no_wait, check=not args.skip_preflight
+        )
     except KeyboardInterrupt:
         logger.warning("interrupted; run the same command again to go on from here")
         return 130

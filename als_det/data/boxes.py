@@ -202,6 +202,32 @@ def _box_source(root: Path, split: str, boxes: str) -> tuple[str, Path | None]:
     return ("csv" if path.suffix.lower() == ".csv" else "xml"), path
 
 
+def layout_problems(
+    root: str | os.PathLike, split: str, boxes: str = "", val_labels: str = ""
+) -> list[str]:
+    """What `build_index(root, split, boxes, val_labels)` would find missing, seen without indexing
+    (a pre-flight check): the image folder with its class folders (or a flat folder and its
+    labels file), and a box source (without one every image follows the no-box policy)."""
+    root = Path(root)
+    split_dir = root / split
+    if not split_dir.is_dir():
+        return [f"image folder {split_dir} does not exist"]
+    problems = []
+    if val_labels:
+        if not Path(val_labels).is_file():
+            problems.append(f"labels file {val_labels} does not exist")
+    elif not any(kind == "dir" for _, kind in _kinds(split_dir, IndexReport(split=split), False)):
+        problems.append(f"{split_dir} has no class folders (<wnid>/) and no labels file")
+    try:
+        kind, _ = _box_source(root, split, boxes)
+    except FileNotFoundError as e:
+        problems.append(str(e))
+    else:
+        if kind == "none":
+            problems.append(f"no boxes: {root / 'Annotation' / split} does not exist")
+    return problems
+
+
 def _build(
     root: Path,
     split: str,

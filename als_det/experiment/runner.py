@@ -7,7 +7,7 @@ import logging
 import time
 from pathlib import Path
 
-from als_det.experiment import sweep
+from als_det.experiment import preflight, sweep
 from als_det.experiment.graph import Graph, build_graph
 from als_det.experiment.launchers import Outcome, SubmititLauncher, run_local
 from als_det.experiment.plan import Plan
@@ -18,8 +18,9 @@ LAUNCHERS = ("local", "slurm", "submitit-local")
 logger = logging.getLogger(__name__)
 
 
-def dry_run(plan: Plan) -> str:
-    """Every command in dependency order with its resources; nothing runs."""
+def dry_run(plan: Plan, launcher: str = "local") -> str:
+    """Every command in dependency order with its resources, then the pre-flight check; nothing
+    runs."""
     graph = build_graph(plan)
     head = (
         f"# plan {plan.name} ({plan.source}): {len(graph.stages)} "
@@ -27,7 +28,8 @@ def dry_run(plan: Plan) -> str:
     )
     if plan.sweep is not None:
         head += "\n" + sweep.describe_grid(plan)
-    return head + "\n" + describe(graph.stages)
+    check = preflight.listing(preflight.check(plan, graph, launcher), "#")
+    return head + "\n" + describe(graph.stages) + "\n# pre-flight check:\n" + check
 
 
 def summary(outcome: Outcome) -> str:
@@ -67,8 +69,11 @@ def _demo_report(plan: Plan, graph: Graph, total_s: float) -> Path:
     return report
 
 
-def run_experiment(plan: Plan, launcher: str = "local", wait: bool = True) -> Outcome:
-    """Run (or submit) every stage that is not done; print what became of each."""
+def run_experiment(
+    plan: Plan, launcher: str = "local", wait: bool = True, check: bool = True
+) -> Outcome:
+    """Run (or submit) every stage that is not done; print what became of each. `check`: the
+    pre-flight check first (`als_det.experiment.preflight`), which refuses on a problem."""
     if launcher not in LAUNCHERS:
         raise ValueError(f"launcher must be one of {LAUNCHERS}, got {launcher!r}")
     start = time.perf_counter()
@@ -79,6 +84,8 @@ def run_experiment(plan: Plan, launcher: str = "local", wait: bool = True) -> Ou
             f"the {launcher} launcher runs on this one machine, but {', '.join(several)} "
             "ask for several nodes: use --launcher slurm or set nodes: 1 in the plan"
         )
+    if check:
+        preflight.require_ready(plan, graph, launcher)
     out = resolve(plan.out)
     (out / "logs").mkdir(parents=True, exist_ok=True)
     if launcher == "local":
