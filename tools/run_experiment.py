@@ -46,6 +46,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--seeds", type=int, default=None, metavar="N", help="seeds 0..N-1 instead of the plan's"
     )
+    for option in ("partition", "account"):
+        parser.add_argument(
+            f"--{option}",
+            default=None,
+            help=f"slurm: the SLURM {option} of every job (instead of the plan's slurm.{option}"
+            + ("; a stage's own resources.partition still wins)" if option == "partition" else ")"),
+        )
     parser.add_argument(
         "--skip-preflight",
         action="store_true",
@@ -62,7 +69,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def run_tool(args: argparse.Namespace) -> int:
     plan = load_plan(args.plan).with_changes(
-        out=args.out, seeds=None if args.seeds is None else list(range(args.seeds))
+        out=args.out,
+        seeds=None if args.seeds is None else list(range(args.seeds)),
+        slurm={k: getattr(args, k) for k in ("partition", "account") if getattr(args, k)},
     )
     if args.dry_run:
         print(dry_run(plan, args.launcher))

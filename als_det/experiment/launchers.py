@@ -136,6 +136,24 @@ def _parameters(
     return params
 
 
+def sbatch_flags(
+    st: Stage, plan_name: str, slurm: dict[str, Any], after: Sequence[str], folder: Path
+) -> list[str]:
+    """The sbatch options submitit writes for this stage's `_parameters`: the AutoExecutor's SLURM
+    names, then submitit's own sbatch writer (what `--dry-run --launcher slurm` shows)."""
+    from submitit.slurm import slurm as submitit_slurm
+
+    names = submitit.SlurmExecutor._equivalence_dict()
+    options = {
+        key.removeprefix("slurm_") if key.startswith("slurm_") else names.get(key, key): value
+        for key, value in _parameters(st, plan_name, slurm, after).items()
+    }
+    if "mem" in options:
+        options["mem"] = submitit_slurm._convert_mem(options["mem"])
+    script = submitit_slurm._make_sbatch_string(command="", folder=folder, **options)
+    return [ln.removeprefix("#SBATCH ") for ln in script.splitlines() if ln.startswith("#SBATCH")]
+
+
 class SubmititLauncher:
     """Stages as submitit jobs on SLURM (`cluster="slurm"`) or this machine (`"local"`)."""
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from als_det.experiment import preflight, sweep
 from als_det.experiment.graph import Graph, build_graph
-from als_det.experiment.launchers import Outcome, SubmititLauncher, run_local
+from als_det.experiment.launchers import Outcome, SubmititLauncher, run_local, sbatch_flags
 from als_det.experiment.plan import Plan
 from als_det.experiment.stages import describe, recorded_seconds, resolve
 
@@ -29,7 +29,23 @@ def dry_run(plan: Plan, launcher: str = "local") -> str:
     if plan.sweep is not None:
         head += "\n" + sweep.describe_grid(plan)
     check = preflight.listing(preflight.check(plan, graph, launcher), "#")
-    return head + "\n" + describe(graph.stages) + "\n# pre-flight check:\n" + check
+    jobs = "\n" + slurm_jobs(plan, graph) if launcher == "slurm" else ""
+    return head + "\n" + describe(graph.stages) + jobs + "\n# pre-flight check:\n" + check
+
+
+def slurm_jobs(plan: Plan, graph: Graph) -> str:
+    """What `--launcher slurm` submits, one job per stage: the sbatch options of the submission
+    itself (`launchers.sbatch_flags`), those of every job once; afterok lists the stages whose job
+    ids it will hold."""
+    folder = resolve(plan.out) / ".submitit"
+    flags = {
+        st.name: sbatch_flags(st, plan.name, plan.slurm, st.deps, folder) for st in graph.stages
+    }
+    common = [f for f in next(iter(flags.values())) if all(f in fl for fl in flags.values())]
+    lines = [f"# SLURM: one sbatch job per stage; every job: {' '.join(common)}"]
+    for i, (name, fl) in enumerate(flags.items(), 1):
+        lines.append(f"# {i}. {name}: {' '.join(f for f in fl if f not in common)}")
+    return "\n".join(lines)
 
 
 def summary(outcome: Outcome) -> str:

@@ -131,6 +131,17 @@ class Plan:
             if e == length
         ]
 
-    def with_changes(self, out: str | None = None, seeds: list[int] | None = None) -> Plan:
-        """The command line's `--out` / `--seeds` applied."""
-        return replace(self, out=out or self.out, seeds=list(seeds) if seeds else self.seeds)
+    def with_changes(
+        self,
+        out: str | None = None,
+        seeds: list[int] | None = None,
+        slurm: dict[str, Any] | None = None,
+    ) -> Plan:
+        """The command line's `--out` / `--seeds` / `--partition` and `--account` (`slurm`, over
+        the plan's `slurm:` section) applied."""
+        return replace(
+            self,
+            out=out or self.out,
+            seeds=list(seeds) if seeds else self.seeds,
+            slurm={**self.slurm, **(slurm or {})},
+        )
