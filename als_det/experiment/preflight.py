@@ -234,7 +234,9 @@ def gpu_findings(graph: Graph, launcher: str) -> list[Finding]:
             f"{here} here (a stage on device auto uses one)" if here else "every stage on the CPU"
         )
         return [Finding(True, build), Finding(True, f"GPUs: none asked; {gpus}")]
-    names = ", ".join(st.name for st in asking[:3]) + (", ..." if len(asking) > 3 else "")
+    names = ", ".join(st.name for st in asking[:3]) + (
+        f" and {len(asking) - 3} more" if len(asking) > 3 else ""
+    )
     findings = [
         Finding(
             bool(cuda),
