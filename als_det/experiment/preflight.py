@@ -57,39 +57,22 @@ def _spec(st: Stage) -> dict[str, Any]:
     return dict(zip(spec[::2], spec[1::2]))
 
 
-def _generated_roots(plan: Plan, graph: Graph) -> list[Path]:
-    """Folders the plan's own stages make: a `data` stage's root, a config's `DATA.GENERATE`."""
-    from als_det.config import load_config
-
-    roots = [p.parent for st in graph.stages if st.kind == "data" for p in st.outputs]
-    for st in graph.stages:
-        if st.kind == "pretrain":
-            spec = _spec(st)
-            cfg = load_config(str(resolve(spec["config"])), list(spec["overrides"]))
-            if cfg.DATA.GENERATE:
-                roots.append(resolve(cfg.DATA.ROOT))
-    return roots
-
-
 def _made_by_plan(path: str | Path, generated: Sequence[Path]) -> bool:
     path = resolve(path)
     return any(path == g or path.is_relative_to(g) for g in generated)
 
 
 def _imagenet_root(
-    root: str, splits: Sequence[str], boxes: Sequence[str], labels: str, what: str
+    root: str, splits: Sequence[str], boxes: Sequence[str], labels: Sequence[str], what: str
 ) -> Finding:
     where = resolve(root)
     if not where.is_dir():
         return Finding(False, f"{what}: data root {root} does not exist ({IMAGENET_LAYOUT})")
     problems = [
         p
-        for split, box in zip(splits, boxes)
+        for split, box, label in zip(splits, boxes, labels)
         for p in layout_problems(
-            where,
-            split,
-            str(resolve(box)) if box else "",
-            str(resolve(labels)) if labels and split != splits[0] else "",
+            where, split, str(resolve(box)) if box else "", str(resolve(label)) if label else ""
         )
     ]
     if problems:
@@ -99,17 +82,19 @@ def _imagenet_root(
     return Finding(True, f"{what}: data root {root}: {', '.join(splits)} and their boxes found")
 
 
-def data_findings(plan: Plan, graph: Graph) -> list[Finding]:
+def data_findings(graph: Graph) -> list[Finding]:
     """One line per data root the stages read: pretraining, evaluation, each detector's data."""
     from als_det.config import load_config
 
-    generated = _generated_roots(plan, graph)
+    pretraining = [
+        load_config(str(resolve(_spec(st)["config"])), list(_spec(st)["overrides"])).DATA
+        for st in graph.stages
+        if st.kind == "pretrain"
+    ]
+    generated = [p.parent for st in graph.stages if st.kind == "data" for p in st.outputs]
+    generated += [resolve(data.ROOT) for data in pretraining if data.GENERATE]
     findings, seen = [], set()
-    for st in graph.stages:
-        if st.kind != "pretrain":
-            continue
-        spec = _spec(st)
-        data = load_config(str(resolve(spec["config"])), list(spec["overrides"])).DATA
+    for data in pretraining:
         key = (data.ROOT, data.TRAIN_SPLIT, data.VAL_SPLIT, data.TRAIN_BOXES, data.VAL_BOXES)
         if key in seen:
             continue
@@ -122,7 +107,7 @@ def data_findings(plan: Plan, graph: Graph) -> list[Finding]:
                 data.ROOT,
                 (data.TRAIN_SPLIT, data.VAL_SPLIT),
                 (data.TRAIN_BOXES, data.VAL_BOXES),
-                data.VAL_LABELS,
+                ("", data.VAL_LABELS),
                 "pretraining",
             )
         )
@@ -152,7 +137,7 @@ def _evaluation_data(spec: dict[str, Any], generated: Sequence[Path], checked: s
 
     if resolve(root).is_dir() and is_in9_layout(resolve(root)):
         return [Finding(True, f"evaluation: data root {root}: ImageNet-9 layout found")]
-    return [_imagenet_root(root, (opts.split,), (opts.boxes,), opts.val_labels, "evaluation")]
+    return [_imagenet_root(root, (opts.split,), (opts.boxes,), (opts.val_labels,), "evaluation")]
 
 
 def _detection_data(spec: dict[str, Any], generated: Sequence[Path]) -> list[Finding]:
@@ -299,7 +284,7 @@ def disk_finding(plan: Plan, graph: Graph) -> Finding:
 
 
 def check(plan: Plan, graph: Graph, launcher: str) -> list[Finding]:
-    findings = data_findings(plan, graph) + gpu_findings(graph, launcher)
+    findings = data_findings(graph) + gpu_findings(graph, launcher)
     if any(st.kind == "finetune" for st in graph.stages):
         findings.append(detectron2_finding())
     return findings + [disk_finding(plan, graph)]
