@@ -150,3 +150,14 @@ def test_dry_run_ends_with_the_check_as_comments(tmp_path):
     text = dry_run(parse_plan(raw, "p.yaml"))
     check = text.split("# pre-flight check:\n", 1)[1].splitlines()
     assert check and all(ln.startswith("#  ok") for ln in check), text
+
+
+def test_an_arm_whose_config_does_not_load_is_left_to_fail_on_its_own(tmp_path):
+    raw = _raw("smoke")
+    raw["out"] = str(tmp_path / "out")
+    raw["arms"]["broken"] = {"config": "configs/pretrain/demo_hard.yaml", "overrides": {"NOT.A": 1}}
+    plan = parse_plan(raw, "p.yaml")
+    findings = preflight.check(plan, build_graph(plan), "local")
+    assert all(f.ok for f in findings)  # the other arms run; the broken one fails as its stage
+    text = preflight.listing(findings)
+    assert "unchecked  pretrain_broken: its config does not load: " in text and "NOT.A" in text

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from als_det.cli import USER_ERRORS
 from als_det.data.boxes import layout_problems
 from als_det.experiment.graph import Graph
 from als_det.experiment.plan import Plan
@@ -49,6 +50,7 @@ class PreflightError(ValueError):
 class Finding:
     ok: bool
     text: str
+    checked: bool = True  # False: could not be checked (said why); not a problem of the machine
 
 
 def _spec(st: Stage) -> dict[str, Any]:
@@ -86,14 +88,19 @@ def data_findings(graph: Graph) -> list[Finding]:
     """One line per data root the stages read: pretraining, evaluation, each detector's data."""
     from als_det.config import load_config
 
-    pretraining = [
-        load_config(str(resolve(_spec(st)["config"])), list(_spec(st)["overrides"])).DATA
-        for st in graph.stages
-        if st.kind == "pretrain"
-    ]
+    pretraining, findings = [], []
+    for st in graph.stages:
+        if st.kind != "pretrain":
+            continue
+        try:
+            pretraining.append(
+                load_config(str(resolve(_spec(st)["config"])), list(_spec(st)["overrides"])).DATA
+            )
+        except USER_ERRORS as e:  # a broken arm fails on its own when it runs; the others go on
+            findings.append(Finding(True, f"{st.name}: its config does not load: {e}", False))
     generated = [p.parent for st in graph.stages if st.kind == "data" for p in st.outputs]
     generated += [resolve(data.ROOT) for data in pretraining if data.GENERATE]
-    findings, seen = [], set()
+    seen = set()
     for data in pretraining:
         key = (data.ROOT, data.TRAIN_SPLIT, data.VAL_SPLIT, data.TRAIN_BOXES, data.VAL_BOXES)
         if key in seen:
@@ -291,7 +298,10 @@ def check(plan: Plan, graph: Graph, launcher: str) -> list[Finding]:
 
 
 def listing(findings: Sequence[Finding], prefix: str = "") -> str:
-    return "\n".join(f"{prefix}  {'ok     ' if f.ok else 'PROBLEM'}  {f.text}" for f in findings)
+    def status(f: Finding) -> str:
+        return "PROBLEM" if not f.ok else "ok" if f.checked else "unchecked"
+
+    return "\n".join(f"{prefix}  {status(f):9}  {f.text}" for f in findings)
 
 
 def require_ready(plan: Plan, graph: Graph, launcher: str) -> None:
