@@ -3,13 +3,16 @@
 
     python tools/run_experiment.py --plan configs/experiments/paper_r50.yaml --dry-run
     python tools/run_experiment.py --plan configs/experiments/paper_r50.yaml  # this machine
-    python tools/run_experiment.py --plan configs/experiments/paper_r50.yaml --launcher slurm
+    python tools/run_experiment.py --plan configs/experiments/paper_r50.yaml --launcher slurm \\
+        --partition gpu --account lab  # with --dry-run: each job's sbatch options
     python tools/run_experiment.py --plan configs/experiments/demo.yaml \\
         --seeds 3  # `make demo SEEDS=3`
 
 Finished stages are reused (fingerprint of command and inputs), interrupted trainings resume from
 their checkpoint, and a failed stage stops only the stages that need it. Run the same command
-again after a failure or an interruption: only what is left runs.
+again after a failure or an interruption: only what is left runs. Before anything is launched a
+pre-flight check (data roots, GPUs, torch and detectron2 builds, disk) lists what the plan needs
+and refuses on a problem (`--skip-preflight` launches anyway).
 """
 
 from __future__ import annotations
