@@ -41,6 +41,10 @@ _C.DATA.NUM_WORKERS = 2
 _C.DATA.STRICT = False
 _C.DATA.CACHE_DIR = ""  # "" = ROOT/.als_det_cache (falls back to OUTPUT_DIR if read-only)
 _C.DATA.MAX_PER_CLASS = 0  # 0 = all; >0 keeps the first N images of each class (smoke runs)
+# Where images are decoded (docs/architecture.md, "Decode paths"); the same crops on every path.
+# workers: PIL in the DataLoader workers | device: workers read bytes, the training device decodes
+# (nvJPEG on CUDA) | dali: NVIDIA DALI (the optional `dali` extra)
+_C.DATA.DECODE = "workers"
 
 # Generated context-bias data set (als_det.data.generated), used when DATA.GENERATE is True.
 _C.DATA.GEN = CN()
@@ -156,6 +160,8 @@ def validate(cfg: CN) -> None:
         raise ValueError(f"SOLVER.SCHEDULE must be cosine or step, got {cfg.SOLVER.SCHEDULE!r}")
     if cfg.TRAIN.AMP not in ("none", "bf16", "fp16"):
         raise ValueError(f"TRAIN.AMP must be none, bf16 or fp16, got {cfg.TRAIN.AMP!r}")
+    if cfg.DATA.DECODE not in ("workers", "device", "dali"):
+        raise ValueError(f"DATA.DECODE must be workers, device or dali, got {cfg.DATA.DECODE!r}")
     if cfg.TRAIN.DEVICE not in ("auto", "cpu", "cuda"):
         raise ValueError(f"TRAIN.DEVICE must be auto, cpu or cuda, got {cfg.TRAIN.DEVICE!r}")
     if not cfg.MODEL.ARCH.startswith("resnet"):
