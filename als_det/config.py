@@ -99,6 +99,8 @@ _C.TRAIN.AMP = "none"
 _C.TRAIN.CHANNELS_LAST = True  # channels_last memory format for model and images (GPU and CPU)
 _C.TRAIN.COMPILE = False  # torch.compile the model (inductor; on the CPU it needs a C compiler)
 _C.TRAIN.EVAL_PERIOD = 1  # epochs
+# iterations between log lines with images/s, data-wait share, ETA, peak memory (0 = none)
+_C.TRAIN.LOG_PERIOD = 50
 _C.TRAIN.MAX_ITERS_PER_EPOCH = 0  # 0 = full epoch; >0 truncates (smoke runs)
 _C.TRAIN.DETERMINISTIC = False
 _C.TRAIN.DEVICE = "auto"  # auto (GPU when available) | cpu | cuda
@@ -207,6 +209,7 @@ _RANGES: dict[str, tuple[float, float, bool]] = {
     "SOLVER.WARMUP_EPOCHS": (0, math.inf, True),
     "SOLVER.GAMMA": (0, 1, False),
     "TRAIN.EVAL_PERIOD": (1, math.inf, True),
+    "TRAIN.LOG_PERIOD": (0, math.inf, True),
     "TRAIN.MAX_ITERS_PER_EPOCH": (0, math.inf, True),
 }
 

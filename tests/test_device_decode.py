@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 import logging
+import re
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +30,7 @@ from als_det.data.imagenet import IMAGENET_MEAN, IMAGENET_STD, ImageNetBoxes
 from als_det.data.images import BadImageError
 from als_det.engine.data import check_decode
 from als_det.engine.trainer import train
+from als_det.experiment.stages import _relay
 
 REPO = Path(__file__).resolve().parents[1]
 # On the CPU both paths decode with libjpeg-turbo (bit-identical pixels); PIL's and torchvision's
@@ -183,49 +186,65 @@ def test_exif_orientation_as_pil_shows_it(tmp_path: Path, orientation: int) -> N
     assert np.array_equal(img.permute(1, 2, 0).numpy(), shown)
 
 
-def _cfg(tiny_imagenet: Path, out: Path, decode: str, workers: int):
-    return load_config(
-        str(REPO / "configs" / "pretrain" / "tiny_imagenet_als.yaml"),
-        [
-            *("DATA.ROOT", str(tiny_imagenet), "DATA.DECODE", decode, "TRAIN.DEVICE", "cpu"),
-            *("DATA.MAX_PER_CLASS", "2", "DATA.IMAGE_SIZE", "16", "DATA.VAL_RESIZE", "18"),
-            *("DATA.NUM_WORKERS", str(workers), "DATA.CACHE_DIR", str(out.parent / "cache")),
-            *("SOLVER.EPOCHS", "2", "SOLVER.WARMUP_EPOCHS", "0", "SOLVER.BATCH_SIZE", "5"),
-            *("MODEL.ARCH", "resnet18", "TRAIN.LOG_PERIOD", "2", "OUTPUT_DIR", str(out)),
-        ],
-    )
+CONFIG = str(REPO / "configs" / "pretrain" / "tiny_imagenet_als.yaml")
 
 
+def _opts(tiny_imagenet: Path, out: Path, decode: str, workers: int) -> list[str]:
+    return [
+        *("DATA.ROOT", str(tiny_imagenet), "DATA.DECODE", decode, "TRAIN.DEVICE", "cpu"),
+        *("DATA.MAX_PER_CLASS", "2", "DATA.IMAGE_SIZE", "16", "DATA.VAL_RESIZE", "18"),
+        *("DATA.NUM_WORKERS", str(workers), "DATA.CACHE_DIR", str(out.parent / "cache")),
+        *("SOLVER.EPOCHS", "2", "SOLVER.WARMUP_EPOCHS", "0", "SOLVER.BATCH_SIZE", "5"),
+        *("MODEL.ARCH", "resnet18", "TRAIN.LOG_PERIOD", "2", "OUTPUT_DIR", str(out)),
+    ]
+
+
+@pytest.mark.slow
 def test_a_short_training_per_path_has_the_same_mean_coverage(
     tiny_imagenet: Path, tmp_path: Path
 ) -> None:
-    runs = {
-        decode: train(_cfg(tiny_imagenet, tmp_path / decode, decode, workers))
-        for decode, workers in (("workers", 0), ("device", 1))
-    }
+    """The workers path in this process; the device path as `tools/run_experiment.py` runs a
+    stage (`tools/pretrain.py` relayed into a stage log), whose per-iteration lines must survive
+    the progress bar's redraws."""
+    train(load_config(CONFIG, _opts(tiny_imagenet, tmp_path / "workers", "workers", 0)))
+    stage_log = tmp_path / "pretrain.log"
+    argv = [sys.executable, "tools/pretrain.py", "--config-file", CONFIG]
+    assert (
+        _relay([*argv, *_opts(tiny_imagenet, tmp_path / "device", "device", 1)], stage_log, False)
+        == 0
+    )
     rows = {
-        d: [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-        for d, out in runs.items()
+        d: [json.loads(line) for line in (tmp_path / d / "metrics.jsonl").read_text().splitlines()]
+        for d in ("workers", "device")
     }
     for key in ("mean_coverage", "mean_object_coverage", "images"):
         assert [r[key] for r in rows["device"]] == [r[key] for r in rows["workers"]], key
     assert len(rows["device"]) == 2
     assert all(r["decode_cpu_not_jpeg"] == r["decode_cpu_cmyk"] == 0 for r in rows["device"])
-    record = {d: json.loads((out / "run.json").read_text()) for d, out in runs.items()}
+    record = {d: json.loads((tmp_path / d / "run.json").read_text()) for d in rows}
     assert record["device"]["decode"] == "device" and record["workers"]["decode"] == "workers"
     assert record["device"]["decode_fallbacks"] == {
         "decode_cpu_not_jpeg": 0,
         "decode_cpu_cmyk": 0,
     }
     assert "decode_fallbacks" not in record["workers"]
+    line = re.compile(
+        r"^\[[^]]+ als_det\.engine\.iteration_log\]: epoch (\d)/2 iter (\d)/4: [\d.]+ img/s, "
+        r"data wait \d+% of step time, ETA \d+:\d\d:\d\d \(training\), peak memory [\d.]+ GiB "
+        r"\(process peak RSS\)$"
+    )
+    found = [m.groups() for m in map(line.match, stage_log.read_text().splitlines()) if m]
+    assert found == [("1", "2"), ("1", "4"), ("2", "2"), ("2", "4")]
+    tb = list((tmp_path / "device" / "tb" / "iterations").glob("events.out.tfevents.*"))
+    assert tb and tb[0].stat().st_size > 0
 
 
 def test_dali_without_dali_is_a_clear_error(tiny_imagenet: Path, tmp_path: Path) -> None:
-    cfg = _cfg(tiny_imagenet, tmp_path / "dali", "dali", 0)
+    cfg = load_config(CONFIG, _opts(tiny_imagenet, tmp_path / "dali", "dali", 0))
     with pytest.raises(ValueError, match=r"NVIDIA DALI.*pip install -e '\.\[dali\]'"):
         check_decode(cfg)
     with pytest.raises(ValueError, match="NVIDIA DALI"):
         train(cfg)
     assert not (tmp_path / "dali").exists()  # refused before anything was written
     with pytest.raises(ValueError, match="DATA.DECODE must be workers, device or dali"):
-        _cfg(tiny_imagenet, tmp_path / "x", "gpu", 0)
+        load_config(CONFIG, _opts(tiny_imagenet, tmp_path / "x", "gpu", 0))

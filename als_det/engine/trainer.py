@@ -41,6 +41,7 @@ from als_det.engine.distributed import (
     init_distributed,
 )
 from als_det.engine.events import MetricsWriter, read_history
+from als_det.engine.iteration_log import IterationLog
 from als_det.engine.loops import NonFiniteLossError, evaluate, resolve_precision, train_one_epoch
 from als_det.engine.resume import ResumeError, check_resume, resume_record
 from als_det.engine.run_record import checkpoint_identity, fallback_totals, log_start, run_record
@@ -268,6 +269,16 @@ def _train(
     if main:
         atomic_write_json(out_dir / "run.json", record)
     writer = MetricsWriter(out_dir, cfg.SOLVER.EPOCHS, history, start_epoch, enabled=main)
+    iteration_log = IterationLog(
+        out_dir,
+        cfg.TRAIN.LOG_PERIOD,
+        cfg.SOLVER.EPOCHS,
+        iters_per_epoch,
+        device,
+        info.world_size,
+        start_epoch,
+        enabled=main,
+    )
     train_step = partial(
         train_one_epoch,
         model,
@@ -282,6 +293,7 @@ def _train(
         max_iters=max_iters,
         progress=main,
         mixer=mixer,
+        iteration_log=iteration_log,
     )
     validate = partial(
         evaluate,
@@ -311,4 +323,5 @@ def _train(
             barrier()
     finally:
         writer.close()
+        iteration_log.close()
     return out_dir
