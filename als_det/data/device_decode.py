@@ -10,9 +10,10 @@ applies each image's EXIF orientation, and on the same device crops, resizes (bi
 antialiased, from uint8 as PIL does), flips, normalises, casts to float32 and applies
 channels_last. The validation split resizes the shorter side and centre-crops, as `ImageNetBoxes`.
 
-Files nvJPEG cannot take go through the CPU one image at a time and are counted (`FALLBACKS`):
-a non-JPEG file with a JPEG name (ImageNet holds PNGs named .JPEG) and a CMYK JPEG, decoded with
-`torchvision.io.decode_image` into RGB and moved to the device. Greyscale JPEGs are expanded to RGB
+Files nvJPEG cannot take go through the CPU one image at a time and are counted
+(`FALLBACK_NAMES`): a non-JPEG file with a JPEG name (ImageNet holds PNGs named .JPEG), a CMYK
+JPEG, and a JPEG the device's decoder refused, decoded with `torchvision.io.decode_image` into RGB
+and moved to the device. Greyscale JPEGs are expanded to RGB
 by the decoder itself. An unreadable file is handled as on the `workers` path: a zero image with
 label -1 (counted by the trainer as a bad image, one warning per file), or with `strict` a
 `BadImageError`.
@@ -41,8 +42,11 @@ logger = logging.getLogger(__name__)
 
 # How a sample reaches its pixels (the `route` column of the geometry).
 ON_DEVICE, CPU_NOT_JPEG, CPU_CMYK, UNREADABLE = 0, 1, 2, 3
-# The counted CPU fallbacks, by route; the names metrics.jsonl and run.json use.
+# The counted CPU fallbacks (the names metrics.jsonl and run.json use): by route, and JPEGs the
+# device's decoder refused.
 FALLBACKS = {CPU_NOT_JPEG: "decode_cpu_not_jpeg", CPU_CMYK: "decode_cpu_cmyk"}
+DEVICE_REFUSED = "decode_cpu_device_refused"
+FALLBACK_NAMES = (*FALLBACKS.values(), DEVICE_REFUSED)
 # EXIF orientation tag, and the orientations that swap width and height.
 _ORIENTATION = 0x0112
 _TRANSPOSED = (5, 6, 7, 8)
@@ -156,7 +160,7 @@ class DeviceDecoder:
 
     def take_counts(self) -> dict[str, int]:
         """The fallback counts since the last call (every name, zeros included); resets them."""
-        out = {name: int(self.counts.get(name, 0)) for name in FALLBACKS.values()}
+        out = {name: int(self.counts.get(name, 0)) for name in FALLBACK_NAMES}
         self.counts.clear()
         return out
 
@@ -203,22 +207,32 @@ class DeviceDecoder:
             try:
                 for k, img in zip(batch, _decode_jpeg([data[k] for k in batch], self.device)):
                     out[k] = img
-            except RuntimeError:  # a corrupt file fails the whole call: find it
+            except RuntimeError:  # one file fails the whole call: decode them one by one
                 for k in batch:
-                    out[k] = self._one(
-                        data[k], rows[k], lambda d: _decode_jpeg([d], self.device)[0]
-                    )
+                    out[k] = self._one(data[k], rows[k])
         for k, route in enumerate(routes):
             if route in FALLBACKS:
                 self.counts[FALLBACKS[route]] += 1
-                out[k] = self._one(data[k], rows[k], _decode_on_cpu)
+                out[k] = self._on_cpu(data[k], rows[k])
             elif route == UNREADABLE:
                 self._bad(rows[k], "unreadable image header")
         return out
 
-    def _one(self, data: torch.Tensor, row: list[int], decode) -> torch.Tensor | None:
+    def _one(self, data: torch.Tensor, row: list[int]) -> torch.Tensor | None:
+        """One JPEG on the device. A GPU's refusal (nvJPEG lacks JPEG variants that libjpeg-turbo
+        reads) sends it through the CPU, counted; on the CPU the refusal is final."""
         try:
-            return decode(data).to(self.device, non_blocking=True)
+            return _decode_jpeg([data], self.device)[0]
+        except RuntimeError as exc:
+            if self.device.type == "cpu":
+                self._bad(row, f"cannot decode image ({exc})")
+                return None
+            self.counts[DEVICE_REFUSED] += 1
+            return self._on_cpu(data, row)
+
+    def _on_cpu(self, data: torch.Tensor, row: list[int]) -> torch.Tensor | None:
+        try:
+            return _decode_on_cpu(data).to(self.device, non_blocking=True)
         except RuntimeError as exc:
             self._bad(row, f"cannot decode image ({exc})")
             return None

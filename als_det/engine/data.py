@@ -17,7 +17,7 @@ from torch.utils.data.distributed import DistributedSampler
 from als_det.data.boxes import ImageRecord, IndexReport, build_index, index_cache_dir
 from als_det.data.crops import coverage as box_coverage
 from als_det.data.device_decode import (
-    FALLBACKS,
+    FALLBACK_NAMES,
     DeviceDecodedLoader,
     DeviceDecoder,
     EncodedImageNetBoxes,
@@ -170,7 +170,7 @@ def decode_fallbacks(*loaders: object) -> dict[str, int]:
     decoders = [lo.decoder for lo in loaders if isinstance(lo, DeviceDecodedLoader)]
     if not decoders:
         return {}
-    names = list(FALLBACKS.values())
+    names = list(FALLBACK_NAMES)
     counts = [d.take_counts() for d in decoders]
     totals = torch.tensor([float(sum(c[n] for c in counts)) for n in names], dtype=torch.float64)
     device = decoders[0].device

@@ -9,7 +9,7 @@ from typing import Any
 import torch
 from fvcore.common.config import CfgNode
 
-from als_det.data.device_decode import FALLBACKS
+from als_det.data.device_decode import FALLBACK_NAMES
 from als_det.data.imagenet import IMAGENET_MEAN, IMAGENET_STD
 from als_det.engine.data import DataBundle
 from als_det.engine.distributed import DistInfo
@@ -55,14 +55,14 @@ def run_record(
         "versions": package_versions(),
     }
     if cfg.DATA.DECODE == "device":
-        record["decode_fallbacks"] = {name: 0 for name in FALLBACKS.values()}
+        record["decode_fallbacks"] = {name: 0 for name in FALLBACK_NAMES}
     return record
 
 
 def fallback_totals(history: list[dict[str, Any]]) -> dict[str, int]:
     """run.json's `decode_fallbacks`: each CPU fallback of `DATA.DECODE device` summed over the
     epochs of metrics.jsonl (a resumed run's earlier epochs included)."""
-    return {name: sum(int(row.get(name, 0)) for row in history) for name in FALLBACKS.values()}
+    return {name: sum(int(row.get(name, 0)) for row in history) for name in FALLBACK_NAMES}
 
 
 def checkpoint_identity(
