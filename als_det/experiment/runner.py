@@ -8,18 +8,21 @@ import time
 from pathlib import Path
 
 from als_det.experiment import sweep
+from als_det.experiment.estimate import estimate_lines
 from als_det.experiment.graph import Graph, build_graph
 from als_det.experiment.launchers import Outcome, SubmititLauncher, run_local
 from als_det.experiment.plan import Plan
 from als_det.experiment.stages import describe, recorded_seconds, resolve
 
 LAUNCHERS = ("local", "slurm", "submitit-local")
+BENCH_DIR = Path(__file__).resolve().parents[2] / "benchmarks" / "out"
 
 logger = logging.getLogger(__name__)
 
 
-def dry_run(plan: Plan) -> str:
-    """Every command in dependency order with its resources; nothing runs."""
+def dry_run(plan: Plan, bench_dir: Path = BENCH_DIR) -> str:
+    """Every command in dependency order with its resources, then each stage's estimated time and
+    GPU-hours (rates measured under `bench_dir` where there are some); nothing runs."""
     graph = build_graph(plan)
     head = (
         f"# plan {plan.name} ({plan.source}): {len(graph.stages)} "
@@ -27,7 +30,7 @@ def dry_run(plan: Plan) -> str:
     )
     if plan.sweep is not None:
         head += "\n" + sweep.describe_grid(plan)
-    return head + "\n" + describe(graph.stages)
+    return head + "\n" + describe(graph.stages) + "\n" + estimate_lines(graph.stages, bench_dir)
 
 
 def summary(outcome: Outcome) -> str:
