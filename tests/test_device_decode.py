@@ -146,8 +146,12 @@ def test_odd_files_become_rgb_and_cpu_fallbacks_are_counted(
     photo.save(tmp_path / "rgb.JPEG", quality=95)
     good = (tmp_path / "rgb.JPEG").read_bytes()
     (tmp_path / "truncated.JPEG").write_bytes(good[: len(good) // 2])
+    (tmp_path / "garbage.JPEG").write_bytes(b"not an image")  # no readable header
     names = ["png", "cmyk", "exif", "truncated"]
-    paths = [str(tmp_path / f"{n}.JPEG") for n in names] + [str(grey)]
+    paths = [str(tmp_path / f"{n}.JPEG") for n in names] + [
+        str(grey),
+        str(tmp_path / "garbage.JPEG"),
+    ]
     records = [ImageRecord(p, 0, np.zeros((0, 4), np.float32), 64, 64) for p in paths]
     ds = ImageNetBoxes(records, ["n0"], train=False, image_size=32, val_resize=36)
     decoder = DeviceDecoder(ds, torch.device("cpu"))
@@ -155,8 +159,8 @@ def test_odd_files_become_rgb_and_cpu_fallbacks_are_counted(
     batch = encoded.collate([encoded[i] for i in range(len(ds))])
     with caplog.at_level(logging.WARNING, logger="als_det.data.device_decode"):
         images, labels, *_ = decoder(batch)
-    assert labels.tolist() == [0, 0, 0, -1, 0]
-    assert "truncated.JPEG" in caplog.text
+    assert labels.tolist() == [0, 0, 0, -1, 0, -1]
+    assert "truncated.JPEG" in caplog.text and "garbage.JPEG" in caplog.text
     zero = (-torch.tensor(IMAGENET_MEAN) / torch.tensor(IMAGENET_STD)).view(3, 1, 1)
     assert torch.allclose(images[3], zero.expand(3, 32, 32))  # a zero image, normalised
     counts = {"decode_cpu_not_jpeg": 1, "decode_cpu_cmyk": 1, "decode_cpu_device_refused": 0}
@@ -171,6 +175,8 @@ def test_odd_files_become_rgb_and_cpu_fallbacks_are_counted(
     strict = ImageNetBoxes(records, ["n0"], False, 32, val_resize=36, strict=True)
     with pytest.raises(BadImageError, match="truncated.JPEG"):
         DeviceDecoder(strict, torch.device("cpu"))(batch)
+    with pytest.raises(BadImageError, match="garbage.JPEG: unreadable image header"):
+        EncodedImageNetBoxes(strict)[5]
 
 
 @pytest.mark.parametrize("orientation", range(1, 9))
