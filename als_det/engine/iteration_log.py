@@ -33,7 +33,8 @@ class IterationLog:
 
     images/s is the global rate (this rank's images times `world_size`: every rank steps the same
     batch size); the data wait of an iteration is the time from the end of the previous step until
-    the batch is in hand (on `DATA.DECODE device` that includes the decode); the ETA extrapolates
+    the batch is in hand (on `DATA.DECODE device` that includes the decode, except GPU work still
+    queued when the batch is handed over, which shows in the step time); the ETA extrapolates
     this epoch's mean iteration time over the iterations left in the run (evaluation excluded).
     """
 
