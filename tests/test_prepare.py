@@ -30,7 +30,8 @@ MEAN_BOUND = 0.01
 @pytest.fixture(scope="module")
 def prepared(tiny_imagenet: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("prep") / "s32"
-    assert main(["--src", str(tiny_imagenet), "--out", str(out), "--max-side", "32"]) == 0
+    argv = ["--src", str(tiny_imagenet), "--out", str(out), "--max-side", "32", "--workers", "2"]
+    assert main(argv) == 0
     return out
 
 
