@@ -41,6 +41,10 @@ _C.DATA.NUM_WORKERS = 2
 _C.DATA.STRICT = False
 _C.DATA.CACHE_DIR = ""  # "" = ROOT/.als_det_cache (falls back to OUTPUT_DIR if read-only)
 _C.DATA.MAX_PER_CLASS = 0  # 0 = all; >0 keeps the first N images of each class (smoke runs)
+# Where images are decoded (docs/architecture.md, "Decode paths"); the same crops on every path.
+# workers: PIL in the DataLoader workers | device: workers read bytes, the training device decodes
+# (nvJPEG on CUDA) | dali: NVIDIA DALI (the optional `dali` extra)
+_C.DATA.DECODE = "workers"
 
 # Generated context-bias data set (als_det.data.generated), used when DATA.GENERATE is True.
 _C.DATA.GEN = CN()
@@ -95,6 +99,8 @@ _C.TRAIN.AMP = "none"
 _C.TRAIN.CHANNELS_LAST = True  # channels_last memory format for model and images (GPU and CPU)
 _C.TRAIN.COMPILE = False  # torch.compile the model (inductor; on the CPU it needs a C compiler)
 _C.TRAIN.EVAL_PERIOD = 1  # epochs
+# iterations between log lines with images/s, data-wait share, ETA, peak memory (0 = none)
+_C.TRAIN.LOG_PERIOD = 50
 _C.TRAIN.MAX_ITERS_PER_EPOCH = 0  # 0 = full epoch; >0 truncates (smoke runs)
 _C.TRAIN.DETERMINISTIC = False
 _C.TRAIN.DEVICE = "auto"  # auto (GPU when available) | cpu | cuda
@@ -156,6 +162,8 @@ def validate(cfg: CN) -> None:
         raise ValueError(f"SOLVER.SCHEDULE must be cosine or step, got {cfg.SOLVER.SCHEDULE!r}")
     if cfg.TRAIN.AMP not in ("none", "bf16", "fp16"):
         raise ValueError(f"TRAIN.AMP must be none, bf16 or fp16, got {cfg.TRAIN.AMP!r}")
+    if cfg.DATA.DECODE not in ("workers", "device", "dali"):
+        raise ValueError(f"DATA.DECODE must be workers, device or dali, got {cfg.DATA.DECODE!r}")
     if cfg.TRAIN.DEVICE not in ("auto", "cpu", "cuda"):
         raise ValueError(f"TRAIN.DEVICE must be auto, cpu or cuda, got {cfg.TRAIN.DEVICE!r}")
     if not cfg.MODEL.ARCH.startswith("resnet"):
@@ -201,6 +209,7 @@ _RANGES: dict[str, tuple[float, float, bool]] = {
     "SOLVER.WARMUP_EPOCHS": (0, math.inf, True),
     "SOLVER.GAMMA": (0, 1, False),
     "TRAIN.EVAL_PERIOD": (1, math.inf, True),
+    "TRAIN.LOG_PERIOD": (0, math.inf, True),
     "TRAIN.MAX_ITERS_PER_EPOCH": (0, math.inf, True),
 }
 

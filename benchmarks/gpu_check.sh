@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One prepared GPU check: install the offline wheelhouse into a fresh venv, then measure
 # (benchmarks/gpu_check.py): pretraining step throughput (hard vs ALS, eager vs torch.compile),
-# the JPEG input path (CPU workers, and GPU decoding when the CPU is the bound) and detectron2
+# the JPEG input path (CPU workers, and the trainer's DATA.DECODE device path on the GPU) and detectron2
 # fine-tuning speed. Every section has a time cap; the whole check stays under 8 minutes on one H100.
 #
 # usage: benchmarks/gpu_check.sh [--out DIR] [--cpu-smoke] [--wheelhouse DIR] [--python PY]

@@ -29,6 +29,10 @@ BENCHMARKS = {
         "benchmarks/bench_data_pipeline.py",
         "ALS crop + coverage + target vs plain torchvision crop, same JPEGs (ratio)",
     ),
+    "decode": (
+        "benchmarks/bench_decode.py",
+        "decode + crop + resize per core: workers, device on the CPU, prepared copy (coco-mini)",
+    ),
     "train_step": (
         "benchmarks/bench_train_step.py",
         "trainer step on CPU, ALS vs hard targets (ratio)",

@@ -22,7 +22,7 @@ def _jobs(text: str) -> dict[str, list[str]]:
     common = lines[0].split()
     jobs = {}
     for line in lines[1:]:
-        if line.startswith("# pre-flight"):
+        if line.startswith(("# pre-flight", "# estimates")):
             break
         name, flags = line.split(". ", 1)[1].split(": ", 1)
         jobs[name] = common + flags.split()

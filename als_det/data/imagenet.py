@@ -120,14 +120,10 @@ class ImageNetBoxes(Dataset):
                     "undecodable image %s: returned with label -1 (masked by the trainer)", path
                 )
             return torch.zeros(3, self.image_size, self.image_size), -1, 0.0, 0.0, False
-        boxes = self.boxes(index)
         width, height = img.size
         size = [self.image_size, self.image_size]
         if self.train:
-            g = torch.Generator()
-            g.manual_seed(sample_seed(self.seed, self.epoch, index))
-            top, left, h, w = random_resized_crop_params(width, height, self.scale, self.ratio, g)
-            flip = bool(torch.rand(1, generator=g).item() < 0.5)
+            top, left, h, w, flip = self.train_crop(index, width, height)
             crop = (left, top, left + w, top + h)
             img = TF.resized_crop(img, top, left, h, w, size, antialias=True)
             if flip:
@@ -135,8 +131,21 @@ class ImageNetBoxes(Dataset):
         else:
             crop = center_crop_box(width, height, self.val_resize, self.image_size)
             img = TF.center_crop(TF.resize(img, self.val_resize, antialias=True), size)
-        cov, obj = (
-            (coverage(boxes, crop), object_coverage(boxes, crop)) if len(boxes) else (0.0, 0.0)
-        )
+        cov, obj = self.coverages(index, crop)
         tensor = TF.normalize(TF.to_tensor(img), IMAGENET_MEAN, IMAGENET_STD)
-        return tensor, int(self._labels[index]), float(cov), float(obj), bool(len(boxes))
+        return tensor, int(self._labels[index]), cov, obj, bool(len(self.boxes(index)))
+
+    def train_crop(self, index: int, width: int, height: int) -> tuple[int, int, int, int, bool]:
+        """(top, left, h, w, flip) of `index` this epoch for a `width` x `height` image: every
+        decode path (`DATA.DECODE`) draws its crop here, so crops never depend on the path."""
+        g = torch.Generator()
+        g.manual_seed(sample_seed(self.seed, self.epoch, index))
+        top, left, h, w = random_resized_crop_params(width, height, self.scale, self.ratio, g)
+        return top, left, h, w, bool(torch.rand(1, generator=g).item() < 0.5)
+
+    def coverages(self, index: int, crop: Sequence[float]) -> tuple[float, float]:
+        """(coverage, object coverage) of `crop` (x0, y0, x1, y1); (0.0, 0.0) without boxes."""
+        boxes = self.boxes(index)
+        if not len(boxes):
+            return 0.0, 0.0
+        return float(coverage(boxes, crop)), float(object_coverage(boxes, crop))

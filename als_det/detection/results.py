@@ -55,6 +55,18 @@ def training_record(cfg: CfgNode) -> dict[str, Any]:
     }
 
 
+NO_CUDA_AMP = "detectron2's AMPTrainer (float16 autocast + GradScaler) needs CUDA"
+
+
+def amp_record(cfg: CfgNode) -> dict[str, Any]:
+    """results.json's `amp` (whether training ran in mixed precision) and, when it did not, why."""
+    if cfg.SOLVER.AMP.ENABLED:
+        return {"amp": True}
+    if not cfg.MODEL.DEVICE.startswith("cuda"):
+        return {"amp": False, "amp_reason": f"MODEL.DEVICE {cfg.MODEL.DEVICE}: {NO_CUDA_AMP}"}
+    return {"amp": False, "amp_reason": "SOLVER.AMP.ENABLED is False in the config"}
+
+
 def _number(x: Any) -> float | None:
     """COCOeval's NaN (no ground truth / no detections) becomes JSON null, not a non-standard
     NaN."""

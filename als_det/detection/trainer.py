@@ -40,7 +40,13 @@ from als_det.detection.checkpoint import RecordingCheckpointer
 from als_det.detection.command_line import choose_datasets, recorded_datasets, register_datasets
 from als_det.detection.config import DetectionCfgNode, get_detection_cfg
 from als_det.detection.launch import launch_processes
-from als_det.detection.results import experiment_config, training_record, write_results
+from als_det.detection.results import (
+    NO_CUDA_AMP,
+    amp_record,
+    experiment_config,
+    training_record,
+    write_results,
+)
 from als_det.detection.weights import load_backbone_weights
 from als_det.io import atomic_write_json, atomic_write_text
 from als_det.logger import setup_logging
@@ -218,6 +224,11 @@ def setup(args: argparse.Namespace) -> DetectionCfgNode:
     if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
         cfg.MODEL.DEVICE = "cpu"
         logger.warning("CUDA is not available: MODEL.DEVICE set to cpu")
+    if cfg.SOLVER.AMP.ENABLED and not cfg.MODEL.DEVICE.startswith("cuda"):
+        cfg.SOLVER.AMP.ENABLED = False
+        logger.warning(
+            "SOLVER.AMP.ENABLED set to False (recorded in results.json): %s", NO_CUDA_AMP
+        )
     if cfg.SEED < 0:
         cfg.SEED = random.SystemRandom().randrange(2**31)
         logger.info("SEED was negative: drew seed %d (recorded in config.yaml)", cfg.SEED)
@@ -318,6 +329,7 @@ def run_finetune(args: argparse.Namespace) -> dict[str, Any]:
             training=training,
             datasets=ds.dataset_record(used),
             detection_config=experiment_config(cfg),
+            **amp_record(cfg),
         )
         logger.info("Wrote %s", path)
     return results

@@ -1,22 +1,30 @@
 """The pretraining data: the demo data generated if asked, train and val indexed (val with train's
 classes), their datasets and loaders (a distributed sampler that drops the tail; val sharded
-without padding so every image counts once)."""
+without padding so every image counts once), decoded where DATA.DECODE says."""
 
 from __future__ import annotations
 
+import importlib.util
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
 from fvcore.common.config import CfgNode
 from torch.utils.data import DataLoader, Subset
 from torch.utils.data.distributed import DistributedSampler
 
 from als_det.data.boxes import ImageRecord, IndexReport, build_index, index_cache_dir
 from als_det.data.crops import coverage as box_coverage
+from als_det.data.device_decode import (
+    FALLBACK_NAMES,
+    DeviceDecodedLoader,
+    DeviceDecoder,
+    EncodedImageNetBoxes,
+)
 from als_det.data.generated import generate
 from als_det.data.imagenet import ImageNetBoxes
-from als_det.engine.distributed import DistInfo, barrier
+from als_det.engine.distributed import DistInfo, all_reduce_sum, barrier
 
 
 @dataclass
@@ -115,8 +123,57 @@ def build_loaders(
         num_workers=cfg.DATA.NUM_WORKERS,
         pin_memory=info.device.type == "cuda",
     )
+    check_decode(cfg)
+    device_decode = cfg.DATA.DECODE == "device"
+    train_set, val_set = data.train_set, data.val_set
+    if device_decode:
+        train_set, val_set = EncodedImageNetBoxes(train_set), EncodedImageNetBoxes(val_set)
+        common["collate_fn"] = EncodedImageNetBoxes.collate
     # persistent_workers stays off: workers must pick up the dataset's set_epoch each epoch.
-    train_loader = DataLoader(data.train_set, sampler=sampler, drop_last=True, **common)
-    shard = Subset(data.val_set, range(info.rank, len(data.val_set), info.world_size))
+    train_loader = DataLoader(train_set, sampler=sampler, drop_last=True, **common)
+    shard = Subset(val_set, range(info.rank, len(val_set), info.world_size))
     val_loader = DataLoader(shard, shuffle=False, drop_last=False, **common)
+    if device_decode:
+        channels_last = bool(cfg.TRAIN.CHANNELS_LAST)
+        decode = (
+            DeviceDecoder(s, info.device, channels_last) for s in (data.train_set, data.val_set)
+        )
+        train_loader, val_loader = (
+            DeviceDecodedLoader(loader, dec)
+            for loader, dec in zip((train_loader, val_loader), decode)
+        )
     return train_loader, sampler, val_loader
+
+
+def check_decode(cfg: CfgNode) -> None:
+    """DATA.DECODE dali needs NVIDIA DALI; checked before a run writes anything."""
+    if cfg.DATA.DECODE != "dali":
+        return
+    if (
+        importlib.util.find_spec("nvidia") is None
+        or importlib.util.find_spec("nvidia.dali") is None
+    ):
+        raise ValueError(
+            "DATA.DECODE dali needs NVIDIA DALI, which is not installed: install the optional "
+            "extra, pip install -e '.[dali]' (nvidia-dali for CUDA 12; see docs/architecture.md, "
+            "'Decode paths'), or use DATA.DECODE device"
+        )
+    raise ValueError(
+        "DATA.DECODE dali: NVIDIA DALI is installed, but this version has no DALI pipeline yet "
+        "(its design is in docs/architecture.md, 'Decode paths'); use DATA.DECODE device"
+    )
+
+
+def decode_fallbacks(*loaders: object) -> dict[str, int]:
+    """The CPU fallbacks of `DATA.DECODE device` since the last call, summed over `loaders` and
+    every rank ({} on the workers path). Every rank must call it."""
+    decoders = [lo.decoder for lo in loaders if isinstance(lo, DeviceDecodedLoader)]
+    if not decoders:
+        return {}
+    names = list(FALLBACK_NAMES)
+    counts = [d.take_counts() for d in decoders]
+    totals = torch.tensor([float(sum(c[n] for c in counts)) for n in names], dtype=torch.float64)
+    device = decoders[0].device
+    totals = totals.to(device)
+    all_reduce_sum(totals)
+    return {n: int(v) for n, v in zip(names, totals.tolist())}

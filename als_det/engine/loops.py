@@ -15,6 +15,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from als_det.engine.distributed import all_gather_cat, all_reduce_sum
+from als_det.engine.iteration_log import IterationLog
 from als_det.metrics.calibration import calibration_metrics_from_logits
 from als_det.mixing import BatchMixer, loss_for_mixed_batch
 from als_det.targets import LabelStrategy, loss_for_batch
@@ -57,12 +58,14 @@ def train_one_epoch(
     max_iters: int = 0,
     progress: bool = True,
     mixer: BatchMixer | None = None,
+    iteration_log: IterationLog | None = None,
 ) -> dict[str, float]:
     """One pass over `loader`; returns the epoch's statistics summed over all ranks.
 
     `epoch` is 1-based (for messages). A NaN/inf loss on any rank raises NonFiniteLossError on
     every rank before the optimizer step. A cutmix/mixup strategy needs its `mixer`, which mixes
     each batch after loading (coverage statistics are those of the crops before mixing).
+    `iteration_log` gets each iteration's images and data wait.
     """
     if strategy.mixes and mixer is None:
         raise ValueError(f"label strategy {strategy.name} needs a BatchMixer")
@@ -75,9 +78,13 @@ def train_one_epoch(
     bar = tqdm(
         total=n_iters, desc=f"epoch {epoch}", disable=not progress, dynamic_ncols=True, leave=False
     )
+    if iteration_log is not None:
+        iteration_log.start_epoch(epoch)
+    waiting_since = time.perf_counter()
     for it, (images, labels, cov, obj_cov, has_box) in enumerate(loader):
         if it >= n_iters:
             break
+        data_wait = time.perf_counter() - waiting_since
         images = images.to(device, non_blocking=True)
         labels, cov, obj_cov, has_box = (
             labels.to(device),
@@ -118,6 +125,9 @@ def train_one_epoch(
                 refresh=False,
             )
             bar.update()
+        if iteration_log is not None:
+            iteration_log.step(it, labels.shape[0], data_wait)
+        waiting_since = time.perf_counter()
     bar.close()
     return _epoch_stats(sums.tolist(), n_iters, time.perf_counter() - start)
 

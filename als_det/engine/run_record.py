@@ -9,6 +9,7 @@ from typing import Any
 import torch
 from fvcore.common.config import CfgNode
 
+from als_det.data.device_decode import FALLBACK_NAMES
 from als_det.data.imagenet import IMAGENET_MEAN, IMAGENET_STD
 from als_det.engine.data import DataBundle
 from als_det.engine.distributed import DistInfo
@@ -27,9 +28,9 @@ def run_record(
     channels_last: bool,
     resumes: list[dict[str, Any]],
 ) -> dict[str, Any]:
-    """run.json: what actually ran (device, intra-op threads, precision, memory format, compiler),
-    data and versions."""
-    return {
+    """run.json: what actually ran (device, intra-op threads, precision, memory format, compiler,
+    decode path with its CPU fallbacks, updated each epoch), data and versions."""
+    record = {
         "seed": cfg.SEED,
         "world_size": info.world_size,
         "device": str(info.device),
@@ -37,6 +38,7 @@ def run_record(
         "amp": amp,
         "channels_last": channels_last,
         "compile": "inductor" if cfg.TRAIN.COMPILE else False,
+        "decode": cfg.DATA.DECODE,
         "label_strategy": strategy.to_dict(),
         "classes": data.classes,
         "index": {
@@ -52,6 +54,15 @@ def run_record(
         "resumes": resumes,
         "versions": package_versions(),
     }
+    if cfg.DATA.DECODE == "device":
+        record["decode_fallbacks"] = {name: 0 for name in FALLBACK_NAMES}
+    return record
+
+
+def fallback_totals(history: list[dict[str, Any]]) -> dict[str, int]:
+    """run.json's `decode_fallbacks`: each CPU fallback of `DATA.DECODE device` summed over the
+    epochs of metrics.jsonl (a resumed run's earlier epochs included)."""
+    return {name: sum(int(row.get(name, 0)) for row in history) for name in FALLBACK_NAMES}
 
 
 def checkpoint_identity(

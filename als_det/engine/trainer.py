@@ -27,7 +27,13 @@ import torch.nn as nn
 from fvcore.common.config import CfgNode
 
 from als_det.engine.checkpoint import CheckpointSaver, load_checkpoint
-from als_det.engine.data import DataBundle, build_data, build_loaders
+from als_det.engine.data import (
+    DataBundle,
+    build_data,
+    build_loaders,
+    check_decode,
+    decode_fallbacks,
+)
 from als_det.engine.distributed import (
     DistInfo,
     barrier,
@@ -35,9 +41,10 @@ from als_det.engine.distributed import (
     init_distributed,
 )
 from als_det.engine.events import MetricsWriter, read_history
+from als_det.engine.iteration_log import IterationLog
 from als_det.engine.loops import NonFiniteLossError, evaluate, resolve_precision, train_one_epoch
 from als_det.engine.resume import ResumeError, check_resume, resume_record
-from als_det.engine.run_record import checkpoint_identity, log_start, run_record
+from als_det.engine.run_record import checkpoint_identity, fallback_totals, log_start, run_record
 from als_det.engine.solver import build_optimizer, build_scheduler
 from als_det.io import atomic_write_json, atomic_write_text
 from als_det.logger import setup_logging
@@ -181,6 +188,7 @@ def _start(
     run.json's `resumes`, amp, channels_last)."""
     out_dir = Path(cfg.OUTPUT_DIR)
     amp, channels_last = resolve_precision(cfg, info.device)
+    check_decode(cfg)
     resume_path = _resolve_resume(resume, out_dir)
     ckpt, resumes = _checked_resume(resume_path, cfg, info, allow_config_change)
     _seed(cfg)
@@ -257,12 +265,20 @@ def _train(
         logger.info("resumed from %s after epoch %d", resume_path, start_epoch)
     raw_model = model  # saved and evaluated: torchvision key names, no collectives
     model = _wrap_for_training(model, cfg, info)
+    record = run_record(cfg, info, data, strategy, amp, channels_last, resumes)
     if main:
-        atomic_write_json(
-            out_dir / "run.json",
-            run_record(cfg, info, data, strategy, amp, channels_last, resumes),
-        )
+        atomic_write_json(out_dir / "run.json", record)
     writer = MetricsWriter(out_dir, cfg.SOLVER.EPOCHS, history, start_epoch, enabled=main)
+    iteration_log = IterationLog(
+        out_dir,
+        cfg.TRAIN.LOG_PERIOD,
+        cfg.SOLVER.EPOCHS,
+        iters_per_epoch,
+        device,
+        info.world_size,
+        start_epoch,
+        enabled=main,
+    )
     train_step = partial(
         train_one_epoch,
         model,
@@ -277,6 +293,7 @@ def _train(
         max_iters=max_iters,
         progress=main,
         mixer=mixer,
+        iteration_log=iteration_log,
     )
     validate = partial(
         evaluate,
@@ -296,10 +313,15 @@ def _train(
             sampler.set_epoch(epoch - 1)
             data.train_set.set_epoch(epoch - 1)
             row, last_val = _epoch(epoch, train_step, validate, optimizer, cfg, last_val)
+            row.update(decode_fallbacks(train_loader, val_loader))
             _check_finite(raw_model, epoch)
             saver.save(epoch, last_val, row.get("val_top1"))
             writer.write(row)
+            if main and cfg.DATA.DECODE == "device":
+                record["decode_fallbacks"] = fallback_totals(writer.history)
+                atomic_write_json(out_dir / "run.json", record)
             barrier()
     finally:
         writer.close()
+        iteration_log.close()
     return out_dir

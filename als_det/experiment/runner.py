@@ -8,19 +8,22 @@ import time
 from pathlib import Path
 
 from als_det.experiment import preflight, sweep
+from als_det.experiment.estimate import estimate_lines
 from als_det.experiment.graph import Graph, build_graph
 from als_det.experiment.launchers import Outcome, SubmititLauncher, run_local, sbatch_flags
 from als_det.experiment.plan import Plan
 from als_det.experiment.stages import describe, recorded_seconds, resolve
 
 LAUNCHERS = ("local", "slurm", "submitit-local")
+BENCH_DIR = Path(__file__).resolve().parents[2] / "benchmarks" / "out"
 
 logger = logging.getLogger(__name__)
 
 
-def dry_run(plan: Plan, launcher: str = "local") -> str:
-    """Every command in dependency order with its resources, then the pre-flight check; nothing
-    runs."""
+def dry_run(plan: Plan, launcher: str = "local", bench_dir: Path = BENCH_DIR) -> str:
+    """Every command in dependency order with its resources, each stage's estimated time and
+    GPU-hours (rates measured under `bench_dir` where there are some), then the pre-flight check;
+    nothing runs."""
     graph = build_graph(plan)
     head = (
         f"# plan {plan.name} ({plan.source}): {len(graph.stages)} "
@@ -30,7 +33,10 @@ def dry_run(plan: Plan, launcher: str = "local") -> str:
         head += "\n" + sweep.describe_grid(plan)
     check = preflight.listing(preflight.check(plan, graph, launcher), "#")
     jobs = "\n" + slurm_jobs(plan, graph) if launcher == "slurm" else ""
-    return head + "\n" + describe(graph.stages) + jobs + "\n# pre-flight check:\n" + check
+    estimate = "\n" + estimate_lines(graph.stages, bench_dir)
+    return (
+        head + "\n" + describe(graph.stages) + jobs + estimate + "\n# pre-flight check:\n" + check
+    )
 
 
 def slurm_jobs(plan: Plan, graph: Graph) -> str:

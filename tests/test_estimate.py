@@ -1,0 +1,61 @@
+"""`tools/run_experiment.py --dry-run` estimates each stage's time and GPU-hours from labelled
+rates: published reference figures, or the ones this checkout measured."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+from als_det.experiment.plan import load_plan
+from als_det.experiment.runner import dry_run
+
+REPO = Path(__file__).resolve().parents[1]
+PAPER = REPO / "configs" / "experiments" / "paper_r50.yaml"
+
+
+def _estimates(text: str) -> dict[str, list[str]]:
+    """{stage: its estimate lines} from a dry run's listing."""
+    out: dict[str, list[str]] = {}
+    tail = text.split("# estimates", 1)[1].split("# pre-flight check", 1)[0].splitlines()[1:]
+    for line in tail:
+        if line.startswith("# ~ "):
+            out[line[4:]] = []
+        elif line.startswith("#    "):
+            out[next(reversed(out))].append(line)
+    return out
+
+
+def _hours(line: str) -> float:
+    return float(re.search(r", ([\d.]+) h, ", line).group(1))
+
+
+def test_every_stage_of_the_paper_plan_has_a_labelled_estimate(tmp_path: Path) -> None:
+    text = dry_run(load_plan(PAPER), bench_dir=tmp_path)  # nothing measured there
+    est = _estimates(text)
+    assert len(est) == 11
+    pre = est["pretrain_als"]
+    assert "1281167 images (ILSVRC2012 train" in pre[0] and "resnet50 at 224 px on 8 GPU" in pre[0]
+    assert "published: NVIDIA DeepLearningExamples" in pre[0] and "assumed: issue 21" in pre[0]
+    workers, device = pre[1], pre[2]
+    assert workers.startswith("#    DATA.DECODE workers (the config's): 1200 img/s per GPU")
+    # 90 epochs x 1,281,167 images at 8 x 2470 img/s
+    assert _hours(device) == round(90 * 1281167 / (8 * 2470) / 3600, 1)
+    assert _hours(workers) > _hours(device)
+    det = est["finetune_faster_rcnn_R_50_FPN_1x_hard"][0]
+    assert "0.210 s/iter (published: detectron2 model zoo, 8 V100, float32" in det
+    assert _hours(det) == round(90000 * 0.210 / 3600, 1)
+    assert "no rate: its time limit, 180 min, at most 24 GPU-hours" in est["evaluate"][0]
+    estimates = text.split("# pre-flight check", 1)[0]  # the pre-flight list follows them
+    assert estimates.splitlines()[-1].startswith("# total: ")
+
+
+def test_measured_rates_replace_the_assumed_ones(tmp_path: Path) -> None:
+    machine = {"cpu": "Test CPU", "date": "2026-12-03 10:00:00 UTC"}
+    (tmp_path / "bench_decode.json").write_text(
+        json.dumps({"images_per_s_per_core": {"workers": 400.0}, "machine": machine})
+    )
+    pre = _estimates(dry_run(load_plan(PAPER), bench_dir=tmp_path))["pretrain_hard"]
+    assert "measured: bench_decode.py on Test CPU, 2026-12-03 10:00:00 UTC" in pre[0]
+    # 8 workers x 400 img/s per core outrun the GPU step: both paths are GPU-bound
+    assert "(GPU step-bound)" in pre[1] and _hours(pre[1]) == _hours(pre[2])
