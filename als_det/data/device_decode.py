@@ -36,7 +36,7 @@ from torchvision.io import ImageReadMode, decode_image, decode_jpeg
 
 from als_det.data.crops import center_crop_box
 from als_det.data.imagenet import IMAGENET_MEAN, IMAGENET_STD, ImageNetBoxes
-from als_det.data.images import BadImageError
+from als_det.data.images import TRANSPOSING_ORIENTATIONS, BadImageError, orientation_of
 
 logger = logging.getLogger(__name__)
 
@@ -47,9 +47,6 @@ ON_DEVICE, CPU_NOT_JPEG, CPU_CMYK, UNREADABLE = 0, 1, 2, 3
 FALLBACKS = {CPU_NOT_JPEG: "decode_cpu_not_jpeg", CPU_CMYK: "decode_cpu_cmyk"}
 DEVICE_REFUSED = "decode_cpu_device_refused"
 FALLBACK_NAMES = (*FALLBACKS.values(), DEVICE_REFUSED)
-# EXIF orientation tag, and the orientations that swap width and height.
-_ORIENTATION = 0x0112
-_TRANSPOSED = (5, 6, 7, 8)
 # columns of one sample's geometry row
 _GEOMETRY = ("index", "top", "left", "h", "w", "flip", "height", "width", "orientation", "route")
 
@@ -59,11 +56,9 @@ def read_header(data: bytes) -> tuple[str, str, int, int, int]:
     pixels; width and height as displayed (EXIF orientation applied)."""
     with Image.open(io.BytesIO(data)) as img:
         width, height = img.size
-        orientation = int(img.getexif().get(_ORIENTATION, 1))
+        orientation = orientation_of(img)
         fmt, mode = img.format or "", img.mode
-    if orientation not in range(1, 9):
-        orientation = 1
-    if orientation in _TRANSPOSED:
+    if orientation in TRANSPOSING_ORIENTATIONS:
         width, height = height, width
     if width <= 0 or height <= 0:
         raise ValueError(f"invalid image size {width}x{height}")

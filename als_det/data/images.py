@@ -35,7 +35,7 @@ class BadImageError(Exception):
         super().__init__(f"{self.path}: {reason}")
 
 
-def _orientation(img: Image.Image) -> int:
+def orientation_of(img: Image.Image) -> int:
     """The EXIF orientation tag; 1 when absent or unreadable, as detectron2's `read_image`
     treats it."""
     try:
@@ -49,7 +49,7 @@ def exif_orientation(path: str | os.PathLike) -> int:
     """`path`'s EXIF orientation (1..8; 1 = stored as displayed), from the header only."""
     try:
         with Image.open(path) as img:
-            return _orientation(img)
+            return orientation_of(img)
     except _PIL_ERRORS as exc:
         raise BadImageError(path, f"unreadable image header ({exc})") from exc
 
@@ -60,7 +60,7 @@ def image_size(path: str | os.PathLike) -> tuple[int, int]:
     try:
         with Image.open(path) as img:
             width, height = img.size
-            if _orientation(img) in TRANSPOSING_ORIENTATIONS:
+            if orientation_of(img) in TRANSPOSING_ORIENTATIONS:
                 width, height = height, width
     except _PIL_ERRORS as exc:
         raise BadImageError(path, f"unreadable image header ({exc})") from exc
@@ -100,7 +100,7 @@ def load_rgb(path: str | os.PathLike) -> Image.Image:
     try:
         with Image.open(path) as img:
             img.load()
-            method = _TRANSPOSE.get(_orientation(img))
+            method = _TRANSPOSE.get(orientation_of(img))
             out = img if img.mode == "RGB" else img.convert("RGB")
             return out.transpose(method) if method is not None else out
     except _PIL_ERRORS as exc:
