@@ -9,8 +9,9 @@ from pathlib import Path
 import numpy as np
 from matplotlib.figure import Figure
 
+from als_det.metrics.comparison import NEUTRAL_POINTS
 from als_det.report.figures import save_figure
-from als_det.report.sweep import NEUTRAL_POINTS, Group, Sweep
+from als_det.report.sweep import Group, Sweep
 
 MARKERS = {"hard": "s", "ls": "^", "als": "o", "cutmix": "D", "mixup": "P"}
 

@@ -9,7 +9,9 @@ from typing import Any
 
 from tabulate import tabulate
 
-from als_det.report.sweep import FILL_SOURCES, FORMS, NEUTRAL_POINTS, Group, Sweep, describe
+from als_det.metrics.comparison import NEUTRAL_POINTS, accuracy_neutral, direction
+from als_det.report.sweep import FILL_SOURCES, FORMS, Group, Sweep, describe
+from als_det.report.tables import MISSING, cell, mean_pm_std
 
 TABLE = {"tablefmt": "pipe", "disable_numparse": True}
 
@@ -27,17 +29,14 @@ def _mean(g: Group, key: str) -> float | None:
 
 
 def _pm(g: Group, key: str, scale: float = 1.0, spec: str = ".3f") -> str:
-    s = g.stats.get(key)
-    if not s or s["mean"] is None:
-        return ""
-    text = format(s["mean"] * scale, spec)
-    return text + (f" ± {format(s['std'] * scale, spec)}" if s["std"] is not None else "")
+    s = g.stats.get(key) or {}
+    return mean_pm_std(s.get("mean"), s.get("std"), spec, scale)
 
 
 def _ci(g: Group, key: str, scale: float = 1.0, spec: str = ".3f", sign: str = "") -> str:
     s = g.stats.get(key)
     if not s or s["mean"] is None:
-        return ""
+        return MISSING
     text = format(s["mean"] * scale, sign + spec)
     iv = s["interval"]
     return text + (
@@ -137,8 +136,8 @@ def verdict(sweep: Sweep, source: str = PRIMARY) -> str:
             )
         )
 
-    lower = [g for g in groups if g.stats[key]["interval"] and g.stats[key]["interval"][1] < 1.0]
-    good = [g for g in lower if g.stats["d_top1"]["mean"] >= -NEUTRAL_POINTS / 100]
+    lower = [g for g in groups if direction(g.stats[key]["interval"]) == "lower"]
+    good = [g for g in lower if accuracy_neutral(g.stats["d_top1"]["mean"])]
     lines = [
         f"**{source}, {sweep.main_epochs}-epoch runs** (95% t-intervals over seeds, paired with "
         f"{sweep.baseline}):"
@@ -146,7 +145,7 @@ def verdict(sweep: Sweep, source: str = PRIMARY) -> str:
 
     def cost_note(g: Group) -> str:
         iv = g.stats["d_top1"]["interval"]
-        if iv and iv[0] >= -NEUTRAL_POINTS / 100:
+        if iv and accuracy_neutral(iv[0]):
             return ""
         return f" (the top-1 interval reaches below -{NEUTRAL_POINTS:g} point)"
 
@@ -181,8 +180,8 @@ def cells_table(sweep: Sweep) -> str:
                     g.epochs,
                     f"{100 * v['top1']:.1f}",
                     f"{v['ece']:.3f}",
-                    "" if v.get(f"conf_{PRIMARY}") is None else f"{v[f'conf_{PRIMARY}']:.3f}",
-                    "" if rel is None else f"{rel:.3f}",
+                    cell(v.get(f"conf_{PRIMARY}"), ".3f"),
+                    cell(rel, ".3f"),
                     f"`{c.cell.run_dir}`",
                     f"`{c.cell.eval_metrics}`",
                 ]
