@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from als_det.metrics.comparison import mean_std
 from als_det.report.pooling import (
     Duplicate,
     ResultsError,
@@ -70,11 +71,12 @@ class Group:
         return np.array([r.metrics[task][metric] for r in self.runs], dtype=np.float64)
 
     def mean(self, metric: str, task: str = "bbox") -> float:
-        return float(self.values(metric, task).mean())
+        return mean_std(self.values(metric, task))[0]
 
     def std(self, metric: str, task: str = "bbox") -> float:
         """Sample standard deviation (ddof=1); NaN for a single run."""
-        return float(self.values(metric, task).std(ddof=1)) if self.n > 1 else math.nan
+        std = mean_std(self.values(metric, task))[1]
+        return math.nan if std is None else std
 
 
 def run_folder(results: Path) -> str:

@@ -5,14 +5,12 @@ from __future__ import annotations
 
 from typing import Any
 
+from als_det.metrics.comparison import direction
 from als_det.report.tables import cell, lookup, markdown_table, with_interval
 
 
 def _direction(h: dict[str, Any] | None, key: str = "ratio_relative_to_val") -> str:
-    iv = (h or {}).get("intervals_95", {}).get(key)
-    if not iv:
-        return "no interval"
-    return "lower" if iv[1] < 1 else ("higher" if iv[0] > 1 else "alike")
+    return direction((h or {}).get("intervals_95", {}).get(key)) or "no interval"
 
 
 def fill_section(metrics: dict[str, Any]) -> list[str]:
