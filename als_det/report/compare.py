@@ -34,10 +34,10 @@ from als_det.report.pooling import (
     read_identity,
     recipe_differences,
 )
+from als_det.strategies import rank
 
 METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
 TASKS = {"bbox": "box AP", "segm": "mask AP"}
-STRATEGY_ORDER = ("hard", "ls", "als")
 FORMATS = {"markdown": "md", "csv": "csv", "latex": "tex"}
 
 logger = logging.getLogger(__name__)
@@ -130,8 +130,7 @@ def _task_metrics(file: Path, task: str, section: Any) -> dict[str, float]:
 
 
 def _sort_key(name: str) -> tuple[int, str]:
-    base = name.split("[")[0]
-    return (STRATEGY_ORDER.index(base) if base in STRATEGY_ORDER else len(STRATEGY_ORDER), name)
+    return rank(name.split("[")[0]), name
 
 
 def group_runs(runs: Sequence[Run]) -> list[Group]:

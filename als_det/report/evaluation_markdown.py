@@ -8,7 +8,8 @@ from typing import Any
 
 from als_det.report.figures import CAM_METHOD_NAMES
 from als_det.report.fills import fill_section
-from als_det.report.tables import cell, lookup, markdown_table, with_interval
+from als_det.report.tables import MISSING, cell, lookup, markdown_table, with_interval
+from als_det.strategies import get_strategy
 
 VARIANT_TEXT = {
     "bg_only": "boxes filled: context alone",
@@ -42,11 +43,14 @@ def _skips(d: dict[str, Any] | None) -> str:
 
 
 def _als_mapping(ls: dict[str, Any]) -> str:
-    return f"{ls.get('coverage', 'crop')} / {ls.get('power', 1.0)}" if ls["name"] == "als" else "-"
+    """Coverage / power, for a strategy that reads them."""
+    if "coverage" not in get_strategy(ls["name"]).keys:
+        return "-"
+    return f"{ls.get('coverage', 'crop')} / {ls.get('power', 1.0)}"
 
 
 def _mix_alpha(ls: dict[str, Any]) -> str:
-    return str(ls["mix_alpha"]) if ls["name"] in ("cutmix", "mixup") else "-"
+    return str(ls["mix_alpha"]) if "mix_alpha" in get_strategy(ls["name"]).keys else "-"
 
 
 def _figure(metrics: dict[str, Any], key: str, alt: str) -> list[str]:
@@ -98,15 +102,15 @@ def _checkpoints(metrics: dict[str, Any]) -> list[str]:
 
 def _temperature(ts: dict[str, Any] | None) -> str:
     if not ts:
-        return "n/a"
-    t = "n/a" if ts["temperature"] is None else f"{ts['temperature']:.3g}"
+        return MISSING
+    t = MISSING if ts["temperature"] is None else f"{ts['temperature']:.3g}"
     return f"{t} (degenerate)" if ts.get("degenerate") else t
 
 
 def _before_after(model: dict[str, Any], key: str) -> str:
     ts = model.get("temperature_scaling")
     if not ts:
-        return "n/a"
+        return MISSING
     after = ts["after"][key] if ts.get("after") else None
     return f"{ts['before'][key]:.4f} / {cell(after, '.4f')}"
 

@@ -258,21 +258,3 @@ def summarize(
         groups.append(Group(setting, epochs, members[0].strategy, members, stats))
     sources = [s for s in SOURCES if any(f"conf_{s}" in r.values for r in results)]
     return Sweep(baseline, groups, first, main_epochs, sources)
-
-
-def describe(strategy: dict[str, Any]) -> str:
-    """A short text of what a label strategy does, e.g. "als: object coverage, p=2, e in [0,
-    0.5]"."""
-    name = strategy["name"]
-    if name == "ls":
-        return f"ls: e={strategy['epsilon']}"
-    if name in ("cutmix", "mixup"):
-        return f"{name}: alpha={strategy.get('mix_alpha', 1.0)}"
-    if name == "als":
-        power = strategy.get("power", 1.0)
-        return (
-            f"als: {strategy.get('coverage', 'crop')} coverage"
-            + (f", p={power:g}" if power != 1.0 else "")
-            + f", e in [{strategy['e_min']:g}, {strategy['e_max']:g}]"
-        )
-    return name

@@ -12,8 +12,7 @@ from matplotlib.figure import Figure
 from als_det.metrics.comparison import NEUTRAL_POINTS
 from als_det.report.figures import save_figure
 from als_det.report.sweep import Group, Sweep
-
-MARKERS = {"hard": "s", "ls": "^", "als": "o", "cutmix": "D", "mixup": "P"}
+from als_det.strategies import get_strategy
 
 
 def pareto_front(points: Sequence[tuple[float, float]]) -> list[int]:
@@ -48,20 +47,21 @@ PALETTE = (
 
 def _styles(sweep: Sweep) -> dict[str, dict]:
     """One marker and colour per setting, the same in every figure: the baseline a black square,
-    ls a grey triangle (green is kept for the target region)."""
+    a strategy with a colour of its own (ls: grey) in it, the others by the palette, each with its
+    strategy's marker (`als_det.strategies`)."""
     styles: dict[str, dict] = {}
     for g in sweep.groups:
         if g.setting in styles:
             continue
-        name = g.strategy["name"]
+        spec = get_strategy(g.strategy["name"])
         if g.setting == sweep.baseline:
             styles[g.setting] = {"marker": "s", "color": "black", "markersize": 9}
-        elif name == "ls":
-            styles[g.setting] = {"marker": "^", "color": "tab:gray", "markersize": 9}
+        elif spec.color:
+            styles[g.setting] = {"marker": spec.marker, "color": spec.color, "markersize": 9}
         else:
             n = sum(1 for v in styles.values() if v["color"] in PALETTE)
             styles[g.setting] = {
-                "marker": MARKERS.get(name, "o"),
+                "marker": spec.marker,
                 "color": PALETTE[n % len(PALETTE)],
                 "markersize": 7,
             }

@@ -10,8 +10,9 @@ from typing import Any
 from tabulate import tabulate
 
 from als_det.metrics.comparison import NEUTRAL_POINTS, accuracy_neutral, direction
-from als_det.report.sweep import FILL_SOURCES, FORMS, Group, Sweep, describe
+from als_det.report.sweep import FILL_SOURCES, FORMS, Group, Sweep
 from als_det.report.tables import MISSING, cell, mean_pm_std
+from als_det.strategies import describe
 
 TABLE = {"tablefmt": "pipe", "disable_numparse": True}
 

@@ -56,8 +56,8 @@ def _absent(v: float | None) -> bool:
 
 
 def mean_pm_std(mean: float | None, std: float | None, spec: str, scale: float = 1.0) -> str:
-    """ "mean ± std" (each times `scale`, in `spec`); the mean alone without a std (one seed or
-    run), MISSING without a mean."""
+    """Mean and std as `mean ± std` (each times `scale`, in `spec`); the mean alone without a std
+    (one seed or run), MISSING without a mean."""
     if _absent(mean):
         return MISSING
     text = format(mean * scale, spec)
