@@ -21,20 +21,33 @@ from als_det.report.sweep import Sweep, SweepCell, summarize
 from als_det.report.sweep_tables import INTERVAL_METHOD, reliance_table, verdict
 from als_det.report.tables import MISSING, cell, markdown_table, mean_pm_std, with_interval
 from als_det.versions import package_versions
+from als_det.views import (
+    FILLS,
+    PRIMARY,
+    VIEWS,
+    context_sources,
+    fill_source,
+    unfilled_context_views,
+)
 
-# (label, path into a model's metrics.json entry, format)
-CONTEXT_COLUMNS: list[tuple[str, tuple[str, ...], str]] = [
-    ("top-1", ("val", "top1"), ".3f"),
-    ("ECE", ("val", "ece"), ".3f"),
-    ("NLL", ("val", "nll"), ".3f"),
-    ("conf val", ("val", "mean_confidence"), ".3f"),
-    ("conf bg_only", ("variants", "bg_only", "mean_confidence"), ".3f"),
-    ("conf outside_crop", ("variants", "outside_crop", "mean_confidence"), ".3f"),
-    ("conf val_bg_only", ("variants", "val_bg_only", "mean_confidence"), ".3f"),
-    ("bg_only / val", None, ".3f"),  # computed: relative confidence
-    ("top-1 val_mixed", ("variants", "val_mixed", "top1"), ".3f"),
-    ("CAM in box", ("cam", "mean_energy_inside_boxes"), ".3f"),
-]
+
+def context_columns() -> list[tuple[str, tuple[str, ...] | None, str]]:
+    """(label, path into a model's metrics.json entry or None for bg_only / val, format): every
+    context-only view and every view with calibration of `als_det.views`."""
+    return [
+        ("top-1", ("val", "top1"), ".3f"),
+        ("ECE", ("val", "ece"), ".3f"),
+        ("NLL", ("val", "nll"), ".3f"),
+        ("conf val", ("val", "mean_confidence"), ".3f"),
+        *((f"conf {s}", ("variants", s, "mean_confidence"), ".3f") for s in context_sources()),
+        (f"{PRIMARY} / val", None, ".3f"),  # computed: relative confidence
+        *(
+            (f"top-1 {v.name}", ("variants", v.name, "top1"), ".3f")
+            for v in VIEWS.values()
+            if v.calibration
+        ),
+        ("CAM in box", ("cam", "mean_energy_inside_boxes"), ".3f"),
+    ]
 
 
 def _get(d: Mapping[str, Any], path: Sequence[str]) -> float | None:
@@ -47,7 +60,7 @@ def _get(d: Mapping[str, Any], path: Sequence[str]) -> float | None:
 
 def _relative(m: Mapping[str, Any]) -> float | None:
     """bg_only confidence over own val confidence."""
-    bg = _get(m, ("variants", "bg_only", "mean_confidence"))
+    bg = _get(m, ("variants", PRIMARY, "mean_confidence"))
     val = _get(m, ("val", "mean_confidence"))
     return bg / val if bg is not None and val else None
 
@@ -67,15 +80,15 @@ def runs_by_arm(plan: Any, models: Mapping[str, Any]) -> dict[str, list[str]]:
 def context_table(plan: Any, models: Mapping[str, Mapping[str, Any]]) -> str:
     """Markdown table, one row per arm of the plan (mean ± sample std over seeds when there are
     several)."""
-    rows = []
+    rows, columns = [], context_columns()
     for arm, runs in runs_by_arm(plan, models).items():
         ms = [models[r] for r in runs]
         cells = [arm, str(len(ms))]
-        for _, path, spec in CONTEXT_COLUMNS:
+        for _, path, spec in columns:
             vals = [_relative(m) if path is None else _get(m, path) for m in ms]
             cells.append(mean_pm_std(*mean_std(vals), spec))
         rows.append(cells)
-    return markdown_table(rows, ["arm", "n"] + [c[0] for c in CONTEXT_COLUMNS])
+    return markdown_table(rows, ["arm", "n"] + [c[0] for c in columns])
 
 
 def pretrain_table(runs: Mapping[str, Path]) -> tuple[str, dict[str, list[dict[str, Any]]]]:
@@ -135,7 +148,7 @@ def _one_seed(metrics: Mapping[str, Any], runs: Sequence[str]) -> list[str]:
     for name, by_source in head.get("comparisons", {}).items():
         if name not in runs:
             continue
-        for source in ("bg_only", "outside_crop"):
+        for source in (s for s in context_sources() if VIEWS[s].variant is not None):
             h = by_source.get(source)
             if isinstance(h, Mapping):
                 lines.append(
@@ -151,20 +164,20 @@ def _over_seeds(plan: Any, sweep: Sweep) -> list[str]:
     t-intervals."""
     lines = [
         f"**What the numbers say — {len(plan.seeds)} seeds** ({INTERVAL_METHOD}):\n",
-        verdict(sweep, "bg_only"),
+        verdict(sweep, PRIMARY),
         "",
     ]
-    if "outside_crop" in sweep.sources:
-        lines += [verdict(sweep, "outside_crop"), ""]
-    return lines + ["Per arm over seeds (bg_only):\n", reliance_table(sweep, "bg_only"), ""]
+    for view in (v for v in unfilled_context_views() if v in sweep.sources):
+        lines += [verdict(sweep, view), ""]
+    return lines + [f"Per arm over seeds ({PRIMARY}):\n", reliance_table(sweep, PRIMARY), ""]
 
 
 def _fill_views(own_fill: str) -> list[tuple[str, str]]:
-    """(sweep source, column title): bg_only under each fill, then outside_crop."""
+    """(sweep source, column title): bg_only under each fill, then the context without any fill
+    (outside_crop)."""
     return [
-        ("bg_only" if f == own_fill else f"bg_only_{f}", f"bg_only, {f} fill")
-        for f in ("black", "mean", "blur")
-    ] + [("outside_crop", "outside_crop (no fill)")]
+        (PRIMARY if f == own_fill else fill_source(f), f"{PRIMARY}, {f} fill") for f in FILLS
+    ] + [(v, f"{v} (no fill)") for v in unfilled_context_views()]
 
 
 def fills_over_seeds(sweep: Sweep, own_fill: str) -> list[str]:

@@ -23,16 +23,15 @@ from als_det.engine.events import read_history
 from als_det.io import sha256_file
 from als_det.metrics.comparison import UnpairedError, pair_with_baseline, seed_stats
 from als_det.metrics.context import headline_comparison
-
-SOURCES = (
-    "bg_only",
-    "bg_only_black",
-    "bg_only_mean",
-    "bg_only_blur",
-    "outside_crop",
-    "val_bg_only",
+from als_det.views import (
+    FILLS,
+    PRIMARY,
+    VIEWS,
+    context_sources,
+    fill_source,
+    unfilled_context_views,
 )
-FILL_SOURCES = {f"bg_only_{f}": f for f in ("black", "mean", "blur")}  # bg_only under another fill
+
 FORMS = (
     ("ratio_absolute", "absolute"),
     ("ratio_above_chance", "above chance"),
@@ -40,6 +39,30 @@ FORMS = (
 )
 PAIRED_PREFIXES = ("d_", "ratio_")
 DATA_KEYS = ("root", "split", "images_evaluated", "classes")
+
+
+def fill_sources() -> dict[str, str]:
+    """bg_only under each fill as a source of its own -> the fill."""
+    return {fill_source(f): f for f in FILLS}
+
+
+def sources() -> list[str]:
+    """Every context-only source a sweep compares, in report order: bg_only, bg_only under each
+    fill, then the other context-only views (`als_det.views`)."""
+    return [PRIMARY, *fill_sources(), *(s for s in context_sources() if s != PRIMARY)]
+
+
+def verdict_views(sweep: Sweep) -> list[str]:
+    """The sources beside bg_only that get a verdict of their own: bg_only under another fill,
+    and context without any fill (outside_crop); a verdict that holds under one only may be
+    about the fill."""
+    return [s for s in sweep.sources if s in fill_sources() or s in unfilled_context_views()]
+
+
+def of_val_images(source: str) -> bool:
+    """A view of the evaluated images (not a generated split): trade-off figures are drawn for
+    these."""
+    return source in fill_sources() or VIEWS[source].variant is not None
 
 
 class SweepInputError(ValueError):
@@ -139,7 +162,7 @@ def _with_fill_sources(model: dict[str, Any], metrics: dict[str, Any]) -> dict[s
     own = metrics.get("options", {}).get("fill", "black")
     fills = {
         source: model["bg_only_by_fill"][fill]
-        for source, fill in FILL_SOURCES.items()
+        for source, fill in fill_sources().items()
         if fill != own and fill in model.get("bg_only_by_fill", {})
     }
     return {**model, "variants": {**model["variants"], **fills}}
@@ -173,7 +196,7 @@ def load_cell(cell: SweepCell) -> CellResult:
         "mean_coverage": last.get("mean_coverage"),
         "train_time_s": float(sum(r.get("epoch_time_s", 0.0) for r in rows)),
     }
-    for s in SOURCES:
+    for s in sources():
         v = model["variants"].get(s) or {}
         if v.get("n"):
             values[f"conf_{s}"] = v["mean_confidence"]
@@ -201,7 +224,7 @@ def _pair_with_baseline(results: list[CellResult], baseline: str) -> None:
     for r, b in pairs:
         r.values["d_top1"] = r.values["top1"] - b.values["top1"]
         r.values["d_ece"] = r.values["ece"] - b.values["ece"]
-        for s in SOURCES:
+        for s in sources():
             h = headline_comparison(r.cell.setting, baseline, r.evaluation, b.evaluation, s)
             for key, _ in FORMS:
                 if h is not None:
@@ -256,5 +279,5 @@ def summarize(
             for k in keys
         }
         groups.append(Group(setting, epochs, members[0].strategy, members, stats))
-    sources = [s for s in SOURCES if any(f"conf_{s}" in r.values for r in results)]
-    return Sweep(baseline, groups, first, main_epochs, sources)
+    shown = [s for s in sources() if any(f"conf_{s}" in r.values for r in results)]
+    return Sweep(baseline, groups, first, main_epochs, shown)

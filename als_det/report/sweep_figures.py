@@ -13,6 +13,7 @@ from als_det.metrics.comparison import NEUTRAL_POINTS
 from als_det.report.figures import save_figure
 from als_det.report.sweep import Group, Sweep
 from als_det.strategies import get_strategy
+from als_det.views import PRIMARY
 
 
 def pareto_front(points: Sequence[tuple[float, float]]) -> list[int]:
@@ -187,7 +188,7 @@ def tradeoff_figure(sweep: Sweep, source: str, path: str | Path) -> Path:
     return save_figure(fig, path)
 
 
-def training_length_figure(sweep: Sweep, path: str | Path, source: str = "bg_only") -> Path | None:
+def training_length_figure(sweep: Sweep, path: str | Path, source: str = PRIMARY) -> Path | None:
     """For settings run at two or more lengths: top-1, top-1 cost vs the baseline, relative
     reliance."""
     lengths: dict[str, list[Group]] = {}

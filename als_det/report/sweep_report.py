@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from als_det.io import atomic_write_json, atomic_write_text
-from als_det.report.sweep import SweepCell, summarize
+from als_det.report.sweep import SweepCell, of_val_images, summarize
 from als_det.report.sweep_figures import tradeoff_figure, training_length_figure
 from als_det.report.sweep_tables import render_sweep_report, sweep_json
 
@@ -29,7 +29,7 @@ def write_sweep_report(
     figures = {
         s: tradeoff_figure(sweep, s, out / f"tradeoff_{s}.png").name
         for s in sweep.sources
-        if s != "val_bg_only"
+        if of_val_images(s)
     }
     length = training_length_figure(sweep, out / "training_length.png")
     if length is not None:

@@ -10,9 +10,10 @@ from typing import Any
 from tabulate import tabulate
 
 from als_det.metrics.comparison import NEUTRAL_POINTS, accuracy_neutral, direction
-from als_det.report.sweep import FILL_SOURCES, FORMS, Group, Sweep
+from als_det.report.sweep import FORMS, Group, Sweep, verdict_views
 from als_det.report.tables import MISSING, cell, mean_pm_std
 from als_det.strategies import describe
+from als_det.views import PRIMARY
 
 TABLE = {"tablefmt": "pipe", "disable_numparse": True}
 
@@ -21,7 +22,6 @@ INTERVAL_METHOD = (
     "ratios to the baseline; it covers seed-to-seed training variance on this val set, not the "
     "choice of val images (each evaluation's bootstrap) nor other classes or data sets"
 )
-PRIMARY = "bg_only"
 REL = "ratio_relative_to_val"
 
 
@@ -242,7 +242,7 @@ def render_sweep_report(
     )
     if missing:
         out += missing_section(sweep, missing)
-    views = [s for s in sweep.sources if s in FILL_SOURCES or s == "outside_crop"]
+    views = verdict_views(sweep)
     out += ["", "## Verdict", "", verdict(sweep, PRIMARY)]
     out += [x for s in views for x in ("", verdict(sweep, s))]
     if views:
