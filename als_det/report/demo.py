@@ -65,7 +65,7 @@ def _relative(m: Mapping[str, Any]) -> float | None:
     return bg / val if bg is not None and val else None
 
 
-def runs_by_arm(plan: Any, models: Mapping[str, Any]) -> dict[str, list[str]]:
+def _runs_by_arm(plan: Any, models: Mapping[str, Any]) -> dict[str, list[str]]:
     """The plan's arms (in its order) -> their runs' model names in `models`, every seed's."""
     by_arm: dict[str, list[str]] = {a: [] for a in plan.arms}
     for run, arm, _ in plan.runs():
@@ -81,7 +81,7 @@ def context_table(plan: Any, models: Mapping[str, Mapping[str, Any]]) -> str:
     """Markdown table, one row per arm of the plan (mean ± sample std over seeds when there are
     several)."""
     rows, columns = [], context_columns()
-    for arm, runs in runs_by_arm(plan, models).items():
+    for arm, runs in _runs_by_arm(plan, models).items():
         ms = [models[r] for r in runs]
         cells = [arm, str(len(ms))]
         for _, path, spec in columns:

@@ -52,19 +52,6 @@ def sources() -> list[str]:
     return [PRIMARY, *fill_sources(), *(s for s in context_sources() if s != PRIMARY)]
 
 
-def verdict_views(sweep: Sweep) -> list[str]:
-    """The sources beside bg_only that get a verdict of their own: bg_only under another fill,
-    and context without any fill (outside_crop); a verdict that holds under one only may be
-    about the fill."""
-    return [s for s in sweep.sources if s in fill_sources() or s in unfilled_context_views()]
-
-
-def of_val_images(source: str) -> bool:
-    """A view of the evaluated images (not a generated split): trade-off figures are drawn for
-    these."""
-    return source in fill_sources() or VIEWS[source].variant is not None
-
-
 class SweepInputError(ValueError):
     """Cells that cannot be compared: a missing file or baseline, another seed or data set."""
 
@@ -113,6 +100,19 @@ class Sweep:
     data: dict[str, Any]
     main_epochs: int
     sources: list[str]
+
+
+def verdict_views(sweep: Sweep) -> list[str]:
+    """The sources beside bg_only that get a verdict of their own: bg_only under another fill,
+    and context without any fill (outside_crop); a verdict that holds under one only may be
+    about the fill."""
+    return [s for s in sweep.sources if s in fill_sources() or s in unfilled_context_views()]
+
+
+def of_val_images(source: str) -> bool:
+    """A view of the evaluated images (not a generated split): trade-off figures are drawn for
+    these."""
+    return source in fill_sources() or VIEWS[source].variant is not None
 
 
 def _lies_in(run: Path, checkpoint: dict[str, Any]) -> bool:
