@@ -71,8 +71,8 @@ VIEWS: dict[str, View] = {
 FILLS: dict[str, Fill] = {
     f.name: f
     for f in (
-        Fill("black", "black"),
-        Fill("mean", "the checkpoint's normalisation mean"),
+        Fill("black", "black pixels"),
+        Fill("mean", "the checkpoint's normalisation mean colour"),
         Fill("blur", "a strong blur of the image"),
     )
 }

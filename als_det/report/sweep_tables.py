@@ -13,7 +13,7 @@ from als_det.metrics.comparison import NEUTRAL_POINTS, accuracy_neutral, directi
 from als_det.report.sweep import FORMS, Group, Sweep, verdict_views
 from als_det.report.tables import MISSING, cell, mean_pm_std
 from als_det.strategies import describe
-from als_det.views import PRIMARY
+from als_det.views import FILLS, PRIMARY, VIEWS, unfilled_context_views
 
 TABLE = {"tablefmt": "pipe", "disable_numparse": True}
 
@@ -219,13 +219,16 @@ def missing_section(sweep: Sweep, missing: Sequence[dict[str, Any]]) -> list[str
     ]
 
 
-VIEWS_NOTE = (
-    "The views: `bg_only` fills the labelled object's boxes (black unless the evaluation's "
-    "`--fill` said otherwise), `bg_only_<fill>` is the same images under another fill (the "
-    "image's mean colour, or a strong blur of the image), `outside_crop` is the largest crop "
-    "touching no box, unfilled. A verdict that holds under one view and not the others may be "
-    'about the fill, not the context (docs/als.md, "Context-only views").'
-)
+def views_note() -> str:
+    """What each view with a verdict is (`als_det.views`)."""
+    fills = "; ".join(f"{f.name}: {f.text}" for f in FILLS.values())
+    others = "".join(f"; `{v}`: {VIEWS[v].text}" for v in unfilled_context_views())
+    return (
+        f"The views: `{PRIMARY}` fills the labelled object's boxes (black unless the evaluation's "
+        f"`--fill` said otherwise), `{PRIMARY}_<fill>` is the same images under another fill "
+        f"({fills}){others}. A verdict that holds under one view and not the others may be about "
+        'the fill, not the context (docs/als.md, "Context-only views").'
+    )
 
 
 def render_sweep_report(
@@ -246,7 +249,7 @@ def render_sweep_report(
     out += ["", "## Verdict", "", verdict(sweep, PRIMARY)]
     out += [x for s in views for x in ("", verdict(sweep, s))]
     if views:
-        out += ["", VIEWS_NOTE]
+        out += ["", views_note()]
     out += ["", "## Accuracy and calibration", "", accuracy_table(sweep)]
     for s in sweep.sources:
         out += ["", f"## Context reliance: {s}", "", reliance_table(sweep, s)]
