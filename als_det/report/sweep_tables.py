@@ -23,6 +23,7 @@ INTERVAL_METHOD = (
     "choice of val images (each evaluation's bootstrap) nor other classes or data sets"
 )
 REL = "ratio_relative_to_val"
+BASELINE = "—"  # a difference or ratio to the baseline, in the baseline's own row
 
 
 def _mean(g: Group, key: str) -> float | None:
@@ -47,6 +48,11 @@ def _ci(g: Group, key: str, scale: float = 1.0, spec: str = ".3f", sign: str = "
     )
 
 
+def _vs_baseline(g: Group, sweep: Sweep, key: str, *fmt: Any) -> str:
+    """A paired quantity with its interval; BASELINE in the baseline's own row."""
+    return BASELINE if g.setting == sweep.baseline else _ci(g, key, *fmt)
+
+
 def _label(g: Group, sweep: Sweep) -> str:
     return g.setting if g.setting != sweep.baseline else f"**{g.setting}** (baseline)"
 
@@ -59,9 +65,9 @@ def accuracy_table(sweep: Sweep) -> str:
             g.epochs,
             len(g.cells),
             _pm(g, "top1", 100, ".1f"),
-            _ci(g, "d_top1", 100, ".1f", "+"),
+            _vs_baseline(g, sweep, "d_top1", 100, ".1f", "+"),
             _pm(g, "ece"),
-            _ci(g, "d_ece", 1, ".3f", "+"),
+            _vs_baseline(g, sweep, "d_ece", 1, ".3f", "+"),
             _pm(g, "conf_val"),
             _pm(g, "mean_e"),
             _pm(g, "train_time_s", 1 / 60, ".1f"),
@@ -91,9 +97,7 @@ def reliance_table(sweep: Sweep, source: str) -> str:
     rows = []
     for g in sweep.groups:
         row = [_label(g, sweep), g.epochs, _pm(g, f"conf_{source}"), _pm(g, f"reliance_{source}")]
-        row += [
-            "—" if g.setting == sweep.baseline else _ci(g, f"{key}_{source}") for key, _ in FORMS
-        ]
+        row += [_vs_baseline(g, sweep, f"{key}_{source}") for key, _ in FORMS]
         rows.append(row)
     return tabulate(
         rows,
@@ -182,7 +186,7 @@ def cells_table(sweep: Sweep) -> str:
                     f"{100 * v['top1']:.1f}",
                     f"{v['ece']:.3f}",
                     cell(v.get(f"conf_{PRIMARY}"), ".3f"),
-                    cell(rel, ".3f"),
+                    BASELINE if g.setting == sweep.baseline else cell(rel, ".3f"),
                     f"`{c.cell.run_dir}`",
                     f"`{c.cell.eval_metrics}`",
                 ]
