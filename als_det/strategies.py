@@ -40,8 +40,9 @@ class Strategy:
     def __post_init__(self) -> None:
         if self.inputs not in INPUTS:
             raise ValueError(f"{self.name}: inputs must be one of {INPUTS}, got {self.inputs!r}")
-        if (self.inputs == "mixing") != (self.smoothing is None):
-            raise ValueError(f"{self.name}: smoothing is for every strategy that does not mix")
+        mixes = self.inputs == "mixing"
+        if mixes != (self.smoothing is None) or mixes != (self.mix_transform is not None):
+            raise ValueError(f"{self.name}: mixing needs a mix_transform, the others smoothing")
 
 
 def _als_smoothing(s: Any, a: torch.Tensor) -> torch.Tensor:
