@@ -65,7 +65,7 @@ _C.MODEL = CN()
 _C.MODEL.ARCH = "resnet18"  # any torchvision ResNet: resnet18/34/50/101/152
 
 _C.LABELS = CN()
-_C.LABELS.STRATEGY = "als"  # hard | ls | als | cutmix | mixup (docs/als.md)
+_C.LABELS.STRATEGY = "als"  # a name in als_det.strategies.STRATEGIES (docs/als.md)
 _C.LABELS.EPSILON = 0.1  # ls
 _C.LABELS.E_MIN = 0.0  # als: e = clip((1 - a) ** POWER, E_MIN, E_MAX)
 _C.LABELS.E_MAX = 1.0

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torchvision.transforms import v2
 
 from als_det.data.imagenet import sample_seed
+from als_det.strategies import get_strategy, mixing_names
 from als_det.targets import LabelStrategy
 
 MIX_STREAM = (
@@ -29,7 +30,8 @@ def mix_seed(seed: int, epoch: int, iteration: int, rank: int) -> int:
 
 
 class BatchMixer:
-    """`(images, labels) -> (mixed images, soft targets [B, K])` for a "cutmix" or "mixup" strategy.
+    """`(images, labels) -> (mixed images, soft targets [B, K])` for a mixing strategy (cutmix,
+    mixup: its registry entry's `mix_transform`).
 
     Rows with label -1 (undecodable images) are left out of the mixing: they are neither mixed
     nor pasted into another image, and their target row is all zeros (the loss masks them).
@@ -37,8 +39,10 @@ class BatchMixer:
 
     def __init__(self, strategy: LabelStrategy, num_classes: int, seed: int, rank: int = 0) -> None:
         if not strategy.mixes:
-            raise ValueError(f"BatchMixer needs a cutmix or mixup strategy, got {strategy.name!r}")
-        transform = {"cutmix": v2.CutMix, "mixup": v2.MixUp}[strategy.name]
+            raise ValueError(
+                f"BatchMixer needs a {' or '.join(mixing_names())} strategy, got {strategy.name!r}"
+            )
+        transform = getattr(v2, get_strategy(strategy.name).mix_transform)
         self.transform = transform(alpha=strategy.mix_alpha, num_classes=num_classes)
         self.num_classes, self.seed, self.rank = num_classes, int(seed), int(rank)
 

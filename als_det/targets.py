@@ -1,6 +1,7 @@
 """Label strategies: box coverage -> smoothing factor e -> soft targets -> cross entropy (torch's,
 with probability targets, computed in float32).
 
+Which strategies exist, what each needs and its e are the registry's (`als_det.strategies`).
 ALS (Krothapalli & Abbott, 2020): e = clip((1 - a) ** power, e_min, e_max) with `a` the crop
 coverage (default) or the object coverage, and the target is (1 - e) * onehot + e / K, so a
 constant e is exactly torch's `label_smoothing=e`. The CutMix and MixUp baselines mix images and
@@ -15,17 +16,17 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-STRATEGIES = ("hard", "ls", "als", "cutmix", "mixup")
-MIX_STRATEGIES = ("cutmix", "mixup")
+from als_det.strategies import STRATEGIES, get_strategy
+
 NO_BOX_POLICIES = ("ls", "hard", "skip")
 COVERAGES = ("crop", "object")
 
 
 @dataclass(frozen=True)
 class LabelStrategy:
-    """Which targets an arm trains on. `no_box`, `no_box_epsilon`, `coverage` and `power` only
-    matter for "als", `mix_alpha` (the Beta(alpha, alpha) of the mixing ratio) for
-    "cutmix"/"mixup"."""
+    """Which targets an arm trains on. Each strategy reads only its registry entry's `keys`:
+    `no_box`, `no_box_epsilon`, `coverage` and `power` "als", `mix_alpha` (the Beta(alpha, alpha)
+    of the mixing ratio) "cutmix"/"mixup"."""
 
     name: str
     epsilon: float = 0.1
@@ -40,7 +41,9 @@ class LabelStrategy:
     def __post_init__(self) -> None:
         """Each field is a LABELS config key (name: LABELS.STRATEGY); errors name the key."""
         if self.name not in STRATEGIES:
-            raise ValueError(f"LABELS.STRATEGY must be one of {STRATEGIES}, got {self.name!r}")
+            raise ValueError(
+                f"LABELS.STRATEGY must be one of {tuple(STRATEGIES)}, got {self.name!r}"
+            )
         if self.no_box not in NO_BOX_POLICIES:
             raise ValueError(f"LABELS.NO_BOX must be one of {NO_BOX_POLICIES}, got {self.no_box!r}")
         if not 0.0 <= self.e_min <= self.e_max <= 1.0:
@@ -62,7 +65,7 @@ class LabelStrategy:
     def mixes(self) -> bool:
         """CutMix/MixUp: targets come from mixing the batch (`als_det.mixing`), not from
         coverage."""
-        return self.name in MIX_STRATEGIES
+        return get_strategy(self.name).inputs == "mixing"
 
     @classmethod
     def from_cfg(cls, labels_cfg: Any) -> LabelStrategy:
@@ -97,29 +100,26 @@ def smoothing(
 ) -> torch.Tensor:
     """Per-sample smoothing factor e (float32, shape [B]); NaN marks a sample to skip.
 
-    hard: 0; ls: epsilon; als: clip((1 - a) ** power, e_min, e_max) where the image has boxes,
-    with a = `coverage` (crop coverage) or `object_coverage` as the strategy says; else the no-box
-    policy (ls: no_box_epsilon, hard: 0, skip: NaN).
+    The registry entry's e (hard: 0; ls: epsilon; als: clip((1 - a) ** power, e_min, e_max));
+    for a strategy that needs coverage, a = `coverage` (crop coverage) or `object_coverage` as the
+    strategy says, and images without boxes follow the no-box policy (ls: no_box_epsilon, hard: 0,
+    skip: NaN).
     """
-    if strategy.mixes:
+    spec = get_strategy(strategy.name)
+    if spec.smoothing is None:
         raise ValueError(
             f"{strategy.name} targets come from mixing "
             "the batch (als_det.mixing), not from coverage"
         )
-    if strategy.name == "als" and strategy.coverage == "object":
+    if spec.inputs == "coverage" and strategy.coverage == "object":
         if object_coverage is None:
             raise ValueError("LABELS.COVERAGE object needs the object coverage of every sample")
         coverage = object_coverage
     coverage = torch.as_tensor(coverage, dtype=torch.float32)
     has_box = torch.as_tensor(has_box, dtype=torch.bool, device=coverage.device)
-    if strategy.name == "hard":
-        return torch.zeros_like(coverage)
-    if strategy.name == "ls":
-        return torch.full_like(coverage, strategy.epsilon)
-    e = 1.0 - coverage
-    if strategy.power != 1.0:
-        e = e.pow(strategy.power)
-    e = e.clamp(strategy.e_min, strategy.e_max)
+    e = spec.smoothing(strategy, coverage)
+    if spec.inputs != "coverage":
+        return e
     no_box_e = {"ls": strategy.no_box_epsilon, "hard": 0.0, "skip": float("nan")}[strategy.no_box]
     return torch.where(has_box, e, torch.full_like(e, no_box_e))
 

@@ -15,8 +15,9 @@ from als_det.data.generated import generate
 from als_det.engine.trainer import train
 from als_det.metrics.intervals import t_interval
 from als_det.report.evaluation import write_evaluation
-from als_det.report.sweep import SweepCell, SweepInputError, summarize, write_sweep_report
+from als_det.report.sweep import SweepCell, SweepInputError, summarize
 from als_det.report.sweep_figures import pareto_front
+from als_det.report.sweep_report import write_sweep_report
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "pretrain"
 TINY_GEN = {

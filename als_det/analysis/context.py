@@ -7,10 +7,11 @@ transform):
 - ``fg_only``: every pixel touched by no box filled (the object alone);
 - ``outside_crop``: the largest axis-aligned crop that touches no box (context without any object
   pixel and without fill artefacts), skipped when smaller than ``min_crop_fraction`` of the image.
-Fills: ``black``; ``mean`` (the checkpoint's normalisation mean, so the filled region is exactly 0
-at the network input); ``blur`` (the image Gaussian-blurred with a radius of ``blur_fraction`` of
-its shorter side, which keeps colour but removes shape). A pixel is "touched" by a box when they
-overlap with positive area: box (x0, y0, x1, y1) covers columns floor(x0)..ceil(x1)-1.
+Fills (`als_det.views.FILLS` names them): ``black``; ``mean`` (the checkpoint's normalisation
+mean, so the filled region is exactly 0 at the network input); ``blur`` (the image Gaussian-blurred
+with a radius of ``blur_fraction`` of its shorter side, which keeps colour but removes shape). A
+pixel is "touched" by a box when they overlap with positive area: box (x0, y0, x1, y1) covers
+columns floor(x0)..ceil(x1)-1. Which views an evaluation makes of these is `als_det.views`'.
 """
 
 from __future__ import annotations
@@ -29,11 +30,16 @@ from torch.utils.data import Dataset
 from als_det.data.boxes import ImageRecord
 from als_det.data.crops import center_crop_box
 from als_det.data.images import BadImageError, load_rgb
+from als_det.views import FILLS
 
 logger = logging.getLogger(__name__)
 
 VARIANTS = ("intact", "bg_only", "fg_only", "outside_crop")
-FILLS = ("black", "mean", "blur")
+
+
+def check_fill(fill: str) -> None:
+    if fill not in FILLS:
+        raise ValueError(f"fill must be one of {tuple(FILLS)}, got {fill!r}")
 
 
 def box_pixel_mask(boxes: np.ndarray, width: int, height: int) -> np.ndarray:
@@ -86,17 +92,18 @@ def fill_image(
     blur_fraction: float = 0.1,
 ) -> np.ndarray:
     """A copy of `image` (H, W, 3 uint8) with the pixels under `mask` replaced by the fill."""
-    if fill not in FILLS:
-        raise ValueError(f"fill must be one of {FILLS}, got {fill!r}")
+    check_fill(fill)
     out = image.copy()
     if fill == "black":
         out[mask] = 0
     elif fill == "mean":
         out[mask] = np.asarray([round(v) for v in mean_rgb], dtype=np.uint8)
-    else:
+    elif fill == "blur":
         radius = blur_fraction * min(image.shape[0], image.shape[1])
         blurred = np.asarray(Image.fromarray(image).filter(ImageFilter.GaussianBlur(radius)))
         out[mask] = blurred[mask]
+    else:
+        raise ValueError(f"fill {fill!r} is registered but has no pixels in fill_image")
     return out
 
 
@@ -228,8 +235,7 @@ class VariantDataset(Dataset):
         blur_fraction: float = 0.1,
         positions: Sequence[int] | None = None,
     ) -> None:
-        if fill not in FILLS:
-            raise ValueError(f"fill must be one of {FILLS}, got {fill!r}")
+        check_fill(fill)
         self.records = records
         self.plan = plan
         self.prep = prep

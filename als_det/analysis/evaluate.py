@@ -23,7 +23,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from als_det.analysis.cam import CAM_METHODS, compute_cams, energy_inside, features_and_logits
-from als_det.analysis.context import FILLS, VariantDataset, plan_variant
+from als_det.analysis.context import VariantDataset, check_fill, plan_variant
 from als_det.analysis.localization import cam_grid, cam_summary
 from als_det.analysis.models import (
     EvaluationInputError,
@@ -40,10 +40,10 @@ from als_det.logger import setup_logging
 from als_det.metrics.calibration import calibration_metrics_from_logits, temperature_scaling_report
 from als_det.metrics.context import confidence_summary, fill_comparisons, headline
 from als_det.versions import package_versions
+from als_det.views import FILLS, PRIMARY, VIEWS, splits
 
 logger = logging.getLogger(__name__)
 
-BOX_VARIANTS = ("bg_only", "fg_only", "outside_crop")
 CALIBRATION_KEYS = ("top1", "top5", "nll", "brier", "ece", "mce", "ace")
 DEVICES = ("auto", "cpu", "cuda")
 
@@ -59,7 +59,7 @@ class EvalOptions:
     fill: str = option(
         "black",
         "fill for the box variants (the headline's; bg_only also runs under the others)",
-        choices=FILLS,
+        choices=tuple(FILLS),
     )
     single_fill: bool = option(
         False, "evaluate bg_only under --fill only, not side by side under every fill"
@@ -87,8 +87,7 @@ class EvalOptions:
     progress: bool = True
 
     def validate(self) -> None:
-        if self.fill not in FILLS:
-            raise ValueError(f"fill must be one of {FILLS}, got {self.fill!r}")
+        check_fill(self.fill)
         if self.cam_method not in CAM_METHODS:
             raise ValueError(f"cam_method must be one of {CAM_METHODS}, got {self.cam_method!r}")
         if self.batch_size < 1 or self.workers < 0 or self.max_images < 0 or self.grid_images < 0:
@@ -169,10 +168,11 @@ def _drop_undecodable(res: dict[str, Any]) -> dict[str, Any]:
 
 
 def _extra_splits(root: Path) -> list[str]:
-    """The generated data set's own val_mixed and val_bg_only splits, when `root` is one."""
+    """The generated data set's own splits that views are built from (val_mixed, val_bg_only),
+    when `root` is one."""
     if not (root / "generation.json").is_file():
         return []
-    return [s for s in ("val_mixed", "val_bg_only") if (root / s).is_dir()]
+    return [s for s in splits() if (root / s).is_dir()]
 
 
 def evaluate_model(
@@ -184,8 +184,8 @@ def evaluate_model(
     where: str,
 ) -> None:
     """Every view of one model: the intact split at `where` (calibration, CAM energy, temperature
-    scaling), the box variants and the generated splits in `extra`; fills `lm.results` and
-    `lm.confidences`."""
+    scaling), then each view of `als_det.views` (box variants of the split, the generated splits in
+    `extra`); fills `lm.results` and `lm.confidences`."""
     res = _drop_undecodable(
         run_pass(lm, records, "intact", opts, info, f"{lm.name} {opts.split}", True)
     )
@@ -208,18 +208,22 @@ def evaluate_model(
             res["logits"], res["labels"], opts.ts_fit_fraction, opts.seed
         )
     variants: dict[str, Any] = {}
-    views = [(v, records, v, False) for v in BOX_VARIANTS]
-    views += [(s, recs, "intact", s == "val_mixed") for s, recs in extra.items()]
-    for view, recs, variant, with_cam in views:
+    views = [(v.name, records, v.variant, False) for v in VIEWS.values() if v.variant]
+    views += [
+        (v.name, extra[v.split], "intact", v.calibration)
+        for v in VIEWS.values()
+        if v.split in extra
+    ]
+    for view, recs, variant, calibration in views:
         r = _drop_undecodable(
-            run_pass(lm, recs, variant, opts, info, f"{lm.name} {view}", with_cam)
+            run_pass(lm, recs, variant, opts, info, f"{lm.name} {view}", calibration)
         )
         variants[view] = {
             **confidence_summary(r["logits"], r["labels"], view),
             "skipped": r["skipped"],
         }
         lm.confidences[view] = r["logits"].softmax(1).max(1).values
-        if view == "val_mixed" and len(r["labels"]):
+        if calibration and len(r["labels"]):
             cal = calibration_metrics_from_logits(r["logits"], r["labels"])
             variants[view].update({k: cal[k] for k in CALIBRATION_KEYS})
             variants[view]["cam"] = cam_summary(r, recs, lm.prep, opts.cam_method)
@@ -231,16 +235,14 @@ def evaluate_fills(
 ) -> None:
     """bg_only under every fill (`opts.fill`'s pass reused; only it with `opts.single_fill`): what
     the fill itself does to the verdict (docs/als.md). Fills `lm.results["bg_only_by_fill"]`."""
-    lm.results["bg_only_by_fill"] = {opts.fill: lm.results["variants"]["bg_only"]}
-    lm.confidences[f"bg_only@{opts.fill}"] = lm.confidences["bg_only"]
+    lm.results["bg_only_by_fill"] = {opts.fill: lm.results["variants"][PRIMARY]}
+    lm.confidences[f"bg_only@{opts.fill}"] = lm.confidences[PRIMARY]
+    variant = VIEWS[PRIMARY].variant
     for fill in () if opts.single_fill else [f for f in FILLS if f != opts.fill]:
-        r = _drop_undecodable(
-            run_pass(
-                lm, records, "bg_only", opts, info, f"{lm.name} bg_only ({fill} fill)", False, fill
-            )
-        )
+        desc = f"{lm.name} {PRIMARY} ({fill} fill)"
+        r = _drop_undecodable(run_pass(lm, records, variant, opts, info, desc, False, fill))
         lm.results["bg_only_by_fill"][fill] = {
-            **confidence_summary(r["logits"], r["labels"], "bg_only"),
+            **confidence_summary(r["logits"], r["labels"], PRIMARY),
             "skipped": r["skipped"],
         }
         lm.confidences[f"bg_only@{fill}"] = r["logits"].softmax(1).max(1).values

@@ -31,7 +31,7 @@ with `SOLVER.EPOCHS` set), the run `<setting>_e<epochs>_s<seed>` (the seed alway
 the first length; the settings in `lengths_for` (the baseline among them) run every length, with
 the seeds in `length_seeds` (optional, among the plan's; default every seed). Cells
 run length by length (the first length over every seed first). The report (`report: sweep`,
-implied) is `als_det.report.sweep`'s, written to OUT/report.md.
+implied) is `als_det.report.sweep_report`'s, written to OUT/report.md.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """A sweep plan's cells (setting x seed x training length, each a pretraining and its evaluation)
 as the runner sees them: a progress line before each stage (which cell, how many finished, the
 time left), and after the run the sweep report over the cells that finished, naming the ones
-that did not (`als_det.report.sweep` writes it).
+that did not (`als_det.report.sweep_report` writes it).
 """
 
 from __future__ import annotations
@@ -173,7 +173,8 @@ def _why_missing(cell: Cell, outcome: Outcome) -> str:
 def write_report(plan: Plan, graph: Graph, outcome: Outcome) -> Path | None:
     """The sweep report at OUT/report.md over the cells that finished with their baseline cell;
     every other cell is listed in it as missing, with the reason and its log."""
-    from als_det.report.sweep import SweepCell, write_sweep_report
+    from als_det.report.sweep import SweepCell
+    from als_det.report.sweep_report import write_sweep_report
 
     grid = plan.sweep
     assert grid is not None

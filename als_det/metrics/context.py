@@ -16,17 +16,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from als_det.views import PRIMARY, VIEWS, context_sources
+
 HIST_BINS = 20
-# What "accuracy" means per view: the object is present (accuracy) or absent (the class is
-# predicted from context alone).
-ACCURACY_MEANING = {
-    "bg_only": "context_accuracy",
-    "outside_crop": "context_accuracy",
-    "val_bg_only": "context_accuracy",
-    "fg_only": "accuracy",
-    "val_mixed": "accuracy",
-}
-CONTEXT_SOURCES = ("bg_only", "outside_crop", "val_bg_only")
 INTERVAL_METHOD = (
     "percentile bootstrap, 1000 resamples of images, paired across models; it covers "
     "the choice of images only, not seed-to-seed training variance"
@@ -42,6 +34,12 @@ def confidence_histogram(conf: torch.Tensor) -> dict[str, Any]:
     }
 
 
+def _accuracy_key(view: str) -> str:
+    """What "accuracy" means in a view: the object is present (accuracy) or absent (the class is
+    predicted from context alone: context accuracy)."""
+    return "context_accuracy" if view in VIEWS and VIEWS[view].context_only else "accuracy"
+
+
 def confidence_summary(logits: torch.Tensor, labels: torch.Tensor, variant: str) -> dict[str, Any]:
     """Mean max-softmax confidence, fraction above 0.5, (context) accuracy and a histogram."""
     if logits.shape[0] == 0:
@@ -52,7 +50,7 @@ def confidence_summary(logits: torch.Tensor, labels: torch.Tensor, variant: str)
         "n": int(logits.shape[0]),
         "mean_confidence": float(conf.double().mean()),
         "frac_confidence_gt_0.5": float((conf > 0.5).double().mean()),
-        ACCURACY_MEANING.get(variant, "accuracy"): float((pred == labels).double().mean()),
+        _accuracy_key(variant): float((pred == labels).double().mean()),
         "confidence_histogram": confidence_histogram(conf),
     }
 
@@ -152,13 +150,13 @@ def headline(
     conf: dict[str, dict[str, torch.Tensor]] | None = None,
     seed: int = 0,
 ) -> dict[str, Any]:
-    """Comparisons of every model with the baseline on each context-only source (bg_only first);
-    with per-image confidences `conf`, each ratio gets a bootstrap interval."""
+    """Comparisons of every model with the baseline on each context-only view of `als_det.views`
+    (bg_only first); with per-image confidences `conf`, each ratio gets a bootstrap interval."""
     comps: dict[str, dict[str, Any]] = {}
     for name, m in models.items():
         if name == baseline:
             continue
-        for source in CONTEXT_SOURCES:
+        for source in context_sources():
             intervals = None
             ca, cb = (
                 (conf or {}).get(name, {}).get(source),
@@ -173,7 +171,7 @@ def headline(
                 comps.setdefault(name, {})[source] = h
     return {
         "baseline": baseline,
-        "primary_source": "bg_only",
+        "primary_source": PRIMARY,
         "comparisons": comps,
         "interval_method": INTERVAL_METHOD,
     }

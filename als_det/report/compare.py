@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from als_det.metrics.comparison import mean_std
 from als_det.report.pooling import (
     Duplicate,
     ResultsError,
@@ -33,10 +34,10 @@ from als_det.report.pooling import (
     read_identity,
     recipe_differences,
 )
+from als_det.strategies import rank
 
 METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
 TASKS = {"bbox": "box AP", "segm": "mask AP"}
-STRATEGY_ORDER = ("hard", "ls", "als")
 FORMATS = {"markdown": "md", "csv": "csv", "latex": "tex"}
 
 logger = logging.getLogger(__name__)
@@ -70,11 +71,12 @@ class Group:
         return np.array([r.metrics[task][metric] for r in self.runs], dtype=np.float64)
 
     def mean(self, metric: str, task: str = "bbox") -> float:
-        return float(self.values(metric, task).mean())
+        return mean_std(self.values(metric, task))[0]
 
     def std(self, metric: str, task: str = "bbox") -> float:
         """Sample standard deviation (ddof=1); NaN for a single run."""
-        return float(self.values(metric, task).std(ddof=1)) if self.n > 1 else math.nan
+        std = mean_std(self.values(metric, task))[1]
+        return math.nan if std is None else std
 
 
 def run_folder(results: Path) -> str:
@@ -128,8 +130,7 @@ def _task_metrics(file: Path, task: str, section: Any) -> dict[str, float]:
 
 
 def _sort_key(name: str) -> tuple[int, str]:
-    base = name.split("[")[0]
-    return (STRATEGY_ORDER.index(base) if base in STRATEGY_ORDER else len(STRATEGY_ORDER), name)
+    return rank(name.split("[")[0]), name
 
 
 def group_runs(runs: Sequence[Run]) -> list[Group]:

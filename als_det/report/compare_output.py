@@ -17,15 +17,9 @@ from tabulate import tabulate
 from als_det.io import atomic_write_json, atomic_write_text
 from als_det.report.compare import FORMATS, METRICS, TASKS, Comparison, compare, run_folder
 from als_det.report.figures import save_figure
-from als_det.report.tables import markdown_table
+from als_det.report.tables import MISSING, markdown_table, mean_pm_std
 
 logger = logging.getLogger(__name__)
-
-
-def _cell(mean: float, std: float) -> str:
-    if math.isnan(mean):
-        return "n/a"
-    return f"{mean:.2f}" if math.isnan(std) else f"{mean:.2f} ± {std:.2f}"
 
 
 def _csv(comp: Comparison) -> str:
@@ -79,7 +73,7 @@ def _rows(comp: Comparison, task: str) -> list[list[str]]:
     for g in comp.groups:
         cells = []
         for m in METRICS:
-            cell = _cell(g.mean(m, task), g.std(m, task))
+            cell = mean_pm_std(g.mean(m, task), g.std(m, task), ".2f")
             delta = comp.delta(g, m, task)
             if g.name != comp.baseline and not math.isnan(delta):
                 cell += f" ({delta:+.2f})"
@@ -110,8 +104,8 @@ def format_table(comp: Comparison, fmt: str = "markdown") -> str:
             ).replace("±", r"$\pm$")
         parts.append("\n".join(title + [table]))
     note = (
-        "; n/a: no number (no detections, or no ground truth of that size)"
-        if any("n/a" in c for task in comp.tasks for r in _rows(comp, task) for c in r)
+        f"; {MISSING}: no number (no detections, or no ground truth of that size)"
+        if any(MISSING in c for task in comp.tasks for r in _rows(comp, task) for c in r)
         else ""
     )
     footer = (

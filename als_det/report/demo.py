@@ -5,39 +5,49 @@ comparison.*), so it can be redrawn from a finished `demo_output/` at any time."
 from __future__ import annotations
 
 import json
-import math
 import time
-from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from matplotlib.figure import Figure
 
 from als_det.engine.events import read_history
 from als_det.io import atomic_write_text
-from als_det.metrics.intervals import t_interval
+from als_det.metrics.comparison import direction, mean_std
 from als_det.report.figures import save_figure
 from als_det.report.fills import fill_section
-from als_det.report.sweep import SweepCell, summarize
+from als_det.report.sweep import Sweep, SweepCell, summarize
 from als_det.report.sweep_tables import INTERVAL_METHOD, reliance_table, verdict
-from als_det.report.tables import markdown_table, with_interval
+from als_det.report.tables import MISSING, cell, markdown_table, mean_pm_std, with_interval
 from als_det.versions import package_versions
+from als_det.views import (
+    FILLS,
+    PRIMARY,
+    VIEWS,
+    context_sources,
+    fill_source,
+    unfilled_context_views,
+)
 
-# (label, path into a model's metrics.json entry, format)
-CONTEXT_COLUMNS: list[tuple[str, tuple[str, ...], str]] = [
-    ("top-1", ("val", "top1"), ".3f"),
-    ("ECE", ("val", "ece"), ".3f"),
-    ("NLL", ("val", "nll"), ".3f"),
-    ("conf val", ("val", "mean_confidence"), ".3f"),
-    ("conf bg_only", ("variants", "bg_only", "mean_confidence"), ".3f"),
-    ("conf outside_crop", ("variants", "outside_crop", "mean_confidence"), ".3f"),
-    ("conf val_bg_only", ("variants", "val_bg_only", "mean_confidence"), ".3f"),
-    ("bg_only / val", None, ".3f"),  # computed: relative confidence
-    ("top-1 val_mixed", ("variants", "val_mixed", "top1"), ".3f"),
-    ("CAM in box", ("cam", "mean_energy_inside_boxes"), ".3f"),
-]
+
+def context_columns() -> list[tuple[str, tuple[str, ...] | None, str]]:
+    """(label, path into a model's metrics.json entry or None for bg_only / val, format): every
+    context-only view and every view with calibration of `als_det.views`."""
+    return [
+        ("top-1", ("val", "top1"), ".3f"),
+        ("ECE", ("val", "ece"), ".3f"),
+        ("NLL", ("val", "nll"), ".3f"),
+        ("conf val", ("val", "mean_confidence"), ".3f"),
+        *((f"conf {s}", ("variants", s, "mean_confidence"), ".3f") for s in context_sources()),
+        (f"{PRIMARY} / val", None, ".3f"),  # computed: relative confidence
+        *(
+            (f"top-1 {v.name}", ("variants", v.name, "top1"), ".3f")
+            for v in VIEWS.values()
+            if v.calibration
+        ),
+        ("CAM in box", ("cam", "mean_energy_inside_boxes"), ".3f"),
+    ]
 
 
 def _get(d: Mapping[str, Any], path: Sequence[str]) -> float | None:
@@ -48,39 +58,37 @@ def _get(d: Mapping[str, Any], path: Sequence[str]) -> float | None:
     return None if d is None else float(d)
 
 
-def _arm(name: str) -> str:
-    return name.rsplit("_s", 1)[0] if "_s" in name else name
+def _relative(m: Mapping[str, Any]) -> float | None:
+    """bg_only confidence over own val confidence."""
+    bg = _get(m, ("variants", PRIMARY, "mean_confidence"))
+    val = _get(m, ("val", "mean_confidence"))
+    return bg / val if bg is not None and val else None
 
 
-def _cell(values: list[float], spec: str) -> str:
-    values = [v for v in values if v is not None and not math.isnan(v)]
-    if not values:
-        return "–"
-    if len(values) == 1:
-        return format(values[0], spec)
-    return f"{format(float(np.mean(values)), spec)} ± {format(float(np.std(values, ddof=1)), spec)}"
+def _runs_by_arm(plan: Any, models: Mapping[str, Any]) -> dict[str, list[str]]:
+    """The plan's arms (in its order) -> their runs' model names in `models`, every seed's."""
+    by_arm: dict[str, list[str]] = {a: [] for a in plan.arms}
+    for run, arm, _ in plan.runs():
+        if run not in models:
+            raise ValueError(
+                f"the evaluation has no model {run!r} of the plan (it has {list(models)})"
+            )
+        by_arm[arm.name].append(run)
+    return by_arm
 
 
-def context_table(models: Mapping[str, Mapping[str, Any]]) -> str:
-    """Markdown table, one row per arm (mean ± sample std over seeds when there are several)."""
-    by_arm: dict[str, list[Mapping[str, Any]]] = defaultdict(list)
-    for name, m in models.items():
-        by_arm[_arm(name)].append(m)
-    rows = []
-    for arm, ms in by_arm.items():
+def context_table(plan: Any, models: Mapping[str, Mapping[str, Any]]) -> str:
+    """Markdown table, one row per arm of the plan (mean ± sample std over seeds when there are
+    several)."""
+    rows, columns = [], context_columns()
+    for arm, runs in _runs_by_arm(plan, models).items():
+        ms = [models[r] for r in runs]
         cells = [arm, str(len(ms))]
-        for _, path, spec in CONTEXT_COLUMNS:
-            if path is None:
-                vals = [
-                    (_get(m, ("variants", "bg_only", "mean_confidence")) or math.nan)
-                    / (_get(m, ("val", "mean_confidence")) or math.nan)
-                    for m in ms
-                ]
-            else:
-                vals = [_get(m, path) for m in ms]
-            cells.append(_cell(vals, spec))
+        for _, path, spec in columns:
+            vals = [_relative(m) if path is None else _get(m, path) for m in ms]
+            cells.append(mean_pm_std(*mean_std(vals), spec))
         rows.append(cells)
-    return markdown_table(rows, ["arm", "n"] + [c[0] for c in CONTEXT_COLUMNS])
+    return markdown_table(rows, ["arm", "n"] + [c[0] for c in columns])
 
 
 def pretrain_table(runs: Mapping[str, Path]) -> tuple[str, dict[str, list[dict[str, Any]]]]:
@@ -95,7 +103,7 @@ def pretrain_table(runs: Mapping[str, Path]) -> tuple[str, dict[str, list[dict[s
         rows.append(
             [
                 name,
-                last.get("epoch", "–"),
+                last.get("epoch", MISSING),
                 _fmt(last.get("val_top1")),
                 _fmt(last.get("val_ece")),
                 _fmt(last.get("mean_e")),
@@ -108,7 +116,7 @@ def pretrain_table(runs: Mapping[str, Path]) -> tuple[str, dict[str, list[dict[s
 
 
 def _fmt(v: Any, spec: str = ".3f") -> str:
-    return "–" if v is None else format(float(v), spec)
+    return cell(None if v is None else float(v), spec)
 
 
 def curves_figure(curves: Mapping[str, list[dict[str, Any]]], path: Path) -> Path | None:
@@ -140,7 +148,7 @@ def _one_seed(metrics: Mapping[str, Any], runs: Sequence[str]) -> list[str]:
     for name, by_source in head.get("comparisons", {}).items():
         if name not in runs:
             continue
-        for source in ("bg_only", "outside_crop"):
+        for source in (s for s in context_sources() if VIEWS[s].variant is not None):
             h = by_source.get(source)
             if isinstance(h, Mapping):
                 lines.append(
@@ -151,64 +159,53 @@ def _one_seed(metrics: Mapping[str, Any], runs: Sequence[str]) -> list[str]:
     return lines + [""]
 
 
-def _over_seeds(plan: Any, ckpts: Mapping[str, Path], eval_dir: Path) -> list[str]:
+def _over_seeds(plan: Any, sweep: Sweep) -> list[str]:
     """Several seeds: each arm paired with the baseline of its own seed; verdicts from
     t-intervals."""
-    cells = [
-        SweepCell(arm.name, seed, ckpts[run].parent, eval_dir / "metrics.json", model=run)
-        for run, arm, seed in plan.runs()
-    ]
-    sweep = summarize(cells, plan.baseline)
     lines = [
         f"**What the numbers say — {len(plan.seeds)} seeds** ({INTERVAL_METHOD}):\n",
-        verdict(sweep, "bg_only"),
+        verdict(sweep, PRIMARY),
         "",
     ]
-    if "outside_crop" in sweep.sources:
-        lines += [verdict(sweep, "outside_crop"), ""]
-    return lines + ["Per arm over seeds (bg_only):\n", reliance_table(sweep, "bg_only"), ""]
+    for view in (v for v in unfilled_context_views() if v in sweep.sources):
+        lines += [verdict(sweep, view), ""]
+    return lines + [f"Per arm over seeds ({PRIMARY}):\n", reliance_table(sweep, PRIMARY), ""]
 
 
-FILL_VIEWS = ("black", "mean", "blur", "outside_crop")
+def _fill_views(own_fill: str) -> list[tuple[str, str]]:
+    """(sweep source, column title): bg_only under each fill, then the context without any fill
+    (outside_crop)."""
+    return [
+        (PRIMARY if f == own_fill else fill_source(f), f"{PRIMARY}, {f} fill") for f in FILLS
+    ] + [(v, f"{v} (no fill)") for v in unfilled_context_views()]
 
 
-def _reliance(model: Mapping[str, Any], view: str) -> float | None:
-    """Context-only confidence in `view` (a fill of bg_only, or outside_crop) over own val's."""
-    if view == "outside_crop":
-        v = model["variants"].get("outside_crop")
-    else:
-        v = model.get("bg_only_by_fill", {}).get(view)
-    if not v or not v.get("n"):
-        return None
-    return v["mean_confidence"] / model["val"]["mean_confidence"]
-
-
-def fills_over_seeds(plan: Any, metrics: Mapping[str, Any]) -> list[str]:
+def fills_over_seeds(sweep: Sweep, own_fill: str) -> list[str]:
     """Several seeds: per arm and view (each fill of bg_only, and outside_crop), the ratio of its
-    relative context-only confidence to the baseline's of the same seed; per seed, then the mean
-    with its t-interval and what it says (lower / alike / higher)."""
-    models = metrics["models"]
-    views = [v for v in FILL_VIEWS if all(_reliance(m, v) is not None for m in models.values())]
+    relative context-only confidence to the baseline's of the same seed (the sweep's paired
+    values); per seed, then the mean with its t-interval and what it says (lower / alike /
+    higher). `own_fill`: the evaluation's fill, under which bg_only itself ran."""
+    groups = [g for g in sweep.groups if g.epochs == sweep.main_epochs]
+    views = [
+        (source, title)
+        for source, title in _fill_views(own_fill)
+        if all(f"conf_{source}" in c.values for g in groups for c in g.cells)
+    ]
     if len(views) < 2:
         return []
     rows = []
-    for arm in (a for a in plan.arms if a != plan.baseline):
+    for g in (g for g in groups if g.setting != sweep.baseline):
         cells = []
-        for view in views:
-            per_seed = [
-                _reliance(models[plan.run_name(arm, s)], view)
-                / _reliance(models[plan.run_name(plan.baseline, s)], view)
-                for s in plan.seeds
-            ]
-            mean, lo, hi = t_interval(per_seed)
-            word = "lower" if hi < 1 else ("higher" if lo > 1 else "alike")
-            seeds = " / ".join(f"{x:.2f}" for x in per_seed)
-            cells.append(f"{seeds}: {mean:.3f} [{lo:.3f}, {hi:.3f}] {word}")
-        rows.append([f"{arm} / {plan.baseline}", *cells])
-    headers = [
-        "",
-        *(f"bg_only, {v} fill" if v != "outside_crop" else "outside_crop (no fill)" for v in views),
-    ]
+        for source, _ in views:
+            key = f"ratio_relative_to_val_{source}"
+            stats = g.stats[key]
+            seeds = " / ".join(f"{c.values[key]:.2f}" for c in g.cells)
+            iv = stats["interval"]
+            cells.append(
+                f"{seeds}: {stats['mean']:.3f} "
+                + (f"[{iv[0]:.3f}, {iv[1]:.3f}] {direction(iv)}" if iv else "(one seed)")
+            )
+        rows.append([f"{g.setting} / {sweep.baseline}", *cells])
     return [
         "### Context reliance under each fill, over seeds",
         "",
@@ -217,7 +214,7 @@ def fills_over_seeds(plan: Any, metrics: Mapping[str, Any]) -> list[str]:
         "higher: the interval lies below 1 / includes 1 / lies above 1. Each fill adds or leaks "
         'something (docs/als.md, "Context-only views: what each fill adds or leaks").',
         "",
-        markdown_table(rows, headers),
+        markdown_table(rows, ["", *(title for _, title in views)]),
         "",
     ]
 
@@ -225,10 +222,15 @@ def fills_over_seeds(plan: Any, metrics: Mapping[str, Any]) -> list[str]:
 def what_the_numbers_say(
     plan: Any, ckpts: Mapping[str, Path], eval_dir: Path, metrics: Mapping[str, Any]
 ) -> list[str]:
-    """The verdict and the fill table: from t-intervals over seeds paired with the baseline, or
-    for one seed the numbers without a direction."""
+    """The verdict and the fill table: from t-intervals over seeds paired with the baseline (one
+    `report.sweep.summarize` of the runs), or for one seed the numbers without a direction."""
     if len(plan.seeds) > 1:
-        return _over_seeds(plan, ckpts, eval_dir) + fills_over_seeds(plan, metrics)
+        cells = [
+            SweepCell(arm.name, seed, ckpts[run].parent, eval_dir / "metrics.json", model=run)
+            for run, arm, seed in plan.runs()
+        ]
+        sweep = summarize(cells, plan.baseline)
+        return _over_seeds(plan, sweep) + fills_over_seeds(sweep, metrics["options"]["fill"])
     fills = fill_section(metrics)
     if fills:
         fills[1:1] = [
@@ -250,7 +252,7 @@ def write_demo_report(
 ) -> tuple[Path, str]:
     """Write OUT/report.md; return it and the two tables printed at the end of `make demo`."""
     metrics = json.loads((eval_dir / "metrics.json").read_text())
-    ctx = context_table(metrics["models"])
+    ctx = context_table(plan, metrics["models"])
     ap_table = (compare_dir / "comparison.md").read_text().strip()
     pre_table, curves = pretrain_table(ckpts)
     curves_png = curves_figure(curves, out / "pretrain_curves.png")

@@ -8,15 +8,10 @@ from typing import Any
 
 from als_det.report.figures import CAM_METHOD_NAMES
 from als_det.report.fills import fill_section
-from als_det.report.tables import cell, lookup, markdown_table, with_interval
+from als_det.report.tables import MISSING, cell, lookup, markdown_table, with_interval
+from als_det.strategies import get_strategy
+from als_det.views import VIEWS, context_sources
 
-VARIANT_TEXT = {
-    "bg_only": "boxes filled: context alone",
-    "outside_crop": "largest crop touching no box: context alone, no fill",
-    "fg_only": "background filled: the object alone",
-    "val_mixed": "generated: objects on random backgrounds",
-    "val_bg_only": "generated: backgrounds of the class alone",
-}
 FORMS = (
     ("ratio_absolute", "absolute"),
     ("ratio_above_chance", "above chance: (c - 1/K) / (1 - 1/K)"),
@@ -42,11 +37,14 @@ def _skips(d: dict[str, Any] | None) -> str:
 
 
 def _als_mapping(ls: dict[str, Any]) -> str:
-    return f"{ls.get('coverage', 'crop')} / {ls.get('power', 1.0)}" if ls["name"] == "als" else "-"
+    """Coverage / power, for a strategy that reads them."""
+    if "coverage" not in get_strategy(ls["name"]).keys:
+        return "-"
+    return f"{ls.get('coverage', 'crop')} / {ls.get('power', 1.0)}"
 
 
 def _mix_alpha(ls: dict[str, Any]) -> str:
-    return str(ls["mix_alpha"]) if ls["name"] in ("cutmix", "mixup") else "-"
+    return str(ls["mix_alpha"]) if "mix_alpha" in get_strategy(ls["name"]).keys else "-"
 
 
 def _figure(metrics: dict[str, Any], key: str, alt: str) -> list[str]:
@@ -98,15 +96,15 @@ def _checkpoints(metrics: dict[str, Any]) -> list[str]:
 
 def _temperature(ts: dict[str, Any] | None) -> str:
     if not ts:
-        return "n/a"
-    t = "n/a" if ts["temperature"] is None else f"{ts['temperature']:.3g}"
+        return MISSING
+    t = MISSING if ts["temperature"] is None else f"{ts['temperature']:.3g}"
     return f"{t} (degenerate)" if ts.get("degenerate") else t
 
 
 def _before_after(model: dict[str, Any], key: str) -> str:
     ts = model.get("temperature_scaling")
     if not ts:
-        return "n/a"
+        return MISSING
     after = ts["after"][key] if ts.get("after") else None
     return f"{ts['before'][key]:.4f} / {cell(after, '.4f')}"
 
@@ -167,23 +165,17 @@ def _context(metrics: dict[str, Any]) -> list[str]:
         "class from context alone. Images without boxes leave every box variant (counted).",
         "",
     ]
-    variants = [
-        v
-        for v in ("bg_only", "outside_crop", "fg_only", "val_mixed", "val_bg_only")
-        if any(v in models[n]["variants"] for n in names)
-    ]
+    variants = [v for v in VIEWS if any(v in models[n]["variants"] for n in names)]
     rows = [
         ("intact val: mean confidence", m("val", "mean_confidence"), ".3f"),
         ("intact val: fraction > 0.5", m("val", "frac_confidence_gt_0.5"), ".3f"),
     ]
     for v in variants:
-        meaning = (
-            "context accuracy" if v in ("bg_only", "outside_crop", "val_bg_only") else "accuracy"
-        )
-        key = "context_accuracy" if meaning == "context accuracy" else "accuracy"
+        meaning = "context accuracy" if VIEWS[v].context_only else "accuracy"
+        key = "context_accuracy" if VIEWS[v].context_only else "accuracy"
         rows += [
             (
-                f"**{v}** ({VARIANT_TEXT[v]}): mean confidence",
+                f"**{v}** ({VIEWS[v].text}): mean confidence",
                 m("variants", v, "mean_confidence"),
                 ".3f",
             ),
@@ -192,8 +184,8 @@ def _context(metrics: dict[str, Any]) -> list[str]:
             (f"{v}: images", m("variants", v, "n"), "d"),
             (f"{v}: left out", lambda n, v=v: _skips(models[n]["variants"].get(v)), ""),
         ]
-        if v == "val_mixed":
-            rows += [("val_mixed: ECE", m("variants", v, "ece"), ".4f")]
+        if VIEWS[v].calibration:
+            rows += [(f"{v}: ECE", m("variants", v, "ece"), ".4f")]
     return [
         *out,
         _table(names, rows),
@@ -219,19 +211,20 @@ def _where_it_looks(metrics: dict[str, Any]) -> list[str]:
         ("images", m("cam", "n"), "d"),
         ("left out", lambda n: _skips(models[n]["cam"]), ""),
     ]
-    if any(lookup(models[n], "variants", "val_mixed", "cam") for n in names):
-        rows += [
-            (
-                "energy inside boxes (val_mixed)",
-                m("variants", "val_mixed", "cam", "mean_energy_inside_boxes"),
-                ".3f",
-            ),
-            (
-                "box area fraction (val_mixed)",
-                m("variants", "val_mixed", "cam", "mean_box_area_fraction"),
-                ".3f",
-            ),
-        ]
+    for v in (v.name for v in VIEWS.values() if v.calibration):
+        if any(lookup(models[n], "variants", v, "cam") for n in names):
+            rows += [
+                (
+                    f"energy inside boxes ({v})",
+                    m("variants", v, "cam", "mean_energy_inside_boxes"),
+                    ".3f",
+                ),
+                (
+                    f"box area fraction ({v})",
+                    m("variants", v, "cam", "mean_box_area_fraction"),
+                    ".3f",
+                ),
+            ]
     return [*out, _table(names, rows), *_figure(metrics, "cam_grid", "class activation maps")]
 
 
@@ -248,7 +241,7 @@ def _headline(metrics: dict[str, Any]) -> list[str]:
         f"brackets: 95% intervals ({head.get('interval_method', 'bootstrap')})."
     )
     cols = list(comps)
-    for source in ("bg_only", "outside_crop", "val_bg_only"):
+    for source in context_sources():
         if not any(source in comps[c] for c in cols):
             continue
         out += [

@@ -5,14 +5,13 @@ from __future__ import annotations
 
 from typing import Any
 
+from als_det.metrics.comparison import direction
 from als_det.report.tables import cell, lookup, markdown_table, with_interval
+from als_det.views import FILLS, unfilled_context_views
 
 
 def _direction(h: dict[str, Any] | None, key: str = "ratio_relative_to_val") -> str:
-    iv = (h or {}).get("intervals_95", {}).get(key)
-    if not iv:
-        return "no interval"
-    return "lower" if iv[1] < 1 else ("higher" if iv[0] > 1 else "alike")
+    return direction((h or {}).get("intervals_95", {}).get(key)) or "no interval"
 
 
 def fill_section(metrics: dict[str, Any]) -> list[str]:
@@ -22,21 +21,18 @@ def fill_section(metrics: dict[str, Any]) -> list[str]:
     models, comps = metrics["models"], fills.get("comparisons", {})
     baseline = metrics["headline"]["baseline"]
     names = list(models)
-    order = [
-        f
-        for f in ("black", "mean", "blur")
-        if all(f in models[n].get("bg_only_by_fill", {}) for n in names)
-    ]
+    order = [f for f in FILLS if all(f in models[n].get("bg_only_by_fill", {}) for n in names)]
     if len(order) < 2:
         return []
+    unfilled = unfilled_context_views()
     cols = [f"bg_only, {f} fill" + (" (headline)" if f == fills["primary"] else "") for f in order]
-    cols.append("outside_crop (no fill)")
+    cols += [f"{v} (no fill)" for v in unfilled]
     head = metrics["headline"]["comparisons"]
 
     def by_col(n: str) -> list[tuple[dict[str, Any] | None, dict[str, Any] | None]]:
         """(the model's summary, its comparison with the baseline) per column."""
         return [(models[n]["bg_only_by_fill"][f], comps.get(n, {}).get(f)) for f in order] + [
-            (models[n]["variants"].get("outside_crop"), head.get(n, {}).get("outside_crop"))
+            (models[n]["variants"].get(v), head.get(n, {}).get(v)) for v in unfilled
         ]
 
     rows = []
@@ -73,8 +69,8 @@ def fill_section(metrics: dict[str, Any]) -> list[str]:
         rows.append([f"{n} vs {baseline}: context reliance", *words])
         if len(set(words)) == 1:
             sentences.append(
-                f"- {n} vs {baseline}: every fill and outside_crop agree (relative to own val "
-                f"confidence: {words[0]})."
+                f"- {n} vs {baseline}: every fill and {' and '.join(unfilled)} agree (relative "
+                f"to own val confidence: {words[0]})."
             )
         else:
             said = ", ".join(f"{c.split(' (')[0]} says {w}" for c, w in zip(cols, words))

@@ -6,6 +6,9 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from als_det.metrics.comparison import direction
+from als_det.report.tables import MISSING
+
 ONE_CHECKPOINT_EACH = (
     "These are two trained checkpoints: the intervals cover the choice of images, not training "
     "seeds, and another seed can move or flip the direction (a sweep or `make demo SEEDS=3` "
@@ -14,17 +17,12 @@ ONE_CHECKPOINT_EACH = (
 
 
 def _fmt(v: float | None, spec: str = ".2f") -> str:
-    return "n/a" if v is None else format(v, spec)
+    return MISSING if v is None else format(v, spec)
 
 
 def _ci(h: dict[str, Any], key: str) -> str:
     iv = h["intervals_95"].get(key)
     return f", 95% CI {iv[0]:.2f}-{iv[1]:.2f}" if iv else ""
-
-
-def _includes_one(h: dict[str, Any], key: str) -> bool:
-    iv = h["intervals_95"].get(key)
-    return bool(iv) and iv[0] <= 1 <= iv[1]
 
 
 def headline_sentence(h: dict[str, Any], models: dict[str, dict[str, Any]]) -> str:
@@ -38,7 +36,7 @@ def headline_sentence(h: dict[str, Any], models: dict[str, dict[str, Any]]) -> s
         h["ratio_val_confidence"],
         h["ratio_relative_to_val"],
     )
-    unchanged = _includes_one(h, "ratio_absolute")
+    unchanged = direction(h["intervals_95"].get("ratio_absolute")) == "alike"
     verb = "leaves" if unchanged else ("lowers" if ca < cb else "raises")
     parts = [
         f"{a} {verb} mean {s} confidence {'about unchanged, ' if unchanged else ''}from {cb:.2f} "
@@ -67,17 +65,18 @@ def headline_sentence(h: dict[str, Any], models: dict[str, dict[str, Any]]) -> s
                 else "the lower val confidence accounts for "
                 f"{share:.0%} of the {s} drop in log terms,"
             )
-    if _includes_one(h, "ratio_relative_to_val"):
+    word = direction(h["intervals_95"].get("ratio_relative_to_val"))
+    if word == "alike":
         parts.append(
             f"so once overall confidence is accounted for, {a} and {b} rely on context alike "
             "(the interval includes 1)."
         )
-    elif rel < 1:
+    elif word == "lower" or (word is None and rel < 1):
         parts.append(
             f"so {a} relies less on context than {b} even after accounting "
             f"for its overall confidence (by a factor {rel:.2f})."
         )
-    elif h["intervals_95"].get("ratio_relative_to_val"):
+    elif word == "higher":
         parts.append(
             f"so relative to its own val confidence, {a} relies on context more than {b} "
             f"(by a factor {rel:.2f})."

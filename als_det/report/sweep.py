@@ -1,12 +1,13 @@
-"""Evaluated sweep cells (setting x seed x training length) -> tables, trade-off figures, one
-report.
+"""Evaluated sweep cells (setting x seed x training length) -> one `Sweep`: every cell paired
+with its baseline and summarized over seeds. Its tables are `report.sweep_tables`', its figures
+`report.sweep_figures`', and `report.sweep_report` writes them.
 
 A cell is one pretraining run (its OUTPUT_DIR: metrics.jsonl, last.pth) and the `tools/evaluate.py`
 metrics.json that holds its evaluation. Every cell is compared with the baseline setting (hard) of
 the same seed and training length — the same crops, the same initialisation seed — through the
 evaluation's own `headline_comparison`, so the three ratio forms are exactly those a joint
 evaluation reports. Across seeds: mean ± sample std, and for the paired quantities (differences
-and ratios to the baseline) a 95% Student-t interval over seeds (`als_det.metrics.intervals`).
+and ratios to the baseline) a 95% Student-t interval over seeds (`als_det.metrics.comparison`).
 """
 
 from __future__ import annotations
@@ -18,22 +19,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from als_det.engine.events import read_history
 from als_det.io import sha256_file
+from als_det.metrics.comparison import UnpairedError, pair_with_baseline, seed_stats
 from als_det.metrics.context import headline_comparison
-from als_det.metrics.intervals import t_interval
-
-SOURCES = (
-    "bg_only",
-    "bg_only_black",
-    "bg_only_mean",
-    "bg_only_blur",
-    "outside_crop",
-    "val_bg_only",
+from als_det.views import (
+    FILLS,
+    PRIMARY,
+    VIEWS,
+    context_sources,
+    fill_source,
+    unfilled_context_views,
 )
-FILL_SOURCES = {f"bg_only_{f}": f for f in ("black", "mean", "blur")}  # bg_only under another fill
+
 FORMS = (
     ("ratio_absolute", "absolute"),
     ("ratio_above_chance", "above chance"),
@@ -41,7 +39,17 @@ FORMS = (
 )
 PAIRED_PREFIXES = ("d_", "ratio_")
 DATA_KEYS = ("root", "split", "images_evaluated", "classes")
-NEUTRAL_POINTS = 1.0  # "accuracy-neutral": a mean top-1 cost of at most this many points
+
+
+def fill_sources() -> dict[str, str]:
+    """bg_only under each fill as a source of its own -> the fill."""
+    return {fill_source(f): f for f in FILLS}
+
+
+def sources() -> list[str]:
+    """Every context-only source a sweep compares, in report order: bg_only, bg_only under each
+    fill, then the other context-only views (`als_det.views`)."""
+    return [PRIMARY, *fill_sources(), *(s for s in context_sources() if s != PRIMARY)]
 
 
 class SweepInputError(ValueError):
@@ -94,6 +102,19 @@ class Sweep:
     sources: list[str]
 
 
+def verdict_views(sweep: Sweep) -> list[str]:
+    """The sources beside bg_only that get a verdict of their own: bg_only under another fill,
+    and context without any fill (outside_crop); a verdict that holds under one only may be
+    about the fill."""
+    return [s for s in sweep.sources if s in fill_sources() or s in unfilled_context_views()]
+
+
+def of_val_images(source: str) -> bool:
+    """A view of the evaluated images (not a generated split): trade-off figures are drawn for
+    these."""
+    return source in fill_sources() or VIEWS[source].variant is not None
+
+
 def _lies_in(run: Path, checkpoint: dict[str, Any]) -> bool:
     """The evaluated checkpoint is a file of the run folder: by its recorded path, or, where the
     folder has moved since (another checkout, another machine), by the file of the same name there
@@ -141,7 +162,7 @@ def _with_fill_sources(model: dict[str, Any], metrics: dict[str, Any]) -> dict[s
     own = metrics.get("options", {}).get("fill", "black")
     fills = {
         source: model["bg_only_by_fill"][fill]
-        for source, fill in FILL_SOURCES.items()
+        for source, fill in fill_sources().items()
         if fill != own and fill in model.get("bg_only_by_fill", {})
     }
     return {**model, "variants": {**model["variants"], **fills}}
@@ -175,7 +196,7 @@ def load_cell(cell: SweepCell) -> CellResult:
         "mean_coverage": last.get("mean_coverage"),
         "train_time_s": float(sum(r.get("epoch_time_s", 0.0) for r in rows)),
     }
-    for s in SOURCES:
+    for s in sources():
         v = model["variants"].get(s) or {}
         if v.get("n"):
             values[f"conf_{s}"] = v["mean_confidence"]
@@ -191,37 +212,23 @@ def load_cell(cell: SweepCell) -> CellResult:
 
 
 def _pair_with_baseline(results: list[CellResult], baseline: str) -> None:
-    base = {(r.cell.seed, r.epochs): r for r in results if r.cell.setting == baseline}
-    missing = sorted({(r.cell.seed, r.epochs) for r in results} - set(base))
-    if missing:
-        raise SweepInputError(
-            f"no {baseline!r} cell for (seed, epochs) {missing}: every cell is compared with the "
-            "baseline of its own seed and training length"
+    try:
+        pairs = pair_with_baseline(
+            results, lambda r: (r.cell.seed, r.epochs), lambda r: r.cell.setting == baseline
         )
-    for r in results:
-        b = base[(r.cell.seed, r.epochs)]
-        if r is b:
-            continue
+    except UnpairedError as e:
+        raise SweepInputError(
+            f"no {baseline!r} cell for (seed, epochs) {e.missing}: every cell is compared with the "
+            "baseline of its own seed and training length"
+        ) from None
+    for r, b in pairs:
         r.values["d_top1"] = r.values["top1"] - b.values["top1"]
         r.values["d_ece"] = r.values["ece"] - b.values["ece"]
-        for s in SOURCES:
+        for s in sources():
             h = headline_comparison(r.cell.setting, baseline, r.evaluation, b.evaluation, s)
             for key, _ in FORMS:
                 if h is not None:
                     r.values[f"{key}_{s}"] = h[key]
-
-
-def _stats(values: Sequence[float | None], paired: bool) -> dict[str, Any]:
-    x = np.array([v for v in values if v is not None], dtype=np.float64)
-    if x.size == 0:
-        return {"n": 0, "mean": None, "std": None, "interval": None}
-    iv = t_interval(x) if paired else None
-    return {
-        "n": int(x.size),
-        "mean": float(x.mean()),
-        "std": float(x.std(ddof=1)) if x.size > 1 else None,
-        "interval": [iv[1], iv[2]] if iv else None,
-    }
 
 
 def summarize(
@@ -268,56 +275,9 @@ def summarize(
             )
         keys = sorted({k for m in members for k in m.values})
         stats = {
-            k: _stats([m.values.get(k) for m in members], k.startswith(PAIRED_PREFIXES))
+            k: seed_stats([m.values.get(k) for m in members], k.startswith(PAIRED_PREFIXES))
             for k in keys
         }
         groups.append(Group(setting, epochs, members[0].strategy, members, stats))
-    sources = [s for s in SOURCES if any(f"conf_{s}" in r.values for r in results)]
-    return Sweep(baseline, groups, first, main_epochs, sources)
-
-
-def describe(strategy: dict[str, Any]) -> str:
-    """A short text of what a label strategy does, e.g. "als: object coverage, p=2, e in [0,
-    0.5]"."""
-    name = strategy["name"]
-    if name == "ls":
-        return f"ls: e={strategy['epsilon']}"
-    if name in ("cutmix", "mixup"):
-        return f"{name}: alpha={strategy.get('mix_alpha', 1.0)}"
-    if name == "als":
-        power = strategy.get("power", 1.0)
-        return (
-            f"als: {strategy.get('coverage', 'crop')} coverage"
-            + (f", p={power:g}" if power != 1.0 else "")
-            + f", e in [{strategy['e_min']:g}, {strategy['e_max']:g}]"
-        )
-    return name
-
-
-def write_sweep_report(
-    cells: Sequence[SweepCell],
-    out_dir: str | Path,
-    baseline: str = "hard",
-    main_epochs: int | None = None,
-    title: str = "",
-    missing: Sequence[dict[str, Any]] = (),
-) -> Path:
-    """Summarize `cells` and write OUT/report.md, OUT/sweep.json and the figures; returns
-    report.md. `missing`: the planned cells left out ({cell, setting, seed, epochs, reason}),
-    named at the top."""
-    from als_det.io import atomic_write_json, atomic_write_text
-    from als_det.report.sweep_figures import tradeoff_figure, training_length_figure
-    from als_det.report.sweep_tables import render_sweep_report, sweep_json
-
-    out = Path(out_dir)
-    sweep = summarize(cells, baseline, main_epochs)
-    figures = {
-        s: tradeoff_figure(sweep, s, out / f"tradeoff_{s}.png").name
-        for s in sweep.sources
-        if s != "val_bg_only"
-    }
-    length = training_length_figure(sweep, out / "training_length.png")
-    if length is not None:
-        figures["training_length"] = length.name
-    atomic_write_json(out / "sweep.json", sweep_json(sweep, figures, missing))
-    return atomic_write_text(out / "report.md", render_sweep_report(sweep, figures, title, missing))
+    shown = [s for s in sources() if any(f"conf_{s}" in r.values for r in results)]
+    return Sweep(baseline, groups, first, main_epochs, shown)

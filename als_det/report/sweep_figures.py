@@ -9,10 +9,11 @@ from pathlib import Path
 import numpy as np
 from matplotlib.figure import Figure
 
+from als_det.metrics.comparison import NEUTRAL_POINTS
 from als_det.report.figures import save_figure
-from als_det.report.sweep import NEUTRAL_POINTS, Group, Sweep
-
-MARKERS = {"hard": "s", "ls": "^", "als": "o", "cutmix": "D", "mixup": "P"}
+from als_det.report.sweep import Group, Sweep
+from als_det.strategies import get_strategy
+from als_det.views import PRIMARY
 
 
 def pareto_front(points: Sequence[tuple[float, float]]) -> list[int]:
@@ -47,20 +48,21 @@ PALETTE = (
 
 def _styles(sweep: Sweep) -> dict[str, dict]:
     """One marker and colour per setting, the same in every figure: the baseline a black square,
-    ls a grey triangle (green is kept for the target region)."""
+    a strategy with a colour of its own (ls: grey) in it, the others by the palette, each with its
+    strategy's marker (`als_det.strategies`)."""
     styles: dict[str, dict] = {}
     for g in sweep.groups:
         if g.setting in styles:
             continue
-        name = g.strategy["name"]
+        spec = get_strategy(g.strategy["name"])
         if g.setting == sweep.baseline:
             styles[g.setting] = {"marker": "s", "color": "black", "markersize": 9}
-        elif name == "ls":
-            styles[g.setting] = {"marker": "^", "color": "tab:gray", "markersize": 9}
+        elif spec.color:
+            styles[g.setting] = {"marker": spec.marker, "color": spec.color, "markersize": 9}
         else:
             n = sum(1 for v in styles.values() if v["color"] in PALETTE)
             styles[g.setting] = {
-                "marker": MARKERS.get(name, "o"),
+                "marker": spec.marker,
                 "color": PALETTE[n % len(PALETTE)],
                 "markersize": 7,
             }
@@ -186,7 +188,7 @@ def tradeoff_figure(sweep: Sweep, source: str, path: str | Path) -> Path:
     return save_figure(fig, path)
 
 
-def training_length_figure(sweep: Sweep, path: str | Path, source: str = "bg_only") -> Path | None:
+def training_length_figure(sweep: Sweep, path: str | Path, source: str = PRIMARY) -> Path | None:
     """For settings run at two or more lengths: top-1, top-1 cost vs the baseline, relative
     reliance."""
     lengths: dict[str, list[Group]] = {}

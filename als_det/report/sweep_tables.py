@@ -9,7 +9,11 @@ from typing import Any
 
 from tabulate import tabulate
 
-from als_det.report.sweep import FILL_SOURCES, FORMS, NEUTRAL_POINTS, Group, Sweep, describe
+from als_det.metrics.comparison import NEUTRAL_POINTS, accuracy_neutral, direction
+from als_det.report.sweep import FORMS, Group, Sweep, verdict_views
+from als_det.report.tables import MISSING, cell, mean_pm_std
+from als_det.strategies import describe
+from als_det.views import FILLS, PRIMARY, VIEWS, unfilled_context_views
 
 TABLE = {"tablefmt": "pipe", "disable_numparse": True}
 
@@ -18,8 +22,8 @@ INTERVAL_METHOD = (
     "ratios to the baseline; it covers seed-to-seed training variance on this val set, not the "
     "choice of val images (each evaluation's bootstrap) nor other classes or data sets"
 )
-PRIMARY = "bg_only"
 REL = "ratio_relative_to_val"
+BASELINE = "—"  # a difference or ratio to the baseline, in the baseline's own row
 
 
 def _mean(g: Group, key: str) -> float | None:
@@ -27,17 +31,14 @@ def _mean(g: Group, key: str) -> float | None:
 
 
 def _pm(g: Group, key: str, scale: float = 1.0, spec: str = ".3f") -> str:
-    s = g.stats.get(key)
-    if not s or s["mean"] is None:
-        return ""
-    text = format(s["mean"] * scale, spec)
-    return text + (f" ± {format(s['std'] * scale, spec)}" if s["std"] is not None else "")
+    s = g.stats.get(key) or {}
+    return mean_pm_std(s.get("mean"), s.get("std"), spec, scale)
 
 
 def _ci(g: Group, key: str, scale: float = 1.0, spec: str = ".3f", sign: str = "") -> str:
     s = g.stats.get(key)
     if not s or s["mean"] is None:
-        return ""
+        return MISSING
     text = format(s["mean"] * scale, sign + spec)
     iv = s["interval"]
     return text + (
@@ -45,6 +46,11 @@ def _ci(g: Group, key: str, scale: float = 1.0, spec: str = ".3f", sign: str = "
         if iv
         else " (one seed)"
     )
+
+
+def _vs_baseline(g: Group, sweep: Sweep, key: str, *fmt: Any) -> str:
+    """A paired quantity with its interval; BASELINE in the baseline's own row."""
+    return BASELINE if g.setting == sweep.baseline else _ci(g, key, *fmt)
 
 
 def _label(g: Group, sweep: Sweep) -> str:
@@ -59,9 +65,9 @@ def accuracy_table(sweep: Sweep) -> str:
             g.epochs,
             len(g.cells),
             _pm(g, "top1", 100, ".1f"),
-            _ci(g, "d_top1", 100, ".1f", "+"),
+            _vs_baseline(g, sweep, "d_top1", 100, ".1f", "+"),
             _pm(g, "ece"),
-            _ci(g, "d_ece", 1, ".3f", "+"),
+            _vs_baseline(g, sweep, "d_ece", 1, ".3f", "+"),
             _pm(g, "conf_val"),
             _pm(g, "mean_e"),
             _pm(g, "train_time_s", 1 / 60, ".1f"),
@@ -91,9 +97,7 @@ def reliance_table(sweep: Sweep, source: str) -> str:
     rows = []
     for g in sweep.groups:
         row = [_label(g, sweep), g.epochs, _pm(g, f"conf_{source}"), _pm(g, f"reliance_{source}")]
-        row += [
-            "—" if g.setting == sweep.baseline else _ci(g, f"{key}_{source}") for key, _ in FORMS
-        ]
+        row += [_vs_baseline(g, sweep, f"{key}_{source}") for key, _ in FORMS]
         rows.append(row)
     return tabulate(
         rows,
@@ -137,8 +141,8 @@ def verdict(sweep: Sweep, source: str = PRIMARY) -> str:
             )
         )
 
-    lower = [g for g in groups if g.stats[key]["interval"] and g.stats[key]["interval"][1] < 1.0]
-    good = [g for g in lower if g.stats["d_top1"]["mean"] >= -NEUTRAL_POINTS / 100]
+    lower = [g for g in groups if direction(g.stats[key]["interval"]) == "lower"]
+    good = [g for g in lower if accuracy_neutral(g.stats["d_top1"]["mean"])]
     lines = [
         f"**{source}, {sweep.main_epochs}-epoch runs** (95% t-intervals over seeds, paired with "
         f"{sweep.baseline}):"
@@ -146,7 +150,7 @@ def verdict(sweep: Sweep, source: str = PRIMARY) -> str:
 
     def cost_note(g: Group) -> str:
         iv = g.stats["d_top1"]["interval"]
-        if iv and iv[0] >= -NEUTRAL_POINTS / 100:
+        if iv and accuracy_neutral(iv[0]):
             return ""
         return f" (the top-1 interval reaches below -{NEUTRAL_POINTS:g} point)"
 
@@ -181,8 +185,8 @@ def cells_table(sweep: Sweep) -> str:
                     g.epochs,
                     f"{100 * v['top1']:.1f}",
                     f"{v['ece']:.3f}",
-                    "" if v.get(f"conf_{PRIMARY}") is None else f"{v[f'conf_{PRIMARY}']:.3f}",
-                    "" if rel is None else f"{rel:.3f}",
+                    cell(v.get(f"conf_{PRIMARY}"), ".3f"),
+                    BASELINE if g.setting == sweep.baseline else cell(rel, ".3f"),
                     f"`{c.cell.run_dir}`",
                     f"`{c.cell.eval_metrics}`",
                 ]
@@ -219,13 +223,16 @@ def missing_section(sweep: Sweep, missing: Sequence[dict[str, Any]]) -> list[str
     ]
 
 
-VIEWS_NOTE = (
-    "The views: `bg_only` fills the labelled object's boxes (black unless the evaluation's "
-    "`--fill` said otherwise), `bg_only_<fill>` is the same images under another fill (the "
-    "image's mean colour, or a strong blur of the image), `outside_crop` is the largest crop "
-    "touching no box, unfilled. A verdict that holds under one view and not the others may be "
-    'about the fill, not the context (docs/als.md, "Context-only views").'
-)
+def views_note() -> str:
+    """What each view with a verdict is (`als_det.views`)."""
+    fills = "; ".join(f"{f.name}: {f.text}" for f in FILLS.values())
+    others = "".join(f"; `{v}`: {VIEWS[v].text}" for v in unfilled_context_views())
+    return (
+        f"The views: `{PRIMARY}` fills the labelled object's boxes (black unless the evaluation's "
+        f"`--fill` said otherwise), `{PRIMARY}_<fill>` is the same images under another fill "
+        f"({fills}){others}. A verdict that holds under one view and not the others may be about "
+        'the fill, not the context (docs/als.md, "Context-only views").'
+    )
 
 
 def render_sweep_report(
@@ -242,11 +249,11 @@ def render_sweep_report(
     )
     if missing:
         out += missing_section(sweep, missing)
-    views = [s for s in sweep.sources if s in FILL_SOURCES or s == "outside_crop"]
+    views = verdict_views(sweep)
     out += ["", "## Verdict", "", verdict(sweep, PRIMARY)]
     out += [x for s in views for x in ("", verdict(sweep, s))]
     if views:
-        out += ["", VIEWS_NOTE]
+        out += ["", views_note()]
     out += ["", "## Accuracy and calibration", "", accuracy_table(sweep)]
     for s in sweep.sources:
         out += ["", f"## Context reliance: {s}", "", reliance_table(sweep, s)]

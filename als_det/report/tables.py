@@ -1,11 +1,15 @@
-"""Every table of the reports, through `tabulate`: Markdown (pipe) tables of pre-formatted cells."""
+"""Every table of the reports, through `tabulate`: Markdown (pipe) tables of pre-formatted cells,
+one way to show a missing value and one to show a mean ± std."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
 from tabulate import tabulate
+
+MISSING = "n/a"  # a value a table has no number for, in every report
 
 
 def markdown_table(
@@ -22,9 +26,9 @@ def markdown_table(
 
 
 def cell(v: Any, spec: str) -> str:
-    """A value as a table cell: n/a for None, strings as they are, numbers in `spec`."""
+    """A value as a table cell: MISSING for None, strings as they are, numbers in `spec`."""
     if v is None:
-        return "n/a"
+        return MISSING
     if isinstance(v, str):
         return v
     return format(v, spec)
@@ -42,6 +46,19 @@ def lookup(d: dict[str, Any], *keys: str) -> Any:
 def with_interval(h: dict[str, Any] | None, key: str) -> str:
     """`h[key]` with its 95% interval from `h["intervals_95"]`, if any."""
     if not h or h.get(key) is None:
-        return "n/a"
+        return MISSING
     iv = h.get("intervals_95", {}).get(key)
     return f"{h[key]:.3f}" + (f" ({iv[0]:.3f}-{iv[1]:.3f})" if iv else "")
+
+
+def _absent(v: float | None) -> bool:
+    return v is None or math.isnan(v)
+
+
+def mean_pm_std(mean: float | None, std: float | None, spec: str, scale: float = 1.0) -> str:
+    """Mean and std as `mean ± std` (each times `scale`, in `spec`); the mean alone without a std
+    (one seed or run), MISSING without a mean."""
+    if _absent(mean):
+        return MISSING
+    text = format(mean * scale, spec)
+    return text if _absent(std) else f"{text} ± {format(std * abs(scale), spec)}"
