@@ -141,10 +141,8 @@ def load_downstream(root: Path, out: Path, max_per_class: int) -> DownstreamData
     """Index ROOT/train and ROOT/val (val with train's classes; ROOT checked by
     `check_downstream_root`)."""
     cache = index_cache_dir(root, out / ".als_det_cache")
-    train, classes, train_report = build_index(
-        root, "train", cache_dir=cache, max_per_class=max_per_class
-    )
-    val, _, val_report = build_index(
+    train, classes, _ = build_index(root, "train", cache_dir=cache, max_per_class=max_per_class)
+    val, _, _ = build_index(
         root, "val", cache_dir=cache, max_per_class=max_per_class, classes=classes
     )
     if len(classes) < 2 or not train or not val:
@@ -152,8 +150,6 @@ def load_downstream(root: Path, out: Path, max_per_class: int) -> DownstreamData
             f"{root}: a downstream set needs two or more classes with train and val images "
             f"(found {len(classes)} classes, {len(train)} train and {len(val)} val images)"
         )
-    logger.info("%s", train_report.summary())
-    logger.info("%s", val_report.summary())
     return DownstreamData(
         root, classes, train, val, _records_digest(root, {"train": train, "val": val})
     )

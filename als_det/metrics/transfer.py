@@ -2,11 +2,12 @@
 separation, and paired bootstrap intervals between two models' per-image correctness.
 
 - Linear probe: multinomial logistic regression with an L2 penalty on the weights (not the bias),
-  fitted by L-BFGS (strong Wolfe line search, float64) on features standardised with the fitting
-  set's mean and standard deviation. The penalty is spelled as scikit-learn's `C` (objective
+  fitted by L-BFGS (strong Wolfe line search, float64; each C of the grid, in increasing order,
+  starts from the previous C's solution) on features standardised with the fitting set's mean
+  and standard deviation. The penalty is spelled as scikit-learn's `C` (objective
   ``0.5 * ||W||^2 + C * sum of cross entropies``), chosen from `PROBE_C_GRID` by accuracy on a
-  seeded, class-stratified held-out part of the train features (ties: the smaller C, the stronger
-  penalty), then refitted on all train features. The evaluation features never choose anything.
+  seeded, class-stratified held-out part of the train features (ties: the lower held-out cross
+  entropy), then refitted on all train features. The evaluation features never choose anything.
 - k-NN: DINO's weighted vote (`eval_knn.py`, after Wu et al.'s instance discrimination): cosine
   similarity to every train feature, the `k` most similar vote for their class with weight
   ``exp(similarity / temperature)``, the class with the largest sum wins (ties: the lowest class
@@ -26,6 +27,7 @@ from torch import Tensor
 PROBE_C_GRID = tuple(10.0**e for e in range(-4, 4))
 PROBE_HOLDOUT_FRACTION = 0.2
 PROBE_MAX_ITER = 1000
+PROBE_TOLERANCE_GRAD = 1e-6
 KNN_K = 20
 KNN_TEMPERATURE = 0.07
 BOOTSTRAP_METHOD = (
@@ -57,26 +59,36 @@ def standardize(fit: Tensor, *others: Tensor) -> list[Tensor]:
 
 
 def fit_logistic(
-    features: Tensor, labels: Tensor, num_classes: int, c: float, max_iter: int = PROBE_MAX_ITER
+    features: Tensor,
+    labels: Tensor,
+    num_classes: int,
+    c: float,
+    max_iter: int = PROBE_MAX_ITER,
+    init: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Multinomial logistic regression minimising ``0.5 * ||W||^2 + c * sum CE`` (divided by
-    ``c * N`` for scale), weights from zero. Returns {weight [K, D], bias [K], iterations,
-    converged, grad_norm} (float64; `grad_norm`: the objective's gradient at the solution)."""
+    ``c * N`` for scale), from zero weights or from `init` (an earlier fit's result: the same
+    minimum, reached sooner). Returns {weight [K, D], bias [K], iterations, converged, grad_norm}
+    (float64; `grad_norm`: the largest entry of the objective's gradient at the solution)."""
     _check(features, labels, "linear probe")
     if c <= 0:
         raise ValueError(f"C must be > 0, got {c}")
     x = features.double()
     y = labels.long()
     n, d = x.shape
-    w = torch.zeros(num_classes, d, dtype=torch.float64, requires_grad=True)
-    b = torch.zeros(num_classes, dtype=torch.float64, requires_grad=True)
+    w = torch.zeros(num_classes, d, dtype=torch.float64)
+    b = torch.zeros(num_classes, dtype=torch.float64)
+    if init is not None:
+        w, b = init["weight"].clone(), init["bias"].clone()
+    w.requires_grad_(True)
+    b.requires_grad_(True)
     penalty = 1.0 / (2.0 * c * n)
     opt = torch.optim.LBFGS(
         [w, b],
         lr=1.0,
         max_iter=max_iter,
-        tolerance_grad=1e-9,
-        tolerance_change=1e-12,
+        tolerance_grad=PROBE_TOLERANCE_GRAD,
+        tolerance_change=1e-10,
         history_size=20,
         line_search_fn="strong_wolfe",
     )
@@ -135,20 +147,22 @@ def linear_probe(
     holdout_fraction: float = PROBE_HOLDOUT_FRACTION,
 ) -> dict[str, Any]:
     """The probe's recipe (module docstring): C chosen on a held-out part of train, refitted on
-    all of train, scored on val. Returns top1, chosen_c, holdout_top1 per C, the final fit's
-    iterations/converged, and `correct` (bool per val sample)."""
+    all of train, scored on val. Returns top1, chosen_c, holdout_top1 and holdout_nll per C, the
+    final fit's iterations/converged, and `correct` (bool per val sample)."""
     _check(train_x, train_y, "linear probe train")
     _check(val_x, val_y, "linear probe val")
     fit_idx, held_idx = stratified_holdout(train_y, holdout_fraction, seed)
     if len(held_idx) == 0:
         raise ValueError("linear probe: every class has a single train sample; nothing to hold out")
     xf, xh = standardize(train_x[fit_idx], train_x[held_idx])
-    holdout = {}
-    for c in c_grid:
-        f = fit_logistic(xf, train_y[fit_idx], num_classes, c)
-        holdout[c] = float((predict_logistic(f, xh) == train_y[held_idx]).double().mean())
-    best = max(holdout.values())
-    chosen = min(c for c, acc in holdout.items() if acc == best)
+    holdout, holdout_nll, f = {}, {}, None
+    yh = train_y[held_idx].long()
+    for c in sorted(c_grid):
+        f = fit_logistic(xf, train_y[fit_idx], num_classes, c, init=f)
+        logits = xh.double() @ f["weight"].T + f["bias"]
+        holdout[c] = float((logits.argmax(1) == yh).double().mean())
+        holdout_nll[c] = float(torch.nn.functional.cross_entropy(logits, yh))
+    chosen = min(holdout, key=lambda c: (-holdout[c], holdout_nll[c], c))
     xt, xv = standardize(train_x, val_x)
     final = fit_logistic(xt, train_y, num_classes, chosen)
     correct = predict_logistic(final, xv) == val_y
@@ -156,6 +170,7 @@ def linear_probe(
         "top1": float(correct.double().mean()),
         "chosen_c": chosen,
         "holdout_top1": {f"{c:g}": acc for c, acc in holdout.items()},
+        "holdout_nll": {f"{c:g}": nll for c, nll in holdout_nll.items()},
         "holdout_fraction": holdout_fraction,
         "n_fit": len(fit_idx),
         "n_holdout": len(held_idx),
