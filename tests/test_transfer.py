@@ -15,6 +15,8 @@ import pytest
 import torch
 from tiny_runs import tiny_data_overrides
 
+from als_det.analysis.models import LoadedModel
+from als_det.analysis.transfer import DownstreamData, seen_classes
 from als_det.experiment.commands import transfer_command
 from als_det.metrics.transfer import (
     class_separation,
@@ -215,6 +217,7 @@ def test_transfer_tool_end_to_end_and_resume(checkpoints, tiny_imagenet_transfer
         assert m["knn"]["k"] == 20 and m["finetune"]["epochs"] == 1
         assert m["features"] == {"dim": 512, "undecodable": {"train": 0, "val": 0}}
         assert -1.0 <= m["class_separation"]["r2"] <= 1.0
+        assert m["pretrained_on_downstream_classes"] == []
     comps = res["comparisons"]
     assert comps["baseline"] == "hard"
     for protocol in ("linear_probe", "knn", "finetune"):
@@ -289,3 +292,12 @@ def test_bad_inputs_end_in_one_error_line_before_any_write(
     assert _transfer(checkpoints, tiny_imagenet_transfer, out, "--baseline", "ls") == 2
     assert "--baseline 'ls' is none of the model names" in _one_error_line(capsys)
     assert not out.exists()
+
+
+def test_downstream_classes_seen_in_pretraining_are_warned_about_and_recorded(caplog):
+    lm = LoadedModel("hard", "a.pth", torch.nn.Identity(), {"classes": ["n1", "n2", "n3"]}, None)
+    data = DownstreamData(Path("."), ["n0", "n2", "n3", "n9"], [], [], "")
+    with caplog.at_level("WARNING"):
+        assert seen_classes(lm, data) == ["n2", "n3"]
+    assert "hard was pretrained on 2 of the downstream classes (n2, n3)" in caplog.text
+    assert seen_classes(lm, DownstreamData(Path("."), ["n7", "n8"], [], [], "")) == []

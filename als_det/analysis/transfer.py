@@ -294,6 +294,11 @@ def measure_model(
         }
         k = len(data.classes)
         if "linear_probe" in protocols:
+            logger.info(
+                "%s: linear probe over C in %s (a fit per C, then the refit)",
+                lm.name,
+                list(PROBE_C_GRID),
+            )
             result["linear_probe"] = cache.json(
                 "linear_probe",
                 {
@@ -353,7 +358,21 @@ def _finetune(
     }
 
 
-def _model_entry(lm: LoadedModel, measured: dict[str, Any]) -> dict[str, Any]:
+def seen_classes(lm: LoadedModel, data: DownstreamData) -> list[str]:
+    """Downstream classes the checkpoint was pretrained on (warned about: not a transfer)."""
+    seen = sorted(set(lm.ckpt["classes"]) & set(data.classes))
+    if seen:
+        logger.warning(
+            "%s was pretrained on %d of the downstream classes (%s%s): not unseen classes",
+            lm.name,
+            len(seen),
+            ", ".join(seen[:5]),
+            ", ..." if len(seen) > 5 else "",
+        )
+    return seen
+
+
+def _model_entry(lm: LoadedModel, measured: dict[str, Any], seen: list[str]) -> dict[str, Any]:
     ck = lm.ckpt
     entry: dict[str, Any] = {
         "checkpoint": str(Path(lm.path).resolve()),
@@ -364,6 +383,7 @@ def _model_entry(lm: LoadedModel, measured: dict[str, Any]) -> dict[str, Any]:
         "image_size": lm.prep.image_size,
         "val_resize": lm.prep.val_resize,
         "label_strategy": ck["label_strategy"],
+        "pretrained_on_downstream_classes": seen,
     }
     for key, value in measured.items():
         entry[key] = {k: v for k, v in value.items() if k != "correct"}
@@ -429,8 +449,9 @@ def run_transfer(
     for i, lm in enumerate(models, 1):
         lm.sha256 = sha256_file(lm.path)
         logger.info("checkpoint %d/%d: %s (%s)", i, len(models), lm.name, lm.path)
+        seen = seen_classes(lm, data)
         measured = measure_model(lm, data, opts, device, out)
-        entries[lm.name] = _model_entry(lm, measured)
+        entries[lm.name] = _model_entry(lm, measured, seen)
         correct[lm.name] = {p: v["correct"] for p, v in measured.items() if "correct" in v}
         logger.info(
             "%s: %s",
