@@ -62,7 +62,7 @@ def test_probe_on_shuffled_labels_is_at_chance():
     """Labels independent of the features: val top-1 within 0.04 of chance 0.1 (1000 val images:
     the binomial standard deviation is 0.0095, so this is more than 4 of them)."""
     g = torch.Generator().manual_seed(0)
-    tx, ty = _clusters(10, 100, 8, seed=0)
+    tx, ty = _clusters(10, 30, 8, seed=0)
     vx, vy = _clusters(10, 100, 8, seed=0)
     ty = ty[torch.randperm(len(ty), generator=g)]
     vy = vy[torch.randperm(len(vy), generator=g)]

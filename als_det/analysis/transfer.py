@@ -18,6 +18,7 @@ import copy
 import hashlib
 import json
 import logging
+import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
@@ -29,7 +30,7 @@ import torch
 import torch.nn as nn
 from torch.utils.data import DataLoader
 
-from als_det.analysis.models import EvaluationInputError, LoadedModel, load_models
+from als_det.analysis.models import DEVICES, EvaluationInputError, LoadedModel, load_models
 from als_det.cli import option
 from als_det.data.boxes import ImageRecord, build_index, index_cache_dir
 from als_det.data.class_names import class_names
@@ -54,7 +55,6 @@ from als_det.versions import package_versions
 logger = logging.getLogger(__name__)
 
 PROTOCOLS = ("linear_probe", "knn", "finetune")
-DEVICES = ("auto", "cpu", "cuda")
 CACHE_FORMAT = 1
 
 
@@ -112,14 +112,16 @@ class DownstreamData:
     classes: list[str]
     train: list[ImageRecord]
     val: list[ImageRecord]
-    digest: str  # of every record's path (relative to root) and label, train and val
+    digest: str  # of every image's path (relative to root), size, mtime and label
 
 
 def _records_digest(root: Path, splits: dict[str, list[ImageRecord]]) -> str:
     h = hashlib.sha256()
     for split, records in splits.items():
         for r in records:
-            h.update(f"{split}\t{Path(r.path).relative_to(root)}\t{r.label}\n".encode())
+            st = os.stat(r.path)
+            rel = Path(r.path).relative_to(root)
+            h.update(f"{split}\t{rel}\t{st.st_size}\t{st.st_mtime_ns}\t{r.label}\n".encode())
     return h.hexdigest()
 
 
@@ -254,10 +256,12 @@ def extract_features(
     return out
 
 
-def _readable(arrays: dict[str, np.ndarray], split: str) -> tuple[torch.Tensor, torch.Tensor]:
+def _readable(
+    arrays: dict[str, np.ndarray], split: str, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
     labels = torch.from_numpy(arrays[f"{split}_labels"]).long()
     ok = labels >= 0
-    return torch.from_numpy(arrays[f"{split}_features"])[ok], labels[ok]
+    return torch.from_numpy(arrays[f"{split}_features"])[ok].to(device), labels[ok].to(device)
 
 
 def _correct_list(result: dict[str, Any]) -> dict[str, Any]:
@@ -284,8 +288,8 @@ def measure_model(
             {},
             lambda: extract_features(lm, data, opts, device),
         )
-        tx, ty = _readable(arrays, "train")
-        vx, vy = _readable(arrays, "val")
+        tx, ty = _readable(arrays, "train", device)
+        vx, vy = _readable(arrays, "val", device)
         result["features"] = {
             "dim": int(tx.shape[1]),
             "undecodable": {

@@ -1,5 +1,6 @@
 """Transfer measurements on frozen features, in numbers: a linear probe, k-NN accuracy, class
-separation, and paired bootstrap intervals between two models' per-image correctness.
+separation, and paired bootstrap intervals between two models' per-image correctness. Each runs
+on the device its features are on; per-image results come back on the CPU.
 
 - Linear probe: multinomial logistic regression with an L2 penalty on the weights (not the bias),
   fitted by L-BFGS (strong Wolfe line search, float64; each C of the grid, in increasing order,
@@ -76,8 +77,8 @@ def fit_logistic(
     x = features.double()
     y = labels.long()
     n, d = x.shape
-    w = torch.zeros(num_classes, d, dtype=torch.float64)
-    b = torch.zeros(num_classes, dtype=torch.float64)
+    w = torch.zeros(num_classes, d, dtype=torch.float64, device=x.device)
+    b = torch.zeros(num_classes, dtype=torch.float64, device=x.device)
     if init is not None:
         w, b = init["weight"].clone(), init["bias"].clone()
     w.requires_grad_(True)
@@ -126,6 +127,7 @@ def stratified_holdout(labels: Tensor, fraction: float, seed: int) -> tuple[Tens
     if not 0 < fraction < 1:
         raise ValueError(f"held-out fraction must be in (0, 1), got {fraction}")
     g = torch.Generator().manual_seed(seed)
+    labels = labels.cpu()
     fit, held = [], []
     for cls in torch.unique(labels).tolist():
         idx = torch.nonzero(labels == cls).flatten()
@@ -165,7 +167,7 @@ def linear_probe(
     chosen = min(holdout, key=lambda c: (-holdout[c], holdout_nll[c], c))
     xt, xv = standardize(train_x, val_x)
     final = fit_logistic(xt, train_y, num_classes, chosen)
-    correct = predict_logistic(final, xv) == val_y
+    correct = (predict_logistic(final, xv) == val_y).cpu()
     return {
         "top1": float(correct.double().mean()),
         "chosen_c": chosen,
@@ -200,10 +202,10 @@ def knn_predict(
     for start in range(0, query.shape[0], chunk):
         sim = query[start : start + chunk] @ bank.T
         top_sim, top_idx = sim.topk(k, dim=1)
-        votes = torch.zeros(sim.shape[0], num_classes, dtype=torch.float64)
+        votes = torch.zeros(sim.shape[0], num_classes, dtype=torch.float64, device=sim.device)
         votes.scatter_add_(1, train_y[top_idx].long(), (top_sim / temperature).exp())
         preds.append(votes.argmax(1))
-    return torch.cat(preds) if preds else torch.zeros(0, dtype=torch.long)
+    return torch.cat(preds).cpu() if preds else torch.zeros(0, dtype=torch.long)
 
 
 def knn_accuracy(
@@ -215,7 +217,7 @@ def knn_accuracy(
     k: int = KNN_K,
     temperature: float = KNN_TEMPERATURE,
 ) -> dict[str, Any]:
-    correct = knn_predict(train_x, train_y, val_x, num_classes, k, temperature) == val_y
+    correct = knn_predict(train_x, train_y, val_x, num_classes, k, temperature) == val_y.cpu()
     return {
         "top1": float(correct.double().mean()),
         "k": min(k, train_x.shape[0]),
