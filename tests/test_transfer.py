@@ -26,6 +26,7 @@ from als_det.metrics.transfer import (
     paired_bootstrap,
     stratified_holdout,
 )
+from als_det.report.transfer import render_transfer_report
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -301,3 +302,29 @@ def test_downstream_classes_seen_in_pretraining_are_warned_about_and_recorded(ca
         assert seen_classes(lm, data) == ["n2", "n3"]
     assert "hard was pretrained on 2 of the downstream classes (n2, n3)" in caplog.text
     assert seen_classes(lm, DownstreamData(Path("."), ["n7", "n8"], [], [], "")) == []
+
+
+def test_report_names_seen_classes_and_undecodable_images():
+    def model(strategy, seen):
+        return {
+            "label_strategy": {"name": strategy},
+            "pretrained_on_downstream_classes": seen,
+            "features": {"dim": 512, "undecodable": {"train": 2, "val": 1}},
+            "knn": {"top1": 0.5, "k": 20, "n": 9},
+        }
+
+    results = {
+        "models": {"hard": model("hard", []), "als": model("als", ["n2"])},
+        "comparisons": {
+            "baseline": "hard",
+            "method": "paired bootstrap",
+            "protocols": {"knn": {"als": {"delta": 0.0, "interval": [-0.1, 0.1]}}},
+        },
+        "data": {"root": "/d", "classes": ["n1", "n2"], "images": {"train": 10, "val": 10}},
+        "options": {"k": 20, "knn_temperature": 0.07, "n_boot": 100, "seed": 0},
+    }
+    report = render_transfer_report(results)
+    assert "**als was pretrained on 1 of these classes**" in report
+    assert "hard was pretrained" not in report
+    assert "2 train and 1 val images could not be decoded" in report
+    assert "+0.000 (-0.100 to +0.100)" in report and "linear probe" not in report

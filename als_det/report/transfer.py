@@ -40,15 +40,32 @@ def render_transfer_report(results: dict[str, Any]) -> str:
         f"{data['images']['train']} train and {data['images']['val']} val images.",
         "",
     ]
+    separation = any("class_separation" in m for m in models.values())
     headers = ["model", "strategy", *(f"{PROTOCOL_TITLES[p]} top-1" for p in protocols)]
-    headers.append("class separation R²")
+    headers += ["class separation R²"] if separation else []
     rows = []
     for name, m in models.items():
         row = [name, m["label_strategy"]["name"]]
         row += [cell(lookup(m, p, "top1"), ".3f") for p in protocols]
-        row.append(cell(lookup(m, "class_separation", "r2"), ".3f"))
+        row += [cell(lookup(m, "class_separation", "r2"), ".3f")] if separation else []
         rows.append(row)
     lines += [markdown_table(rows, headers), ""]
+    for name, m in models.items():
+        if m["pretrained_on_downstream_classes"]:
+            lines += [
+                f"**{name} was pretrained on {len(m['pretrained_on_downstream_classes'])} of "
+                "these classes**: for it this is not transfer to unseen classes.",
+                "",
+            ]
+    undecodable = next(
+        (m["features"]["undecodable"] for m in models.values() if "features" in m), {}
+    )
+    if any(undecodable.values()):
+        lines += [
+            f"{undecodable['train']} train and {undecodable['val']} val images could not be "
+            "decoded and were left out of every protocol.",
+            "",
+        ]
     recipe = []
     if "linear_probe" in protocols:
         recipe.append(
