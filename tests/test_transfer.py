@@ -16,7 +16,7 @@ import torch
 from tiny_runs import tiny_data_overrides
 
 from als_det.analysis.models import LoadedModel
-from als_det.analysis.transfer import DownstreamData, seen_classes
+from als_det.analysis.transfer import Cache, DownstreamData, seen_classes
 from als_det.experiment.commands import transfer_command
 from als_det.metrics.transfer import (
     class_separation,
@@ -328,3 +328,26 @@ def test_report_names_seen_classes_and_undecodable_images():
     assert "hard was pretrained" not in report
     assert "2 train and 1 val images could not be decoded" in report
     assert "+0.000 (-0.100 to +0.100)" in report and "linear probe" not in report
+
+
+def test_cache_reuses_only_its_own_key_and_recomputes_damaged_entries(tmp_path):
+    cache = Cache(tmp_path, "abc", {"data": "d1"})
+    calls = []
+
+    def compute():
+        calls.append(1)
+        return {"top1": 0.5}
+
+    assert cache.json("knn", {"k": 5}, compute) == {"top1": 0.5}
+    assert cache.json("knn", {"k": 5}, compute) == {"top1": 0.5} and len(calls) == 1
+    assert cache.json("knn", {"k": 6}, compute) and len(calls) == 2
+    (tmp_path / "cache" / "abc" / "knn.json").write_text("{not json")
+    assert cache.json("knn", {"k": 6}, compute) and len(calls) == 3
+    assert Cache(tmp_path, "abc", {"data": "d2"}).json("knn", {"k": 6}, compute) and len(calls) == 4
+
+    arrays = {"train_features": np.ones((2, 3), np.float32)}
+    np.savez(tmp_path / "cache" / "abc" / "features.npz", **arrays)  # no key: not reused
+    got = cache.arrays("features", lambda: {"train_features": np.zeros((2, 3), np.float32)})
+    assert not got["train_features"].any()
+    again = cache.arrays("features", lambda: pytest.fail("recomputed a valid cache"))
+    assert not again["train_features"].any() and "key" not in again

@@ -200,7 +200,7 @@ class Cache:
             except (OSError, json.JSONDecodeError) as exc:
                 logger.warning("unreadable cache %s (%s): recomputing", path, exc)
             else:
-                if stored.get("key") == key:
+                if isinstance(stored, dict) and stored.get("key") == key and "value" in stored:
                     logger.info("reusing %s", path)
                     return stored["value"]
                 logger.info("cache %s was computed for other settings: recomputing", path)
@@ -209,9 +209,9 @@ class Cache:
         return value
 
     def arrays(
-        self, name: str, extra: dict[str, Any], compute: Callable[[], dict[str, np.ndarray]]
+        self, name: str, compute: Callable[[], dict[str, np.ndarray]]
     ) -> dict[str, np.ndarray]:
-        path, key = self.folder / f"{name}.npz", self._key(extra)
+        path, key = self.folder / f"{name}.npz", self._key({})
         if path.is_file():
             try:
                 with np.load(path, allow_pickle=False) as z:
@@ -219,7 +219,8 @@ class Cache:
             except (OSError, ValueError) as exc:
                 logger.warning("unreadable cache %s (%s): recomputing", path, exc)
             else:
-                if bytes(stored.pop("key")).decode() == key:
+                stored_key = stored.pop("key", np.zeros(0, np.uint8))
+                if stored_key.tobytes() == key.encode():
                     logger.info("reusing %s", path)
                     return stored
                 logger.info("cache %s was computed for other settings: recomputing", path)
@@ -283,11 +284,7 @@ def measure_model(
     protocols = opts.protocol_list()
     result: dict[str, Any] = {}
     if {"linear_probe", "knn"} & set(protocols):
-        arrays = cache.arrays(
-            "features",
-            {},
-            lambda: extract_features(lm, data, opts, device),
-        )
+        arrays = cache.arrays("features", lambda: extract_features(lm, data, opts, device))
         tx, ty = _readable(arrays, "train", device)
         vx, vy = _readable(arrays, "val", device)
         result["features"] = {
