@@ -57,6 +57,10 @@ def test_probe_reaches_100_percent_on_separable_features():
     assert res["top1"] == 1.0 and bool(res["correct"].all())
     assert res["n_fit"] + res["n_holdout"] == 400 and res["n_holdout"] == 80
     assert res["converged"]
+    # the val labels choose nothing: with them scrambled, the same C from the same held-out scores
+    scrambled = linear_probe(tx, ty, vx, (vy + 1) % 10, 10, seed=0)
+    assert scrambled["chosen_c"] == res["chosen_c"]
+    assert scrambled["holdout_top1"] == res["holdout_top1"] and scrambled["top1"] == 0.0
 
 
 def test_probe_on_shuffled_labels_is_at_chance():
