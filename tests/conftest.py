@@ -31,6 +31,12 @@ def tiny_imagenet() -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_imagenet_transfer() -> Path:
+    """../shared/data/tiny-imagenet-transfer: 20 other Tiny-ImageNet classes (a downstream set)."""
+    return _shared("tiny-imagenet-transfer")
+
+
+@pytest.fixture(scope="session")
 def coco_mini() -> Path:
     """../shared/data/coco-mini: real COCO 2017 images in the official layout."""
     return _shared("coco-mini")

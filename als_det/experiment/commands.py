@@ -100,6 +100,31 @@ def evaluate_command(
     )
 
 
+def transfer_command(
+    checkpoints: Mapping[str, str], data: str, out: str, baseline: str | None, extra: Sequence[str]
+) -> Command:
+    args = [a for name, path in checkpoints.items() for a in ("--checkpoint", path, "--name", name)]
+    args += ["--data", data, "--out", out]
+    if baseline:
+        args += ["--baseline", baseline]
+    return Command(
+        "tools/transfer.py",
+        tuple(args + list(extra)),
+        spec=(
+            "checkpoints",
+            tuple(checkpoints.items()),
+            "data",
+            data,
+            "out",
+            out,
+            "baseline",
+            baseline,
+            "options",
+            tuple(extra),
+        ),
+    )
+
+
 def convert_command(checkpoint: str, output: str) -> Command:
     return Command(
         "tools/convert_to_d2.py",
