@@ -24,6 +24,7 @@ import torchvision
 
 from als_det.io import atomic_pickle_dump, sha256_file
 from als_det.models import RESNET_LAYOUTS
+from als_det.revision import code_revision
 from als_det.versions import package_versions
 from als_det.weights_io import WeightsFileError, read_torch_file, strip_wrapper_prefixes
 
@@ -196,6 +197,7 @@ def conversion_metadata(
         "depth": depth,
         "arch": f"resnet{depth}",
         "versions": package_versions(),
+        "revision": code_revision(),
     }
     for key, name in (
         ("label_strategy", "label_strategy"),

@@ -22,6 +22,7 @@ from als_det.convert import (
 )
 from als_det.detection.verify import VerificationFailed, verify
 from als_det.engine.checkpoint import get_rng_state
+from als_det.revision import code_revision
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO_CONFIG = REPO / "configs" / "detection" / "faster_rcnn_R_18_FPN_demo.yaml"
@@ -134,6 +135,7 @@ def test_converted_file_holds_weights_and_metadata(r18_files):
 
     assert meta["source_sha256"] == sha256_file(src)
     assert "torch" in meta["versions"] and any("detectron2" in k for k in meta["versions"])
+    assert meta["revision"] == code_revision()
     assert not any(Path(p).name.endswith(".verify.pkl") for p in out.parent.iterdir())
 
 

@@ -16,6 +16,7 @@ from als_det.detection.command_line import finetune_argument_parser
 from als_det.detection.config import get_detection_cfg
 from als_det.detection.trainer import run_finetune
 from als_det.detection.weights import WeightsError, backbone_keys, load_backbone_weights
+from als_det.revision import code_revision
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO = str(REPO / "configs/detection/faster_rcnn_R_18_FPN_demo.yaml")
@@ -443,6 +444,7 @@ def test_custom_dataset_resume_and_refusals(resnet18_pkl, tmp_path):
     )
     res = json.loads((out / "results.json").read_text())
     assert set(res["bbox"]["per_class"]) == {"cat", "dog"} and res["iterations"] == 2
+    assert res["revision"] == code_revision()
     assert (
         res["backbone"]["unsafe_load"] is False and res["backbone"]["source_unsafe_load"] is False
     )

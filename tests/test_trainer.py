@@ -21,6 +21,7 @@ from als_det.engine.checkpoint import REQUIRED_KEYS, load_backbone, load_checkpo
 from als_det.engine.solver import build_optimizer, lr_factor
 from als_det.engine.trainer import NonFiniteLossError, train
 from als_det.mixing import BatchMixer
+from als_det.revision import code_revision
 from als_det.targets import LabelStrategy
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "pretrain"
@@ -160,6 +161,7 @@ def test_metrics_count_bad_and_skipped_images(runs):
     run = json.loads((runs["a"] / "run.json").read_text())
     assert run["index"]["train"]["images"] == 24 and run["index"]["train"]["with_boxes"] == 23
     assert 0.0 < run["train_mean_box_area"] < 1.0
+    assert run["revision"] == code_revision()
 
 
 def test_checkpoint_contents(runs, tiny_root):

@@ -9,7 +9,9 @@
 
 Finished stages are reused (fingerprint of command and inputs), interrupted trainings resume from
 their checkpoint, and a failed stage stops only the stages that need it. Run the same command
-again after a failure or an interruption: only what is left runs.
+again after a failure or an interruption: only what is left runs. A finished stage that another
+code revision ran (als_det.revision) is reused with a warning naming it; --rerun-other-revisions
+runs it again.
 """
 
 from __future__ import annotations
@@ -47,6 +49,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--seeds", type=int, default=None, metavar="N", help="seeds 0..N-1 instead of the plan's"
     )
     parser.add_argument(
+        "--rerun-other-revisions",
+        action="store_true",
+        help="run again the finished stages that another code revision ran (by default they are "
+        "reused, with a warning naming them)",
+    )
+    parser.add_argument(
         "--no-wait",
         action="store_true",
         help="slurm: submit and return; run the command again to follow the jobs",
@@ -62,7 +70,12 @@ def run_tool(args: argparse.Namespace) -> int:
         print(dry_run(plan))
         return 0
     try:
-        outcome = run_experiment(plan, args.launcher, wait=not args.no_wait)
+        outcome = run_experiment(
+            plan,
+            args.launcher,
+            wait=not args.no_wait,
+            rerun_other_revisions=args.rerun_other_revisions,
+        )
     except KeyboardInterrupt:
         logger.warning("interrupted; run the same command again to go on from here")
         return 130
