@@ -131,10 +131,10 @@ def other_revisions(stages: Sequence[Stage]) -> dict[str, str]:
     ran ("unrecorded" for records older than revisions)."""
     out = {}
     for st in stages:
-        if is_done(st):
-            revision = _read(st.marker).get("revision", "unrecorded")
-            if revision != code_revision():
-                out[st.name] = revision
+        record = _read(st.marker)
+        revision = record.get("revision", "unrecorded")
+        if record and revision != code_revision() and is_done(st):
+            out[st.name] = revision
     return out
 
 
