@@ -11,8 +11,8 @@ from typing import Any
 
 from detectron2.config import CfgNode
 
+from als_det.config import flatten_config
 from als_det.detection.datasets import dataset_record
-from als_det.engine.resume import flatten_config
 from als_det.io import atomic_write_json
 from als_det.revision import code_revision
 from als_det.versions import package_versions

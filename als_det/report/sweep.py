@@ -20,8 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from als_det.engine.events import read_history
-from als_det.io import sha256_file
+from als_det.io import read_history, sha256_file
 from als_det.metrics.context import headline_comparison
 from als_det.metrics.intervals import t_interval
 
