@@ -13,7 +13,7 @@ import pytest
 import torch
 import torchvision
 from fvcore.common.config import CfgNode
-from tiny_runs import tiny_data_overrides
+from tiny_runs import TINY_GEN, tiny_data_overrides
 
 from als_det.config import get_cfg, load_config
 from als_det.data.generated import generate
@@ -25,15 +25,6 @@ from als_det.revision import code_revision
 from als_det.targets import LabelStrategy
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "pretrain"
-TINY_GEN = {
-    "NUM_CLASSES": 3,
-    "TRAIN_PER_CLASS": 8,
-    "VAL_PER_CLASS": 3,
-    "IMAGE_SIZE": 16,
-    "DETECTION_TRAIN": 1,
-    "DETECTION_VAL": 1,
-    "DETECTION_IMAGE_SIZE": 32,
-}
 
 
 @pytest.fixture(scope="module")
