@@ -84,7 +84,7 @@ def check_revisions(graph: Graph, rerun: bool) -> dict[str, str]:
             listing,
         )
         graph.stages = [
-            dataclasses.replace(st, rerun_other_revision=True) if st.name in others else st
+            dataclasses.replace(st, stale_revision=others[st.name]) if st.name in others else st
             for st in graph.stages
         ]
     else:

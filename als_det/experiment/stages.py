@@ -8,7 +8,7 @@ fingerprint still matches and its outputs exist. A stage that started records th
 
 Both records name the code revision (`als_det.revision`) that ran the stage. A finished stage of
 another revision is still reused (the runner warns, naming it) unless the stage is marked
-`rerun_other_revision`: then it runs afresh, its earlier output set aside.
+with its revision as `stale_revision`: then it runs afresh, its earlier output set aside.
 
 `StageJob` runs a stage in this process (the local launcher) or as a submitit job; on SLURM
 preemption or time-out submitit calls its `checkpoint()`, which requeues the same stage: the
@@ -64,7 +64,7 @@ class Stage:
     owns: Path | None = None  # the folder or file this stage writes (set aside, never mixed)
     resume_command: Command | None = None
     resume_from: Path | None = None  # present after an interrupted run: resume instead of restart
-    rerun_other_revision: bool = False  # a record of another code revision does not count as done
+    stale_revision: str | None = None  # a finished record of this code revision is run again
 
     @property
     def marker(self) -> Path:
@@ -117,22 +117,26 @@ def _read(path: Path) -> dict[str, Any]:
 
 def is_done(stage: Stage, fp: str | None = None) -> bool:
     """Finished earlier with the same command and inputs, and its outputs are still there (and,
-    with `rerun_other_revision`, by this code revision)."""
+    not by its `stale_revision`)."""
     record = _read(stage.marker)
     if not record or not all(p.exists() for p in stage.outputs):
         return False
-    if stage.rerun_other_revision and record.get("revision") != code_revision():
+    if stage.stale_revision is not None and _revision(record) == stage.stale_revision:
         return False
     return record.get("fingerprint") == (fp or fingerprint(stage))
 
 
+def _revision(record: dict[str, Any]) -> str:
+    return record.get("revision", "unrecorded")  # records older than revisions
+
+
 def other_revisions(stages: Sequence[Stage]) -> dict[str, str]:
     """{stage: the revision its record names} of the finished stages that another code revision
-    ran ("unrecorded" for records older than revisions)."""
+    ran."""
     out = {}
     for st in stages:
         record = _read(st.marker)
-        revision = record.get("revision", "unrecorded")
+        revision = _revision(record)
         if record and revision != code_revision() and is_done(st):
             out[st.name] = revision
     return out
@@ -225,9 +229,10 @@ def run_stage(stage: Stage, node: Node | None = None, relay: bool = True) -> dic
     marker. `node` is set for the other nodes of a multi-node job: they only run the command."""
     main = node is None or node.rank == "0"
     fp = fingerprint(stage)
-    # A rerun of another revision's finished stage starts afresh once; requeued, it resumes.
-    rerun = stage.rerun_other_revision and (
-        _read(stage.started_marker).get("revision") != code_revision()
+    # A stale finished stage starts afresh once; requeued, it resumes from the new run's checkpoint.
+    rerun = (
+        stage.stale_revision is not None
+        and _revision(_read(stage.started_marker)) == stage.stale_revision
     )
     point = None if rerun else resume_point(stage, fp)
     cmd = stage.resume_command if point is not None and stage.resume_command else stage.command
