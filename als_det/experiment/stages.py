@@ -116,8 +116,8 @@ def _read(path: Path) -> dict[str, Any]:
 
 
 def is_done(stage: Stage, fp: str | None = None) -> bool:
-    """Finished earlier with the same command and inputs, and its outputs are still there (and,
-    not by its `stale_revision`)."""
+    """Finished earlier with the same command and inputs (and not by its `stale_revision`), and
+    its outputs are still there."""
     record = _read(stage.marker)
     if not record or not all(p.exists() for p in stage.outputs):
         return False
