@@ -282,7 +282,8 @@ def test_smoke_sweep_reports_a_broken_cell_finishes_the_others_then_reuses_them(
     for seed, log in logs.items():
         assert re.search(rf"`broken_e1_s{seed}` \| broken +\| {seed} .*\| 1 .*log: {log}", missing)
     assert json.loads((out / "sweep.json").read_text())["missing"][1]["cell"] == "broken_e1_s1"
-    assert len(report.split("## Cells")[1].strip().splitlines()) == 2 + 8
+    cells = report.split("## Cells")[1].split("## Code revisions")[0]
+    assert len(cells.strip().splitlines()) == 2 + 8
 
     second = _sweep(tmp_path / "sweep.yaml", out)
     assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
