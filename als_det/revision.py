@@ -34,14 +34,11 @@ def code_revision() -> str:
 
 def revision_of(package: Path) -> str:
     """The revision of the als_det package folder `package` (and the `tools/` beside it)."""
+    package = package.resolve()
     top = _git_top(package)
     if top is None:
         return f"sources:{_sources_digest(package)}"
     return _git_revision(top, (package, package.parent / "tools"))
-
-
-def is_dirty(revision: str) -> bool:
-    return "+dirty." in revision
 
 
 def _git(cwd: Path, *args: str) -> subprocess.CompletedProcess[bytes]:
@@ -64,7 +61,7 @@ def _git_top(package: Path) -> Path | None:
         )
         return None
     top = _git(package, "rev-parse", "--show-toplevel")
-    return Path(top.stdout.decode().strip()) if top.returncode == 0 else None
+    return Path(top.stdout.decode().strip()).resolve() if top.returncode == 0 else None
 
 
 def _git_revision(top: Path, code_folders: tuple[Path, ...]) -> str:

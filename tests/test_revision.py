@@ -19,7 +19,7 @@ from als_det.experiment.commands import Command
 from als_det.experiment.plan import Resources
 from als_det.experiment.stages import Stage
 from als_det.experiment.sweep import Cell, cell_revisions, revisions_section
-from als_det.revision import code_revision, is_dirty, revision_of
+from als_det.revision import code_revision, revision_of
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -58,6 +58,10 @@ def _commit_all(root: Path) -> str:
     _git(root, "add", "-A")
     _git(root, "commit", "-q", "-m", "copy")
     return _git(root, "rev-parse", "HEAD")
+
+
+def is_dirty(revision: str) -> bool:
+    return "+dirty." in revision
 
 
 def _edit(path: Path, line: str = "# edited") -> None:
