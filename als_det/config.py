@@ -7,7 +7,7 @@ The same mechanism detectron2 uses, so pretraining and fine-tuning configs read 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from fvcore.common.config import CfgNode as CN
@@ -171,14 +171,46 @@ def validate(cfg: CN) -> None:
     validate_ranges(cfg)
 
 
-def _flat(node: CN, prefix: str = "") -> dict[str, object]:
-    out: dict[str, object] = {}
+# ----------------------------------------------------------------------------- flat configs
+# Every key defines the experiment (data, crops, sizes, batch, epochs, solver, schedule, labels,
+# seed, precision, ...) except these, which only say where and how fast it runs.
+RUNTIME_KEYS = frozenset(
+    {
+        "OUTPUT_DIR",
+        "DATA.NUM_WORKERS",
+        "DATA.CACHE_DIR",
+        "DATA.STRICT",
+        "DATA.DECODE",
+        "TRAIN.DEVICE",
+        "TRAIN.EVAL_PERIOD",
+        "TRAIN.LOG_PERIOD",
+        "TRAIN.COMPILE",
+        "TRAIN.CHANNELS_LAST",
+        "TRAIN.DETERMINISTIC",
+    }
+)
+
+
+def flatten_config(node: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """A (nested) config as {"SECTION.KEY": value}, tuples as lists."""
+    out: dict[str, Any] = {}
     for key, value in node.items():
-        if isinstance(value, CN):
-            out.update(_flat(value, f"{prefix}{key}."))
+        if isinstance(value, Mapping):
+            out.update(flatten_config(value, f"{prefix}{key}."))
         else:
-            out[f"{prefix}{key}"] = value
+            out[f"{prefix}{key}"] = list(value) if isinstance(value, (list, tuple)) else value
     return out
+
+
+def saved_config(saved_yaml: str) -> dict[str, Any]:
+    """A config saved as YAML (a checkpoint's, a converted backbone's `pretrain_config`), flattened
+    over the current defaults: a key the saved config lacks had its default then."""
+    flat = flatten_config(get_cfg())
+    flat.update(flatten_config(CN.load_cfg(saved_yaml)))
+    return flat
+
+
+# ----------------------------------------------------------------------------- value ranges
 
 
 # key -> (lowest, highest, lowest allowed itself?) for every numeric key with a valid range
@@ -217,7 +249,7 @@ _RANGES: dict[str, tuple[float, float, bool]] = {
 def validate_ranges(cfg: CN) -> None:
     """Every numeric key inside its valid range, and the keys that constrain each other
     consistent."""
-    flat = _flat(cfg)
+    flat = flatten_config(cfg)
     for key, (low, high, low_ok) in _RANGES.items():
         value = flat[key]
         if (

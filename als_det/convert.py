@@ -1,5 +1,5 @@
-"""torchvision ResNet checkpoint -> detectron2 backbone `.pkl` (the proof that it loads right is
-`als_det.detection.verify`, which `convert_file` runs before writing when asked).
+"""torchvision ResNet checkpoint -> detectron2 backbone `.pkl` (the proof that it loads right, and
+a conversion published only once proven, are `als_det.detection.verify`'s).
 
 The output follows detectron2's own `tools/convert-torchvision-to-d2.py`: short names (`stem.conv1`,
 `res2.0.conv1`, ...) with `matching_heuristics: True`, so `DetectionCheckpointer` suffix-matches
@@ -12,7 +12,6 @@ from __future__ import annotations
 import logging
 import os
 import re
-import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,13 +23,12 @@ import torchvision
 
 from als_det.io import atomic_pickle_dump, sha256_file
 from als_det.models import RESNET_LAYOUTS
+from als_det.revision import code_revision
 from als_det.versions import package_versions
 from als_det.weights_io import WeightsFileError, read_torch_file, strip_wrapper_prefixes
 
 logger = logging.getLogger(__name__)
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_VERIFY_CONFIG = REPO_ROOT / "configs" / "detection" / "faster_rcnn_R_50_FPN_1x.yaml"
 AUTHOR = "als_det"
 
 _STEM = {"conv1.weight": "stem.conv1.weight"}
@@ -196,6 +194,7 @@ def conversion_metadata(
         "depth": depth,
         "arch": f"resnet{depth}",
         "versions": package_versions(),
+        "revision": code_revision(),
     }
     for key, name in (
         ("label_strategy", "label_strategy"),
@@ -212,24 +211,36 @@ def conversion_metadata(
     return out
 
 
-def convert_file(
+@dataclass
+class Conversion:
+    """A checked conversion, not written yet: where it goes, the `.pkl`'s content, and the source
+    state_dict it must reproduce."""
+
+    output: Path
+    content: dict[str, Any]
+    source_state_dict: dict[str, torch.Tensor]
+
+    def result(self) -> dict[str, Any]:
+        """What a conversion tells its caller: {"output", "num_tensors", "als_det": metadata,
+        "verify": None (a verified conversion fills it)}."""
+        return {
+            "output": str(self.output),
+            "num_tensors": len(self.content["model"]),
+            "als_det": self.content["als_det"],
+            "verify": None,
+        }
+
+
+def prepare_conversion(
     input: str | os.PathLike,
     output: str | os.PathLike,
     force: bool = False,
-    *,
-    verify_config: str | os.PathLike | None = None,
-    verify_size: int = 0,
     unsafe_load: bool = False,
-) -> dict[str, Any]:
-    """Convert `input` (.pth) to detectron2 `output` (.pkl), written atomically.
+) -> Conversion:
+    """Read and convert `input` (.pth) for `output` (.pkl); every check before anything is written.
 
     `input` is read with `weights_only=True`; `unsafe_load` allows full unpickling of a trusted
-    file that needs it (recorded as `unsafe_load` in the output's `als_det` metadata).
-    With `verify_size > 0` the file is first written beside `output` under a temporary name,
-    verified (see `verify`) with a `verify_size`-pixel input, and only moved into place if it
-    passes; otherwise a `VerificationFailed` is raised and nothing is written.
-    Returns {"output", "num_tensors", "als_det": metadata, "verify": VerifyResult dict or None}.
-    """
+    file that needs it (recorded as `unsafe_load` in the output's `als_det` metadata)."""
     source, output = Path(input), Path(output)
     if output.suffix != ".pkl":
         raise ConversionError(
@@ -245,37 +256,25 @@ def convert_file(
         raise ConversionError(
             f"{source}: records arch {meta['arch']!r} but its tensors are a resnet{depth}"
         )
-    converted = {
+    content = {
         "model": convert_torchvision_resnet(state_dict, str(source)),
         "__author__": AUTHOR,
         "matching_heuristics": True,
         "als_det": conversion_metadata(source, depth, meta, checkpoint.unsafe_load),
     }
-    result: dict[str, Any] = {
-        "output": str(output),
-        "num_tensors": len(converted["model"]),
-        "als_det": converted["als_det"],
-        "verify": None,
-    }
-    if verify_size <= 0:
-        atomic_pickle_dump(output, converted)
-        return result
-    output.parent.mkdir(parents=True, exist_ok=True)
-    from als_det.detection.verify import VerificationFailed, verify
+    return Conversion(output, content, state_dict)
 
-    fd, tmp_name = tempfile.mkstemp(
-        prefix=f".{output.stem}.", suffix=".verify.pkl", dir=output.parent
-    )
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
-        atomic_pickle_dump(tmp, converted)
-        checked = verify(tmp, state_dict, config_file=verify_config, input_size=verify_size)
-        checked.pkl = str(output)  # report the destination, not the temporary name
-        result["verify"] = checked.to_dict()
-        if not checked.ok:
-            raise VerificationFailed(checked)
-        os.replace(tmp, output)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return result
+
+def convert_file(
+    input: str | os.PathLike,
+    output: str | os.PathLike,
+    force: bool = False,
+    *,
+    unsafe_load: bool = False,
+) -> dict[str, Any]:
+    """Convert `input` (.pth) to detectron2 `output` (.pkl), written atomically, unverified
+    (`als_det.detection.verify.convert_verified` proves it first); returns
+    `Conversion.result()`."""
+    conversion = prepare_conversion(input, output, force, unsafe_load)
+    atomic_pickle_dump(conversion.output, conversion.content)
+    return conversion.result()

@@ -1,4 +1,5 @@
-"""Atomic writes: a result file is either the old one or the complete new one, never half.
+"""Result files: atomic writes (a result file is either the old one or the complete new one, never
+half), their digests, and the reader of a pretraining run's metrics.jsonl.
 
 The new file gets the permissions of a plainly created one (0666 minus the umask). Its temporary
 name, `.NAME.HOST.PID.XXXXXXXX.tmp` beside the target, says who is writing it, so the next save of
@@ -136,3 +137,13 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
         for block in iter(lambda: f.read(chunk), b""):
             h.update(block)
     return h.hexdigest()
+
+
+def read_history(path: str | os.PathLike, upto_epoch: int | None = None) -> list[dict[str, Any]]:
+    """The rows of a pretraining run's metrics.jsonl ([] without the file), up to `upto_epoch` if
+    given (a resumed run continues from there)."""
+    path = Path(path)
+    if not path.is_file():
+        return []
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return [r for r in rows if upto_epoch is None or r["epoch"] <= upto_epoch]

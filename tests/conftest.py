@@ -7,6 +7,10 @@ from pathlib import Path
 
 import pytest
 import torch
+import torchvision
+from tiny_runs import TORCHVISION_PRE
+
+from als_det.convert import convert_file
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("ALS_DET_SHARED_DATA", REPO.parent / "shared" / "data"))
@@ -45,3 +49,29 @@ def coco_mini() -> Path:
 @pytest.fixture(scope="session")
 def repo_root() -> Path:
     return REPO
+
+
+@pytest.fixture(scope="module")
+def resnet18_pth(tmp_path_factory) -> Path:
+    """A random torchvision ResNet-18 saved like an als_det pretraining checkpoint."""
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("pre") / "resnet18.pth"
+    torch.save(
+        {
+            "model": torchvision.models.resnet18(num_classes=10).state_dict(),
+            "arch": "resnet18",
+            "label_strategy": {"name": "als", "epsilon": 0.1},
+            "preprocessing": TORCHVISION_PRE,
+            "seed": 3,
+        },
+        path,
+    )
+    return path
+
+
+@pytest.fixture(scope="module")
+def resnet18_pkl(resnet18_pth) -> Path:
+    """resnet18_pth converted to detectron2's `.pkl` (unverified)."""
+    out = resnet18_pth.with_suffix(".pkl")
+    convert_file(resnet18_pth, out)
+    return out

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from tiny_runs import tiny_coco
 
 from als_det.config import load_config
 
@@ -121,9 +122,7 @@ def test_optional_values_never_swallow_the_next_token():
 
 
 def test_a_user_error_is_one_line_and_its_traceback_stays_in_the_log(tmp_path, capsys):
-    from test_detection_datasets import _tiny_coco
-
-    js, img = _tiny_coco(tmp_path / "data", anns=[])
+    js, img = tiny_coco(tmp_path / "data", anns=[])
     out = tmp_path / "run"
     argv = [
         "--dataset",

@@ -20,8 +20,9 @@ from als_det.convert import (
     d2_name,
     infer_depth,
 )
-from als_det.detection.verify import VerificationFailed, verify
+from als_det.detection.verify import VerificationFailed, convert_verified, verify
 from als_det.engine.checkpoint import get_rng_state
+from als_det.revision import code_revision
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO_CONFIG = REPO / "configs" / "detection" / "faster_rcnn_R_18_FPN_demo.yaml"
@@ -79,7 +80,7 @@ def r18_files(tmp_path_factory) -> tuple[Path, Path, torch.nn.Module]:
     src = d / "r18.pth"
     torch.save(suite_checkpoint(model, "resnet18", prefix="module._orig_mod."), src)
     out = d / "r18.pkl"
-    result = convert_file(src, out, verify_size=64)
+    result = convert_verified(src, out, input_size=64)
     assert result["verify"]["ok"], result["verify"]
     return src, out, model
 
@@ -134,6 +135,7 @@ def test_converted_file_holds_weights_and_metadata(r18_files):
 
     assert meta["source_sha256"] == sha256_file(src)
     assert "torch" in meta["versions"] and any("detectron2" in k for k in meta["versions"])
+    assert meta["revision"] == code_revision()
     assert not any(Path(p).name.endswith(".verify.pkl") for p in out.parent.iterdir())
 
 
@@ -191,7 +193,7 @@ def test_failed_verification_writes_nothing(tmp_path):
     ckpt["preprocessing"] = {**PREPROCESSING, "pixel_mean": [0.485, 0.456, 0.406]}  # 0-1 scale
     torch.save(ckpt, tmp_path / "in.pth")
     with pytest.raises(VerificationFailed, match="pixel_mean"):
-        convert_file(tmp_path / "in.pth", tmp_path / "out.pkl", verify_size=32)
+        convert_verified(tmp_path / "in.pth", tmp_path / "out.pkl", input_size=32)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.pth"]
 
 
@@ -273,7 +275,7 @@ def test_tool_converts_and_verifies_resnet18(tmp_path, repo_root):
 @pytest.mark.slow
 def test_resnet50_verifies_in_fpn_and_c4(tmp_path):
     torch.save(suite_checkpoint(resnet(50), "resnet50", prefix="module."), tmp_path / "r50.pth")
-    result = convert_file(tmp_path / "r50.pth", tmp_path / "r50.pkl", verify_size=32)
+    result = convert_verified(tmp_path / "r50.pth", tmp_path / "r50.pkl", input_size=32)
     assert result["verify"]["ok"] and result["verify"]["loaded_tensors"] == 265
     c4 = verify(tmp_path / "r50.pkl", tmp_path / "r50.pth", config_file=C4_CONFIG, input_size=32)
     # C4: res2..res4 in the backbone, res5 in the ROI head, all from the same file

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from tiny_runs import tiny_data_overrides
+from tiny_runs import TINY_GEN, tiny_data_overrides
 
 from als_det.analysis.evaluate import EvalOptions, evaluate_checkpoints
 from als_det.config import load_config
@@ -20,15 +20,6 @@ from als_det.report.demo import what_the_numbers_say
 from als_det.report.evaluation import write_evaluation
 
 REPO = Path(__file__).resolve().parents[1]
-TINY_GEN = {
-    "NUM_CLASSES": 3,
-    "TRAIN_PER_CLASS": 8,
-    "VAL_PER_CLASS": 3,
-    "IMAGE_SIZE": 16,
-    "DETECTION_TRAIN": 1,
-    "DETECTION_VAL": 1,
-    "DETECTION_IMAGE_SIZE": 32,
-}
 DIRECTIONS = re.compile(r"relies (less|more)|rely on context alike|lowers|raises")
 
 

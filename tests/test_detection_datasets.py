@@ -3,67 +3,20 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.detection_utils import SizeMismatchError, check_image_size, read_image
 from exif_photos import rotated_photo
-from PIL import Image
+from tiny_runs import tiny_coco
 
 from als_det.data.images import image_size, load_rgb
 from als_det.detection import datasets as ds
 
 
-def _tiny_coco(root: Path, images=2, anns=None, cats=None, write_images=True) -> tuple[Path, Path]:
-    """A hand-made COCO json with `images` 32x24 JPEGs; categories with non-contiguous ids."""
-    img_dir = root / "img"
-    img_dir.mkdir(parents=True, exist_ok=True)
-    ims = [
-        {"id": 100 + i, "file_name": f"{i}.jpg", "width": 32, "height": 24} for i in range(images)
-    ]
-    if write_images:
-        for im in ims:
-            Image.fromarray(np.zeros((24, 32, 3), np.uint8)).save(img_dir / im["file_name"])
-    cats = cats if cats is not None else [{"id": 3, "name": "cat"}, {"id": 7, "name": "dog"}]
-    anns = (
-        anns
-        if anns is not None
-        else [
-            {
-                "id": 1,
-                "image_id": 100,
-                "category_id": 3,
-                "bbox": [1, 2, 10, 8],
-                "area": 80,
-                "iscrowd": 0,
-            },
-            {
-                "id": 2,
-                "image_id": 100,
-                "category_id": 7,
-                "bbox": [5, 5, 0, 4],
-                "area": 0,
-                "iscrowd": 0,
-            },
-            {
-                "id": 3,
-                "image_id": 101,
-                "category_id": 7,
-                "bbox": [0, 0, 20, 20],
-                "area": 400,
-                "iscrowd": 1,
-            },
-        ]
-    )
-    js = root / "instances.json"
-    js.write_text(json.dumps({"images": ims, "annotations": anns, "categories": cats}))
-    return js, img_dir
-
-
 def test_valid_set_reports_counts_and_drops_degenerate_boxes(tmp_path):
-    js, img = _tiny_coco(tmp_path)
+    js, img = tiny_coco(tmp_path)
     rep = ds.register_coco_detection("als_test_tiny", js, img)
     assert (rep.images, rep.annotations, rep.crowd) == (2, 3, 1)
     assert rep.dropped_boxes == [2]
@@ -98,7 +51,7 @@ def test_bad_json_is_a_clear_error_naming_the_file(tmp_path, case, needle):
     good = {"id": 1, "image_id": 100, "category_id": 3, "bbox": [1, 2, 3, 4], "iscrowd": 0}
     kwargs: dict = {}
     if case == "missing_image":
-        js, img = _tiny_coco(tmp_path, anns=[good])
+        js, img = tiny_coco(tmp_path, anns=[good])
         (img / "1.jpg").unlink()
     else:
         anns = {
@@ -111,7 +64,7 @@ def test_bad_json_is_a_clear_error_naming_the_file(tmp_path, case, needle):
         }.get(case, [good])
         if case == "no_categories":
             kwargs["cats"] = []
-        js, img = _tiny_coco(tmp_path, anns=anns, **kwargs)
+        js, img = tiny_coco(tmp_path, anns=anns, **kwargs)
         if case == "dup_image":
             data = json.loads(js.read_text())
             data["images"][1]["id"] = 100
@@ -140,11 +93,11 @@ def test_dataset_spec_parsing():
 
 
 def test_train_and_test_sets_must_share_categories(tmp_path):
-    a = ds.validate_coco_json("a", *_tiny_coco(tmp_path / "a"))
+    a = ds.validate_coco_json("a", *tiny_coco(tmp_path / "a"))
     only_cat = [{"id": 1, "image_id": 100, "category_id": 3, "bbox": [1, 2, 3, 4], "iscrowd": 0}]
     b = ds.validate_coco_json(
         "b",
-        *_tiny_coco(
+        *tiny_coco(
             tmp_path / "b", anns=only_cat, cats=[{"id": 3, "name": "cat"}, {"id": 8, "name": "dog"}]
         ),
     )

@@ -14,7 +14,7 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from tiny_runs import tiny_data_overrides
+from tiny_runs import TINY_GEN, tiny_data_overrides
 
 from als_det.config import load_config
 from als_det.data.generated import generate
@@ -29,15 +29,6 @@ from als_det.engine.distributed import (
 from als_det.engine.trainer import train
 
 REPO = Path(__file__).resolve().parents[1]
-TINY_GEN = {
-    "NUM_CLASSES": 3,
-    "TRAIN_PER_CLASS": 8,
-    "VAL_PER_CLASS": 3,
-    "IMAGE_SIZE": 16,
-    "DETECTION_TRAIN": 1,
-    "DETECTION_VAL": 1,
-    "DETECTION_IMAGE_SIZE": 32,
-}
 
 
 def _free_port() -> int:

@@ -32,6 +32,7 @@ from als_det.models import build_resnet
 from als_det.report.evaluation import write_evaluation
 from als_det.report.fills import fill_section
 from als_det.report.headline import headline_sentence
+from als_det.revision import code_revision
 
 CLASSES = ["n00000001", "n00000002", "n00000003"]
 REPO = Path(__file__).resolve().parents[1]
@@ -174,6 +175,7 @@ def test_evaluation_writes_every_section(setup) -> None:
     head = on_disk["headline"]
     assert head["baseline"] == "hard" and "bg_only" in head["comparisons"]["als"]
     assert on_disk["versions"]["torch"] == torch.__version__.split("+")[0]
+    assert on_disk["revision"] == code_revision()
     report = (out / "report.md").read_text()
     for section in (
         "## Classification",

@@ -18,6 +18,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from als_det.revision import code_revision
+
 REPO = Path(__file__).resolve().parents[1]
 SMOKE = REPO / "configs/experiments/smoke.yaml"
 ARMS = ("hard", "als")
@@ -79,6 +81,10 @@ def test_smoke_plan_local_end_to_end_then_reused(tmp_path):
     reused = [ln for ln in second.stderr.splitlines() if "done earlier, reused" in ln]
     assert len(reused) == 1 + 2 + 1 + 2 + 2 + 1, second.stderr[-3000:]
     assert "tools/pretrain.py --config-file" not in second.stdout + second.stderr
+    assert "another code revision" not in second.stderr
+    records = [json.loads(p.read_text()) for p in (out / ".stages").glob("*.json")]
+    finished = [r for r in records if "command" in r]
+    assert len(finished) == len(reused) and {r["revision"] for r in finished} == {code_revision()}
 
 
 def _plan(tmp_path: Path, edit) -> Path:

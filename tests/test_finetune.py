@@ -8,52 +8,21 @@ from pathlib import Path
 
 import pytest
 import torch
-import torchvision
 from detectron2.modeling import build_model
+from tiny_runs import DETECTION_DEMO, FINETUNE_TINY, TORCHVISION_PRE, finetune, tiny_coco
 
-from als_det.convert import convert_file
 from als_det.detection.command_line import finetune_argument_parser
 from als_det.detection.config import get_detection_cfg
-from als_det.detection.trainer import run_finetune
 from als_det.detection.weights import WeightsError, backbone_keys, load_backbone_weights
+from als_det.revision import code_revision
 
 REPO = Path(__file__).resolve().parents[1]
-DEMO = str(REPO / "configs/detection/faster_rcnn_R_18_FPN_demo.yaml")
-TORCHVISION_PRE = {
-    "input_format": "RGB",
-    "pixel_mean": [123.675, 116.28, 103.53],
-    "pixel_std": [58.395, 57.12, 57.375],
-    "image_size": 64,
-}
-
-
-@pytest.fixture(scope="module")
-def resnet18_pth(tmp_path_factory) -> Path:
-    """A random torchvision ResNet-18 saved like an als_det pretraining checkpoint."""
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("pre") / "resnet18.pth"
-    torch.save(
-        {
-            "model": torchvision.models.resnet18(num_classes=10).state_dict(),
-            "arch": "resnet18",
-            "label_strategy": {"name": "als", "epsilon": 0.1},
-            "preprocessing": TORCHVISION_PRE,
-            "seed": 3,
-        },
-        path,
-    )
-    return path
-
-
-@pytest.fixture(scope="module")
-def resnet18_pkl(resnet18_pth) -> Path:
-    out = resnet18_pth.with_suffix(".pkl")
-    convert_file(resnet18_pth, out)
-    return out
 
 
 def _model(weights: str | Path, *opts: str):
-    cfg = get_detection_cfg(DEMO, ["MODEL.DEVICE", "cpu", "MODEL.WEIGHTS", str(weights), *opts])
+    cfg = get_detection_cfg(
+        DETECTION_DEMO, ["MODEL.DEVICE", "cpu", "MODEL.WEIGHTS", str(weights), *opts]
+    )
     return build_model(cfg), cfg
 
 
@@ -205,38 +174,6 @@ def test_no_weights_or_unconverted_pth_is_refused(resnet18_pth):
         load_backbone_weights(model, cfg)
 
 
-TINY = [
-    "SOLVER.IMS_PER_BATCH",
-    "1",
-    "SOLVER.BASE_LR",
-    "0.001",
-    "SOLVER.WARMUP_ITERS",
-    "1",
-    "INPUT.MIN_SIZE_TRAIN",
-    "(64,)",
-    "INPUT.MAX_SIZE_TRAIN",
-    "96",
-    "INPUT.MIN_SIZE_TEST",
-    "64",
-    "INPUT.MAX_SIZE_TEST",
-    "96",
-    "MODEL.RPN.POST_NMS_TOPK_TEST",
-    "20",
-    "TEST.DETECTIONS_PER_IMAGE",
-    "10",
-    "MODEL.ROI_HEADS.SCORE_THRESH_TEST",
-    "0.0",
-    "DATALOADER.NUM_WORKERS",
-    "0",
-    "SEED",
-    "5",
-]
-
-
-def _run(*argv: str, config: str = DEMO) -> dict:
-    return run_finetune(finetune_argument_parser().parse_args(["--config-file", config, *argv]))
-
-
 # The shipped R50 configs with a ResNet-18 backbone and narrow heads (CPU time); the rest as
 # shipped.
 R18 = [
@@ -254,12 +191,10 @@ R18 = [
 
 
 def test_class_count_goes_to_the_head_the_model_has(tmp_path):
-    from test_detection_datasets import _tiny_coco
-
     from als_det.detection.datasets import DatasetError
     from als_det.detection.trainer import setup
 
-    js, img = _tiny_coco(tmp_path / "data")
+    js, img = tiny_coco(tmp_path / "data")
     common = ["--dataset", f"tiny={js}:{img}", "--train-dataset", "tiny", "--test-dataset", "tiny"]
     parse = finetune_argument_parser().parse_args
     cfg = setup(
@@ -299,7 +234,7 @@ def test_retinanet_and_mask_rcnn_fine_tune_on_coco_mini(
     config, tasks, coco_mini, resnet18_pkl, tmp_path
 ):
     out = tmp_path / "run"
-    _run(
+    finetune(
         "--coco-root",
         str(coco_mini),
         "MODEL.WEIGHTS",
@@ -308,7 +243,7 @@ def test_retinanet_and_mask_rcnn_fine_tune_on_coco_mini(
         str(out),
         "SOLVER.MAX_ITER",
         "2",
-        *TINY,
+        *FINETUNE_TINY,
         *R18,
         "MODEL.RETINANET.SCORE_THRESH_TEST",
         "0.0",
@@ -337,10 +272,9 @@ def test_finetune_tool_refuses_crafted_weights_and_runs_nothing(tmp_path, repo_r
     import subprocess
     import sys
 
-    from test_detection_datasets import _tiny_coco
     from test_weights_io import crafted_files
 
-    js, img = _tiny_coco(tmp_path / "data")
+    js, img = tiny_coco(tmp_path / "data")
     pth, pkl, marker = crafted_files(tmp_path)
     for weights in (pkl, pth):
         run = subprocess.run(
@@ -348,7 +282,7 @@ def test_finetune_tool_refuses_crafted_weights_and_runs_nothing(tmp_path, repo_r
                 sys.executable,
                 str(repo_root / "tools/finetune_coco.py"),
                 "--config-file",
-                DEMO,
+                DETECTION_DEMO,
                 "--dataset",
                 f"tiny={js}:{img}",
                 "--train-dataset",
@@ -359,7 +293,7 @@ def test_finetune_tool_refuses_crafted_weights_and_runs_nothing(tmp_path, repo_r
                 str(weights),
                 "OUTPUT_DIR",
                 str(tmp_path / "out"),
-                *TINY,
+                *FINETUNE_TINY,
                 "SOLVER.MAX_ITER",
                 "1",
             ],
@@ -391,7 +325,7 @@ def test_unsafe_load_of_a_trusted_file_is_recorded(resnet18_pkl, tmp_path):
 @pytest.mark.slow
 def test_coco_mini_trains_and_evaluates_on_real_categories(coco_mini, resnet18_pkl, tmp_path):
     out = tmp_path / "coco"
-    _run(
+    finetune(
         "--coco-root",
         str(coco_mini),
         "MODEL.WEIGHTS",
@@ -400,7 +334,7 @@ def test_coco_mini_trains_and_evaluates_on_real_categories(coco_mini, resnet18_p
         str(out),
         "SOLVER.MAX_ITER",
         "2",
-        *TINY,
+        *FINETUNE_TINY,
     )
     official = json.loads((coco_mini / "annotations/instances_val2017.json").read_text())
     names = {c["name"] for c in official["categories"]}
@@ -424,12 +358,10 @@ def test_coco_mini_trains_and_evaluates_on_real_categories(coco_mini, resnet18_p
 
 @pytest.mark.slow
 def test_custom_dataset_resume_and_refusals(resnet18_pkl, tmp_path):
-    from test_detection_datasets import _tiny_coco
-
-    js, img = _tiny_coco(tmp_path / "data")
+    js, img = tiny_coco(tmp_path / "data")
     out = tmp_path / "run"
     common = ["--dataset", f"tiny={js}:{img}", "--train-dataset", "tiny", "--test-dataset", "tiny"]
-    _run(
+    finetune(
         *common,
         "MODEL.WEIGHTS",
         str(resnet18_pkl),
@@ -439,10 +371,11 @@ def test_custom_dataset_resume_and_refusals(resnet18_pkl, tmp_path):
         "2",
         "SOLVER.CHECKPOINT_PERIOD",
         "1",
-        *TINY,
+        *FINETUNE_TINY,
     )
     res = json.loads((out / "results.json").read_text())
     assert set(res["bbox"]["per_class"]) == {"cat", "dog"} and res["iterations"] == 2
+    assert res["revision"] == code_revision()
     assert (
         res["backbone"]["unsafe_load"] is False and res["backbone"]["source_unsafe_load"] is False
     )
@@ -451,21 +384,21 @@ def test_custom_dataset_resume_and_refusals(resnet18_pkl, tmp_path):
     assert len(gt["annotations"]) == 2
     # resume: continues from the last checkpoint (iteration 2 of 3), provenance kept even though
     # MODEL.WEIGHTS is not given again
-    _run(*common, "--resume", "OUTPUT_DIR", str(out), "SOLVER.MAX_ITER", "3", *TINY)
+    finetune(*common, "--resume", "OUTPUT_DIR", str(out), "SOLVER.MAX_ITER", "3", *FINETUNE_TINY)
     log = (out / "log.txt").read_text()
     assert "Resumed from" in log and "Starting training from iteration 2" in log
     res2 = json.loads((out / "results.json").read_text())
     assert res2["iterations"] == 3 and res2["backbone"] == res["backbone"]
     # --eval-only of the fine-tuned checkpoint reproduces its AP and keeps the provenance
     ev = tmp_path / "eval"
-    _run(
+    finetune(
         *common,
         "--eval-only",
         "MODEL.WEIGHTS",
         str(out / "model_final.pth"),
         "OUTPUT_DIR",
         str(ev),
-        *TINY,
+        *FINETUNE_TINY,
     )
     res_ev = json.loads((ev / "results.json").read_text())
     assert res_ev["eval_only"] and res_ev["iterations"] == 3
@@ -474,6 +407,6 @@ def test_custom_dataset_resume_and_refusals(resnet18_pkl, tmp_path):
     assert res_ev["bbox"] == res2["bbox"]
     # refusals before any training: unknown data set, unknown category, random backbone
     with pytest.raises(ValueError, match="unknown data set 'nope'"):
-        _run("--train-dataset", "nope", "OUTPUT_DIR", str(tmp_path / "x"), *TINY)
+        finetune("--train-dataset", "nope", "OUTPUT_DIR", str(tmp_path / "x"), *FINETUNE_TINY)
     with pytest.raises(WeightsError, match="MODEL.WEIGHTS is empty"):
-        _run(*common, "OUTPUT_DIR", str(tmp_path / "y"), *TINY)
+        finetune(*common, "OUTPUT_DIR", str(tmp_path / "y"), *FINETUNE_TINY)

@@ -3,29 +3,22 @@
 from __future__ import annotations
 
 import pytest
-from test_detection_datasets import _tiny_coco
-from test_finetune import DEMO, TINY, resnet18_pkl, resnet18_pth  # noqa: F401 (module fixtures)
+from tiny_runs import FINETUNE_TINY, finetune, tiny_coco
 
-from als_det.detection.command_line import finetune_argument_parser
 from als_det.detection.datasets import DatasetError
-from als_det.detection.trainer import run_finetune
-
-
-def _run(*argv: str) -> dict:
-    return run_finetune(finetune_argument_parser().parse_args(["--config-file", DEMO, *argv]))
 
 
 def test_an_option_after_the_config_overrides_says_where_options_go(tmp_path):
-    js, img = _tiny_coco(tmp_path / "data")
+    js, img = tiny_coco(tmp_path / "data")
     with pytest.raises(
         ValueError, match="--dataset comes after the config overrides .* put options before them"
     ):
-        _run("OUTPUT_DIR", str(tmp_path / "run"), "--dataset", f"tiny={js}:{img}")
+        finetune("OUTPUT_DIR", str(tmp_path / "run"), "--dataset", f"tiny={js}:{img}")
     assert not (tmp_path / "run").exists()
 
 
 def test_empty_annotations_are_refused_naming_the_json_before_the_model(tmp_path, monkeypatch):
-    js, img = _tiny_coco(tmp_path / "data", anns=[])
+    js, img = tiny_coco(tmp_path / "data", anns=[])
     from als_det.detection.trainer import FinetuneTrainer
 
     def no_model(*args, **kwargs):
@@ -33,7 +26,7 @@ def test_empty_annotations_are_refused_naming_the_json_before_the_model(tmp_path
 
     monkeypatch.setattr(FinetuneTrainer, "build_model", classmethod(no_model))
     with pytest.raises(DatasetError, match=rf"{js}: no usable box .*'annotations' is empty"):
-        _run(
+        finetune(
             "--dataset",
             f"tiny={js}:{img}",
             "--train-dataset",
@@ -42,14 +35,14 @@ def test_empty_annotations_are_refused_naming_the_json_before_the_model(tmp_path
             "tiny",
             "OUTPUT_DIR",
             str(tmp_path / "run"),
-            *TINY,
+            *FINETUNE_TINY,
         )
 
 
-def test_divergence_error_says_what_to_change(resnet18_pkl, tmp_path):  # noqa: F811
-    js, img = _tiny_coco(tmp_path / "data")
+def test_divergence_error_says_what_to_change(resnet18_pkl, tmp_path):
+    js, img = tiny_coco(tmp_path / "data")
     with pytest.raises(FloatingPointError) as err:
-        _run(
+        finetune(
             "--dataset",
             f"tiny={js}:{img}",
             "--train-dataset",
@@ -60,7 +53,7 @@ def test_divergence_error_says_what_to_change(resnet18_pkl, tmp_path):  # noqa: 
             str(resnet18_pkl),
             "OUTPUT_DIR",
             str(tmp_path / "run"),
-            *TINY,
+            *FINETUNE_TINY,
             "SOLVER.BASE_LR",
             "1e6",
             "SOLVER.MAX_ITER",

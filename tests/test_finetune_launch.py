@@ -9,8 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from test_detection_datasets import _tiny_coco
-from test_finetune import DEMO, TINY, resnet18_pkl, resnet18_pth  # noqa: F401 (module fixtures)
+from tiny_runs import DETECTION_DEMO, FINETUNE_TINY, tiny_coco
 
 from als_det.detection.launch import LaunchError, launch_processes
 
@@ -20,16 +19,16 @@ REPO = Path(__file__).resolve().parents[1]
 def _two_process_run(
     launcher: list[str], flags: list[str], weights: Path, tmp_path: Path
 ) -> tuple[Path, str]:
-    js, img = _tiny_coco(tmp_path / "data")
+    js, img = tiny_coco(tmp_path / "data")
     out = tmp_path / "run"
-    tiny = [*TINY, "SOLVER.IMS_PER_BATCH", "2"]  # one image per process
+    tiny = [*FINETUNE_TINY, "SOLVER.IMS_PER_BATCH", "2"]  # one image per process
     cmd = [
         sys.executable,
         *launcher,
         "tools/finetune_coco.py",
         *flags,
         "--config-file",
-        DEMO,
+        DETECTION_DEMO,
         "--dataset",
         f"tiny={js}:{img}",
         "--train-dataset",
@@ -70,14 +69,14 @@ def _assert_one_job_of_two(out: Path, log: str) -> None:
 
 
 @pytest.mark.slow
-def test_num_gpus_2_without_cuda_runs_two_gloo_processes(resnet18_pkl, tmp_path):  # noqa: F811
+def test_num_gpus_2_without_cuda_runs_two_gloo_processes(resnet18_pkl, tmp_path):
     out, log = _two_process_run([], ["--num-gpus", "2"], resnet18_pkl, tmp_path)
     _assert_one_job_of_two(out, log)
     assert "no CUDA: --num-gpus 2 starts 2 CPU processes (gloo)" in log
 
 
 @pytest.mark.slow
-def test_torchrun_processes_join_one_job(resnet18_pkl, tmp_path):  # noqa: F811
+def test_torchrun_processes_join_one_job(resnet18_pkl, tmp_path):
     out, log = _two_process_run(
         ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"],
         [],

@@ -10,21 +10,14 @@ import sys
 from pathlib import Path
 
 import pytest
-from test_detection_datasets import _tiny_coco
-from test_finetune import DEMO, TINY, resnet18_pkl, resnet18_pth  # noqa: F401 (module fixtures)
+from tiny_runs import DETECTION_DEMO, FINETUNE_TINY, finetune, tiny_coco
 
-from als_det.detection.command_line import finetune_argument_parser
 from als_det.detection.datasets import DatasetError
-from als_det.detection.trainer import run_finetune
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-def _run(*argv: str, config: str = DEMO) -> dict:
-    return run_finetune(finetune_argument_parser().parse_args(["--config-file", config, *argv]))
-
-
-def _tool(*argv: str, config: str = DEMO) -> None:
+def _tool(*argv: str, config: str = DETECTION_DEMO) -> None:
     """tools/finetune_coco.py in its own process, as a user runs it (detectron2 caches its log file
     per process, so two runs into one folder are two commands)."""
     proc = subprocess.run(
@@ -44,13 +37,13 @@ def _iterations(out: Path) -> list[int]:
 
 
 @pytest.fixture(scope="module")
-def trained(resnet18_pkl, tmp_path_factory) -> tuple[Path, Path, list[str]]:  # noqa: F811
+def trained(resnet18_pkl, tmp_path_factory) -> tuple[Path, Path, list[str]]:
     """A 2-iteration fine-tune on a tiny hand-made set (a checkpoint after each iteration)."""
     root = tmp_path_factory.mktemp("ft")
-    js, img = _tiny_coco(root / "data")
+    js, img = tiny_coco(root / "data")
     data = ["--dataset", f"tiny={js}:{img}", "--train-dataset", "tiny", "--test-dataset", "tiny"]
     out = root / "run"
-    _run(
+    finetune(
         *data,
         "MODEL.WEIGHTS",
         str(resnet18_pkl),
@@ -60,7 +53,7 @@ def trained(resnet18_pkl, tmp_path_factory) -> tuple[Path, Path, list[str]]:  # 
         "2",
         "SOLVER.CHECKPOINT_PERIOD",
         "1",
-        *TINY,
+        *FINETUNE_TINY,
     )
     return out, js, data
 
@@ -68,7 +61,7 @@ def trained(resnet18_pkl, tmp_path_factory) -> tuple[Path, Path, list[str]]:  # 
 @pytest.mark.slow
 def test_a_fresh_fine_tune_into_a_used_folder_sets_the_earlier_run_aside(
     trained,
-    resnet18_pkl,  # noqa: F811
+    resnet18_pkl,
     tmp_path,
 ):
     _, _, data = trained
@@ -83,7 +76,7 @@ def test_a_fresh_fine_tune_into_a_used_folder_sets_the_earlier_run_aside(
         "3",
         "SOLVER.CHECKPOINT_PERIOD",
         "2",
-        *TINY,
+        *FINETUNE_TINY,
     )
     earlier = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
     assert "model_0000001.pth" in earlier and _iterations(out) == [
@@ -111,7 +104,7 @@ def test_a_fresh_fine_tune_into_a_used_folder_sets_the_earlier_run_aside(
         f"Using the data sets recorded in {aside[0] / 'datasets.json'}" in log
     )  # set aside with its config
     # --resume continues the run in the folder instead: nothing more is set aside
-    _tool(*data, "--resume", "OUTPUT_DIR", str(out), "SOLVER.MAX_ITER", "3", *TINY)
+    _tool(*data, "--resume", "OUTPUT_DIR", str(out), "SOLVER.MAX_ITER", "3", *FINETUNE_TINY)
     assert len(list(out.glob("previous-*"))) == 1 and _iterations(out) == [1, 2, 2, 3]
 
 
@@ -129,7 +122,7 @@ def test_eval_only_with_the_runs_config_evaluates_the_data_sets_it_used(
     elsewhere.mkdir()
     monkeypatch.chdir(elsewhere)
     ev = tmp_path / "eval"
-    _run(
+    finetune(
         "--eval-only",
         "MODEL.WEIGHTS",
         str(run / "model_final.pth"),
@@ -172,7 +165,7 @@ def test_eval_only_refuses_a_recorded_data_set_that_changed(trained, tmp_path):
         match=rf"{changed} has changed since the run recorded it in "
         rf"{copy / 'datasets.json'}",
     ):
-        _run(
+        finetune(
             "--eval-only",
             "MODEL.WEIGHTS",
             str(run / "model_final.pth"),

@@ -7,7 +7,8 @@ import json
 
 import pytest
 import torch
-from test_trainer import TINY_GEN, tiny_cfg
+from test_trainer import tiny_cfg
+from tiny_runs import TINY_GEN
 
 from als_det.data.generated import generate
 from als_det.engine.trainer import train

@@ -8,7 +8,8 @@ import shutil
 from pathlib import Path
 
 import pytest
-from test_trainer import CONFIGS, TINY_GEN, tiny_cfg
+from test_trainer import CONFIGS, tiny_cfg
+from tiny_runs import TINY_GEN
 
 from als_det.config import load_config
 from als_det.data.generated import generate

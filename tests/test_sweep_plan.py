@@ -23,6 +23,7 @@ from als_det.experiment.launchers import Outcome
 from als_det.experiment.plan import PlanError, load_plan, parse_plan
 from als_det.experiment.sweep import Progress, sweep_cells
 from als_det.io import atomic_write_json
+from als_det.revision import code_revision
 
 REPO = Path(__file__).resolve().parents[1]
 SWEEP = REPO / "configs/experiments/sweep_tiny_imagenet.yaml"
@@ -281,7 +282,8 @@ def test_smoke_sweep_reports_a_broken_cell_finishes_the_others_then_reuses_them(
     for seed, log in logs.items():
         assert re.search(rf"`broken_e1_s{seed}` \| broken +\| {seed} .*\| 1 .*log: {log}", missing)
     assert json.loads((out / "sweep.json").read_text())["missing"][1]["cell"] == "broken_e1_s1"
-    assert len(report.split("## Cells")[1].strip().splitlines()) == 2 + 8
+    cells = report.split("## Cells")[1].split("## Code revisions")[0]
+    assert len(cells.strip().splitlines()) == 2 + 8
 
     second = _sweep(tmp_path / "sweep.yaml", out)
     assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
@@ -289,6 +291,7 @@ def test_smoke_sweep_reports_a_broken_cell_finishes_the_others_then_reuses_them(
     assert "tools/pretrain.py" not in second.stdout + second.stderr
     report = (out / "report.md").read_text()
     assert "Missing" not in report and "(incomplete)" not in report
+    assert f"## Code revisions\n\nCode revision of every cell: `{code_revision()}`." in report
     for part in (
         "## Verdict",
         "## Accuracy and calibration",
@@ -303,6 +306,10 @@ def test_smoke_sweep_reports_a_broken_cell_finishes_the_others_then_reuses_them(
     # length
     saved = json.loads((out / "sweep.json").read_text())
     assert saved["missing"] == [] and saved["main_epochs"] == 1
+    assert (
+        list(saved["revisions"]) == [code_revision()]
+        and len(saved["revisions"][code_revision()]) == 16
+    )
     groups = {(g["setting"], g["epochs"]): g["stats"] for g in saved["groups"]}
     assert set(groups) == {(s, e) for s in ("hard", "als") for e in (1, 2)}
     for epochs in (1, 2):

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from tiny_runs import tiny_data_overrides
+from tiny_runs import TINY_GEN, tiny_data_overrides
 
 from als_det.analysis.evaluate import EvalOptions, evaluate_checkpoints
 from als_det.config import load_config
@@ -20,15 +20,6 @@ from als_det.report.sweep_figures import pareto_front
 from als_det.report.sweep_report import write_sweep_report
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "pretrain"
-TINY_GEN = {
-    "NUM_CLASSES": 3,
-    "TRAIN_PER_CLASS": 8,
-    "VAL_PER_CLASS": 3,
-    "IMAGE_SIZE": 16,
-    "DETECTION_TRAIN": 1,
-    "DETECTION_VAL": 1,
-    "DETECTION_IMAGE_SIZE": 32,
-}
 SETTINGS = {
     "hard": ["LABELS.STRATEGY", "hard"],
     "ls": ["LABELS.STRATEGY", "ls"],

@@ -13,7 +13,7 @@ import pytest
 import torch
 import torchvision
 from fvcore.common.config import CfgNode
-from tiny_runs import tiny_data_overrides
+from tiny_runs import TINY_GEN, tiny_data_overrides
 
 from als_det.config import get_cfg, load_config
 from als_det.data.generated import generate
@@ -21,18 +21,10 @@ from als_det.engine.checkpoint import REQUIRED_KEYS, load_backbone, load_checkpo
 from als_det.engine.solver import build_optimizer, lr_factor
 from als_det.engine.trainer import NonFiniteLossError, train
 from als_det.mixing import BatchMixer
+from als_det.revision import code_revision
 from als_det.targets import LabelStrategy
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "pretrain"
-TINY_GEN = {
-    "NUM_CLASSES": 3,
-    "TRAIN_PER_CLASS": 8,
-    "VAL_PER_CLASS": 3,
-    "IMAGE_SIZE": 16,
-    "DETECTION_TRAIN": 1,
-    "DETECTION_VAL": 1,
-    "DETECTION_IMAGE_SIZE": 32,
-}
 
 
 @pytest.fixture(scope="module")
@@ -160,6 +152,7 @@ def test_metrics_count_bad_and_skipped_images(runs):
     run = json.loads((runs["a"] / "run.json").read_text())
     assert run["index"]["train"]["images"] == 24 and run["index"]["train"]["with_boxes"] == 23
     assert 0.0 < run["train_mean_box_area"] < 1.0
+    assert run["revision"] == code_revision()
 
 
 def test_checkpoint_contents(runs, tiny_root):

@@ -14,8 +14,8 @@ import logging
 import sys
 
 from als_det.cli import argument_parser, run
-from als_det.convert import DEFAULT_VERIFY_CONFIG, convert_file
-from als_det.detection.verify import VerificationFailed
+from als_det.convert import convert_file
+from als_det.detection.verify import DEFAULT_VERIFY_CONFIG, VerificationFailed, convert_verified
 
 logger = logging.getLogger("als_det.tools.convert_to_d2")
 
@@ -59,14 +59,17 @@ def build_parser():
 
 def run_tool(args) -> int:
     try:
-        result = convert_file(
-            args.input,
-            args.output,
-            force=args.force,
-            verify_config=args.config_file,
-            verify_size=args.verify_size if args.verify else 0,
-            unsafe_load=args.unsafe_load,
-        )
+        if args.verify:
+            result = convert_verified(
+                args.input,
+                args.output,
+                args.force,
+                config_file=args.config_file,
+                input_size=args.verify_size,
+                unsafe_load=args.unsafe_load,
+            )
+        else:
+            result = convert_file(args.input, args.output, args.force, unsafe_load=args.unsafe_load)
     except VerificationFailed as err:
         logger.error("%s\nverification failed: %s was not written", err, args.output)
         return 1

@@ -25,31 +25,11 @@ DIR/in9_report.md.
 
 from __future__ import annotations
 
-import logging
 import sys
-from dataclasses import fields
 
-from als_det.analysis.backgrounds import evaluate_in9, is_in9_layout
-from als_det.analysis.evaluate import EvalOptions, evaluate_checkpoints
-from als_det.cli import add_options, argument_parser, option_flag, options_from_args, run
-from als_det.report.backgrounds import summary_lines, write_in9_report
-from als_det.report.evaluation import write_evaluation
-
-logger = logging.getLogger("als_det.tools.evaluate")
-
-# Options of the box-based evaluation that an ImageNet-9 tree has no use for.
-IN9_IGNORES = (
-    "split",
-    "boxes",
-    "val_labels",
-    "temperature_scaling",
-    "fill",
-    "min_crop_fraction",
-    "cam_method",
-    "grid_images",
-    "max_images",
-    "cache_dir",
-)
+from als_det.analysis.evaluate import EvalOptions
+from als_det.cli import add_options, argument_parser, options_from_args, run
+from als_det.evaluation import evaluate
 
 
 def build_parser():
@@ -87,59 +67,16 @@ def build_parser():
 
 
 def run_tool(args) -> None:
-    opts = options_from_args(EvalOptions, args)
-    if is_in9_layout(args.data):
-        defaults = EvalOptions()
-        unused = [
-            option_flag(f)
-            for f in fields(EvalOptions)
-            if f.name in IN9_IGNORES and getattr(opts, f.name) != getattr(defaults, f.name)
-        ]
-        if args.baseline is not None:
-            unused.insert(0, "--baseline")
-        if unused:
-            raise ValueError(
-                f"{' '.join(unused)} do(es) not apply to "
-                f"ImageNet-9 data ({args.data} has original/val)"
-            )
-        metrics = evaluate_in9(
-            args.checkpoint,
-            args.data,
-            args.out,
-            names=args.name,
-            in_to_in9=args.in_to_in9,
-            opts=opts,
-            args=vars(args),
-        )
-        write, summary = write_in9_report, summary_lines
-    else:
-        if args.in_to_in9:
-            raise ValueError(
-                f"--in-to-in9 applies to ImageNet-9 data; {args.data} has no original/val folder"
-            )
-        metrics = evaluate_checkpoints(
-            args.checkpoint,
-            args.data,
-            args.out,
-            names=args.name,
-            baseline=args.baseline,
-            opts=opts,
-            args=vars(args),
-        )
-        write, summary = write_evaluation, _bg_only_sentences
-    if metrics is not None:  # rank 0
-        report = write(metrics, args.out)
-        logger.info("wrote %s and its metrics beside it (%.0f s)", report, metrics["wall_time_s"])
-        for line in summary(metrics):
-            logger.info(line)
-
-
-def _bg_only_sentences(metrics: dict) -> list[str]:
-    return [
-        comps["bg_only"]["sentence"]
-        for comps in metrics["headline"]["comparisons"].values()
-        if "bg_only" in comps
-    ]
+    evaluate(
+        args.checkpoint,
+        args.data,
+        args.out,
+        names=args.name,
+        baseline=args.baseline,
+        in_to_in9=args.in_to_in9,
+        opts=options_from_args(EvalOptions, args),
+        args=vars(args),
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

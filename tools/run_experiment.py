@@ -12,7 +12,9 @@ Finished stages are reused (fingerprint of command and inputs), interrupted trai
 their checkpoint, and a failed stage stops only the stages that need it. Run the same command
 again after a failure or an interruption: only what is left runs. Before anything is launched a
 pre-flight check (data roots, GPUs, torch and detectron2 builds, disk) lists what the plan needs
-and refuses on a problem (`--skip-preflight` launches anyway).
+and refuses on a problem (`--skip-preflight` launches anyway). A finished stage that another
+code revision ran (als_det.revision) is reused with a warning naming it; --rerun-other-revisions
+runs it again.
 """
 
 from __future__ import annotations
@@ -63,6 +65,12 @@ def build_parser() -> argparse.ArgumentParser:
         "finds a problem",
     )
     parser.add_argument(
+        "--rerun-other-revisions",
+        action="store_true",
+        help="run again the finished stages that another code revision ran (by default they are "
+        "reused, with a warning naming them)",
+    )
+    parser.add_argument(
         "--no-wait",
         action="store_true",
         help="slurm: submit and return; run the command again to follow the jobs",
@@ -81,7 +89,11 @@ def run_tool(args: argparse.Namespace) -> int:
         return 0
     try:
         outcome = run_experiment(
-            plan, args.launcher, wait=not args.no_wait, check=not args.skip_preflight
+            plan,
+            args.launcher,
+            wait=not args.no_wait,
+            check=not args.skip_preflight,
+            rerun_other_revisions=args.rerun_other_revisions,
         )
     except KeyboardInterrupt:
         logger.warning("interrupted; run the same command again to go on from here")

@@ -38,6 +38,7 @@ from als_det.data.images import BadImageError, load_rgb
 from als_det.engine.distributed import DistInfo, all_gather_objects, init_distributed
 from als_det.io import sha256_file
 from als_det.logger import setup_logging
+from als_det.revision import code_revision
 from als_det.versions import package_versions
 
 logger = logging.getLogger(__name__)
@@ -266,6 +267,7 @@ def evaluate_in9(
         },
         "options": asdict(opts),
         "versions": package_versions(),
+        "revision": code_revision(),
         "args": args or {},
         "wall_time_s": round(time.perf_counter() - start, 1),
     }

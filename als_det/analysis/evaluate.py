@@ -39,6 +39,7 @@ from als_det.io import sha256_file
 from als_det.logger import setup_logging
 from als_det.metrics.calibration import calibration_metrics_from_logits, temperature_scaling_report
 from als_det.metrics.context import confidence_summary, fill_comparisons, headline
+from als_det.revision import code_revision
 from als_det.versions import package_versions
 from als_det.views import FILLS, PRIMARY, VIEWS, splits
 
@@ -344,6 +345,7 @@ def evaluate_checkpoints(
         ),
         "figures": {},
         "versions": package_versions(),
+        "revision": code_revision(),
         "args": args or {},
         "wall_time_s": round(time.perf_counter() - start, 1),
     }

@@ -11,9 +11,10 @@ from typing import Any
 
 from detectron2.config import CfgNode
 
+from als_det.config import flatten_config
 from als_det.detection.datasets import dataset_record
-from als_det.engine.resume import flatten_config
 from als_det.io import atomic_write_json
+from als_det.revision import code_revision
 from als_det.versions import package_versions
 
 SUMMARY_METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
@@ -118,5 +119,6 @@ def write_results(
         "seed": int(seed),
         **extra,
         "versions": package_versions(),
+        "revision": code_revision(),
     }
     return atomic_write_json(Path(output_dir) / "results.json", payload)

@@ -1,12 +1,14 @@
 """The proof that a converted backbone loads right: `verify` builds the detectron2 model a fine-tune
 builds, loads the `.pkl` through the suite's `DetectionCheckpointer`, and compares every backbone
-tensor and the res2..res5 outputs with the torchvision source.
+tensor and the res2..res5 outputs with the torchvision source; `convert_verified` publishes a
+conversion only once it passes.
 """
 
 from __future__ import annotations
 
 import math
 import os
+import tempfile
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -21,18 +23,22 @@ from torchvision.models.feature_extraction import create_feature_extractor
 
 from als_det.convert import (
     AUTHOR,
-    DEFAULT_VERIFY_CONFIG,
     ConversionError,
     backbone_state_dict,
     d2_name,
     extract_state_dict,
     infer_depth,
     load_checkpoint_file,
+    prepare_conversion,
 )
 from als_det.detection.checkpoint import RecordingCheckpointer
 from als_det.detection.config import MODEL_ZOO_PREFIX, DetectionCfgNode, get_detection_cfg
+from als_det.io import atomic_pickle_dump
 from als_det.weights_io import WeightsFileError, read_detectron2_pickle
 
+DEFAULT_VERIFY_CONFIG = (
+    Path(__file__).resolve().parents[2] / "configs" / "detection" / "faster_rcnn_R_50_FPN_1x.yaml"
+)
 VERIFY_TOLERANCE = 1e-4
 
 
@@ -301,6 +307,42 @@ def verify(
     )
     _compare_outputs(result, model, bottom_up, c4, source_sd, x)
     return result
+
+
+def convert_verified(
+    input: str | os.PathLike,
+    output: str | os.PathLike,
+    force: bool = False,
+    *,
+    config_file: str | os.PathLike | None = None,
+    input_size: int = 224,
+    unsafe_load: bool = False,
+) -> dict[str, Any]:
+    """`als_det.convert.convert_file`, proven before it is published: the file is written beside
+    `output` under a temporary name, verified (`verify`, an `input_size`-pixel input in
+    `config_file`'s model), and moved into place only if it passes; otherwise a
+    `VerificationFailed` is raised and nothing is written. Returns the conversion's result with
+    "verify": the VerifyResult as a dict."""
+    conversion = prepare_conversion(input, output, force, unsafe_load)
+    output = conversion.output
+    output.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(
+        prefix=f".{output.stem}.", suffix=".verify.pkl", dir=output.parent
+    )
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        atomic_pickle_dump(tmp, conversion.content)
+        checked = verify(
+            tmp, conversion.source_state_dict, config_file=config_file, input_size=input_size
+        )
+        checked.pkl = str(output)  # report the destination, not the temporary name
+        if not checked.ok:
+            raise VerificationFailed(checked)
+        os.replace(tmp, output)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return {**conversion.result(), "verify": checked.to_dict()}
 
 
 def _same(a: Any, b: Any) -> bool:

@@ -14,16 +14,6 @@ from als_det.io import atomic_write_text
 logger = logging.getLogger(__name__)
 
 
-def read_history(path: str | Path, upto_epoch: int | None = None) -> list[dict[str, Any]]:
-    """The rows of a metrics.jsonl ([] without the file), up to `upto_epoch` if given (a resumed
-    run continues from there)."""
-    path = Path(path)
-    if not path.is_file():
-        return []
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    return [r for r in rows if upto_epoch is None or r["epoch"] <= upto_epoch]
-
-
 def epoch_line(row: dict[str, Any], epochs: int) -> str:
     """The console summary of one epoch's row."""
     val = (

@@ -1,10 +1,9 @@
 """Whether a checkpoint may be resumed under the current config.
 
-Every config key defines the experiment (data, crops, sizes, batch, epochs, solver, schedule,
-labels, seed, precision, ...) except the few in `RUNTIME_KEYS`, which only say where and how
-fast it runs. A resume whose experiment keys (or process count, hence global batch) differ from
-the checkpoint's is refused with every difference listed, unless the change is deliberate
-(`allow_change`); then the differences are returned for `run.json`.
+Every config key defines the experiment except the few in `als_det.config.RUNTIME_KEYS`, which
+only say where and how fast it runs. A resume whose experiment keys (or process count, hence
+global batch) differ from the checkpoint's is refused with every difference listed, unless the
+change is deliberate (`allow_change`); then the differences are returned for `run.json`.
 """
 
 from __future__ import annotations
@@ -15,48 +14,14 @@ from typing import Any
 
 from fvcore.common.config import CfgNode
 
-from als_det.config import get_cfg
+from als_det.config import RUNTIME_KEYS, flatten_config, saved_config
 
-RUNTIME_KEYS = frozenset(
-    {
-        "OUTPUT_DIR",
-        "DATA.NUM_WORKERS",
-        "DATA.CACHE_DIR",
-        "DATA.STRICT",
-        "DATA.DECODE",
-        "TRAIN.DEVICE",
-        "TRAIN.EVAL_PERIOD",
-        "TRAIN.LOG_PERIOD",
-        "TRAIN.COMPILE",
-        "TRAIN.CHANNELS_LAST",
-        "TRAIN.DETERMINISTIC",
-    }
-)
 WORLD_SIZE = "processes (global batch = SOLVER.BATCH_SIZE x processes)"
 ALLOW_FLAG = "--allow-config-change"
 
 
 class ResumeError(ValueError):
     """A resume that would silently continue a different experiment; the message lists why."""
-
-
-def flatten_config(node: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    """A (nested) config as {"SECTION.KEY": value}, tuples as lists."""
-    out: dict[str, Any] = {}
-    for key, value in node.items():
-        if isinstance(value, Mapping):
-            out.update(flatten_config(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = list(value) if isinstance(value, (list, tuple)) else value
-    return out
-
-
-def saved_config(saved_yaml: str) -> dict[str, Any]:
-    """A config saved as YAML (a checkpoint's, a converted backbone's `pretrain_config`), flattened
-    over the current defaults: a key the saved config lacks had its default then."""
-    flat = flatten_config(get_cfg())
-    flat.update(flatten_config(CfgNode.load_cfg(saved_yaml)))
-    return flat
 
 
 def config_differences(saved_yaml: str, cfg: CfgNode) -> dict[str, tuple[Any, Any]]:

@@ -13,6 +13,7 @@ from als_det.data.device_decode import FALLBACK_NAMES
 from als_det.data.imagenet import IMAGENET_MEAN, IMAGENET_STD
 from als_det.engine.data import DataBundle
 from als_det.engine.distributed import DistInfo
+from als_det.revision import code_revision
 from als_det.targets import LabelStrategy
 from als_det.versions import package_versions
 
@@ -53,6 +54,7 @@ def run_record(
         "train_mean_box_area": data.box_area,
         "resumes": resumes,
         "versions": package_versions(),
+        "revision": code_revision(),
     }
     if cfg.DATA.DECODE == "device":
         record["decode_fallbacks"] = {name: 0 for name in FALLBACK_NAMES}

@@ -40,13 +40,13 @@ from als_det.engine.distributed import (
     cleanup_distributed,
     init_distributed,
 )
-from als_det.engine.events import MetricsWriter, read_history
+from als_det.engine.events import MetricsWriter
 from als_det.engine.iteration_log import IterationLog
 from als_det.engine.loops import NonFiniteLossError, evaluate, resolve_precision, train_one_epoch
 from als_det.engine.resume import ResumeError, check_resume, resume_record
 from als_det.engine.run_record import checkpoint_identity, fallback_totals, log_start, run_record
 from als_det.engine.solver import build_optimizer, build_scheduler
-from als_det.io import atomic_write_json, atomic_write_text
+from als_det.io import atomic_write_json, atomic_write_text, read_history
 from als_det.logger import setup_logging
 from als_det.mixing import BatchMixer
 from als_det.models import build_resnet

@@ -3,6 +3,7 @@ or sweep report when the plan asks for one)."""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from pathlib import Path
@@ -12,7 +13,8 @@ from als_det.experiment.estimate import estimate_lines
 from als_det.experiment.graph import Graph, build_graph
 from als_det.experiment.launchers import Outcome, SubmititLauncher, run_local, sbatch_flags
 from als_det.experiment.plan import Plan
-from als_det.experiment.stages import describe, recorded_seconds, resolve
+from als_det.experiment.stages import describe, other_revisions, recorded_seconds, resolve
+from als_det.revision import code_revision
 
 LAUNCHERS = ("local", "slurm", "submitit-local")
 BENCH_DIR = Path(__file__).resolve().parents[2] / "benchmarks" / "out"
@@ -91,11 +93,46 @@ def _demo_report(plan: Plan, graph: Graph, total_s: float) -> Path:
     return report
 
 
+def check_revisions(graph: Graph, rerun: bool) -> dict[str, str]:
+    """The finished stages another code revision ran ({stage: its revision}), named in a
+    warning; with `rerun` they are marked to run again (in `graph`)."""
+    others = other_revisions(graph.stages)
+    if not others:
+        return others
+    listing = "; ".join(f"{name} ({revision})" for name, revision in others.items())
+    if rerun:
+        logger.warning(
+            "%d finished stage(s) of another code revision run again under %s: %s",
+            len(others),
+            code_revision(),
+            listing,
+        )
+        graph.stages = [
+            dataclasses.replace(st, stale_revision=others[st.name]) if st.name in others else st
+            for st in graph.stages
+        ]
+    else:
+        logger.warning(
+            "%d finished stage(s) reused from another code revision than this one (%s): %s; "
+            "--rerun-other-revisions runs them again",
+            len(others),
+            code_revision(),
+            listing,
+        )
+    return others
+
+
 def run_experiment(
-    plan: Plan, launcher: str = "local", wait: bool = True, check: bool = True
+    plan: Plan,
+    launcher: str = "local",
+    wait: bool = True,
+    check: bool = True,
+    rerun_other_revisions: bool = False,
 ) -> Outcome:
     """Run (or submit) every stage that is not done; print what became of each. `check`: the
-    pre-flight check first (`als_det.experiment.preflight`), which refuses on a problem."""
+    pre-flight check first (`als_det.experiment.preflight`), which refuses on a problem. Finished
+    stages of another code revision are reused with a warning, or run again
+    (`rerun_other_revisions`)."""
     if launcher not in LAUNCHERS:
         raise ValueError(f"launcher must be one of {LAUNCHERS}, got {launcher!r}")
     start = time.perf_counter()
@@ -110,6 +147,7 @@ def run_experiment(
         preflight.require_ready(plan, graph, launcher)
     out = resolve(plan.out)
     (out / "logs").mkdir(parents=True, exist_ok=True)
+    check_revisions(graph, rerun_other_revisions)
     if launcher == "local":
         progress = (
             sweep.Progress(sweep.sweep_cells(plan, graph)) if plan.sweep is not None else None

@@ -6,6 +6,10 @@ fingerprint still matches and its outputs exist. A stage that started records th
 `<name>.started.json`; when it is run again with the same command and its checkpoint
 (`last.pth`, detectron2's `last_checkpoint`) exists, it resumes instead of starting afresh.
 
+Both records name the code revision (`als_det.revision`) that ran the stage. A finished stage of
+another revision is still reused (the runner warns, naming it) unless the stage is marked
+with its revision as `stale_revision`: then it runs afresh, its earlier output set aside.
+
 `StageJob` runs a stage in this process (the local launcher) or as a submitit job; on SLURM
 preemption or time-out submitit calls its `checkpoint()`, which requeues the same stage: the
 requeued job finds the checkpoint and resumes from it.
@@ -37,6 +41,7 @@ from als_det.experiment.commands import Command, Node, display, launch_argv
 from als_det.experiment.plan import REPO, Resources
 from als_det.io import atomic_write_json, sha256_file
 from als_det.logger import setup_logging
+from als_det.revision import code_revision
 
 logger = logging.getLogger(__name__)
 
@@ -59,6 +64,7 @@ class Stage:
     owns: Path | None = None  # the folder or file this stage writes (set aside, never mixed)
     resume_command: Command | None = None
     resume_from: Path | None = None  # present after an interrupted run: resume instead of restart
+    stale_revision: str | None = None  # a finished record of this code revision is run again
 
     @property
     def marker(self) -> Path:
@@ -110,11 +116,30 @@ def _read(path: Path) -> dict[str, Any]:
 
 
 def is_done(stage: Stage, fp: str | None = None) -> bool:
-    """Finished earlier with the same command and inputs, and its outputs are still there."""
+    """Finished earlier with the same command and inputs (and not by its `stale_revision`), and
+    its outputs are still there."""
     record = _read(stage.marker)
     if not record or not all(p.exists() for p in stage.outputs):
         return False
+    if stage.stale_revision is not None and _revision(record) == stage.stale_revision:
+        return False
     return record.get("fingerprint") == (fp or fingerprint(stage))
+
+
+def _revision(record: dict[str, Any]) -> str:
+    return record.get("revision", "unrecorded")  # records older than revisions
+
+
+def other_revisions(stages: Sequence[Stage]) -> dict[str, str]:
+    """{stage: the revision its record names} of the finished stages that another code revision
+    ran."""
+    out = {}
+    for st in stages:
+        record = _read(st.marker)
+        revision = _revision(record)
+        if record and revision != code_revision() and is_done(st):
+            out[st.name] = revision
+    return out
 
 
 def recorded_seconds(stage: Stage) -> float:
@@ -128,13 +153,14 @@ def resume_point(stage: Stage, fp: str) -> Path | None:
     return stage.resume_from if _read(stage.started_marker).get("fingerprint") == fp else None
 
 
-def _set_aside_if_foreign(stage: Stage, fp: str) -> None:
-    """Before a fresh run: what `owns` holds from another command (or from no recorded stage) is
-    moved to `<name>.previous-<time>` beside it, so results of two commands never mix."""
+def _set_aside_if_foreign(stage: Stage, fp: str, rerun: bool = False) -> None:
+    """Before a fresh run: what `owns` holds from another command (or from no recorded stage, or
+    a finished run of another code revision: `rerun`) is moved to `<name>.previous-<time>` beside
+    it, so results of two commands never mix."""
     path = stage.owns
     if path is None or not path.exists() or (path.is_dir() and not any(path.iterdir())):
         return
-    if _read(stage.started_marker).get("fingerprint") == fp:
+    if not rerun and _read(stage.started_marker).get("fingerprint") == fp:
         return  # a partial run of this same command: overwritten
     aside = path.with_name(f"{path.name}.previous-{datetime.now():%Y%m%d-%H%M%S-%f}")
     path.rename(aside)
@@ -203,17 +229,23 @@ def run_stage(stage: Stage, node: Node | None = None, relay: bool = True) -> dic
     marker. `node` is set for the other nodes of a multi-node job: they only run the command."""
     main = node is None or node.rank == "0"
     fp = fingerprint(stage)
-    point = resume_point(stage, fp)
+    # A stale finished stage starts afresh once; requeued, it resumes from the new run's checkpoint.
+    rerun = (
+        stage.stale_revision is not None
+        and _revision(_read(stage.started_marker)) == stage.stale_revision
+    )
+    point = None if rerun else resume_point(stage, fp)
     cmd = stage.resume_command if point is not None and stage.resume_command else stage.command
     log = stage.log if main else stage.log.with_name(f"{stage.name}.node{node.rank}.log")
     log.parent.mkdir(parents=True, exist_ok=True)
     if main:
         if point is None:
-            _set_aside_if_foreign(stage, fp)
+            _set_aside_if_foreign(stage, fp, rerun)
         atomic_write_json(
             stage.started_marker,
             {
                 "fingerprint": fp,
+                "revision": code_revision(),
                 "started": time.time(),
                 "host": socket.gethostname(),
                 "pid": os.getpid(),
@@ -240,6 +272,7 @@ def run_stage(stage: Stage, node: Node | None = None, relay: bool = True) -> dic
         stage.marker,
         {
             "fingerprint": fp,
+            "revision": code_revision(),
             "command": shlex.split(display(cmd, stage.resources)),
             "seconds": round(seconds, 1),
             "finished": time.time(),

@@ -1,7 +1,7 @@
 """A sweep plan's cells (setting x seed x training length, each a pretraining and its evaluation)
 as the runner sees them: a progress line before each stage (which cell, how many finished, the
 time left), and after the run the sweep report over the cells that finished, naming the ones
-that did not (`als_det.report.sweep_report` writes it).
+that did not (`als_det.report.sweep_report` writes it), and the code revisions its cells come from.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from als_det.experiment.graph import Graph
 from als_det.experiment.launchers import Outcome
 from als_det.experiment.plan import Plan
 from als_det.experiment.stages import Stage, resolve
+from als_det.io import atomic_write_json, atomic_write_text
 
 logger = logging.getLogger(__name__)
 
@@ -170,9 +171,35 @@ def _why_missing(cell: Cell, outcome: Outcome) -> str:
     return "not run"
 
 
+def cell_revisions(cells: list[Cell]) -> dict[str, list[str]]:
+    """{code revision: the stages of `cells` it ran}, from the stage records."""
+    out: dict[str, list[str]] = {}
+    for c in cells:
+        for st in (c.pretrain, c.evaluate):
+            out.setdefault(_record(st).get("revision", "unrecorded"), []).append(st.name)
+    return out
+
+
+def revisions_section(revisions: dict[str, list[str]]) -> str:
+    """The report's lines naming every code revision that contributed (`als_det.revision`)."""
+    if len(revisions) == 1:
+        return f"Code revision of every cell: `{next(iter(revisions))}`.\n"
+    lines = [f"The cells come from {len(revisions)} code revisions:", ""]
+    lines += [f"- `{rev}`: {', '.join(stages)}" for rev, stages in revisions.items()]
+    return "\n".join(lines) + "\n"
+
+
+def _add_revisions(out: Path, report: Path, revisions: dict[str, list[str]]) -> None:
+    summary = json.loads((out / "sweep.json").read_text())
+    atomic_write_json(out / "sweep.json", {**summary, "revisions": revisions})
+    text = report.read_text(encoding="utf-8").rstrip("\n")
+    atomic_write_text(report, f"{text}\n\n## Code revisions\n\n{revisions_section(revisions)}")
+
+
 def write_report(plan: Plan, graph: Graph, outcome: Outcome) -> Path | None:
     """The sweep report at OUT/report.md over the cells that finished with their baseline cell;
-    every other cell is listed in it as missing, with the reason and its log."""
+    every other cell is listed in it as missing, with the reason and its log; its last section
+    names the code revisions of the cells (sweep.json: `revisions`)."""
     from als_det.report.sweep import SweepCell
     from als_det.report.sweep_report import write_sweep_report
 
@@ -224,5 +251,9 @@ def write_report(plan: Plan, graph: Graph, outcome: Outcome) -> Path | None:
             if c.run in missing
         ],
     )
+    revisions = cell_revisions(shown)
+    _add_revisions(resolve(plan.out), report, revisions)
+    if len(revisions) > 1:
+        logger.warning("the report's cells come from %d code revisions", len(revisions))
     logger.info("report over %d of %d cells: %s", len(shown), len(cells), report)
     return report

@@ -12,8 +12,7 @@ from typing import Any
 
 from matplotlib.figure import Figure
 
-from als_det.engine.events import read_history
-from als_det.io import atomic_write_text
+from als_det.io import atomic_write_text, read_history
 from als_det.metrics.comparison import direction, mean_std
 from als_det.report.figures import save_figure
 from als_det.report.fills import fill_section

@@ -5,7 +5,7 @@ different test sets are refused), the same detection config (every key but those
 `als_det.detection.results.NOT_EXPERIMENT_KEYS`: model, solver and schedule, input sizes, test
 settings), the same number of iterations and the same training data (sha256 of each json). Within
 a label strategy, runs whose backbone recipes differ (the pretraining config minus its seed and
-run-time keys, `als_det.engine.resume.RUNTIME_KEYS`) get separate rows. Within a row every run
+run-time keys, `als_det.config.RUNTIME_KEYS`) get separate rows. Within a row every run
 must be a new seed (another pretraining seed or fine-tuning seed): a run whose two seeds equal
 those of a run already in the row (the same run copied, a rerun of that seed, an `--eval-only` run
 of the same weights) is a duplicate, reported and counted once.
@@ -20,7 +20,7 @@ from typing import Any, Protocol
 
 import yaml
 
-from als_det.engine.resume import RUNTIME_KEYS, saved_config
+from als_det.config import RUNTIME_KEYS, saved_config
 
 _SHOW = 5  # differing keys named in an error message
 

@@ -19,8 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from als_det.engine.events import read_history
-from als_det.io import sha256_file
+from als_det.io import read_history, sha256_file
 from als_det.metrics.comparison import UnpairedError, pair_with_baseline, seed_stats
 from als_det.metrics.context import headline_comparison
 from als_det.views import (
