@@ -7,8 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
-from test_detection_datasets import _tiny_coco
-from test_finetune import DEMO, TINY, resnet18_pkl, resnet18_pth  # noqa: F401 (module fixtures)
+from tiny_runs import DETECTION_DEMO, FINETUNE_TINY, tiny_coco
 
 from als_det.detection.command_line import finetune_argument_parser
 from als_det.detection.config import get_detection_cfg
@@ -24,14 +23,14 @@ def test_the_shipped_1x_configs_train_in_mixed_precision(config: str) -> None:
     assert get_detection_cfg(str(REPO / "configs" / "detection" / config)).SOLVER.AMP.ENABLED
 
 
-def test_amp_is_turned_off_on_the_cpu_and_recorded(resnet18_pkl, tmp_path: Path) -> None:  # noqa: F811
-    js, img = _tiny_coco(tmp_path / "data")
+def test_amp_is_turned_off_on_the_cpu_and_recorded(resnet18_pkl, tmp_path: Path) -> None:
+    js, img = tiny_coco(tmp_path / "data")
     out = tmp_path / "run"
     argv = [
-        *("--config-file", DEMO, "--dataset", f"tiny={js}:{img}"),
+        *("--config-file", DETECTION_DEMO, "--dataset", f"tiny={js}:{img}"),
         *("--train-dataset", "tiny", "--test-dataset", "tiny"),
         *("MODEL.WEIGHTS", str(resnet18_pkl), "OUTPUT_DIR", str(out), "MODEL.DEVICE", "cpu"),
-        *("SOLVER.AMP.ENABLED", "True", "SOLVER.MAX_ITER", "1", *TINY),
+        *("SOLVER.AMP.ENABLED", "True", "SOLVER.MAX_ITER", "1", *FINETUNE_TINY),
     ]
     run_finetune(finetune_argument_parser().parse_args(argv))
     results = json.loads((out / "results.json").read_text())
