@@ -39,7 +39,7 @@ from als_det.engine.loops import NonFiniteLossError, evaluate, resolve_precision
 from als_det.engine.resume import ResumeError, check_resume, resume_record
 from als_det.engine.run_record import checkpoint_identity, log_start, run_record
 from als_det.engine.solver import build_optimizer, build_scheduler
-from als_det.io import atomic_write_json, atomic_write_text
+from als_det.io import atomic_write_json, atomic_write_text, remove_stale_temp_files
 from als_det.logger import setup_logging
 from als_det.mixing import BatchMixer
 from als_det.models import build_resnet
@@ -142,8 +142,11 @@ def _seed(cfg: CfgNode) -> None:
 
 
 def _prepare_output_dir(out_dir: Path, cfg: CfgNode, fresh: bool) -> None:
-    """Create OUTPUT_DIR; a fresh run sets an earlier run's files aside; write config.yaml."""
+    """Create OUTPUT_DIR; remove temporary files of killed writes; a fresh run sets an earlier
+    run's files aside; write config.yaml."""
     out_dir.mkdir(parents=True, exist_ok=True)
+    for name in PRETRAIN_OUTPUTS:
+        remove_stale_temp_files(out_dir / name)
     aside = set_aside_previous_run(out_dir, PRETRAIN_OUTPUTS, PRETRAIN_MARKERS) if fresh else None
     if aside is not None:
         logger.info("%s", set_aside_note(out_dir, aside))
@@ -263,6 +266,9 @@ def _train(
             run_record(cfg, info, data, strategy, amp, channels_last, resumes),
         )
     writer = MetricsWriter(out_dir, cfg.SOLVER.EPOCHS, history, start_epoch, enabled=main)
+    if ckpt is not None:  # redo what a kill after the checkpoint's last.pth left undone
+        saver.restore_best(ckpt)
+        writer.resume(ckpt.get("metrics_row"))
     train_step = partial(
         train_one_epoch,
         model,
@@ -297,7 +303,7 @@ def _train(
             data.train_set.set_epoch(epoch - 1)
             row, last_val = _epoch(epoch, train_step, validate, optimizer, cfg, last_val)
             _check_finite(raw_model, epoch)
-            saver.save(epoch, last_val, row.get("val_top1"))
+            saver.save(epoch, last_val, row)  # last.pth, the commit point; then best.pth
             writer.write(row)
             barrier()
     finally:
