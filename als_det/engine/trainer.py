@@ -44,6 +44,7 @@ from als_det.logger import setup_logging
 from als_det.mixing import BatchMixer
 from als_det.models import build_resnet
 from als_det.output_dir import set_aside_note, set_aside_previous_run
+from als_det.run_lock import output_lock
 from als_det.targets import LabelStrategy
 
 logger = logging.getLogger(__name__)
@@ -103,7 +104,8 @@ def train(
     deterministic = torch.are_deterministic_algorithms_enabled()
     info = init_distributed(cfg.TRAIN.DEVICE)
     try:
-        return _train(cfg, info, resume, stop_after_epoch, model_hook, allow_config_change)
+        with output_lock(cfg.OUTPUT_DIR, enabled=info.is_main):
+            return _train(cfg, info, resume, stop_after_epoch, model_hook, allow_config_change)
     finally:
         torch.use_deterministic_algorithms(deterministic)
         if owns_group:

@@ -12,6 +12,7 @@ from als_det.experiment.graph import Graph, build_graph
 from als_det.experiment.launchers import Outcome, SubmititLauncher, run_local
 from als_det.experiment.plan import Plan
 from als_det.experiment.stages import describe, recorded_seconds, resolve
+from als_det.run_lock import output_lock
 
 LAUNCHERS = ("local", "slurm", "submitit-local")
 
@@ -80,27 +81,30 @@ def run_experiment(plan: Plan, launcher: str = "local", wait: bool = True) -> Ou
             "ask for several nodes: use --launcher slurm or set nodes: 1 in the plan"
         )
     out = resolve(plan.out)
-    (out / "logs").mkdir(parents=True, exist_ok=True)
-    if launcher == "local":
-        progress = (
-            sweep.Progress(sweep.sweep_cells(plan, graph)) if plan.sweep is not None else None
-        )
-        outcome = run_local(graph.stages, before=progress)
-    else:
-        cluster = "slurm" if launcher == "slurm" else "local"
-        outcome = SubmititLauncher(
-            graph.stages,
-            out / ".submitit",
-            cluster,
-            plan.name,
-            plan.slurm,
-            poll_s=10.0 if cluster == "slurm" else 0.5,
-        ).run(wait=wait)
-    for line in summary(outcome).splitlines():
-        (logger.error if line.startswith("FAILED") else logger.info)(line)
-    if plan.report == "sweep":  # also after failures: the report covers the cells that finished
-        sweep.write_report(plan, graph, outcome)
-    if outcome.ok and plan.report == "demo":
-        report = _demo_report(plan, graph, time.perf_counter() - start)
-        logger.info("finished in %.1f min; report: %s", (time.perf_counter() - start) / 60, report)
-    return outcome
+    with output_lock(out):  # one runner per output folder
+        (out / "logs").mkdir(parents=True, exist_ok=True)
+        if launcher == "local":
+            progress = (
+                sweep.Progress(sweep.sweep_cells(plan, graph)) if plan.sweep is not None else None
+            )
+            outcome = run_local(graph.stages, before=progress)
+        else:
+            cluster = "slurm" if launcher == "slurm" else "local"
+            outcome = SubmititLauncher(
+                graph.stages,
+                out / ".submitit",
+                cluster,
+                plan.name,
+                plan.slurm,
+                poll_s=10.0 if cluster == "slurm" else 0.5,
+            ).run(wait=wait)
+        for line in summary(outcome).splitlines():
+            (logger.error if line.startswith("FAILED") else logger.info)(line)
+        if plan.report == "sweep":  # also after failures: the report covers the cells that finished
+            sweep.write_report(plan, graph, outcome)
+        if outcome.ok and plan.report == "demo":
+            report = _demo_report(plan, graph, time.perf_counter() - start)
+            logger.info(
+                "finished in %.1f min; report: %s", (time.perf_counter() - start) / 60, report
+            )
+        return outcome
