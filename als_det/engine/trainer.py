@@ -43,7 +43,7 @@ from als_det.io import atomic_write_json, atomic_write_text, remove_stale_temp_f
 from als_det.logger import setup_logging
 from als_det.mixing import BatchMixer
 from als_det.models import build_resnet
-from als_det.output_dir import set_aside_note, set_aside_previous_run
+from als_det.output_dir import check_output_folder, set_aside_note, set_aside_previous_run
 from als_det.run_lock import output_lock
 from als_det.targets import LabelStrategy
 
@@ -100,6 +100,7 @@ def train(
     after that many epochs, the schedule still planned for SOLVER.EPOCHS, as if preempted.
     model_hook: called with the freshly built model (e.g. to attach forward hooks).
     """
+    check_output_folder(cfg.OUTPUT_DIR, "OUTPUT_DIR")
     owns_group = not torch.distributed.is_initialized()
     deterministic = torch.are_deterministic_algorithms_enabled()
     info = init_distributed(cfg.TRAIN.DEVICE)

@@ -7,11 +7,14 @@ import logging
 import time
 from pathlib import Path
 
+import submitit
+
 from als_det.experiment import sweep
 from als_det.experiment.graph import Graph, build_graph
 from als_det.experiment.launchers import Outcome, SubmititLauncher, run_local
 from als_det.experiment.plan import Plan
 from als_det.experiment.stages import describe, recorded_seconds, resolve
+from als_det.output_dir import check_output_folder
 from als_det.run_lock import output_lock
 
 LAUNCHERS = ("local", "slurm", "submitit-local")
@@ -80,7 +83,12 @@ def run_experiment(plan: Plan, launcher: str = "local", wait: bool = True) -> Ou
             f"the {launcher} launcher runs on this one machine, but {', '.join(several)} "
             "ask for several nodes: use --launcher slurm or set nodes: 1 in the plan"
         )
-    out = resolve(plan.out)
+    if launcher == "slurm" and submitit.SlurmExecutor.affinity() <= 0:
+        raise ValueError(
+            "--launcher slurm needs SLURM, and there is no `srun` on PATH here: run it on the "
+            "cluster's login node, or use --launcher local or submitit-local on this machine"
+        )
+    out = check_output_folder(resolve(plan.out), "out")
     with output_lock(out):  # one runner per output folder
         (out / "logs").mkdir(parents=True, exist_ok=True)
         if launcher == "local":
