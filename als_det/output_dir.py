@@ -22,7 +22,10 @@ class OutputFolderError(ValueError):
 def check_output_folder(folder: str | os.PathLike, what: str) -> Path:
     """Raise OutputFolderError (one line: `what`, e.g. "OUTPUT_DIR" or "--out", names the option)
     unless `folder` is a folder this process can write into, or one it can create: the nearest
-    existing one of it and its parents must be a writable folder. Changes nothing."""
+    existing one of it and its parents must be a writable folder (an empty name is refused: it
+    would be the current folder). Changes nothing."""
+    if not str(folder).strip():
+        raise OutputFolderError(f"{what} is empty: name the output folder")
     folder = Path(folder)
     existing = folder
     while not os.path.lexists(existing) and existing != existing.parent:

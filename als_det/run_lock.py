@@ -40,7 +40,12 @@ def _holder(fd: int) -> str:
 def _acquire(path: Path) -> int:
     """An open descriptor of `path` holding its exclusive lock, or FolderInUseError."""
     while True:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        except IsADirectoryError:
+            raise ValueError(
+                f"{path} is a folder: remove it, it is where the run lock goes"
+            ) from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

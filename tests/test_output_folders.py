@@ -115,3 +115,13 @@ def test_slurm_launcher_without_slurm(tmp_path, monkeypatch, capsys):
         "error: --launcher slurm needs SLURM, and there is no `srun` on PATH here"
     )
     assert not out.exists()
+
+
+def test_an_empty_output_folder_name_is_not_the_current_folder(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    config = str(REPO / "configs/pretrain/demo_als.yaml")
+    assert _main("pretrain", ["--config-file", config, "OUTPUT_DIR", ""]) == 2
+    assert _error_line(capsys).startswith("error: OUTPUT_DIR is empty: name the output folder (")
+    assert _main("compare", ["run", "--out", ""]) == 2
+    assert _error_line(capsys).startswith("error: --out is empty")
+    assert list(tmp_path.iterdir()) == []

@@ -92,3 +92,10 @@ def test_a_second_run_into_a_folder_in_use_is_one_line_naming_the_holder(tmp_pat
     assert sorted(p.name for p in folder.iterdir()) == [
         "last.pth"
     ]  # nothing written, nothing moved
+
+
+def test_a_folder_where_the_lock_goes_is_one_clear_error(tmp_path):
+    (tmp_path / LOCK_FILE).mkdir()
+    with pytest.raises(ValueError, match=r"\.lock is a folder: remove it"):
+        with output_lock(tmp_path):
+            pass
