@@ -85,6 +85,7 @@ def _check_one_line_and_no_partial_file(run: subprocess.CompletedProcess, out: P
     assert not list(out.rglob("*.tmp"))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["last.pth", "metrics.jsonl"])
 def test_disk_full_at_the_write_boundary(data_root, tmp_path, name):
     out = tmp_path / "run"
@@ -114,6 +115,7 @@ def _mount_namespace() -> list[str] | None:
     return prefix if probe.returncode == 0 else None
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(
     _mount_namespace() is None, reason="cannot mount a tmpfs here (needs root or user namespaces)"
 )
