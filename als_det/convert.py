@@ -23,6 +23,7 @@ import torchvision
 
 from als_det.io import atomic_pickle_dump, sha256_file
 from als_det.models import RESNET_LAYOUTS
+from als_det.output_dir import check_output_folder
 from als_det.revision import code_revision
 from als_det.versions import package_versions
 from als_det.weights_io import WeightsFileError, read_torch_file, strip_wrapper_prefixes
@@ -247,6 +248,9 @@ def prepare_conversion(
             f"{output}: the output must end in .pkl (detectron2 reads .pkl "
             "files as converted model-zoo weights)"
         )
+    if output.is_dir():
+        raise ConversionError(f"{output} is a folder: OUTPUT names the .pkl file to write")
+    check_output_folder(output.parent, "OUTPUT's folder")
     if output.exists() and not force:
         raise ConversionError(f"{output}: already exists (use force=True / --force to replace it)")
     checkpoint = load_checkpoint_file(source, unsafe_load=unsafe_load)

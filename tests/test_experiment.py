@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -63,6 +64,18 @@ def _raw(path: Path) -> dict:
         (
             lambda p: p["detection"].append(dict(p["detection"][0])),
             "detection names must be distinct",
+        ),
+        *(
+            (
+                lambda p, bad=bad: p["arms"].update({bad: p["arms"]["hard"]}),
+                f"arms: the name {re.escape(repr(bad))} is not a plain name",
+            )
+            for bad in ("../../../escaped", "/tmp/abs", "a/b", "a\\b", "", ".", "..", ".hidden")
+        ),
+        (lambda p: p["arms"].update({None: p["arms"]["hard"]}), "arms: the name 'None' is not"),
+        (
+            lambda p: p["detection"][0].update(name="../up"),
+            r"detection\[0\].name: the name '../up' is not a plain name",
         ),
     ],
 )

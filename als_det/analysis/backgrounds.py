@@ -38,6 +38,7 @@ from als_det.data.images import BadImageError, load_rgb
 from als_det.engine.distributed import DistInfo, all_gather_objects, init_distributed
 from als_det.io import sha256_file
 from als_det.logger import setup_logging
+from als_det.output_dir import check_output_folder
 from als_det.revision import code_revision
 from als_det.versions import package_versions
 
@@ -211,6 +212,7 @@ def evaluate_in9(
     start = time.perf_counter()
     opts = opts or EvalOptions()
     root = Path(data_root)
+    check_output_folder(out_dir, "--out")
     if not is_in9_layout(root):
         raise FileNotFoundError(f"{root} is not an ImageNet-9 tree: no {root / 'original' / 'val'}")
     classes = in9_classes(root)

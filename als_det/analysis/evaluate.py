@@ -39,6 +39,7 @@ from als_det.io import sha256_file
 from als_det.logger import setup_logging
 from als_det.metrics.calibration import calibration_metrics_from_logits, temperature_scaling_report
 from als_det.metrics.context import confidence_summary, fill_comparisons, headline
+from als_det.output_dir import check_output_folder
 from als_det.revision import code_revision
 from als_det.versions import package_versions
 from als_det.views import FILLS, PRIMARY, VIEWS, splits
@@ -282,7 +283,7 @@ def evaluate_checkpoints(
     start = time.perf_counter()
     opts = opts or EvalOptions()
     opts.validate()
-    root, out = Path(data_root), Path(out_dir)
+    root, out = Path(data_root), check_output_folder(out_dir, "--out")
     if not root.is_dir():
         raise FileNotFoundError(f"data root {root} does not exist")
     info = init_distributed(opts.device)

@@ -50,7 +50,8 @@ from als_det.detection.results import (
 from als_det.detection.weights import load_backbone_weights
 from als_det.io import atomic_write_json, atomic_write_text
 from als_det.logger import setup_logging
-from als_det.output_dir import set_aside_note, set_aside_previous_run
+from als_det.output_dir import check_output_folder, set_aside_note, set_aside_previous_run
+from als_det.run_lock import output_lock
 
 logger = logging.getLogger(__name__)
 
@@ -291,7 +292,16 @@ def record_run(cfg: DetectionCfgNode, args: argparse.Namespace) -> None:
 
 
 def run_finetune(args: argparse.Namespace) -> dict[str, Any]:
-    """Train (or `--eval-only` evaluate) and write results.json; returns the evaluation results."""
+    """Train (or `--eval-only` evaluate) and write results.json; returns the evaluation results.
+    Rank 0 holds OUTPUT_DIR's lock (`als_det.run_lock`) throughout."""
+    out_dir = check_output_folder(
+        get_detection_cfg(args.config_file, args.opts).OUTPUT_DIR, "OUTPUT_DIR"
+    )
+    with output_lock(out_dir, enabled=comm.is_main_process()):
+        return _run_finetune(args)
+
+
+def _run_finetune(args: argparse.Namespace) -> dict[str, Any]:
     cfg = setup(args)
     if args.eval_only:
         model = FinetuneTrainer.build_model(cfg)

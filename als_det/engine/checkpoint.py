@@ -105,11 +105,15 @@ def load_backbone(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
 
 
 class CheckpointSaver:
-    """A run's checkpoints: `save(epoch, metrics)` writes OUTPUT_DIR/last.pth after every epoch and
-    copies it to best.pth when val top-1 beats every earlier epoch's (`best_top1`, kept in the
+    """A run's checkpoints: `save(epoch, metrics, row)` writes OUTPUT_DIR/last.pth after every epoch
+    and copies it to best.pth when val top-1 beats every earlier epoch's (`best_top1`, kept in the
     checkpoint so that a resumed run keeps choosing the same best). `identity` holds what does not
     change during the run (arch, classes, label strategy, preprocessing, config, seed, ...); with
-    `enabled=False` (ranks other than 0) it only follows `best_top1`."""
+    `enabled=False` (ranks other than 0) it only follows `best_top1`.
+
+    last.pth is the epoch's commit point: it is written first and carries what comes after it
+    (`best_epoch`, the epoch's metrics.jsonl row `metrics_row`), so that `restore_best` (and
+    `MetricsWriter.resume`) redo what a kill after it left undone."""
 
     def __init__(
         self,
@@ -128,7 +132,7 @@ class CheckpointSaver:
             scheduler,
             scaler,
         )
-        self.best_top1 = -1.0
+        self.best_top1, self.best_epoch = -1.0, 0
 
     def resume(self, ckpt: dict[str, Any]) -> tuple[int, dict[str, Any]]:
         """Restore model, optimizer, scheduler, scaler, RNG state and best top-1 from `ckpt`;
@@ -140,14 +144,22 @@ class CheckpointSaver:
             self.scaler.load_state_dict(ckpt["scaler"])
         set_rng_state(ckpt["rng_state"])
         self.best_top1 = float(ckpt["best_top1"])
+        self.best_epoch = int(ckpt.get("best_epoch", 0))
         return int(ckpt["epoch"]), ckpt["metrics"]
 
-    def save(self, epoch: int, metrics: dict[str, Any], top1: float | None) -> None:
-        """After `epoch` (1-based) with its last validation `metrics`; `top1` when it was
-        validated."""
+    def restore_best(self, ckpt: dict[str, Any]) -> None:
+        """On resume from `ckpt`: if its own epoch was the best, write best.pth from it (a run
+        killed after last.pth, before best.pth, did not)."""
+        if self.enabled and self.best_epoch == int(ckpt["epoch"]):
+            save_checkpoint(self.out_dir / BEST, ckpt)
+
+    def save(self, epoch: int, metrics: dict[str, Any], row: dict[str, Any]) -> None:
+        """After `epoch` (1-based) with its last validation `metrics` and its metrics.jsonl `row`
+        (`val_top1` in it when the epoch was validated)."""
+        top1 = row.get("val_top1")
         is_best = top1 is not None and top1 > self.best_top1
         if is_best:
-            self.best_top1 = top1
+            self.best_top1, self.best_epoch = top1, epoch
         if not self.enabled:
             return
         state = {
@@ -160,6 +172,8 @@ class CheckpointSaver:
             "rng_state": get_rng_state(),
             "metrics": metrics,
             "best_top1": self.best_top1,
+            "best_epoch": self.best_epoch,
+            "metrics_row": row,
             "versions": package_versions(),
         }
         save_checkpoint(self.out_dir / LAST, state)

@@ -54,16 +54,33 @@ class MetricsWriter:
 
             self.tb = SummaryWriter(str(Path(out_dir) / "tb"), purge_step=start_epoch + 1)
 
+    def resume(self, checkpoint_row: dict[str, Any] | None) -> None:
+        """On resume: metrics.jsonl becomes `history` (rows up to the checkpoint's epoch) plus the
+        checkpoint's own row (`metrics_row`) where a kill after the checkpoint left it unwritten."""
+        if not self.enabled:
+            return
+        last = self.history[-1]["epoch"] if self.history else 0
+        if checkpoint_row is not None and checkpoint_row["epoch"] > last:
+            logger.info(
+                "epoch %d's metrics row restored from the checkpoint", checkpoint_row["epoch"]
+            )
+            self.write(checkpoint_row)
+        else:
+            self._write_file()
+
     def write(self, row: dict[str, Any]) -> None:
         if not self.enabled:
             return
         self.history.append(row)
-        atomic_write_text(self.path, "".join(json.dumps(r) + "\n" for r in self.history))
+        self._write_file()
         for key, value in row.items():
             if key != "epoch" and isinstance(value, (int, float)):
                 self.tb.add_scalar(key, value, row["epoch"])
         self.tb.flush()
         logger.info(epoch_line(row, self.epochs))
+
+    def _write_file(self) -> None:
+        atomic_write_text(self.path, "".join(json.dumps(r) + "\n" for r in self.history))
 
     def close(self) -> None:
         if self.tb is not None:

@@ -46,11 +46,17 @@ from als_det.engine.loops import NonFiniteLossError, evaluate, resolve_precision
 from als_det.engine.resume import ResumeError, check_resume, resume_record
 from als_det.engine.run_record import checkpoint_identity, fallback_totals, log_start, run_record
 from als_det.engine.solver import build_optimizer, build_scheduler
-from als_det.io import atomic_write_json, atomic_write_text, read_history
+from als_det.io import (
+    atomic_write_json,
+    atomic_write_text,
+    read_history,
+    remove_stale_temp_files,
+)
 from als_det.logger import setup_logging
 from als_det.mixing import BatchMixer
 from als_det.models import build_resnet
-from als_det.output_dir import set_aside_note, set_aside_previous_run
+from als_det.output_dir import check_output_folder, set_aside_note, set_aside_previous_run
+from als_det.run_lock import output_lock
 from als_det.targets import LabelStrategy
 
 logger = logging.getLogger(__name__)
@@ -106,11 +112,13 @@ def train(
     after that many epochs, the schedule still planned for SOLVER.EPOCHS, as if preempted.
     model_hook: called with the freshly built model (e.g. to attach forward hooks).
     """
+    check_output_folder(cfg.OUTPUT_DIR, "OUTPUT_DIR")
     owns_group = not torch.distributed.is_initialized()
     deterministic = torch.are_deterministic_algorithms_enabled()
     info = init_distributed(cfg.TRAIN.DEVICE)
     try:
-        return _train(cfg, info, resume, stop_after_epoch, model_hook, allow_config_change)
+        with output_lock(cfg.OUTPUT_DIR, enabled=info.is_main):
+            return _train(cfg, info, resume, stop_after_epoch, model_hook, allow_config_change)
     finally:
         torch.use_deterministic_algorithms(deterministic)
         if owns_group:
@@ -149,8 +157,11 @@ def _seed(cfg: CfgNode) -> None:
 
 
 def _prepare_output_dir(out_dir: Path, cfg: CfgNode, fresh: bool) -> None:
-    """Create OUTPUT_DIR; a fresh run sets an earlier run's files aside; write config.yaml."""
+    """Create OUTPUT_DIR; remove temporary files of killed writes; a fresh run sets an earlier
+    run's files aside; write config.yaml."""
     out_dir.mkdir(parents=True, exist_ok=True)
+    for name in PRETRAIN_OUTPUTS:
+        remove_stale_temp_files(out_dir / name)
     aside = set_aside_previous_run(out_dir, PRETRAIN_OUTPUTS, PRETRAIN_MARKERS) if fresh else None
     if aside is not None:
         logger.info("%s", set_aside_note(out_dir, aside))
@@ -279,6 +290,9 @@ def _train(
         start_epoch,
         enabled=main,
     )
+    if ckpt is not None:  # redo what a kill after the checkpoint's last.pth left undone
+        saver.restore_best(ckpt)
+        writer.resume(ckpt.get("metrics_row"))
     train_step = partial(
         train_one_epoch,
         model,
@@ -315,7 +329,7 @@ def _train(
             row, last_val = _epoch(epoch, train_step, validate, optimizer, cfg, last_val)
             row.update(decode_fallbacks(train_loader, val_loader))
             _check_finite(raw_model, epoch)
-            saver.save(epoch, last_val, row.get("val_top1"))
+            saver.save(epoch, last_val, row)  # last.pth, the commit point; then best.pth
             writer.write(row)
             if main and cfg.DATA.DECODE == "device":
                 record["decode_fallbacks"] = fallback_totals(writer.history)

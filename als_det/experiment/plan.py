@@ -22,7 +22,8 @@ evaluation, the detectors to fine-tune each converted backbone with, and each st
             max_num_timeout: 10, additional_parameters: {}}
 
 Strings in `args`, override values and `data.root` may say `{out}`, and `args` and override
-values `{data}` (the data root).
+values `{data}` (the data root). Arm and detector names name folders and files under `out`: plain
+names of letters, digits and `_ . + -`, starting with a letter or digit.
 
 A sweep (`sweep: {epochs: [8, 16, 32], lengths_for: [hard, als]}`) reads `arms` as its settings and
 runs every setting x seed x training length as one cell: the arm `<setting>_e<epochs>` (the setting
@@ -37,6 +38,7 @@ implied) is `als_det.report.sweep_report`'s, written to OUT/report.md.
 from __future__ import annotations
 
 import copy
+import re
 from collections.abc import Mapping
 from dataclasses import fields, replace
 from pathlib import Path
@@ -136,6 +138,20 @@ def _existing(path: str, where: str, source: str) -> str:
     return path
 
 
+PLAIN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]*")
+
+
+def _plain_name(name: Any, where: str, source: str) -> str:
+    """An arm's or detector's name: a folder and file name part under `out`, never a path."""
+    text = str(name)
+    if isinstance(name, bool) or not isinstance(name, (str, int)) or not PLAIN_NAME.fullmatch(text):
+        raise PlanError(
+            f"{source}: {where}: the name {text!r} is not a plain name (it names folders under "
+            "`out`): use letters, digits and _ . + -, starting with a letter or digit"
+        )
+    return text
+
+
 def _seeds(raw: Any, where: str, source: str) -> list[int]:
     if not isinstance(raw, list) or not raw or not all(isinstance(s, int) for s in raw):
         raise PlanError(f"{source}: {where} must be a non-empty list of integers, got {raw!r}")
@@ -149,7 +165,7 @@ def _detection(raw: Any, i: int, source: str) -> Detection:
         raise PlanError(f"{source}: {where} needs a name and a config")
     seeds = d.get("seeds")
     return Detection(
-        name=str(d["name"]),
+        name=_plain_name(d["name"], f"{where}.name", source),
         config=_existing(d["config"], where, source),
         args=_string_list(d.get("args"), f"{where}.args", source),
         overrides=_overrides(d.get("overrides"), f"{where}.overrides", source),
@@ -221,6 +237,7 @@ def parse_plan(raw: Any, source: str = "<plan>") -> Plan:
 def _arms(raw: Any, source: str) -> dict[str, Arm]:
     arms = {}
     for name, spec in _check_keys(raw, set(raw), "arms", source).items():
+        name = _plain_name(name, "arms", source)
         a = _check_keys(spec, {"config", "overrides"}, f"arms.{name}", source)
         if not a.get("config"):
             raise PlanError(f"{source}: arms.{name} needs a config")

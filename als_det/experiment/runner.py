@@ -8,13 +8,17 @@ import logging
 import time
 from pathlib import Path
 
+import submitit
+
 from als_det.experiment import preflight, sweep
 from als_det.experiment.estimate import estimate_lines
 from als_det.experiment.graph import Graph, build_graph
 from als_det.experiment.launchers import Outcome, SubmititLauncher, run_local, sbatch_flags
 from als_det.experiment.plan import Plan
 from als_det.experiment.stages import describe, other_revisions, recorded_seconds, resolve
+from als_det.output_dir import check_output_folder
 from als_det.revision import code_revision
+from als_det.run_lock import output_lock
 
 LAUNCHERS = ("local", "slurm", "submitit-local")
 BENCH_DIR = Path(__file__).resolve().parents[2] / "benchmarks" / "out"
@@ -143,31 +147,39 @@ def run_experiment(
             f"the {launcher} launcher runs on this one machine, but {', '.join(several)} "
             "ask for several nodes: use --launcher slurm or set nodes: 1 in the plan"
         )
+    if launcher == "slurm" and submitit.SlurmExecutor.affinity() <= 0:
+        raise ValueError(
+            "--launcher slurm needs SLURM, and there is no `srun` on PATH here: run it on the "
+            "cluster's login node, or use --launcher local or submitit-local on this machine"
+        )
     if check:
         preflight.require_ready(plan, graph, launcher)
-    out = resolve(plan.out)
-    (out / "logs").mkdir(parents=True, exist_ok=True)
-    check_revisions(graph, rerun_other_revisions)
-    if launcher == "local":
-        progress = (
-            sweep.Progress(sweep.sweep_cells(plan, graph)) if plan.sweep is not None else None
-        )
-        outcome = run_local(graph.stages, before=progress)
-    else:
-        cluster = "slurm" if launcher == "slurm" else "local"
-        outcome = SubmititLauncher(
-            graph.stages,
-            out / ".submitit",
-            cluster,
-            plan.name,
-            plan.slurm,
-            poll_s=10.0 if cluster == "slurm" else 0.5,
-        ).run(wait=wait)
-    for line in summary(outcome).splitlines():
-        (logger.error if line.startswith("FAILED") else logger.info)(line)
-    if plan.report == "sweep":  # also after failures: the report covers the cells that finished
-        sweep.write_report(plan, graph, outcome)
-    if outcome.ok and plan.report == "demo":
-        report = _demo_report(plan, graph, time.perf_counter() - start)
-        logger.info("finished in %.1f min; report: %s", (time.perf_counter() - start) / 60, report)
-    return outcome
+    out = check_output_folder(resolve(plan.out), "out")
+    with output_lock(out):  # one runner per output folder
+        (out / "logs").mkdir(parents=True, exist_ok=True)
+        check_revisions(graph, rerun_other_revisions)
+        if launcher == "local":
+            progress = (
+                sweep.Progress(sweep.sweep_cells(plan, graph)) if plan.sweep is not None else None
+            )
+            outcome = run_local(graph.stages, before=progress)
+        else:
+            cluster = "slurm" if launcher == "slurm" else "local"
+            outcome = SubmititLauncher(
+                graph.stages,
+                out / ".submitit",
+                cluster,
+                plan.name,
+                plan.slurm,
+                poll_s=10.0 if cluster == "slurm" else 0.5,
+            ).run(wait=wait)
+        for line in summary(outcome).splitlines():
+            (logger.error if line.startswith("FAILED") else logger.info)(line)
+        if plan.report == "sweep":  # also after failures: the report covers the cells that finished
+            sweep.write_report(plan, graph, outcome)
+        if outcome.ok and plan.report == "demo":
+            report = _demo_report(plan, graph, time.perf_counter() - start)
+            logger.info(
+                "finished in %.1f min; report: %s", (time.perf_counter() - start) / 60, report
+            )
+        return outcome

@@ -15,6 +15,7 @@ from matplotlib.figure import Figure
 from tabulate import tabulate
 
 from als_det.io import atomic_write_json, atomic_write_text
+from als_det.output_dir import check_output_folder
 from als_det.report.compare import FORMATS, METRICS, TASKS, Comparison, compare, run_folder
 from als_det.report.figures import save_figure
 from als_det.report.tables import MISSING, markdown_table, mean_pm_std
@@ -186,6 +187,7 @@ def run_compare(
     out_dir: str | Path = "output/compare",
 ) -> str:
     """`tools/compare.py`: compare, write the files (logged), return the table."""
+    check_output_folder(out_dir, "--out")
     comp = compare(paths, baseline)
     for path in write_comparison(comp, out_dir, fmt).values():
         logger.info("wrote %s", path)
