@@ -22,6 +22,7 @@ from als_det.analysis.evaluate import EvalOptions, evaluate_checkpoints
 from als_det.analysis.models import EvaluationInputError
 from als_det.config import get_cfg
 from als_det.engine.checkpoint import save_checkpoint
+from als_det.metrics.comparison import near_chance
 from als_det.metrics.context import (
     bootstrap_ratio_intervals,
     fill_comparisons,
@@ -276,9 +277,9 @@ def test_bg_only_runs_under_every_fill_side_by_side(setup) -> None:
     )
     report = (base / "out" / "report.md").read_text()
     assert "### bg_only under each fill" in report and "bg_only, blur fill" in report
-    assert re.search(
-        r"\| als vs hard: context reliance +\| +(lower|alike|higher|no interval) ", report
-    )
+    # untrained checkpoints: at chance, no verdict
+    assert re.search(r"\| als vs hard: context reliance +\| +at chance ", report)
+    assert "no verdict: " in report and not re.search(r"relies (less|more)|rely on context", report)
 
 
 def test_single_fill_runs_bg_only_once(setup) -> None:
@@ -294,9 +295,9 @@ def test_single_fill_runs_bg_only_once(setup) -> None:
     assert fill_section(metrics) == []
 
 
-def _fill_metrics(levels: dict[str, dict[str, float]], n: int = 300) -> dict:
+def _fill_metrics(levels: dict[str, dict[str, float]], n: int = 300, top1: float = 0.8) -> dict:
     """Hand-made models whose per-image confidences sit at `levels[model][view]` (views: val, each
-    fill, outside_crop), with their comparisons as the evaluation makes them."""
+    fill, outside_crop), with their comparisons as the evaluation makes them; val top-1 `top1`."""
     g = torch.Generator().manual_seed(0)
     conf = {
         m: {v: (x + 0.02 * torch.randn(n, generator=g)).clamp(0.01, 1) for v, x in views.items()}
@@ -309,7 +310,7 @@ def _fill_metrics(levels: dict[str, dict[str, float]], n: int = 300) -> dict:
     summary = lambda c: {"n": n, "mean_confidence": float(c.mean())}  # noqa: E731
     models = {
         m: {
-            "val": {**summary(c["val"]), "num_classes": 10},
+            "val": {**summary(c["val"]), "num_classes": 10, "top1": top1},
             "variants": {
                 "bg_only": summary(c["bg_only@black"]),
                 "outside_crop": summary(c["outside_crop"]),
@@ -341,6 +342,22 @@ def test_fill_section_says_when_the_verdict_depends_on_the_fill() -> None:
         "als vs hard: every fill and outside_crop agree (relative to own val confidence: alike)"
         in same
     )
+
+
+def test_models_at_chance_get_no_verdict() -> None:
+    assert near_chance(0.14, 100_000, 10)  # below 1.5/K however many images
+    assert near_chance(0.2, 20, 10) and not near_chance(0.3, 20, 10)  # the interval includes 1/K
+    assert not near_chance(0.5, 50_000, 1000) and near_chance(0.0012, 50_000, 1000)
+    hard = {"val": 0.8, "black": 0.6, "mean": 0.6, "blur": 0.6, "outside_crop": 0.5}
+    levels = {"hard": hard, "als": {**hard, "black": 0.3}}
+    text = "\n".join(fill_section(_fill_metrics(levels, top1=0.11)))
+    assert "als vs hard: no verdict: als and hard are at or near chance on val" in text
+    assert "lower" not in text.split("| als vs hard: context reliance")[1]
+    # the headline sentence states the numbers and no verdict
+    als, hard = _fake(0.3, 0.6, 0.11, 0.04), _fake(0.6, 0.6, 0.6, 0.04)
+    sentence = _sentence(headline_comparison("als", "hard", als, hard, "bg_only"), als, hard)
+    assert "no verdict: als is at or near chance on val (top-1 als 11.0%; chance" in sentence
+    assert "relies" not in sentence and "rely" not in sentence and "ratio 0.50" in sentence
 
 
 def test_checkpoint_with_other_class_count_is_a_clear_error(setup, tmp_path) -> None:
@@ -394,7 +411,7 @@ def _sentence(h: dict, model: dict, baseline: dict) -> str:
 
 def _fake(conf_bg: float, conf_val: float, top1: float, ece: float, k: int = 10) -> dict:
     return {
-        "val": {"num_classes": k, "mean_confidence": conf_val, "top1": top1, "ece": ece},
+        "val": {"num_classes": k, "mean_confidence": conf_val, "top1": top1, "ece": ece, "n": 100},
         "variants": {"bg_only": {"n": 100, "mean_confidence": conf_bg}},
     }
 

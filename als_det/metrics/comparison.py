@@ -1,12 +1,13 @@
 """Runs compared with a baseline: pairing by seed, mean ± sample std over seeds, Student-t
 intervals of the paired differences and ratios, and what an interval of a ratio says.
 
-Every report states its verdicts through `direction` and its spreads through `mean_std` /
-`seed_stats`; `als_det.report` only formats them.
+Every report states its verdicts through `direction` (none for a model `near_chance`) and its
+spreads through `mean_std` / `seed_stats`; `als_det.report` only formats them.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Hashable, Sequence
 from typing import Any, TypeVar
 
@@ -17,6 +18,7 @@ from als_det.metrics.intervals import t_interval
 T = TypeVar("T")
 
 NEUTRAL_POINTS = 1.0  # "accuracy-neutral": a mean top-1 cost of at most this many points
+NEAR_CHANCE = 1.5  # top-1 below this many times chance (1/K) is "near chance"
 
 
 class UnpairedError(ValueError):
@@ -76,3 +78,15 @@ def direction(interval: Sequence[float] | None) -> str | None:
 def accuracy_neutral(d_top1_mean: float) -> bool:
     """A mean top-1 change (a fraction) that costs at most NEUTRAL_POINTS points."""
     return d_top1_mean >= -NEUTRAL_POINTS / 100
+
+
+def near_chance(top1: float, n: int, k: int) -> bool:
+    """A model at or near chance on n val images of k classes: top-1 below NEAR_CHANCE / k, or its
+    95% Wilson score interval includes 1/k (a model not shown better than guessing). Its
+    confidences say nothing about what it learnt, so no verdict is drawn from them."""
+    if top1 < NEAR_CHANCE / k:
+        return True
+    z = 1.959964
+    centre = (top1 + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(top1 * (1 - top1) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return centre - half <= 1 / k <= centre + half

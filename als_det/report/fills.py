@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from als_det.metrics.comparison import direction
+from als_det.report.headline import chance_note
 from als_det.report.tables import cell, lookup, markdown_table, with_interval
 from als_det.views import FILLS, unfilled_context_views
 
@@ -65,9 +66,12 @@ def fill_section(metrics: dict[str, Any]) -> list[str]:
                 *(with_interval(h, "ratio_relative_to_val") for _, h in cells),
             ]
         )
-        words = [_direction(h) for _, h in cells]
+        chance = chance_note(models, [n, baseline])
+        words = ["at chance" if chance else _direction(h) for _, h in cells]
         rows.append([f"{n} vs {baseline}: context reliance", *words])
-        if len(set(words)) == 1:
+        if chance:
+            sentences.append(f"- {n} vs {baseline}: {chance}")
+        elif len(set(words)) == 1:
             sentences.append(
                 f"- {n} vs {baseline}: every fill and {' and '.join(unfilled)} agree (relative "
                 f"to own val confidence: {words[0]})."
@@ -85,7 +89,8 @@ def fill_section(metrics: dict[str, Any]) -> list[str]:
         "with a blur of the image, beside `outside_crop` (context without any fill). Each fill "
         "adds or leaks something (docs/als.md, \"Context-only views\"); a verdict that changes "
         "with the fill is not a verdict. lower / alike / higher: the 95% interval of the relative "
-        "ratio lies below 1 / includes 1 / lies above 1.",
+        "ratio lies below 1 / includes 1 / lies above 1; at chance: a model at or near chance on "
+        'val, no verdict (docs/als.md, "No verdict from a model at or near chance").',
         "",
         markdown_table(rows, ["", *cols], colalign=("left",) + ("right",) * len(cols)),
         "",

@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from als_det.metrics.comparison import direction
+from als_det.metrics.comparison import direction, near_chance
 from als_det.report.tables import MISSING
 
 ONE_CHECKPOINT_EACH = (
@@ -23,6 +23,26 @@ def _fmt(v: float | None, spec: str = ".2f") -> str:
 def _ci(h: dict[str, Any], key: str) -> str:
     iv = h["intervals_95"].get(key)
     return f", 95% CI {iv[0]:.2f}-{iv[1]:.2f}" if iv else ""
+
+
+def chance_note(models: dict[str, dict[str, Any]], names: list[str]) -> str | None:
+    """ "no verdict: ... at or near chance" when any of `names` is `near_chance` on val (`models`:
+    metrics.json's models), else None."""
+    at = [n for n in names if near_chance(**_val(models[n]))]
+    if not at:
+        return None
+    k = models[at[0]]["val"]["num_classes"]
+    tops = ", ".join(f"{n} {models[n]['val']['top1']:.1%}" for n in at)
+    return (
+        f"no verdict: {' and '.join(at)} {'is' if len(at) == 1 else 'are'} at or near chance on "
+        f"val (top-1 {tops}; chance 1/K = {1 / k:.1%}), so {'its' if len(at) == 1 else 'their'} "
+        "confidences say nothing about reliance on context."
+    )
+
+
+def _val(m: dict[str, Any]) -> dict[str, Any]:
+    v = m["val"]
+    return {"top1": v["top1"], "n": v["n"], "k": v["num_classes"]}
 
 
 def headline_sentence(h: dict[str, Any], models: dict[str, dict[str, Any]]) -> str:
@@ -50,10 +70,14 @@ def headline_sentence(h: dict[str, Any], models: dict[str, dict[str, Any]]) -> s
         f"top-1 {top1_a:.1%} vs {top1_b:.1%}, ECE {ece_a:.3f} vs {ece_b:.3f}."
     )
     ra, rb = h["relative_to_val"][a], h["relative_to_val"][b]
+    chance = chance_note(models, [a, b])
     parts.append(
         f"Relative to each model's own val confidence, {s}/val is {ra:.2f} for {a} "
-        f"and {rb:.2f} for {b} (ratio {rel:.2f}{_ci(h, 'ratio_relative_to_val')}):"
+        f"and {rb:.2f} for {b} (ratio {rel:.2f}{_ci(h, 'ratio_relative_to_val')})"
+        + (f"; {chance}" if chance else ":")
     )
+    if chance:
+        return " ".join(parts)
     if absolute is not None and absolute < 1 and not unchanged:
         if val_ratio >= 1:
             parts.append(f"none of the {s} drop comes from lower val confidence,")
