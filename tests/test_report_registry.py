@@ -193,6 +193,20 @@ def test_demo_rows_are_the_plans_arms(tmp_path) -> None:
     assert rows == [(arm, "1") for arm in ARMS]
 
 
+@pytest.mark.parametrize("seeds", [[0], [0, 1]])
+def test_detection_table_has_the_one_seed_caveat_with_one_seed(tmp_path, seeds) -> None:
+    plan = _plan(seeds)
+    ckpts, ev = _evaluate(plan, tmp_path)
+    compare = tmp_path / "compare"
+    compare.mkdir()
+    (compare / "comparison.md").write_text("| strategy | AP |\n| als | 40.0 (+29.6) |\n")
+    demo, tables = write_demo_report(tmp_path, plan, ckpts, ev, [], compare, {})
+    detection = demo.read_text().split("## Detection transfer")[1].split("## Stages")[0]
+    caveat = "one run does not show which arm transfers better"
+    assert (caveat in detection) == (len(seeds) == 1)
+    assert (caveat in tables.split("Detection AP")[1]) == (len(seeds) == 1)
+
+
 def test_demo_over_seeds_uses_the_sweep_numbers(tmp_path) -> None:
     """The demo's per-fill table holds the sweep's paired per-seed ratios and their t-interval."""
     demo = _reports(tmp_path, [0, 1], sweep=False)["demo"]

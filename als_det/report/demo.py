@@ -240,6 +240,13 @@ def what_the_numbers_say(
     return _one_seed(metrics, list(ckpts)) + fills
 
 
+ONE_SEED_AP = (
+    "**One seed.** Each Δ is one fine-tuning of one pretraining per arm: between seeds one arm's "
+    "AP moves by several points (README, \"`make demo`\"), so one run does not show which arm "
+    "transfers better. `make demo SEEDS=3` gives the spread over seeds."
+)
+
+
 def write_demo_report(
     out: Path,
     plan: Any,
@@ -294,6 +301,7 @@ def write_demo_report(
         "## Detection transfer (Faster R-CNN, COCO-style box AP)\n",
         ap_table,
         "",
+        *([ONE_SEED_AP, ""] if len(seeds) == 1 else []),
         f"![AP by strategy]({rel(compare_dir / 'ap_by_strategy.png')})\n",
         "## Stages\n",
         markdown_table([[k, f"{v:.0f}"] for k, v in timings.items()], ["stage", "seconds"]),
@@ -310,5 +318,6 @@ def write_demo_report(
         + ctx
         + "\n\nDetection AP (demo scale, generated data)\n"
         + ap_table
+        + ("\n\n" + ONE_SEED_AP.replace("**", "") if len(seeds) == 1 else "")
     )
     return report, tables
