@@ -15,7 +15,7 @@ from tiny_runs import tiny_coco
 from als_det.config import load_config
 
 REPO = Path(__file__).resolve().parents[1]
-TOOLS = sorted(p.stem for p in (REPO / "tools").glob("*.py"))
+TOOLS = sorted(p.stem for p in (REPO / "tools").glob("[!_]*.py"))
 CONFIG_TOOLS = {"pretrain", "generate_data", "finetune_coco"}
 DEMO = "configs/pretrain/demo_als.yaml"
 
@@ -39,6 +39,21 @@ def test_every_tool_has_the_shared_shape_and_documents_every_option(name):
             assert action.help, f"{name}: {action.option_strings or action.dest} has no help text"
     assert (REPO / "tools" / f"{name}.py").stat().st_mode & 0o111, (
         f"tools/{name}.py is not executable"
+    )
+
+
+@pytest.mark.parametrize("name", TOOLS)
+def test_a_python_without_the_environment_gets_a_hint(name):
+    """No site-packages (-S) and no PYTHONPATH (-E): als_det cannot be imported."""
+    done = subprocess.run(
+        [sys.executable, "-S", "-E", f"tools/{name}.py", "--help"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 2 and done.stdout == "", done.stderr
+    assert done.stderr.endswith(
+        "has no als_det or torch: run `make setup`, then `source .venv/bin/activate`\n"
     )
 
 

@@ -44,6 +44,7 @@ def atomic_write(path, write):
     return real_write(path, lambda f: write(FullDiskFile(f)))
 
 io._atomic_write = atomic_write
+sys.path.insert(0, "tools")  # as when the tool runs as a script
 runpy.run_path("tools/pretrain.py", run_name="__main__")
 """
 

@@ -10,6 +10,8 @@ The table goes to stdout (to paste or pipe); the files it wrote are logged.
 
 import sys
 
+import _setup_hint  # noqa: F401  (first: a hint when als_det is missing)
+
 from als_det.cli import argument_parser, run
 from als_det.report.compare import FORMATS
 from als_det.report.compare_output import run_compare

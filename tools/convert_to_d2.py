@@ -13,6 +13,8 @@ import json
 import logging
 import sys
 
+import _setup_hint  # noqa: F401  (first: a hint when als_det is missing)
+
 from als_det.cli import argument_parser, run
 from als_det.convert import convert_file
 from als_det.detection.verify import DEFAULT_VERIFY_CONFIG, VerificationFailed, convert_verified

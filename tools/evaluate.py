@@ -27,6 +27,8 @@ from __future__ import annotations
 
 import sys
 
+import _setup_hint  # noqa: F401  (first: a hint when als_det is missing)
+
 from als_det.analysis.evaluate import EvalOptions
 from als_det.cli import add_options, argument_parser, options_from_args, run
 from als_det.evaluation import evaluate

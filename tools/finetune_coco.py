@@ -20,6 +20,8 @@ full unpickling unless --unsafe-load.
 
 import sys
 
+import _setup_hint  # noqa: F401  (first: a hint when als_det is missing)
+
 from als_det.cli import run
 from als_det.detection.command_line import finetune_argument_parser
 from als_det.detection.trainer import launch_finetune

@@ -12,6 +12,8 @@ from __future__ import annotations
 import logging
 import sys
 
+import _setup_hint  # noqa: F401  (first: a hint when als_det is missing)
+
 from als_det.cli import argument_parser, run
 from als_det.config import load_config
 from als_det.data.generated import generate

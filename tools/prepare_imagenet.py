@@ -17,6 +17,8 @@ import logging
 import os
 import sys
 
+import _setup_hint  # noqa: F401  (first: a hint when als_det is missing)
+
 from als_det.cli import argument_parser, run
 from als_det.data.prepare import prepare_imagenet
 

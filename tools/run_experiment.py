@@ -23,6 +23,8 @@ import argparse
 import logging
 import sys
 
+import _setup_hint  # noqa: F401  (first: a hint when als_det is missing)
+
 from als_det.cli import argument_parser, run
 from als_det.experiment.plan import load_plan
 from als_det.experiment.runner import LAUNCHERS, dry_run, run_experiment

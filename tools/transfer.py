@@ -17,6 +17,8 @@ from __future__ import annotations
 import logging
 import sys
 
+import _setup_hint  # noqa: F401  (first: a hint when als_det is missing)
+
 from als_det.analysis.transfer import TransferOptions, run_transfer
 from als_det.cli import add_options, argument_parser, options_from_args, run
 from als_det.report.transfer import write_transfer
