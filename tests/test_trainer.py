@@ -111,6 +111,14 @@ def _without_timings(out: Path) -> list[dict]:
 
 
 @pytest.mark.slow
+def test_the_run_ends_saying_where_its_checkpoints_are(runs):
+    a = runs["a"]
+    best = load_checkpoint(a / "last.pth")["best_epoch"]
+    assert best > 0
+    said = f"checkpoints: {a / 'last.pth'}; best val top-1 (epoch {best}): {a / 'best.pth'}"
+    assert any(line.endswith(said) for line in (a / "log.txt").read_text().splitlines())
+
+
 def test_same_seed_on_the_same_cpu_gives_bit_identical_runs(runs, tiny_root, tmp_path):
     """What README.md ("Reproducibility") states: with TRAIN.DETERMINISTIC, the same seed on the
     same machine (same torch threads) gives the same weights and metrics bit for bit, with any

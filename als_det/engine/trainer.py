@@ -26,7 +26,7 @@ import torch
 import torch.nn as nn
 from fvcore.common.config import CfgNode
 
-from als_det.engine.checkpoint import CheckpointSaver, load_checkpoint
+from als_det.engine.checkpoint import BEST, LAST, CheckpointSaver, load_checkpoint
 from als_det.engine.data import (
     DataBundle,
     build_data,
@@ -338,4 +338,7 @@ def _train(
     finally:
         writer.close()
         iteration_log.close()
+    if main:
+        best = f"; best val top-1 (epoch {saver.best_epoch}): {out_dir / BEST}"
+        logger.info("checkpoints: %s%s", out_dir / LAST, best if saver.best_epoch else "")
     return out_dir
