@@ -7,6 +7,7 @@ The same mechanism detectron2 uses, so pretraining and fine-tuning configs read 
 from __future__ import annotations
 
 import math
+import sys
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -122,7 +123,7 @@ def check_overrides(opts: Sequence[str]) -> None:
     if flags:
         raise ConfigError(
             f"{flags[0]} comes after the config overrides (KEY VALUE pairs), where it would "
-            "be read as a config key; put options before them: tools/TOOL.py "
+            f"be read as a config key; put options before them: {sys.argv[0]} "
             f"{flags[0]} ... --config-file FILE KEY VALUE ..."
         )
     if len(opts) % 2:

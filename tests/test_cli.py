@@ -122,6 +122,14 @@ def test_an_option_among_the_overrides_or_an_odd_override_is_one_clear_error():
         load_config(DEMO, ["SEED", "3", "--resume"])
     with pytest.raises(ValueError, match=r"KEY VALUE pairs, got \['SEED'\]"):
         load_config(DEMO, ["SEED"])
+    done = subprocess.run(
+        [sys.executable, "tools/pretrain.py", "--config-file", DEMO, "SEED", "3", "--resume"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 2
+    assert "put options before them: tools/pretrain.py --resume ... --config-file" in done.stderr
     with pytest.raises(ValueError, match="config overrides: Non-existent key: SOLVER.EPOCH"):
         load_config(DEMO, ["SOLVER.EPOCH", "3"])
 
