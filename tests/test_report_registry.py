@@ -56,14 +56,17 @@ def _view(g: torch.Generator, name: str, labels: torch.Tensor) -> tuple[dict, to
     return {**confidence_summary(logits, labels, name), "skipped": {}}, logits
 
 
-def _evaluate(plan, out: Path) -> tuple[dict[str, Path], Path]:
+def _evaluate(plan, out: Path, learnt: bool = False) -> tuple[dict[str, Path], Path]:
     """One pretraining folder per run (metrics.jsonl) and their joint evaluation (metrics.json,
-    report.md) under `out`: every view and fill of the registry, from seeded random logits."""
+    report.md) under `out`: every view and fill of the registry, from seeded random logits (at
+    chance on val; `learnt`: val logits that favour the true class, well above chance)."""
     g = torch.Generator().manual_seed(0)
     labels = torch.arange(N) % K
     models, conf, ckpts = {}, {}, {}
     for run, arm, seed in plan.runs():
         logits = torch.randn(N, K, generator=g) * 2
+        if learnt:
+            logits += 4 * torch.nn.functional.one_hot(labels, K)
         val = calibration_metrics_from_logits(logits, labels)
         val.update(
             {
@@ -134,11 +137,13 @@ def _evaluate(plan, out: Path) -> tuple[dict[str, Path], Path]:
     return ckpts, ev
 
 
-def _reports(tmp_path: Path, seeds: list[int], sweep: bool = True) -> dict[str, str]:
+def _reports(
+    tmp_path: Path, seeds: list[int], sweep: bool = True, learnt: bool = False
+) -> dict[str, str]:
     """report.md of the evaluation, the demo report over `seeds` and (`sweep`) the sweep report
     over the same runs."""
     plan = _plan(seeds)
-    ckpts, ev = _evaluate(plan, tmp_path)
+    ckpts, ev = _evaluate(plan, tmp_path, learnt)
     compare = tmp_path / "compare"
     compare.mkdir()
     (compare / "comparison.md").write_text("| AP |\n")
@@ -207,9 +212,12 @@ def test_detection_table_has_the_one_seed_caveat_with_one_seed(tmp_path, seeds) 
     assert (caveat in tables.split("Detection AP")[1]) == (len(seeds) == 1)
 
 
-def test_demo_over_seeds_uses_the_sweep_numbers(tmp_path) -> None:
-    """The demo's per-fill table holds the sweep's paired per-seed ratios and their t-interval."""
-    demo = _reports(tmp_path, [0, 1], sweep=False)["demo"]
+@pytest.mark.parametrize("learnt", [True, False])
+def test_demo_over_seeds_uses_the_sweep_numbers(tmp_path, learnt) -> None:
+    """The demo's per-fill table holds the sweep's paired per-seed ratios and their t-interval,
+    and their verdict unless a model is at chance."""
+    text = _reports(tmp_path, [0, 1], learnt=learnt)
+    demo = text["demo"]
     ev = tmp_path / "evaluation"
     metrics = json.loads((ev / "metrics.json").read_text())["models"]
     plan = _plan([0, 1])
@@ -229,7 +237,9 @@ def test_demo_over_seeds_uses_the_sweep_numbers(tmp_path) -> None:
     assert stats["mean"] == pytest.approx(mean) and stats["interval"] == pytest.approx([lo, hi])
     row = next(line for line in demo.splitlines() if line.startswith("| als_soft / hard"))
     cell = f"{' / '.join(f'{x:.2f}' for x in per_seed)}: {mean:.3f} [{lo:.3f}, {hi:.3f}] "
-    assert cell + direction([lo, hi]) in row
+    assert cell + (direction([lo, hi]) if learnt else "at chance") in row
+    said = "no verdict for `als_soft`: it or hard is at or near chance on val in seed(s) 0, 1"
+    assert (said in text["sweep"]) != learnt and (said in demo) != learnt
 
 
 def test_the_verdict_rule_and_seed_statistics() -> None:

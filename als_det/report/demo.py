@@ -16,7 +16,7 @@ from als_det.io import atomic_write_text, read_history
 from als_det.metrics.comparison import direction, mean_std
 from als_det.report.figures import save_figure
 from als_det.report.fills import fill_section
-from als_det.report.sweep import Sweep, SweepCell, summarize
+from als_det.report.sweep import Sweep, SweepCell, chance_seeds, summarize
 from als_det.report.sweep_tables import INTERVAL_METHOD, reliance_table, verdict
 from als_det.report.tables import MISSING, cell, markdown_table, mean_pm_std, with_interval
 from als_det.versions import package_versions
@@ -194,23 +194,26 @@ def fills_over_seeds(sweep: Sweep, own_fill: str) -> list[str]:
         return []
     rows = []
     for g in (g for g in groups if g.setting != sweep.baseline):
-        cells = []
+        cells, chance = [], chance_seeds(sweep, g)
         for source, _ in views:
             key = f"ratio_relative_to_val_{source}"
             stats = g.stats[key]
             seeds = " / ".join(f"{c.values[key]:.2f}" for c in g.cells)
             iv = stats["interval"]
-            cells.append(
-                f"{seeds}: {stats['mean']:.3f} "
-                + (f"[{iv[0]:.3f}, {iv[1]:.3f}] {direction(iv)}" if iv else "(one seed)")
-            )
+            parts = [
+                f"{seeds}: {stats['mean']:.3f}",
+                f"[{iv[0]:.3f}, {iv[1]:.3f}]" if iv else "(one seed)",
+                "at chance" if chance else direction(iv),
+            ]
+            cells.append(" ".join(p for p in parts if p))
         rows.append([f"{g.setting} / {sweep.baseline}", *cells])
     return [
         "### Context reliance under each fill, over seeds",
         "",
         "Context-only confidence relative to own val confidence, each arm over the baseline of the "
         "same seed: per seed, then the mean and its 95% t-interval over seeds; lower / alike / "
-        "higher: the interval lies below 1 / includes 1 / lies above 1. Each fill adds or leaks "
+        "higher: the interval lies below 1 / includes 1 / lies above 1 (at chance: a model at or "
+        "near chance on val in some seed, no verdict). Each fill adds or leaks "
         'something (docs/als.md, "Context-only views: what each fill adds or leaks").',
         "",
         markdown_table(rows, ["", *(title for _, title in views)]),

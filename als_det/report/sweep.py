@@ -20,7 +20,12 @@ from pathlib import Path
 from typing import Any
 
 from als_det.io import read_history, sha256_file
-from als_det.metrics.comparison import UnpairedError, pair_with_baseline, seed_stats
+from als_det.metrics.comparison import (
+    UnpairedError,
+    near_chance,
+    pair_with_baseline,
+    seed_stats,
+)
 from als_det.metrics.context import headline_comparison
 from als_det.views import (
     FILLS,
@@ -99,6 +104,25 @@ class Sweep:
     data: dict[str, Any]
     main_epochs: int
     sources: list[str]
+
+
+def chance_seeds(sweep: Sweep, g: Group) -> list[int]:
+    """The seeds of `g` where its model or the baseline's of that seed and training length is at or
+    near chance on val (`metrics.comparison.near_chance`): no verdict is drawn from them."""
+
+    def at_chance(c: CellResult) -> bool:
+        v = c.evaluation["val"]
+        return near_chance(v["top1"], v["n"], v["num_classes"])
+
+    base = [
+        c
+        for b in sweep.groups
+        if b.setting == sweep.baseline and b.epochs == g.epochs
+        for c in b.cells
+        if at_chance(c)
+    ]
+    seeds = {c.cell.seed for c in base} | {c.cell.seed for c in g.cells if at_chance(c)}
+    return sorted(seeds & set(g.seeds))
 
 
 def verdict_views(sweep: Sweep) -> list[str]:

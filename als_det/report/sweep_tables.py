@@ -10,7 +10,7 @@ from typing import Any
 from tabulate import tabulate
 
 from als_det.metrics.comparison import NEUTRAL_POINTS, accuracy_neutral, direction
-from als_det.report.sweep import FORMS, Group, Sweep, verdict_views
+from als_det.report.sweep import FORMS, Group, Sweep, chance_seeds, verdict_views
 from als_det.report.tables import MISSING, cell, mean_pm_std
 from als_det.strategies import describe
 from als_det.views import FILLS, PRIMARY, VIEWS, unfilled_context_views
@@ -123,10 +123,23 @@ def verdict(sweep: Sweep, source: str = PRIMARY) -> str:
             f"No setting besides {sweep.baseline} at "
             f"{sweep.main_epochs} epochs has {source} results."
         )
+    withheld = [
+        f"- no verdict for `{g.setting}`: it or {sweep.baseline} is at or near chance on val in "
+        f"seed(s) {', '.join(map(str, seeds))} (docs/als.md, \"No verdict from a model at or near "
+        'chance").'
+        for g in groups
+        if (seeds := chance_seeds(sweep, g))
+    ]
+    groups = [g for g in groups if not chance_seeds(sweep, g)]
+    if not groups:
+        return "\n".join([f"**{source}, {sweep.main_epochs}-epoch runs**:", *withheld])
     if all(g.stats[key]["interval"] is None for g in groups):
-        return (
-            "With one seed per setting there is no interval: no setting can be said to "
-            f"lower {source} reliance relative to own val confidence. Run three or more seeds."
+        return "\n".join(
+            [
+                "With one seed per setting there is no interval: no setting can be said to "
+                f"lower {source} reliance relative to own val confidence. Run three or more seeds.",
+                *withheld,
+            ]
         )
 
     def numbers(g: Group) -> str:
@@ -169,7 +182,7 @@ def verdict(sweep: Sweep, source: str = PRIMARY) -> str:
     best = min(groups, key=lambda g: g.stats[key]["mean"])
     if not lower:
         lines.append(f"- lowest relative ratio: {numbers(best)}")
-    return "\n".join(lines)
+    return "\n".join(lines + withheld)
 
 
 def cells_table(sweep: Sweep) -> str:
