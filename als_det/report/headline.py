@@ -26,8 +26,8 @@ def _ci(h: dict[str, Any], key: str) -> str:
 
 
 def chance_note(models: dict[str, dict[str, Any]], names: list[str]) -> str | None:
-    """ "no verdict: ... at or near chance" when any of `names` is `near_chance` on val (`models`:
-    metrics.json's models), else None."""
+    """The words "no verdict: ... at or near chance" when any of `names` is `near_chance` on val
+    (`models`: metrics.json's models), else None."""
     at = [n for n in names if near_chance(**_val(models[n]))]
     if not at:
         return None
