@@ -2,9 +2,18 @@
 
 from __future__ import annotations
 
+import runpy
+from pathlib import Path
+
 import pytest
 from test_detection_datasets import _tiny_coco
-from test_finetune import DEMO, TINY, resnet18_pkl, resnet18_pth  # noqa: F401 (module fixtures)
+from test_finetune import (  # noqa: F401 (module fixtures)
+    DEMO,
+    REPO,
+    TINY,
+    resnet18_pkl,
+    resnet18_pth,
+)
 
 from als_det.detection.command_line import finetune_argument_parser
 from als_det.detection.datasets import DatasetError
@@ -78,3 +87,68 @@ def test_divergence_error_says_what_to_change(resnet18_pkl, tmp_path):  # noqa: 
         and "SOLVER.WARMUP_ITERS" in msg
     )
     assert not (tmp_path / "run" / "results.json").exists()
+
+
+def _tool(name: str):
+    return runpy.run_path(str(REPO / "tools" / f"{name}.py"))["main"]
+
+
+def _tagged(path: Path, marker: Path, base: str = DEMO) -> Path:
+    """A detection config inheriting `base` whose SEED would run a command if constructed."""
+    path.write_text(
+        f"_BASE_: {base}\nSEED: !!python/object/apply:os.system [touch {marker}]\n",
+        encoding="utf-8",
+    )
+    return path
+
+
+def _one_error_line(capsys) -> str:
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+    assert len(err) == 1, err
+    return err[0]
+
+
+def test_a_tagged_detection_config_runs_nothing_from_any_entry_point(
+    resnet18_pth,  # noqa: F811
+    tmp_path,
+    capsys,
+):
+    marker = tmp_path / "MARKER"
+    tagged = _tagged(tmp_path / "tagged.yaml", marker)
+    out = tmp_path / "run"
+    # fine-tuning (an unknown data set would stop it right after the config is read)
+    assert (
+        _tool("finetune_coco")(
+            ["--config-file", str(tagged), "--train-dataset", "nope", "OUTPUT_DIR", str(out)]
+        )
+        == 2
+    )
+    assert _one_error_line(capsys).startswith(f"error: {tagged}: refused at line 2")
+    assert not marker.exists() and not out.exists()
+    # conversion with --verify in that config: nothing converted either
+    pkl = tmp_path / "r18.pkl"
+    assert (
+        _tool("convert_to_d2")(
+            [str(resnet18_pth), str(pkl), "--verify", "--config-file", str(tagged)]
+        )
+        == 2
+    )
+    assert "refused at line 2" in _one_error_line(capsys)
+    assert not marker.exists() and not pkl.exists()
+    assert not list(tmp_path.glob(".r18*"))
+    # re-evaluation of a run whose config.yaml someone edited (the README's flow); a list of bases
+    # with a model-zoo one is read the same way
+    out.mkdir()
+    _tagged(out / "config.yaml", marker, base='["model_zoo://Base-RCNN-FPN.yaml", "../ok.yaml"]')
+    (tmp_path / "ok.yaml").write_text("SOLVER:\n  MAX_ITER: 3\n", encoding="utf-8")
+    before = (out / "config.yaml").read_bytes()
+    assert (
+        _tool("finetune_coco")(
+            ["--eval-only", "--config-file", str(out / "config.yaml"), "OUTPUT_DIR", str(out)]
+        )
+        == 2
+    )
+    assert _one_error_line(capsys).startswith(f"error: {out / 'config.yaml'}: refused")
+    assert not marker.exists()
+    assert sorted(p.name for p in out.iterdir()) == ["config.yaml"]
+    assert (out / "config.yaml").read_bytes() == before

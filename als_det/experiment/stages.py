@@ -31,7 +31,6 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 import submitit
-import yaml
 
 from als_det.experiment.commands import Command, Node, display, launch_argv
 from als_det.experiment.plan import REPO, Resources
@@ -77,7 +76,9 @@ def resolve(path: str | Path) -> Path:
 
 def config_chain(config: str | Path) -> list[Path]:
     """A config file and every local file it inherits through `_BASE_` (model-zoo bases excluded:
-    they are versioned with detectron2)."""
+    they are versioned with detectron2), each read safely (a ConfigError names a bad one)."""
+    from als_det.config import base_paths, read_yaml_mapping  # (imports torch)
+
     chain, todo = [], [resolve(config)]
     while todo:
         path = todo.pop()
@@ -85,12 +86,8 @@ def config_chain(config: str | Path) -> list[Path]:
             continue
         chain.append(path)
         if path.is_file():
-            base = (yaml.safe_load(path.read_text(encoding="utf-8")) or {}).get("_BASE_") or []
-            todo += [
-                path.parent / b
-                for b in ([base] if isinstance(base, str) else base)
-                if "model_zoo://" not in b
-            ]
+            bases = base_paths(read_yaml_mapping(path), str(path))
+            todo += [Path(b) for b in bases if "model_zoo://" not in b]
     return chain
 
 
