@@ -90,6 +90,15 @@ def test_a_plan_naming_a_tagged_or_malformed_config_is_one_line(tmp_path, capsys
         assert _main("run_experiment")([*argv, "--dry-run"]) == 2
         assert _error_line(capsys).startswith(f"error: {tmp_path / name}: ")
         assert not marker.exists() and not (tmp_path / "out").exists()
+    # the plan file itself
+    for text, message in (
+        (f"name: x\nout: !!python/object/apply:os.system [touch {marker}]\n", "refused at line 2"),
+        ("name: [x\n", "not valid YAML: line 2, column 1"),
+    ):
+        (tmp_path / "plan.yaml").write_text(text)
+        assert _main("run_experiment")(["--plan", str(tmp_path / "plan.yaml"), "--dry-run"]) == 2
+        assert _error_line(capsys).startswith(f"error: {tmp_path / 'plan.yaml'}: {message}")
+        assert not marker.exists()
 
 
 def test_the_model_zoo_reads_safely_as_detectron2_reads_it(tmp_path):

@@ -21,7 +21,8 @@ import yaml
 from detectron2 import model_zoo
 from detectron2.config import CfgNode, get_cfg
 
-from als_det.config import SafeConfigFiles, merge_config
+from als_det.config import merge_config
+from als_det.config_files import SafeConfigFiles
 
 MODEL_ZOO_PREFIX = "model_zoo://"
 ZOO_DIR = os.path.realpath(os.path.join(os.path.dirname(model_zoo.__file__), "configs"))

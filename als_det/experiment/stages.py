@@ -32,6 +32,7 @@ from typing import Any, BinaryIO
 
 import submitit
 
+from als_det.config_files import base_paths, read_yaml_mapping
 from als_det.experiment.commands import Command, Node, display, launch_argv
 from als_det.experiment.plan import REPO, Resources
 from als_det.io import atomic_write_json, sha256_file
@@ -77,8 +78,6 @@ def resolve(path: str | Path) -> Path:
 def config_chain(config: str | Path) -> list[Path]:
     """A config file and every local file it inherits through `_BASE_` (model-zoo bases excluded:
     they are versioned with detectron2), each read safely (a ConfigError names a bad one)."""
-    from als_det.config import base_paths, read_yaml_mapping  # (imports torch)
-
     chain, todo = [], [resolve(config)]
     while todo:
         path = todo.pop()
