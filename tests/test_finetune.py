@@ -451,11 +451,27 @@ def test_custom_dataset_resume_and_refusals(resnet18_pkl, tmp_path):
     assert len(gt["annotations"]) == 2
     # resume: continues from the last checkpoint (iteration 2 of 3), provenance kept even though
     # MODEL.WEIGHTS is not given again
-    _run(*common, "--resume", "OUTPUT_DIR", str(out), "SOLVER.MAX_ITER", "3", *TINY)
+    _run(
+        *common,
+        "--resume",
+        "--allow-config-change",
+        "OUTPUT_DIR",
+        str(out),
+        "SOLVER.MAX_ITER",
+        "3",
+        *TINY,
+    )
     log = (out / "log.txt").read_text()
     assert "Resumed from" in log and "Starting training from iteration 2" in log
     res2 = json.loads((out / "results.json").read_text())
     assert res2["iterations"] == 3 and res2["backbone"] == res["backbone"]
+    assert res["resumes"] == [] and res2["resumes"] == [
+        {
+            "from": str(out / "model_final.pth"),
+            "after_iteration": 1,
+            "config_changes": {"SOLVER.MAX_ITER": {"checkpoint": 2, "now": 3}},
+        }
+    ]
     # --eval-only of the fine-tuned checkpoint reproduces its AP and keeps the provenance
     ev = tmp_path / "eval"
     _run(

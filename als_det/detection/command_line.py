@@ -34,7 +34,14 @@ def finetune_argument_parser(description: str | None = None) -> argparse.Argumen
     parser.add_argument(
         "--resume",
         action="store_true",
-        help="continue from OUTPUT_DIR's last checkpoint (detectron2's resume_or_load)",
+        help="continue from OUTPUT_DIR's last checkpoint (refused when there is none, or when "
+        "the experiment differs from the checkpoint's)",
+    )
+    parser.add_argument(
+        "--allow-config-change",
+        action="store_true",
+        help="with --resume: continue although the experiment (config, seed or train data) "
+        "differs from the checkpoint's (the changes are recorded in results.json)",
     )
     parser.add_argument(
         "--eval-only",
