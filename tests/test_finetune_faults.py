@@ -1,8 +1,12 @@
-"""Fine-tuning faults a user meets: options after the overrides, an empty json, a diverging lr."""
+"""Fine-tuning faults a user meets: options after the overrides, an empty json, a diverging lr,
+a config file that would run code, resumes of another experiment or of nothing, refusals that
+must leave the folder as it was."""
 
 from __future__ import annotations
 
+import json
 import runpy
+import shutil
 from pathlib import Path
 
 import pytest
@@ -18,6 +22,8 @@ from test_finetune import (  # noqa: F401 (module fixtures)
 from als_det.detection.command_line import finetune_argument_parser
 from als_det.detection.datasets import DatasetError
 from als_det.detection.trainer import run_finetune
+from als_det.detection.weights import WeightsError
+from als_det.engine.resume import ResumeError
 
 
 def _run(*argv: str) -> dict:
@@ -152,3 +158,111 @@ def test_a_tagged_detection_config_runs_nothing_from_any_entry_point(
     assert not marker.exists()
     assert sorted(p.name for p in out.iterdir()) == ["config.yaml"]
     assert (out / "config.yaml").read_bytes() == before
+
+
+@pytest.fixture(scope="module")
+def finished(resnet18_pkl, tmp_path_factory) -> tuple[Path, list[str]]:  # noqa: F811
+    """A finished 2-iteration fine-tune (checkpoints after each iteration) and its data options."""
+    root = tmp_path_factory.mktemp("finished")
+    js, img = _tiny_coco(root / "data")
+    data = ["--dataset", f"tiny={js}:{img}", "--train-dataset", "tiny", "--test-dataset", "tiny"]
+    out = root / "run"
+    _run(
+        *data,
+        "MODEL.WEIGHTS",
+        str(resnet18_pkl),
+        "OUTPUT_DIR",
+        str(out),
+        "SOLVER.MAX_ITER",
+        "2",
+        "SOLVER.CHECKPOINT_PERIOD",
+        "1",
+        *TINY,
+    )
+    return out, data
+
+
+def _copy(run: Path, to: Path) -> Path:
+    shutil.copytree(run, to)
+    return to
+
+
+def _snapshot(folder: Path) -> dict[str, tuple[bytes, int]]:
+    return {
+        str(p.relative_to(folder)): (p.read_bytes(), p.stat().st_mtime_ns)
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
+
+
+def test_resume_refuses_a_changed_experiment_listing_each_difference(finished, tmp_path):
+    run, data = finished
+    out = _copy(run, tmp_path / "run")
+    js = Path(data[1].split("=", 1)[1].split(":", 1)[0])
+    other = tmp_path / "other.json"
+    other.write_text(js.read_text().replace('"area": 400', '"area": 399'))
+    changed = [
+        "--dataset",
+        f"tiny={other}:{data[1].rsplit(':', 1)[1]}",
+        *data[2:],
+        "--resume",
+        "OUTPUT_DIR",
+        str(out),
+        *TINY,
+        "SOLVER.MAX_ITER",
+        "3",
+        "SOLVER.BASE_LR",
+        "0.002",
+    ]
+    before = _snapshot(out)
+    with pytest.raises(ResumeError) as err:
+        _run(*changed)
+    msg = str(err.value)
+    assert msg.startswith(f"cannot resume {out / 'model_final.pth'}: this config describes")
+    assert "(3 differences)" in msg
+    assert "SOLVER.BASE_LR: 0.001 (checkpoint) -> 0.002 (now)" in msg
+    assert "SOLVER.MAX_ITER: 2 (checkpoint) -> 3 (now)" in msg
+    assert "train data sets (json sha256)" in msg and "--allow-config-change" in msg
+    assert _snapshot(out) == before  # nothing in the folder changed, log.txt included
+    # on purpose: trained on, and the changes are recorded
+    _run("--allow-config-change", *changed)
+    res = json.loads((out / "results.json").read_text())
+    assert res["iterations"] == 3 and res["detection_config"]["values"]["SOLVER.BASE_LR"] == 0.002
+    (entry,) = res["resumes"]
+    assert entry["from"] == str(out / "model_final.pth") and entry["after_iteration"] == 1
+    changes = entry["config_changes"]
+    assert set(changes) == {"SOLVER.BASE_LR", "SOLVER.MAX_ITER", "train data sets (json sha256)"}
+    assert changes["SOLVER.BASE_LR"] == {"checkpoint": 0.001, "now": 0.002}
+
+
+def test_resume_without_a_checkpoint_is_refused_and_creates_nothing(finished, tmp_path, capsys):
+    _, data = finished
+    out = tmp_path / "empty"
+    argv = ["--config-file", DEMO, *data, "--resume", "OUTPUT_DIR", str(out), *TINY]
+    assert _tool("finetune_coco")(argv) == 2
+    assert _one_error_line(capsys).startswith(
+        f"error: cannot resume: {out} holds no checkpoint (no last_checkpoint file); start a "
+        "fresh run without --resume"
+    )
+    assert not out.exists()
+    # nor does --eval-only --resume fall back to MODEL.WEIGHTS
+    with pytest.raises(ResumeError, match="holds no checkpoint"):
+        _run(*data, "--eval-only", "--resume", "OUTPUT_DIR", str(out), *TINY)
+    assert not out.exists()
+
+
+def test_a_refused_fine_tune_changes_nothing_in_its_folder(finished, tmp_path):
+    run, data = finished
+    # a resume whose checkpoint cannot be read
+    out = _copy(run, tmp_path / "run")
+    (out / "model_final.pth").write_bytes(b"not a checkpoint")
+    before = _snapshot(out)
+    with pytest.raises(ResumeError, match=r"cannot resume: .*model_final.pth: not a readable"):
+        _run(*data, "--resume", "OUTPUT_DIR", str(out), *TINY, "SOLVER.MAX_ITER", "4")
+    assert _snapshot(out) == before
+    # a fresh run whose MODEL.WEIGHTS is missing: the earlier run is not set aside
+    out = _copy(run, tmp_path / "run2")
+    before = _snapshot(out)
+    with pytest.raises(WeightsError, match="nowhere.pkl"):
+        _run(*data, "MODEL.WEIGHTS", str(tmp_path / "nowhere.pkl"), "OUTPUT_DIR", str(out), *TINY)
+    assert _snapshot(out) == before and not list(out.glob("previous-*"))
