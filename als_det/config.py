@@ -209,21 +209,35 @@ _RANGES: dict[str, tuple[float, float, bool]] = {
 }
 
 
+def numbers(value: object) -> list:
+    """The numbers in a value: itself, or those of a (nested) list or tuple."""
+    if isinstance(value, (list, tuple)):
+        return [x for item in value for x in numbers(item)]
+    return [value]
+
+
+def check_ranges(values: dict[str, object], ranges: dict[str, tuple[float, float, bool]]) -> None:
+    """Each `ranges` key's value (a number, or each number of a nested list) within (low, high,
+    low allowed?); NaN and infinity never are. A ValueError names the first that is not."""
+    for key, (low, high, low_ok) in ranges.items():
+        value = values[key]
+        for x in numbers(value):
+            if (
+                not (low <= x <= high)
+                or (x == low and not low_ok)
+                or (math.isinf(high) and math.isinf(x))
+            ):
+                bound = f"{'>=' if low_ok else '>'} {low}" + (
+                    f" and <= {high}" if math.isfinite(high) else ""
+                )
+                raise ValueError(f"{key} must be {bound}, got {value}")
+
+
 def validate_ranges(cfg: CN) -> None:
     """Every numeric key inside its valid range, and the keys that constrain each other
     consistent."""
     flat = _flat(cfg)
-    for key, (low, high, low_ok) in _RANGES.items():
-        value = flat[key]
-        if (
-            not (low <= value <= high)
-            or (value == low and not low_ok)
-            or (math.isinf(high) and math.isinf(value))
-        ):
-            bound = f"{'>=' if low_ok else '>'} {low}" + (
-                f" and <= {high}" if math.isfinite(high) else ""
-            )
-            raise ValueError(f"{key} must be {bound}, got {value}")
+    check_ranges(flat, _RANGES)
     for key in ("DATA.CROP_SCALE", "DATA.CROP_RATIO"):
         pair = flat[key]
         if (

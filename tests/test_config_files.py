@@ -122,3 +122,37 @@ def test_the_model_zoo_reads_safely_as_detectron2_reads_it(tmp_path):
     own.write_text((Path(ZOO_DIR) / "Base-RetinaNet.yaml").read_text())
     with pytest.raises(ConfigError, match="own.yaml: refused at line 8: .*apply:eval"):
         get_detection_cfg(str(own))
+
+
+@pytest.mark.parametrize(
+    "yaml_text, message",
+    [
+        ("SOLVER:\n  BASE_LR: .nan\n", "SOLVER.BASE_LR must be a finite number, got nan"),
+        ("SOLVER:\n  BASE_LR: -0.01\n", "SOLVER.BASE_LR must be > 0, got -0.01"),
+        ("SOLVER:\n  WEIGHT_DECAY: .inf\n", "SOLVER.WEIGHT_DECAY must be a finite number, got inf"),
+        ("SOLVER:\n  MAX_ITER: 0\n", "SOLVER.MAX_ITER must be >= 1, got 0"),
+        ("SOLVER:\n  CHECKPOINT_PERIOD: 0\n", "SOLVER.CHECKPOINT_PERIOD must be >= 1, got 0"),
+        (
+            "SOLVER:\n  STEPS: (20, 10)\n",
+            r"SOLVER.STEPS must be increasing iterations, got \(20, 10\)",
+        ),
+        ("INPUT:\n  MIN_SIZE_TRAIN: (64, 0)\n", r"INPUT.MIN_SIZE_TRAIN must be > 0, got \[64, 0\]"),
+        ("MODEL:\n  PIXEL_STD: [1.0, 0.0, 1.0]\n", "MODEL.PIXEL_STD must be > 0"),
+        (
+            "MODEL:\n  ROI_HEADS:\n    SCORE_THRESH_TEST: 1.5\n",
+            "MODEL.ROI_HEADS.SCORE_THRESH_TEST must be >= 0 and <= 1, got 1.5",
+        ),
+    ],
+)
+def test_detection_configs_are_range_checked_up_front(tmp_path, capsys, yaml_text, message):
+    from als_det.detection.config import get_detection_cfg
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(
+        f"_BASE_: {REPO / 'configs/detection/faster_rcnn_R_18_FPN_demo.yaml'}\n{yaml_text}"
+    )
+    with pytest.raises(ValueError, match=message):
+        get_detection_cfg(str(bad))
+    if "nan" in message:  # the tool: one line, before any model or data set
+        assert _main("finetune_coco")(["--config-file", str(bad)]) == 2
+        assert _error_line(capsys).startswith(f"error: {message}")

@@ -14,6 +14,7 @@ anchor sizes (`!!python/object/apply:eval` of a fixed expression): zoo files are
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Sequence
 
@@ -21,8 +22,9 @@ import yaml
 from detectron2 import model_zoo
 from detectron2.config import CfgNode, get_cfg
 
-from als_det.config import merge_config
+from als_det.config import check_ranges, merge_config, numbers
 from als_det.config_files import SafeConfigFiles
+from als_det.engine.resume import flatten_config
 
 MODEL_ZOO_PREFIX = "model_zoo://"
 ZOO_DIR = os.path.realpath(os.path.join(os.path.dirname(model_zoo.__file__), "configs"))
@@ -93,4 +95,63 @@ def get_detection_cfg(
     """
     cfg = DetectionCfgNode(get_cfg())
     merge_config(cfg, resolve_config_path(str(config_file)) if config_file else None, opts)
+    validate_detection_cfg(cfg)
     return cfg
+
+
+INF = math.inf
+# key -> (lowest, highest, lowest allowed itself?) for the numeric keys a user sets (each number of
+# a list key), as `als_det.config` checks pretraining's
+RANGES: dict[str, tuple[float, float, bool]] = {
+    "SOLVER.BASE_LR": (0, INF, False),
+    "SOLVER.MAX_ITER": (1, INF, True),
+    "SOLVER.IMS_PER_BATCH": (1, INF, True),
+    "SOLVER.MOMENTUM": (0, 1, True),
+    "SOLVER.WEIGHT_DECAY": (0, INF, True),
+    "SOLVER.WEIGHT_DECAY_NORM": (0, INF, True),
+    "SOLVER.BIAS_LR_FACTOR": (0, INF, True),
+    "SOLVER.GAMMA": (0, 1, False),
+    "SOLVER.STEPS": (1, INF, True),
+    "SOLVER.WARMUP_FACTOR": (0, 1, True),
+    "SOLVER.WARMUP_ITERS": (0, INF, True),
+    "SOLVER.CHECKPOINT_PERIOD": (1, INF, True),
+    "SOLVER.CLIP_GRADIENTS.CLIP_VALUE": (0, INF, False),
+    "TEST.EVAL_PERIOD": (0, INF, True),
+    "TEST.DETECTIONS_PER_IMAGE": (1, INF, True),
+    "INPUT.MIN_SIZE_TRAIN": (0, INF, False),
+    "INPUT.MAX_SIZE_TRAIN": (0, INF, False),
+    "INPUT.MIN_SIZE_TEST": (0, INF, True),  # 0: no resizing
+    "INPUT.MAX_SIZE_TEST": (0, INF, False),
+    "DATALOADER.NUM_WORKERS": (0, INF, True),
+    "MODEL.PIXEL_STD": (0, INF, False),
+    "MODEL.ANCHOR_GENERATOR.SIZES": (0, INF, False),
+    "MODEL.ANCHOR_GENERATOR.ASPECT_RATIOS": (0, INF, False),
+    "MODEL.RPN.BATCH_SIZE_PER_IMAGE": (1, INF, True),
+    "MODEL.RPN.POSITIVE_FRACTION": (0, 1, False),
+    "MODEL.RPN.NMS_THRESH": (0, 1, True),
+    "MODEL.RPN.PRE_NMS_TOPK_TRAIN": (1, INF, True),
+    "MODEL.RPN.PRE_NMS_TOPK_TEST": (1, INF, True),
+    "MODEL.RPN.POST_NMS_TOPK_TRAIN": (1, INF, True),
+    "MODEL.RPN.POST_NMS_TOPK_TEST": (1, INF, True),
+    "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE": (1, INF, True),
+    "MODEL.ROI_HEADS.POSITIVE_FRACTION": (0, 1, False),
+    "MODEL.ROI_HEADS.SCORE_THRESH_TEST": (0, 1, True),
+    "MODEL.ROI_HEADS.NMS_THRESH_TEST": (0, 1, True),
+    "MODEL.RETINANET.SCORE_THRESH_TEST": (0, 1, True),
+    "MODEL.RETINANET.NMS_THRESH_TEST": (0, 1, True),
+    "MODEL.RETINANET.TOPK_CANDIDATES_TEST": (1, INF, True),
+}
+
+
+def validate_detection_cfg(cfg: CfgNode) -> None:
+    """Refuse, before anything is built, values that would fail (or silently mislead) only once
+    training runs: a NaN or infinite number anywhere, a number outside its range (`RANGES`), LR
+    steps that do not increase."""
+    flat = flatten_config(cfg)
+    for key, value in flat.items():
+        if any(isinstance(x, float) and not math.isfinite(x) for x in numbers(value)):
+            raise ValueError(f"{key} must be a finite number, got {value}")
+    check_ranges(flat, RANGES)
+    steps = list(cfg.SOLVER.STEPS)
+    if steps != sorted(set(steps)):
+        raise ValueError(f"SOLVER.STEPS must be increasing iterations, got {tuple(steps)}")
