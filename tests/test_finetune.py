@@ -11,7 +11,7 @@ import torch
 import torchvision
 from detectron2.modeling import build_model
 
-from als_det.convert import convert_file
+from als_det.convert import convert_file, tensors_digest
 from als_det.detection.command_line import finetune_argument_parser
 from als_det.detection.config import get_detection_cfg
 from als_det.detection.trainer import run_finetune
@@ -57,10 +57,13 @@ def _model(weights: str | Path, *opts: str):
     return build_model(cfg), cfg
 
 
-def _edited_pkl(src: Path, dst: Path, edit) -> Path:
+def _edited_pkl(src: Path, dst: Path, edit, redigest: bool = True) -> Path:
+    """`src` edited by `edit`; `redigest`: as if converted so (its tensor digest re-recorded)."""
     with open(src, "rb") as f:
         data = pickle.load(f)
     edit(data)
+    if redigest:
+        data["als_det"]["tensors_sha256"] = tensors_digest(data["model"])
     with open(dst, "wb") as f:
         pickle.dump(data, f)
     return dst

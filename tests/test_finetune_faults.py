@@ -266,3 +266,28 @@ def test_a_refused_fine_tune_changes_nothing_in_its_folder(finished, tmp_path):
     with pytest.raises(WeightsError, match="nowhere.pkl"):
         _run(*data, "MODEL.WEIGHTS", str(tmp_path / "nowhere.pkl"), "OUTPUT_DIR", str(out), *TINY)
     assert _snapshot(out) == before and not list(out.glob("previous-*"))
+
+
+def test_a_converted_tensor_altered_in_place_is_refused(resnet18_pkl, tmp_path):  # noqa: F811
+    from test_finetune import _edited_pkl, _model
+
+    from als_det.detection.weights import load_backbone_weights
+
+    model, cfg = _model(resnet18_pkl)
+    intact = load_backbone_weights(model, cfg).provenance()
+    assert len(intact["tensors_sha256"]) == 64 and intact["tensors_modified"] is False
+
+    def transpose(d):  # same shape, other values: nothing but the digest can tell
+        w = d["model"]["res2.0.conv1.weight"]
+        d["model"]["res2.0.conv1.weight"] = w.transpose(1, 0, 2, 3).copy()
+
+    altered = _edited_pkl(resnet18_pkl, tmp_path / "altered.pkl", transpose, redigest=False)
+    model, cfg = _model(altered)
+    with pytest.raises(WeightsError) as err:
+        load_backbone_weights(model, cfg)
+    msg = str(err.value)
+    assert msg.startswith(f"{altered}: its tensors are not the ones its conversion wrote")
+    assert "--allow-modified-weights" in msg
+    load = load_backbone_weights(model, cfg, allow_modified=True)
+    assert load.provenance()["tensors_modified"] is True
+    assert load.loaded_tensors == load.backbone_tensors

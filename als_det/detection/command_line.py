@@ -102,6 +102,12 @@ def finetune_argument_parser(description: str | None = None) -> argparse.Argumen
         "(training from scratch on purpose)",
     )
     weights.add_argument(
+        "--allow-modified-weights",
+        action="store_true",
+        help="fine-tune a converted MODEL.WEIGHTS whose tensors no longer match the digest its "
+        "conversion recorded (altered since; recorded in results.json)",
+    )
+    weights.add_argument(
         "--unsafe-load",
         action="store_true",
         help="allow full unpickling of a trusted MODEL.WEIGHTS or checkpoint that "

@@ -273,14 +273,20 @@ class Start:
 def check_start(args: argparse.Namespace, cfg: DetectionCfgNode) -> Start:
     """Every refusal that needs no training: a `--resume` without a readable checkpoint or with a
     changed experiment (`check_resume`), MODEL.WEIGHTS (or `--eval-only --resume`'s checkpoint)
-    missing, unreadable or not a complete backbone (`load_backbone_weights`)."""
+    missing, unreadable, altered since its conversion or not a complete backbone
+    (`load_backbone_weights`)."""
     if args.resume and not args.eval_only:
         checked = check_resume(cfg, args.unsafe_load, args.allow_config_change)
         return Start(FinetuneTrainer.build_model(cfg), resume=checked)
     path = str(last_checkpoint(cfg.OUTPUT_DIR)) if args.resume else None
     model = FinetuneTrainer.build_model(cfg)
     load = load_backbone_weights(
-        model, cfg, args.allow_random_backbone, path=path, unsafe_load=args.unsafe_load
+        model,
+        cfg,
+        args.allow_random_backbone,
+        path=path,
+        unsafe_load=args.unsafe_load,
+        allow_modified=args.allow_modified_weights,
     )
     return Start(model, load=load)
 
