@@ -7,6 +7,7 @@ the same target removes the leftovers of a save that was killed.
 
 from __future__ import annotations
 
+import errno
 import glob
 import json
 import logging
@@ -78,24 +79,47 @@ def remove_stale_temp_files(path: Path) -> list[Path]:
     return removed
 
 
+class DiskFullError(ValueError):
+    """No space left (or quota exceeded) while writing a result file; the file was left as it was.
+    A ValueError: entry points end with one line naming the file."""
+
+
+def _disk_full(exc: BaseException | None) -> OSError | None:
+    """The ENOSPC / EDQUOT error behind `exc`, if any (torch.save reports it as a RuntimeError
+    raised while handling it)."""
+    while exc is not None:
+        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            return exc
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
 def _atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], None]) -> Path:
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    remove_stale_temp_files(path)
-    fd, tmp = tempfile.mkstemp(
-        prefix=f".{path.name}.{socket.gethostname()}.{os.getpid()}.", suffix=".tmp", dir=path.parent
-    )
     try:
-        os.fchmod(fd, 0o666 & ~current_umask())
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+        path.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale_temp_files(path)
+        fd, tmp = tempfile.mkstemp(
+            prefix=f".{path.name}.{socket.gethostname()}.{os.getpid()}.",
+            suffix=".tmp",
+            dir=path.parent,
+        )
+        try:
+            os.fchmod(fd, 0o666 & ~current_umask())
+            with os.fdopen(fd, "wb") as f:
+                write(f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            raise
+    except Exception as exc:
+        full = _disk_full(exc)
+        if full is None:
+            raise
+        raise DiskFullError(f"{os.strerror(full.errno).lower()} writing {path}") from exc
     return path
 
 

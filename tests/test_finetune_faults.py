@@ -4,12 +4,15 @@ must leave the folder as it was."""
 
 from __future__ import annotations
 
+import errno
 import json
+import os
 import runpy
 import shutil
 from pathlib import Path
 
 import pytest
+import torch
 from test_detection_datasets import _tiny_coco
 from test_finetune import (  # noqa: F401 (module fixtures)
     DEMO,
@@ -291,3 +294,67 @@ def test_a_converted_tensor_altered_in_place_is_refused(resnet18_pkl, tmp_path):
     load = load_backbone_weights(model, cfg, allow_modified=True)
     assert load.provenance()["tensors_modified"] is True
     assert load.loaded_tensors == load.backbone_tensors
+
+
+def test_a_full_disk_while_saving_a_checkpoint_is_one_line_and_leaves_no_partial_file(
+    resnet18_pkl,  # noqa: F811
+    tmp_path,
+    capsys,
+    monkeypatch,
+):
+    """The disk fills while `model_0000001.pth` is written: simulated at the suite's file-write
+    boundary (`als_det.io`), which hands torch.save a file whose writes fail as a full disk's do."""
+    from als_det import io
+
+    class FullDiskFile:
+        def __init__(self, f):
+            self.f, self.room = f, 100
+
+        def write(self, data):
+            if len(data) > self.room:
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            self.room -= len(data)
+            return self.f.write(data)
+
+        def __getattr__(self, name):
+            return getattr(self.f, name)
+
+    real = io._atomic_write
+
+    def atomic_write(path, write):
+        if Path(path).name != "model_0000001.pth":
+            return real(path, write)
+        return real(path, lambda f: write(FullDiskFile(f)))
+
+    monkeypatch.setattr(io, "_atomic_write", atomic_write)
+    js, img = _tiny_coco(tmp_path / "data")
+    out = tmp_path / "run"
+    argv = [
+        "--config-file",
+        DEMO,
+        "--dataset",
+        f"tiny={js}:{img}",
+        "--train-dataset",
+        "tiny",
+        "--test-dataset",
+        "tiny",
+        "MODEL.WEIGHTS",
+        str(resnet18_pkl),
+        "OUTPUT_DIR",
+        str(out),
+        *TINY,
+        "SOLVER.MAX_ITER",
+        "2",
+        "SOLVER.CHECKPOINT_PERIOD",
+        "1",
+    ]
+    assert _tool("finetune_coco")(argv) == 2
+    assert _one_error_line(capsys) == (
+        f"error: no space left on device writing {out / 'model_0000001.pth'} "
+        f"(traceback in {out / 'log.txt'})"
+    )
+    # the checkpoint before is whole and still the last one; no part of the new one is left
+    assert (out / "last_checkpoint").read_text() == "model_0000000.pth"
+    assert torch.load(out / "model_0000000.pth", weights_only=True)["iteration"] == 0
+    assert not list(out.glob("model_0000001*")) and not list(out.glob(".*.tmp"))
+    assert not (out / "results.json").exists()

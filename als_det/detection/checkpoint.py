@@ -1,4 +1,5 @@
-"""detectron2's `DetectionCheckpointer`, reading files safely and recording what they supplied.
+"""detectron2's `DetectionCheckpointer`, reading files safely, recording what they supplied and
+writing checkpoints atomically.
 
 Every weight file the suite hands to detectron2 (MODEL.WEIGHTS, `--resume`, `--eval-only`,
 `convert_to_d2.py --verify`) goes through `RecordingCheckpointer`:
@@ -10,17 +11,21 @@ Every weight file the suite hands to detectron2 (MODEL.WEIGHTS, `--resume`, `--e
 - `_load_model` records the model keys the *file* supplied (after detectron2's name matching)
   and the incompatible keys detectron2 would only log. `FrozenBatchNorm2d` fills running
   statistics a file lacks with 0/1 and reports nothing missing, so only `supplied` tells.
+- `save` writes through `als_det.io` (detectron2's is a plain write that a kill or a full disk
+  leaves half-written).
 """
 
 from __future__ import annotations
 
 import logging
+import os
 from typing import Any
 
 from detectron2.checkpoint import DetectionCheckpointer
 from torch import nn
 
 from als_det.convert import tensors_digest
+from als_det.io import atomic_torch_save, atomic_write_text
 from als_det.weights_io import read_detectron2_pickle, read_torch_file
 
 logger = logging.getLogger(__name__)
@@ -48,6 +53,23 @@ class RecordingCheckpointer(DetectionCheckpointer):
         self.supplied: set[str] = set()
         self.author: str | None = None
         self.tensors_sha256: str | None = None
+
+    def save(self, name: str, **kwargs: Any) -> None:
+        """fvcore's `Checkpointer.save`, written atomically (`als_det.io`): a checkpoint, and the
+        `last_checkpoint` record naming it, is the old file or the whole new one, never part of
+        one (a full disk is a `DiskFullError` naming the file, and leaves no partial file)."""
+        if not self.save_dir or not self.save_to_disk:
+            return
+        data = {"model": self.model.state_dict()}
+        data.update({key: obj.state_dict() for key, obj in self.checkpointables.items()})
+        data.update(kwargs)
+        path = os.path.join(self.save_dir, f"{name}.pth")
+        self.logger.info("Saving checkpoint to %s", path)
+        atomic_torch_save(path, data)
+        self.tag_last_checkpoint(os.path.basename(path))
+
+    def tag_last_checkpoint(self, last_filename_basename: str) -> None:
+        atomic_write_text(os.path.join(self.save_dir, "last_checkpoint"), last_filename_basename)
 
     def _load_file(self, filename: str) -> dict[str, Any]:
         """detectron2's interpretation of each format (see `DetectionCheckpointer._load_file`),
