@@ -7,6 +7,7 @@ The same mechanism detectron2 uses, so pretraining and fine-tuning configs read 
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -126,22 +127,47 @@ def check_overrides(opts: Sequence[str]) -> None:
 
 
 def merge_config(cfg: Any, path: str | None, opts: Sequence[str] | None) -> None:
-    """`cfg.merge_from_file(path)`, then the checked overrides; yacs' errors for an unknown key
-    become a ConfigError naming the file or the overrides (wrong types already raise ValueError)."""
+    """`cfg.merge_from_file(path)`, then the checked overrides; yacs' errors for an unknown key or
+    a value of the wrong type become a one-line ConfigError naming the file or the overrides."""
     opts = list(opts or [])
     check_overrides(opts)
     if not isinstance(cfg, SafeConfigFiles):
         raise TypeError(f"{type(cfg).__name__} does not read its files safely (SafeConfigFiles)")
-    try:
-        if path:
-            cfg.merge_from_file(path, allow_unsafe=False)
-    except (KeyError, AssertionError) as err:
-        raise ConfigError(f"{path}: {str(err).strip(chr(39))}") from err
-    try:
-        if opts:
-            cfg.merge_from_list(opts)
-    except (KeyError, AssertionError) as err:
-        raise ConfigError(f"config overrides: {str(err).strip(chr(39))}") from err
+    for where, merge, arg in (
+        (path, lambda f: cfg.merge_from_file(f, allow_unsafe=False), path),
+        ("config overrides", cfg.merge_from_list, opts),
+    ):
+        try:
+            if arg:
+                merge(arg)
+        except ConfigError:
+            raise
+        except (KeyError, AssertionError, ValueError) as err:
+            raise ConfigError(f"{where}: {_one_line(err)}") from err
+
+
+_TYPE_MISMATCH = re.compile(
+    r"Type mismatch \(<class '([\w.]+)'> vs\. <class '([\w.]+)'>\) with values \((.*) vs\. "
+    r"(.*)\) for config key: (\S+)$",
+    re.S,
+)
+
+
+def _one_line(err: Exception) -> str:
+    """yacs' message, without its quotes, and a type mismatch without the sections it prints
+    whole (a value given where the defaults have a section of keys, or the reverse)."""
+    text = str(err).strip("'")
+    found = _TYPE_MISMATCH.match(text)
+    if not found:
+        return text
+    want, got, _, value, key = found.groups()
+
+    def kind(name: str) -> str:
+        name = name.rsplit(".", 1)[-1]
+        return "a section of keys" if name in ("CfgNode", "CN", "DetectionCfgNode") else name
+
+    shown = "" if "\n" in value else f" ({value})"
+    return f"{key} must be {kind(want)}, got {kind(got)}{shown}"
 
 
 def load_config(path: str | None = None, opts: Sequence[str] | None = None) -> CN:

@@ -50,12 +50,19 @@ def test_a_tagged_or_malformed_pretraining_config_is_one_line(tmp_path, capsys):
         ("- SEED\n- 1\n", "a config is a mapping of KEY: value, got a list"),
         ("_BASE_: 3\n", "_BASE_ must be a file name or a list of them, got 3"),
         ("_BASE_: nowhere.yaml\n", "config file .*nowhere.yaml \\(a _BASE_ of .*\\) not found"),
+        ("DATA: 1\n", "c.yaml: DATA must be a section of keys, got int \\(1\\)$"),
+        ("SOLVER:\n  EPOCHS: abc\n", "c.yaml: SOLVER.EPOCHS must be int, got str \\(abc\\)$"),
+        (
+            "SOLVER:\n  STEPS:\n    X: 1\n",
+            "c.yaml: SOLVER.STEPS must be tuple, got a section of keys",
+        ),
     ],
 )
 def test_config_file_faults_name_the_file(tmp_path, text, message):
     (tmp_path / "c.yaml").write_text(text)
-    with pytest.raises(ConfigError, match=message):
+    with pytest.raises(ConfigError, match=message) as err:
         load_config(str(tmp_path / "c.yaml"))
+    assert "\n" not in str(err.value)
 
 
 def test_a_base_cycle_is_named_in_both_config_systems(tmp_path):

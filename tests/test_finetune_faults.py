@@ -358,3 +358,5 @@ def test_a_full_disk_while_saving_a_checkpoint_is_one_line_and_leaves_no_partial
     assert torch.load(out / "model_0000000.pth", weights_only=True)["iteration"] == 0
     assert not list(out.glob("model_0000001*")) and not list(out.glob(".*.tmp"))
     assert not (out / "results.json").exists()
+    log = (out / "log.txt").read_text()
+    assert "Traceback (most recent call last)" in log and "DiskFullError" in log
