@@ -275,11 +275,14 @@ def check_start(args: argparse.Namespace, cfg: DetectionCfgNode) -> Start:
     changed experiment (`check_resume`), MODEL.WEIGHTS (or `--eval-only --resume`'s checkpoint)
     missing, unreadable, altered since its conversion or not a complete backbone
     (`load_backbone_weights`)."""
+    checked = None
     if args.resume and not args.eval_only:
         checked = check_resume(cfg, args.unsafe_load, args.allow_config_change)
-        return Start(FinetuneTrainer.build_model(cfg), resume=checked)
-    path = str(last_checkpoint(cfg.OUTPUT_DIR)) if args.resume else None
+    seed_all_rng(None if cfg.SEED < 0 else cfg.SEED + comm.get_rank())  # before the model's init
     model = FinetuneTrainer.build_model(cfg)
+    if checked is not None:
+        return Start(model, resume=checked)
+    path = str(last_checkpoint(cfg.OUTPUT_DIR)) if args.resume else None
     load = load_backbone_weights(
         model,
         cfg,
@@ -314,7 +317,8 @@ def begin_run(args: argparse.Namespace, cfg: DetectionCfgNode, held: list) -> No
 
 def record_run(cfg: DetectionCfgNode, args: argparse.Namespace) -> None:
     """detectron2's `default_setup` through the suite's logging (which writes no colour codes into
-    log.txt): the environment in log.txt, the full config in config.yaml, seeding, cudnn."""
+    log.txt): the environment in log.txt, the full config in config.yaml, cudnn (`check_start`
+    seeds, before it builds the model)."""
     rank = comm.get_rank()
     logger.info("Rank of current process: %d. World size: %d", rank, comm.get_world_size())
     logger.debug("Environment info:\n%s", collect_env_info())
@@ -322,7 +326,6 @@ def record_run(cfg: DetectionCfgNode, args: argparse.Namespace) -> None:
     if comm.is_main_process():
         path = atomic_write_text(Path(cfg.OUTPUT_DIR) / "config.yaml", cfg.dump())
         logger.info("Full config saved to %s", path)
-    seed_all_rng(None if cfg.SEED < 0 else cfg.SEED + rank)
     if not args.eval_only:
         torch.backends.cudnn.benchmark = cfg.CUDNN_BENCHMARK
 
@@ -330,6 +333,7 @@ def record_run(cfg: DetectionCfgNode, args: argparse.Namespace) -> None:
 def run_finetune(args: argparse.Namespace) -> dict[str, Any]:
     """Train (or `--eval-only` evaluate) and write results.json; returns the evaluation results.
     Every check comes before the first write into OUTPUT_DIR (`begin_run`)."""
+    setup_logging(rank=comm.get_rank())  # the console until OUTPUT_DIR may be written
     with held_records() as held:
         cfg = setup(args)
         start = check_start(args, cfg)
