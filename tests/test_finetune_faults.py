@@ -248,6 +248,12 @@ def test_resume_without_a_checkpoint_is_refused_and_creates_nothing(finished, tm
         "fresh run without --resume"
     )
     assert not out.exists()
+    # --allow-config-change is a resume's option only
+    fresh = ["--config-file", DEMO, *data, "--allow-config-change", "OUTPUT_DIR", str(out)]
+    assert _tool("finetune_coco")(fresh) == 2
+    assert _one_error_line(capsys).startswith(
+        "error: --allow-config-change only applies with --resume"
+    )
     # nor does --eval-only --resume fall back to MODEL.WEIGHTS
     with pytest.raises(ResumeError, match="holds no checkpoint"):
         _run(*data, "--eval-only", "--resume", "OUTPUT_DIR", str(out), *TINY)

@@ -381,6 +381,8 @@ def launch_finetune(args: argparse.Namespace) -> None:
     """`run_finetune` on every process of the job: `--num-gpus` processes per machine (gloo ones
     without CUDA), or the processes torchrun started (see `als_det.detection.launch`)."""
     check_overrides(args.opts)
+    if args.allow_config_change and not (args.resume and not args.eval_only):
+        raise ValueError("--allow-config-change only applies with --resume (and training)")
     launch_processes(
         run_finetune,
         (args,),
