@@ -7,13 +7,20 @@ The same mechanism detectron2 uses, so pretraining and fine-tuning configs read 
 from __future__ import annotations
 
 import math
+import re
 import sys
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from fvcore.common.config import CfgNode as CN
+from fvcore.common.config import CfgNode as FvcoreCfgNode
 
+from als_det.config_files import ConfigError, SafeConfigFiles
 from als_det.targets import LabelStrategy
+
+
+class CN(SafeConfigFiles, FvcoreCfgNode):
+    """fvcore's CfgNode (the pretraining config) reading its files safely."""
+
 
 _C = CN()
 _C.SEED = 0
@@ -112,10 +119,6 @@ def get_cfg() -> CN:
     return _C.clone()
 
 
-class ConfigError(ValueError):
-    """A config file or override that does not fit the config's keys and types."""
-
-
 def check_overrides(opts: Sequence[str]) -> None:
     """Trailing `KEY VALUE` overrides come in pairs and after every option: an option among them
     (`... OUTPUT_DIR x --dataset ...`) would otherwise be read as a config key."""
@@ -131,20 +134,47 @@ def check_overrides(opts: Sequence[str]) -> None:
 
 
 def merge_config(cfg: Any, path: str | None, opts: Sequence[str] | None) -> None:
-    """`cfg.merge_from_file(path)`, then the checked overrides; yacs' errors for an unknown key
-    become a ConfigError naming the file or the overrides (wrong types already raise ValueError)."""
+    """`cfg.merge_from_file(path)`, then the checked overrides; yacs' errors for an unknown key or
+    a value of the wrong type become a one-line ConfigError naming the file or the overrides."""
     opts = list(opts or [])
     check_overrides(opts)
-    try:
-        if path:
-            cfg.merge_from_file(path)
-    except (KeyError, AssertionError) as err:
-        raise ConfigError(f"{path}: {str(err).strip(chr(39))}") from err
-    try:
-        if opts:
-            cfg.merge_from_list(opts)
-    except (KeyError, AssertionError) as err:
-        raise ConfigError(f"config overrides: {str(err).strip(chr(39))}") from err
+    if not isinstance(cfg, SafeConfigFiles):
+        raise TypeError(f"{type(cfg).__name__} does not read its files safely (SafeConfigFiles)")
+    for where, merge, arg in (
+        (path, lambda f: cfg.merge_from_file(f, allow_unsafe=False), path),
+        ("config overrides", cfg.merge_from_list, opts),
+    ):
+        try:
+            if arg:
+                merge(arg)
+        except ConfigError:
+            raise
+        except (KeyError, AssertionError, ValueError) as err:
+            raise ConfigError(f"{where}: {_one_line(err)}") from err
+
+
+_TYPE_MISMATCH = re.compile(
+    r"Type mismatch \(<class '([\w.]+)'> vs\. <class '([\w.]+)'>\) with values \((.*) vs\. "
+    r"(.*)\) for config key: (\S+)$",
+    re.S,
+)
+
+
+def _one_line(err: Exception) -> str:
+    """yacs' message, without its quotes, and a type mismatch without the sections it prints
+    whole (a value given where the defaults have a section of keys, or the reverse)."""
+    text = str(err).strip("'")
+    found = _TYPE_MISMATCH.match(text)
+    if not found:
+        return text
+    want, got, _, value, key = found.groups()
+
+    def kind(name: str) -> str:
+        name = name.rsplit(".", 1)[-1]
+        return "a section of keys" if name in ("CfgNode", "CN", "DetectionCfgNode") else name
+
+    shown = "" if "\n" in value else f" ({value})"
+    return f"{key} must be {kind(want)}, got {kind(got)}{shown}"
 
 
 def load_config(path: str | None = None, opts: Sequence[str] | None = None) -> CN:
@@ -247,21 +277,35 @@ _RANGES: dict[str, tuple[float, float, bool]] = {
 }
 
 
+def numbers(value: object) -> list:
+    """The numbers in a value: itself, or those of a (nested) list or tuple."""
+    if isinstance(value, (list, tuple)):
+        return [x for item in value for x in numbers(item)]
+    return [value]
+
+
+def check_ranges(values: dict[str, object], ranges: dict[str, tuple[float, float, bool]]) -> None:
+    """Each `ranges` key's value (a number, or each number of a nested list) within (low, high,
+    low allowed?); NaN and infinity never are. A ValueError names the first that is not."""
+    for key, (low, high, low_ok) in ranges.items():
+        value = values[key]
+        for x in numbers(value):
+            if (
+                not (low <= x <= high)
+                or (x == low and not low_ok)
+                or (math.isinf(high) and math.isinf(x))
+            ):
+                bound = f"{'>=' if low_ok else '>'} {low}" + (
+                    f" and <= {high}" if math.isfinite(high) else ""
+                )
+                raise ValueError(f"{key} must be {bound}, got {value}")
+
+
 def validate_ranges(cfg: CN) -> None:
     """Every numeric key inside its valid range, and the keys that constrain each other
     consistent."""
     flat = flatten_config(cfg)
-    for key, (low, high, low_ok) in _RANGES.items():
-        value = flat[key]
-        if (
-            not (low <= value <= high)
-            or (value == low and not low_ok)
-            or (math.isinf(high) and math.isinf(value))
-        ):
-            bound = f"{'>=' if low_ok else '>'} {low}" + (
-                f" and <= {high}" if math.isfinite(high) else ""
-            )
-            raise ValueError(f"{key} must be {bound}, got {value}")
+    check_ranges(flat, _RANGES)
     for key in ("DATA.CROP_SCALE", "DATA.CROP_RATIO"):
         pair = flat[key]
         if (

@@ -9,6 +9,7 @@ Extra top-level keys (our `als_det` metadata) are returned unused by the checkpo
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import re
@@ -183,6 +184,20 @@ def convert_torchvision_resnet(
 
 
 # ----------------------------------------------------------------------------- files
+def tensors_digest(arrays: Mapping[str, Any]) -> str:
+    """sha256 over the tensors of a `.pkl`'s `model` dict (numpy arrays or torch tensors): each
+    name, dtype, shape and bytes, in name order. Recorded at conversion as `tensors_sha256` in
+    the file's `als_det` record, and checked when it is loaded: a tensor altered in place (even
+    with its shape kept) no longer matches."""
+    h = hashlib.sha256()
+    for name in sorted(arrays):
+        value = arrays[name]
+        a = np.ascontiguousarray(value.numpy() if isinstance(value, torch.Tensor) else value)
+        h.update(f"{name}\0{a.dtype.str}\0{a.shape}\0".encode())
+        h.update(a.tobytes())
+    return h.hexdigest()
+
+
 def conversion_metadata(
     source: Path, depth: int, meta: Mapping[str, Any], unsafe_load: bool = False
 ) -> dict[str, Any]:
@@ -266,6 +281,7 @@ def prepare_conversion(
         "matching_heuristics": True,
         "als_det": conversion_metadata(source, depth, meta, checkpoint.unsafe_load),
     }
+    content["als_det"]["tensors_sha256"] = tensors_digest(content["model"])
     return Conversion(output, content, state_dict)
 
 

@@ -15,6 +15,8 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 LOGGERS = ("als_det", "detectron2", "fvcore")
@@ -110,3 +112,35 @@ def close_log_file() -> None:
     _file.close()
     _file = None
     _console.formatter.log_path = None
+
+
+class _Keep(logging.Handler):
+    def __init__(self, records: list[logging.LogRecord]) -> None:
+        super().__init__(logging.DEBUG)
+        self.records = records
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+@contextmanager
+def held_records() -> Iterator[list[logging.LogRecord]]:
+    """The suite's records logged inside the block (shown on the console as usual), kept for
+    `write_to_log_file`: a run checks everything before it writes into its folder, and its
+    log.txt still holds what those checks said."""
+    records: list[logging.LogRecord] = []
+    keep = _Keep(records)
+    for name in LOGGERS:
+        logging.getLogger(name).addHandler(keep)
+    try:
+        yield records
+    finally:
+        for name in LOGGERS:
+            logging.getLogger(name).removeHandler(keep)
+
+
+def write_to_log_file(records: list[logging.LogRecord]) -> None:
+    """Write records kept by `held_records` into the log file set up since (if any)."""
+    if _file is not None:
+        for record in records:
+            _file.handle(record)

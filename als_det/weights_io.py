@@ -40,7 +40,13 @@ class WeightsFileError(ValueError):
 
 
 class UnsafeFileError(WeightsFileError):
-    """A weight file that only full unpickling could read, refused without `unsafe_load`."""
+    """A weight file that only full unpickling could read, refused without `unsafe_load`; the
+    message advises `--unsafe-load`, `refusal` is the message without that advice (for callers
+    that offer no such option)."""
+
+    def __init__(self, path: str | os.PathLike, detail: str) -> None:
+        self.refusal = f"{path}: refused: {detail}"
+        super().__init__(f"{self.refusal}. {UNSAFE_HINT}")
 
 
 def strip_wrapper_prefixes(key: str) -> str:
@@ -67,8 +73,7 @@ def read_torch_file(
             raise WeightsFileError(f"{path}: not a readable torch checkpoint ({reason})") from err
         if not unsafe_load:
             raise UnsafeFileError(
-                f"{path}: refused: torch's weights-only reader cannot load it "
-                f"({reason}). {UNSAFE_HINT}"
+                path, f"torch's weights-only reader cannot load it ({reason})"
             ) from err
     except (RuntimeError, EOFError, ValueError, zipfile.BadZipFile, OSError) as err:
         raise WeightsFileError(
@@ -99,11 +104,14 @@ def _is_pickle_based(path: Path) -> bool:
 
 
 def _weights_only_reason(message: str) -> str:
-    """The useful line of torch's weights-only error, e.g. "it references argparse.Namespace"."""
-    found = re.search(r"Unsupported global: GLOBAL (\S+)", message)
+    """The useful line of torch's weights-only error, e.g. "it references argparse.Namespace"
+    (an allowed-list miss) or "it references posix.system" (a blocked module), else the
+    unpickler's own line without torch's advice around it."""
+    found = re.search(r"GLOBAL (\S+)", message)
     if found:
         return f"it references {found.group(1)}, which only full unpickling can create"
-    detail = message.split("WeightsUnpickler error:", 1)[-1].strip().splitlines()
+    message = message.split("\n\nCheck the documentation", 1)[0]
+    detail = re.split(r"WeightsUnpickler error:|\n\n", message)[-1].strip().splitlines()
     return detail[0].strip() if detail else message
 
 
@@ -170,7 +178,7 @@ def read_detectron2_pickle(path: str | os.PathLike, unsafe_load: bool = False) -
             return _WeightsUnpickler(f, encoding="latin1").load(), False
     except _RefusedGlobal as err:
         if not unsafe_load:
-            raise UnsafeFileError(f"{path}: refused: {err}. {UNSAFE_HINT}") from err
+            raise UnsafeFileError(path, str(err)) from err
         reason = err
     except (
         pickle.UnpicklingError,

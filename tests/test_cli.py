@@ -165,9 +165,9 @@ def test_a_user_error_is_one_line_and_its_traceback_stays_in_the_log(tmp_path, c
         and err[0].startswith(f"error: {js}: no usable box")
         and "Traceback" not in stderr
     )
-    assert f"(traceback in {out / 'log.txt'})" in err[0]
-    log = (out / "log.txt").read_text()
-    assert "Traceback (most recent call last)" in log and "DatasetError" in log
+    # refused before the run writes anything (its folder included); an error once the run has
+    # started keeps its traceback in log.txt (tests/test_finetune_faults.py, the full disk)
+    assert err[0].endswith("(--debug shows the traceback)") and not out.exists()
     with pytest.raises(ValueError, match="no usable box"):
         _tool("finetune_coco")["main"](["--debug", *argv])
     assert _tool("pretrain")["main"](["--config-file", DEMO, "SOLVER.EPOCH", "3"]) == 2

@@ -11,6 +11,7 @@ import torch
 from detectron2.modeling import build_model
 from tiny_runs import DETECTION_DEMO, FINETUNE_TINY, TORCHVISION_PRE, finetune, tiny_coco
 
+from als_det.convert import tensors_digest
 from als_det.detection.command_line import finetune_argument_parser
 from als_det.detection.config import get_detection_cfg
 from als_det.detection.weights import WeightsError, backbone_keys, load_backbone_weights
@@ -26,10 +27,13 @@ def _model(weights: str | Path, *opts: str):
     return build_model(cfg), cfg
 
 
-def _edited_pkl(src: Path, dst: Path, edit) -> Path:
+def _edited_pkl(src: Path, dst: Path, edit, redigest: bool = True) -> Path:
+    """`src` edited by `edit`; `redigest`: as if converted so (its tensor digest re-recorded)."""
     with open(src, "rb") as f:
         data = pickle.load(f)
     edit(data)
+    if redigest:
+        data["als_det"]["tensors_sha256"] = tensors_digest(data["model"])
     with open(dst, "wb") as f:
         pickle.dump(data, f)
     return dst
@@ -384,11 +388,27 @@ def test_custom_dataset_resume_and_refusals(resnet18_pkl, tmp_path):
     assert len(gt["annotations"]) == 2
     # resume: continues from the last checkpoint (iteration 2 of 3), provenance kept even though
     # MODEL.WEIGHTS is not given again
-    finetune(*common, "--resume", "OUTPUT_DIR", str(out), "SOLVER.MAX_ITER", "3", *FINETUNE_TINY)
+    finetune(
+        *common,
+        "--resume",
+        "--allow-config-change",
+        "OUTPUT_DIR",
+        str(out),
+        "SOLVER.MAX_ITER",
+        "3",
+        *FINETUNE_TINY,
+    )
     log = (out / "log.txt").read_text()
     assert "Resumed from" in log and "Starting training from iteration 2" in log
     res2 = json.loads((out / "results.json").read_text())
     assert res2["iterations"] == 3 and res2["backbone"] == res["backbone"]
+    assert res["resumes"] == [] and res2["resumes"] == [
+        {
+            "from": str(out / "model_final.pth"),
+            "after_iteration": 1,
+            "config_changes": {"SOLVER.MAX_ITER": {"checkpoint": 2, "now": 3}},
+        }
+    ]
     # --eval-only of the fine-tuned checkpoint reproduces its AP and keeps the provenance
     ev = tmp_path / "eval"
     finetune(

@@ -100,11 +100,19 @@ def test_a_fresh_fine_tune_into_a_used_folder_sets_the_earlier_run_aside(
     log = (out / "log.txt").read_text()
     assert log.count("Starting training from iteration 0") == 1
     assert f"held an earlier run; starting afresh, its files moved to {aside[0]}" in log
-    assert (
-        f"Using the data sets recorded in {aside[0] / 'datasets.json'}" in log
-    )  # set aside with its config
+    # read before the earlier run was set aside with its config
+    assert f"Using the data sets recorded in {out / 'datasets.json'}" in log
     # --resume continues the run in the folder instead: nothing more is set aside
-    _tool(*data, "--resume", "OUTPUT_DIR", str(out), "SOLVER.MAX_ITER", "3", *FINETUNE_TINY)
+    _tool(
+        *data,
+        "--resume",
+        "--allow-config-change",
+        "OUTPUT_DIR",
+        str(out),
+        "SOLVER.MAX_ITER",
+        "3",
+        *FINETUNE_TINY,
+    )
     assert len(list(out.glob("previous-*"))) == 1 and _iterations(out) == [1, 2, 2, 3]
 
 

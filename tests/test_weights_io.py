@@ -5,8 +5,10 @@ from __future__ import annotations
 import argparse
 import io
 import logging
+import os
 import pickle
 import pickletools
+import runpy
 import struct
 from pathlib import Path
 
@@ -185,3 +187,55 @@ def test_wrapper_prefixes_are_stripped() -> None:
     stripped = strip_wrapper_prefixes("module._orig_mod.layer1.0.conv1.weight")
     assert stripped == "layer1.0.conv1.weight"
     assert strip_wrapper_prefixes("layer1.module.weight") == "layer1.module.weight"
+
+
+class SystemPayload:
+    """Unpickling this runs `touch path` through os.system (pickled as posix.system)."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.path}",))
+
+
+def test_a_refusal_names_what_the_file_references_and_advises_only_real_options(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    marker = tmp_path / "MARKER"
+    crafted = tmp_path / "crafted.pth"
+    torch.save(
+        {"model": torchvision.models.resnet18().state_dict(), "x": SystemPayload(marker)}, crafted
+    )
+    with pytest.raises(UnsafeFileError) as err:
+        read_torch_file(crafted)
+    assert str(err.value).startswith(
+        f"{crafted}: refused: torch's weights-only reader cannot load it (it references "
+        "posix.system, which only full unpickling can create). Full unpickling can run"
+    )
+    assert "Weights only load failed" not in str(err.value)
+    # pretraining and evaluation have no --unsafe-load: they say what the file is instead
+    repo = Path(__file__).resolve().parents[1]
+    for tool, argv in (
+        (
+            "pretrain",
+            [
+                "--resume-from",
+                str(crafted),
+                "--config-file",
+                str(repo / "configs/pretrain/demo_als.yaml"),
+                "OUTPUT_DIR",
+                str(tmp_path / "pre"),
+            ],
+        ),
+        (
+            "evaluate",
+            ["--checkpoint", str(crafted), "--data", str(tmp_path), "--out", str(tmp_path / "ev")],
+        ),
+    ):
+        main = runpy.run_path(str(repo / "tools" / f"{tool}.py"))["main"]
+        assert main(argv) == 2
+        (line,) = [l for l in capsys.readouterr().err.splitlines() if l.startswith("error:")]
+        assert line.startswith(f"error: {crafted}: refused: ") and "posix.system" in line
+        assert "--unsafe-load" not in line and "is not one of them" in line
+    assert not marker.exists()

@@ -14,8 +14,15 @@ Options go before the trailing KEY VALUE config overrides. Without CUDA, --num-g
 processes (gloo) that train as one job; under torchrun its processes are the job (no --num-gpus).
 
 MODEL.WEIGHTS must be a .pkl from tools/convert_to_d2.py (or a detectron2 checkpoint); every
-backbone tensor must come from it unless --allow-random-backbone. Weight files are read without
+backbone tensor must come from it unless --allow-random-backbone, and its tensors must be the
+ones its conversion recorded unless --allow-modified-weights. Weight files are read without
 full unpickling unless --unsafe-load.
+
+--resume continues OUTPUT_DIR's last checkpoint, the same experiment only (config, seed, train
+data); a deliberate change needs --allow-config-change and is recorded in results.json:
+
+    python tools/finetune_coco.py --resume --allow-config-change \
+        --config-file output/finetune/demo_als/config.yaml SOLVER.MAX_ITER 600
 """
 
 import sys

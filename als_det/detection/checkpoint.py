@@ -1,23 +1,31 @@
-"""detectron2's `DetectionCheckpointer`, reading files safely and recording what they supplied.
+"""detectron2's `DetectionCheckpointer`, reading files safely, recording what they supplied and
+writing checkpoints atomically.
 
 Every weight file the suite hands to detectron2 (MODEL.WEIGHTS, `--resume`, `--eval-only`,
 `convert_to_d2.py --verify`) goes through `RecordingCheckpointer`:
 - `_load_file` reads `.pkl` files with `read_detectron2_pickle` (numpy arrays and plain values
   only) and everything else with `read_torch_file` (`weights_only=True`); `unsafe_load=True`
   allows full unpickling of a trusted file. It then interprets the data as detectron2 does.
+- `_load_file` also records `tensors_sha256` (`als_det.convert.tensors_digest`) of a `.pkl`'s
+  tensors as read, for the check against the digest its conversion recorded.
 - `_load_model` records the model keys the *file* supplied (after detectron2's name matching)
   and the incompatible keys detectron2 would only log. `FrozenBatchNorm2d` fills running
   statistics a file lacks with 0/1 and reports nothing missing, so only `supplied` tells.
+- `save` writes through `als_det.io` (detectron2's is a plain write that a kill or a full disk
+  leaves half-written).
 """
 
 from __future__ import annotations
 
 import logging
+import os
 from typing import Any
 
 from detectron2.checkpoint import DetectionCheckpointer
 from torch import nn
 
+from als_det.convert import tensors_digest
+from als_det.io import atomic_torch_save, atomic_write_text
 from als_det.weights_io import read_detectron2_pickle, read_torch_file
 
 logger = logging.getLogger(__name__)
@@ -25,7 +33,8 @@ logger = logging.getLogger(__name__)
 
 class RecordingCheckpointer(DetectionCheckpointer):
     """DetectionCheckpointer with safe file reading; after `load`: `incompatible` (detectron2's
-    record), `supplied` (model keys the file filled), `unsafe_used` and `author`."""
+    record), `supplied` (model keys the file filled), `unsafe_used`, `author` and, for a `.pkl`,
+    `tensors_sha256`."""
 
     def __init__(
         self,
@@ -43,6 +52,24 @@ class RecordingCheckpointer(DetectionCheckpointer):
         self.incompatible: Any = None
         self.supplied: set[str] = set()
         self.author: str | None = None
+        self.tensors_sha256: str | None = None
+
+    def save(self, name: str, **kwargs: Any) -> None:
+        """fvcore's `Checkpointer.save`, written atomically (`als_det.io`): a checkpoint, and the
+        `last_checkpoint` record naming it, is the old file or the whole new one, never part of
+        one (a full disk is a `DiskFullError` naming the file, and leaves no partial file)."""
+        if not self.save_dir or not self.save_to_disk:
+            return
+        data = {"model": self.model.state_dict()}
+        data.update({key: obj.state_dict() for key, obj in self.checkpointables.items()})
+        data.update(kwargs)
+        path = os.path.join(self.save_dir, f"{name}.pth")
+        self.logger.info("Saving checkpoint to %s", path)
+        atomic_torch_save(path, data)
+        self.tag_last_checkpoint(os.path.basename(path))
+
+    def tag_last_checkpoint(self, last_filename_basename: str) -> None:
+        atomic_write_text(os.path.join(self.save_dir, "last_checkpoint"), last_filename_basename)
 
     def _load_file(self, filename: str) -> dict[str, Any]:
         """detectron2's interpretation of each format (see `DetectionCheckpointer._load_file`),
@@ -53,6 +80,7 @@ class RecordingCheckpointer(DetectionCheckpointer):
                 raise TypeError(f"{filename} holds a {type(data).__name__}, not a dict of weights")
             if "model" in data and "__author__" in data:  # detectron2 model-zoo format
                 self.logger.info("Reading a file from '%s'", data["__author__"])
+                self.tensors_sha256 = tensors_digest(data["model"])  # before detectron2 edits it
             else:  # a Caffe2 / Detectron1 model-zoo file: blobs by Caffe2 name
                 data = {
                     k: v for k, v in data.get("blobs", data).items() if not k.endswith("_momentum")

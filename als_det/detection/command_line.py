@@ -34,7 +34,14 @@ def finetune_argument_parser(description: str | None = None) -> argparse.Argumen
     parser.add_argument(
         "--resume",
         action="store_true",
-        help="continue from OUTPUT_DIR's last checkpoint (detectron2's resume_or_load)",
+        help="continue from OUTPUT_DIR's last checkpoint (refused when there is none, or when "
+        "the experiment differs from the checkpoint's)",
+    )
+    parser.add_argument(
+        "--allow-config-change",
+        action="store_true",
+        help="with --resume: continue although the experiment (config, seed or train data) "
+        "differs from the checkpoint's (the changes are recorded in results.json)",
     )
     parser.add_argument(
         "--eval-only",
@@ -93,6 +100,12 @@ def finetune_argument_parser(description: str | None = None) -> argparse.Argumen
         action="store_true",
         help="train even though backbone tensors are missing from MODEL.WEIGHTS "
         "(training from scratch on purpose)",
+    )
+    weights.add_argument(
+        "--allow-modified-weights",
+        action="store_true",
+        help="fine-tune a converted MODEL.WEIGHTS whose tensors no longer match the digest its "
+        "conversion recorded (altered since; recorded in results.json)",
     )
     weights.add_argument(
         "--unsafe-load",

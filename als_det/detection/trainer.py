@@ -1,12 +1,14 @@
 """Fine-tune a detector on COCO-format data from a converted backbone (detectron2 train_net style):
 Faster R-CNN, RetinaNet or Mask R-CNN, whichever the config builds (box AP, and mask AP for masks).
 
-`setup(args)` builds the config (device, data sets, class count resolved and logged, then
-what detectron2's `default_setup` does, through the suite's logging); `run_finetune(args)` trains
+`setup(args)` builds the config (device, data sets, class count resolved and logged) and
+`check_start(args, cfg)` the model with its weights or the checked `--resume`, both writing
+nothing; only then does `begin_run` touch OUTPUT_DIR (an earlier run set aside, log.txt, what
+detectron2's `default_setup` does, through the suite's logging). `run_finetune(args)` trains
 with `FinetuneTrainer` (detectron2's `DefaultTrainer` + strict backbone loading +
-`COCOEvaluator`) or only evaluates, then writes
-`OUTPUT_DIR/results.json`. `launch_finetune(args)` runs it through `detectron2.engine.launch`
-(one process per GPU, any number of machines).
+`COCOEvaluator`) or only evaluates, then writes `OUTPUT_DIR/results.json`.
+`launch_finetune(args)` runs it through `detectron2.engine.launch` (one process per GPU, any
+number of machines).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import logging
 import os
 import random
 import weakref
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -47,9 +50,17 @@ from als_det.detection.results import (
     training_record,
     write_results,
 )
-from als_det.detection.weights import load_backbone_weights
+from als_det.detection.resume import (
+    EXPERIMENT_KEY,
+    RESUMES_KEY,
+    TRAINING_KEY,
+    CheckedResume,
+    check_resume,
+    last_checkpoint,
+)
+from als_det.detection.weights import BackboneLoad, load_backbone_weights
 from als_det.io import atomic_write_json, atomic_write_text
-from als_det.logger import setup_logging
+from als_det.logger import held_records, setup_logging, write_to_log_file
 from als_det.output_dir import check_output_folder, set_aside_note, set_aside_previous_run
 from als_det.run_lock import output_lock
 
@@ -74,22 +85,29 @@ FINETUNE_MARKERS = ("last_checkpoint", "metrics.json", "model_final.pth", "resul
 
 
 class FinetuneTrainer(DefaultTrainer):
-    """detectron2's DefaultTrainer with strict `MODEL.WEIGHTS` loading and COCO evaluation.
+    """detectron2's DefaultTrainer on a model whose backbone `check_start` loaded strictly, with
+    COCO evaluation.
 
-    The backbone's provenance (file, sha256, label strategy) is part of the trainer state, so a
-    resumed run and a later `--eval-only` of its checkpoint still know which backbone it was.
-    Every file is read without full unpickling unless `unsafe_load` (`--unsafe-load`).
+    The backbone's provenance (file, sha256, label strategy), the experiment, the training record
+    and the resumes are part of the trainer state, so a resumed run and a later `--eval-only` of
+    its checkpoint still know which backbone and experiment it was. Every file is read without
+    full unpickling unless `unsafe_load` (`--unsafe-load`).
     """
 
     def __init__(
-        self, cfg: DetectionCfgNode, allow_random_backbone: bool = False, unsafe_load: bool = False
+        self,
+        cfg: DetectionCfgNode,
+        model: torch.nn.Module,
+        backbone: dict[str, Any],
+        unsafe_load: bool = False,
+        resumes: list[dict[str, Any]] | None = None,
     ) -> None:
-        # DefaultTrainer.__init__ with two changes: DDP also on the CPU (detectron2's
-        # create_ddp_model passes device_ids=[local rank], which DistributedDataParallel refuses
-        # for a CPU model), and the checkpointer that reads files safely.
+        # DefaultTrainer.__init__ with three changes: the model built (and its backbone loaded)
+        # before, DDP also on the CPU (detectron2's create_ddp_model passes device_ids=[local
+        # rank], which DistributedDataParallel refuses for a CPU model), and the checkpointer that
+        # reads files safely.
         TrainerBase.__init__(self)
         cfg = DefaultTrainer.auto_scale_workers(cfg, comm.get_world_size())
-        model = self.build_model(cfg)
         optimizer = self.build_optimizer(cfg, model)
         data_loader = self.build_train_loader(cfg)
         on_cpu = {"device_ids": None} if cfg.MODEL.DEVICE == "cpu" else {}
@@ -105,33 +123,23 @@ class FinetuneTrainer(DefaultTrainer):
         self.max_iter = cfg.SOLVER.MAX_ITER
         self.cfg = cfg
         self.register_hooks(self.build_hooks())
-        self.allow_random_backbone = allow_random_backbone
-        self.unsafe_load = unsafe_load
-        self.backbone: dict[str, Any] = {}
+        self.backbone = backbone
         self.training = training_record(cfg)
+        self.resumes = list(resumes or [])
 
-    def resume_or_load(self, resume: bool = True) -> None:
-        """Resume everything from OUTPUT_DIR's last checkpoint, or load MODEL.WEIGHTS strictly."""
-        if resume and self.checkpointer.has_checkpoint():
-            super().resume_or_load(resume=True)
-            logger.info(
-                "Resumed from %s at iteration %d",
-                self.checkpointer.get_checkpoint_file(),
-                self.start_iter,
-            )
-        else:
-            load = load_backbone_weights(
-                self.checkpointer.model,
-                self.cfg,
-                self.allow_random_backbone,
-                unsafe_load=self.unsafe_load,
-            )
-            self.backbone = load.provenance()
+    def resume(self, checked: CheckedResume) -> None:
+        """Continue from the checkpoint `check_resume` checked: model, optimizer, scheduler,
+        iteration and the backbone's provenance."""
+        self.checkpointer.load(str(checked.path))
+        self.start_iter = self.iter + 1
+        logger.info("Resumed from %s at iteration %d", checked.path, self.start_iter)
 
     def state_dict(self) -> dict[str, Any]:
         ret = super().state_dict()
         ret["als_det_backbone"] = self.backbone
-        ret["als_det_training"] = self.training
+        ret[TRAINING_KEY] = self.training
+        ret[EXPERIMENT_KEY] = experiment_config(self.cfg)["values"]
+        ret[RESUMES_KEY] = self.resumes
         return ret
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -201,27 +209,21 @@ def num_classes_key(cfg: DetectionCfgNode) -> str:
 
 def set_aside_earlier_run(args: argparse.Namespace, cfg: DetectionCfgNode) -> Path | None:
     """A fresh training run (neither `--resume` nor `--eval-only`) into an OUTPUT_DIR that holds an
-    earlier run moves that run's files to OUTPUT_DIR/previous-<time>/ (as pretraining does) before
-    anything is written there; returns that folder, on every process."""
+    earlier run moves that run's files to OUTPUT_DIR/previous-<time>/ (as pretraining does) once
+    every process has read what it needs from there; returns that folder, on every process."""
+    comm.synchronize()
     aside = None
     if not (args.resume or args.eval_only) and comm.is_main_process():
         aside = set_aside_previous_run(cfg.OUTPUT_DIR, FINETUNE_OUTPUTS, FINETUNE_MARKERS)
-    aside = comm.all_gather(aside)[0]
-    config = Path(args.config_file)
-    if aside is not None and not config.exists() and (aside / config.name).is_file():
-        args.config_file = str(aside / config.name)  # the run's own config.yaml moved with the run
-    return aside
+    return comm.all_gather(aside)[0]
 
 
 def setup(args: argparse.Namespace) -> DetectionCfgNode:
-    """Config with device, seed, data sets and class count resolved (each change logged), then
-    `record_run` (environment in log.txt, config.yaml, seeding). Returns the frozen config."""
+    """Config with device, seed, data sets and class count resolved (each change logged); the
+    data sets validated and registered. Writes nothing into OUTPUT_DIR. Returns the frozen
+    config."""
     cfg = get_detection_cfg(args.config_file, args.opts)
-    aside = set_aside_earlier_run(args, cfg)
     recorded = recorded_datasets(args)
-    setup_logging(cfg.OUTPUT_DIR, comm.get_rank())
-    if aside is not None:
-        logger.warning("%s", set_aside_note(cfg.OUTPUT_DIR, aside))
     if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
         cfg.MODEL.DEVICE = "cpu"
         logger.warning("CUDA is not available: MODEL.DEVICE set to cpu")
@@ -230,7 +232,7 @@ def setup(args: argparse.Namespace) -> DetectionCfgNode:
         logger.warning(
             "SOLVER.AMP.ENABLED set to False (recorded in results.json): %s", NO_CUDA_AMP
         )
-    if cfg.SEED < 0:
+    if cfg.SEED < 0 and not (args.resume and not args.eval_only):  # a resume keeps its seed
         cfg.SEED = random.SystemRandom().randrange(2**31)
         logger.info("SEED was negative: drew seed %d (recorded in config.yaml)", cfg.SEED)
 
@@ -248,8 +250,7 @@ def setup(args: argparse.Namespace) -> DetectionCfgNode:
     else:
         cfg.DATASETS.TRAIN = tuple(choose_datasets(args, cfg, "TRAIN"))
         cfg.DATASETS.TEST = tuple(choose_datasets(args, cfg, "TEST"))
-    names = list(cfg.DATASETS.TEST) if args.eval_only else [*cfg.DATASETS.TRAIN, *cfg.DATASETS.TEST]
-    reports = register_datasets(args, names, recorded)
+    reports = register_datasets(args, used_datasets(args, cfg), recorded)
     categories = ds.check_same_categories(reports)
     if cfg.MODEL.MASK_ON:
         ds.check_has_masks(reports)
@@ -263,6 +264,57 @@ def setup(args: argparse.Namespace) -> DetectionCfgNode:
         )
         head.NUM_CLASSES = len(categories)
     cfg.freeze()
+    return cfg
+
+
+def used_datasets(args: argparse.Namespace, cfg: DetectionCfgNode) -> list[str]:
+    """The data sets this run reads: the test sets, and the train sets unless `--eval-only`."""
+    return list(cfg.DATASETS.TEST) if args.eval_only else [*cfg.DATASETS.TRAIN, *cfg.DATASETS.TEST]
+
+
+@dataclass
+class Start:
+    """What the checks before the first write into OUTPUT_DIR found: the model, and either the
+    weights loaded into it (a fresh run, `--eval-only`) or the checkpoint to resume."""
+
+    model: torch.nn.Module
+    load: BackboneLoad | None = None
+    resume: CheckedResume | None = None
+
+
+def check_start(args: argparse.Namespace, cfg: DetectionCfgNode) -> Start:
+    """Every refusal that needs no training: a `--resume` without a readable checkpoint or with a
+    changed experiment (`check_resume`), MODEL.WEIGHTS (or `--eval-only --resume`'s checkpoint)
+    missing, unreadable, altered since its conversion or not a complete backbone
+    (`load_backbone_weights`)."""
+    checked = None
+    if args.resume and not args.eval_only:
+        checked = check_resume(cfg, args.unsafe_load, args.allow_config_change)
+    seed_all_rng(None if cfg.SEED < 0 else cfg.SEED + comm.get_rank())  # before the model's init
+    model = FinetuneTrainer.build_model(cfg)
+    if checked is not None:
+        return Start(model, resume=checked)
+    path = str(last_checkpoint(cfg.OUTPUT_DIR)) if args.resume else None
+    load = load_backbone_weights(
+        model,
+        cfg,
+        args.allow_random_backbone,
+        path=path,
+        unsafe_load=args.unsafe_load,
+        allow_modified=args.allow_modified_weights,
+    )
+    return Start(model, load=load)
+
+
+def begin_run(args: argparse.Namespace, cfg: DetectionCfgNode, held: list) -> None:
+    """The first writes into OUTPUT_DIR, after every check: an earlier run set aside (a fresh
+    training run), log.txt (with the `held` records of the checks), then `record_run` and, for
+    training, the data sets used (datasets.json)."""
+    aside = set_aside_earlier_run(args, cfg)
+    setup_logging(cfg.OUTPUT_DIR, comm.get_rank())
+    write_to_log_file(held)
+    if aside is not None:
+        logger.warning("%s", set_aside_note(cfg.OUTPUT_DIR, aside))
     record_run(cfg, args)
     if not args.eval_only and comm.is_main_process():
         atomic_write_json(
@@ -270,15 +322,15 @@ def setup(args: argparse.Namespace) -> DetectionCfgNode:
             {
                 "train": list(cfg.DATASETS.TRAIN),
                 "test": list(cfg.DATASETS.TEST),
-                "datasets": ds.dataset_record(names),
+                "datasets": ds.dataset_record(used_datasets(args, cfg)),
             },
         )
-    return cfg
 
 
 def record_run(cfg: DetectionCfgNode, args: argparse.Namespace) -> None:
     """detectron2's `default_setup` through the suite's logging (which writes no colour codes into
-    log.txt): the environment in log.txt, the full config in config.yaml, seeding, cudnn."""
+    log.txt): the environment in log.txt, the full config in config.yaml, cudnn (`check_start`
+    seeds, before it builds the model)."""
     rank = comm.get_rank()
     logger.info("Rank of current process: %d. World size: %d", rank, comm.get_world_size())
     logger.debug("Environment info:\n%s", collect_env_info())
@@ -286,14 +338,15 @@ def record_run(cfg: DetectionCfgNode, args: argparse.Namespace) -> None:
     if comm.is_main_process():
         path = atomic_write_text(Path(cfg.OUTPUT_DIR) / "config.yaml", cfg.dump())
         logger.info("Full config saved to %s", path)
-    seed_all_rng(None if cfg.SEED < 0 else cfg.SEED + rank)
     if not args.eval_only:
         torch.backends.cudnn.benchmark = cfg.CUDNN_BENCHMARK
 
 
 def run_finetune(args: argparse.Namespace) -> dict[str, Any]:
     """Train (or `--eval-only` evaluate) and write results.json; returns the evaluation results.
-    Rank 0 holds OUTPUT_DIR's lock (`als_det.run_lock`) throughout."""
+    Every check comes before the first write into OUTPUT_DIR (`begin_run`); rank 0 holds
+    OUTPUT_DIR's lock (`als_det.run_lock`) throughout."""
+    setup_logging(rank=comm.get_rank())  # the console until OUTPUT_DIR may be written
     out_dir = check_output_folder(
         get_detection_cfg(args.config_file, args.opts).OUTPUT_DIR, "OUTPUT_DIR"
     )
@@ -302,30 +355,30 @@ def run_finetune(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _run_finetune(args: argparse.Namespace) -> dict[str, Any]:
-    cfg = setup(args)
+    with held_records() as held:
+        cfg = setup(args)
+        start = check_start(args, cfg)
+    begin_run(args, cfg, held)
+    extra: dict[str, Any] = {}
     if args.eval_only:
-        model = FinetuneTrainer.build_model(cfg)
-        checkpointer = RecordingCheckpointer(model, cfg.OUTPUT_DIR)
-        path = (
-            checkpointer.get_checkpoint_file()
-            if args.resume and checkpointer.has_checkpoint()
-            else cfg.MODEL.WEIGHTS
-        )
-        load = load_backbone_weights(
-            model, cfg, args.allow_random_backbone, path=path, unsafe_load=args.unsafe_load
-        )
-        results = FinetuneTrainer.test(cfg, model)
+        load = start.load
+        results = FinetuneTrainer.test(cfg, start.model)
         backbone, training = load.provenance(), load.training
         iterations = 0 if load.iteration is None else load.iteration + 1
     else:
         trainer = FinetuneTrainer(
-            cfg, allow_random_backbone=args.allow_random_backbone, unsafe_load=args.unsafe_load
+            cfg,
+            start.model,
+            start.load.provenance() if start.load else {},
+            unsafe_load=args.unsafe_load,
+            resumes=start.resume.resumes if start.resume else [],
         )
-        trainer.resume_or_load(resume=args.resume)
+        if start.resume:
+            trainer.resume(start.resume)
         results = trainer.train()
         backbone, training, iterations = trainer.backbone, trainer.training, cfg.SOLVER.MAX_ITER
+        extra["resumes"] = trainer.resumes
     if comm.is_main_process():
-        used = cfg.DATASETS.TEST if args.eval_only else (*cfg.DATASETS.TRAIN, *cfg.DATASETS.TEST)
         path = write_results(
             cfg.OUTPUT_DIR,
             results,
@@ -337,9 +390,10 @@ def _run_finetune(args: argparse.Namespace) -> dict[str, Any]:
             device=cfg.MODEL.DEVICE,
             world_size=comm.get_world_size(),
             training=training,
-            datasets=ds.dataset_record(used),
+            datasets=ds.dataset_record(used_datasets(args, cfg)),
             detection_config=experiment_config(cfg),
             **amp_record(cfg),
+            **extra,
         )
         logger.info("Wrote %s", path)
     return results
@@ -349,6 +403,8 @@ def launch_finetune(args: argparse.Namespace) -> None:
     """`run_finetune` on every process of the job: `--num-gpus` processes per machine (gloo ones
     without CUDA), or the processes torchrun started (see `als_det.detection.launch`)."""
     check_overrides(args.opts)
+    if args.allow_config_change and not (args.resume and not args.eval_only):
+        raise ValueError("--allow-config-change only applies with --resume (and training)")
     launch_processes(
         run_finetune,
         (args,),

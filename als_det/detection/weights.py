@@ -51,6 +51,9 @@ class BackboneLoad:
     # ... and how it was fine-tuned (`als_det.detection.results.training_record`), when recorded.
     training: dict[str, Any] | None = None
     unsafe_load: bool = False  # reading the file needed full unpickling (--unsafe-load)
+    # The tensors differ from the digest the conversion recorded (--allow-modified-weights); None
+    # when the file records none.
+    tensors_modified: bool | None = None
 
     def provenance(self) -> dict[str, Any]:
         """The `backbone` entry of results.json: the pretrained file, its label strategy and
@@ -79,6 +82,8 @@ class BackboneLoad:
             "pretrain_epoch": meta.get("pretrain_epoch"),
             "backbone_tensors": self.backbone_tensors,
             "loaded_tensors": self.loaded_tensors,
+            "tensors_sha256": meta.get("tensors_sha256"),
+            "tensors_modified": self.tensors_modified,
         }
 
 
@@ -154,17 +159,48 @@ def _unfilled_backbone_keys(
     return missing
 
 
+def check_tensors_digest(
+    metadata: dict[str, Any] | None, actual: str | None, path: str, allow_modified: bool
+) -> bool | None:
+    """Whether a converted file's tensors differ from the digest its conversion recorded (None:
+    it records none). A difference is a WeightsError unless `allow_modified`."""
+    recorded = (metadata or {}).get("tensors_sha256")
+    if recorded is None or actual is None:
+        if metadata is not None:
+            logger.warning(
+                "%s records no digest of its tensors (converted before als_det recorded one): "
+                "cannot check that they are the converted ones",
+                path,
+            )
+        return None
+    if actual == recorded:
+        return False
+    msg = (
+        f"{path}: its tensors are not the ones its conversion wrote (sha256 {actual[:12]}..., "
+        f"recorded {recorded[:12]}...): the file was altered after conversion"
+    )
+    if not allow_modified:
+        raise WeightsError(
+            f"{msg}. Convert the pretraining checkpoint again, or pass --allow-modified-weights "
+            "to fine-tune it as it is (recorded in results.json)"
+        )
+    logger.warning("%s; using it as it is (--allow-modified-weights)", msg)
+    return True
+
+
 def load_backbone_weights(
     model: nn.Module,
     cfg: CfgNode,
     allow_random_backbone: bool = False,
     path: str | None = None,
     unsafe_load: bool = False,
+    allow_modified: bool = False,
 ) -> BackboneLoad:
     """Load `path` (default `cfg.MODEL.WEIGHTS`) into `model` through detectron2's checkpointer,
-    then refuse (WeightsError) unless every backbone tensor came from the file and its recorded
-    preprocessing matches `cfg`. `allow_random_backbone` is the only way to train without them.
-    `unsafe_load` allows full unpickling of a trusted file that needs it (recorded)."""
+    then refuse (WeightsError) unless every backbone tensor came from the file, a converted
+    file's tensors match the digest its conversion recorded (unless `allow_modified`) and its
+    recorded preprocessing matches `cfg`. `allow_random_backbone` is the only way to train without
+    them. `unsafe_load` allows full unpickling of a trusted file that needs it (recorded)."""
     path = cfg.MODEL.WEIGHTS if path is None else path
     keys = backbone_keys(model)
     if not path:
@@ -195,6 +231,9 @@ def load_backbone_weights(
             f"Expected a .pkl from tools/convert_to_d2.py or a detectron2 .pth "
             f"checkpoint. {CONVERT_HINT}"
         ) from e
+    modified = check_tensors_digest(
+        extra.get("als_det"), checkpointer.tensors_sha256, path, allow_modified
+    )
     inc = checkpointer.incompatible
     missing = _unfilled_backbone_keys(checkpointer, keys, path)
     trainer_state = extra.get("trainer") or {}
@@ -211,6 +250,7 @@ def load_backbone_weights(
         iteration=extra.get("iteration"),
         training=trainer_state.get("als_det_training"),
         unsafe_load=checkpointer.unsafe_used,
+        tensors_modified=modified,
     )
     logger.info(
         "Backbone: %d of %d tensors loaded from %s (%d unexpected keys in the file ignored)",

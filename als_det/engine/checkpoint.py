@@ -18,7 +18,12 @@ import torch.nn as nn
 from als_det.io import atomic_torch_save
 from als_det.models import build_resnet
 from als_det.versions import package_versions
-from als_det.weights_io import WRAPPER_PREFIXES, WeightsFileError, read_torch_file
+from als_det.weights_io import (
+    WRAPPER_PREFIXES,
+    UnsafeFileError,
+    WeightsFileError,
+    read_torch_file,
+)
 
 REQUIRED_KEYS = (
     "model",
@@ -77,6 +82,12 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         raise FileNotFoundError(f"checkpoint {path} does not exist")
     try:
         ckpt, _ = read_torch_file(path, map_location=map_location)
+    except UnsafeFileError as exc:  # no --unsafe-load here: the suite's checkpoints never need it
+        raise CheckpointError(
+            f"{exc.refusal}. tools/pretrain.py writes checkpoints that the weights-only reader "
+            "reads, so this file is not one of them (or it was altered); pretraining resumes and "
+            "evaluation read only those"
+        ) from exc
     except WeightsFileError as exc:
         raise CheckpointError(str(exc)) from exc
     if not isinstance(ckpt, dict):

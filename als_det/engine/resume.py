@@ -48,17 +48,23 @@ def check_resume(
     if saved_world is not None and int(saved_world) != world_size:
         diffs[WORLD_SIZE] = (int(saved_world), world_size)
     if diffs and not allow_change:
-        lines = "\n".join(
-            f"  {k}: {json.dumps(a)} (checkpoint) -> {json.dumps(b)} (now)"
-            for k, (a, b) in diffs.items()
-        )
-        raise ResumeError(
-            f"cannot resume {path}: this config describes a different experiment than the "
-            f"checkpoint's ({len(diffs)} difference{'s' if len(diffs) > 1 else ''}):\n{lines}\n"
-            f"Resume with the checkpoint's settings, start a fresh run (without --resume), or pass "
-            f"{ALLOW_FLAG} to continue with the new settings on purpose (recorded in run.json)."
-        )
+        raise changed_experiment(path, diffs, "run.json")
     return diffs
+
+
+def changed_experiment(path: str, diffs: Mapping[str, tuple[Any, Any]], record: str) -> ResumeError:
+    """The refusal of a resume whose experiment differs from the checkpoint's, listing each
+    difference; `record`: the file an allowed change is recorded in."""
+    lines = "\n".join(
+        f"  {k}: {json.dumps(a)} (checkpoint) -> {json.dumps(b)} (now)"
+        for k, (a, b) in diffs.items()
+    )
+    return ResumeError(
+        f"cannot resume {path}: this config describes a different experiment than the "
+        f"checkpoint's ({len(diffs)} difference{'s' if len(diffs) > 1 else ''}):\n{lines}\n"
+        f"Resume with the checkpoint's settings, start a fresh run (without --resume), or pass "
+        f"{ALLOW_FLAG} to continue with the new settings on purpose (recorded in {record})."
+    )
 
 
 def resume_record(

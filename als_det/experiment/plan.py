@@ -44,8 +44,7 @@ from dataclasses import fields, replace
 from pathlib import Path
 from typing import Any
 
-import yaml
-
+from als_det.config_files import read_yaml_mapping
 from als_det.experiment.spec import (
     Arm,
     Detection,
@@ -350,12 +349,8 @@ def _check_sweep_plan(
 
 
 def load_plan(path: str | Path) -> Plan:
-    """Read and check a plan file."""
+    """Read (plain YAML only: `read_yaml_mapping`) and check a plan file."""
     path = Path(path)
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise PlanError(f"plan file {path} not found") from None
-    except yaml.YAMLError as e:
-        raise PlanError(f"{path}: not valid YAML: {e}") from None
-    return parse_plan(raw, str(path))
+    if not path.exists():
+        raise PlanError(f"plan file {path} not found")
+    return parse_plan(read_yaml_mapping(path), str(path))

@@ -35,8 +35,8 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 import submitit
-import yaml
 
+from als_det.config_files import base_paths, read_yaml_mapping
 from als_det.experiment.commands import Command, Node, display, launch_argv
 from als_det.experiment.plan import REPO, Resources
 from als_det.io import atomic_write_json, sha256_file
@@ -83,7 +83,7 @@ def resolve(path: str | Path) -> Path:
 
 def config_chain(config: str | Path) -> list[Path]:
     """A config file and every local file it inherits through `_BASE_` (model-zoo bases excluded:
-    they are versioned with detectron2)."""
+    they are versioned with detectron2), each read safely (a ConfigError names a bad one)."""
     chain, todo = [], [resolve(config)]
     while todo:
         path = todo.pop()
@@ -91,12 +91,8 @@ def config_chain(config: str | Path) -> list[Path]:
             continue
         chain.append(path)
         if path.is_file():
-            base = (yaml.safe_load(path.read_text(encoding="utf-8")) or {}).get("_BASE_") or []
-            todo += [
-                path.parent / b
-                for b in ([base] if isinstance(base, str) else base)
-                if "model_zoo://" not in b
-            ]
+            bases = base_paths(read_yaml_mapping(path), str(path))
+            todo += [Path(b) for b in bases if "model_zoo://" not in b]
     return chain
 
 
