@@ -6,6 +6,7 @@ The same mechanism detectron2 uses, so pretraining and fine-tuning configs read 
 
 from __future__ import annotations
 
+import json
 import math
 import re
 import sys
@@ -335,3 +336,26 @@ def validate_ranges(cfg: CN) -> None:
             f"SOLVER.STEPS must be increasing epochs between 0 and SOLVER.EPOCHS "
             f"({cfg.SOLVER.EPOCHS}), exclusive, got {tuple(steps)}"
         )
+
+
+# A resume (pretraining or fine-tuning) whose experiment keys differ from its checkpoint's.
+ALLOW_FLAG = "--allow-config-change"
+
+
+class ResumeError(ValueError):
+    """A resume that would silently continue a different experiment; the message lists why."""
+
+
+def changed_experiment(path: str, diffs: Mapping[str, tuple[Any, Any]], record: str) -> ResumeError:
+    """The refusal of a resume whose experiment differs from the checkpoint's, listing each
+    difference; `record`: the file an allowed change is recorded in."""
+    lines = "\n".join(
+        f"  {k}: {json.dumps(a)} (checkpoint) -> {json.dumps(b)} (now)"
+        for k, (a, b) in diffs.items()
+    )
+    return ResumeError(
+        f"cannot resume {path}: this config describes a different experiment than the "
+        f"checkpoint's ({len(diffs)} difference{'s' if len(diffs) > 1 else ''}):\n{lines}\n"
+        f"Resume with the checkpoint's settings, start a fresh run (without --resume), or pass "
+        f"{ALLOW_FLAG} to continue with the new settings on purpose (recorded in {record})."
+    )

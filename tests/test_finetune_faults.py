@@ -15,9 +15,9 @@ import pytest
 import torch
 from tiny_runs import DETECTION_DEMO, FINETUNE_TINY, finetune, tiny_coco
 
+from als_det.config import ResumeError
 from als_det.detection.datasets import DatasetError
 from als_det.detection.weights import WeightsError
-from als_det.engine.resume import ResumeError
 
 REPO = Path(__file__).resolve().parents[1]
 

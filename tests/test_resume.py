@@ -11,10 +11,10 @@ import pytest
 from test_trainer import CONFIGS, tiny_cfg
 from tiny_runs import TINY_GEN
 
-from als_det.config import load_config
+from als_det.config import ResumeError, load_config
 from als_det.data.generated import generate
 from als_det.engine.checkpoint import load_checkpoint
-from als_det.engine.resume import WORLD_SIZE, ResumeError, check_resume, config_differences
+from als_det.engine.resume import WORLD_SIZE, check_resume, config_differences
 from als_det.engine.trainer import train
 
 

@@ -22,9 +22,8 @@ import yaml
 from detectron2 import model_zoo
 from detectron2.config import CfgNode, get_cfg
 
-from als_det.config import check_ranges, merge_config, numbers
+from als_det.config import check_ranges, flatten_config, merge_config, numbers
 from als_det.config_files import SafeConfigFiles
-from als_det.engine.resume import flatten_config
 
 MODEL_ZOO_PREFIX = "model_zoo://"
 ZOO_DIR = os.path.realpath(os.path.join(os.path.dirname(model_zoo.__file__), "configs"))

@@ -4,9 +4,9 @@ in the folder changes.
 Each checkpoint's trainer state records the experiment it trains (`EXPERIMENT_KEY`: the detection
 config's experiment keys, `als_det.detection.results.experiment_config`), how it trains (seed and
 train sets by json sha256, `training_record`) and the resumes before it (`RESUMES_KEY`). As in
-pretraining (`als_det.engine.resume`), a resume whose experiment differs is refused with every
-difference listed, unless the change is deliberate (`--allow-config-change`): then it is recorded
-in results.json's `resumes`.
+pretraining (`als_det.engine.resume`; the refusal is `als_det.config.changed_experiment`), a resume
+whose experiment differs is refused with every difference listed, unless the change is deliberate
+(`--allow-config-change`): then it is recorded in results.json's `resumes`.
 """
 
 from __future__ import annotations
@@ -19,8 +19,8 @@ from typing import Any
 
 from detectron2.config import CfgNode
 
+from als_det.config import ALLOW_FLAG, ResumeError, changed_experiment
 from als_det.detection.results import experiment_config, training_record
-from als_det.engine.resume import ALLOW_FLAG, ResumeError, changed_experiment
 from als_det.weights_io import WeightsFileError, read_torch_file
 
 logger = logging.getLogger(__name__)

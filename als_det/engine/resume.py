@@ -8,20 +8,19 @@ change is deliberate (`allow_change`); then the differences are returned for `ru
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from typing import Any
 
 from fvcore.common.config import CfgNode
 
-from als_det.config import RUNTIME_KEYS, flatten_config, saved_config
+from als_det.config import (
+    RUNTIME_KEYS,
+    changed_experiment,
+    flatten_config,
+    saved_config,
+)
 
 WORLD_SIZE = "processes (global batch = SOLVER.BATCH_SIZE x processes)"
-ALLOW_FLAG = "--allow-config-change"
-
-
-class ResumeError(ValueError):
-    """A resume that would silently continue a different experiment; the message lists why."""
 
 
 def config_differences(saved_yaml: str, cfg: CfgNode) -> dict[str, tuple[Any, Any]]:
@@ -50,21 +49,6 @@ def check_resume(
     if diffs and not allow_change:
         raise changed_experiment(path, diffs, "run.json")
     return diffs
-
-
-def changed_experiment(path: str, diffs: Mapping[str, tuple[Any, Any]], record: str) -> ResumeError:
-    """The refusal of a resume whose experiment differs from the checkpoint's, listing each
-    difference; `record`: the file an allowed change is recorded in."""
-    lines = "\n".join(
-        f"  {k}: {json.dumps(a)} (checkpoint) -> {json.dumps(b)} (now)"
-        for k, (a, b) in diffs.items()
-    )
-    return ResumeError(
-        f"cannot resume {path}: this config describes a different experiment than the "
-        f"checkpoint's ({len(diffs)} difference{'s' if len(diffs) > 1 else ''}):\n{lines}\n"
-        f"Resume with the checkpoint's settings, start a fresh run (without --resume), or pass "
-        f"{ALLOW_FLAG} to continue with the new settings on purpose (recorded in {record})."
-    )
 
 
 def resume_record(

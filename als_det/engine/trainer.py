@@ -26,6 +26,7 @@ import torch
 import torch.nn as nn
 from fvcore.common.config import CfgNode
 
+from als_det.config import ResumeError
 from als_det.engine.checkpoint import BEST, LAST, CheckpointSaver, load_checkpoint
 from als_det.engine.data import (
     DataBundle,
@@ -43,7 +44,7 @@ from als_det.engine.distributed import (
 from als_det.engine.events import MetricsWriter
 from als_det.engine.iteration_log import IterationLog
 from als_det.engine.loops import NonFiniteLossError, evaluate, resolve_precision, train_one_epoch
-from als_det.engine.resume import ResumeError, check_resume, resume_record
+from als_det.engine.resume import check_resume, resume_record
 from als_det.engine.run_record import checkpoint_identity, fallback_totals, log_start, run_record
 from als_det.engine.solver import build_optimizer, build_scheduler
 from als_det.io import (
