@@ -51,6 +51,9 @@ def test_r50_configs_resolve_to_the_model_zoo_1x_schedule(ours, zoo):
     assert cfg.SOLVER.MAX_ITER == 90000 and cfg.SOLVER.IMS_PER_BATCH == 16
     assert cfg.SOLVER.BASE_LR == 0.02 and tuple(cfg.SOLVER.STEPS) == (60000, 80000)
     assert cfg.MODEL.RESNETS.DEPTH == 50 and not cfg.MODEL.MASK_ON
+    # the one deliberate change to the zoo's schedule: mixed precision on GPUs (issue 21)
+    assert cfg.SOLVER.AMP.ENABLED and not reference.SOLVER.AMP.ENABLED
+    reference.SOLVER.AMP.ENABLED = True
     for key in (
         "SOLVER",
         "MODEL.ROI_HEADS",
