@@ -260,8 +260,8 @@ if start:
     print(f"resumed at step {start}", flush=True)
 for step in range(start + 1, steps + 1):
     time.sleep(0.2)
+    print(f"step {step}", flush=True)  # before the state: a step in state.json has been printed
     state.write_text(json.dumps({"step": step}))
-    print(f"step {step}", flush=True)
 (out / "done").write_text("ok")
 """
 
