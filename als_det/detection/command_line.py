@@ -30,7 +30,12 @@ DATASET_OPTIONS = (
 def finetune_argument_parser(description: str | None = None) -> argparse.ArgumentParser:
     """The suite's parser (`als_det.cli`) with detectron2's run and process options
     (`default_argument_parser`'s) and the data set and backbone options."""
-    parser = argument_parser(description, config="optional", default_config=DEFAULT_CONFIG)
+    parser = argument_parser(
+        description,
+        config="optional",
+        default_config=DEFAULT_CONFIG,
+        override_example="SOLVER.MAX_ITER 300 OUTPUT_DIR out",
+    )
     parser.add_argument(
         "--resume",
         action="store_true",
