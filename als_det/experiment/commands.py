@@ -74,17 +74,24 @@ def pretrain_command(config: str, overrides: Mapping[str, Any], resume: bool = F
     )
 
 
-def evaluate_command(
-    checkpoints: Mapping[str, str], data: str, out: str, baseline: str | None, extra: Sequence[str]
+def _checkpoints_command(
+    tool: str,
+    checkpoints: Mapping[str, str],
+    data: str,
+    out: str,
+    baseline: str | None,
+    extra: Sequence[str],
+    launch: str = "single",
 ) -> Command:
+    """A tool that reads named checkpoints and a data set: evaluate and transfer."""
     args = [a for name, path in checkpoints.items() for a in ("--checkpoint", path, "--name", name)]
     args += ["--data", data, "--out", out]
     if baseline:
         args += ["--baseline", baseline]
     return Command(
-        "tools/evaluate.py",
+        tool,
         tuple(args + list(extra)),
-        "torchrun",
+        launch,
         spec=(
             "checkpoints",
             tuple(checkpoints.items()),
@@ -97,32 +104,21 @@ def evaluate_command(
             "options",
             tuple(extra),
         ),
+    )
+
+
+def evaluate_command(
+    checkpoints: Mapping[str, str], data: str, out: str, baseline: str | None, extra: Sequence[str]
+) -> Command:
+    return _checkpoints_command(
+        "tools/evaluate.py", checkpoints, data, out, baseline, extra, "torchrun"
     )
 
 
 def transfer_command(
     checkpoints: Mapping[str, str], data: str, out: str, baseline: str | None, extra: Sequence[str]
 ) -> Command:
-    args = [a for name, path in checkpoints.items() for a in ("--checkpoint", path, "--name", name)]
-    args += ["--data", data, "--out", out]
-    if baseline:
-        args += ["--baseline", baseline]
-    return Command(
-        "tools/transfer.py",
-        tuple(args + list(extra)),
-        spec=(
-            "checkpoints",
-            tuple(checkpoints.items()),
-            "data",
-            data,
-            "out",
-            out,
-            "baseline",
-            baseline,
-            "options",
-            tuple(extra),
-        ),
-    )
+    return _checkpoints_command("tools/transfer.py", checkpoints, data, out, baseline, extra)
 
 
 def convert_command(checkpoint: str, output: str) -> Command:
