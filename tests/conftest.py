@@ -15,7 +15,12 @@ from als_det.convert import convert_file
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("ALS_DET_SHARED_DATA", REPO.parent / "shared" / "data"))
 
-torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+# pytest-xdist (`make test` runs `-n 2`): one thread per worker, for the tests' own torch work and
+# for every process a test starts, so that the workers do not oversubscribe the cores.
+_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+_THREADS = max(1, min(2, (os.cpu_count() or 1) // _WORKERS))
+os.environ.setdefault("OMP_NUM_THREADS", str(_THREADS))
+torch.set_num_threads(_THREADS)
 
 
 def _shared(sub: str) -> Path:

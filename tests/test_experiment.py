@@ -451,3 +451,45 @@ def test_stage_logs_keep_only_the_final_redraw_of_progress_bars() -> None:
     assert buf.getvalue() == (
         b"start\nepoch 1: 100%|##########| 10/10\n[12:00 trainer]: epoch 1/2 done\ntail 2\n"
     )
+
+
+PROBE = """
+import json, os, signal, sys
+from pathlib import Path
+out = Path(sys.argv[1])
+print("to stdout")
+print("to stderr", file=sys.stderr)
+(out / "probe.json").write_text(json.dumps({
+    "torch_preloaded": "torch" in sys.modules,
+    "argv": sys.argv, "cwd": os.getcwd(), "path0": sys.path[0],
+    "env": os.environ.get("PROBE_VALUE"), "unbuffered": os.environ.get("PYTHONUNBUFFERED"),
+    "threads": __import__("torch").get_num_threads(),
+    "usr2_ignored": signal.getsignal(signal.SIGUSR2) == signal.SIG_IGN,
+}))
+(out / "done").write_text("ok")
+sys.exit(int(sys.argv[2]))
+"""
+
+
+@pytest.mark.parametrize("warm", ["1", "0"])
+def test_a_local_stage_runs_as_python_would_warm_or_cold(tmp_path, monkeypatch, warm):
+    """The local launcher starts single-process tools from the forkserver that preloaded torch
+    (`ALS_DET_WARM_START=0`: a fresh interpreter); either way the tool sees its own argv, working
+    folder, environment and thread count, its output reaches the log and its exit status the
+    runner."""
+    monkeypatch.setenv("ALS_DET_WARM_START", warm)
+    monkeypatch.setenv("PROBE_VALUE", "seen")
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    ok = _stage(tmp_path, "ok", PROBE, "0")
+    failing = _stage(tmp_path, "failing", PROBE, "5")
+    outcome = run_local([ok, failing])
+    assert outcome.ran == ["ok"]
+    assert outcome.failed["failing"] == f"stage failing failed (exit 5); log: {failing.log}"
+    probe = json.loads((tmp_path / "ok" / "probe.json").read_text())
+    assert probe["torch_preloaded"] is (warm == "1")
+    assert probe["argv"] == [str(tmp_path / "ok.py"), str(tmp_path / "ok"), "0"]
+    assert (probe["cwd"], probe["path0"]) == (str(REPO), str(tmp_path))
+    assert (probe["env"], probe["unbuffered"], probe["threads"]) == ("seen", "1", 1)
+    assert probe["usr2_ignored"]  # submitit's preemption signal is for the job, not the tool
+    log = ok.log.read_text()
+    assert "to stdout" in log and "to stderr" in log

@@ -37,6 +37,7 @@ from typing import Any, BinaryIO
 import submitit
 
 from als_det.config_files import base_paths, read_yaml_mapping
+from als_det.experiment import warm_start
 from als_det.experiment.commands import Command, Node, display, launch_argv
 from als_det.experiment.plan import REPO, Resources
 from als_det.io import atomic_write_json, sha256_file
@@ -185,21 +186,27 @@ class FinalRedraws:
         self.pending = b""
 
 
-def _relay(argv: list[str], log: Path, to_stdout: bool) -> int:
+def _relay(argv: list[str], log: Path, to_stdout: bool, warm: bool = False) -> int:
     """Run argv from the repository root; its output goes to `log` (and the terminal). The child
-    ignores submitit's preemption signal: the job that runs it checkpoints and requeues."""
+    ignores submitit's preemption signal: the job that runs it checkpoints and requeues. `warm`:
+    a single-process tool starts from the preloaded interpreter of `warm_start`."""
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     usr_sig = submitit.JobEnvironment._usr_sig()
     with open(log, "ab") as f:
         tee = FinalRedraws(f)
-        proc = subprocess.Popen(
-            argv,
-            cwd=REPO,
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            preexec_fn=lambda: signal.signal(usr_sig, signal.SIG_IGN),
-        )
+        if warm and warm_start.enabled() and warm_start.can_start(argv):
+            proc: subprocess.Popen | warm_start.WarmProcess = warm_start.WarmProcess(
+                argv, REPO, env, usr_sig
+            )
+        else:
+            proc = subprocess.Popen(
+                argv,
+                cwd=REPO,
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                preexec_fn=lambda: signal.signal(usr_sig, signal.SIG_IGN),
+            )
         try:
             assert proc.stdout is not None
             # Bytes, not lines: progress bars redraw with "\r" and must reach the terminal as they
@@ -253,7 +260,8 @@ def run_stage(stage: Stage, node: Node | None = None, relay: bool = True) -> dic
     with open(log, "a") as f:
         f.write(f"\n{datetime.now():%Y-%m-%d %H:%M:%S} [experiment] {header}\n")
     start = time.perf_counter()
-    rc = _relay(launch_argv(cmd, stage.resources, node or Node()), log, relay)
+    # relay: the local launcher, one runner process for many stages, so warm starts pay off
+    rc = _relay(launch_argv(cmd, stage.resources, node or Node()), log, relay, warm=relay)
     seconds = time.perf_counter() - start
     if rc != 0:
         raise StageFailed(f"stage {stage.name} failed (exit {rc}); log: {log}")
