@@ -120,8 +120,8 @@ def test_the_run_ends_saying_where_its_checkpoints_are(runs):
 
 
 def test_same_seed_on_the_same_cpu_gives_bit_identical_runs(runs, tiny_root, tmp_path):
-    """What README.md ("Reproducibility") states: with TRAIN.DETERMINISTIC, the same seed on the
-    same machine (same torch threads) gives the same weights and metrics bit for bit, with any
+    """What docs/usage.md ("Reproducibility") states: with TRAIN.DETERMINISTIC, the same seed on
+    the same machine (same torch threads) gives the same weights and metrics bit for bit, with any
     number of data-loading workers. Measured too: on the CPU it holds without the flag."""
     workers = train(tiny_cfg(tiny_root, tmp_path / "workers", "DATA.NUM_WORKERS", "2"))
     no_flag = train(tiny_cfg(tiny_root, tmp_path / "no_flag", "TRAIN.DETERMINISTIC", "False"))
