@@ -145,9 +145,9 @@ def run_local(
     line). Ctrl-C stops every running stage; the next invocation resumes them."""
     budget = cpus or cpu_budget()
     logger.info(
-        "running here, stages side by side within %d CPUs: %s per process",
+        "stages run side by side within %d CPUs, with %s per process",
         budget,
-        f"{threads} thread(s)" if threads else "each stage's resources.cpus_per_proc threads",
+        f"{threads} thread(s)" if threads else "their resources' cpus_per_proc threads",
     )
     console = console or Console([st.name for st in stages])
     outcome, children = Outcome(), _Children()
