@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import io
 import json
+import logging
 import os
 import re
 import signal
@@ -413,7 +414,7 @@ except KeyboardInterrupt:
 """
 
 
-def test_ctrl_c_stops_every_running_stage_and_the_next_run_resumes_them(tmp_path):
+def test_ctrl_c_stops_every_running_stage_and_the_next_run_resumes_them(tmp_path, caplog):
     runner = tmp_path / "runner.py"
     runner.write_text(INTERRUPTED)
     env = dict(
@@ -439,12 +440,17 @@ def test_ctrl_c_stops_every_running_stage_and_the_next_run_resumes_them(tmp_path
         with pytest.raises(ProcessLookupError):
             os.kill(int((tmp_path / name / "pid").read_text()), 0)
 
+    # resumed with another thread count: said, and recorded beside the one it started with
     stages = [_stage(tmp_path, name, STEPPER, "15", resumable=True) for name in ("one", "two")]
-    outcome = run_local(stages, cpus=2, threads=1, console=_quiet(stages))
+    with caplog.at_level(logging.WARNING, logger="als_det"):
+        outcome = run_local(stages, cpus=4, threads=2, console=_quiet(stages))
     assert sorted(outcome.ran) == ["one", "two"]
     for st in stages:
         log = st.log.read_text()
         assert "resumed at step" in log and log.splitlines().count("step 15") == 1
+        record = json.loads(st.marker.read_text())
+        assert (record["threads"], record["threads_before_resume"]) == (2, 1)
+        assert f"{st.name}: resumed with 2 threads per process, started with 1" in caplog.text
 
 
 def test_console_names_every_line_and_draws_one_progress_bar():

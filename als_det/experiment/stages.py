@@ -254,7 +254,7 @@ def run_stage(
     The command's output goes to the stage's log and to `output`; `started` gets its process."""
     main = node is None or node.rank == "0"
     fp = fingerprint(stage)
-    earlier_threads = _read(stage.started_marker).get("threads")
+    earlier = _read(stage.started_marker)  # an interrupted run's, when it resumes
     # A stale finished stage starts afresh once; requeued, it resumes from the new run's checkpoint.
     rerun = (
         stage.stale_revision is not None
@@ -281,13 +281,13 @@ def run_stage(
     note = f"  (resuming from {point})" if point is not None else ""
     if stage.threads is not None:
         note += f"  ({stage.threads} thread{'s' * (stage.threads > 1)} per process)"
-    if point is not None and earlier_threads != stage.threads:
+    if point is not None and earlier.get("threads", stage.threads) != stage.threads:
         logger.warning(
             "%s: resumed with %s threads per process, started with %s: on the CPU its numbers "
             "may differ in the last digits from a run without the interruption",
             stage.name,
             stage.threads,
-            earlier_threads,
+            earlier["threads"],
         )
     header = f"{stage.name}: {display(cmd, stage.resources)}{note}"
     logger.info(header)
@@ -317,7 +317,7 @@ def run_stage(
             "finished": time.time(),
             "resumed_from": None if point is None else str(point),
             "threads": stage.threads,
-            **({"threads_before_resume": earlier_threads} if point is not None else {}),
+            **({"threads_before_resume": earlier.get("threads")} if point is not None else {}),
         },
     )
     logger.info("%s: finished in %.0f s", stage.name, seconds)
