@@ -154,6 +154,7 @@ def run_local(
     waiting, names = list(stages), {st.name for st in stages}
     running: dict[Future, tuple[Stage, int]] = {}
     finished: set[str] = set()
+    not_done: set[str] = set()  # checked once (their fingerprints hash checkpoints)
 
     def run(st: Stage) -> None:
         try:
@@ -170,12 +171,14 @@ def run_local(
                 outcome.blocked[st.name] = cause
                 logger.info(f"{st.name}: not run, it needs {cause}, which failed")
             elif all(d in finished or d not in names for d in st.deps):
-                if is_done(st):
-                    waiting.remove(st)
-                    finished.add(st.name)
-                    outcome.reused.append(st.name)
-                    logger.info(f"{st.name}: done earlier, reused")
-                    continue
+                if st.name not in not_done:
+                    if is_done(st):
+                        waiting.remove(st)
+                        finished.add(st.name)
+                        outcome.reused.append(st.name)
+                        logger.info(f"{st.name}: done earlier, reused")
+                        continue
+                    not_done.add(st.name)
                 staged = dataclasses.replace(st, threads=local_threads(st, budget, threads))
                 cost = staged.threads * st.resources.processes
                 if running and used + cost > budget:
