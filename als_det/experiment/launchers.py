@@ -183,6 +183,11 @@ def run_local(
                 cost = staged.threads * st.resources.processes
                 if running and used + cost > budget:
                     return  # in order: a stage that needs more CPUs is not overtaken
+                if staged.threads < (threads or st.resources.cpus_per_proc):
+                    logger.info(
+                        f"{st.name}: {staged.threads} thread(s) per process, all that fit "
+                        f"{st.resources.processes} process(es) in {budget} CPUs"
+                    )
                 waiting.remove(st)
                 if before is not None:
                     before(staged, outcome)
