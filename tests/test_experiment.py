@@ -5,7 +5,9 @@ failed stage stops only its dependants (real subprocesses running tiny scripts).
 from __future__ import annotations
 
 import dataclasses
+import io
 import json
+import logging
 import os
 import re
 import signal
@@ -21,6 +23,7 @@ import yaml
 
 from als_det.experiment import commands
 from als_det.experiment.commands import Command, Node, launch_argv
+from als_det.experiment.console import Console
 from als_det.experiment.graph import build_graph
 from als_det.experiment.launchers import SubmititLauncher, _parameters, run_local
 from als_det.experiment.plan import PlanError, Resources, load_plan, parse_plan
@@ -250,10 +253,11 @@ def test_config_chain_follows_local_bases_only():
 # --- stages running tiny scripts: real subprocesses, no training --------------------------------
 
 STEPPER = """
-import json, sys, time
+import json, os, sys, time
 from pathlib import Path
 out, steps = Path(sys.argv[1]), int(sys.argv[2])
 out.mkdir(exist_ok=True)
+(out / "pid").write_text(str(os.getpid()))
 state = out / "state.json"
 start = json.loads(state.read_text())["step"] if "--resume" in sys.argv else 0
 if start:
@@ -297,7 +301,7 @@ def test_resume_point_needs_the_same_command(tmp_path):
     st.state_dir.mkdir()
     st.started_marker.write_text(json.dumps({"fingerprint": fp}))
     assert resume_point(st, fp) == tmp_path / "train" / "state.json"
-    result = run_stage(st, relay=False)
+    result = run_stage(st)
     assert result["resumed_from"] == tmp_path / "train" / "state.json"
     assert (
         "resumed at step 2" in st.log.read_text()
@@ -307,7 +311,7 @@ def test_resume_point_needs_the_same_command(tmp_path):
     # the same stage with another command is not done, and a fresh run sets the old output aside
     changed = _stage(tmp_path, "train", STEPPER, "2", resumable=True)
     assert not is_done(changed) and resume_point(changed, fingerprint(changed)) is None
-    run_stage(changed, relay=False)
+    run_stage(changed)
     assert len(list(tmp_path.glob("train.previous-*"))) == 1
 
 
@@ -325,15 +329,158 @@ def test_failed_stage_stops_only_its_dependants(tmp_path, capsys):
     bad = _stage(tmp_path, "bad", FAIL)
     after_bad = _stage(tmp_path, "after_bad", STEPPER, "1", deps=["bad"])
     after_that = _stage(tmp_path, "after_that", STEPPER, "1", deps=["after_bad"])
-    good = _stage(tmp_path, "good", STEPPER, "1")
-    outcome = run_local([bad, after_bad, after_that, good])
+    good = _stage(tmp_path, "good", STEPPER, "3")
+    outcome = run_local([bad, after_bad, after_that, good], cpus=2, threads=1)  # bad beside good
     assert outcome.ran == ["good"] and list(outcome.failed) == ["bad"]
     assert outcome.blocked == {"after_bad": "bad", "after_that": "bad"}
     assert f"stage bad failed (exit 3); log: {bad.log}" == outcome.failed["bad"]
     assert "something went wrong" in bad.log.read_text()
     text = summary(outcome)
     assert "not run because bad failed: after_bad, after_that" in text
-    assert "something went wrong" in capsys.readouterr().out  # relayed to the terminal too
+    out = capsys.readouterr().out  # relayed to the terminal too, each line named
+    assert "bad        | something went wrong\n" in out and "good       | step 3\n" in out
+
+
+# Two stages that each wait for the other to have started: they finish only side by side.
+BESIDE = """
+import os, sys, time
+from pathlib import Path
+out, other = Path(sys.argv[1]), Path(sys.argv[2])
+(out / "threads").write_text(os.environ.get("OMP_NUM_THREADS", "unset"))
+deadline = time.time() + 60
+while not (other / "threads").exists():
+    if time.time() > deadline:
+        sys.exit("the other stage never ran beside this one")
+    time.sleep(0.05)
+print("both running", flush=True)
+(out / "done").write_text("ok")
+"""
+
+# A stage that notes whether another one ran while it did (a shared folder of running flags).
+ALONE = """
+import sys, time
+from pathlib import Path
+out, flags = Path(sys.argv[1]), Path(sys.argv[2])
+flags.mkdir(exist_ok=True)
+mine = flags / out.name
+mine.touch()
+time.sleep(0.3)
+others = sorted(p.name for p in flags.iterdir() if p != mine)
+mine.unlink()
+(out / "done").write_text(" ".join(others) or "alone")
+"""
+
+
+def _quiet(stages) -> Console:
+    return Console([st.name for st in stages], stream=io.BytesIO(), live=False)
+
+
+def test_local_launcher_runs_independent_stages_side_by_side_within_the_cpus(tmp_path):
+    a = _stage(tmp_path, "a", BESIDE, str(tmp_path / "b"))
+    b = _stage(tmp_path, "b", BESIDE, str(tmp_path / "a"))
+    console = _quiet([a, b])
+    outcome = run_local([a, b], cpus=2, threads=1, console=console)
+    assert sorted(outcome.ran) == ["a", "b"], outcome
+    for st in (a, b):  # the thread count is the stage's environment and its record
+        assert (tmp_path / st.name / "threads").read_text() == "1"
+        assert json.loads(st.marker.read_text())["threads"] == 1
+    lines = console.stream.getvalue().decode().splitlines()
+    assert sorted(lines) == ["a | both running", "b | both running"]
+
+    # the budget: two stages of 2 threads in 2 CPUs, or of 1 thread in 1 CPU, run one at a time
+    flags = tmp_path / "flags"
+    for cpus, threads in ((2, 2), (1, 1)):
+        stages = [_stage(tmp_path, f"x{i}_{cpus}", ALONE, str(flags)) for i in range(3)]
+        outcome = run_local(stages, cpus=cpus, threads=threads, console=_quiet(stages))
+        assert len(outcome.ran) == 3
+        for st in stages:
+            assert (st.outputs[0]).read_text() == "alone"
+            assert json.loads(st.marker.read_text())["threads"] == threads
+
+
+INTERRUPTED = """
+import sys
+from pathlib import Path
+sys.path.insert(0, sys.argv[2])
+from test_experiment import STEPPER, _stage
+from als_det.experiment.launchers import run_local
+tmp = Path(sys.argv[1])
+stages = [_stage(tmp, name, STEPPER, "15", resumable=True) for name in ("one", "two")]
+try:
+    run_local(stages, cpus=2, threads=1)
+except KeyboardInterrupt:
+    print("interrupted", flush=True)
+    sys.exit(130)
+"""
+
+
+def test_ctrl_c_stops_every_running_stage_and_the_next_run_resumes_them(tmp_path, caplog):
+    runner = tmp_path / "runner.py"
+    runner.write_text(INTERRUPTED)
+    env = dict(
+        os.environ, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])
+    )
+    proc = subprocess.Popen(
+        [sys.executable, str(runner), str(tmp_path), str(REPO / "tests")],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    states = [tmp_path / name / "state.json" for name in ("one", "two")]
+    deadline = time.time() + 60
+    while not all(s.is_file() for s in states):  # both stages running side by side
+        assert time.time() < deadline and proc.poll() is None, proc.communicate()[0]
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)  # the runner only, as `kill -INT`: it must stop its children
+    out = proc.communicate(timeout=60)[0]
+    assert proc.returncode == 130 and "interrupted" in out, out
+    for name, state in zip(("one", "two"), states):
+        assert json.loads(state.read_text())["step"] < 15
+        with pytest.raises(ProcessLookupError):
+            os.kill(int((tmp_path / name / "pid").read_text()), 0)
+
+    # resumed with another thread count: said, and recorded beside the one it started with
+    stages = [_stage(tmp_path, name, STEPPER, "15", resumable=True) for name in ("one", "two")]
+    with caplog.at_level(logging.WARNING, logger="als_det"):
+        outcome = run_local(stages, cpus=4, threads=2, console=_quiet(stages))
+    assert sorted(outcome.ran) == ["one", "two"]
+    for st in stages:
+        log = st.log.read_text()
+        assert "resumed at step" in log and log.splitlines().count("step 15") == 1
+        record = json.loads(st.marker.read_text())
+        assert (record["threads"], record["threads_before_resume"]) == (2, 1)
+        assert f"{st.name}: resumed with 2 threads per process, started with 1" in caplog.text
+
+
+def test_console_names_every_line_and_draws_one_progress_bar():
+    stream = io.BytesIO()
+    console = Console(["pretrain", "ev"], stream=stream, live=True)
+    first, second = console.open("pretrain"), console.open("ev")
+    first(b"epoch 1:  10%|#")
+    second(b"loading\nbar of ev 10%\r")
+    first(b"\repoch 1:  50%|#####")
+    second(b"bar of ev 90%\rev done\n")
+    first(b"\r" + b" " * 20 + b"\rtrained\n")
+    console.close("pretrain")
+    second(b"after 1\rafter 2")
+    console.close("ev")
+    raw = stream.getvalue()
+    assert b"bar of ev" not in raw  # the second stage's bar is never drawn
+    assert b"pretrain | epoch 1:  50%|#####" in raw  # the first one's is, as it redraws
+    screen = [ln.rsplit(b"\r", 1)[-1].rstrip() for ln in raw.split(b"\n")]
+    assert [ln for ln in screen if ln] == [
+        b"ev       | loading",
+        b"ev       | ev done",
+        b"pretrain | trained",
+        b"ev       | after 2",
+    ]
+    # not a terminal: the final version of each line only, as the stage logs keep it
+    stream = io.BytesIO()
+    console = Console(["a"], stream=stream, live=False)
+    console.open("a")(b"x 10%\rx 100%\nlast")
+    console.close("a")
+    assert stream.getvalue() == b"a | x 100%\na | last\n"
 
 
 def test_submitit_local_jobs_fail_block_and_requeue(tmp_path):

@@ -7,14 +7,18 @@
         --partition gpu --account lab  # with --dry-run: each job's sbatch options
     python tools/run_experiment.py --plan configs/experiments/demo.yaml \\
         --seeds 3  # `make demo SEEDS=3`
+    python tools/run_experiment.py --plan configs/experiments/demo.yaml \\
+        --threads 2  # one stage at a time on 2 CPUs, 2 threads each (the plan's: 1, two at once)
 
 Finished stages are reused (fingerprint of command and inputs), interrupted trainings resume from
 their checkpoint, and a failed stage stops only the stages that need it. Run the same command
-again after a failure or an interruption: only what is left runs. Before anything is launched a
-pre-flight check (data roots, GPUs, torch and detectron2 builds, disk) lists what the plan needs
-and refuses on a problem (`--skip-preflight` launches anyway). A finished stage that another
-code revision ran (als_det.revision) is reused with a warning naming it; --rerun-other-revisions
-runs it again.
+again after a failure or an interruption: only what is left runs. Here (`local`), stages whose
+dependencies are done run side by side while their threads fit in the CPUs (`--cpus`); each line
+of their output shows the stage's name, and each stage's log holds all of it. Before anything is
+launched a pre-flight check (data roots, GPUs, torch and detectron2 builds, disk) lists what the
+plan needs and refuses on a problem (`--skip-preflight` launches anyway). A finished stage that
+another code revision ran (als_det.revision) is reused with a warning naming it;
+--rerun-other-revisions runs it again.
 """
 
 from __future__ import annotations
@@ -32,6 +36,13 @@ from als_det.experiment.runner import LAUNCHERS, dry_run, run_experiment
 logger = logging.getLogger("als_det.tools.run_experiment")
 
 
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argument_parser(__doc__)
     parser.add_argument(
@@ -41,8 +52,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--launcher",
         choices=LAUNCHERS,
         default="local",
-        help="local: every stage here, in order; slurm: one job per stage (submitit, "
-        "afterok dependencies); submitit-local: submitit jobs on this machine",
+        help="local: every stage here, side by side within --cpus; slurm: one job per stage "
+        "(submitit, afterok dependencies); submitit-local: submitit jobs on this machine",
     )
     parser.add_argument(
         "--dry-run", action="store_true", help="print every command with its resources"
@@ -73,6 +84,22 @@ def build_parser() -> argparse.ArgumentParser:
         "reused, with a warning naming them)",
     )
     parser.add_argument(
+        "--cpus",
+        type=positive_int,
+        default=None,
+        metavar="N",
+        help="local: run stages side by side while their threads fit in N CPUs (default: the "
+        "CPUs this process may use)",
+    )
+    parser.add_argument(
+        "--threads",
+        type=positive_int,
+        default=None,
+        metavar="T",
+        help="local: threads per process of every stage, recorded in its records (default: "
+        "$OMP_NUM_THREADS when set, else each stage's resources.cpus_per_proc)",
+    )
+    parser.add_argument(
         "--no-wait",
         action="store_true",
         help="slurm: submit and return; run the command again to follow the jobs",
@@ -96,6 +123,8 @@ def run_tool(args: argparse.Namespace) -> int:
             wait=not args.no_wait,
             check=not args.skip_preflight,
             rerun_other_revisions=args.rerun_other_revisions,
+            cpus=args.cpus,
+            threads=args.threads,
         )
     except KeyboardInterrupt:
         logger.warning("interrupted; run the same command again to go on from here")

@@ -389,6 +389,7 @@ def _run_finetune(args: argparse.Namespace) -> dict[str, Any]:
             eval_only=bool(args.eval_only),
             device=cfg.MODEL.DEVICE,
             world_size=comm.get_world_size(),
+            torch_threads=torch.get_num_threads(),
             training=training,
             datasets=ds.dataset_record(used_datasets(args, cfg)),
             detection_config=experiment_config(cfg),

@@ -1,4 +1,5 @@
-"""Running a stage graph: here, in order (`local`), or as submitit jobs (`slurm`, `submitit-local`).
+"""Running a stage graph: here (`local`: side by side within this machine's CPUs), or as submitit
+jobs (`slurm`, `submitit-local`).
 
 Both skip finished stages (by fingerprint), resume interrupted trainings, and let a failure stop
 only the stages that depend on it: independent stages go on, and every failure is reported at the
@@ -11,17 +12,31 @@ the jobs an earlier invocation submitted that are still queued or running.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
+import os
+import subprocess
+import threading
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import submitit
 
-from als_det.experiment.stages import Stage, StageFailed, StageJob, is_done, recorded_seconds
+from als_det.experiment.console import Console
+from als_det.experiment.stages import (
+    Stage,
+    StageFailed,
+    StageJob,
+    is_done,
+    recorded_seconds,
+    run_stage,
+)
+from als_det.experiment.warm_start import WarmProcess
 from als_det.io import atomic_write_json
 
 logger = logging.getLogger(__name__)
@@ -72,30 +87,141 @@ def _reason(name: str, error: Exception | None) -> str:
     return f"stage {name} failed: {trace[-1] if trace else 'the job ended without a result'}"
 
 
-def run_local(
-    stages: Sequence[Stage], before: Callable[[Stage, Outcome], None] | None = None
-) -> Outcome:
-    """Each stage in this process's order, its output relayed to the terminal and its log.
-    `before(stage, outcome so far)` is called before each stage that runs (a sweep's progress
-    line)."""
-    outcome = Outcome()
-    for st in stages:
-        cause = outcome.cause(st.deps)
-        if cause:
-            outcome.blocked[st.name] = cause
-            logger.info(f"{st.name}: not run, it needs {cause}, which failed")
-        elif is_done(st):
-            outcome.reused.append(st.name)
-            logger.info(f"{st.name}: done earlier, reused")
-        else:
-            if before is not None:
-                before(st, outcome)
+def cpu_budget() -> int:
+    """The CPUs this process may use (its affinity: taskset, a SLURM allocation)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def local_threads(st: Stage, cpus: int, threads: int | None) -> int:
+    """Threads per process of a stage run here: `threads`, else its resources' cpus_per_proc, at
+    most what the CPU budget gives each of its processes. Fixed before it starts, never from what
+    runs beside it: a stage's numbers do not depend on the others."""
+    wanted = threads or st.resources.cpus_per_proc
+    return max(1, min(wanted, cpus // st.resources.processes))
+
+
+class _Children:
+    """The running stages' processes, to stop on Ctrl-C (one that starts later is stopped at
+    once)."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.procs: set[subprocess.Popen | WarmProcess] = set()
+        self.stopping = False
+
+    def started(self, proc: subprocess.Popen | WarmProcess) -> None:
+        with self.lock:
+            self.procs.add(proc)
+            if self.stopping:
+                proc.terminate()
+
+    def stop(self, grace_s: float = 30.0) -> None:
+        """Terminate every running one; kill what is still there after `grace_s`."""
+        with self.lock:
+            self.stopping = True
+            procs = [p for p in self.procs if p.poll() is None]
+        for proc in procs:
+            proc.terminate()
+        deadline = time.monotonic() + grace_s
+        for proc in procs:
             try:
-                StageJob(st, relay=True)()
-                outcome.ran.append(st.name)
-            except StageFailed as err:
-                outcome.failed[st.name] = str(err)
-                logger.error(f"FAILED: {err}")
+                proc.wait(timeout=max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+
+def run_local(
+    stages: Sequence[Stage],
+    before: Callable[[Stage, Outcome], None] | None = None,
+    cpus: int | None = None,
+    threads: int | None = None,
+    console: Console | None = None,
+) -> Outcome:
+    """The stages on this machine, side by side within a budget of `cpus` (default: the CPUs
+    this process may use): a stage whose dependencies are done starts, in the stages' order,
+    while the threads of the running ones (threads per process x processes, `local_threads`)
+    leave room for its own; one that needs more than the budget runs alone. Each stage's output
+    goes to its log and, a line at a time with its name in front, to `console`.
+    `before(stage, outcome so far)` is called before each stage that runs (a sweep's progress
+    line). Ctrl-C stops every running stage; the next invocation resumes them."""
+    budget = cpus or cpu_budget()
+    logger.info(
+        "stages run side by side within %d CPUs, with %s per process",
+        budget,
+        f"{threads} thread(s)" if threads else "their resources' cpus_per_proc threads",
+    )
+    console = console or Console([st.name for st in stages])
+    outcome, children = Outcome(), _Children()
+    waiting, names = list(stages), {st.name for st in stages}
+    running: dict[Future, tuple[Stage, int]] = {}
+    finished: set[str] = set()
+    not_done: set[str] = set()  # checked once (their fingerprints hash checkpoints)
+
+    def run(st: Stage) -> None:
+        try:
+            run_stage(st, output=console.open(st.name), started=children.started, warm=True)
+        finally:
+            console.close(st.name)
+
+    def start_what_can_start() -> None:
+        used = sum(cost for _, cost in running.values())
+        for st in list(waiting):
+            cause = outcome.cause(st.deps)
+            if cause:
+                waiting.remove(st)
+                outcome.blocked[st.name] = cause
+                logger.info(f"{st.name}: not run, it needs {cause}, which failed")
+            elif all(d in finished or d not in names for d in st.deps):
+                if st.name not in not_done:
+                    if is_done(st):
+                        waiting.remove(st)
+                        finished.add(st.name)
+                        outcome.reused.append(st.name)
+                        logger.info(f"{st.name}: done earlier, reused")
+                        continue
+                    not_done.add(st.name)
+                staged = dataclasses.replace(st, threads=local_threads(st, budget, threads))
+                cost = staged.threads * st.resources.processes
+                if running and used + cost > budget:
+                    return  # in order: a stage that needs more CPUs is not overtaken
+                if staged.threads < (threads or st.resources.cpus_per_proc):
+                    logger.info(
+                        f"{st.name}: {staged.threads} thread(s) per process, all that fit "
+                        f"{st.resources.processes} process(es) in {budget} CPUs"
+                    )
+                waiting.remove(st)
+                if before is not None:
+                    before(staged, outcome)
+                running[pool.submit(run, staged)] = (staged, cost)
+                used += cost
+
+    handlers = logging.getLogger("als_det").handlers
+    for handler in handlers:  # a log record takes the progress bar off the terminal first
+        handler.addFilter(console.clear)
+    pool = ThreadPoolExecutor(max_workers=max(1, len(stages)), thread_name_prefix="stage")
+    try:
+        start_what_can_start()
+        while running:
+            done, _ = wait(running, return_when=FIRST_COMPLETED)
+            for future in done:
+                st, _ = running.pop(future)
+                try:
+                    future.result()
+                    finished.add(st.name)
+                    outcome.ran.append(st.name)
+                except StageFailed as err:
+                    outcome.failed[st.name] = str(err)
+                    logger.error(f"FAILED: {err}")
+            start_what_can_start()
+    except BaseException:
+        children.stop()
+        raise
+    finally:
+        pool.shutdown(wait=True)
+        for handler in handlers:
+            handler.removeFilter(console.clear)
+    if waiting:
+        raise ValueError(f"stages listed before the stages they need: {[s.name for s in waiting]}")
     return outcome
 
 

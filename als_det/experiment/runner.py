@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import time
 from pathlib import Path
 
@@ -126,19 +127,40 @@ def check_revisions(graph: Graph, rerun: bool) -> dict[str, str]:
     return others
 
 
+def env_threads() -> int | None:
+    """$OMP_NUM_THREADS, when this environment sets it."""
+    value = os.environ.get("OMP_NUM_THREADS")
+    if value is None:
+        return None
+    if not value.isdigit() or int(value) < 1:
+        raise ValueError(
+            f"OMP_NUM_THREADS={value!r}: the local launcher needs a positive integer (threads per "
+            "process of every stage), or unset it to use each stage's resources.cpus_per_proc"
+        )
+    return int(value)
+
+
 def run_experiment(
     plan: Plan,
     launcher: str = "local",
     wait: bool = True,
     check: bool = True,
     rerun_other_revisions: bool = False,
+    cpus: int | None = None,
+    threads: int | None = None,
 ) -> Outcome:
     """Run (or submit) every stage that is not done; print what became of each. `check`: the
     pre-flight check first (`als_det.experiment.preflight`), which refuses on a problem. Finished
     stages of another code revision are reused with a warning, or run again
-    (`rerun_other_revisions`)."""
+    (`rerun_other_revisions`). The local launcher runs stages side by side within `cpus`, each
+    with `threads` per process (`launchers.run_local`; default: $OMP_NUM_THREADS when set, else
+    each stage's resources.cpus_per_proc)."""
     if launcher not in LAUNCHERS:
         raise ValueError(f"launcher must be one of {LAUNCHERS}, got {launcher!r}")
+    if launcher != "local" and (cpus or threads):
+        raise ValueError("--cpus and --threads are the local launcher's (--launcher local)")
+    if launcher == "local":
+        threads = threads or env_threads()
     start = time.perf_counter()
     graph = build_graph(plan)
     several = [st.name for st in graph.stages if st.resources.nodes > 1]
@@ -162,7 +184,7 @@ def run_experiment(
             progress = (
                 sweep.Progress(sweep.sweep_cells(plan, graph)) if plan.sweep is not None else None
             )
-            outcome = run_local(graph.stages, before=progress)
+            outcome = run_local(graph.stages, before=progress, cpus=cpus, threads=threads)
         else:
             cluster = "slurm" if launcher == "slurm" else "local"
             outcome = SubmititLauncher(

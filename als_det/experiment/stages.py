@@ -10,9 +10,10 @@ Both records name the code revision (`als_det.revision`) that ran the stage. A f
 another revision is still reused (the runner warns, naming it) unless the stage is marked
 with its revision as `stale_revision`: then it runs afresh, its earlier output set aside.
 
-`StageJob` runs a stage in this process (the local launcher) or as a submitit job; on SLURM
-preemption or time-out submitit calls its `checkpoint()`, which requeues the same stage: the
-requeued job finds the checkpoint and resumes from it.
+`run_stage` runs a stage here (the local launcher calls it from one thread per running stage,
+with the stage's threads per process in its environment, recorded in both records); `StageJob`
+runs it as a submitit job: on SLURM preemption or time-out submitit calls its `checkpoint()`,
+which requeues the same stage: the requeued job finds the checkpoint and resumes from it.
 """
 
 from __future__ import annotations
@@ -25,9 +26,8 @@ import shlex
 import signal
 import socket
 import subprocess
-import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from difflib import SequenceMatcher
@@ -66,6 +66,10 @@ class Stage:
     resume_command: Command | None = None
     resume_from: Path | None = None  # present after an interrupted run: resume instead of restart
     stale_revision: str | None = None  # a finished record of this code revision is run again
+    # Threads per process (OMP_NUM_THREADS in the command's environment), set by the local
+    # launcher; None: the environment's. Not in the fingerprint: it is how a stage runs, like its
+    # launcher, though on the CPU it changes the last digits of a training's numbers.
+    threads: int | None = None
 
     @property
     def marker(self) -> Path:
@@ -186,35 +190,48 @@ class FinalRedraws:
         self.pending = b""
 
 
-def _relay(argv: list[str], log: Path, to_stdout: bool, warm: bool = False) -> int:
-    """Run argv from the repository root; its output goes to `log` (and the terminal). The child
-    ignores submitit's preemption signal: the job that runs it checkpoints and requeues. `warm`:
-    a single-process tool starts from the preloaded interpreter of `warm_start`."""
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
-    usr_sig = submitit.JobEnvironment._usr_sig()
+def _relay(
+    argv: list[str],
+    log: Path,
+    output: Callable[[bytes], None] | None = None,
+    env: dict[str, str] | None = None,
+    started: Callable[[subprocess.Popen | warm_start.WarmProcess], None] | None = None,
+    warm: bool = False,
+) -> int:
+    """Run argv from the repository root (in `env`, default this process's); its output goes to
+    `log` and to `output`. `started` gets the child process (the local launcher stops it on
+    Ctrl-C). The child never gets submitit's preemption signal: the job that runs it checkpoints
+    and requeues. (The child inherits the signal mask of the thread that starts it, with that
+    signal blocked; unlike a `preexec_fn`, this is safe with several threads.) `warm`: a
+    single-process tool starts from the preloaded interpreter of `warm_start`."""
     with open(log, "ab") as f:
         tee = FinalRedraws(f)
+        usr_sig = submitit.JobEnvironment._usr_sig()
+        child_env = dict(env or os.environ, PYTHONUNBUFFERED="1")
+        proc: subprocess.Popen | warm_start.WarmProcess
         if warm and warm_start.enabled() and warm_start.can_start(argv):
-            proc: subprocess.Popen | warm_start.WarmProcess = warm_start.WarmProcess(
-                argv, REPO, env, usr_sig
-            )
+            proc = warm_start.WarmProcess(argv, REPO, child_env, usr_sig)
         else:
-            proc = subprocess.Popen(
-                argv,
-                cwd=REPO,
-                env=env,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT,
-                preexec_fn=lambda: signal.signal(usr_sig, signal.SIG_IGN),
-            )
+            mask = signal.pthread_sigmask(signal.SIG_BLOCK, {usr_sig})
+            try:
+                proc = subprocess.Popen(
+                    argv,
+                    cwd=REPO,
+                    env=child_env,
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.STDOUT,
+                )
+            finally:
+                signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+        if started is not None:
+            started(proc)
         try:
             assert proc.stdout is not None
             # Bytes, not lines: progress bars redraw with "\r" and must reach the terminal as they
             # are.
             while chunk := proc.stdout.read1(65536):
-                if to_stdout:
-                    sys.stdout.buffer.write(chunk)
-                    sys.stdout.buffer.flush()
+                if output:
+                    output(chunk)
                 tee.write(chunk)
             return proc.wait()
         finally:
@@ -227,11 +244,28 @@ def _relay(argv: list[str], log: Path, to_stdout: bool, warm: bool = False) -> i
                     proc.kill()
 
 
-def run_stage(stage: Stage, node: Node | None = None, relay: bool = True) -> dict[str, Any]:
+def stage_env(stage: Stage) -> dict[str, str]:
+    """The environment a stage's command runs in: this process's, with the stage's threads."""
+    env = dict(os.environ)
+    if stage.threads is not None:
+        env.update(OMP_NUM_THREADS=str(stage.threads), MKL_NUM_THREADS=str(stage.threads))
+    return env
+
+
+def run_stage(
+    stage: Stage,
+    node: Node | None = None,
+    output: Callable[[bytes], None] | None = None,
+    started: Callable[[subprocess.Popen | warm_start.WarmProcess], None] | None = None,
+    warm: bool = False,
+) -> dict[str, Any]:
     """Run one stage to completion (resuming an interrupted run of the same command); write its
-    marker. `node` is set for the other nodes of a multi-node job: they only run the command."""
+    marker. `node` is set for the other nodes of a multi-node job: they only run the command.
+    The command's output goes to the stage's log and to `output`; `started` gets its process;
+    `warm`: start it from `warm_start`'s preloaded interpreter where it is one process."""
     main = node is None or node.rank == "0"
     fp = fingerprint(stage)
+    earlier = _read(stage.started_marker)  # an interrupted run's, when it resumes
     # A stale finished stage starts afresh once; requeued, it resumes from the new run's checkpoint.
     rerun = (
         stage.stale_revision is not None
@@ -252,16 +286,33 @@ def run_stage(stage: Stage, node: Node | None = None, relay: bool = True) -> dic
                 "started": time.time(),
                 "host": socket.gethostname(),
                 "pid": os.getpid(),
+                "threads": stage.threads,
             },
         )
     note = f"  (resuming from {point})" if point is not None else ""
+    if stage.threads is not None:
+        note += f"  ({stage.threads} thread{'s' * (stage.threads > 1)} per process)"
+    if point is not None and earlier.get("threads", stage.threads) != stage.threads:
+        logger.warning(
+            "%s: resumed with %s threads per process, started with %s: on the CPU its numbers "
+            "may differ in the last digits from a run without the interruption",
+            stage.name,
+            stage.threads,
+            earlier["threads"],
+        )
     header = f"{stage.name}: {display(cmd, stage.resources)}{note}"
     logger.info(header)
     with open(log, "a") as f:
         f.write(f"\n{datetime.now():%Y-%m-%d %H:%M:%S} [experiment] {header}\n")
     start = time.perf_counter()
-    # relay: the local launcher, one runner process for many stages, so warm starts pay off
-    rc = _relay(launch_argv(cmd, stage.resources, node or Node()), log, relay, warm=relay)
+    rc = _relay(
+        launch_argv(cmd, stage.resources, node or Node()),
+        log,
+        output,
+        stage_env(stage),
+        started,
+        warm,
+    )
     seconds = time.perf_counter() - start
     if rc != 0:
         raise StageFailed(f"stage {stage.name} failed (exit {rc}); log: {log}")
@@ -281,6 +332,8 @@ def run_stage(stage: Stage, node: Node | None = None, relay: bool = True) -> dic
             "seconds": round(seconds, 1),
             "finished": time.time(),
             "resumed_from": None if point is None else str(point),
+            "threads": stage.threads,
+            **({"threads_before_resume": earlier.get("threads")} if point is not None else {}),
         },
     )
     logger.info("%s: finished in %.0f s", stage.name, seconds)
@@ -301,13 +354,12 @@ class StageJob(submitit.helpers.Checkpointable):
     `checkpoint()` (called by submitit on preemption or time-out) requeues it; the requeued job
     resumes from the stage's checkpoint when the interrupted run left one."""
 
-    def __init__(self, stage: Stage, relay: bool = False) -> None:
+    def __init__(self, stage: Stage) -> None:
         self.stage = stage
-        self.relay = relay
 
     def __call__(self) -> dict[str, Any]:
         setup_logging()  # in a submitit job this is a fresh process
-        return run_stage(self.stage, job_node(self.stage.resources), relay=self.relay)
+        return run_stage(self.stage, job_node(self.stage.resources))
 
     def checkpoint(self, *args: Any, **kwargs: Any) -> submitit.helpers.DelayedSubmission:
         point = resume_point(self.stage, fingerprint(self.stage))
@@ -316,9 +368,7 @@ class StageJob(submitit.helpers.Checkpointable):
             self.stage.name,
             f"will resume from {point}" if point else "no checkpoint yet, will start again",
         )
-        return submitit.helpers.DelayedSubmission(
-            type(self)(self.stage, self.relay), *args, **kwargs
-        )
+        return submitit.helpers.DelayedSubmission(type(self)(self.stage), *args, **kwargs)
 
 
 def describe(stages: Sequence[Stage]) -> str:

@@ -24,6 +24,7 @@ import runpy
 import signal
 import subprocess
 import sys
+import threading
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -72,16 +73,19 @@ class WarmProcess:
         self.stdout = open(os.dup(reader.fileno()), "rb")
         reader.close()
         self.pid = self.process.pid
+        self._lock = threading.Lock()  # the exit status is read once, by one thread
 
     def poll(self) -> int | None:
-        return self.process.exitcode
+        with self._lock:
+            return self.process.exitcode
 
     def wait(self, timeout: float | None = None) -> int:
-        self.process.join(timeout)
-        if self.process.exitcode is None:
+        with self._lock:
+            self.process.join(timeout)
+            code = self.process.exitcode
+        if code is None:
             raise subprocess.TimeoutExpired(f"stage process {self.pid}", timeout or 0)
-        self.stdout.close()
-        return self.process.exitcode
+        return code
 
     def terminate(self) -> None:
         self.process.terminate()
