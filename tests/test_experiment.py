@@ -398,19 +398,21 @@ def test_local_launcher_runs_independent_stages_side_by_side_within_the_cpus(tmp
             assert json.loads(st.marker.read_text())["threads"] == threads
 
 
+# A script that runs stages needs multiprocessing's main guard: warm starts use its forkserver.
 INTERRUPTED = """
 import sys
 from pathlib import Path
 sys.path.insert(0, sys.argv[2])
 from test_experiment import STEPPER, _stage
 from als_det.experiment.launchers import run_local
-tmp = Path(sys.argv[1])
-stages = [_stage(tmp, name, STEPPER, "15", resumable=True) for name in ("one", "two")]
-try:
-    run_local(stages, cpus=2, threads=1)
-except KeyboardInterrupt:
-    print("interrupted", flush=True)
-    sys.exit(130)
+if __name__ == "__main__":
+    tmp = Path(sys.argv[1])
+    stages = [_stage(tmp, name, STEPPER, "15", resumable=True) for name in ("one", "two")]
+    try:
+        run_local(stages, cpus=2, threads=1)
+    except KeyboardInterrupt:
+        print("interrupted", flush=True)
+        sys.exit(130)
 """
 
 
@@ -611,7 +613,7 @@ print("to stderr", file=sys.stderr)
     "argv": sys.argv, "cwd": os.getcwd(), "path0": sys.path[0],
     "env": os.environ.get("PROBE_VALUE"), "unbuffered": os.environ.get("PYTHONUNBUFFERED"),
     "threads": __import__("torch").get_num_threads(),
-    "usr2_ignored": signal.getsignal(signal.SIGUSR2) == signal.SIG_IGN,
+    "usr2_blocked": signal.SIGUSR2 in signal.pthread_sigmask(signal.SIG_BLOCK, []),
 }))
 (out / "done").write_text("ok")
 sys.exit(int(sys.argv[2]))
@@ -626,17 +628,22 @@ def test_a_local_stage_runs_as_python_would_warm_or_cold(tmp_path, monkeypatch, 
     runner."""
     monkeypatch.setenv("ALS_DET_WARM_START", warm)
     monkeypatch.setenv("PROBE_VALUE", "seen")
-    monkeypatch.setenv("OMP_NUM_THREADS", "1")
-    ok = _stage(tmp_path, "ok", PROBE, "0")
+    stages = [
+        dataclasses.replace(
+            _stage(tmp_path, f"ok{n}", PROBE, "0"), resources=Resources(cpus_per_proc=n)
+        )
+        for n in (1, 2)
+    ]
     failing = _stage(tmp_path, "failing", PROBE, "5")
-    outcome = run_local([ok, failing])
-    assert outcome.ran == ["ok"]
+    outcome = run_local([*stages, failing], cpus=2, console=_quiet([*stages, failing]))
+    assert sorted(outcome.ran) == ["ok1", "ok2"]
     assert outcome.failed["failing"] == f"stage failing failed (exit 5); log: {failing.log}"
-    probe = json.loads((tmp_path / "ok" / "probe.json").read_text())
-    assert probe["torch_preloaded"] is (warm == "1")
-    assert probe["argv"] == [str(tmp_path / "ok.py"), str(tmp_path / "ok"), "0"]
-    assert (probe["cwd"], probe["path0"]) == (str(REPO), str(tmp_path))
-    assert (probe["env"], probe["unbuffered"], probe["threads"]) == ("seen", "1", 1)
-    assert probe["usr2_ignored"]  # submitit's preemption signal is for the job, not the tool
-    log = ok.log.read_text()
-    assert "to stdout" in log and "to stderr" in log
+    for n, st in zip((1, 2), stages):
+        probe = json.loads((tmp_path / st.name / "probe.json").read_text())
+        assert probe["torch_preloaded"] is (warm == "1")
+        assert probe["argv"] == [str(tmp_path / f"{st.name}.py"), str(tmp_path / st.name), "0"]
+        assert (probe["cwd"], probe["path0"]) == (str(REPO), str(tmp_path))
+        assert (probe["env"], probe["unbuffered"], probe["threads"]) == ("seen", "1", n)
+        assert probe["usr2_blocked"]  # submitit's preemption signal is for the job, not the tool
+        log = st.log.read_text()
+        assert "to stdout" in log and "to stderr" in log

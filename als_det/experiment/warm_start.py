@@ -7,7 +7,9 @@ multiprocessing's forkserver with those modules preloaded (`set_forkserver_prelo
 authors intend): the server imports them once, and each stage is a fork of it that runs the tool
 as `python tools/X.py ARGS` would, through `runpy`, with its own argv, environment, working folder,
 thread count and output pipe. Multi-process launches (torchrun, `--num-gpus`) and submitit jobs
-start a fresh interpreter as before. `ALS_DET_WARM_START=0` turns this off.
+start a fresh interpreter as before. `ALS_DET_WARM_START=0` turns this off. As with any
+multiprocessing start method but fork, a script that runs stages (tools/run_experiment.py does)
+needs the `if __name__ == "__main__":` guard: each child imports the script's module.
 
 The server lives as long as the runner: every stage of one invocation runs the code that was on
 disk when the runner started (and records that code's revision, computed once in the server).
@@ -59,13 +61,13 @@ class WarmProcess:
     `poll`, `wait`, `terminate`, `kill`; the return code is negative for a signal, as Popen's."""
 
     def __init__(
-        self, argv: Sequence[str], cwd: Path, env: Mapping[str, str], ignore: signal.Signals
+        self, argv: Sequence[str], cwd: Path, env: Mapping[str, str], block: signal.Signals
     ) -> None:
         ctx = _forkserver()
         reader, writer = ctx.Pipe(duplex=False)
         self.process = ctx.Process(
             target=_run_tool,
-            args=(list(argv[1:]), str(cwd), dict(env), int(ignore), writer),
+            args=(list(argv[1:]), str(cwd), dict(env), int(block), writer),
             daemon=False,
         )
         self.process.start()
@@ -98,11 +100,11 @@ def _run_tool(
     argv: list[str],
     cwd: str,
     env: dict[str, str],
-    ignore: int,
+    block: int,
     out: multiprocessing.connection.Connection,
 ) -> None:
     """In the forked child: what `python argv[0] argv[1:]` does in `cwd` with `env`, its output
-    (stdout and stderr, unbuffered) into `out`, signal `ignore` ignored."""
+    (stdout and stderr, unbuffered) into `out`, signal `block` blocked."""
     os.dup2(out.fileno(), 1)
     os.dup2(out.fileno(), 2)
     out.close()
@@ -115,7 +117,7 @@ def _run_tool(
 
     if env.get("OMP_NUM_THREADS", "").isdigit():
         torch.set_num_threads(int(env["OMP_NUM_THREADS"]))
-    signal.signal(ignore, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_BLOCK, {block})  # as `_relay` does for a fresh process
     script = str(Path(argv[0]).resolve())
     sys.argv = argv
     sys.path[0] = os.path.dirname(script)
