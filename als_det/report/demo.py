@@ -13,7 +13,7 @@ from typing import Any
 from matplotlib.figure import Figure
 
 from als_det.io import atomic_write_text, read_history
-from als_det.metrics.comparison import direction, mean_std
+from als_det.metrics.comparison import mean_std
 from als_det.report.figures import save_figure
 from als_det.report.fills import (
     RATIO_HEADERS,
@@ -24,7 +24,7 @@ from als_det.report.fills import (
     unfilled_title,
 )
 from als_det.report.sweep import Sweep, SweepCell, chance_seeds, summarize, verdict_views
-from als_det.report.sweep_tables import INTERVAL_METHOD, verdict, views_note
+from als_det.report.sweep_tables import INTERVAL_METHOD, verdict, view_verdict, views_note
 from als_det.report.tables import MISSING, cell, interval_cell, markdown_table, mean_pm_std
 from als_det.versions import package_versions
 from als_det.views import (
@@ -210,7 +210,7 @@ def fills_over_seeds(sweep: Sweep, own_fill: str) -> list[str]:
             key = f"ratio_relative_to_val_{source}"
             by_seed = {c.cell.seed: c.values.get(key) for c in g.cells}
             stats = g.stats[key]
-            words[title] = "at chance" if chance else direction(stats["interval"]) or "one seed"
+            words[title] = view_verdict(sweep, g, source)
             rows.append(
                 [
                     f"{g.setting} / {sweep.baseline}",
