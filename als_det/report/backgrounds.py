@@ -60,11 +60,16 @@ def gap_sentences(metrics: dict[str, Any]) -> list[str]:
         if chance:
             lines.append(f"- `{name}`: {chance}")
         elif m["bg_gap"] is not None:
-            more = "more" if m["bg_gap"] > 0 else "less"
+            gap = m["bg_gap"]
+            how, than = (
+                ("as often", "as")
+                if gap == 0
+                else (f"{100 * abs(gap):.1f} points {'more' if gap > 0 else 'less'} often", "than")
+            )
             lines.append(
-                f"- `{name}`: an object is classified correctly {abs(m['bg_gap']):.1%} {more} "
-                "often on a background of its own class than on a random class's (BG-Gap "
-                f"{_pct(m['bg_gap'])}; {ref['model']}: {_pct(ref['bg_gap'])})."
+                f"- `{name}`: an object is classified correctly {how} on a background of its own "
+                f"class {than} on a random class's (BG-Gap {_pct(gap)}; {ref['model']}: "
+                f"{_pct(ref['bg_gap'])})."
             )
     return lines
 

@@ -279,6 +279,22 @@ ONE_SEED_AP = (
 )
 
 
+def stages_section(timings: Mapping[str, float], wall_s: float | None) -> list[str]:
+    """Each stage's recorded time and their sum, whichever invocation ran them (a resumed run
+    reuses finished stages); apart, this invocation's wall time."""
+    rows = [[k, f"{v:.0f}"] for k, v in timings.items()]
+    rows.append(["**total, every stage** (what the whole demo cost)", f"{sum(timings.values()):.0f}"])
+    lines = [markdown_table(rows, ["stage", "seconds"], colalign=("left", "right")), ""]
+    if wall_s is not None:
+        lines += [
+            f"This invocation took {wall_s:.0f} s of wall time: the stages it ran (stages "
+            "finished by an earlier invocation were reused and count only in the total above), "
+            "the checks and this report.",
+            "",
+        ]
+    return lines
+
+
 def write_demo_report(
     out: Path,
     plan: Any,
@@ -287,8 +303,10 @@ def write_demo_report(
     det_dirs: Sequence[Path],
     compare_dir: Path,
     timings: Mapping[str, float],
+    wall_s: float | None = None,
 ) -> tuple[Path, str]:
-    """Write OUT/report.md; return it and the two tables printed at the end of `make demo`."""
+    """Write OUT/report.md; return it and the two tables printed at the end of `make demo`.
+    `timings`: each stage's recorded seconds; `wall_s`: the wall time of this invocation."""
     metrics = json.loads((eval_dir / "metrics.json").read_text())
     ctx = context_table(plan, metrics["models"])
     ap_table = (compare_dir / "comparison.md").read_text().strip()
@@ -336,8 +354,7 @@ def write_demo_report(
         *([ONE_SEED_AP, ""] if len(seeds) == 1 else []),
         f"![AP by strategy]({rel(compare_dir / 'ap_by_strategy.png')})\n",
         "## Stages\n",
-        markdown_table([[k, f"{v:.0f}"] for k, v in timings.items()], ["stage", "seconds"]),
-        "",
+        *stages_section(timings, wall_s),
         "## Versions\n",
         "```",
         json.dumps(package_versions(), indent=1),
