@@ -283,7 +283,8 @@ def stages_section(timings: Mapping[str, float], wall_s: float | None) -> list[s
     """Each stage's recorded time and their sum, whichever invocation ran them (a resumed run
     reuses finished stages); apart, this invocation's wall time."""
     rows = [[k, f"{v:.0f}"] for k, v in timings.items()]
-    rows.append(["**total, every stage** (what the whole demo cost)", f"{sum(timings.values()):.0f}"])
+    total = sum(timings.values())
+    rows.append(["**total, every stage** (what the whole demo cost)", f"{total:.0f}"])
     lines = [markdown_table(rows, ["stage", "seconds"], colalign=("left", "right")), ""]
     if wall_s is not None:
         lines += [
