@@ -85,6 +85,13 @@ def test_smoke_plan_local_end_to_end_then_reused(tmp_path):
     records = [json.loads(p.read_text()) for p in (out / ".stages").glob("*.json")]
     finished = [r for r in records if "command" in r]
     assert len(finished) == len(reused) and {r["revision"] for r in finished} == {code_revision()}
+    # the resumed run's report: the total is every stage's recorded time, whichever invocation ran
+    # it; this invocation's wall time (all stages reused) stands apart
+    stages = (out / "report.md").read_text().split("## Stages")[1]
+    total = sum(r["seconds"] for r in finished)
+    assert re.search(rf"^\| \*\*total, every stage\*\*.*\| +{total:.0f} \|$", stages, re.M)
+    wall = int(re.search(r"This invocation took (\d+) s of wall time", stages).group(1))
+    assert wall < total
 
 
 def _plan(tmp_path: Path, edit) -> Path:
