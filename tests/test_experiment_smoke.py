@@ -89,7 +89,8 @@ def test_smoke_plan_local_end_to_end_then_reused(tmp_path):
     # it; this invocation's wall time (all stages reused) stands apart
     stages = (out / "report.md").read_text().split("## Stages")[1]
     total = sum(r["seconds"] for r in finished)
-    assert re.search(rf"^\| \*\*total, every stage\*\*.*\| +{total:.0f} \|$", stages, re.M)
+    shown = re.search(r"^\| \*\*total, every stage\*\*.*\| +(\d+) \|$", stages, re.M)
+    assert abs(int(shown.group(1)) - total) <= 0.5 + 1e-6
     wall = int(re.search(r"This invocation took (\d+) s of wall time", stages).group(1))
     assert wall < total
 
