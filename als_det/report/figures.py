@@ -206,8 +206,8 @@ def context_confidence_figure(
     axes[0][0].set_yticks(y, names, fontsize=8)
     axes[0][0].invert_yaxis()
     fig.suptitle(
-        f"Confidence on every context-only view (dotted: the baseline {baseline}; below, 1 = as "
-        "confident as on intact val)",
+        f"Confidence on every context-only view (dotted: the baseline {baseline})\nbelow: over "
+        "the model's own val confidence (1 = as confident as on intact val)",
         fontsize=9,
     )
     return fig
