@@ -340,8 +340,8 @@ def test_fill_section_says_when_the_verdict_depends_on_the_fill() -> None:
     # one row per view: the ratios and their intervals in columns of their own
     comp = _fill_metrics({"hard": hard, "als": {**hard, "black": 0.3}})["fills"]["comparisons"]
     black = comp["als"]["black"]
-    row = next(r for r in text.splitlines() if r.startswith("| als / hard | bg_only, black fill"))
-    cells = [c.strip() for c in row.strip("|").split("|")]
+    rows = [[c.strip() for c in r.strip("|").split("|")] for r in text.splitlines() if r[:1] == "|"]
+    (cells,) = [r for r in rows if r[:2] == ["als / hard", "bg_only, black fill"]]
     iv = black["intervals_95"]["ratio_relative_to_val"]
     assert cells[2] == f"{black['ratio_absolute']:.3f}"
     assert cells[4:] == [
