@@ -42,7 +42,7 @@ class Fill:
     text: str  # what the filled pixels hold, in reports
 
 
-PRIMARY = "bg_only"  # the headline's context-only view, the one every fill is run for
+PRIMARY = "bg_only"  # the context-only view every fill is run for (none is the headline)
 
 VIEWS: dict[str, View] = {
     v.name: v

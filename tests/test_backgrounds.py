@@ -19,7 +19,7 @@ from als_det.analysis.models import EvaluationInputError
 from als_det.config import get_cfg
 from als_det.engine.checkpoint import save_checkpoint
 from als_det.models import build_resnet
-from als_det.report.backgrounds import write_in9_report
+from als_det.report.backgrounds import render_in9_report, summary_lines, write_in9_report
 
 REPO = Path(__file__).resolve().parents[1]
 IN9 = [
@@ -142,6 +142,22 @@ def test_nine_class_and_mapped_models_follow_the_challenge_rule(tree, tmp_path) 
         assert res["variants"]["original"]["per_class_accuracy"][4] == 1.0
     assert m["models"]["nine"]["output_mapping"] == "IN-9 classes"
     assert m["models"]["wide"]["variants"]["original"]["predicted_outside_in9"] == 0.0
+    # one class for every image: at chance on the originals, so no verdict from the BG-Gap
+    report = write_in9_report(m, tmp_path / "out").read_text()
+    for name in ("nine", "wide"):
+        assert (
+            f"- `{name}`: no verdict: {name} is at or near chance on the original images (top-1 "
+            f"{name} 11.1%; chance 1/K = 11.1%), so its BG-Gap says nothing" in report
+        )
+    assert "classified correctly" not in report
+    assert all("(at or near chance on original: no verdict)" in line for line in summary_lines(m))
+    # the same numbers from a model well above chance on the originals: what its BG-Gap says
+    m["models"]["nine"]["variants"]["original"]["accuracy"] = 0.9
+    gap = m["models"]["nine"]["bg_gap"]
+    assert (
+        f"- `nine`: an object is classified correctly {100 * gap:.1f} points more often on a "
+        "background of its own class than on a random class's (BG-Gap" in render_in9_report(m)
+    )
 
     # the same 1000-class model when its prediction maps to -1: every image counts as wrong
     (tmp_path / "to_none.json").write_text(json.dumps({**mapping, "8": 0}))

@@ -76,29 +76,39 @@ def runs(tmp_path_factory):
     return plan, ckpts, ev, metrics
 
 
+def _row(text: str, comparison: str, view: str) -> list[str]:
+    """The cells of the Markdown table row for `comparison` in `view`."""
+    for line in text.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if line.startswith("|") and cells[:2] == [comparison, view]:
+            return cells[2:]
+    raise AssertionError(f"no row {comparison} / {view} in\n{text}")
+
+
 def test_several_seeds_conclude_from_the_spread_across_seeds(runs) -> None:
     plan, ckpts, ev, metrics = runs
     text = "\n".join(what_the_numbers_say(plan, ckpts, ev, metrics))
     assert "2 seeds" in text and "Student-t interval over seeds" in text
-    # als is paired with hard of its own seed: the t-interval of the two per-seed ratios
+    assert "bg_only, 1-epoch runs" in text and "outside_crop, 1-epoch runs" in text
+    # every view, paired by seed: a column per seed, then the mean and its t-interval apart
+    assert "### Context reliance in every context-only view, over seeds" in text
+    assert "| comparison | view | seed 0 | seed 1 | mean | 95% interval | verdict |" in re.sub(
+        r" {2,}", " ", text
+    )
     models = metrics["models"]
-    reliance = {
-        n: m["variants"]["bg_only"]["mean_confidence"] / m["val"]["mean_confidence"]
-        for n, m in models.items()
-    }
-    rel = [reliance[f"als_s{s}"] / reliance[f"hard_s{s}"] for s in (0, 1)]
-    mean, lo, hi = t_interval(rel)
-    assert f"{mean:.3f} [{lo:.3f}, {hi:.3f}]" in text
-    assert "bg_only, 1-epoch runs" in text
-    # each fill and outside_crop, paired by seed
-    assert "### Context reliance under each fill, over seeds" in text
-    for view, fill in (("outside_crop", None), ("blur", "blur")):
+    for view, fill in (("bg_only", "black"), ("outside_crop", None), ("bg_only", "blur")):
         rel = [
             _relative(models[f"als_s{s}"], view, fill) / _relative(models[f"hard_s{s}"], view, fill)
             for s in (0, 1)
         ]
         mean, lo, hi = t_interval(rel)
-        assert f"{rel[0]:.2f} / {rel[1]:.2f}: {mean:.3f} [{lo:.3f}, {hi:.3f}]" in text
+        title = f"bg_only, {fill} fill" if fill else "outside_crop (no fill)"
+        assert _row(text, "als / hard", title)[:4] == [
+            f"{rel[0]:.3f}",
+            f"{rel[1]:.3f}",
+            f"{mean:.3f}",
+            f"[{lo:.3f}, {hi:.3f}]",
+        ]
 
 
 def _relative(model: dict, view: str, fill: str | None) -> float:
@@ -113,8 +123,12 @@ def test_one_seed_says_so_and_states_no_direction(runs) -> None:
     assert {"ls_s0", "als_s0"} <= set(comparisons)
     text = "\n".join(what_the_numbers_say(_plan([0]), one, ev, metrics))
     assert "one seed" in text and "not training variance" in text and "make demo SEEDS=3" in text
-    verdicts, fills = text.split("### bg_only under each fill")
+    verdicts, fills = text.split("### Every context-only view")
     assert not DIRECTIONS.search(verdicts), verdicts
     assert "One seed: lower / alike / higher below describe these checkpoints" in fills
-    h = comparisons["als_s0"]["bg_only"]
-    assert f"relative to own val confidence {h['ratio_relative_to_val']:.3f}" in text
+    h = comparisons["als_s0"]["outside_crop"]
+    iv = h["intervals_95"]["ratio_relative_to_val"]
+    assert _row(fills, "als_s0 / hard_s0", "outside_crop (no fill)")[2:4] == [
+        f"{h['ratio_relative_to_val']:.3f}",
+        f"[{iv[0]:.3f}, {iv[1]:.3f}]",
+    ]

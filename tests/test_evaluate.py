@@ -37,6 +37,7 @@ from als_det.revision import code_revision
 
 CLASSES = ["n00000001", "n00000002", "n00000003"]
 REPO = Path(__file__).resolve().parents[1]
+VIEW_TITLES = [f"bg_only, {f} fill" for f in FILLS] + ["outside_crop (no fill)"]
 
 
 def _voc(wnid: str, stem: str, w: int, h: int, box: tuple[int, int, int, int]) -> str:
@@ -183,10 +184,10 @@ def test_evaluation_writes_every_section(setup) -> None:
         "## Calibration",
         "## Context-only evaluation",
         "## Where the model looks",
-        "## Headline",
+        "## Context reliance: confidence from context alone",
     ):
         assert section in report
-    for fig in ("reliability.png", "bg_only_confidence.png", "cam_grid.png"):
+    for fig in ("reliability.png", "context_confidence.png", "cam_grid.png"):
         assert f"]({fig})" in report
         assert (out / fig).read_bytes()[:4] == b"\x89PNG"
     assert metrics["headline"] == on_disk["headline"]
@@ -276,9 +277,10 @@ def test_bg_only_runs_under_every_fill_side_by_side(setup) -> None:
         == on_disk["models"]["als"]["bg_only_by_fill"]["blur"]["mean_confidence"]
     )
     report = (base / "out" / "report.md").read_text()
-    assert "### bg_only under each fill" in report and "bg_only, blur fill" in report
-    # untrained checkpoints: at chance, no verdict
-    assert re.search(r"\| als vs hard: context reliance +\| +at chance ", report)
+    assert "### Every context-only view" in report and "bg_only, blur fill" in report
+    # untrained checkpoints: at chance, no verdict, in every view
+    rows = re.findall(r"^\| als / hard +\| ([^|]+?) +\|.*\| ([^|]+?) +\|$", report, re.M)
+    assert rows == [(view, "at chance") for view in VIEW_TITLES]
     assert "no verdict: " in report and not re.search(r"relies (less|more)|rely on context", report)
 
 
@@ -332,16 +334,25 @@ def test_fill_section_says_when_the_verdict_depends_on_the_fill() -> None:
     hard = {"val": 0.8, "black": 0.6, "mean": 0.6, "blur": 0.6, "outside_crop": 0.5}
     text = "\n".join(fill_section(_fill_metrics({"hard": hard, "als": {**hard, "black": 0.3}})))
     assert (
-        "**the verdict depends on the fill** (bg_only, black fill says lower, bg_only, "
-        "mean fill says alike, bg_only, blur fill says alike, outside_crop says alike)" in text
+        "als vs hard: **depends on the view** (bg_only, black fill: lower; bg_only, mean fill: "
+        "alike; bg_only, blur fill: alike; outside_crop (no fill): alike)" in text
     )
+    # one row per view: the ratios and their intervals in columns of their own
+    comp = _fill_metrics({"hard": hard, "als": {**hard, "black": 0.3}})["fills"]["comparisons"]
+    black = comp["als"]["black"]
+    rows = [[c.strip() for c in r.strip("|").split("|")] for r in text.splitlines() if r[:1] == "|"]
+    (cells,) = [r for r in rows if r[:2] == ["als / hard", "bg_only, black fill"]]
+    iv = black["intervals_95"]["ratio_relative_to_val"]
+    assert cells[2] == f"{black['ratio_absolute']:.3f}"
+    assert cells[4:] == [
+        f"{black['ratio_relative_to_val']:.3f}",
+        f"[{iv[0]:.3f}, {iv[1]:.3f}]",
+        "lower",
+    ]
     same = "\n".join(
         fill_section(_fill_metrics({"hard": hard, "als": {k: v / 2 for k, v in hard.items()}}))
     )
-    assert (
-        "als vs hard: every fill and outside_crop agree (relative to own val confidence: alike)"
-        in same
-    )
+    assert "als vs hard: **consistent across views**: alike in every one" in same
 
 
 def test_models_at_chance_get_no_verdict() -> None:
@@ -352,7 +363,7 @@ def test_models_at_chance_get_no_verdict() -> None:
     levels = {"hard": hard, "als": {**hard, "black": 0.3}}
     text = "\n".join(fill_section(_fill_metrics(levels, top1=0.11)))
     assert "als vs hard: no verdict: als and hard are at or near chance on val" in text
-    assert "lower" not in text.split("| als vs hard: context reliance")[1]
+    assert "lower" not in text.split("| als / hard")[1] and "| at chance |" in text
     # the headline sentence states the numbers and no verdict
     als, hard = _fake(0.3, 0.6, 0.11, 0.04), _fake(0.6, 0.6, 0.6, 0.04)
     sentence = _sentence(headline_comparison("als", "hard", als, hard, "bg_only"), als, hard)

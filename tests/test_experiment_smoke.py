@@ -85,6 +85,14 @@ def test_smoke_plan_local_end_to_end_then_reused(tmp_path):
     records = [json.loads(p.read_text()) for p in (out / ".stages").glob("*.json")]
     finished = [r for r in records if "command" in r]
     assert len(finished) == len(reused) and {r["revision"] for r in finished} == {code_revision()}
+    # the resumed run's report: the total is every stage's recorded time, whichever invocation ran
+    # it; this invocation's wall time (all stages reused) stands apart
+    stages = (out / "report.md").read_text().split("## Stages")[1]
+    total = sum(r["seconds"] for r in finished)
+    shown = re.search(r"^\| \*\*total, every stage\*\*.*\| +(\d+) \|$", stages, re.M)
+    assert abs(int(shown.group(1)) - total) <= 0.5 + 1e-6
+    wall = int(re.search(r"This invocation took (\d+) s of wall time", stages).group(1))
+    assert wall < total
 
 
 def _plan(tmp_path: Path, edit) -> Path:

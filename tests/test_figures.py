@@ -15,7 +15,12 @@ from test_compare import _write_run
 from als_det.metrics.calibration import calibration_metrics_from_logits, temperature_scaling_report
 from als_det.report.compare import compare
 from als_det.report.compare_output import bar_figure
-from als_det.report.figures import cam_grid, cam_grid_figure, reliability_figure
+from als_det.report.figures import (
+    cam_grid,
+    cam_grid_figure,
+    context_confidence_figure,
+    reliability_figure,
+)
 
 
 def _laid_out(fig: Figure) -> Figure:
@@ -165,3 +170,30 @@ def test_bar_chart_draws_error_bars_only_for_rows_with_a_spread(tmp_path) -> Non
     assert x == 1 and (lo, hi) == pytest.approx((35.0 - 2**0.5, 35.0 + 2**0.5))
     assert "sample std" in fig.get_supxlabel() and "n=1, no error bar: hard" in fig.get_supxlabel()
     assert _outside(fig) == []
+
+
+def test_context_confidence_draws_every_view_absolute_and_relative() -> None:
+    """A column per context-only view; above the mean confidence, below the same over the model's
+    own val confidence; the baseline's value as a dotted line in every panel; a view a model has
+    no images of is labelled, not drawn as 0."""
+    views = ["bg_only, black fill", "bg_only, blur fill", "outside_crop (no fill)"]
+    conf = {
+        "hard": dict(zip(views, (0.6, 0.5, 0.4))),
+        "als": dict(zip(views, (0.3, 0.45, None))),
+    }
+    val = {"hard": 0.8, "als": 0.5}
+    fig = _laid_out(context_confidence_figure(conf, val, "hard"))
+    axes = np.array(fig.axes).reshape(2, 3)
+    assert [ax.get_title() for ax in axes[0]] == views
+    assert _outside(fig) == []
+    for row, divisor in enumerate(({"hard": 1.0, "als": 1.0}, val)):
+        for col, view in enumerate(views):
+            ax = axes[row][col]
+            (bars,) = [c for c in ax.containers if isinstance(c, BarContainer)]
+            widths = [b.get_width() for b in bars]
+            expected = [(conf[n][view] or 0.0) / divisor[n] for n in ("hard", "als")]
+            assert widths == pytest.approx(expected)
+            (line,) = ax.get_lines()
+            assert line.get_xdata()[0] == pytest.approx(conf["hard"][view] / divisor["hard"])
+    assert "no images" in [t.get_text() for t in axes[0][2].texts]
+    assert [t.get_text() for t in axes[1][0].texts] == ["0.75", "0.60"]  # 0.6/0.8, 0.3/0.5

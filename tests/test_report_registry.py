@@ -22,6 +22,7 @@ from als_det.metrics.context import confidence_summary, fill_comparisons, headli
 from als_det.metrics.intervals import t_interval
 from als_det.report.demo import write_demo_report
 from als_det.report.evaluation import write_evaluation
+from als_det.report.fills import agreement
 from als_det.report.sweep import SweepCell, summarize
 from als_det.report.sweep_report import write_sweep_report
 from als_det.targets import LabelStrategy
@@ -235,9 +236,36 @@ def test_demo_over_seeds_uses_the_sweep_numbers(tmp_path, learnt) -> None:
     mean, lo, hi = t_interval(per_seed)
     stats = group.stats[key]
     assert stats["mean"] == pytest.approx(mean) and stats["interval"] == pytest.approx([lo, hi])
-    row = next(line for line in demo.splitlines() if line.startswith("| als_soft / hard"))
-    cell = f"{' / '.join(f'{x:.2f}' for x in per_seed)}: {mean:.3f} [{lo:.3f}, {hi:.3f}] "
-    assert cell + (direction([lo, hi]) if learnt else "at chance") in row
+    row = next(
+        line
+        for line in demo.splitlines()
+        if re.match(r"\| als_soft / hard +\| bg_only, blur fill ", line)
+    )
+    word = direction([lo, hi]) if learnt else "at chance"
+    assert [c.strip() for c in row.strip("|").split("|")][2:] == [
+        *(f"{x:.3f}" for x in per_seed),
+        f"{mean:.3f}",
+        f"[{lo:.3f}, {hi:.3f}]",
+        word,
+    ]
+    # whether the views agree, in the demo and the sweep report alike
+    titles = {
+        "bg_only": "bg_only, black fill",
+        "bg_only_mean": "bg_only, mean fill",
+        "bg_only_blur": "bg_only, blur fill",
+        "outside_crop": "outside_crop (no fill)",
+    }
+    words = {
+        s: direction(group.stats[f"ratio_relative_to_val_{s}"]["interval"])
+        if learnt
+        else "at chance"
+        for s in titles
+    }
+    assert agreement("`als_soft`", words) in text["sweep"]
+    if learnt:
+        assert agreement("als_soft vs hard", {titles[s]: w for s, w in words.items()}) in demo
+    else:
+        assert "- als_soft vs hard: no verdict: it or hard is at or near chance on val" in demo
     said = "no verdict for `als_soft`: it or hard is at or near chance on val in seed(s) 0, 1"
     assert (said in text["sweep"]) != learnt and (said in demo) != learnt
 
@@ -290,3 +318,25 @@ def test_the_report_and_metrics_modules_import_no_cycle() -> None:
             if mod not in seen:
                 seen.add(mod)
                 todo += graph.get(mod, ())
+
+
+def test_demo_stages_total_every_stage_and_this_invocation_apart(tmp_path) -> None:
+    """A resumed demo: the total sums every stage's recorded time, whichever invocation ran it;
+    this invocation's wall time stands apart, labelled."""
+    plan = _plan([0])
+    ckpts, ev = _evaluate(plan, tmp_path)
+    compare = tmp_path / "compare"
+    compare.mkdir()
+    (compare / "comparison.md").write_text("| AP |\n")
+    timings = {"pretrain_hard": 120.4, "evaluate": 38.2, "compare": 1.1}
+    demo, _ = write_demo_report(tmp_path, plan, ckpts, ev, [], compare, timings, 4.6)
+    stages = demo.read_text().split("## Stages")[1].split("## Versions")[0]
+    rows = re.findall(r"^\| (.+?) +\| +(\d+) \|$", stages, re.M)
+    assert rows == [
+        ("pretrain_hard", "120"),
+        ("evaluate", "38"),
+        ("compare", "1"),
+        ("**total, every stage** (what the whole demo cost)", "160"),
+    ]
+    assert "This invocation took 5 s of wall time" in stages
+    assert "this run" not in stages

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import runpy
 import shutil
 from pathlib import Path
@@ -331,7 +332,64 @@ def test_report_names_seen_classes_and_undecodable_images():
     assert "**als was pretrained on 1 of these classes**" in report
     assert "hard was pretrained" not in report
     assert "2 train and 1 val images could not be decoded" in report
-    assert "+0.000 (-0.100 to +0.100)" in report and "linear probe" not in report
+    assert "linear probe" not in report
+    # k-NN top-1 0.5 over 2 classes is chance: the difference is shown, with no verdict
+    assert re.search(
+        r"^\| als +\| k-NN +\| +\+0\.000 \| \[-0\.100, \+0\.100\] \| at chance", report, re.M
+    )
+    assert "- als vs hard, k-NN: no verdict: als and hard are at or near chance" in report
+
+
+def test_transfer_differences_state_no_verdict_from_a_model_at_chance():
+    """A row per model and protocol; lower / alike / higher from the interval of the difference,
+    none where the model or the baseline is at or near chance on the downstream val images."""
+    top1 = {"hard": {"knn": 0.6, "finetune": 0.12}, "als": {"knn": 0.7, "finetune": 0.5}}
+    results = {
+        "models": {
+            n: {
+                "label_strategy": {"name": n},
+                "pretrained_on_downstream_classes": [],
+                **{p: {"top1": t, "n": 200} for p, t in by_protocol.items()},
+            }
+            for n, by_protocol in top1.items()
+        },
+        "comparisons": {
+            "baseline": "hard",
+            "method": "paired bootstrap",
+            "protocols": {
+                "knn": {"als": {"delta": 0.1, "interval": [0.04, 0.16]}},
+                "finetune": {"als": {"delta": 0.38, "interval": [0.3, 0.46]}},
+            },
+        },
+        "data": {
+            "root": "/d",
+            "classes": [f"n{i}" for i in range(10)],
+            "images": {"train": 9, "val": 200},
+        },
+        "options": {
+            "k": 20,
+            "knn_temperature": 0.07,
+            "n_boot": 100,
+            "seed": 0,
+            "lr": 0.01,
+            "weight_decay": 1e-4,
+            "batch_size": 8,
+            "epochs": 1,
+        },
+    }
+    report = render_transfer_report(results)
+    rows = re.findall(
+        r"^\| als +\| ([^|]+?) +\| +([^|]+) \| ([^|]+) \| ([^|]+?) +\|$", report, re.M
+    )
+    assert rows == [
+        ("k-NN", "+0.100", "[+0.040, +0.160]", "higher"),
+        ("fine-tune", "+0.380", "[+0.300, +0.460]", "at chance"),
+    ]
+    assert (
+        "- als vs hard, fine-tune: no verdict: hard is at or near chance on downstream val by "
+        "fine-tune (top-1 hard 12.0%; chance 1/K = 10.0%)" in report
+    )
+    assert "k-NN: no verdict" not in report
 
 
 def test_cache_reuses_only_its_own_key_and_recomputes_damaged_entries(tmp_path):

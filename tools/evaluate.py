@@ -55,7 +55,8 @@ def build_parser():
     p.add_argument(
         "--baseline",
         default=None,
-        help="model name the headline ratios divide by (default: hard if present, else the first)",
+        help="model name the context-reliance ratios divide by (default: hard if present, else "
+        "the first)",
     )
     p.add_argument(
         "--in-to-in9",

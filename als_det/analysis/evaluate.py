@@ -60,7 +60,7 @@ class EvalOptions:
     val_labels: str = option("", "labels file for a flat val folder")
     fill: str = option(
         "black",
-        "fill for the box variants (the headline's; bg_only also runs under the others)",
+        "fill for the box variants (bg_only also runs under the others, side by side)",
         choices=tuple(FILLS),
     )
     single_fill: bool = option(

@@ -1,5 +1,6 @@
-"""Context reliance in numbers: confidence summaries of a view, and the headline ratios of a model's
-context-only confidence over a baseline's, with percentile-bootstrap intervals.
+"""Context reliance in numbers: confidence summaries of a view, and the ratios of a model's
+context-only confidence over a baseline's in every context-only view (the record keeps the name
+"headline"), with percentile-bootstrap intervals.
 
 Three forms of the ratio, because each alone misleads: `absolute` (mean confidence on the
 context-only view, model / baseline), `above_chance` (each confidence as (c - 1/K) / (1 - 1/K)

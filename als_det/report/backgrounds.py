@@ -9,6 +9,7 @@ from typing import Any
 from tabulate import tabulate
 
 from als_det.io import atomic_write_json, atomic_write_text
+from als_det.report.headline import chance_words
 
 VARIANT_TEXT = {
     "original": "the IN-9 images",
@@ -36,6 +37,41 @@ def _rows(metrics: dict[str, Any], key: str, fmt) -> list[list[str]]:
         row += [fmt(m["variants"][v].get(key)) for m in models.values()]
         rows.append(row)
     return rows
+
+
+def chance_note(metrics: dict[str, Any], name: str) -> str | None:
+    """The "no verdict" words when model `name` is at or near chance on the original images."""
+    original = metrics["models"][name]["variants"].get("original") or {}
+    if not original.get("n"):
+        return None
+    return chance_words(
+        {name: (original["accuracy"], original["n"], len(metrics["data"]["classes"]))},
+        "the original images",
+        "{its} BG-Gap says nothing about reliance on the background",
+    )
+
+
+def gap_sentences(metrics: dict[str, Any]) -> list[str]:
+    """Per model, what its BG-Gap says; none from a model at or near chance."""
+    ref = metrics["reference"]
+    lines = []
+    for name, m in metrics["models"].items():
+        chance = chance_note(metrics, name)
+        if chance:
+            lines.append(f"- `{name}`: {chance}")
+        elif m["bg_gap"] is not None:
+            gap = m["bg_gap"]
+            how, than = (
+                ("as often", "as")
+                if gap == 0
+                else (f"{100 * abs(gap):.1f} points {'more' if gap > 0 else 'less'} often", "than")
+            )
+            lines.append(
+                f"- `{name}`: an object is classified correctly {how} on a background of its own "
+                f"class {than} on a random class's (BG-Gap {_pct(gap)}; {ref['model']}: "
+                f"{_pct(ref['bg_gap'])})."
+            )
+    return lines
 
 
 def render_in9_report(metrics: dict[str, Any]) -> str:
@@ -69,6 +105,7 @@ def render_in9_report(metrics: dict[str, Any]) -> str:
             colalign=("left",) + ("right",) * (len(names) + 1),
         )
     )
+    out += ["", *gap_sentences(metrics)]
     out += ["", "Mean max-softmax confidence (over the model's own outputs):", ""]
     out.append(
         tabulate(
@@ -130,6 +167,8 @@ def summary_lines(metrics: dict[str, Any]) -> list[str]:
                 f"{v} {_pct(m['variants'][v].get('accuracy'))}" + (f" (ref {_pct(r)})" if r else "")
             )
         gap = "n/a (needs mixed_same and mixed_rand)" if m["bg_gap"] is None else _pct(m["bg_gap"])
+        if chance_note(metrics, name):
+            gap += " (at or near chance on original: no verdict)"
         lines.append(
             f"{name}: "
             + ", ".join(parts)

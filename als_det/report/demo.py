@@ -13,12 +13,19 @@ from typing import Any
 from matplotlib.figure import Figure
 
 from als_det.io import atomic_write_text, read_history
-from als_det.metrics.comparison import direction, mean_std
+from als_det.metrics.comparison import mean_std
 from als_det.report.figures import save_figure
-from als_det.report.fills import fill_section
-from als_det.report.sweep import Sweep, SweepCell, chance_seeds, summarize
-from als_det.report.sweep_tables import INTERVAL_METHOD, reliance_table, verdict
-from als_det.report.tables import MISSING, cell, markdown_table, mean_pm_std, with_interval
+from als_det.report.fills import (
+    RATIO_HEADERS,
+    agreement,
+    fill_section,
+    fill_title,
+    ratio_cells,
+    unfilled_title,
+)
+from als_det.report.sweep import Sweep, SweepCell, chance_seeds, summarize, verdict_views
+from als_det.report.sweep_tables import INTERVAL_METHOD, verdict, view_verdict, views_note
+from als_det.report.tables import MISSING, cell, interval_cell, markdown_table, mean_pm_std
 from als_det.versions import package_versions
 from als_det.views import (
     FILLS,
@@ -133,9 +140,10 @@ def curves_figure(curves: Mapping[str, list[dict[str, Any]]], path: Path) -> Pat
     return save_figure(fig, path)
 
 
-def _one_seed(metrics: Mapping[str, Any], runs: Sequence[str]) -> list[str]:
-    """One seed: the numbers and their image-level intervals, and no direction, which the spread
-    between seeds (not measured by one run) can flip."""
+def _one_seed(metrics: Mapping[str, Any], runs: Sequence[str], table: bool) -> list[str]:
+    """One seed: the numbers and their image-level intervals (`table`: a row per comparison and
+    context-only view of the val images; else the fill table that follows has them), and no
+    direction, which the spread between seeds (not measured by one run) can flip."""
     head = metrics.get("headline", {})
     lines = [
         "**What the numbers say — one seed.** The intervals cover the choice of images only, not "
@@ -144,46 +152,48 @@ def _one_seed(metrics: Mapping[str, Any], runs: Sequence[str]) -> list[str]:
         "reliance. `make demo SEEDS=3` pairs each arm with hard of the same seed and gives "
         "t-intervals over seeds.\n"
     ]
+    if not table:
+        return lines + [""]
+    rows = []
     for name, by_source in head.get("comparisons", {}).items():
-        if name not in runs:
-            continue
         for source in (s for s in context_sources() if VIEWS[s].variant is not None):
             h = by_source.get(source)
-            if isinstance(h, Mapping):
-                lines.append(
-                    f"- {name} / {head['baseline']}, {source} confidence: absolute "
-                    f"{with_interval(h, 'ratio_absolute')}, relative to own val confidence "
-                    f"{with_interval(h, 'ratio_relative_to_val')}"
+            if name in runs and isinstance(h, Mapping):
+                rows.append(
+                    [f"{name} / {head['baseline']}", source]
+                    + ratio_cells(h, "ratio_absolute")
+                    + ratio_cells(h, "ratio_relative_to_val")
                 )
-    return lines + [""]
+    return lines + [markdown_table(rows, RATIO_HEADERS[:-1]), "", ""] if rows else lines + [""]
 
 
-def _over_seeds(plan: Any, sweep: Sweep) -> list[str]:
-    """Several seeds: each arm paired with the baseline of its own seed; verdicts from
-    t-intervals."""
-    lines = [
+def _over_seeds(plan: Any, sweep: Sweep, own_fill: str) -> list[str]:
+    """Several seeds: each arm paired with the baseline of its own seed; the verdict in every
+    context-only view from t-intervals, whether they agree, and the verdicts' accuracy cost."""
+    views = [PRIMARY, *verdict_views(sweep)]
+    return [
         f"**What the numbers say — {len(plan.seeds)} seeds** ({INTERVAL_METHOD}):\n",
-        verdict(sweep, PRIMARY),
+        *fills_over_seeds(sweep, own_fill),
+        *(line for view in views for line in (verdict(sweep, view), "")),
+        views_note(),
         "",
     ]
-    for view in (v for v in unfilled_context_views() if v in sweep.sources):
-        lines += [verdict(sweep, view), ""]
-    return lines + [f"Per arm over seeds ({PRIMARY}):\n", reliance_table(sweep, PRIMARY), ""]
 
 
 def _fill_views(own_fill: str) -> list[tuple[str, str]]:
     """(sweep source, column title): bg_only under each fill, then the context without any fill
     (outside_crop)."""
-    return [
-        (PRIMARY if f == own_fill else fill_source(f), f"{PRIMARY}, {f} fill") for f in FILLS
-    ] + [(v, f"{v} (no fill)") for v in unfilled_context_views()]
+    return [(PRIMARY if f == own_fill else fill_source(f), fill_title(f)) for f in FILLS] + [
+        (v, unfilled_title(v)) for v in unfilled_context_views()
+    ]
 
 
 def fills_over_seeds(sweep: Sweep, own_fill: str) -> list[str]:
     """Several seeds: per arm and view (each fill of bg_only, and outside_crop), the ratio of its
     relative context-only confidence to the baseline's of the same seed (the sweep's paired
-    values); per seed, then the mean with its t-interval and what it says (lower / alike /
-    higher). `own_fill`: the evaluation's fill, under which bg_only itself ran."""
+    values): one row each, a column per seed, then the mean, its t-interval and what it says
+    (lower / alike / higher); and per arm whether the views agree. `own_fill`: the evaluation's
+    fill, under which bg_only itself ran."""
     groups = [g for g in sweep.groups if g.epochs == sweep.main_epochs]
     views = [
         (source, title)
@@ -192,31 +202,50 @@ def fills_over_seeds(sweep: Sweep, own_fill: str) -> list[str]:
     ]
     if len(views) < 2:
         return []
-    rows = []
+    seeds = sorted({c.cell.seed for g in groups for c in g.cells})
+    rows, sentences = [], []
     for g in (g for g in groups if g.setting != sweep.baseline):
-        cells, chance = [], chance_seeds(sweep, g)
-        for source, _ in views:
+        chance, words = chance_seeds(sweep, g), {}
+        for source, title in views:
             key = f"ratio_relative_to_val_{source}"
+            by_seed = {c.cell.seed: c.values.get(key) for c in g.cells}
             stats = g.stats[key]
-            seeds = " / ".join(f"{c.values[key]:.2f}" for c in g.cells)
-            iv = stats["interval"]
-            parts = [
-                f"{seeds}: {stats['mean']:.3f}",
-                f"[{iv[0]:.3f}, {iv[1]:.3f}]" if iv else "(one seed)",
-                "at chance" if chance else direction(iv),
-            ]
-            cells.append(" ".join(p for p in parts if p))
-        rows.append([f"{g.setting} / {sweep.baseline}", *cells])
+            words[title] = view_verdict(sweep, g, source)
+            rows.append(
+                [
+                    f"{g.setting} / {sweep.baseline}",
+                    title,
+                    *(cell(by_seed.get(s), ".3f") for s in seeds),
+                    cell(stats["mean"], ".3f"),
+                    interval_cell(stats["interval"]),
+                    words[title],
+                ]
+            )
+        label = f"{g.setting} vs {sweep.baseline}"
+        sentences.append(
+            f"- {label}: no verdict: it or {sweep.baseline} is at or near chance on val in "
+            f"seed(s) {', '.join(map(str, chance))}."
+            if chance
+            else agreement(label, words)
+        )
+    headers = ["comparison", "view", *(f"seed {s}" for s in seeds)]
     return [
-        "### Context reliance under each fill, over seeds",
+        "### Context reliance in every context-only view, over seeds",
         "",
         "Context-only confidence relative to own val confidence, each arm over the baseline of the "
-        "same seed: per seed, then the mean and its 95% t-interval over seeds; lower / alike / "
-        "higher: the interval lies below 1 / includes 1 / lies above 1 (at chance: a model at or "
-        "near chance on val in some seed, no verdict). Each fill adds or leaks "
-        'something (docs/als.md, "Context-only views: what each fill adds or leaks").',
+        "same seed: per seed, then the mean and its 95% t-interval over seeds; verdict: the "
+        "interval lies below 1 (lower) / includes 1 (alike) / lies above 1 (higher); at chance: a "
+        "model at or near chance on val in some seed, no verdict. Each view adds or leaks "
+        'something of its own (docs/als.md, "Context-only views: what each fill adds or '
+        'leaks"), so none is the measure.',
         "",
-        markdown_table(rows, ["", *(title for _, title in views)]),
+        markdown_table(
+            rows,
+            [*headers, "mean", "95% interval", "verdict"],
+            colalign=("left", "left") + ("right",) * (len(seeds) + 2) + ("left",),
+        ),
+        "",
+        *sentences,
         "",
     ]
 
@@ -224,15 +253,15 @@ def fills_over_seeds(sweep: Sweep, own_fill: str) -> list[str]:
 def what_the_numbers_say(
     plan: Any, ckpts: Mapping[str, Path], eval_dir: Path, metrics: Mapping[str, Any]
 ) -> list[str]:
-    """The verdict and the fill table: from t-intervals over seeds paired with the baseline (one
-    `report.sweep.summarize` of the runs), or for one seed the numbers without a direction."""
+    """The verdicts in every context-only view and whether they agree: from t-intervals over
+    seeds paired with the baseline (one `report.sweep.summarize` of the runs), or for one seed the
+    numbers without a direction."""
     if len(plan.seeds) > 1:
         cells = [
             SweepCell(arm.name, seed, ckpts[run].parent, eval_dir / "metrics.json", model=run)
             for run, arm, seed in plan.runs()
         ]
-        sweep = summarize(cells, plan.baseline)
-        return _over_seeds(plan, sweep) + fills_over_seeds(sweep, metrics["options"]["fill"])
+        return _over_seeds(plan, summarize(cells, plan.baseline), metrics["options"]["fill"])
     fills = fill_section(metrics)
     if fills:
         fills[1:1] = [
@@ -240,7 +269,7 @@ def what_the_numbers_say(
             "One seed: lower / alike / higher below describe these checkpoints on these images; "
             "another seed can flip them.",
         ]
-    return _one_seed(metrics, list(ckpts)) + fills
+    return _one_seed(metrics, list(ckpts), table=not fills) + fills
 
 
 ONE_SEED_AP = (
@@ -248,6 +277,23 @@ ONE_SEED_AP = (
     "AP moves by several points (README, \"`make demo`\"), so one run does not show which arm "
     "transfers better. `make demo SEEDS=3` gives the spread over seeds."
 )
+
+
+def stages_section(timings: Mapping[str, float], wall_s: float | None) -> list[str]:
+    """Each stage's recorded time and their sum, whichever invocation ran them (a resumed run
+    reuses finished stages); apart, this invocation's wall time."""
+    rows = [[k, f"{v:.0f}"] for k, v in timings.items()]
+    total = sum(timings.values())
+    rows.append(["**total, every stage** (what the whole demo cost)", f"{total:.0f}"])
+    lines = [markdown_table(rows, ["stage", "seconds"], colalign=("left", "right")), ""]
+    if wall_s is not None:
+        lines += [
+            f"This invocation took {wall_s:.0f} s of wall time: the stages it ran (stages "
+            "finished by an earlier invocation were reused and count only in the total above), "
+            "the checks and this report.",
+            "",
+        ]
+    return lines
 
 
 def write_demo_report(
@@ -258,8 +304,10 @@ def write_demo_report(
     det_dirs: Sequence[Path],
     compare_dir: Path,
     timings: Mapping[str, float],
+    wall_s: float | None = None,
 ) -> tuple[Path, str]:
-    """Write OUT/report.md; return it and the two tables printed at the end of `make demo`."""
+    """Write OUT/report.md; return it and the two tables printed at the end of `make demo`.
+    `timings`: each stage's recorded seconds; `wall_s`: the wall time of this invocation."""
     metrics = json.loads((eval_dir / "metrics.json").read_text())
     ctx = context_table(plan, metrics["models"])
     ap_table = (compare_dir / "comparison.md").read_text().strip()
@@ -294,7 +342,7 @@ def write_demo_report(
     md += what_the_numbers_say(plan, ckpts, eval_dir, metrics) + [""]
     for key, title in (
         ("reliability", "Reliability diagrams"),
-        ("bg_only_confidence", "Confidence on bg_only"),
+        ("context_confidence", "Confidence on every context-only view"),
         ("cam_grid", "Class activation maps"),
     ):
         if figures.get(key):
@@ -307,8 +355,7 @@ def write_demo_report(
         *([ONE_SEED_AP, ""] if len(seeds) == 1 else []),
         f"![AP by strategy]({rel(compare_dir / 'ap_by_strategy.png')})\n",
         "## Stages\n",
-        markdown_table([[k, f"{v:.0f}"] for k, v in timings.items()], ["stage", "seconds"]),
-        "",
+        *stages_section(timings, wall_s),
         "## Versions\n",
         "```",
         json.dumps(package_versions(), indent=1),

@@ -11,9 +11,9 @@ import numpy as np
 
 from als_det.io import atomic_write_json, atomic_write_text
 from als_det.report.evaluation_markdown import render_report
-from als_det.report.figures import cam_grid, confidence_histograms, reliability_diagrams
+from als_det.report.figures import cam_grid, context_confidence, reliability_diagrams
+from als_det.report.fills import view_confidences
 from als_det.report.headline import add_sentences
-from als_det.report.tables import lookup
 
 
 def _draw_cam_grid(entry: dict[str, Any], out: Path) -> Path:
@@ -44,17 +44,12 @@ def write_evaluation(metrics: dict[str, Any], out_dir: str | Path) -> Path:
     figs["reliability"] = reliability_diagrams(
         {n: m["val"] for n, m in models.items()}, out / "reliability.png", scaled
     ).name
-    hists = {
-        n: m["variants"]["bg_only"]["confidence_histogram"]
-        for n, m in models.items()
-        if lookup(m, "variants", "bg_only", "confidence_histogram")
-    }
-    if hists:
-        figs["bg_only_confidence"] = confidence_histograms(
-            hists,
-            f"bg_only ({metrics['options']['fill']} fill): max softmax confidence",
-            out / "bg_only_confidence.png",
-        ).name
+    figs["context_confidence"] = context_confidence(
+        {n: view_confidences(m) for n, m in models.items()},
+        {n: m["val"]["mean_confidence"] for n, m in models.items()},
+        metrics["headline"]["baseline"],
+        out / "context_confidence.png",
+    ).name
     if metrics.get("cam_grid"):
         figs["cam_grid"] = _draw_cam_grid(metrics["cam_grid"], out).name
     add_sentences(metrics)

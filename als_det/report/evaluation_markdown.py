@@ -7,14 +7,14 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from als_det.report.figures import CAM_METHOD_NAMES
-from als_det.report.fills import fill_section
-from als_det.report.tables import MISSING, cell, lookup, markdown_table, with_interval
+from als_det.report.fills import fill_section, ratio_cells
+from als_det.report.tables import MISSING, cell, lookup, markdown_table
 from als_det.strategies import get_strategy
 from als_det.views import VIEWS, context_sources
 
 FORMS = (
     ("ratio_absolute", "absolute"),
-    ("ratio_above_chance", "above chance: (c - 1/K) / (1 - 1/K)"),
+    ("ratio_above_chance", "above chance"),
     ("ratio_relative_to_val", "relative to own val confidence"),
 )
 Row = tuple[str, Callable[[str], Any], str]  # (label, value of a model name, format)
@@ -189,7 +189,7 @@ def _context(metrics: dict[str, Any]) -> list[str]:
     return [
         *out,
         _table(names, rows),
-        *_figure(metrics, "bg_only_confidence", "bg_only confidence histogram"),
+        *_figure(metrics, "context_confidence", "confidence on every context-only view"),
     ]
 
 
@@ -231,35 +231,37 @@ def _where_it_looks(metrics: dict[str, Any]) -> list[str]:
 def _headline(metrics: dict[str, Any]) -> list[str]:
     head = metrics["headline"]
     comps = head["comparisons"]
-    out = ["## Headline: confidence from context alone, model / baseline", ""]
+    out = ["## Context reliance: confidence from context alone, model / baseline", ""]
     if not comps:
         return out + [f"Only the baseline `{head['baseline']}` was evaluated: no ratio to report."]
     out.append(
         "Ratio of mean confidence on context-only images, each model over the baseline "
-        f"`{head['baseline']}`, in three forms. Absolute alone misleads when a model is less "
-        "confident everywhere; with few classes the chance floor 1/K caps any absolute ratio. In "
-        f"brackets: 95% intervals ({head.get('interval_method', 'bootstrap')})."
+        f"`{head['baseline']}`, in three forms, for every context-only view (none is the measure: "
+        'each adds or leaks something of its own, docs/als.md "Context-only views"). Absolute '
+        "alone misleads when a model is less confident everywhere; with few classes the chance "
+        "floor 1/K caps any absolute ratio, so `above chance` maps each confidence c to "
+        f"(c - 1/K) / (1 - 1/K) first. 95% interval: {head.get('interval_method', 'bootstrap')}."
     )
-    cols = list(comps)
+    fill = metrics["options"]["fill"]
     for source in context_sources():
-        if not any(source in comps[c] for c in cols):
-            continue
-        out += [
-            "",
-            f"### {source}" + (" (primary)" if source == head["primary_source"] else ""),
-            "",
+        rows = [
+            [c, *(x for key, _ in FORMS for x in ratio_cells(comps[c][source], key))]
+            for c in comps
+            if source in comps[c]
         ]
+        if not rows:
+            continue
+        title = f"{source} ({fill} fill)" if VIEWS[source].filled else source
+        out += ["", f"### {title}", ""]
         out.append(
-            _table(
-                cols,
-                [
-                    (label, lambda c, k=key, s=source: with_interval(comps[c].get(s), k), "")
-                    for key, label in FORMS
-                ],
+            markdown_table(
+                rows,
+                ["model", *(x for _, label in FORMS for x in (label, "95% interval"))],
+                colalign=("left",) + ("right",) * (len(FORMS) * 2),
             )
         )
         out.append("")
-        out += [f"- {comps[c][source]['sentence']}" for c in cols if source in comps[c]]
+        out += [f"- {comps[c][source]['sentence']}" for c in comps if source in comps[c]]
     fills = fill_section(metrics)
     return out + ["", *fills] if fills else out
 

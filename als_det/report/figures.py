@@ -1,5 +1,5 @@
-"""Figures drawn from result files alone (no models): reliability diagrams, confidence histograms,
-the CAM grid; `save_figure` writes every figure of the suite.
+"""Figures drawn from result files alone (no models): reliability diagrams, the confidence on every
+context-only view, the CAM grid; `save_figure` writes every figure of the suite.
 
 Each figure has a `*_figure` function that returns the drawn `Figure` (tests inspect it) and a
 wrapper that saves it.
@@ -163,23 +163,64 @@ def reliability_diagrams(
     return save_figure(reliability_figure(models, scaled), path)
 
 
-def confidence_histograms(hists: dict[str, dict[str, Any]], title: str, path: str | Path) -> Path:
-    """Overlaid step histograms of max-softmax confidence, one line per model (fractions of
-    images)."""
-    fig = Figure(figsize=(5.5, 3.6))
-    ax = fig.subplots()
-    for name, h in hists.items():
-        counts = np.asarray(h["counts"], dtype=float)
-        total = counts.sum()
-        frac = counts / total if total else counts
-        ax.stairs(frac, np.asarray(h["edges"]), label=f"{name} (n={int(total)})", linewidth=1.8)
-    ax.axvline(0.5, color="grey", linestyle=":", linewidth=1)
-    ax.set_xlim(0, 1)
-    ax.set_xlabel("max softmax confidence")
-    ax.set_ylabel("fraction of images")
-    ax.set_title(title, fontsize=9)
-    ax.legend(fontsize=8)
-    return save_figure(fig, path)
+def context_confidence_figure(
+    confidences: dict[str, dict[str, float | None]], val: dict[str, float], baseline: str
+) -> Figure:
+    """Small multiples, a column per context-only view (`confidences[model][view]`: mean
+    max-softmax confidence, None without images): above, the mean confidence; below, the same
+    over the model's own mean confidence on intact val (`val[model]`). A bar per model, the
+    baseline's grey, with a dotted line at its value to read every other bar against."""
+    names = list(confidences)
+    views = list(dict.fromkeys(v for by_view in confidences.values() for v in by_view))
+    height = 0.3 * len(names) + 1.1
+    fig = Figure(figsize=(2.7 * len(views) + 1.0, 2 * height + 0.7), layout="constrained")
+    axes = fig.subplots(2, len(views), squeeze=False, sharey=True)
+    y = np.arange(len(names))
+    colours = ["0.6" if n == baseline else "tab:blue" for n in names]
+    forms = {"mean confidence": dict.fromkeys(names, 1.0), "÷ own val confidence": val}
+    for row, (label, divisor) in enumerate(forms.items()):
+        d = np.array([divisor[n] for n in names])
+        values = {v: _nan_for_none([confidences[n].get(v) for n in names]) / d for v in views}
+        top = np.nanmax([1.0, *np.concatenate(list(values.values()))])
+        for col, view in enumerate(views):
+            ax, x = axes[row][col], values[view]
+            ax.barh(y, np.nan_to_num(x), color=colours, height=0.7)
+            for yi, xi in zip(y, x):
+                text = "no images" if np.isnan(xi) else f"{xi:.2f}"
+                ax.annotate(
+                    text,
+                    (0 if np.isnan(xi) else xi, yi),
+                    xytext=(2, 0),
+                    textcoords="offset points",
+                    va="center",
+                    fontsize=7,
+                )
+            base = x[names.index(baseline)]
+            if not np.isnan(base):
+                ax.axvline(base, color="0.25", linestyle=":", linewidth=1.2)
+            ax.set_xlim(0, 1.18 * top)
+            ax.tick_params(labelsize=7)
+            ax.set_xlabel(label, fontsize=8)
+            if row == 0:
+                ax.set_title(view, fontsize=9)
+    axes[0][0].set_yticks(y, names, fontsize=8)
+    axes[0][0].invert_yaxis()
+    fig.suptitle(
+        f"Confidence on every context-only view (dotted: the baseline {baseline})\nbelow: over "
+        "the model's own val confidence (1 = as confident as on intact val)",
+        fontsize=9,
+    )
+    return fig
+
+
+def context_confidence(
+    confidences: dict[str, dict[str, float | None]],
+    val: dict[str, float],
+    baseline: str,
+    path: str | Path,
+) -> Path:
+    """`context_confidence_figure`, written to `path`."""
+    return save_figure(context_confidence_figure(confidences, val, baseline), path)
 
 
 def _draw_boxes(ax: Axes, boxes: np.ndarray) -> None:

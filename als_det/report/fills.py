@@ -1,23 +1,75 @@
-"""The context-only views side by side: bg_only under every fill beside outside_crop, with the
-ratios to the baseline and whether their verdicts agree (docs/als.md, "Context-only views")."""
+"""The context-only views side by side, none singled out: bg_only under every fill beside
+outside_crop, with the ratios to the baseline, the verdict in each view and whether the verdicts
+agree (docs/als.md, "Context-only views")."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from als_det.metrics.comparison import direction
 from als_det.report.headline import chance_note
-from als_det.report.tables import cell, lookup, markdown_table, with_interval
-from als_det.views import FILLS, unfilled_context_views
+from als_det.report.tables import cell, interval_cell, lookup, markdown_table
+from als_det.views import FILLS, PRIMARY, unfilled_context_views
+
+VERDICTS = ("lower", "alike", "higher")
+RATIO_HEADERS = [
+    "comparison",
+    "view",
+    "absolute",
+    "95% interval",
+    "relative to own val",
+    "95% interval",
+    "verdict",
+]
 
 
-def _direction(h: dict[str, Any] | None, key: str = "ratio_relative_to_val") -> str:
-    return direction((h or {}).get("intervals_95", {}).get(key)) or "no interval"
+def fill_title(fill: str) -> str:
+    """bg_only under `fill`, in every table and figure."""
+    return f"{PRIMARY}, {fill} fill"
+
+
+def unfilled_title(view: str) -> str:
+    """A context-only view without fill (outside_crop), in every table and figure."""
+    return f"{view} (no fill)"
+
+
+def view_confidences(model: dict[str, Any]) -> dict[str, float | None]:
+    """A model's mean confidence in each context-only view of the val images (None without
+    images), by title: bg_only under every fill it ran under, then outside_crop."""
+    by_fill = model.get("bg_only_by_fill", {})
+    views = [(fill_title(f), by_fill[f]) for f in FILLS if f in by_fill]
+    views += [(unfilled_title(v), model["variants"].get(v)) for v in unfilled_context_views()]
+    return {title: lookup(v or {}, "mean_confidence") for title, v in views}
+
+
+def agreement(label: str, words: Mapping[str, str]) -> str:
+    """One line on comparison `label` from its verdict in each view (view -> lower / alike /
+    higher, or why there is none): consistent across views, or depends on the view."""
+    said = "; ".join(f"{view}: {word}" for view, word in words.items())
+    found = set(words.values())
+    if not found <= set(VERDICTS):
+        return f"- {label}: not every view has a verdict ({said}), so there is no overall one."
+    if len(found) == 1:
+        return (
+            f"- {label}: **consistent across views**: {found.pop()} in every one (context-only "
+            "confidence relative to own val confidence)."
+        )
+    return (
+        f"- {label}: **depends on the view** ({said}); no single view settles whether it relies "
+        "on context less."
+    )
+
+
+def ratio_cells(h: dict[str, Any] | None, key: str, spec: str = ".3f") -> list[str]:
+    """A ratio of comparison `h` and its interval, as two cells."""
+    return [cell(lookup(h or {}, key), spec), interval_cell(lookup(h or {}, "intervals_95", key))]
 
 
 def fill_section(metrics: dict[str, Any]) -> list[str]:
-    """bg_only under every fill beside outside_crop (no fill): the confidences, the ratios to the
-    baseline with their intervals, and whether the verdicts agree. Empty without fills."""
+    """bg_only under every fill beside outside_crop (no fill): each model's confidences, then one
+    row per comparison and view (the ratios to the baseline, their intervals, the verdict), and
+    whether the verdicts agree. Empty without fills."""
     fills = metrics.get("fills") or {}
     models, comps = metrics["models"], fills.get("comparisons", {})
     baseline = metrics["headline"]["baseline"]
@@ -26,73 +78,72 @@ def fill_section(metrics: dict[str, Any]) -> list[str]:
     if len(order) < 2:
         return []
     unfilled = unfilled_context_views()
-    cols = [f"bg_only, {f} fill" + (" (headline)" if f == fills["primary"] else "") for f in order]
-    cols += [f"{v} (no fill)" for v in unfilled]
+    titles = [fill_title(f) for f in order] + [unfilled_title(v) for v in unfilled]
     head = metrics["headline"]["comparisons"]
 
-    def by_col(n: str) -> list[tuple[dict[str, Any] | None, dict[str, Any] | None]]:
-        """(the model's summary, its comparison with the baseline) per column."""
+    def by_view(n: str) -> list[tuple[dict[str, Any] | None, dict[str, Any] | None]]:
+        """(the model's summary, its comparison with the baseline) per view."""
         return [(models[n]["bg_only_by_fill"][f], comps.get(n, {}).get(f)) for f in order] + [
             (models[n]["variants"].get(v), head.get(n, {}).get(v)) for v in unfilled
         ]
 
-    rows = []
+    confidences = []
     for n in names:
         val = models[n]["val"]["mean_confidence"]
-        rows.append(
+        confidences.append(
             [
                 f"{n}: mean confidence",
-                *(cell(lookup(v or {}, "mean_confidence"), ".3f") for v, _ in by_col(n)),
+                *(cell(lookup(v or {}, "mean_confidence"), ".3f") for v, _ in by_view(n)),
             ]
         )
-        rows.append(
+        confidences.append(
             [
                 f"{n}: / own val confidence",
                 *(
                     cell(v["mean_confidence"] / val if v and v.get("n") else None, ".3f")
-                    for v, _ in by_col(n)
+                    for v, _ in by_view(n)
                 ),
             ]
         )
-    sentences = []
+    ratios, sentences = [], []
     for n in (n for n in names if n != baseline):
-        cells = by_col(n)
-        rows.append(
-            [f"{n} / {baseline}: absolute", *(with_interval(h, "ratio_absolute") for _, h in cells)]
-        )
-        rows.append(
-            [
-                f"{n} / {baseline}: relative to own val",
-                *(with_interval(h, "ratio_relative_to_val") for _, h in cells),
-            ]
-        )
         chance = chance_note(models, [n, baseline])
-        words = ["at chance" if chance else _direction(h) for _, h in cells]
-        rows.append([f"{n} vs {baseline}: context reliance", *words])
-        if chance:
-            sentences.append(f"- {n} vs {baseline}: {chance}")
-        elif len(set(words)) == 1:
-            sentences.append(
-                f"- {n} vs {baseline}: every fill and {' and '.join(unfilled)} agree (relative "
-                f"to own val confidence: {words[0]})."
+        words = {}
+        for title, (_, h) in zip(titles, by_view(n)):
+            rel = lookup(h or {}, "intervals_95", "ratio_relative_to_val")
+            words[title] = "at chance" if chance else direction(rel) or "no interval"
+            ratios.append(
+                [
+                    f"{n} / {baseline}",
+                    title,
+                    *ratio_cells(h, "ratio_absolute"),
+                    *ratio_cells(h, "ratio_relative_to_val"),
+                    words[title],
+                ]
             )
-        else:
-            said = ", ".join(f"{c.split(' (')[0]} says {w}" for c, w in zip(cols, words))
-            sentences.append(
-                f"- {n} vs {baseline}: **the verdict depends on the fill** ({said}); bg_only alone "
-                "does not settle whether it relies on context less."
-            )
+        label = f"{n} vs {baseline}"
+        sentences.append(f"- {label}: {chance}" if chance else agreement(label, words))
     return [
-        "### bg_only under each fill",
+        "### Every context-only view: bg_only under each fill, and outside_crop",
         "",
         "The same images with the labelled boxes filled black, with the normalisation mean, or "
-        "with a blur of the image, beside `outside_crop` (context without any fill). Each fill "
-        "adds or leaks something (docs/als.md, \"Context-only views\"); a verdict that changes "
-        "with the fill is not a verdict. lower / alike / higher: the 95% interval of the relative "
-        "ratio lies below 1 / includes 1 / lies above 1; at chance: a model at or near chance on "
-        'val, no verdict (docs/als.md, "No verdict from a model at or near chance").',
+        "with a blur of the image, beside `outside_crop` (context without any fill). Each view "
+        'adds or leaks something of its own (docs/als.md, "Context-only views"), so none is the '
+        "measure of context reliance: a verdict that changes with the view is not a verdict.",
         "",
-        markdown_table(rows, ["", *cols], colalign=("left",) + ("right",) * len(cols)),
+        "Mean max-softmax confidence, and the same over the model's own confidence on intact val:",
+        "",
+        markdown_table(confidences, ["", *titles], colalign=("left",) + ("right",) * len(titles)),
+        "",
+        f"Each model over the baseline `{baseline}`; 95% interval: "
+        f"{metrics['headline'].get('interval_method', 'bootstrap')}. Verdict: the interval of "
+        "the relative ratio lies below 1 (lower) / includes "
+        "1 (alike) / lies above 1 (higher); at chance: a model at or near chance on val, no "
+        'verdict (docs/als.md, "No verdict from a model at or near chance").',
+        "",
+        markdown_table(
+            ratios, RATIO_HEADERS, colalign=("left", "left") + ("right",) * 4 + ("left",)
+        ),
         "",
         *sentences,
     ]

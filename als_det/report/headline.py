@@ -25,24 +25,30 @@ def _ci(h: dict[str, Any], key: str) -> str:
     return f", 95% CI {iv[0]:.2f}-{iv[1]:.2f}" if iv else ""
 
 
-def chance_note(models: dict[str, dict[str, Any]], names: list[str]) -> str | None:
-    """The words "no verdict: ... at or near chance" when any of `names` is `near_chance` on val
-    (`models`: metrics.json's models), else None."""
-    at = [n for n in names if near_chance(**_val(models[n]))]
+def chance_words(
+    scores: dict[str, tuple[float, int, int]], on: str, consequence: str
+) -> str | None:
+    """The words "no verdict: ... at or near chance on `on`" naming every model of `scores`
+    (name -> (top-1, images, classes)) that is `near_chance`, then `consequence` ("{its}": its or
+    their); None when none is."""
+    at = [n for n, s in scores.items() if near_chance(*s)]
     if not at:
         return None
-    k = models[at[0]]["val"]["num_classes"]
-    tops = ", ".join(f"{n} {models[n]['val']['top1']:.1%}" for n in at)
+    one = len(at) == 1
+    tops = ", ".join(f"{n} {scores[n][0]:.1%}" for n in at)
     return (
-        f"no verdict: {' and '.join(at)} {'is' if len(at) == 1 else 'are'} at or near chance on "
-        f"val (top-1 {tops}; chance 1/K = {1 / k:.1%}), so {'its' if len(at) == 1 else 'their'} "
-        "confidences say nothing about reliance on context."
+        f"no verdict: {' and '.join(at)} {'is' if one else 'are'} at or near chance on {on} "
+        f"(top-1 {tops}; chance 1/K = {1 / scores[at[0]][2]:.1%}), so "
+        + consequence.format(its="its" if one else "their")
+        + "."
     )
 
 
-def _val(m: dict[str, Any]) -> dict[str, Any]:
-    v = m["val"]
-    return {"top1": v["top1"], "n": v["n"], "k": v["num_classes"]}
+def chance_note(models: dict[str, dict[str, Any]], names: list[str]) -> str | None:
+    """`chance_words` for the models `names` on val (`models`: metrics.json's models)."""
+    val = {n: models[n]["val"] for n in names}
+    scores = {n: (v["top1"], v["n"], v["num_classes"]) for n, v in val.items()}
+    return chance_words(scores, "val", "{its} confidences say nothing about reliance on context")
 
 
 def headline_sentence(h: dict[str, Any], models: dict[str, dict[str, Any]]) -> str:

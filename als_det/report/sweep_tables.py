@@ -10,6 +10,7 @@ from typing import Any
 from tabulate import tabulate
 
 from als_det.metrics.comparison import NEUTRAL_POINTS, accuracy_neutral, direction
+from als_det.report.fills import agreement
 from als_det.report.sweep import FORMS, Group, Sweep, chance_seeds, verdict_views
 from als_det.report.tables import MISSING, cell, mean_pm_std
 from als_det.strategies import describe
@@ -185,6 +186,28 @@ def verdict(sweep: Sweep, source: str = PRIMARY) -> str:
     return "\n".join(lines + withheld)
 
 
+def view_verdict(sweep: Sweep, g: Group, source: str) -> str:
+    """What the t-interval of `g`'s relative `source` ratio says: lower / alike / higher; "at
+    chance" when a seed of it or its baseline is at or near chance; "one seed" without one."""
+    if chance_seeds(sweep, g):
+        return "at chance"
+    return direction(g.stats.get(f"{REL}_{source}", {}).get("interval")) or "one seed"
+
+
+def agreement_lines(sweep: Sweep) -> list[str]:
+    """Per setting at the main training length: whether its verdicts in bg_only and the views
+    beside it (`verdict_views`) agree."""
+    views = [PRIMARY, *verdict_views(sweep)]
+    lines = []
+    for g in sweep.groups:
+        if g.epochs != sweep.main_epochs or g.setting == sweep.baseline:
+            continue
+        words = {s: view_verdict(sweep, g, s) for s in views if _mean(g, f"{REL}_{s}") is not None}
+        if len(words) > 1:
+            lines.append(agreement(f"`{g.setting}`", words))
+    return lines
+
+
 def cells_table(sweep: Sweep) -> str:
     rows = []
     for g in sweep.groups:
@@ -265,6 +288,9 @@ def render_sweep_report(
     views = verdict_views(sweep)
     out += ["", "## Verdict", "", verdict(sweep, PRIMARY)]
     out += [x for s in views for x in ("", verdict(sweep, s))]
+    agree = agreement_lines(sweep)
+    if agree:
+        out += ["", f"**Across views** ({sweep.main_epochs}-epoch runs):", "", *agree]
     if views:
         out += ["", views_note()]
     out += ["", "## Accuracy and calibration", "", accuracy_table(sweep)]

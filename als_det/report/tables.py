@@ -1,5 +1,5 @@
 """Every table of the reports, through `tabulate`: Markdown (pipe) tables of pre-formatted cells,
-one way to show a missing value and one to show a mean ± std."""
+one way to show a missing value, an interval and a mean ± std."""
 
 from __future__ import annotations
 
@@ -43,12 +43,9 @@ def lookup(d: dict[str, Any], *keys: str) -> Any:
     return d
 
 
-def with_interval(h: dict[str, Any] | None, key: str) -> str:
-    """`h[key]` with its 95% interval from `h["intervals_95"]`, if any."""
-    if not h or h.get(key) is None:
-        return MISSING
-    iv = h.get("intervals_95", {}).get(key)
-    return f"{h[key]:.3f}" + (f" ({iv[0]:.3f}-{iv[1]:.3f})" if iv else "")
+def interval_cell(iv: Sequence[float] | None, spec: str = ".3f") -> str:
+    """A 95% interval as `[low, high]` (in `spec`); MISSING without one."""
+    return MISSING if not iv else f"[{format(iv[0], spec)}, {format(iv[1], spec)}]"
 
 
 def _absent(v: float | None) -> bool:

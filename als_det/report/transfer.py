@@ -8,7 +8,8 @@ from pathlib import Path
 from typing import Any
 
 from als_det.io import atomic_write_json, atomic_write_text
-from als_det.report.tables import cell, lookup, markdown_table
+from als_det.report.headline import chance_words
+from als_det.report.tables import MISSING, cell, lookup, markdown_table
 
 PROTOCOL_TITLES = {
     "linear_probe": "linear probe",
@@ -27,9 +28,64 @@ LIMITS = (
 )
 
 
+def _direction(interval: list[float]) -> str:
+    """What the interval of a top-1 difference says: above 0 / includes 0 / below 0."""
+    low, high = interval
+    return "higher" if low > 0 else ("lower" if high < 0 else "alike")
+
+
+def _differences(results: dict[str, Any], protocols: list[str]) -> list[str]:
+    """A row per model and protocol: the top-1 difference from the baseline, its interval and what
+    it says; a model or baseline at or near chance on the downstream val images gets no verdict."""
+    models, comps, opts = results["models"], results["comparisons"], results["options"]
+    base, k = comps["baseline"], len(results["data"]["classes"])
+    rows, notes = [], []
+    for name in (n for n in models if n != base):
+        for p in protocols:
+            c = lookup(comps, "protocols", p, name)
+            if c is None:
+                rows.append([name, PROTOCOL_TITLES[p], MISSING, MISSING, MISSING])
+                continue
+            scores = {n: (models[n][p]["top1"], models[n][p]["n"], k) for n in (name, base)}
+            chance = chance_words(
+                scores,
+                f"downstream val by {PROTOCOL_TITLES[p]}",
+                "{its} top-1 says nothing about how well the backbone transfers",
+            )
+            if chance:
+                notes.append(f"- {name} vs {base}, {PROTOCOL_TITLES[p]}: {chance}")
+            iv = c["interval"]
+            rows.append(
+                [
+                    name,
+                    PROTOCOL_TITLES[p],
+                    f"{c['delta']:+.3f}",
+                    f"[{iv[0]:+.3f}, {iv[1]:+.3f}]",
+                    "at chance" if chance else _direction(iv),
+                ]
+            )
+    return [
+        f"## Differences from {base}",
+        "",
+        f"Top-1 minus {base}'s, with 95% intervals: {comps['method']} ({opts['n_boot']} "
+        f"resamples, seed {opts['seed']}). Verdict: the interval lies above 0 (higher) / includes "
+        "0 (alike) / lies below 0 (lower); at chance: the model or the baseline is at or near "
+        "chance on the downstream val images (docs/als.md, \"No verdict from a model at or near "
+        'chance"), no verdict.',
+        "",
+        markdown_table(
+            rows,
+            ["model", "protocol", f"Δ top-1 vs {base}", "95% interval", "verdict"],
+            colalign=("left", "left", "right", "right", "left"),
+        ),
+        "",
+        *notes,
+        *([""] if notes else []),
+    ]
+
+
 def render_transfer_report(results: dict[str, Any]) -> str:
     models = results["models"]
-    comps = results["comparisons"]
     protocols = [p for p in PROTOCOL_TITLES if any(p in m for m in models.values())]
     data = results["data"]
     opts = results["options"]
@@ -90,28 +146,7 @@ def render_transfer_report(results: dict[str, Any]) -> str:
         )
     lines += [f"- {r}" for r in recipe] + [""]
     if len(models) > 1:
-        base = comps["baseline"]
-        lines += [
-            f"## Differences from {base}",
-            "",
-            f"Top-1 minus {base}'s, with 95% intervals: {comps['method']} "
-            f"({opts['n_boot']} resamples, seed {opts['seed']}).",
-            "",
-        ]
-        rows = []
-        for name in models:
-            if name == base:
-                continue
-            row = [name]
-            for p in protocols:
-                c = lookup(comps, "protocols", p, name)
-                row.append(
-                    "n/a"
-                    if c is None
-                    else f"{c['delta']:+.3f} ({c['interval'][0]:+.3f} to {c['interval'][1]:+.3f})"
-                )
-            rows.append(row)
-        lines += [markdown_table(rows, ["model", *(PROTOCOL_TITLES[p] for p in protocols)]), ""]
+        lines += _differences(results, protocols)
     lines += [LIMITS, ""]
     return "\n".join(lines)
 
