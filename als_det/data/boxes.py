@@ -56,7 +56,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from als_det.data import index_cache
+from als_det.data import index_cache, pack
 from als_det.data.annotations import (
     BoxFile,
     DataError,
@@ -91,13 +91,18 @@ CACHE_SUBDIR = ".als_det_cache"
 @dataclass
 class ImageRecord:
     """One image: its path, class index, labelled-class boxes (float32 (N, 4), x0 y0 x1 y1 in the
-    decoded image's pixels) and its displayed size (EXIF orientation applied, `image_size`)."""
+    decoded image's pixels) and its displayed size (EXIF orientation applied, `image_size`); for
+    a packed split (`als_det.data.pack`) its pack file, extent there and SHA-1."""
 
     path: str
     label: int
     boxes: np.ndarray
     width: int
     height: int
+    pack: str = ""
+    offset: int = 0
+    length: int = 0
+    sha1: bytes = b""
 
 
 def _is_image(name: str) -> bool:
@@ -210,6 +215,8 @@ def layout_problems(
     labels file), and a box source (without one every image follows the no-box policy)."""
     root = Path(root)
     split_dir = root / split
+    if pack.is_packed(root, split):
+        return _packed_problems(root, split, boxes, val_labels)
     if not split_dir.is_dir():
         return [f"image folder {split_dir} does not exist"]
     problems = []
@@ -225,6 +232,22 @@ def layout_problems(
     else:
         if kind == "none":
             problems.append(f"no boxes: {root / 'Annotation' / split} does not exist")
+    return problems
+
+
+def _packed_problems(root: Path, split: str, boxes: str, val_labels: str) -> list[str]:
+    """What makes a packed split unusable as given: a folder of the same name beside it, or a
+    box source or labels file (the pack's index carries its labels and boxes)."""
+    problems = []
+    if (root / split).exists():
+        problems.append(
+            f"{root} holds both {split}/ and {pack.pack_path(root, split).name}: keep one"
+        )
+    if boxes or val_labels:
+        problems.append(
+            f"{pack.index_path(root, split)} carries the split's labels and boxes: a box source "
+            f"or labels file does not apply to it (got {boxes or val_labels!r})"
+        )
     return problems
 
 
@@ -362,7 +385,9 @@ def build_index(
     """Index `root/split` with its boxes; cached under `cache_dir` (default ROOT/.als_det_cache,
     not written when ROOT is marked read-only).
 
-    The cache (`als_det.data.index_cache`: arrays only, no pickle) is keyed by the arguments and
+    A packed split (`ROOT/<split>.pack`, `als_det.data.pack`) is read from its pack index
+    instead, which needs no cache. The cache (`als_det.data.index_cache`: arrays only, no pickle)
+    is keyed by the arguments and
     checked on load against the name, size and mtime of every file in the image and box folders
     (and of the labels/CSV files), so any added, removed or edited file rebuilds it, with the
     reason logged; it is written atomically. `classes` fixes the class list (val must use
@@ -370,6 +395,13 @@ def build_index(
     """
     root = Path(root).resolve()
     classes = list(classes) if classes is not None else None
+    if pack.is_packed(root, split):
+        problems = _packed_problems(root, split, boxes, val_labels)
+        if problems:
+            raise ValueError("; ".join(problems))
+        records, classes, report = pack.load_pack(root, split, strict, max_per_class, classes)
+        logger.info("%s", report.summary())
+        return records, classes, report
     _, box_path = _box_source(root, split, boxes)
     key = {
         "root": str(root),

@@ -34,6 +34,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from torchvision.io import ImageReadMode, decode_image, decode_jpeg
 
+from als_det.data.annotations import DataError
 from als_det.data.crops import center_crop_box
 from als_det.data.imagenet import IMAGENET_MEAN, IMAGENET_STD, ImageNetBoxes
 from als_det.data.images import TRANSPOSING_ORIENTATIONS, BadImageError, orientation_of
@@ -94,9 +95,10 @@ class EncodedImageNetBoxes(Dataset):
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int, float, float, bool, list[int]]:
         base, path = self.base, self.base.path(index)
         try:
-            with open(path, "rb") as f:
-                raw = f.read()
+            raw = base.read(index)
             fmt, mode, width, height, orientation = read_header(raw)
+        except DataError:
+            raise  # packed bytes that fail their SHA-1: an error, never a wrong or masked image
         except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
             if base.strict:
                 raise BadImageError(path, f"unreadable image header ({exc})") from exc

@@ -24,6 +24,7 @@ from als_det.data.device_decode import (
 )
 from als_det.data.generated import generate
 from als_det.data.imagenet import ImageNetBoxes
+from als_det.data.pack import is_packed
 from als_det.engine.distributed import DistInfo, all_reduce_sum, barrier
 
 
@@ -57,9 +58,10 @@ def build_data(cfg: CfgNode, info: DistInfo, out_dir: Path) -> DataBundle:
         if (turn == "main") == info.is_main:
             if cfg.DATA.GENERATE:
                 generate(root, cfg.DATA.GEN)
-            if not (root / cfg.DATA.TRAIN_SPLIT).is_dir():
+            split = cfg.DATA.TRAIN_SPLIT
+            if not (root / split).is_dir() and not is_packed(root, split):
                 raise FileNotFoundError(
-                    f"DATA.ROOT {root} has no '{cfg.DATA.TRAIN_SPLIT}' folder "
+                    f"DATA.ROOT {root} has no '{split}' folder nor {split}.pack "
                     "(set DATA.GENERATE True to make the demo data there)"
                 )
             cache = index_cache_dir(cfg.DATA.ROOT, out_dir / "index_cache", cfg.DATA.CACHE_DIR)
