@@ -4,6 +4,7 @@ breaks it), the counted CPU fallbacks, EXIF orientation, and a short training pe
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import logging
 import re
@@ -36,6 +37,7 @@ REPO = Path(__file__).resolve().parents[1]
 # On the CPU both paths decode with libjpeg-turbo (bit-identical pixels); PIL's and torchvision's
 # antialiased bilinear resizes of uint8 images round differently by at most one grey level.
 TOLERANCE = 1.0  # grey levels of 255, per pixel and channel
+DALI_TOLERANCE = 1.0
 _STD = torch.tensor(IMAGENET_STD).view(3, 1, 1) * 255
 
 
@@ -244,6 +246,31 @@ def test_a_short_training_per_path_has_the_same_mean_coverage(
     assert tb and tb[0].stat().st_size > 0
 
 
+DALI = importlib.util.find_spec("nvidia") and importlib.util.find_spec("nvidia.dali")
+
+
+@pytest.mark.skipif(not DALI, reason="NVIDIA DALI (the dali extra) is not installed")
+@pytest.mark.parametrize("train_split", [True, False])
+def test_dali_gives_the_crops_and_coverages_of_the_workers_path(tiny, train_split: bool) -> None:
+    """DALI's CPU pipeline (ROI decode, resize, flip, normalise) on the workers' crop windows."""
+    from als_det.data.dali_decode import DALI_FALLBACK_NAMES, DaliDecoder
+
+    train_records, val_records, classes = tiny
+    ds = ImageNetBoxes(train_records if train_split else val_records, classes, train_split, 32)
+    ds.set_epoch(3)
+    encoded = EncodedImageNetBoxes(ds)
+    batch = encoded.collate([encoded[i] for i in range(len(ds))])
+    decoder = DaliDecoder(ds, torch.device("cpu"), True, batch_size=len(ds))
+    images, labels, cov, obj, has_box = decoder(batch)
+    ref = [ds[i] for i in range(len(ds))]
+    assert labels.tolist() == [r[1] for r in ref]
+    assert cov.tolist() == [r[2] for r in ref] and obj.tolist() == [r[3] for r in ref]
+    assert images.is_contiguous(memory_format=torch.channels_last)
+    assert _pixel_diff(images, torch.stack([r[0] for r in ref])).max() <= DALI_TOLERANCE
+    assert decoder.take_counts() == dict.fromkeys(DALI_FALLBACK_NAMES, 0)
+
+
+@pytest.mark.skipif(bool(DALI), reason="NVIDIA DALI is installed")
 def test_dali_without_dali_is_a_clear_error(tiny_imagenet: Path, tmp_path: Path) -> None:
     cfg = load_config(CONFIG, _opts(tiny_imagenet, tmp_path / "dali", "dali", 0))
     with pytest.raises(ValueError, match=r"NVIDIA DALI.*pip install -e '\.\[dali\]'"):
