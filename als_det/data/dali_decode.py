@@ -110,7 +110,7 @@ class DaliDecoder(DeviceDecoder):
                 anchor = fn.external_source(name="anchor", dtype=types.INT32, ndim=1)
                 images = fn.decoders.image(data, **decode)
                 images = fn.resize(images, resize_x=resize_x, resize_y=resize_y, **resize)
-                images = fn.slice(images, anchor, np.array([size, size], np.int32))
+                images = fn.slice(images, start=anchor, shape=[size, size], axis_names="WH")
                 mirror = 0
             images = fn.crop_mirror_normalize(
                 images,
