@@ -30,6 +30,7 @@ from collections import Counter
 import numpy as np
 import torch
 
+from als_det.data.crops import resize_center_crop
 from als_det.data.device_decode import FALLBACK_NAMES, GEOMETRY, ON_DEVICE, DeviceDecoder
 from als_det.data.imagenet import IMAGENET_MEAN, IMAGENET_STD, ImageNetBoxes
 
@@ -135,13 +136,9 @@ class DaliDecoder(DeviceDecoder):
                 feed.setdefault("shape", []).append(np.array([g["w"], g["h"]], np.int32))
                 feed.setdefault("mirror", []).append(np.array(g["flip"], np.int32))
                 continue
-            # torchvision's Resize(val_resize) then CenterCrop(size), as `center_crop_box`
-            width, height, resize = g["width"], g["height"], self.base.val_resize
-            if width <= height:
-                new_w, new_h = resize, int(resize * height / width)
-            else:
-                new_w, new_h = int(resize * width / height), resize
-            top, left = int(round((new_h - size) / 2.0)), int(round((new_w - size) / 2.0))
+            new_w, new_h, top, left = resize_center_crop(
+                g["width"], g["height"], self.base.val_resize, size
+            )
             feed.setdefault("resize_x", []).append(np.array(new_w, np.float32))
             feed.setdefault("resize_y", []).append(np.array(new_h, np.float32))
             feed.setdefault("anchor", []).append(np.array([left, top], np.int32))
