@@ -37,7 +37,10 @@ REPO = Path(__file__).resolve().parents[1]
 # On the CPU both paths decode with libjpeg-turbo (bit-identical pixels); PIL's and torchvision's
 # antialiased bilinear resizes of uint8 images round differently by at most one grey level.
 TOLERANCE = 1.0  # grey levels of 255, per pixel and channel
-DALI_TOLERANCE = 1.0
+# DALI's CPU pipeline (libjpeg-turbo too): the same within one grey level but on a train crop's
+# outermost rows and columns when it is scaled down, where DALI's antialiasing filter replicates
+# the edge and PIL's renormalises its weights (measured: up to 10 grey levels there).
+DALI_BORDER_TOLERANCE = 12.0
 _STD = torch.tensor(IMAGENET_STD).view(3, 1, 1) * 255
 
 
@@ -266,8 +269,16 @@ def test_dali_gives_the_crops_and_coverages_of_the_workers_path(tiny, train_spli
     assert labels.tolist() == [r[1] for r in ref]
     assert cov.tolist() == [r[2] for r in ref] and obj.tolist() == [r[3] for r in ref]
     assert images.is_contiguous(memory_format=torch.channels_last)
-    assert _pixel_diff(images, torch.stack([r[0] for r in ref])).max() <= DALI_TOLERANCE
+    want = torch.stack([r[0] for r in ref])
+    inner = (slice(None), slice(None), slice(1, -1), slice(1, -1))
+    assert _pixel_diff(images[inner], want[inner]).max() <= TOLERANCE
+    assert _pixel_diff(images, want).max() <= DALI_BORDER_TOLERANCE
     assert decoder.take_counts() == dict.fromkeys(DALI_FALLBACK_NAMES, 0)
+    if train_split:  # the drawn flip reaches DALI: a wrong one fails the check
+        geometry = batch[6].clone()
+        geometry[:, 5] = 1 - geometry[:, 5]
+        flipped = decoder((*batch[:6], geometry))[0]
+        assert (_pixel_diff(flipped[inner], want[inner]) > TOLERANCE).all()
 
 
 @pytest.mark.skipif(bool(DALI), reason="NVIDIA DALI is installed")
