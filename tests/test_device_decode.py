@@ -42,6 +42,7 @@ TOLERANCE = 1.0  # grey levels of 255, per pixel and channel
 # the edge and PIL's renormalises its weights (measured: up to 10 grey levels there).
 DALI_BORDER_TOLERANCE = 12.0
 _STD = torch.tensor(IMAGENET_STD).view(3, 1, 1) * 255
+DALI = importlib.util.find_spec("nvidia") and importlib.util.find_spec("nvidia.dali")
 
 
 @pytest.fixture(scope="module")
@@ -225,12 +226,17 @@ def test_a_short_training_per_path_has_the_same_mean_coverage(
         _relay([*argv, *_opts(tiny_imagenet, tmp_path / "device", "device", 1)], stage_log, False)
         == 0
     )
+    paths = ["workers", "device"]
+    if DALI:  # where the dali extra is installed, its CPU pipeline too
+        train(load_config(CONFIG, _opts(tiny_imagenet, tmp_path / "dali", "dali", 0)))
+        paths.append("dali")
     rows = {
         d: [json.loads(line) for line in (tmp_path / d / "metrics.jsonl").read_text().splitlines()]
-        for d in ("workers", "device")
+        for d in paths
     }
     for key in ("mean_coverage", "mean_object_coverage", "images"):
-        assert [r[key] for r in rows["device"]] == [r[key] for r in rows["workers"]], key
+        for d in paths[1:]:
+            assert [r[key] for r in rows[d]] == [r[key] for r in rows["workers"]], (d, key)
     assert len(rows["device"]) == 2
     fallbacks = ("decode_cpu_not_jpeg", "decode_cpu_cmyk", "decode_cpu_device_refused")
     assert all(r[k] == 0 for r in rows["device"] for k in fallbacks)
@@ -238,6 +244,11 @@ def test_a_short_training_per_path_has_the_same_mean_coverage(
     assert record["device"]["decode"] == "device" and record["workers"]["decode"] == "workers"
     assert record["device"]["decode_fallbacks"] == dict.fromkeys(fallbacks, 0)
     assert "decode_fallbacks" not in record["workers"]
+    if DALI:
+        assert record["dali"]["decode"] == "dali"
+        assert record["dali"]["decode_fallbacks"] == dict.fromkeys(
+            (*fallbacks, "decode_not_dali_exif", "decode_not_dali_refused"), 0
+        )
     line = re.compile(
         r"^\[[^]]+ als_det\.engine\.iteration_log\]: epoch (\d)/2 iter (\d)/4: [\d.]+ img/s, "
         r"data wait \d+% of step time, ETA \d+:\d\d:\d\d \(training\), peak memory [\d.]+ GiB "
@@ -247,9 +258,6 @@ def test_a_short_training_per_path_has_the_same_mean_coverage(
     assert found == [("1", "2"), ("1", "4"), ("2", "2"), ("2", "4")]
     tb = list((tmp_path / "device" / "tb" / "iterations").glob("events.out.tfevents.*"))
     assert tb and tb[0].stat().st_size > 0
-
-
-DALI = importlib.util.find_spec("nvidia") and importlib.util.find_spec("nvidia.dali")
 
 
 @pytest.mark.skipif(not DALI, reason="NVIDIA DALI (the dali extra) is not installed")
