@@ -289,6 +289,36 @@ def test_dali_gives_the_crops_and_coverages_of_the_workers_path(tiny, train_spli
         assert (_pixel_diff(flipped[inner], want[inner]) > TOLERANCE).all()
 
 
+@pytest.mark.skipif(not DALI, reason="NVIDIA DALI (the dali extra) is not installed")
+def test_dali_leaves_exif_rotated_and_refused_jpegs_to_the_device_path(
+    tiny_imagenet: Path, tmp_path: Path
+) -> None:
+    from als_det.data.dali_decode import DaliDecoder
+
+    photo = _rgb_photo(tiny_imagenet)
+    photo.save(tmp_path / "rgb.JPEG", quality=95)
+    good = (tmp_path / "rgb.JPEG").read_bytes()
+    (tmp_path / "truncated.JPEG").write_bytes(good[: len(good) // 2])
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    photo.crop((0, 0, 64, 48)).save(tmp_path / "exif.JPEG", quality=95, exif=exif)
+    for names, labels, counts in (
+        (["rgb", "exif"], [0, 0], {"decode_not_dali_exif": 1, "decode_not_dali_refused": 0}),
+        (["rgb", "truncated"], [0, -1], {"decode_not_dali_exif": 0, "decode_not_dali_refused": 2}),
+    ):
+        paths = [str(tmp_path / f"{n}.JPEG") for n in names]
+        records = [ImageRecord(p, 0, np.zeros((0, 4), np.float32), 64, 64) for p in paths]
+        ds = ImageNetBoxes(records, ["n0"], train=False, image_size=32, val_resize=36)
+        encoded = EncodedImageNetBoxes(ds)
+        batch = encoded.collate([encoded[i] for i in range(len(ds))])
+        decoder = DaliDecoder(ds, torch.device("cpu"), batch_size=4)
+        images, got, *_ = decoder(batch)
+        assert got.tolist() == labels
+        assert {k: v for k, v in decoder.take_counts().items() if "dali" in k} == counts
+        want = DeviceDecoder(ds, torch.device("cpu"))(batch)[0]
+        assert _pixel_diff(images, want).max() <= TOLERANCE  # the rotation applied
+
+
 @pytest.mark.skipif(bool(DALI), reason="NVIDIA DALI is installed")
 def test_dali_without_dali_is_a_clear_error(tiny_imagenet: Path, tmp_path: Path) -> None:
     cfg = load_config(CONFIG, _opts(tiny_imagenet, tmp_path / "dali", "dali", 0))

@@ -12,9 +12,10 @@ crop windows to a DALI pipeline through `fn.external_source`:
   val    `fn.decoders.image` -> `fn.resize` (shorter side to `val_resize`, torchvision's sizes)
          -> `fn.slice` (the centre crop, torchvision's offsets) -> `fn.crop_mirror_normalize`
 
-DALI's own random-crop operators do not return their window, so they cannot serve ALS. DALI 1.x's
-decoders disregard EXIF orientation: a JPEG with an orientation other than 1 is decoded by the
-`device` path's code (torchvision, on the same device) and counted (`decode_not_dali_exif`). One
+DALI's own random-crop operators do not return their window, so they cannot serve ALS. DALI's
+handling of EXIF orientation differs between versions (1.x's decoders disregard it), so a JPEG
+with an orientation other than 1 is decoded by the `device` path's code (torchvision, on the same
+device) and counted (`decode_not_dali_exif`). One
 undecodable file fails a DALI run: that batch's JPEGs then go through the `device` path's code one
 by one (undecodable ones become label -1, or `BadImageError` with `strict`), counted
 (`decode_not_dali_refused`). Non-JPEG and CMYK files take the `device` path's counted CPU route.
@@ -166,7 +167,7 @@ class DaliDecoder(DeviceDecoder):
         except RuntimeError as exc:
             logger.warning(
                 "DALI refused a batch (%s); decoding its %d JPEGs one by one instead",
-                str(exc).splitlines()[0] if str(exc) else type(exc).__name__,
+                " ".join(str(exc).split())[:300] or type(exc).__name__,
                 len(mine),
             )
             self.counts[NOT_DALI_REFUSED] += len(mine)
