@@ -4,6 +4,7 @@ images and coverages unchanged, and a truncated or altered pack is an error, nev
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import runpy
 import shutil
@@ -92,8 +93,8 @@ def test_the_packed_copy_indexes_as_the_folder_copy(copies, tmp_path: Path) -> N
 
 
 def test_every_decode_path_reads_the_pack_unchanged(copies, tmp_path: Path) -> None:
-    """workers (PIL from the pack's bytes) and device: per-sample coverage and pixels equal to
-    the folder copy's, exactly (the same bytes); train crops and val centre crops."""
+    """workers (PIL from the pack's bytes), device and (where installed) dali: per-sample coverage
+    and pixels equal to the folder copy's, exactly (the same bytes); train and val crops."""
     for split in ("train", "val"):
         sets = {}
         for name, root in copies.items():
@@ -108,13 +109,19 @@ def test_every_decode_path_reads_the_pack_unchanged(copies, tmp_path: Path) -> N
         for i in range(len(folder)):
             a, b = folder[i], packed[i]
             assert torch.equal(a[0], b[0]) and a[1:] == b[1:]
-        device = []
-        for ds in (folder, packed):
-            encoded = EncodedImageNetBoxes(ds)
-            batch = encoded.collate([encoded[i] for i in range(len(ds))])
-            device.append(DeviceDecoder(ds, torch.device("cpu"))(batch))
-        for x, y in zip(*device):
-            assert torch.equal(x, y)
+        decoders = [DeviceDecoder]
+        if importlib.util.find_spec("nvidia") and importlib.util.find_spec("nvidia.dali"):
+            from als_det.data.dali_decode import DaliDecoder
+
+            decoders.append(DaliDecoder)
+        for decoder in decoders:
+            out = []
+            for ds in (folder, packed):
+                encoded = EncodedImageNetBoxes(ds)
+                batch = encoded.collate([encoded[i] for i in range(len(ds))])
+                out.append(decoder(ds, torch.device("cpu"))(batch))
+            for x, y in zip(*out):
+                assert torch.equal(x, y), decoder.__name__
 
 
 def test_a_truncated_or_altered_pack_is_an_error(copies, tmp_path: Path) -> None:
