@@ -251,6 +251,54 @@ def _packed_problems(root: Path, split: str, boxes: str, val_labels: str) -> lis
     return problems
 
 
+def _load_packed(
+    root: Path, split: str, strict: bool, max_per_class: int, classes: list[str] | None
+) -> tuple[list[ImageRecord], list[str], IndexReport]:
+    """A packed split's records (the first `max_per_class` of each class, if set), class list
+    (`classes` fixes it: labels are mapped by name, images of other classes skipped as
+    `unknown_class_folder`) and report, from its index (`als_det.data.pack`)."""
+    data = pack.read_index(root, split)
+    meta, where = data["meta"], pack.pack_path(root, split)
+    report = IndexReport(**meta["report"])
+    report.box_source = f"pack index: {pack.index_path(root, split)}"
+    if strict and report.skipped:
+        reason, files = sorted(report.skipped.items())[0]
+        raise DataError(f"{files[0]}: {reason.replace('_', ' ')} (skipped when {where} was packed)")
+    own = list(meta["classes"])
+    classes = own if classes is None else classes
+    position = {c: i for i, c in enumerate(classes)}
+    records: list[ImageRecord] = []
+    per_class: dict[int, int] = {}
+    off = data["box_offsets"]
+    for i, name in enumerate(data["names"]):
+        path, wnid = f"{where}/{name}", own[int(data["labels"][i])]
+        if wnid not in position:
+            report.skip("unknown_class_folder", path, strict, "not in the class list")
+            continue
+        label = position[wnid]
+        per_class[label] = per_class.get(label, 0) + 1
+        if max_per_class and per_class[label] > max_per_class:
+            continue
+        (offset, length), (width, height) = data["extents"][i], data["sizes"][i]
+        records.append(
+            ImageRecord(
+                path,
+                label,
+                data["boxes"][off[i] : off[i + 1]],
+                int(width),
+                int(height),
+                pack=str(where),
+                offset=int(offset),
+                length=int(length),
+                sha1=data["sha1"][i].tobytes(),
+            )
+        )
+    report.images = len(records)
+    report.with_boxes = sum(bool(len(r.boxes)) for r in records)
+    report.boxes = sum(len(r.boxes) for r in records)
+    return records, classes, report
+
+
 def _build(
     root: Path,
     split: str,
@@ -399,7 +447,7 @@ def build_index(
         problems = _packed_problems(root, split, boxes, val_labels)
         if problems:
             raise ValueError("; ".join(problems))
-        records, classes, report = pack.load_pack(root, split, strict, max_per_class, classes)
+        records, classes, report = _load_packed(root, split, strict, max_per_class, classes)
         logger.info("%s", report.summary())
         return records, classes, report
     _, box_path = _box_source(root, split, boxes)

@@ -9,11 +9,11 @@ end in one file, with an index of arrays, in place of many small files on a netw
                                  index's report and the pack's size in bytes
 
 The index is the box index (`als_det.data.boxes.build_index`) of the split folder it was packed
-from, so `build_index` on the packed root gives the same samples, labels, sizes and boxes, in the
-same order, as on the folder; a record's `path` is `ROOT/<split>.pack/<name>` (named in
-messages), its bytes come from `PackReader`. A pack whose size differs from its index's record
-(truncated, appended to) is refused when indexed; an entry whose bytes fail its SHA-1 is a
-`DataError` when read: never a wrong image.
+from, so `build_index` on the packed root (`read_index`) gives the same samples, labels, sizes and
+boxes, in the same order, as on the folder; a record's `path` is `ROOT/<split>.pack/<name>`
+(named in messages), its bytes come from `PackReader`. A pack whose size differs from its
+index's record (truncated, appended to) is refused when indexed; an entry whose bytes fail its
+SHA-1 is a `DataError` when read: never a wrong image.
 """
 
 from __future__ import annotations
@@ -24,15 +24,12 @@ import os
 import zipfile
 from dataclasses import asdict
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Any
 
 import numpy as np
 
 from als_det.data.annotations import DataError, IndexReport
 from als_det.io import atomic_savez
-
-if TYPE_CHECKING:
-    from als_det.data.boxes import ImageRecord
 
 PACK_SUFFIX = ".pack"
 INDEX_SUFFIX = ".pack.index.npz"
@@ -54,12 +51,12 @@ def is_packed(root: str | os.PathLike, split: str) -> bool:
 def write_pack(
     root: Path,
     split: str,
-    records: list[ImageRecord],
+    records: list,
     classes: list[str],
     report: IndexReport,
 ) -> dict[str, int]:
-    """Pack `records` (the box index of `root/split`) into `root/<split>.pack` and its index;
-    returns {"images": n, "bytes": pack size}."""
+    """Pack `records` (`ImageRecord`s: the box index of `root/split`) into `root/<split>.pack` and
+    its index; returns {"images": n, "bytes": pack size}."""
     split_dir = root / split
     names, extents, digests = [], [], []
     offset = 0
@@ -95,78 +92,31 @@ def write_pack(
     return {"images": len(records), "bytes": offset}
 
 
-def load_pack(
-    root: str | os.PathLike,
-    split: str,
-    strict: bool = False,
-    max_per_class: int = 0,
-    classes: list[str] | None = None,
-) -> tuple[list[ImageRecord], list[str], IndexReport]:
-    """`build_index`'s answer for a packed split: its records (the first `max_per_class` of each
-    class, if set), class list (`classes` fixes it: labels are mapped by name, images of other
-    classes skipped as `unknown_class_folder`) and report."""
-    from als_det.data.boxes import ImageRecord  # boxes.build_index calls this module
-
+def read_index(root: str | os.PathLike, split: str) -> dict[str, Any]:
+    """A packed split's index, checked against its pack: `names` (list), `meta` (dict), and the
+    arrays `labels`, `extents` (offset, length), `sha1`, `sizes`, `box_offsets`, `boxes`."""
     index, pack = index_path(root, split), pack_path(root, split)
     try:
         with np.load(index, allow_pickle=False) as npz:
-            data = {k: npz[k] for k in npz.files}
-        meta = json.loads(data["meta"].tobytes())
-        names = data["names"].tobytes().decode("utf-8").split("\n") if len(data["names"]) else []
-        n = len(names)
-        if meta.get("format") != PACK_FORMAT or any(
+            data: dict[str, Any] = {k: npz[k] for k in npz.files}
+        data["meta"] = json.loads(data["meta"].tobytes())
+        raw = data["names"].tobytes().decode("utf-8")
+        data["names"] = raw.split("\n") if raw else []
+        n = len(data["names"])
+        if data["meta"].get("format") != PACK_FORMAT or any(
             len(data[k]) != n for k in ("labels", "extents", "sha1", "sizes")
         ):
             raise ValueError("not a pack index of this format, or its arrays disagree")
     except (OSError, ValueError, KeyError, zipfile.BadZipFile) as exc:
         raise DataError(f"{index}: unreadable pack index ({exc})") from exc
     size = pack.stat().st_size if pack.is_file() else None
-    if size != meta["pack_bytes"]:
+    if size != data["meta"]["pack_bytes"]:
         found = "missing" if size is None else f"{size} bytes"
         raise DataError(
-            f"{pack}: {found}, but its index {index.name} records {meta['pack_bytes']} bytes "
-            "(truncated or altered); prepare the copy again"
+            f"{pack}: {found}, but its index {index.name} records {data['meta']['pack_bytes']} "
+            "bytes (truncated or altered); prepare the copy again"
         )
-    report = IndexReport(**meta["report"])
-    report.box_source = f"pack index: {index}"
-    if strict and report.skipped:
-        reason, files = sorted(report.skipped.items())[0]
-        raise DataError(f"{files[0]}: {reason.replace('_', ' ')} (skipped when {pack} was packed)")
-    own = list(meta["classes"])
-    classes = own if classes is None else list(classes)
-    position = {c: i for i, c in enumerate(classes)}
-    records: list[ImageRecord] = []
-    per_class: dict[int, int] = {}
-    off = data["box_offsets"]
-    for i, name in enumerate(names):
-        wnid = own[int(data["labels"][i])]
-        path = f"{pack}/{name}"
-        if wnid not in position:
-            report.skip("unknown_class_folder", path, strict, "not in the class list")
-            continue
-        label = position[wnid]
-        per_class[label] = per_class.get(label, 0) + 1
-        if max_per_class and per_class[label] > max_per_class:
-            continue
-        offset, length = (int(v) for v in data["extents"][i])
-        width, height = (int(v) for v in data["sizes"][i])
-        records.append(
-            ImageRecord(
-                path,
-                label,
-                data["boxes"][off[i] : off[i + 1]],
-                width,
-                height,
-                pack=str(pack),
-                offset=offset,
-                length=length,
-                sha1=data["sha1"][i].tobytes(),
-            )
-        )
-    report.images = len(records)
-    report.with_boxes = sum(bool(len(r.boxes)) for r in records)
-    report.boxes = sum(len(r.boxes) for r in records)
-    return records, classes, report
+    return data
 
 
 class PackReader:
