@@ -9,6 +9,7 @@ import json
 import runpy
 import shutil
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -19,6 +20,7 @@ from als_det.data.boxes import build_index, layout_problems
 from als_det.data.device_decode import DeviceDecoder, EncodedImageNetBoxes
 from als_det.data.imagenet import ImageNetBoxes
 from als_det.data.pack import index_path, pack_path
+from als_det.experiment.estimate import _pretrain_images
 
 REPO = Path(__file__).resolve().parents[1]
 main = runpy.run_path(str(REPO / "tools" / "prepare_imagenet.py"))["main"]
@@ -90,6 +92,8 @@ def test_the_packed_copy_indexes_as_the_folder_copy(copies, tmp_path: Path) -> N
             assert np.array_equal(a.boxes, b.boxes)
     one, _, _ = build_index(packed, "train", max_per_class=1)
     assert [r.label for r in one] == list(range(CLASSES))
+    data = SimpleNamespace(ROOT=str(packed), TRAIN_SPLIT="train", MAX_PER_CLASS=2)
+    assert _pretrain_images(SimpleNamespace(DATA=data), False)[0] == CLASSES * 2  # the dry run's
 
 
 def test_every_decode_path_reads_the_pack_unchanged(copies, tmp_path: Path) -> None:
