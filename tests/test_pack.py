@@ -148,3 +148,12 @@ def test_a_truncated_or_altered_pack_is_an_error(copies, tmp_path: Path) -> None
     index_path(broken, "train").write_bytes(b"not an index")
     with pytest.raises(DataError, match="unreadable pack index"):
         build_index(broken, "train")
+
+
+def test_a_split_without_class_folders_is_refused(tiny_imagenet: Path, tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    (src / "val").mkdir(parents=True)
+    (src / "val" / "a.JPEG").symlink_to(next((tiny_imagenet / "val").rglob("*.JPEG")))
+    argv = ["--src", str(src), "--out", str(tmp_path / "out"), "--max-side", "48", "--pack"]
+    assert main([*argv, "--workers", "1"]) == 2
+    assert not (tmp_path / "out").exists() and [p.name for p in tmp_path.iterdir()] == ["src"]
