@@ -9,6 +9,9 @@ Layouts (ILSVRC2012 as users have it):
           a folder of XMLs, `<dir>/<wnid>/<stem>.xml` or flat `<dir>/<stem>.xml`
           (ILSVRC2012_bbox_train_v2 / _val_v3); or a Kaggle `LOC_*_solution.csv`
           (`ImageId,PredictionString` with `wnid x0 y0 x1 y1 ...`).
+  packed  `ROOT/<split>.pack` with `ROOT/<split>.pack.index.npz` (`tools/prepare_imagenet.py
+          --pack`, `als_det.data.pack`): images, labels and boxes as indexed from the class
+          folders it was packed from.
 VOC corners are inclusive pixels and are read as (xmin, ymin, xmax + 1, ymax + 1); boxes are scaled
 when the XML `<size>` differs from the image's size, clipped to the image, and empty ones are
 dropped. Images without a box file keep `N == 0` boxes (the no-box policy applies in training).
@@ -435,11 +438,10 @@ def build_index(
 
     A packed split (`ROOT/<split>.pack`, `als_det.data.pack`) is read from its pack index
     instead, which needs no cache. The cache (`als_det.data.index_cache`: arrays only, no pickle)
-    is keyed by the arguments and
-    checked on load against the name, size and mtime of every file in the image and box folders
-    (and of the labels/CSV files), so any added, removed or edited file rebuilds it, with the
-    reason logged; it is written atomically. `classes` fixes the class list (val must use
-    train's); by default it is the sorted class folder names.
+    is keyed by the arguments and checked on load against the name, size and mtime of every file
+    in the image and box folders (and of the labels/CSV files), so any added, removed or edited
+    file rebuilds it, with the reason logged; it is written atomically. `classes` fixes the class
+    list (val must use train's); by default it is the sorted class folder names.
     """
     root = Path(root).resolve()
     classes = list(classes) if classes is not None else None
