@@ -1,14 +1,15 @@
 """`DATA.DECODE device`: DataLoader workers read each file's bytes and header and draw the crop;
 the training device decodes, crops, resizes, flips and normalises the batch.
 
-Workers (`EncodedImageNetBoxes`) never decode pixels: they read the file, parse its header (size,
-format, colour mode, EXIF orientation) and draw the crop through `ImageNetBoxes.train_crop` with
-the (EXIF-applied) header size, so crops, coverage and object coverage are exactly those of the
-`workers` path. `DeviceDecoder` then decodes the batch's JPEGs with one
-`torchvision.io.decode_jpeg` call on the device (nvJPEG on CUDA, libjpeg-turbo on the CPU),
-applies each image's EXIF orientation, and on the same device crops, resizes (bilinear,
-antialiased, from uint8 as PIL does), flips, normalises, casts to float32 and applies
-channels_last. The validation split resizes the shorter side and centre-crops, as `ImageNetBoxes`.
+Workers (`EncodedImageNetBoxes`) never decode pixels: they read the file (`ImageNetBoxes.read`:
+from its pack for a packed split), parse its header (size, format, colour mode, EXIF orientation)
+and draw the crop through `ImageNetBoxes.train_crop` with the (EXIF-applied) header size, so
+crops, coverage and object coverage are exactly those of the `workers` path. `DeviceDecoder`
+then decodes the batch's JPEGs with one `torchvision.io.decode_jpeg` call on the device (nvJPEG
+on CUDA, libjpeg-turbo on the CPU), applies each image's EXIF orientation, and on the same device
+crops, resizes (bilinear, antialiased, from uint8 as PIL does), flips, normalises, casts to
+float32 and applies channels_last. The validation split resizes the shorter side and
+centre-crops, as `ImageNetBoxes`.
 
 Files nvJPEG cannot take go through the CPU one image at a time and are counted
 (`FALLBACK_NAMES`): a non-JPEG file with a JPEG name (ImageNet holds PNGs named .JPEG), a CMYK
