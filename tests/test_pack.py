@@ -157,3 +157,19 @@ def test_a_split_without_class_folders_is_refused(tiny_imagenet: Path, tmp_path:
     argv = ["--src", str(src), "--out", str(tmp_path / "out"), "--max-side", "48", "--pack"]
     assert main([*argv, "--workers", "1"]) == 2
     assert not (tmp_path / "out").exists() and [p.name for p in tmp_path.iterdir()] == ["src"]
+
+
+def test_what_packing_skipped_is_reported_and_refused_when_strict(
+    tiny_imagenet: Path, tmp_path: Path
+) -> None:
+    src = _few(tiny_imagenet, tmp_path / "src")
+    wnid = sorted(p.name for p in (src / "train").iterdir())[0]
+    (src / "train" / wnid / "zz_broken.JPEG").write_bytes(b"not an image")
+    out = tmp_path / "out"
+    argv = ["--src", str(src), "--out", str(out), "--max-side", "48", "--workers", "1", "--pack"]
+    assert main(argv) == 0
+    records, _, report = build_index(out, "train")
+    assert len(records) == CLASSES * TRAIN
+    assert report.skipped == {"corrupt_image": [f"train/{wnid}/zz_broken.JPEG"]}
+    with pytest.raises(DataError, match="zz_broken.JPEG: corrupt image .skipped when .*packed"):
+        build_index(out, "train", strict=True)
