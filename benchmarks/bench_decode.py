@@ -8,7 +8,12 @@ same images and the same crops (seed, epoch):
   device_cpu       `EncodedImageNetBoxes[i]` (read bytes + header, draw the crop), the collate,
                    then `DeviceDecoder` on the CPU (libjpeg-turbo batch decode, crop, resize, ...):
                    `DATA.DECODE device` when the device is the CPU
-  prepared_*       the same two paths on a copy made by `tools/prepare_imagenet.py --max-side N`
+  dali_cpu         `EncodedImageNetBoxes`, the collate, then `DaliDecoder` on the CPU (DALI's
+                   CPU pipeline: ROI decode, resize, flip, normalise): `DATA.DECODE dali` when
+                   the device is the CPU; only where DALI (the `dali` extra) is installed
+  prepared_*       the same paths on a copy made by `tools/prepare_imagenet.py --max-side N`
+  packed_*         the same paths on that copy packed (`--pack`: one file per split, read with
+                   `os.pread`; the same bytes as `prepared_*`, so the difference is the reading)
 
 Default photos: ../shared/data/coco-mini (COCO 2017, about 640x480), all of train2017 and val2017.
 Each path runs `--repeats` passes, interleaved; the table shows the median images/s, and the
@@ -22,6 +27,7 @@ Measure on a quiet machine: a loaded one says nothing.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 import platform
 import statistics
@@ -32,7 +38,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from als_det.data.boxes import IMAGE_EXTENSIONS, ImageRecord
+from als_det.data.boxes import IMAGE_EXTENSIONS, ImageRecord, build_index
 from als_det.data.device_decode import DeviceDecoder, EncodedImageNetBoxes
 from als_det.data.imagenet import ImageNetBoxes
 from als_det.data.prepare import prepare_imagenet
@@ -59,21 +65,37 @@ def _tree(photos: list[ImageRecord], root: Path) -> Path:
     return root
 
 
-def _workers(ds: ImageNetBoxes, batch: int) -> int:
+def _workers(ds: ImageNetBoxes, batch: int) -> float:
+    """Seconds for every image of `ds` (each path times only its loop, not its set-up)."""
+    t0 = time.perf_counter()
     for i in range(len(ds)):
         ds[i]
-    return len(ds)
+    return time.perf_counter() - t0
 
 
-def _device_cpu(ds: ImageNetBoxes, batch: int) -> int:
-    encoded, decoder = EncodedImageNetBoxes(ds), DeviceDecoder(ds, torch.device("cpu"))
+def _batches(ds: ImageNetBoxes, batch: int, decoder: DeviceDecoder) -> float:
+    encoded = EncodedImageNetBoxes(ds)
+    t0 = time.perf_counter()
     for start in range(0, len(ds), batch):
         items = [encoded[i] for i in range(start, min(start + batch, len(ds)))]
         decoder(encoded.collate(items))
-    return len(ds)
+    return time.perf_counter() - t0
+
+
+def _device_cpu(ds: ImageNetBoxes, batch: int) -> float:
+    return _batches(ds, batch, DeviceDecoder(ds, torch.device("cpu")))
+
+
+def _dali_cpu(ds: ImageNetBoxes, batch: int) -> float:
+    from als_det.data.dali_decode import DaliDecoder
+
+    decoder = DaliDecoder(ds, torch.device("cpu"), batch_size=batch, num_threads=1)
+    return _batches(ds, batch, decoder)
 
 
 PATHS = {"workers": _workers, "device_cpu": _device_cpu}
+if importlib.util.find_spec("nvidia") and importlib.util.find_spec("nvidia.dali"):
+    PATHS["dali_cpu"] = _dali_cpu
 
 
 def _machine() -> dict[str, object]:
@@ -119,15 +141,15 @@ def main() -> None:
         src = _tree(photos, Path(tmp) / "src")
         record = prepare_imagenet(src, Path(tmp) / "prepared", args.max_side, args.quality)
         prepared = _records(Path(tmp) / "prepared" / "train")
-        sets = {"": photos, "prepared_": prepared}
+        prepare_imagenet(src, Path(tmp) / "packed", args.max_side, args.quality, pack=True)
+        packed, _, _ = build_index(Path(tmp) / "packed", "train")
+        sets = {"": photos, "prepared_": prepared, "packed_": packed}
         rates: dict[str, list[float]] = {}
         for _ in range(args.repeats):
             for prefix, records in sets.items():
                 ds = ImageNetBoxes(records, ["n00000000"], True, args.image_size, seed=0)
                 for name, fn in PATHS.items():
-                    t0 = time.perf_counter()
-                    n = fn(ds, args.batch)
-                    rates.setdefault(prefix + name, []).append(n / (time.perf_counter() - t0))
+                    rates.setdefault(prefix + name, []).append(len(ds) / fn(ds, args.batch))
     sizes = [os.path.getsize(r.path) for r in photos]
     result = {
         "machine": _machine(),

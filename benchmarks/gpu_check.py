@@ -14,7 +14,10 @@ keeps the figures it had already written):
               only read bytes and draw the crop from the header size (coverage checked equal to
               the workers path's), the GPU decodes the batch (nvJPEG), crops, resizes, normalises:
               loader-only images/s and end to end with the step, on the input section's JPEGs.
-              `DATA.DECODE dali` has no pipeline yet, so nothing measures it.
+              Where NVIDIA DALI is installed (the `dali` extra), the same for the trainer's
+              `DATA.DECODE dali` path (`als_det.data.dali_decode`), with its largest pixel
+              difference from the workers path on 8 images (all pixels, and inside the crop's
+              one-pixel border); otherwise `dali: not installed`.
   finetune    `tools/finetune_coco.py` with the R50-FPN config on the generated detection set for
               a few dozen iterations at batch 8: s/iter and peak memory vs detectron2's model-zoo
               figure (0.21 s/iter on V100).
@@ -480,16 +483,22 @@ def section_input(plan: Plan, sec: Section, out: Path) -> None:
 # DATA.DECODE device
 
 
-def device_decode_loader(dataset, plan: Plan, workers: int, device: torch.device, iters: int):
+def device_decode_loader(
+    dataset, plan: Plan, workers: int, device: torch.device, iters: int, decoder=None
+):
     """The trainer's `DATA.DECODE device` path (`als_det.data.device_decode`, as
-    `engine.data.build_loaders` assembles it) over `dataset`, for `iters` batches."""
+    `engine.data.build_loaders` assembles it) over `dataset`, for `iters` batches; `decoder` (a
+    `DaliDecoder`) for `DATA.DECODE dali`."""
     from als_det.data.device_decode import DeviceDecodedLoader, DeviceDecoder, EncodedImageNetBoxes
 
     loader = _train_loader(EncodedImageNetBoxes(dataset), plan, workers, device, iters)
-    return DeviceDecodedLoader(loader, DeviceDecoder(dataset, device, channels_last=True))
+    decoder = decoder or DeviceDecoder(dataset, device, channels_last=True)
+    return DeviceDecodedLoader(loader, decoder)
 
 
 def section_gpu_decode(plan: Plan, sec: Section, out: Path) -> None:
+    import importlib.util
+
     from als_det.data.device_decode import DeviceDecoder, EncodedImageNetBoxes
 
     device = torch.device(plan.device)
@@ -503,21 +512,34 @@ def section_gpu_decode(plan: Plan, sec: Section, out: Path) -> None:
             )
     sec.put(coverage_matches_workers_path=True, decode_device=str(device))
     w = max(plan.workers)
-    decoder = DeviceDecoder(dataset, device, channels_last=True)
-    rate = loader_rate(encoded, plan, w, device, lambda batch: decoder(batch)[0])
-    sec.put(**{f"decode_device_{w}w_img_s": round(rate, 1)})
+    decoders = {"device": DeviceDecoder(dataset, device, channels_last=True)}
+    if importlib.util.find_spec("nvidia") and importlib.util.find_spec("nvidia.dali"):
+        from als_det.data.dali_decode import DaliDecoder
+
+        decoders["dali"] = DaliDecoder(dataset, device, True, batch_size=plan.batch, num_threads=w)
+        sample = encoded.collate([encoded[i] for i in range(min(8, len(dataset), plan.batch))])
+        got = decoders["dali"](sample)[0].float().cpu()
+        want = torch.stack([dataset[i][0] for i in range(len(got))])
+        std = torch.tensor([0.229, 0.224, 0.225]).view(3, 1, 1) * 255
+        diff = (got - want).abs() * std  # on a crop's outer pixels DALI's antialiasing differs
+        sec.put(
+            dali_max_pixel_diff_grey_levels=round(float(diff.max()), 2),
+            dali_max_pixel_diff_inside_1px_border=round(float(diff[..., 1:-1, 1:-1].max()), 2),
+        )
+    else:
+        sec.put(dali="not installed (pip install -e '.[dali]')")
     model, opt = _model(plan, device)
     warm, timed = max(2, w), 2 * max(2, w)
-    loader = device_decode_loader(dataset, plan, w, device, warm + timed)
-    sec.put(
-        **{
-            f"end_to_end_{w}w_img_s": round(
-                end_to_end_rate(loader, model, opt, plan, device, warm, timed), 1
-            )
-        },
-        peak_mem_gib=peak_mem_gib(device),
-        fallbacks=loader.decoder.take_counts(),
-    )
+    for name, decoder in decoders.items():
+        rate = loader_rate(encoded, plan, w, device, lambda batch, d=decoder: d(batch)[0])
+        sec.put(**{f"decode_{name}_{w}w_img_s": round(rate, 1)})
+        loader = device_decode_loader(dataset, plan, w, device, warm + timed, decoder)
+        e2e = end_to_end_rate(loader, model, opt, plan, device, warm, timed)
+        sec.put(
+            **{f"end_to_end_{name}_{w}w_img_s": round(e2e, 1)},
+            **{f"fallbacks_{name}": decoder.take_counts()},
+        )
+    sec.put(peak_mem_gib=peak_mem_gib(device))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -31,7 +31,7 @@ BENCHMARKS = {
     ),
     "decode": (
         "benchmarks/bench_decode.py",
-        "decode + crop + resize per core: workers, device on the CPU, prepared copy (coco-mini)",
+        "decode + crop + resize per core: workers, device (CPU), prepared, packed copy (coco-mini)",
     ),
     "train_step": (
         "benchmarks/bench_train_step.py",

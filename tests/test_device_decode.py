@@ -4,6 +4,7 @@ breaks it), the counted CPU fallbacks, EXIF orientation, and a short training pe
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import logging
 import re
@@ -36,7 +37,12 @@ REPO = Path(__file__).resolve().parents[1]
 # On the CPU both paths decode with libjpeg-turbo (bit-identical pixels); PIL's and torchvision's
 # antialiased bilinear resizes of uint8 images round differently by at most one grey level.
 TOLERANCE = 1.0  # grey levels of 255, per pixel and channel
+# DALI's CPU pipeline (libjpeg-turbo too): the same within one grey level but on a train crop's
+# outermost rows and columns when it is scaled down, where DALI's antialiasing filter replicates
+# the edge and PIL's renormalises its weights (measured: up to 10 grey levels there).
+DALI_BORDER_TOLERANCE = 12.0
 _STD = torch.tensor(IMAGENET_STD).view(3, 1, 1) * 255
+DALI = importlib.util.find_spec("nvidia") and importlib.util.find_spec("nvidia.dali")
 
 
 @pytest.fixture(scope="module")
@@ -220,12 +226,17 @@ def test_a_short_training_per_path_has_the_same_mean_coverage(
         _relay([*argv, *_opts(tiny_imagenet, tmp_path / "device", "device", 1)], stage_log, False)
         == 0
     )
+    paths = ["workers", "device"]
+    if DALI:  # where the dali extra is installed, its CPU pipeline too
+        train(load_config(CONFIG, _opts(tiny_imagenet, tmp_path / "dali", "dali", 0)))
+        paths.append("dali")
     rows = {
         d: [json.loads(line) for line in (tmp_path / d / "metrics.jsonl").read_text().splitlines()]
-        for d in ("workers", "device")
+        for d in paths
     }
     for key in ("mean_coverage", "mean_object_coverage", "images"):
-        assert [r[key] for r in rows["device"]] == [r[key] for r in rows["workers"]], key
+        for d in paths[1:]:
+            assert [r[key] for r in rows[d]] == [r[key] for r in rows["workers"]], (d, key)
     assert len(rows["device"]) == 2
     fallbacks = ("decode_cpu_not_jpeg", "decode_cpu_cmyk", "decode_cpu_device_refused")
     assert all(r[k] == 0 for r in rows["device"] for k in fallbacks)
@@ -233,6 +244,11 @@ def test_a_short_training_per_path_has_the_same_mean_coverage(
     assert record["device"]["decode"] == "device" and record["workers"]["decode"] == "workers"
     assert record["device"]["decode_fallbacks"] == dict.fromkeys(fallbacks, 0)
     assert "decode_fallbacks" not in record["workers"]
+    if DALI:
+        assert record["dali"]["decode"] == "dali"
+        assert record["dali"]["decode_fallbacks"] == dict.fromkeys(
+            (*fallbacks, "decode_not_dali_exif", "decode_not_dali_refused"), 0
+        )
     line = re.compile(
         r"^\[[^]]+ als_det\.engine\.iteration_log\]: epoch (\d)/2 iter (\d)/4: [\d.]+ img/s, "
         r"data wait \d+% of step time, ETA \d+:\d\d:\d\d \(training\), peak memory [\d.]+ GiB "
@@ -244,6 +260,66 @@ def test_a_short_training_per_path_has_the_same_mean_coverage(
     assert tb and tb[0].stat().st_size > 0
 
 
+@pytest.mark.skipif(not DALI, reason="NVIDIA DALI (the dali extra) is not installed")
+@pytest.mark.parametrize("train_split", [True, False])
+def test_dali_gives_the_crops_and_coverages_of_the_workers_path(tiny, train_split: bool) -> None:
+    """DALI's CPU pipeline (ROI decode, resize, flip, normalise) on the workers' crop windows."""
+    from als_det.data.dali_decode import DALI_FALLBACK_NAMES, DaliDecoder
+
+    train_records, val_records, classes = tiny
+    ds = ImageNetBoxes(train_records if train_split else val_records, classes, train_split, 32)
+    ds.set_epoch(3)
+    encoded = EncodedImageNetBoxes(ds)
+    batch = encoded.collate([encoded[i] for i in range(len(ds))])
+    decoder = DaliDecoder(ds, torch.device("cpu"), True, batch_size=len(ds))
+    images, labels, cov, obj, has_box = decoder(batch)
+    ref = [ds[i] for i in range(len(ds))]
+    assert labels.tolist() == [r[1] for r in ref]
+    assert cov.tolist() == [r[2] for r in ref] and obj.tolist() == [r[3] for r in ref]
+    assert images.is_contiguous(memory_format=torch.channels_last)
+    want = torch.stack([r[0] for r in ref])
+    inner = (slice(None), slice(None), slice(1, -1), slice(1, -1))
+    assert _pixel_diff(images[inner], want[inner]).max() <= TOLERANCE
+    assert _pixel_diff(images, want).max() <= DALI_BORDER_TOLERANCE
+    assert decoder.take_counts() == dict.fromkeys(DALI_FALLBACK_NAMES, 0)
+    if train_split:  # the drawn flip reaches DALI: a wrong one fails the check
+        geometry = batch[6].clone()
+        geometry[:, 5] = 1 - geometry[:, 5]
+        flipped = decoder((*batch[:6], geometry))[0]
+        assert (_pixel_diff(flipped[inner], want[inner]) > TOLERANCE).all()
+
+
+@pytest.mark.skipif(not DALI, reason="NVIDIA DALI (the dali extra) is not installed")
+def test_dali_leaves_exif_rotated_and_refused_jpegs_to_the_device_path(
+    tiny_imagenet: Path, tmp_path: Path
+) -> None:
+    from als_det.data.dali_decode import DaliDecoder
+
+    photo = _rgb_photo(tiny_imagenet)
+    photo.save(tmp_path / "rgb.JPEG", quality=95)
+    good = (tmp_path / "rgb.JPEG").read_bytes()
+    (tmp_path / "truncated.JPEG").write_bytes(good[: len(good) // 2])
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    photo.crop((0, 0, 64, 48)).save(tmp_path / "exif.JPEG", quality=95, exif=exif)
+    for names, labels, counts in (
+        (["rgb", "exif"], [0, 0], {"decode_not_dali_exif": 1, "decode_not_dali_refused": 0}),
+        (["rgb", "truncated"], [0, -1], {"decode_not_dali_exif": 0, "decode_not_dali_refused": 2}),
+    ):
+        paths = [str(tmp_path / f"{n}.JPEG") for n in names]
+        records = [ImageRecord(p, 0, np.zeros((0, 4), np.float32), 64, 64) for p in paths]
+        ds = ImageNetBoxes(records, ["n0"], train=False, image_size=32, val_resize=36)
+        encoded = EncodedImageNetBoxes(ds)
+        batch = encoded.collate([encoded[i] for i in range(len(ds))])
+        decoder = DaliDecoder(ds, torch.device("cpu"), batch_size=4)
+        images, got, *_ = decoder(batch)
+        assert got.tolist() == labels
+        assert {k: v for k, v in decoder.take_counts().items() if "dali" in k} == counts
+        want = DeviceDecoder(ds, torch.device("cpu"))(batch)[0]
+        assert _pixel_diff(images, want).max() <= TOLERANCE  # the rotation applied
+
+
+@pytest.mark.skipif(bool(DALI), reason="NVIDIA DALI is installed")
 def test_dali_without_dali_is_a_clear_error(tiny_imagenet: Path, tmp_path: Path) -> None:
     cfg = load_config(CONFIG, _opts(tiny_imagenet, tmp_path / "dali", "dali", 0))
     with pytest.raises(ValueError, match=r"NVIDIA DALI.*pip install -e '\.\[dali\]'"):

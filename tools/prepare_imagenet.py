@@ -7,7 +7,9 @@ side (JPEG at a stated quality), boxes scaled, the same layout, so every tool re
     python tools/pretrain.py --config-file configs/pretrain/imagenet_r50_als.yaml \\
         DATA.ROOT datasets/imagenet_s320
 
-What is resized, scaled, re-encoded or copied is listed in OUT/prepared.json.
+What is resized, scaled, re-encoded or copied is listed in OUT/prepared.json. With --pack, each
+split is then one file, OUT/<split>.pack, with its index OUT/<split>.pack.index.npz (labels,
+boxes, offsets, SHA-1s), in place of its many small files: DATA.ROOT OUT reads it unchanged.
 """
 
 from __future__ import annotations
@@ -48,11 +50,16 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N",
         help="processes resizing images",
     )
+    parser.add_argument(
+        "--pack",
+        action="store_true",
+        help="write each split (class folders) as one pack file plus an index, not many files",
+    )
     return parser
 
 
 def run_tool(args: argparse.Namespace) -> None:
-    prepare_imagenet(args.src, args.out, args.max_side, args.quality, args.workers)
+    prepare_imagenet(args.src, args.out, args.max_side, args.quality, args.workers, args.pack)
     logger.info("wrote %s (prepared.json lists what was done)", args.out)
 
 

@@ -9,6 +9,9 @@ Layouts (ILSVRC2012 as users have it):
           a folder of XMLs, `<dir>/<wnid>/<stem>.xml` or flat `<dir>/<stem>.xml`
           (ILSVRC2012_bbox_train_v2 / _val_v3); or a Kaggle `LOC_*_solution.csv`
           (`ImageId,PredictionString` with `wnid x0 y0 x1 y1 ...`).
+  packed  `ROOT/<split>.pack` with `ROOT/<split>.pack.index.npz` (`tools/prepare_imagenet.py
+          --pack`, `als_det.data.pack`): images, labels and boxes as indexed from the class
+          folders it was packed from.
 VOC corners are inclusive pixels and are read as (xmin, ymin, xmax + 1, ymax + 1); boxes are scaled
 when the XML `<size>` differs from the image's size, clipped to the image, and empty ones are
 dropped. Images without a box file keep `N == 0` boxes (the no-box policy applies in training).
@@ -56,7 +59,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from als_det.data import index_cache
+from als_det.data import index_cache, pack
 from als_det.data.annotations import (
     BoxFile,
     DataError,
@@ -91,13 +94,18 @@ CACHE_SUBDIR = ".als_det_cache"
 @dataclass
 class ImageRecord:
     """One image: its path, class index, labelled-class boxes (float32 (N, 4), x0 y0 x1 y1 in the
-    decoded image's pixels) and its displayed size (EXIF orientation applied, `image_size`)."""
+    decoded image's pixels) and its displayed size (EXIF orientation applied, `image_size`); for
+    a packed split (`als_det.data.pack`) its pack file, extent there and SHA-1."""
 
     path: str
     label: int
     boxes: np.ndarray
     width: int
     height: int
+    pack: str = ""
+    offset: int = 0
+    length: int = 0
+    sha1: bytes = b""
 
 
 def _is_image(name: str) -> bool:
@@ -210,6 +218,8 @@ def layout_problems(
     labels file), and a box source (without one every image follows the no-box policy)."""
     root = Path(root)
     split_dir = root / split
+    if pack.is_packed(root, split):
+        return _packed_problems(root, split, boxes, val_labels)
     if not split_dir.is_dir():
         return [f"image folder {split_dir} does not exist"]
     problems = []
@@ -226,6 +236,70 @@ def layout_problems(
         if kind == "none":
             problems.append(f"no boxes: {root / 'Annotation' / split} does not exist")
     return problems
+
+
+def _packed_problems(root: Path, split: str, boxes: str, val_labels: str) -> list[str]:
+    """What makes a packed split unusable as given: a folder of the same name beside it, or a
+    box source or labels file (the pack's index carries its labels and boxes)."""
+    problems = []
+    if (root / split).exists():
+        problems.append(
+            f"{root} holds both {split}/ and {pack.pack_path(root, split).name}: keep one"
+        )
+    if boxes or val_labels:
+        problems.append(
+            f"{pack.index_path(root, split)} carries the split's labels and boxes: a box source "
+            f"or labels file does not apply to it (got {boxes or val_labels!r})"
+        )
+    return problems
+
+
+def _load_packed(
+    root: Path, split: str, strict: bool, max_per_class: int, classes: list[str] | None
+) -> tuple[list[ImageRecord], list[str], IndexReport]:
+    """A packed split's records (the first `max_per_class` of each class, if set), class list
+    (`classes` fixes it: labels are mapped by name, images of other classes skipped as
+    `unknown_class_folder`) and report, from its index (`als_det.data.pack`)."""
+    data = pack.read_index(root, split)
+    meta, where = data["meta"], pack.pack_path(root, split)
+    report = IndexReport(**meta["report"])
+    report.box_source = f"pack index: {pack.index_path(root, split)}"
+    if strict and report.skipped:
+        reason, files = sorted(report.skipped.items())[0]
+        raise DataError(f"{files[0]}: {reason.replace('_', ' ')} (skipped when {where} was packed)")
+    own = list(meta["classes"])
+    classes = own if classes is None else classes
+    position = {c: i for i, c in enumerate(classes)}
+    records: list[ImageRecord] = []
+    per_class: dict[int, int] = {}
+    off = data["box_offsets"]
+    for i, name in enumerate(data["names"]):
+        path, wnid = f"{where}/{name}", own[int(data["labels"][i])]
+        if wnid not in position:
+            report.skip("unknown_class_folder", path, strict, "not in the class list")
+            continue
+        label = position[wnid]
+        per_class[label] = per_class.get(label, 0) + 1
+        if max_per_class and per_class[label] > max_per_class:
+            continue
+        (offset, length), (width, height) = data["extents"][i], data["sizes"][i]
+        records.append(
+            ImageRecord(
+                path,
+                label,
+                data["boxes"][off[i] : off[i + 1]],
+                int(width),
+                int(height),
+                pack=str(where),
+                offset=int(offset),
+                length=int(length),
+                sha1=data["sha1"][i].tobytes(),
+            )
+        )
+    report.images = len(records)
+    report.with_boxes = sum(bool(len(r.boxes)) for r in records)
+    report.boxes = sum(len(r.boxes) for r in records)
+    return records, classes, report
 
 
 def _build(
@@ -362,14 +436,22 @@ def build_index(
     """Index `root/split` with its boxes; cached under `cache_dir` (default ROOT/.als_det_cache,
     not written when ROOT is marked read-only).
 
-    The cache (`als_det.data.index_cache`: arrays only, no pickle) is keyed by the arguments and
-    checked on load against the name, size and mtime of every file in the image and box folders
-    (and of the labels/CSV files), so any added, removed or edited file rebuilds it, with the
-    reason logged; it is written atomically. `classes` fixes the class list (val must use
-    train's); by default it is the sorted class folder names.
+    A packed split (`ROOT/<split>.pack`, `als_det.data.pack`) is read from its pack index
+    instead, which needs no cache. The cache (`als_det.data.index_cache`: arrays only, no pickle)
+    is keyed by the arguments and checked on load against the name, size and mtime of every file
+    in the image and box folders (and of the labels/CSV files), so any added, removed or edited
+    file rebuilds it, with the reason logged; it is written atomically. `classes` fixes the class
+    list (val must use train's); by default it is the sorted class folder names.
     """
     root = Path(root).resolve()
     classes = list(classes) if classes is not None else None
+    if pack.is_packed(root, split):
+        problems = _packed_problems(root, split, boxes, val_labels)
+        if problems:
+            raise ValueError("; ".join(problems))
+        records, classes, report = _load_packed(root, split, strict, max_per_class, classes)
+        logger.info("%s", report.summary())
+        return records, classes, report
     _, box_path = _box_source(root, split, boxes)
     key = {
         "root": str(root),

@@ -56,22 +56,29 @@ def random_resized_crop_params(
     return (height - h) // 2, (width - w) // 2, h, w
 
 
-def center_crop_box(
+def resize_center_crop(
     width: int, height: int, resize: int, size: int
-) -> tuple[float, float, float, float]:
-    """The region of the original image seen by `Resize(resize)` then `CenterCrop(size)`.
-
-    Mirrors torchvision's arithmetic (shorter side -> `resize`, longer side truncated; crop offset
-    rounded), mapped back to original pixels as (x0, y0, x1, y1).
-    """
+) -> tuple[int, int, int, int]:
+    """(new width, new height, top, left) of `Resize(resize)` then `CenterCrop(size)` on a `width`
+    x `height` image, with torchvision's arithmetic (shorter side -> `resize`, longer side
+    truncated; crop offset rounded)."""
     if size > resize:
         raise ValueError(f"centre crop {size} larger than the resized shorter side {resize}")
     if width <= height:
         new_w, new_h = resize, int(resize * height / width)
     else:
         new_w, new_h = int(resize * width / height), resize
-    top = int(round((new_h - size) / 2.0))
-    left = int(round((new_w - size) / 2.0))
+    return new_w, new_h, int(round((new_h - size) / 2.0)), int(round((new_w - size) / 2.0))
+
+
+def center_crop_box(
+    width: int, height: int, resize: int, size: int
+) -> tuple[float, float, float, float]:
+    """The region of the original image seen by `Resize(resize)` then `CenterCrop(size)`.
+
+    `resize_center_crop` mapped back to original pixels as (x0, y0, x1, y1).
+    """
+    new_w, new_h, top, left = resize_center_crop(width, height, resize, size)
     sx, sy = width / new_w, height / new_h
     return left * sx, top * sy, (left + size) * sx, (top + size) * sy
 

@@ -1,14 +1,15 @@
 """`DATA.DECODE device`: DataLoader workers read each file's bytes and header and draw the crop;
 the training device decodes, crops, resizes, flips and normalises the batch.
 
-Workers (`EncodedImageNetBoxes`) never decode pixels: they read the file, parse its header (size,
-format, colour mode, EXIF orientation) and draw the crop through `ImageNetBoxes.train_crop` with
-the (EXIF-applied) header size, so crops, coverage and object coverage are exactly those of the
-`workers` path. `DeviceDecoder` then decodes the batch's JPEGs with one
-`torchvision.io.decode_jpeg` call on the device (nvJPEG on CUDA, libjpeg-turbo on the CPU),
-applies each image's EXIF orientation, and on the same device crops, resizes (bilinear,
-antialiased, from uint8 as PIL does), flips, normalises, casts to float32 and applies
-channels_last. The validation split resizes the shorter side and centre-crops, as `ImageNetBoxes`.
+Workers (`EncodedImageNetBoxes`) never decode pixels: they read the file (`ImageNetBoxes.read`:
+from its pack for a packed split), parse its header (size, format, colour mode, EXIF orientation)
+and draw the crop through `ImageNetBoxes.train_crop` with the (EXIF-applied) header size, so
+crops, coverage and object coverage are exactly those of the `workers` path. `DeviceDecoder`
+then decodes the batch's JPEGs with one `torchvision.io.decode_jpeg` call on the device (nvJPEG
+on CUDA, libjpeg-turbo on the CPU), applies each image's EXIF orientation, and on the same device
+crops, resizes (bilinear, antialiased, from uint8 as PIL does), flips, normalises, casts to
+float32 and applies channels_last. The validation split resizes the shorter side and
+centre-crops, as `ImageNetBoxes`.
 
 Files nvJPEG cannot take go through the CPU one image at a time and are counted
 (`FALLBACK_NAMES`): a non-JPEG file with a JPEG name (ImageNet holds PNGs named .JPEG), a CMYK
@@ -34,6 +35,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from torchvision.io import ImageReadMode, decode_image, decode_jpeg
 
+from als_det.data.annotations import DataError
 from als_det.data.crops import center_crop_box
 from als_det.data.imagenet import IMAGENET_MEAN, IMAGENET_STD, ImageNetBoxes
 from als_det.data.images import TRANSPOSING_ORIENTATIONS, BadImageError, orientation_of
@@ -48,7 +50,7 @@ FALLBACKS = {CPU_NOT_JPEG: "decode_cpu_not_jpeg", CPU_CMYK: "decode_cpu_cmyk"}
 DEVICE_REFUSED = "decode_cpu_device_refused"
 FALLBACK_NAMES = (*FALLBACKS.values(), DEVICE_REFUSED)
 # columns of one sample's geometry row
-_GEOMETRY = ("index", "top", "left", "h", "w", "flip", "height", "width", "orientation", "route")
+GEOMETRY = ("index", "top", "left", "h", "w", "flip", "height", "width", "orientation", "route")
 
 
 def read_header(data: bytes) -> tuple[str, str, int, int, int]:
@@ -94,9 +96,10 @@ class EncodedImageNetBoxes(Dataset):
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int, float, float, bool, list[int]]:
         base, path = self.base, self.base.path(index)
         try:
-            with open(path, "rb") as f:
-                raw = f.read()
+            raw = base.read(index)
             fmt, mode, width, height, orientation = read_header(raw)
+        except DataError:
+            raise  # packed bytes that fail their SHA-1: an error, never a wrong or masked image
         except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
             if base.strict:
                 raise BadImageError(path, f"unreadable image header ({exc})") from exc
@@ -138,7 +141,9 @@ class EncodedImageNetBoxes(Dataset):
 class DeviceDecoder:
     """The device's side of `DATA.DECODE device`: a collated `EncodedImageNetBoxes` batch to
     `ImageNetBoxes`' batch `(images, labels, coverage, object_coverage, has_box)`, images on
-    `device`. `counts` accumulates the CPU fallbacks (`FALLBACKS` names) until `take_counts`."""
+    `device`. `counts` accumulates the CPU fallbacks (`names`) until `take_counts`."""
+
+    names = FALLBACK_NAMES
 
     def __init__(
         self,
@@ -155,7 +160,7 @@ class DeviceDecoder:
 
     def take_counts(self) -> dict[str, int]:
         """The fallback counts since the last call (every name, zeros included); resets them."""
-        out = {name: int(self.counts.get(name, 0)) for name in FALLBACK_NAMES}
+        out = {name: int(self.counts.get(name, 0)) for name in self.names}
         self.counts.clear()
         return out
 
@@ -163,14 +168,37 @@ class DeviceDecoder:
         flat, lengths, labels, cov, obj, has_box, geometry = batch
         labels, cov, obj, has_box = labels.clone(), cov.clone(), obj.clone(), has_box.clone()
         rows = geometry.tolist()
-        decoded = self._decode(list(torch.split(flat, lengths.tolist())), rows)
+        data = list(torch.split(flat, lengths.tolist()))
+        size = self.base.image_size
+        images = torch.empty(len(rows), 3, size, size, device=self.device)
+        if self.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        rest = self._pipeline(data, rows, images)
+        if rest:
+            crops = self._crops([data[k] for k in rest], [rows[k] for k in rest])
+            for k, crop in zip(rest, crops):
+                if crop is None:
+                    labels[k], cov[k], obj[k], has_box[k] = -1, 0.0, 0.0, False
+            zero = torch.zeros(3, size, size, dtype=torch.uint8, device=self.device)
+            stacked = torch.stack([zero if c is None else c for c in crops])
+            images[rest] = (stacked.float() - self._mean) / self._std
+        return images, labels, cov, obj, has_box
+
+    def _pipeline(
+        self, data: list[torch.Tensor], rows: list[list[int]], images: torch.Tensor
+    ) -> list[int]:
+        """Where a subclass decodes samples of the batch its own way: fills their rows of
+        `images` (normalised) and returns the positions left to `_crops` (here: all)."""
+        return list(range(len(rows)))
+
+    def _crops(self, data: list[torch.Tensor], rows: list[list[int]]) -> list[torch.Tensor | None]:
+        """Each sample's uint8 (3, S, S) crop on the device, or None where undecodable."""
         size = [self.base.image_size] * 2
-        out = []
-        for k, (img, row) in enumerate(zip(decoded, rows)):
-            g = dict(zip(_GEOMETRY, row))
+        out: list[torch.Tensor | None] = []
+        for img, row in zip(self._decode(data, rows), rows):
+            g = dict(zip(GEOMETRY, row))
             if img is None:
-                labels[k], cov[k], obj[k], has_box[k] = -1, 0.0, 0.0, False
-                out.append(torch.zeros(3, *size, dtype=torch.uint8, device=self.device))
+                out.append(None)
                 continue
             img = apply_orientation(img, g["orientation"])
             if tuple(img.shape[1:]) != (g["height"], g["width"]):
@@ -187,10 +215,7 @@ class DeviceDecoder:
             else:
                 img = TF.center_crop(TF.resize(img, [self.base.val_resize], antialias=True), size)
             out.append(img)
-        images = (torch.stack(out).float() - self._mean) / self._std
-        if self.channels_last:
-            images = images.contiguous(memory_format=torch.channels_last)
-        return images, labels, cov, obj, has_box
+        return out
 
     def _decode(self, data: list[torch.Tensor], rows: list[list[int]]) -> list[torch.Tensor | None]:
         """Every sample's RGB uint8 (C, H, W) on the device as stored (before EXIF orientation),

@@ -18,6 +18,7 @@ from als_det.data.crops import (
     random_resized_crop_params,
 )
 from als_det.data.images import BadImageError, load_rgb
+from als_det.data.pack import PackReader
 
 logger = logging.getLogger(__name__)
 
@@ -88,6 +89,16 @@ class ImageNetBoxes(Dataset):
             if len(records)
             else np.zeros((0, 4), np.float32)
         )
+        packs = sorted({r.pack for r in records if r.pack})
+        self._packs = packs
+        if packs:  # per record: its pack (-1: a file), offset, length, SHA-1
+            which = {p: i for i, p in enumerate(packs)}
+            self._pack = np.array([which.get(r.pack, -1) for r in records], dtype=np.int32)
+            self._extents = np.array([(r.offset, r.length) for r in records], dtype=np.int64)
+            self._sha1 = np.frombuffer(
+                b"".join(r.sha1 if r.pack else bytes(20) for r in records), dtype=np.uint8
+            ).reshape(-1, 20)
+            self._reader = PackReader()
         self._warned: set[str] = set()
 
     def __len__(self) -> int:
@@ -107,10 +118,25 @@ class ImageNetBoxes(Dataset):
         start, end = self._path_offsets[index], self._path_offsets[index + 1]
         return self._path_bytes[start:end].tobytes().decode("utf-8")
 
+    def packed(self, index: int) -> bool:
+        return bool(self._packs) and self._pack[index] >= 0
+
+    def read(self, index: int) -> bytes:
+        """The image file's bytes: from its pack (checked against its SHA-1, a `DataError` where
+        they fail it) for a packed split, else from its file."""
+        if not self.packed(index):
+            with open(self.path(index), "rb") as f:
+                return f.read()
+        offset, length = (int(v) for v in self._extents[index])
+        pack = self._packs[self._pack[index]]
+        return self._reader.read(
+            pack, offset, length, self._sha1[index].tobytes(), self.path(index)
+        )
+
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int, float, float, bool]:
         path = self.path(index)
         try:
-            img = load_rgb(path)
+            img = load_rgb(path, self.read(index) if self.packed(index) else None)
         except BadImageError:
             if self.strict:
                 raise

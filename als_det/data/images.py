@@ -7,6 +7,7 @@ the decoded pixels (`load_rgb`) are all in that displayed orientation.
 
 from __future__ import annotations
 
+import io
 import os
 
 from PIL import Image
@@ -91,14 +92,15 @@ def size_mismatch(path: str | os.PathLike, given: tuple[int, int], source: str) 
     return problem
 
 
-def load_rgb(path: str | os.PathLike) -> Image.Image:
-    """Fully decode `path` as an RGB PIL image (greyscale, CMYK, palette, RGBA become RGB), in its
-    displayed orientation (EXIF orientation applied).
+def load_rgb(path: str | os.PathLike, data: bytes | None = None) -> Image.Image:
+    """Fully decode `path` (or `data`, its bytes, read elsewhere: a packed split) as an RGB PIL
+    image (greyscale, CMYK, palette, RGBA become RGB), in its displayed orientation (EXIF
+    orientation applied).
 
     Truncated or corrupt data raises `BadImageError` (PIL's truncated-image tolerance stays off).
     """
     try:
-        with Image.open(path) as img:
+        with Image.open(path if data is None else io.BytesIO(data)) as img:
             img.load()
             method = _TRANSPOSE.get(orientation_of(img))
             out = img if img.mode == "RGB" else img.convert("RGB")

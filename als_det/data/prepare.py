@@ -18,6 +18,11 @@ longer side, boxes scaled with it, the same layout, so every tool reads the copy
                                        segmentations scaled by each image's factors
     anything else                      copied unchanged and listed in `prepared.json`
 
+With `pack`, each split folder (class folders `<split>/<wnid>/`) and its boxes under Annotation/
+are then replaced by `ROOT/<split>.pack` and `ROOT/<split>.pack.index.npz` (`als_det.data.pack`:
+the images' bytes end to end, and the split's box index with each image's offset, length and
+SHA-1), which every tool and decode path reads as it reads the folder.
+
 Box files whose image is not in the tree are copied unchanged and counted (a warning says so):
 nothing is rescaled by guesswork. Coverage, a ratio of areas, is invariant under the scaling up
 to the rounding of the new size and of the crop to whole pixels (tests/test_prepare.py bounds it).
@@ -43,7 +48,8 @@ from typing import Any
 from PIL import Image, ImageOps
 
 from als_det.data.annotations import DataError
-from als_det.data.boxes import IMAGE_EXTENSIONS
+from als_det.data.boxes import IMAGE_EXTENSIONS, build_index
+from als_det.data.pack import write_pack
 from als_det.io import atomic_write_json
 
 logger = logging.getLogger(__name__)
@@ -207,8 +213,10 @@ def prepare_imagenet(
     max_side: int,
     quality: int = 90,
     processes: int = 1,
+    pack: bool = False,
 ) -> dict[str, Any]:
-    """Write the prepared copy of `src_root` at `out_root`; returns `prepared.json`'s record."""
+    """Write the prepared copy of `src_root` at `out_root` (with `pack`, each split packed into
+    one file); returns `prepared.json`'s record."""
     src_root, out_root = Path(src_root), Path(out_root)
     if max_side < 1:
         raise ValueError(f"--max-side must be >= 1, got {max_side}")
@@ -224,6 +232,8 @@ def prepare_imagenet(
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_root.name}.tmp-", dir=out_root.parent))
     try:
         record = _prepare(src_root, tmp, max_side, quality, processes)
+        if pack:
+            record["packed"] = _pack_splits(tmp)
         atomic_write_json(tmp / "prepared.json", record)
         if out_root.exists():
             out_root.rmdir()
@@ -334,3 +344,37 @@ def _coco(src: Path, dst: Path, scales: dict[Path, Scale]) -> bool:
         by_id[im["id"]] = found[0]
     atomic_write_json(dst, scale_coco_json(data, by_id, src))
     return True
+
+
+def _pack_splits(out: Path) -> dict[str, dict[str, Any]]:
+    """Replace each split folder of the copy at `out` (and its boxes under Annotation/) by one
+    pack file and its index (`als_det.data.pack`); returns what each split's index holds."""
+    splits = sorted(
+        d.name
+        for d in out.iterdir()
+        if d.is_dir() and d.name not in (BOX_DIR, COCO_DIR) and not d.name.startswith(".")
+    )
+    done = {}
+    with tempfile.TemporaryDirectory(prefix="pack-index-") as cache:
+        for split in splits:
+            records, classes, report = build_index(out, split, cache_dir=cache)
+            report.skipped = {
+                why: [os.path.relpath(f, out) for f in files]
+                for why, files in report.skipped.items()
+            }
+            if not records:
+                raise ValueError(
+                    f"{split}: no images in class folders to pack (--pack needs the layout "
+                    f"{split}/<wnid>/<image>, with or without {BOX_DIR}/{split}/<wnid>/<xml>)"
+                )
+            done[split] = {
+                **write_pack(out, split, records, classes, report),
+                "with_boxes": report.with_boxes,
+                "skipped": {why: len(files) for why, files in report.skipped.items()},
+            }
+            shutil.rmtree(out / split)
+            shutil.rmtree(out / BOX_DIR / split, ignore_errors=True)
+            logger.info("packed %s: %d images, %d bytes", split, len(records), done[split]["bytes"])
+    if (out / BOX_DIR).is_dir() and not any((out / BOX_DIR).iterdir()):
+        (out / BOX_DIR).rmdir()
+    return done

@@ -4,7 +4,6 @@ without padding so every image counts once), decoded where DATA.DECODE says."""
 
 from __future__ import annotations
 
-import importlib.util
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,6 +15,7 @@ from torch.utils.data.distributed import DistributedSampler
 
 from als_det.data.boxes import ImageRecord, IndexReport, build_index, index_cache_dir
 from als_det.data.crops import coverage as box_coverage
+from als_det.data.dali_decode import DALI_FALLBACK_NAMES, DaliDecoder, require_dali
 from als_det.data.device_decode import (
     FALLBACK_NAMES,
     DeviceDecodedLoader,
@@ -24,6 +24,7 @@ from als_det.data.device_decode import (
 )
 from als_det.data.generated import generate
 from als_det.data.imagenet import ImageNetBoxes
+from als_det.data.pack import is_packed
 from als_det.engine.distributed import DistInfo, all_reduce_sum, barrier
 
 
@@ -57,9 +58,10 @@ def build_data(cfg: CfgNode, info: DistInfo, out_dir: Path) -> DataBundle:
         if (turn == "main") == info.is_main:
             if cfg.DATA.GENERATE:
                 generate(root, cfg.DATA.GEN)
-            if not (root / cfg.DATA.TRAIN_SPLIT).is_dir():
+            split = cfg.DATA.TRAIN_SPLIT
+            if not (root / split).is_dir() and not is_packed(root, split):
                 raise FileNotFoundError(
-                    f"DATA.ROOT {root} has no '{cfg.DATA.TRAIN_SPLIT}' folder "
+                    f"DATA.ROOT {root} has no '{split}' folder nor {split}.pack "
                     "(set DATA.GENERATE True to make the demo data there)"
                 )
             cache = index_cache_dir(cfg.DATA.ROOT, out_dir / "index_cache", cfg.DATA.CACHE_DIR)
@@ -124,7 +126,7 @@ def build_loaders(
         pin_memory=info.device.type == "cuda",
     )
     check_decode(cfg)
-    device_decode = cfg.DATA.DECODE == "device"
+    device_decode = cfg.DATA.DECODE in ("device", "dali")
     train_set, val_set = data.train_set, data.val_set
     if device_decode:
         train_set, val_set = EncodedImageNetBoxes(train_set), EncodedImageNetBoxes(val_set)
@@ -135,9 +137,16 @@ def build_loaders(
     val_loader = DataLoader(shard, shuffle=False, drop_last=False, **common)
     if device_decode:
         channels_last = bool(cfg.TRAIN.CHANNELS_LAST)
-        decode = (
-            DeviceDecoder(s, info.device, channels_last) for s in (data.train_set, data.val_set)
-        )
+        if cfg.DATA.DECODE == "dali":
+            dali = dict(batch_size=cfg.SOLVER.BATCH_SIZE, num_threads=cfg.DATA.NUM_WORKERS)
+            decode = (
+                DaliDecoder(s, info.device, channels_last, **dali)
+                for s in (data.train_set, data.val_set)
+            )
+        else:
+            decode = (
+                DeviceDecoder(s, info.device, channels_last) for s in (data.train_set, data.val_set)
+            )
         train_loader, val_loader = (
             DeviceDecodedLoader(loader, dec)
             for loader, dec in zip((train_loader, val_loader), decode)
@@ -147,30 +156,22 @@ def build_loaders(
 
 def check_decode(cfg: CfgNode) -> None:
     """DATA.DECODE dali needs NVIDIA DALI; checked before a run writes anything."""
-    if cfg.DATA.DECODE != "dali":
-        return
-    if (
-        importlib.util.find_spec("nvidia") is None
-        or importlib.util.find_spec("nvidia.dali") is None
-    ):
-        raise ValueError(
-            "DATA.DECODE dali needs NVIDIA DALI, which is not installed: install the optional "
-            "extra, pip install -e '.[dali]' (nvidia-dali for CUDA 12; see docs/architecture.md, "
-            "'Decode paths'), or use DATA.DECODE device"
-        )
-    raise ValueError(
-        "DATA.DECODE dali: NVIDIA DALI is installed, but this version has no DALI pipeline yet "
-        "(its design is in docs/architecture.md, 'Decode paths'); use DATA.DECODE device"
-    )
+    if cfg.DATA.DECODE == "dali":
+        require_dali()
+
+
+def fallback_names(decode: str) -> tuple[str, ...]:
+    """The counted fallbacks of a decode path (none on `workers`)."""
+    return {"device": FALLBACK_NAMES, "dali": DALI_FALLBACK_NAMES}.get(decode, ())
 
 
 def decode_fallbacks(*loaders: object) -> dict[str, int]:
-    """The CPU fallbacks of `DATA.DECODE device` since the last call, summed over `loaders` and
-    every rank ({} on the workers path). Every rank must call it."""
+    """The fallbacks of `DATA.DECODE device` or `dali` since the last call, summed over `loaders`
+    and every rank ({} on the workers path). Every rank must call it."""
     decoders = [lo.decoder for lo in loaders if isinstance(lo, DeviceDecodedLoader)]
     if not decoders:
         return {}
-    names = list(FALLBACK_NAMES)
+    names = list(decoders[0].names)
     counts = [d.take_counts() for d in decoders]
     totals = torch.tensor([float(sum(c[n] for c in counts)) for n in names], dtype=torch.float64)
     device = decoders[0].device

@@ -9,9 +9,8 @@ from typing import Any
 import torch
 from fvcore.common.config import CfgNode
 
-from als_det.data.device_decode import FALLBACK_NAMES
 from als_det.data.imagenet import IMAGENET_MEAN, IMAGENET_STD
-from als_det.engine.data import DataBundle
+from als_det.engine.data import DataBundle, fallback_names
 from als_det.engine.distributed import DistInfo
 from als_det.revision import code_revision
 from als_det.targets import LabelStrategy
@@ -56,15 +55,15 @@ def run_record(
         "versions": package_versions(),
         "revision": code_revision(),
     }
-    if cfg.DATA.DECODE == "device":
-        record["decode_fallbacks"] = {name: 0 for name in FALLBACK_NAMES}
+    if fallback_names(cfg.DATA.DECODE):
+        record["decode_fallbacks"] = dict.fromkeys(fallback_names(cfg.DATA.DECODE), 0)
     return record
 
 
-def fallback_totals(history: list[dict[str, Any]]) -> dict[str, int]:
-    """run.json's `decode_fallbacks`: each CPU fallback of `DATA.DECODE device` summed over the
-    epochs of metrics.jsonl (a resumed run's earlier epochs included)."""
-    return {name: sum(int(row.get(name, 0)) for row in history) for name in FALLBACK_NAMES}
+def fallback_totals(history: list[dict[str, Any]], decode: str) -> dict[str, int]:
+    """run.json's `decode_fallbacks`: each fallback of `DATA.DECODE device` or `dali` summed over
+    the epochs of metrics.jsonl (a resumed run's earlier epochs included)."""
+    return {name: sum(int(row.get(name, 0)) for row in history) for name in fallback_names(decode)}
 
 
 def checkpoint_identity(

@@ -332,8 +332,8 @@ def _train(
             _check_finite(raw_model, epoch)
             saver.save(epoch, last_val, row)  # last.pth, the commit point; then best.pth
             writer.write(row)
-            if main and cfg.DATA.DECODE == "device":
-                record["decode_fallbacks"] = fallback_totals(writer.history)
+            if main and cfg.DATA.DECODE != "workers":
+                record["decode_fallbacks"] = fallback_totals(writer.history, cfg.DATA.DECODE)
                 atomic_write_json(out_dir / "run.json", record)
             barrier()
     finally:

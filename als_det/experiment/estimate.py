@@ -22,6 +22,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
+from als_det.data.pack import PACK_SUFFIX, is_packed, read_index
 from als_det.experiment.stages import Stage
 
 ILSVRC2012_TRAIN = 1_281_167
@@ -79,6 +82,10 @@ def _pretrain_images(cfg: Any, generated: bool) -> tuple[int, str]:
     if generated:
         n = cfg.DATA.GEN.NUM_CLASSES * cfg.DATA.GEN.TRAIN_PER_CLASS
         return n, f"{n} images (the generated set)"
+    if is_packed(cfg.DATA.ROOT, cfg.DATA.TRAIN_SPLIT):
+        counts = np.bincount(read_index(cfg.DATA.ROOT, cfg.DATA.TRAIN_SPLIT)["labels"])
+        n = int(np.minimum(counts, cfg.DATA.MAX_PER_CLASS or 10**12).sum())
+        return n, f"{n} images in {split}{PACK_SUFFIX}"
     if split.is_dir():
         n = sum(
             min(len(os.listdir(e.path)), cfg.DATA.MAX_PER_CLASS or 10**12)
