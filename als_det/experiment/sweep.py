@@ -81,11 +81,7 @@ def describe_grid(plan: Plan) -> str:
     longer_seeds = grid.seeds_at(longer[0], plan.seeds) if longer else plan.seeds
     if longer and longer_seeds != plan.seeds:
         extra += f" (seed{'s' * (len(longer_seeds) != 1)} {', '.join(map(str, longer_seeds))})"
-    each = (
-        "a pretraining, an evaluation and a transfer"
-        if plan.transfer
-        else ("a pretraining and an evaluation")
-    )
+    each = "a pretraining, an evaluation" + (" and a transfer" if plan.transfer else "")
     return (
         f"# sweep: {len(grid.settings)} settings x {len(plan.seeds)} seeds at {main} "
         f"epoch{'s' * (main != 1)}{extra}: {n} cells ({each} each); "
