@@ -39,6 +39,7 @@ def test_paper_plan_without_imagenet_stops_before_launching_with_one_line_per_pr
     problems = [ln for ln in err.splitlines() if ln.lstrip().startswith("PROBLEM")]
     expected = [
         "pretraining: data root datasets/imagenet does not exist",
+        "transfer: downstream root datasets/downstream does not exist (expected train/<class>/*",
         "COCO root datasets/coco",
     ]
     if torch.cuda.device_count() < 8:

@@ -229,7 +229,7 @@ def transfer_estimate(
         f"#    {images['train']} train and {images['val']} val images, {', '.join(protocols)}: "
         f"{trained} fine-tuning images at {step:.0f} img/s per GPU ({step_src}; scaled by FLOPs "
         f"and pixels), {forward} forward-only at {speedup:g}x that ({speedup_src}); one process, "
-        f"{hours:.2f} h, {hours:.2f} GPU-hours"
+        f"{hours * 60:.1f} min, {hours:.2f} GPU-hours"
     ], hours
 
 
