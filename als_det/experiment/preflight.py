@@ -156,7 +156,7 @@ def _downstream_data(root: str, generated: Sequence[Path]) -> Finding:
     what = f"transfer: downstream root {root}"
     if _made_by_plan(root, generated):
         return Finding(True, f"{what}: made by the plan")
-    layout = "expected train/<class>/*, val/<class>/*; docs/architecture.md \"Transfer\""
+    layout = "expected train/<class>/*, val/<class>/*; docs/architecture.md \"Transfer stage\""
     where = resolve(root)
     if not where.is_dir():
         return Finding(False, f"{what} does not exist ({layout})")
