@@ -166,7 +166,8 @@ def test_transfer_downstream_root_is_checked(tmp_path, tiny_imagenet, tiny_image
     assert [(f.ok, f.text) for f in found] == [
         (
             True,
-            f"transfer: downstream root {tiny_imagenet_transfer}: 20 train and 20 val classes found",
+            f"transfer: downstream root {tiny_imagenet_transfer}: 20 train and 20 val classes "
+            "found",
         )
     ]
 
