@@ -334,7 +334,7 @@ def test_smoke_sweep_reports_a_broken_cell_finishes_the_others_then_reuses_them(
     assert (
         "cell 10/10 als_e2_s1 (als, seed 1, 2 epochs): transfer; 7 cells finished" in first.stderr
     )
-    assert "per transfer so far)" in first.stderr.split("cell 10/10")[1].splitlines()[-1]
+    assert "per transfer so far)" in first.stderr.split("cell 10/10")[1].splitlines()[0]
     report = (out / "report.md").read_text()
     assert report.startswith("# Sweep: sweep_smoke (incomplete)")
     assert "**2 of 10 planned cells are missing.**" in report

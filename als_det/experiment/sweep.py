@@ -243,6 +243,13 @@ def write_report(plan: Plan, graph: Graph, outcome: Outcome) -> Path | None:
         if c.transfer and (c.transfer.name in outcome.ran or c.transfer.name in outcome.reused)
     }
     no_transfer = [c for c in shown if c.transfer and c.run not in transferred]
+    if no_transfer:
+        logger.warning(
+            "%d of %d cells shown have no transfer result: %s",
+            len(no_transfer),
+            len(shown),
+            ", ".join(c.run for c in no_transfer),
+        )
     if missing:
         logger.warning(
             "%d of %d cells missing: %s",
@@ -289,7 +296,6 @@ def write_report(plan: Plan, graph: Graph, outcome: Outcome) -> Path | None:
                 "reason": _why_missing((c.transfer,), outcome),
             }
             for c in no_transfer
-            if c.transfer
         ],
     )
     revisions = cell_revisions(shown)
