@@ -129,13 +129,16 @@ def test_dry_run_lists_every_command_in_order_with_resources():
     assert names[:3] == ["pretrain_hard_s0", "pretrain_ls_s0", "pretrain_als_s0"]
     assert len(names) == 6 + 6 + 1 + 6 + 6 + 1 and names[-1] == "compare_faster_rcnn_R_50_FPN_1x"
     assert names.index("evaluate") > names.index("pretrain_als_s1")
-    # each run's transfer right after its pretraining
-    assert names.index("transfer_ls_s1") == names.index("pretrain_ls_s1") + 1
+    # a transfer per run, listed after the evaluation but needing only its pretraining
+    assert names.index("transfer_hard_s0") == names.index("evaluate") + 1
+    assert (
+        "# 12. transfer_ls_s1 [1 node x 1 GPUs, 10 CPUs/process, 64 GB, 240 min; after "
+        "pretrain_ls_s1]"
+    ) in text
     assert (
         "python tools/transfer.py --checkpoint output/paper_r50/pretrain/ls_s1/last.pth --name "
         "ls_s1 --data datasets/downstream --out output/paper_r50/transfer/ls_s1 --workers 10"
     ) in text
-    assert "1 node x 1 GPUs, 10 CPUs/process, 64 GB, 240 min" in text
     assert names.index("finetune_faster_rcnn_R_50_FPN_1x_als_s1") > names.index("convert_als_s1")
     assert (
         "torchrun --nproc_per_node=8 --standalone tools/pretrain.py --config-file "

@@ -162,7 +162,7 @@ def test_transfer_downstream_root_is_checked(tmp_path, tiny_imagenet, tiny_image
     ]
     raw["transfer"]["data"] = str(tiny_imagenet_transfer)
     plan = parse_plan(raw, "p.yaml")
-    found = [f for f in preflight.check(plan, build_graph(plan), "local") if "transfer" in f.text]
+    found = [f for f in preflight.check(plan, build_graph(plan), "local") if "transfer:" in f.text]
     assert [(f.ok, f.text) for f in found] == [
         (
             True,

@@ -4,8 +4,8 @@
                                                    -> transfer (one per run, if the plan has one)
                         -> convert -> finetune x detectors [x seeds] -> compare per detector
 
-(per-run evaluations and transfers are listed right after their pretraining: a sweep's cells
-finish one by one).
+(with per-run evaluations, each run's evaluation and transfer are listed right after its
+pretraining: a sweep's cells finish one by one).
 
 Everything lands under the plan's `out`: `pretrain/<run>/`, `evaluation/[<run>/]`,
 `transfer/<run>/`, `pretrained/<run>.pkl`, `detection/<detector>/<run>/`, `compare/<detector>/`,
@@ -259,6 +259,6 @@ def build_graph(plan: Plan) -> Graph:
     b.evaluate(pretrained)
     b.transfer(pretrained)
     b.detection(pretrained)
-    per_run = {"transfer"} | ({"evaluate"} if plan.evaluate and plan.evaluate.per_run else set())
-    b.graph.stages = _per_run_after_their_runs(b.graph.stages, per_run)
+    if plan.evaluate is not None and plan.evaluate.per_run:
+        b.graph.stages = _per_run_after_their_runs(b.graph.stages, {"evaluate", "transfer"})
     return b.graph
