@@ -288,7 +288,8 @@ def transfer_figure(sweep: Sweep, path: str | Path) -> Path | None:
         ax.grid(alpha=0.3, linewidth=0.5)
     seeds = sorted({len(g.cells) for g in groups})
     fig.suptitle(
-        f"Transfer ({title}) vs context reliance, {sweep.main_epochs} epochs, "
+        f"Transfer ({title}) vs context reliance, {sweep.main_epochs} "
+        f"epoch{'s' * (sweep.main_epochs != 1)}, "
         f"{'/'.join(map(str, seeds))} seed{'s' * (seeds != [1])} per setting; bars: ± 1 std "
         "over seeds",
         fontsize=10,

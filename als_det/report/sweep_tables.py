@@ -221,7 +221,10 @@ def transfer_section(sweep: Sweep, figures: dict[str, str]) -> list[str]:
     data, opts = sweep.transfer["data"], sweep.transfer["options"]
     recipe = ", ".join(PROTOCOL_TITLES[p] for p in transfer_protocols(sweep))
     if "finetune" in transfer_protocols(sweep):
-        recipe += f" (fine-tuning {opts['epochs']} epoch{'s' * (opts['epochs'] != 1)})"
+        recipe = recipe.replace(
+            PROTOCOL_TITLES["finetune"],
+            f"{PROTOCOL_TITLES['finetune']} ({opts['epochs']} epoch{'s' * (opts['epochs'] != 1)})",
+        )
     lines = [
         "",
         "## Transfer",
