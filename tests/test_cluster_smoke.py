@@ -43,6 +43,7 @@ def test_cluster_smoke_runs_end_to_end_on_the_real_data_fixtures(
     raw["out"] = str(tmp_path / "out")
     raw["data"]["root"] = str(tiny_imagenet)
     del raw["arms"]["ls"]  # two arms keep the test short; a third adds nothing it checks
+    del raw["transfer"]  # transfer stages run end to end in tests/test_sweep_plan.py
     for section in (raw["pretrain"], raw["evaluate"], raw["convert"], raw["compare"]):
         section["resources"] = {"timeout_min": 30}  # one process on this machine's CPUs
     raw["pretrain"]["overrides"].update(

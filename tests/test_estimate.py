@@ -7,7 +7,9 @@ import json
 import re
 from pathlib import Path
 
-from als_det.experiment.plan import load_plan
+import yaml
+
+from als_det.experiment.plan import load_plan, parse_plan
 from als_det.experiment.runner import dry_run
 
 REPO = Path(__file__).resolve().parents[1]
@@ -33,7 +35,7 @@ def _hours(line: str) -> float:
 def test_every_stage_of_the_paper_plan_has_a_labelled_estimate(tmp_path: Path) -> None:
     text = dry_run(load_plan(PAPER), bench_dir=tmp_path)  # nothing measured there
     est = _estimates(text)
-    assert len(est) == 11
+    assert len(est) == 14
     pre = est["pretrain_als"]
     assert "1281167 images (ILSVRC2012 train" in pre[0] and "resnet50 at 224 px on 8 GPU" in pre[0]
     assert "published: NVIDIA DeepLearningExamples" in pre[0] and "assumed: issue 21" in pre[0]
@@ -46,6 +48,10 @@ def test_every_stage_of_the_paper_plan_has_a_labelled_estimate(tmp_path: Path) -
     assert "0.210 s/iter (published: detectron2 model zoo, 8 V100, float32" in det
     assert _hours(det) == round(90000 * 0.210 / 3600, 1)
     assert "no rate: its time limit, 180 min, at most 24 GPU-hours" in est["evaluate"][0]
+    assert (
+        "datasets/downstream is not here to count: its time limit, 240 min"
+        in est["transfer_hard"][0]
+    )
     estimates = text.split("# pre-flight check", 1)[0]  # the pre-flight list follows them
     assert estimates.splitlines()[-1].startswith("# total: ")
 
@@ -59,3 +65,16 @@ def test_measured_rates_replace_the_assumed_ones(tmp_path: Path) -> None:
     assert "measured: bench_decode.py on Test CPU, 2026-12-03 10:00:00 UTC" in pre[0]
     # 8 workers x 400 img/s per core outrun the GPU step: both paths are GPU-bound
     assert "(GPU step-bound)" in pre[1] and _hours(pre[1]) == _hours(pre[2])
+
+
+def test_transfer_estimate_counts_the_downstream_set(tmp_path: Path, tiny_imagenet_transfer):
+    raw = yaml.safe_load(PAPER.read_text())
+    raw["transfer"]["data"] = str(tiny_imagenet_transfer)
+    line = _estimates(dry_run(parse_plan(raw, "p.yaml"), bench_dir=tmp_path))["transfer_ls"][0]
+    # 20 classes x 300 train and 50 val images; 10 epochs x 6000 fine-tuning images at the
+    # published step (ResNet-50 at 224 px), 6000 + 1000 feature images and 1000 predictions at 3x
+    assert "6000 train and 1000 val images, linear_probe, knn, finetune: 60000 fine-tuning" in line
+    assert "2470 img/s per GPU (published: NVIDIA DeepLearningExamples" in line
+    assert "8000 forward-only at 3x that (assumed: a forward pass alone" in line
+    minutes = (60000 / 2470 + 8000 / (3 * 2470)) / 60
+    assert f"one process, {minutes:.1f} min, {minutes / 60:.2f} GPU-hours" in line

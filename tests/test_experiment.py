@@ -94,7 +94,7 @@ def test_plan_errors_name_the_key(edit, message):
 
 def test_shipped_plans_build():
     for name, stages in (
-        ("paper_r50", 11),
+        ("paper_r50", 3 + 1 + 3 + 3 + 3 + 1),
         ("demo", 1 + 3 + 1 + 3 + 3 + 1),
         ("smoke", 1 + 2 + 1 + 2 + 2 + 1),
     ):
@@ -130,8 +130,18 @@ def test_dry_run_lists_every_command_in_order_with_resources():
         if ln.startswith("# ") and ". " in ln
     ]
     assert names[:3] == ["pretrain_hard_s0", "pretrain_ls_s0", "pretrain_als_s0"]
-    assert len(names) == 6 + 1 + 6 + 6 + 1 and names[-1] == "compare_faster_rcnn_R_50_FPN_1x"
+    assert len(names) == 6 + 6 + 1 + 6 + 6 + 1 and names[-1] == "compare_faster_rcnn_R_50_FPN_1x"
     assert names.index("evaluate") > names.index("pretrain_als_s1")
+    # a transfer per run, listed after the evaluation but needing only its pretraining
+    assert names.index("transfer_hard_s0") == names.index("evaluate") + 1
+    assert (
+        "# 12. transfer_ls_s1 [1 node x 1 GPUs, 10 CPUs/process, 64 GB, 240 min; after "
+        "pretrain_ls_s1]"
+    ) in text
+    assert (
+        "python tools/transfer.py --checkpoint output/paper_r50/pretrain/ls_s1/last.pth --name "
+        "ls_s1 --data datasets/downstream --out output/paper_r50/transfer/ls_s1 --workers 10"
+    ) in text
     assert names.index("finetune_faster_rcnn_R_50_FPN_1x_als_s1") > names.index("convert_als_s1")
     assert (
         "torchrun --nproc_per_node=8 --standalone tools/pretrain.py --config-file "

@@ -39,6 +39,7 @@ def test_paper_plan_without_imagenet_stops_before_launching_with_one_line_per_pr
     problems = [ln for ln in err.splitlines() if ln.lstrip().startswith("PROBLEM")]
     expected = [
         "pretraining: data root datasets/imagenet does not exist",
+        "transfer: downstream root datasets/downstream does not exist (expected train/<class>/*",
         "COCO root datasets/coco",
     ]
     if torch.cuda.device_count() < 8:
@@ -75,11 +76,13 @@ def test_skip_preflight_launches_anyway(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("name", ["demo", "smoke", "sweep_smoke", "sweep_tiny_imagenet"])
-def test_shipped_cpu_plans_pass(name, tiny_imagenet, tmp_path):
+def test_shipped_cpu_plans_pass(name, tiny_imagenet, tiny_imagenet_transfer, tmp_path):
     raw = _raw(name)
     raw["out"] = str(tmp_path / "out")
     if not raw["data"].get("generate"):
         raw["data"]["root"] = str(tiny_imagenet)
+    if raw.get("transfer"):
+        raw["transfer"]["data"] = str(tiny_imagenet_transfer)
     assert _problems(raw) == []
 
 
@@ -142,6 +145,31 @@ def test_detection_data_sets_and_evaluation_root_are_checked(tmp_path, tiny_imag
     raw["detection"][0]["args"] = ["--coco-root", str(coco_mini)]
     raw["evaluate"]["data"] = str(tiny_imagenet)
     assert _problems(raw) == []
+
+
+def test_transfer_downstream_root_is_checked(tmp_path, tiny_imagenet, tiny_imagenet_transfer):
+    raw = _raw("sweep_smoke")
+    raw["out"] = str(tmp_path / "out")
+    raw["data"]["root"] = str(tiny_imagenet)
+    down = tmp_path / "down"
+    raw["transfer"]["data"] = str(down)
+    layout = 'expected train/<class>/*, val/<class>/*; docs/architecture.md "Transfer stage"'
+    assert _problems(raw) == [f"transfer: downstream root {down} does not exist ({layout})"]
+    (down / "train" / "daisy").mkdir(parents=True)
+    (down / "val").mkdir()
+    assert _problems(raw) == [
+        f"transfer: downstream root {down}: no class folders in val/ ({layout})"
+    ]
+    raw["transfer"]["data"] = str(tiny_imagenet_transfer)
+    plan = parse_plan(raw, "p.yaml")
+    found = [f for f in preflight.check(plan, build_graph(plan), "local") if "transfer:" in f.text]
+    assert [(f.ok, f.text) for f in found] == [
+        (
+            True,
+            f"transfer: downstream root {tiny_imagenet_transfer}: 20 train and 20 val classes "
+            "found",
+        )
+    ]
 
 
 def test_dry_run_ends_with_the_check_as_comments(tmp_path):

@@ -39,7 +39,7 @@ def test_slurm_dry_run_shows_each_jobs_resources_and_dependencies(tmp_path, caps
 
     assert _main()([*argv, "--launcher", "slurm", "--partition", "gpu", "--account", "lab"]) == 0
     jobs = _jobs(capsys.readouterr().out)
-    assert len(jobs) == 11
+    assert len(jobs) == 14
     pretrain = jobs["pretrain_hard"]
     for flag in (
         "--partition=gpu",  # the command line over the plan's slurm section
@@ -62,6 +62,10 @@ def test_slurm_dry_run_shows_each_jobs_resources_and_dependencies(tmp_path, caps
     assert "--kill-on-invalid-dep=yes" in jobs["evaluate"]
     assert "--dependency=afterok:convert_als" in jobs["finetune_faster_rcnn_R_50_FPN_1x_als"]
     assert "--time=10" in jobs["compare_faster_rcnn_R_50_FPN_1x"]
+    transfer = jobs["transfer_als"]
+    for flag in ("--gpus-per-node=1", "--cpus-per-task=10", "--mem=64GB", "--time=240"):
+        assert flag in transfer, (flag, transfer)
+    assert "--dependency=afterok:pretrain_als" in transfer  # not after the evaluation
 
     assert _main()([*argv, "--launcher", "slurm"]) == 0
     jobs = _jobs(capsys.readouterr().out)

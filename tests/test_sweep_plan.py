@@ -1,7 +1,8 @@
 """Sweep plans through the experiment runner: the grid (settings x seeds x training lengths) as
-cells, its checks, the dry run, the progress line, and `configs/experiments/sweep_smoke.yaml` end
-to end on the real-photo fixture (a broken cell reported while the others finish, the report over
-the finished cells from their real evaluations, a second invocation that runs nothing)."""
+cells, its checks, the dry run, the progress line, each cell's transfer stage, and
+`configs/experiments/sweep_smoke.yaml` end to end on the real-photo fixtures (a broken cell
+reported while the others finish, the report over the finished cells from their real evaluations
+and transfers, a second invocation that runs nothing)."""
 
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ from als_det.experiment.commands import override_args
 from als_det.experiment.graph import build_graph
 from als_det.experiment.launchers import Outcome
 from als_det.experiment.plan import PlanError, load_plan, parse_plan
+from als_det.experiment.stages import fingerprint
 from als_det.experiment.sweep import Progress, sweep_cells
 from als_det.io import atomic_write_json
 from als_det.revision import code_revision
@@ -82,10 +84,14 @@ def test_sweep_plan_is_settings_x_seeds_x_lengths_one_cell_after_the_other():
 
     graph = build_graph(plan)
     longer = {(s, e) for s, e in expected if e != 8}
-    assert len(graph.stages) == 2 * ((len(expected) - len(longer)) * 3 + len(longer) * 2)
+    assert len(graph.stages) == 3 * ((len(expected) - len(longer)) * 3 + len(longer) * 2)
     runs = []
-    for pre, ev in zip(graph.stages[::2], graph.stages[1::2]):  # each cell trained, then evaluated
+    # each cell trained, evaluated, then transferred (after its pretraining only)
+    for pre, ev, tr in zip(graph.stages[::3], graph.stages[1::3], graph.stages[2::3]):
         assert (pre.kind, ev.kind, ev.deps) == ("pretrain", "evaluate", (pre.name,))
+        assert (tr.kind, tr.deps, tr.inputs) == ("transfer", (pre.name,), (pre.outputs[0],))
+        args = list(tr.command.args)
+        assert args[args.index("--data") + 1] == "../shared/data/tiny-imagenet-transfer"
         run = RUN.fullmatch(pre.name.removeprefix("pretrain_"))
         args = list(pre.command.args)
         assert args[args.index("SEED") + 1] == run["seed"]
@@ -135,6 +141,9 @@ def test_sweep_plan_is_settings_x_seeds_x_lengths_one_cell_after_the_other():
         ),
         (lambda p: p["evaluate"].update(per_run=False), "a sweep evaluates every run on its own"),
         (lambda p: p.update(report="demo"), "a sweep writes the sweep report, not report: 'demo'"),
+        (lambda p: p["transfer"].pop("data"), r"transfer.data is required \(the downstream set"),
+        (lambda p: p["transfer"].update(seeds=[0]), r"unknown key\(s\) \['seeds'\] in transfer"),
+        (lambda p: p["transfer"].update(args="--epochs 1"), "transfer.args must be a list"),
         (
             lambda p: p.update(
                 detection=[
@@ -174,11 +183,11 @@ def test_dry_run_lists_every_cell():
     lines = out.stdout.splitlines()
     assert lines[1] == (
         "# sweep: 9 settings x 3 seeds at 8 epochs, and hard, als at 16, 32 epochs (seeds 0, 1): "
-        "35 cells (a pretraining and an evaluation each); report: "
+        "35 cells (a pretraining, an evaluation and a transfer each); report: "
         "output/sweep_tiny_imagenet/report.md"
     )
     commands = [ln for ln in lines if not ln.startswith("#")]
-    assert len(commands) == 70
+    assert len(commands) == 105
     emax = next(
         ln for ln in commands if "pretrain/als_emax03_e8_s2" in ln and "tools/pretrain.py" in ln
     )
@@ -188,6 +197,38 @@ def test_dry_run_lists_every_cell():
         and "SEED 2" in emax
     )
     assert any("evaluation/mixup_e8_s1" in ln and "tools/evaluate.py" in ln for ln in commands)
+    assert (
+        "python tools/transfer.py --checkpoint "
+        "output/sweep_tiny_imagenet/pretrain/ls_e8_s2/last.pth --name ls_e8_s2 --data "
+        "../shared/data/tiny-imagenet-transfer --out "
+        "output/sweep_tiny_imagenet/transfer/ls_e8_s2"
+    ) in commands
+    stage = next(ln for ln in lines if ". transfer_ls_e8_s2 [" in ln)
+    assert stage.endswith("[1 node, no GPU, 2 CPUs/process, 60 min; after pretrain_ls_e8_s2]")
+
+
+def test_transfer_stage_fingerprint_follows_its_options_data_and_checkpoint(tmp_path):
+    def stages(edit=lambda raw: None) -> dict:
+        raw = _raw()
+        raw["out"] = str(tmp_path / "sweep")
+        edit(raw)
+        return {st.name: st for st in build_graph(parse_plan(raw, "sweep.yaml")).stages}
+
+    base = stages()
+    tr = base["transfer_als_e2_s1"]
+    out = tmp_path / "sweep/transfer/als_e2_s1"
+    assert (tr.outputs, tr.owns) == ((out / "transfer.json",), out)
+    fp = fingerprint(tr)
+    epochs = stages(lambda raw: raw["transfer"]["args"].extend(["--epochs", "2"]))
+    assert fingerprint(epochs["transfer_als_e2_s1"]) != fp
+    # the evaluation is independent of the transfer's options
+    assert fingerprint(epochs["evaluate_als_e2_s1"]) == fingerprint(base["evaluate_als_e2_s1"])
+    data = stages(lambda raw: raw["transfer"].update(data=str(tmp_path / "elsewhere")))
+    assert fingerprint(data["transfer_als_e2_s1"]) != fp
+    assert fingerprint(stages()["transfer_als_e2_s1"]) == fp
+    tr.inputs[0].parent.mkdir(parents=True)
+    tr.inputs[0].write_bytes(b"a checkpoint")  # the checkpoint's content is an input
+    assert fingerprint(tr) != fp
 
 
 def test_progress_names_the_cell_and_estimates_the_time_left(tmp_path, caplog):
@@ -218,8 +259,10 @@ def test_progress_names_the_cell_and_estimates_the_time_left(tmp_path, caplog):
     for stage, seconds in (
         (cells[0].pretrain, 600),
         (cells[0].evaluate, 40),
+        (cells[0].transfer, 30),
         (cells[6].pretrain, 1300),
         (cells[6].evaluate, 60),
+        (cells[6].transfer, 50),
     ):
         atomic_write_json(
             stage.marker, {"fingerprint": "x", "seconds": seconds, "resumed_from": None}
@@ -227,17 +270,20 @@ def test_progress_names_the_cell_and_estimates_the_time_left(tmp_path, caplog):
     progress(
         cells[1].pretrain,
         Outcome(
-            ran=[cells[0].pretrain.name, cells[0].evaluate.name],
-            reused=[cells[6].pretrain.name, cells[6].evaluate.name],
+            ran=[st.name for st in cells[0].stages], reused=[st.name for st in cells[6].stages]
         ),
     )
-    # rates: (600 + 1300) s / 3 epochs, (40 + 60) / 2 s; left: cells 1-5 and 7, 1+1+1+2+2+2 = 9
-    # epochs and 6 evaluations: 9 * 1900 / 3 + 6 * 50 = 6000 s
+    # rates: (600 + 1300) s / 3 epochs, (40 + 60) / 2 s, (30 + 50) / 2 s; left: cells 1-5 and 7,
+    # 1+1+1+2+2+2 = 9 epochs, 6 evaluations and 6 transfers: 9 * 1900 / 3 + 6 * 50 + 6 * 40 = 6240 s
     assert (
         "cell 2/8 als_e1_s0 (als, seed 0, 1 epoch): pretraining; 2 cells finished (1 earlier), "
-        "0 failed; about 1 h 40 min left (633.3 s per training epoch, 50 s per evaluation so far)"
-        in caplog.text
+        "0 failed; about 1 h 44 min left (633.3 s per training epoch, 50 s per evaluation, 40 s "
+        "per transfer so far)" in caplog.text
     )
+    caplog.clear()
+    # a cell is finished once its transfer is: the one before it has only been evaluated
+    progress(cells[1].transfer, Outcome(ran=[st.name for st in cells[0].stages[:2]]))
+    assert "cell 2/8 als_e1_s0 (als, seed 0, 1 epoch): transfer; 0 cells finished" in caplog.text
 
 
 def _sweep(plan: Path, out: Path) -> subprocess.CompletedProcess:
@@ -249,13 +295,27 @@ def _metrics(out: Path, run: str) -> dict:
     return json.loads((out / "evaluation" / run / "metrics.json").read_text())["models"][run]
 
 
+def _transfer(out: Path, run: str) -> dict:
+    return json.loads((out / "transfer" / run / "transfer.json").read_text())["models"][run]
+
+
+def _table_rows(section: str) -> dict[tuple[str, str], list[str]]:
+    """(setting, epochs) -> the cells of its row in a Markdown table."""
+    rows = {}
+    for line in section.strip().splitlines()[2:]:
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        rows[(cells[0].replace("**", "").split()[0], cells[1])] = cells
+    return rows
+
+
 @pytest.mark.slow
 def test_smoke_sweep_reports_a_broken_cell_finishes_the_others_then_reuses_them(
-    tmp_path, tiny_imagenet
+    tmp_path, tiny_imagenet, tiny_imagenet_transfer
 ):
     out = tmp_path / "sweep"
     raw = _raw()
     raw["data"]["root"] = str(tiny_imagenet)
+    raw["transfer"]["data"] = str(tiny_imagenet_transfer)
     (tmp_path / "sweep.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
     raw["arms"]["broken"] = {
         "config": "configs/pretrain/tiny_imagenet_hard.yaml",
@@ -272,9 +332,9 @@ def test_smoke_sweep_reports_a_broken_cell_finishes_the_others_then_reuses_them(
         )
         assert "no_such_strategy" in log.read_text()
     assert (
-        "cell 10/10 als_e2_s1 (als, seed 1, 2 epochs): evaluation; 7 cells finished" in first.stderr
+        "cell 10/10 als_e2_s1 (als, seed 1, 2 epochs): transfer; 7 cells finished" in first.stderr
     )
-    assert "left (" in first.stderr.split("cell 10/10")[1].splitlines()[0]
+    assert "per transfer so far)" in first.stderr.split("cell 10/10")[1].splitlines()[0]
     report = (out / "report.md").read_text()
     assert report.startswith("# Sweep: sweep_smoke (incomplete)")
     assert "**2 of 10 planned cells are missing.**" in report
@@ -287,7 +347,7 @@ def test_smoke_sweep_reports_a_broken_cell_finishes_the_others_then_reuses_them(
 
     second = _sweep(tmp_path / "sweep.yaml", out)
     assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
-    assert "]: 0 stage(s) ran, 16 reused" in second.stderr
+    assert "]: 0 stage(s) ran, 24 reused" in second.stderr
     assert "tools/pretrain.py" not in second.stdout + second.stderr
     report = (out / "report.md").read_text()
     assert "Missing" not in report and "(incomplete)" not in report
@@ -297,9 +357,15 @@ def test_smoke_sweep_reports_a_broken_cell_finishes_the_others_then_reuses_them(
         "## Accuracy and calibration",
         "## Context reliance: bg_only",
         "## Training length",
+        "## Transfer",
     ):
         assert part in report, part
-    for fig in ("tradeoff_bg_only.png", "tradeoff_outside_crop.png", "training_length.png"):
+    for fig in (
+        "tradeoff_bg_only.png",
+        "tradeoff_outside_crop.png",
+        "training_length.png",
+        "transfer.png",
+    ):
         assert f"]({fig})" in report and (out / fig).read_bytes()[:4] == b"\x89PNG"
 
     # the numbers are those of the cells' own evaluations, paired with hard of the same seed and
@@ -308,8 +374,12 @@ def test_smoke_sweep_reports_a_broken_cell_finishes_the_others_then_reuses_them(
     assert saved["missing"] == [] and saved["main_epochs"] == 1
     assert (
         list(saved["revisions"]) == [code_revision()]
-        and len(saved["revisions"][code_revision()]) == 16
+        and len(saved["revisions"][code_revision()]) == 24
     )
+    assert saved["missing_transfer"] == [] and saved["transfer"]["data"]["images"] == {
+        "train": 60,
+        "val": 60,
+    }
     groups = {(g["setting"], g["epochs"]): g["stats"] for g in saved["groups"]}
     assert set(groups) == {(s, e) for s in ("hard", "als") for e in (1, 2)}
     for epochs in (1, 2):
@@ -328,3 +398,25 @@ def test_smoke_sweep_reports_a_broken_cell_finishes_the_others_then_reuses_them(
         ]
         assert stats["ratio_relative_to_val_bg_only"]["mean"] == pytest.approx(np.mean(rel))
         assert stats["ratio_relative_to_val_bg_only"]["std"] == pytest.approx(np.std(rel, ddof=1))
+
+    # the transfer columns: each cell's own transfer.json, over seeds and paired with hard's
+    transfer = report.split("## Transfer")[1].split("\n\n")[2]
+    rows = _table_rows(transfer)
+    assert list(rows) == [("hard", "1"), ("als", "1"), ("hard", "2"), ("als", "2")]
+    for epochs in (1, 2):
+        als = [_transfer(out, f"als_e{epochs}_s{s}") for s in (0, 1)]
+        hard = [_transfer(out, f"hard_e{epochs}_s{s}") for s in (0, 1)]
+        assert [m["pretrain_epoch"] for m in als + hard] == [epochs] * 4
+        row = rows[("als", str(epochs))]
+        assert row[2] == "2"  # seeds
+        for i, protocol in enumerate(("linear_probe", "knn", "finetune")):
+            top1 = [m[protocol]["top1"] for m in als]
+            delta = [a[protocol]["top1"] - h[protocol]["top1"] for a, h in zip(als, hard)]
+            stats = groups[("als", epochs)]
+            assert stats[f"transfer_{protocol}"]["mean"] == pytest.approx(np.mean(top1))
+            assert stats[f"d_transfer_{protocol}"]["mean"] == pytest.approx(np.mean(delta))
+            assert row[3 + 2 * i] == (
+                f"{100 * np.mean(top1):.1f} ± {100 * np.std(top1, ddof=1):.1f}"
+            )
+            assert row[4 + 2 * i].startswith(f"{100 * np.mean(delta):+.1f} [")
+        assert rows[("hard", str(epochs))][4] == "—"

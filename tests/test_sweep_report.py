@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from tiny_runs import TINY_GEN, tiny_data_overrides
 
 from als_det.analysis.evaluate import EvalOptions, evaluate_checkpoints
 from als_det.config import load_config
 from als_det.data.generated import generate
 from als_det.engine.trainer import train
+from als_det.io import sha256_file
 from als_det.metrics.intervals import t_interval
 from als_det.report.evaluation import write_evaluation
 from als_det.report.sweep import SweepCell, SweepInputError, summarize
@@ -226,6 +229,74 @@ def test_a_moved_sweep_folder_is_matched_by_checkpoint_hash(cells, tmp_path) -> 
     moved.write_text(json.dumps(metrics))
     with pytest.raises(SweepInputError, match="no evaluated checkpoint"):
         summarize(as_moved_cells)
+
+
+def _transfer_json(path: Path, cell: SweepCell, top1: float, **changes) -> Path:
+    """A transfer.json of the cell's checkpoint as tools/transfer.py writes it (the keys the sweep
+    reads), with top-1 `top1` under each protocol; `changes` edit its model entry or options."""
+    ckpt = Path(cell.run_dir).resolve() / "last.pth"
+    model = {
+        "checkpoint": str(ckpt),
+        "sha256": sha256_file(ckpt),
+        "pretrain_seed": cell.seed,
+        "pretrain_epoch": int(torch.load(ckpt, map_location="cpu", weights_only=False)["epoch"]),
+        **{p: {"top1": top1} for p in ("linear_probe", "knn")},
+    }
+    options = {"protocols": "linear_probe,knn", "k": 20, "seed": 0, "workers": 2}
+    for key, value in changes.items():
+        (options if key in options else model)[key] = value
+    results = {
+        "models": {cell.setting: model},
+        "data": {
+            "root": "/down",
+            "classes": ["a", "b"],
+            "images": {"train": 4, "val": 2},
+            "max_per_class": 0,
+            "digest": "d",
+        },
+        "options": options,
+    }
+    path.write_text(json.dumps(results))
+    return path
+
+
+@pytest.mark.slow
+def test_transfer_results_are_paired_by_seed_and_must_belong_to_their_cell(cells, tmp_path):
+    main = [c for c in cells if "_e1" in str(c.run_dir) and c.setting in ("hard", "als")]
+    top1 = {("hard", 0): 0.50, ("hard", 1): 0.60, ("als", 0): 0.55, ("als", 1): 0.75}
+
+    def with_transfer(cell: SweepCell, **changes) -> SweepCell:
+        path = tmp_path / f"{cell.setting}_{cell.seed}.json"
+        t = _transfer_json(path, cell, top1[(cell.setting, cell.seed)], **changes)
+        return replace(cell, transfer=t)
+
+    sweep = summarize([with_transfer(c) for c in main])
+    als = next(g for g in sweep.groups if g.setting == "als")
+    assert als.stats["transfer_knn"]["mean"] == pytest.approx(0.65)
+    assert als.stats["d_transfer_linear_probe"]["mean"] == pytest.approx(0.10)
+    assert als.stats["d_transfer_linear_probe"]["interval"] == pytest.approx(
+        list(t_interval([0.05, 0.15])[1:])
+    )
+    assert sweep.transfer["options"] == {"protocols": "linear_probe,knn", "k": 20, "seed": 0}
+    # a cell without its transfer: its numbers are left out, nothing is paired with it
+    partial = summarize([with_transfer(c) if c.seed == 0 else c for c in main])
+    als = next(g for g in partial.groups if g.setting == "als")
+    assert als.stats["d_transfer_linear_probe"]["n"] == 1
+    assert als.stats["d_transfer_linear_probe"]["interval"] is None
+    # workers change how it ran, not what it measured; k changes what it measured
+    assert summarize([with_transfer(c, workers=0) if c.seed else with_transfer(c) for c in main])
+    with pytest.raises(SweepInputError, match=r"differs in \['options.k'\]"):
+        summarize([with_transfer(c, k=5) if c.seed else with_transfer(c) for c in main])
+    with pytest.raises(SweepInputError, match="its checkpoint has seed 7"):
+        summarize([with_transfer(c, pretrain_seed=7) if c.seed else c for c in main])
+    hard = next(c for c in main if c.setting == "hard")
+    with pytest.raises(SweepInputError, match="not a checkpoint in"):
+        summarize(
+            [
+                with_transfer(c, sha256="0" * 64, checkpoint="/else/last.pth") if c is hard else c
+                for c in main
+            ]
+        )
 
 
 def _data_root(cell: SweepCell) -> Path:

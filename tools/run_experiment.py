@@ -1,5 +1,6 @@
 #!/usr/bin/env python
-"""Run a whole experiment from its plan: pretrain the arms, evaluate, convert, fine-tune, compare.
+"""Run a whole experiment from its plan: pretrain the arms, evaluate, transfer, convert, fine-tune,
+compare.
 
     python tools/run_experiment.py --plan configs/experiments/paper_r50.yaml --dry-run
     python tools/run_experiment.py --plan configs/experiments/paper_r50.yaml  # this machine

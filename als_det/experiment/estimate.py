@@ -7,10 +7,13 @@ Rates, measured ones first where this checkout has them:
   step per GPU     `benchmarks/out/gpu_check/gpu_check.json` (the trainer's own step, ResNet-50,
                    224 px, bf16), else NVIDIA's published ResNet-50 figure (DALI + AMP, one A100)
   detection        detectron2's model-zoo training speed of the config (8 V100, float32)
-Pretraining scales the step rate by the architecture's FLOPs and the crop's pixels; on `DATA.DECODE
-workers` a GPU gets at most min(DATA.NUM_WORKERS, CPUs per process) x the decode rate. Stages with
-no rate (evaluation, conversion, comparison, data generation) show their time limit, labelled as
-such. Training time only: per-epoch evaluation, start-up and requeues come on top.
+  transfer         the step rate for its fine-tuning images, 3x it for its forward-only images
+                   (features, predictions; assumed: a backward pass costs about two forwards)
+Pretraining and transfer scale the step rate by the architecture's FLOPs and the crop's pixels; on
+`DATA.DECODE workers` a pretraining GPU gets at most min(DATA.NUM_WORKERS, CPUs per process) x the
+decode rate. Stages with no rate (evaluation, conversion, comparison, data generation) show their
+time limit, labelled as such. Training time only: per-epoch evaluation, start-up and requeues
+come on top.
 """
 
 from __future__ import annotations
@@ -51,6 +54,7 @@ ZOO_S_PER_ITER = {
     "mask_rcnn_R_50_FPN_1x": 0.261,
 }
 ZOO_SOURCE = "published: detectron2 model zoo, 8 V100, float32"
+FORWARD_SPEEDUP = (3.0, "assumed: a forward pass alone costs a third of a training step")
 
 
 def measured_rates(bench_dir: Path) -> dict[str, tuple[float, str]]:
@@ -108,6 +112,13 @@ def _config_and_overrides(args: Sequence[str]) -> tuple[str, list[str]]:
     return args[i + 1], args[first:]
 
 
+def _step_rate(cfg: Any, rates: dict[str, tuple[float, str]]) -> tuple[float, str]:
+    """Training images/s per GPU of the config's architecture at its crop size, and its source."""
+    step, step_src = rates.get("step", PUBLISHED_STEP)
+    scale = RESNET_GFLOPS["resnet50"] / RESNET_GFLOPS.get(cfg.MODEL.ARCH, 4.1)
+    return step * scale * (224 / cfg.DATA.IMAGE_SIZE) ** 2, step_src
+
+
 def _gpus(stage: Stage) -> int:
     return stage.resources.nodes * stage.resources.gpus_per_node
 
@@ -131,9 +142,7 @@ def pretrain_estimate(
     if cfg.TRAIN.MAX_ITERS_PER_EPOCH:
         images = min(images, cfg.TRAIN.MAX_ITERS_PER_EPOCH * cfg.SOLVER.BATCH_SIZE * gpus)
         where += f", {images} per epoch (TRAIN.MAX_ITERS_PER_EPOCH)"
-    step, step_src = rates.get("step", PUBLISHED_STEP)
-    scale = RESNET_GFLOPS["resnet50"] / RESNET_GFLOPS.get(cfg.MODEL.ARCH, 4.1)
-    step *= scale * (224 / cfg.DATA.IMAGE_SIZE) ** 2
+    step, step_src = _step_rate(cfg, rates)
     decode, decode_src = rates.get("decode", ASSUMED_DECODE)
     cores = min(cfg.DATA.NUM_WORKERS, stage.resources.cpus_per_proc) or 1
     work = cfg.SOLVER.EPOCHS * images
@@ -178,12 +187,66 @@ def detection_estimate(stage: Stage) -> tuple[list[str], float | None]:
     ], hours * gpus
 
 
+def _downstream_images(root: Path, max_per_class: int) -> dict[str, int] | None:
+    """Images per split of a downstream set (ImageNet layout), None where it is not here."""
+    counts = {}
+    for split in ("train", "val"):
+        if not (root / split).is_dir():
+            return None
+        counts[split] = sum(
+            min(len(os.listdir(e.path)), max_per_class or 10**12)
+            for e in os.scandir(root / split)
+            if e.is_dir()
+        )
+    return counts
+
+
+def transfer_estimate(
+    stage: Stage, pretrain: Stage, rates: dict[str, tuple[float, str]]
+) -> tuple[list[str], float | None]:
+    """The stage's lines and GPU-hours (None when its data set is not here to count)."""
+    import argparse
+
+    from als_det.analysis.transfer import TransferOptions
+    from als_det.cli import add_options, options_from_args
+    from als_det.config import load_config
+    from als_det.experiment.stages import resolve
+
+    spec = dict(zip(stage.command.spec[::2], stage.command.spec[1::2]))
+    parser = argparse.ArgumentParser(add_help=False)
+    add_options(parser, TransferOptions)
+    opts = options_from_args(TransferOptions, parser.parse_known_args(list(spec["options"]))[0])
+    gpus = _gpus(stage)
+    limit = stage.resources.timeout_min
+    if not gpus:
+        return [f"#    no GPU: the rates are per GPU, no estimate (time limit {limit} min)"], 0.0
+    images = _downstream_images(resolve(spec["data"]), opts.max_per_class)
+    if images is None:
+        return [f"#    {spec['data']} is not here to count: its time limit, {limit} min"], None
+    config, overrides = _config_and_overrides(pretrain.command.args)
+    cfg = load_config(config, overrides)
+    step, step_src = _step_rate(cfg, rates)
+    speedup, speedup_src = FORWARD_SPEEDUP
+    protocols = opts.protocol_list()
+    trained = opts.epochs * images["train"] if "finetune" in protocols else 0
+    forward = (images["train"] + images["val"]) * bool({"linear_probe", "knn"} & set(protocols))
+    forward += images["val"] if "finetune" in protocols else 0
+    hours = (trained / step + forward / (step * speedup)) / 3600
+    return [
+        f"#    {images['train']} train and {images['val']} val images, {', '.join(protocols)}: "
+        f"{trained} fine-tuning images at {step:.0f} img/s per GPU ({step_src}; scaled by FLOPs "
+        f"and pixels), {forward} forward-only at {speedup:g}x that ({speedup_src}); one process, "
+        f"{hours * 60:.1f} min, {hours:.2f} GPU-hours"
+    ], hours
+
+
 def estimate_lines(stages: Sequence[Stage], bench_dir: Path) -> str:
     """The `--dry-run` estimate of every stage, in order, and the plan's total."""
     rates = measured_rates(bench_dir)
     lines = ["# estimates (training time on each stage's resources; sources in brackets):"]
     total = {"config": 0.0, "device": 0.0}
     limits = 0.0
+    by_name = {st.name: st for st in stages}
     for st in stages:
         lines.append(f"# ~ {st.name}")
         gpus = _gpus(st)
@@ -193,8 +256,12 @@ def estimate_lines(stages: Sequence[Stage], bench_dir: Path) -> str:
             total["config"] += hours["config"]
             total["device"] += hours["device"]
             continue
-        if st.kind == "finetune":
-            more, gpu_hours = detection_estimate(st)
+        if st.kind in ("finetune", "transfer"):
+            more, gpu_hours = (
+                detection_estimate(st)
+                if st.kind == "finetune"
+                else transfer_estimate(st, by_name[st.deps[0]], rates)
+            )
             lines += more
             if gpu_hours is not None:
                 total["config"] += gpu_hours

@@ -1,13 +1,15 @@
 """A plan -> its stages in dependency order:
 
     data (if generated) -> pretrain x arms x seeds -> evaluate (one over all runs, or one per run)
+                                                   -> transfer (one per run, if the plan has one)
                         -> convert -> finetune x detectors [x seeds] -> compare per detector
 
-(per-run evaluations are listed right after their pretraining: a sweep's cells finish one by one).
+(with per-run evaluations, each run's evaluation and transfer are listed right after its
+pretraining: a sweep's cells finish one by one).
 
 Everything lands under the plan's `out`: `pretrain/<run>/`, `evaluation/[<run>/]`,
-`pretrained/<run>.pkl`, `detection/<detector>/<run>/`, `compare/<detector>/`, one log per stage in
-`logs/`, the stage records in `.stages/`.
+`transfer/<run>/`, `pretrained/<run>.pkl`, `detection/<detector>/<run>/`, `compare/<detector>/`,
+one log per stage in `logs/`, the stage records in `.stages/`.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ class Graph:
     stages: list[Stage]
     checkpoints: dict[str, Path] = field(default_factory=dict)  # run -> last.pth
     evaluation: Path | None = None
+    transfer: dict[str, Path] = field(default_factory=dict)  # run -> transfer.json
     detection: dict[str, list[Path]] = field(default_factory=dict)  # detector -> run folders
     compare: dict[str, Path] = field(default_factory=dict)  # detector -> compare folder
 
@@ -144,6 +147,29 @@ class _Builder:
             )
         self.graph.evaluation = resolve(self.path("evaluation"))
 
+    def transfer(self, pretrained: dict[str, str]) -> None:
+        """One `tools/transfer.py` per run; it resumes from its own cache (OUT/cache/), which an
+        interrupted run of the same command leaves in place."""
+        tr = self.plan.transfer
+        if tr is None:
+            return
+        data = self.fill(tr.data)
+        args = [self.fill(a) for a in tr.args]
+        for run in pretrained:
+            out = self.path("transfer", run)
+            ckpt = str(self.out / "pretrain" / run / "last.pth")
+            self.add(
+                f"transfer_{run}",
+                "transfer",
+                commands.transfer_command({run: ckpt}, data, out, None, args),
+                tr.resources,
+                deps=(pretrained[run],),
+                inputs=(self.graph.checkpoints[run],),
+                outputs=(resolve(out) / "transfer.json",),
+                owns=resolve(out),
+            )
+            self.graph.transfer[run] = resolve(out) / "transfer.json"
+
     def detection(self, pretrained: dict[str, str]) -> None:
         plan = self.plan
         if not plan.detection:
@@ -211,14 +237,18 @@ class _Builder:
             self.graph.compare[det.name] = resolve(out)
 
 
-def _evaluations_after_their_runs(stages: list[Stage]) -> list[Stage]:
-    """Each per-run evaluation right after its pretraining: one after the other (the local
-    launcher), every run is a finished cell, trained and evaluated, before the next one starts."""
-    evaluation_of = {st.deps[0]: st for st in stages if st.kind == "evaluate"}
+def _per_run_after_their_runs(stages: list[Stage], kinds: set[str]) -> list[Stage]:
+    """Each per-run stage of `kinds` right after its pretraining (evaluation first): one after the
+    other (the local launcher), every run is a finished cell, trained, evaluated and transferred,
+    before the next one starts."""
+    follow: dict[str, list[Stage]] = {}
+    for st in stages:
+        if st.kind in kinds:
+            follow.setdefault(st.deps[0], []).append(st)
     ordered = []
     for st in stages:
-        if st.kind != "evaluate":
-            ordered += [st, *([evaluation_of[st.name]] if st.name in evaluation_of else [])]
+        if st.kind not in kinds:
+            ordered += [st, *follow.get(st.name, [])]
     return ordered
 
 
@@ -227,7 +257,8 @@ def build_graph(plan: Plan) -> Graph:
     b = _Builder(plan)
     pretrained = b.pretrain(b.data())
     b.evaluate(pretrained)
+    b.transfer(pretrained)
     b.detection(pretrained)
     if plan.evaluate is not None and plan.evaluate.per_run:
-        b.graph.stages = _evaluations_after_their_runs(b.graph.stages)
+        b.graph.stages = _per_run_after_their_runs(b.graph.stages, {"evaluate", "transfer"})
     return b.graph

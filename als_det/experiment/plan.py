@@ -11,6 +11,7 @@ evaluation, the detectors to fine-tune each converted backbone with, and each st
       als: {config: configs/pretrain/imagenet_r50_als.yaml, overrides: {LABELS.E_MAX: 0.5}}
     pretrain: {overrides: {}, resources: {gpus_per_node: 8, timeout_min: 2880}}
     evaluate: {args: [], per_run: false, resources: {...}}     # null: no evaluation
+    transfer: {data: datasets/downstream, args: [], resources: {...}}  # optional: per run
     convert: {resources: {...}}
     detection:                         # optional: [] or absent = pretrain and evaluate only
       - {name: faster_rcnn_R_50_FPN_1x, config: configs/detection/faster_rcnn_R_50_FPN_1x.yaml,
@@ -21,18 +22,21 @@ evaluation, the detectors to fine-tune each converted backbone with, and each st
     slurm: {partition: null, account: null, qos: null, constraint: null, signal_delay_s: 120,
             max_num_timeout: 10, additional_parameters: {}}
 
-Strings in `args`, override values and `data.root` may say `{out}`, and `args` and override
-values `{data}` (the data root). Arm and detector names name folders and files under `out`: plain
-names of letters, digits and `_ . + -`, starting with a letter or digit.
+`transfer` runs `tools/transfer.py` (linear probe, k-NN, fine-tuning on a downstream set the
+backbones never saw) on each pretraining run, apart from its evaluation; absent or null: none.
+
+Strings in `args`, override values, `data.root` and `transfer.data` may say `{out}`, and `args`
+and override values `{data}` (the data root). Arm and detector names name folders and files under
+`out`: plain names of letters, digits and `_ . + -`, starting with a letter or digit.
 
 A sweep (`sweep: {epochs: [8, 16, 32], lengths_for: [hard, als]}`) reads `arms` as its settings and
 runs every setting x seed x training length as one cell: the arm `<setting>_e<epochs>` (the setting
 with `SOLVER.EPOCHS` set), the run `<setting>_e<epochs>_s<seed>` (the seed always named, so
-`--seeds N` keeps the finished cells), one evaluation per run and no detection. Every setting runs
-the first length; the settings in `lengths_for` (the baseline among them) run every length, with
-the seeds in `length_seeds` (optional, among the plan's; default every seed). Cells
-run length by length (the first length over every seed first). The report (`report: sweep`,
-implied) is `als_det.report.sweep_report`'s, written to OUT/report.md.
+`--seeds N` keeps the finished cells), one evaluation (and with `transfer`, one transfer) per run
+and no detection. Every setting runs the first length; the settings in `lengths_for` (the baseline
+among them) run every length, with the seeds in `length_seeds` (optional, among the plan's;
+default every seed). Cells run length by length (the first length over every seed first). The
+report (`report: sweep`, implied) is `als_det.report.sweep_report`'s, written to OUT/report.md.
 """
 
 from __future__ import annotations
@@ -53,10 +57,11 @@ from als_det.experiment.spec import (
     PlanError,
     Resources,
     SweepGrid,
+    Transfer,
 )
 
 REPO = Path(__file__).resolve().parents[2]
-STAGE_KINDS = ("data", "pretrain", "evaluate", "convert", "finetune", "compare")
+STAGE_KINDS = ("data", "pretrain", "evaluate", "transfer", "convert", "finetune", "compare")
 REPORTS = ("demo", "sweep")
 PLAN_KEYS = {
     "name",
@@ -67,6 +72,7 @@ PLAN_KEYS = {
     "arms",
     "pretrain",
     "evaluate",
+    "transfer",
     "convert",
     "detection",
     "compare",
@@ -220,6 +226,7 @@ def parse_plan(raw: Any, source: str = "<plan>") -> Plan:
         pretrain_overrides=_overrides(pretrain.get("overrides"), "pretrain.overrides", source),
         pretrain_resources=_resources(pretrain.get("resources"), "pretrain", source),
         evaluate=evaluate,
+        transfer=_transfer(raw, source),
         convert_resources=_stage_resources(raw, "convert", source),
         detection=[_detection(d, i, source) for i, d in enumerate(detection)],
         compare_resources=_stage_resources(raw, "compare", source),
@@ -258,6 +265,23 @@ def _evaluation(raw: Mapping[str, Any], source: str) -> Evaluation | None:
         per_run=bool(ev.get("per_run", False)),
         data=str(ev.get("data") or ""),
         resources=_resources(ev.get("resources"), "evaluate", source),
+    )
+
+
+def _transfer(raw: Mapping[str, Any], source: str) -> Transfer | None:
+    """Absent or null: no transfer stage."""
+    if raw.get("transfer") is None:
+        return None
+    tr = _section(raw, "transfer", {"data", "args"}, source)
+    if not tr.get("data"):
+        raise PlanError(
+            f"{source}: transfer.data is required (the downstream set: train/<class>/*, "
+            "val/<class>/*)"
+        )
+    return Transfer(
+        data=str(tr["data"]),
+        args=_string_list(tr.get("args"), "transfer.args", source),
+        resources=_resources(tr.get("resources"), "transfer", source),
     )
 
 

@@ -2,8 +2,9 @@
 stage starts (and in `--dry-run`), in one short list:
 
 - each data root and its layout: the pretraining and evaluation trees as `als_det.data.boxes`
-  indexes them (`layout_problems`), each detector's COCO json and image folder; a root the plan
-  generates (a `data` stage, or `DATA.GENERATE`) is fine;
+  indexes them (`layout_problems`), the transfer's downstream set (train/ and val/ with class
+  folders), each detector's COCO json and image folder; a root the plan generates (a `data`
+  stage, or `DATA.GENERATE`) is fine;
 - GPUs: as many on this machine as a stage asks per node (local launchers; on SLURM they are the
   nodes' business), or the note that every stage runs on the CPU;
 - the torch build (CUDA or CPU-only) and which detectron2 is installed: the suite's pure-Python
@@ -85,7 +86,8 @@ def _imagenet_root(
 
 
 def data_findings(graph: Graph) -> list[Finding]:
-    """One line per data root the stages read: pretraining, evaluation, each detector's data."""
+    """One line per data root the stages read: pretraining, evaluation, the transfer's downstream
+    set, each detector's data."""
     from als_det.config import load_config
 
     pretraining, findings = [], []
@@ -122,6 +124,8 @@ def data_findings(graph: Graph) -> list[Finding]:
     for st in graph.stages:
         if st.kind == "evaluate":
             findings += _evaluation_data(_spec(st), generated, checked)
+    downstream = {_spec(st)["data"] for st in graph.stages if st.kind == "transfer"}
+    findings += [_downstream_data(root, generated) for root in sorted(downstream)]
     done = set()
     for st in graph.stages:
         if st.kind == "finetune" and _spec(st)["options"] not in done:
@@ -145,6 +149,27 @@ def _evaluation_data(spec: dict[str, Any], generated: Sequence[Path], checked: s
     if resolve(root).is_dir() and is_in9_layout(resolve(root)):
         return [Finding(True, f"evaluation: data root {root}: ImageNet-9 layout found")]
     return [_imagenet_root(root, (opts.split,), (opts.boxes,), (opts.val_labels,), "evaluation")]
+
+
+def _downstream_data(root: str, generated: Sequence[Path]) -> Finding:
+    """The transfer's downstream set: train/ and val/, each with class folders."""
+    what = f"transfer: downstream root {root}"
+    if _made_by_plan(root, generated):
+        return Finding(True, f"{what}: made by the plan")
+    layout = "expected train/<class>/*, val/<class>/*; docs/architecture.md \"Transfer stage\""
+    where = resolve(root)
+    if not where.is_dir():
+        return Finding(False, f"{what} does not exist ({layout})")
+    counts = {
+        split: sum(1 for e in os.scandir(where / split) if e.is_dir())
+        if (where / split).is_dir()
+        else 0
+        for split in ("train", "val")
+    }
+    empty = [split for split, n in counts.items() if not n]
+    if empty:
+        return Finding(False, f"{what}: no class folders in {' or '.join(empty)}/ ({layout})")
+    return Finding(True, f"{what}: {counts['train']} train and {counts['val']} val classes found")
 
 
 def _detection_data(spec: dict[str, Any], generated: Sequence[Path]) -> list[Finding]:

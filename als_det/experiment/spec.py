@@ -1,5 +1,5 @@
 """What a parsed experiment plan is (`experiment.plan` reads the YAML file into these): the arms,
-evaluation and detectors, each stage's resources, the sweep grid, and the plan itself."""
+evaluation, transfer and detectors, each stage's resources, the sweep grid, and the plan itself."""
 
 from __future__ import annotations
 
@@ -65,6 +65,15 @@ class Evaluation:
 
 
 @dataclass(frozen=True)
+class Transfer:
+    """`tools/transfer.py` on each pretraining run: a downstream set and the tool's options."""
+
+    data: str  # the downstream root (train/<class>/*, val/<class>/*)
+    args: list[str] = field(default_factory=list)
+    resources: Resources = Resources()
+
+
+@dataclass(frozen=True)
 class SweepGrid:
     """Settings (the plan's arms as written) x training lengths; the seeds are the plan's."""
 
@@ -103,6 +112,7 @@ class Plan:
     pretrain_overrides: dict[str, Any] = field(default_factory=dict)
     pretrain_resources: Resources = Resources()
     evaluate: Evaluation | None = Evaluation()
+    transfer: Transfer | None = None
     convert_resources: Resources = Resources()
     detection: list[Detection] = field(default_factory=list)
     compare_resources: Resources = Resources()

@@ -1,7 +1,8 @@
-"""A sweep plan's cells (setting x seed x training length, each a pretraining and its evaluation)
-as the runner sees them: a progress line before each stage (which cell, how many finished, the
-time left), and after the run the sweep report over the cells that finished, naming the ones
-that did not (`als_det.report.sweep_report` writes it), and the code revisions its cells come from.
+"""A sweep plan's cells (setting x seed x training length, each a pretraining, its evaluation and,
+when the plan has one, its transfer) as the runner sees them: a progress line before each stage
+(which cell, how many finished, the time left), and after the run the sweep report over the cells
+that finished, naming the ones that did not (`als_det.report.sweep_report` writes it), and the
+code revisions its cells come from.
 """
 
 from __future__ import annotations
@@ -29,6 +30,11 @@ class Cell:
     epochs: int
     pretrain: Stage
     evaluate: Stage
+    transfer: Stage | None = None
+
+    @property
+    def stages(self) -> tuple[Stage, ...]:
+        return (self.pretrain, self.evaluate, *([self.transfer] if self.transfer else []))
 
     @property
     def label(self) -> str:
@@ -48,7 +54,15 @@ def sweep_cells(plan: Plan, graph: Graph) -> list[Cell]:
     for run, arm, seed in plan.runs():
         setting, epochs = arms[arm.name]
         cells.append(
-            Cell(run, setting, seed, epochs, stages[f"pretrain_{run}"], stages[f"evaluate_{run}"])
+            Cell(
+                run,
+                setting,
+                seed,
+                epochs,
+                stages[f"pretrain_{run}"],
+                stages[f"evaluate_{run}"],
+                stages.get(f"transfer_{run}"),
+            )
         )
     return cells
 
@@ -67,9 +81,10 @@ def describe_grid(plan: Plan) -> str:
     longer_seeds = grid.seeds_at(longer[0], plan.seeds) if longer else plan.seeds
     if longer and longer_seeds != plan.seeds:
         extra += f" (seed{'s' * (len(longer_seeds) != 1)} {', '.join(map(str, longer_seeds))})"
+    each = "a pretraining, an evaluation" + (" and a transfer" if plan.transfer else "")
     return (
         f"# sweep: {len(grid.settings)} settings x {len(plan.seeds)} seeds at {main} "
-        f"epoch{'s' * (main != 1)}{extra}: {n} cells (a pretraining and an evaluation each); "
+        f"epoch{'s' * (main != 1)}{extra}: {n} cells ({each} each); "
         f"report: {Path(plan.out) / 'report.md'}"
     )
 
@@ -88,66 +103,66 @@ def _duration(seconds: float) -> str:
     )
 
 
+def _finished(cell: Cell, outcome: Outcome) -> bool:
+    return all(st.name in outcome.ran or st.name in outcome.reused for st in cell.stages)
+
+
 class Progress:
     """`run_local`'s `before` hook: before each stage, one line saying which cell of how many, how
-    many cells finished, failed, and about how long the rest takes. The rates come from every
-    stage record of this sweep (this invocation's and earlier ones'): seconds per training epoch,
-    seconds per evaluation."""
+    many cells finished (every stage of it), failed, and about how long the rest takes. The rates
+    come from every stage record of this sweep (this invocation's and earlier ones'): seconds per
+    training epoch, seconds per evaluation, seconds per transfer."""
 
     def __init__(self, cells: list[Cell]) -> None:
         self.cells = cells
-        self.where = {
-            st.name: (i, c) for i, c in enumerate(cells) for st in (c.pretrain, c.evaluate)
+        self.where = {st.name: (i, c) for i, c in enumerate(cells) for st in c.stages}
+
+    def _rates(self) -> dict[str, float | None]:
+        train_s = train_epochs = 0.0
+        seconds: dict[str, list[float]] = {"evaluate": [], "transfer": []}
+        for c in self.cells:
+            pre = _record(c.pretrain)
+            # a resumed run's seconds cover only its last epochs
+            if pre and not pre.get("resumed_from"):
+                train_s, train_epochs = train_s + pre["seconds"], train_epochs + c.epochs
+            for st in c.stages[1:]:
+                if record := _record(st):
+                    seconds[st.kind].append(record["seconds"])
+        return {
+            "pretrain": train_s / train_epochs if train_epochs else None,
+            **{kind: sum(s) / len(s) if s else None for kind, s in seconds.items()},
         }
 
-    def _rates(self) -> tuple[float | None, float | None]:
-        train_s = train_epochs = 0.0
-        evals = []
-        for c in self.cells:
-            pre, ev = _record(c.pretrain), _record(c.evaluate)
-            if pre and not pre.get(
-                "resumed_from"
-            ):  # a resumed run's seconds cover only its last epochs
-                train_s, train_epochs = train_s + pre["seconds"], train_epochs + c.epochs
-            if ev:
-                evals.append(ev["seconds"])
-        return (train_s / train_epochs if train_epochs else None), (
-            sum(evals) / len(evals) if evals else None
-        )
-
     def time_left(self, stage: Stage) -> str:
-        per_epoch, per_eval = self._rates()
-        if per_epoch is None or per_eval is None:
+        rates = self._rates()
+        kinds = {st.kind for c in self.cells for st in c.stages}
+        if any(rates[kind] is None for kind in kinds):
             return "time left: known once a cell has finished"
         start = self.where[stage.name][0]
         todo = [
             st
             for c in self.cells[start:]
-            for st in (c.pretrain, c.evaluate)
+            for st in c.stages
             if st is stage or not st.marker.is_file()
         ]
         seconds = sum(
-            per_epoch * self.where[st.name][1].epochs if st.kind == "pretrain" else per_eval
+            rates[st.kind] * (self.where[st.name][1].epochs if st.kind == "pretrain" else 1)
             for st in todo
         )
-        return (
-            f"about {_duration(seconds)} left ({per_epoch:.1f} s per "
-            f"training epoch, {per_eval:.0f} s per evaluation so far)"
+        per = (
+            f"{rates['pretrain']:.1f} s per training epoch, "
+            f"{rates['evaluate']:.0f} s per evaluation"
         )
+        if "transfer" in kinds:
+            per += f", {rates['transfer']:.0f} s per transfer"
+        return f"about {_duration(seconds)} left ({per} so far)"
 
     def __call__(self, stage: Stage, outcome: Outcome) -> None:
         i, cell = self.where[stage.name]
-        done = [
-            c
-            for c in self.cells
-            if c.evaluate.name in outcome.ran or c.evaluate.name in outcome.reused
-        ]
-        earlier = sum(c.evaluate.name in outcome.reused for c in done)
-        failed = sum(
-            c.pretrain.name in outcome.failed or c.evaluate.name in outcome.failed
-            for c in self.cells
-        )
-        what = "pretraining" if stage.kind == "pretrain" else "evaluation"
+        done = [c for c in self.cells if _finished(c, outcome)]
+        earlier = sum(all(st.name in outcome.reused for st in c.stages) for c in done)
+        failed = sum(any(st.name in outcome.failed for st in c.stages) for c in self.cells)
+        what = {"pretrain": "pretraining", "evaluate": "evaluation"}.get(stage.kind, stage.kind)
         logger.info(
             "cell %d/%d %s: %s; %d cell%s finished (%d earlier), %d failed; %s",
             i + 1,
@@ -162,8 +177,8 @@ class Progress:
         )
 
 
-def _why_missing(cell: Cell, outcome: Outcome) -> str:
-    for st in (cell.pretrain, cell.evaluate):
+def _why_missing(stages: tuple[Stage, ...], outcome: Outcome) -> str:
+    for st in stages:
         if st.name in outcome.failed:
             return outcome.failed[st.name]
         if st.name in outcome.submitted:
@@ -175,7 +190,7 @@ def cell_revisions(cells: list[Cell]) -> dict[str, list[str]]:
     """{code revision: the stages of `cells` it ran}, from the stage records."""
     out: dict[str, list[str]] = {}
     for c in cells:
-        for st in (c.pretrain, c.evaluate):
+        for st in c.stages:
             out.setdefault(_record(st).get("revision", "unrecorded"), []).append(st.name)
     return out
 
@@ -209,7 +224,11 @@ def write_report(plan: Plan, graph: Graph, outcome: Outcome) -> Path | None:
     finished = {
         c.run for c in cells if c.evaluate.name in outcome.ran or c.evaluate.name in outcome.reused
     }
-    missing = {c.run: _why_missing(c, outcome) for c in cells if c.run not in finished}
+    missing = {
+        c.run: _why_missing((c.pretrain, c.evaluate), outcome)
+        for c in cells
+        if c.run not in finished
+    }
     paired = {(c.seed, c.epochs) for c in cells if c.setting == grid.baseline and c.run in finished}
     for c in cells:
         if c.run in finished and (c.seed, c.epochs) not in paired:
@@ -218,6 +237,19 @@ def write_report(plan: Plan, graph: Graph, outcome: Outcome) -> Path | None:
                 f"{c.seed} at {c.epochs} epochs to compare it with"
             )
     shown = [c for c in cells if c.run not in missing]
+    transferred = {
+        c.run
+        for c in shown
+        if c.transfer and (c.transfer.name in outcome.ran or c.transfer.name in outcome.reused)
+    }
+    no_transfer = [c for c in shown if c.transfer and c.run not in transferred]
+    if no_transfer:
+        logger.warning(
+            "%d of %d cells shown have no transfer result: %s",
+            len(no_transfer),
+            len(shown),
+            ", ".join(c.run for c in no_transfer),
+        )
     if missing:
         logger.warning(
             "%d of %d cells missing: %s",
@@ -231,7 +263,12 @@ def write_report(plan: Plan, graph: Graph, outcome: Outcome) -> Path | None:
     report = write_sweep_report(
         [
             SweepCell(
-                c.setting, c.seed, c.pretrain.outputs[0].parent, c.evaluate.outputs[0], model=c.run
+                c.setting,
+                c.seed,
+                c.pretrain.outputs[0].parent,
+                c.evaluate.outputs[0],
+                model=c.run,
+                transfer=c.transfer.outputs[0] if c.run in transferred else None,
             )
             for c in shown
         ],
@@ -249,6 +286,16 @@ def write_report(plan: Plan, graph: Graph, outcome: Outcome) -> Path | None:
             }
             for c in cells
             if c.run in missing
+        ],
+        missing_transfer=[
+            {
+                "cell": c.run,
+                "setting": c.setting,
+                "seed": c.seed,
+                "epochs": c.epochs,
+                "reason": _why_missing((c.transfer,), outcome),
+            }
+            for c in no_transfer
         ],
     )
     revisions = cell_revisions(shown)

@@ -8,6 +8,11 @@ the same seed and training length — the same crops, the same initialisation se
 evaluation's own `headline_comparison`, so the three ratio forms are exactly those a joint
 evaluation reports. Across seeds: mean ± sample std, and for the paired quantities (differences
 and ratios to the baseline) a 95% Student-t interval over seeds (`als_det.metrics.comparison`).
+
+A cell may also have a `tools/transfer.py` transfer.json (the cell's checkpoint on a downstream
+set): its top-1 per protocol becomes `transfer_<protocol>`, and the difference to the baseline of
+the same seed and length `d_transfer_<protocol>`; every cell's transfer must have used the same
+downstream images and options.
 """
 
 from __future__ import annotations
@@ -43,6 +48,9 @@ FORMS = (
 )
 PAIRED_PREFIXES = ("d_", "ratio_")
 DATA_KEYS = ("root", "split", "images_evaluated", "classes")
+TRANSFER_PROTOCOLS = ("linear_probe", "knn", "finetune")
+# transfer.json options that change how a transfer ran, not what it measured
+TRANSFER_RUN_OPTIONS = ("workers", "device", "progress")
 
 
 def fill_sources() -> dict[str, str]:
@@ -62,14 +70,15 @@ class SweepInputError(ValueError):
 
 @dataclass(frozen=True)
 class SweepCell:
-    """One evaluated run. `model`: its name in `eval_metrics` (default: the model whose checkpoint
-    lies in `run_dir`)."""
+    """One evaluated run. `model`: its name in `eval_metrics` and `transfer` (default: the model
+    whose checkpoint lies in `run_dir`). `transfer`: its transfer.json, if it has one."""
 
     setting: str
     seed: int
     run_dir: str | Path
     eval_metrics: str | Path
     model: str | None = None
+    transfer: str | Path | None = None
 
 
 @dataclass
@@ -104,6 +113,7 @@ class Sweep:
     data: dict[str, Any]
     main_epochs: int
     sources: list[str]
+    transfer: dict[str, Any] | None = None  # the downstream set and options of every transfer
 
 
 def chance_seeds(sweep: Sweep, g: Group) -> list[int]:
@@ -234,6 +244,80 @@ def load_cell(cell: SweepCell) -> CellResult:
     )
 
 
+def _transfer_model(path: Path, models: dict[str, Any], cell: SweepCell) -> dict[str, Any]:
+    """The cell's model in its transfer.json: by name, or the only one; its checkpoint must lie in
+    the cell's run folder."""
+    name = cell.model
+    if name is None and len(models) == 1:
+        name = next(iter(models))
+    if name not in models:
+        raise SweepInputError(
+            f"{path} has no model {name!r} (it has {sorted(models)}); name the cell's model"
+        )
+    m = models[name]
+    if not _lies_in(Path(cell.run_dir).resolve(), {"path": m["checkpoint"], "sha256": m["sha256"]}):
+        raise SweepInputError(
+            f"{path}: model {name!r} is {m['checkpoint']}, not a checkpoint in {cell.run_dir}"
+        )
+    return m
+
+
+def load_transfer(r: CellResult) -> dict[str, Any]:
+    """Read the cell's transfer.json into `r.values` (`transfer_<protocol>`: top-1); returns what
+    every cell's transfer must share (its downstream set and options)."""
+    path = Path(r.cell.transfer)
+    if not path.is_file():
+        raise SweepInputError(f"{r.cell.setting} seed {r.cell.seed}: {path} does not exist")
+    results = json.loads(path.read_text())
+    m = _transfer_model(path, results["models"], r.cell)
+    if (int(m["pretrain_seed"]), int(m["pretrain_epoch"])) != (r.cell.seed, r.epochs):
+        raise SweepInputError(
+            f"{path}: its checkpoint has seed {m['pretrain_seed']} at epoch "
+            f"{m['pretrain_epoch']}, the cell's evaluation seed {r.cell.seed} at epoch {r.epochs}"
+        )
+    for p in TRANSFER_PROTOCOLS:
+        if p in m:
+            r.values[f"transfer_{p}"] = m[p]["top1"]
+    data = results["data"]
+    return {
+        "data": {k: data[k] for k in ("root", "classes", "images", "max_per_class", "digest")},
+        "options": {k: v for k, v in results["options"].items() if k not in TRANSFER_RUN_OPTIONS},
+    }
+
+
+def add_transfer(results: list[CellResult], baseline: str) -> dict[str, Any] | None:
+    """Every cell's transfer top-1s, each cell's differences to its baseline cell (both with a
+    transfer), and the downstream set and options they share (None: no cell has a transfer)."""
+    shared = {}
+    for r in results:
+        if r.cell.transfer is not None:
+            shared[r.cell.transfer] = load_transfer(r)
+    if not shared:
+        return None
+    (first_path, first), *others = shared.items()
+    for path, other in others:
+        if other != first:
+            diff = [
+                f"{part}.{k}"
+                for part in ("data", "options")
+                for k in first[part]
+                if other[part].get(k) != first[part][k]
+            ]
+            raise SweepInputError(
+                f"{path} measured transfer otherwise than {first_path} (differs in {diff}); every "
+                "cell's transfer must use the same downstream images and options"
+            )
+    pairs = pair_with_baseline(
+        results, lambda r: (r.cell.seed, r.epochs), lambda r: r.cell.setting == baseline
+    )
+    for r, b in pairs:
+        for p in TRANSFER_PROTOCOLS:
+            key = f"transfer_{p}"
+            if key in r.values and key in b.values:
+                r.values[f"d_{key}"] = r.values[key] - b.values[key]
+    return first
+
+
 def _pair_with_baseline(results: list[CellResult], baseline: str) -> None:
     try:
         pairs = pair_with_baseline(
@@ -274,6 +358,7 @@ def summarize(
                 "images"
             )
     _pair_with_baseline(results, baseline)
+    transfer = add_transfer(results, baseline)
     if main_epochs is None:
         main_epochs = Counter(r.epochs for r in results).most_common(1)[0][0]
     appearance = {s: i for i, s in reversed(list(enumerate(c.setting for c in cells)))}
@@ -303,4 +388,4 @@ def summarize(
         }
         groups.append(Group(setting, epochs, members[0].strategy, members, stats))
     shown = [s for s in sources() if any(f"conf_{s}" in r.values for r in results)]
-    return Sweep(baseline, groups, first, main_epochs, shown)
+    return Sweep(baseline, groups, first, main_epochs, shown, transfer)

@@ -1,5 +1,5 @@
-"""Sweep figures: the accuracy / context-reliance trade-off with its Pareto front, and training
-length."""
+"""Sweep figures: the accuracy / context-reliance trade-off with its Pareto front, training
+length, and transfer against context reliance."""
 
 from __future__ import annotations
 
@@ -11,9 +11,10 @@ from matplotlib.figure import Figure
 
 from als_det.metrics.comparison import NEUTRAL_POINTS
 from als_det.report.figures import save_figure
-from als_det.report.sweep import Group, Sweep
+from als_det.report.sweep import TRANSFER_PROTOCOLS, Group, Sweep
+from als_det.report.transfer import PROTOCOL_TITLES
 from als_det.strategies import get_strategy
-from als_det.views import PRIMARY
+from als_det.views import PRIMARY, unfilled_context_views
 
 
 def pareto_front(points: Sequence[tuple[float, float]]) -> list[int]:
@@ -235,5 +236,62 @@ def training_length_figure(sweep: Sweep, path: str | Path, source: str = PRIMARY
         ax.legend(fontsize=8)
     fig.suptitle(
         "Training length: does the accuracy cost shrink? (bars: ± 1 std over seeds)", fontsize=10
+    )
+    return save_figure(fig, path)
+
+
+def transfer_figure(sweep: Sweep, path: str | Path) -> Path | None:
+    """x = context reliance (bg_only, and outside_crop where evaluated: confidence relative to own
+    val confidence, over the baseline's), y = transfer top-1 minus the baseline's (linear probe,
+    else the first protocol measured); one point per setting at the main length, ± 1 std over
+    seeds. Upper left of the baseline: less context reliance, better transfer. None without
+    context views."""
+    groups = [g for g in sweep.groups if g.epochs == sweep.main_epochs]
+    protocol = next(
+        p for p in TRANSFER_PROTOCOLS if any(f"transfer_{p}" in g.stats for g in sweep.groups)
+    )
+    views = [s for s in (PRIMARY, *unfilled_context_views()) if s in sweep.sources]
+    if not views:
+        return None
+    fig = Figure(figsize=(5.8 * len(views), 4.6))
+    axes = np.atleast_1d(fig.subplots(1, len(views)))
+    styles = _styles(sweep)
+    title = PROTOCOL_TITLES[protocol]
+    for ax, source in zip(axes, views):
+        names, pts = [], []
+        for g in groups:
+            base = g.setting == sweep.baseline
+            x, xerr = (1.0, 0.0) if base else _mean_std(g, f"ratio_relative_to_val_{source}")
+            y, yerr = (0.0, 0.0) if base else _mean_std(g, f"d_transfer_{protocol}", 100)
+            names.append(g.setting)
+            pts.append((x, y))
+            ax.errorbar(
+                x,
+                y,
+                xerr=xerr,
+                yerr=yerr,
+                linestyle="none",
+                capsize=3,
+                elinewidth=1,
+                **styles[g.setting],
+                markeredgecolor="black",
+                markeredgewidth=0.6,
+                zorder=3,
+            )
+        ax.axhline(0.0, color="grey", linestyle=":", linewidth=1, zorder=1)
+        ax.axvline(1.0, color="grey", linestyle=":", linewidth=1, zorder=1)
+        _label_points(ax, names, pts)
+        ax.set_xlabel(
+            f"({source} conf / val conf) over {sweep.baseline}'s (context reliance)", fontsize=9
+        )
+        ax.set_ylabel(f"{title} top-1 minus {sweep.baseline}'s (points)", fontsize=9)
+        ax.grid(alpha=0.3, linewidth=0.5)
+    seeds = sorted({len(g.cells) for g in groups})
+    fig.suptitle(
+        f"Transfer ({title}) vs context reliance, {sweep.main_epochs} "
+        f"epoch{'s' * (sweep.main_epochs != 1)}, "
+        f"{'/'.join(map(str, seeds))} seed{'s' * (seeds != [1])} per setting; bars: ± 1 std "
+        "over seeds",
+        fontsize=10,
     )
     return save_figure(fig, path)

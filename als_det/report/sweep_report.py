@@ -9,7 +9,11 @@ from typing import Any
 
 from als_det.io import atomic_write_json, atomic_write_text
 from als_det.report.sweep import SweepCell, of_val_images, summarize
-from als_det.report.sweep_figures import tradeoff_figure, training_length_figure
+from als_det.report.sweep_figures import (
+    tradeoff_figure,
+    training_length_figure,
+    transfer_figure,
+)
 from als_det.report.sweep_tables import render_sweep_report, sweep_json
 
 
@@ -20,10 +24,11 @@ def write_sweep_report(
     main_epochs: int | None = None,
     title: str = "",
     missing: Sequence[dict[str, Any]] = (),
+    missing_transfer: Sequence[dict[str, Any]] = (),
 ) -> Path:
     """Summarize `cells` and write OUT/report.md, OUT/sweep.json and the figures; returns
     report.md. `missing`: the planned cells left out ({cell, setting, seed, epochs, reason}),
-    named at the top."""
+    named at the top; `missing_transfer`: likewise the shown cells without their transfer."""
     out = Path(out_dir)
     sweep = summarize(cells, baseline, main_epochs)
     figures = {
@@ -34,5 +39,11 @@ def write_sweep_report(
     length = training_length_figure(sweep, out / "training_length.png")
     if length is not None:
         figures["training_length"] = length.name
-    atomic_write_json(out / "sweep.json", sweep_json(sweep, figures, missing))
-    return atomic_write_text(out / "report.md", render_sweep_report(sweep, figures, title, missing))
+    transfer = None if sweep.transfer is None else transfer_figure(sweep, out / "transfer.png")
+    if transfer is not None:
+        figures["transfer"] = transfer.name
+    atomic_write_json(out / "sweep.json", sweep_json(sweep, figures, missing, missing_transfer))
+    return atomic_write_text(
+        out / "report.md",
+        render_sweep_report(sweep, figures, title, missing, missing_transfer),
+    )

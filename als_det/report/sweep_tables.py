@@ -11,8 +11,16 @@ from tabulate import tabulate
 
 from als_det.metrics.comparison import NEUTRAL_POINTS, accuracy_neutral, direction
 from als_det.report.fills import agreement
-from als_det.report.sweep import FORMS, Group, Sweep, chance_seeds, verdict_views
+from als_det.report.sweep import (
+    FORMS,
+    TRANSFER_PROTOCOLS,
+    Group,
+    Sweep,
+    chance_seeds,
+    verdict_views,
+)
 from als_det.report.tables import MISSING, cell, mean_pm_std
+from als_det.report.transfer import PROTOCOL_TITLES
 from als_det.strategies import describe
 from als_det.views import FILLS, PRIMARY, VIEWS, unfilled_context_views
 
@@ -208,6 +216,73 @@ def agreement_lines(sweep: Sweep) -> list[str]:
     return lines
 
 
+def transfer_protocols(sweep: Sweep) -> list[str]:
+    """The transfer protocols some cell has a result of."""
+    return [p for p in TRANSFER_PROTOCOLS if any(f"transfer_{p}" in g.stats for g in sweep.groups)]
+
+
+def transfer_table(sweep: Sweep) -> str:
+    protocols = transfer_protocols(sweep)
+    rows = []
+    for g in sweep.groups:
+        row = [_label(g, sweep), g.epochs, g.stats.get(f"transfer_{protocols[0]}", {}).get("n", 0)]
+        for p in protocols:
+            row += [
+                _pm(g, f"transfer_{p}", 100, ".1f"),
+                _vs_baseline(g, sweep, f"d_transfer_{p}", 100, ".1f", "+"),
+            ]
+        rows.append(row)
+    headers = ["setting", "epochs", "seeds"]
+    for p in protocols:
+        title = PROTOCOL_TITLES[p]
+        headers += [f"{title} top-1 (%)", f"Δ {title} vs {sweep.baseline} (points)"]
+    return tabulate(rows, headers=headers, **TABLE)
+
+
+def transfer_section(sweep: Sweep, figures: dict[str, str]) -> list[str]:
+    """The transfer table (and figure) of the cells with a transfer result."""
+    data, opts = sweep.transfer["data"], sweep.transfer["options"]
+    recipe = ", ".join(PROTOCOL_TITLES[p] for p in transfer_protocols(sweep))
+    if "finetune" in transfer_protocols(sweep):
+        recipe = recipe.replace(
+            PROTOCOL_TITLES["finetune"],
+            f"{PROTOCOL_TITLES['finetune']} ({opts['epochs']} epoch{'s' * (opts['epochs'] != 1)})",
+        )
+    lines = [
+        "",
+        "## Transfer",
+        "",
+        f"Each cell's checkpoint on the downstream set `{data['root']}` ({len(data['classes'])} "
+        f"classes, {data['images']['train']} train and {data['images']['val']} val images; "
+        f"`tools/transfer.py`: {recipe}): top-1 mean ± sample std over seeds, and its "
+        f"difference to {sweep.baseline} of the same seed and length with the 95% t-interval "
+        "over seeds (each cell's transfer.json has the bootstrap over val images).",
+        "",
+        transfer_table(sweep),
+    ]
+    if "transfer" in figures:
+        lines += ["", f"![transfer vs context reliance]({figures['transfer']})"]
+    return lines
+
+
+def missing_transfer_section(
+    sweep: Sweep, missing_transfer: Sequence[dict[str, Any]], heading: bool
+) -> list[str]:
+    shown = sum(len(g.cells) for g in sweep.groups)
+    rows = [
+        [f"`{m['cell']}`", m["setting"], m["seed"], m["epochs"], m["reason"]]
+        for m in missing_transfer
+    ]
+    return [
+        *(["", "## Missing cells"] if heading else []),
+        "",
+        f"**{len(missing_transfer)} of the {shown} cells shown have no transfer result**: the "
+        "transfer table and figure cover the others.",
+        "",
+        tabulate(rows, headers=["cell", "setting", "seed", "epochs", "why (transfer)"], **TABLE),
+    ]
+
+
 def cells_table(sweep: Sweep) -> str:
     rows = []
     for g in sweep.groups:
@@ -272,11 +347,16 @@ def views_note() -> str:
 
 
 def render_sweep_report(
-    sweep: Sweep, figures: dict[str, str], title: str = "", missing: Sequence[dict[str, Any]] = ()
+    sweep: Sweep,
+    figures: dict[str, str],
+    title: str = "",
+    missing: Sequence[dict[str, Any]] = (),
+    missing_transfer: Sequence[dict[str, Any]] = (),
 ) -> str:
     data = sweep.data
     seeds = sorted({c.cell.seed for g in sweep.groups for c in g.cells})
-    out = [f"# Sweep{': ' + title if title else ''}{' (incomplete)' if missing else ''}", ""]
+    incomplete = " (incomplete)" if missing or missing_transfer else ""
+    out = [f"# Sweep{': ' + title if title else ''}{incomplete}", ""]
     out.append(
         f"Evaluated on `{data['root']}` split `{data['split']}` ({data['images_evaluated']} "
         f"images, {len(data['classes'])} classes); seeds {', '.join(map(str, seeds))}; baseline "
@@ -285,6 +365,8 @@ def render_sweep_report(
     )
     if missing:
         out += missing_section(sweep, missing)
+    if missing_transfer:
+        out += missing_transfer_section(sweep, missing_transfer, heading=not missing)
     views = verdict_views(sweep)
     out += ["", "## Verdict", "", verdict(sweep, PRIMARY)]
     out += [x for s in views for x in ("", verdict(sweep, s))]
@@ -298,6 +380,8 @@ def render_sweep_report(
         out += ["", f"## Context reliance: {s}", "", reliance_table(sweep, s)]
         if s in figures:
             out += ["", f"![trade-off: {s}]({figures[s]})"]
+    if sweep.transfer is not None:
+        out += transfer_section(sweep, figures)
     if "training_length" in figures:
         out += [
             "",
@@ -314,7 +398,10 @@ def render_sweep_report(
 
 
 def sweep_json(
-    sweep: Sweep, figures: dict[str, str], missing: Sequence[dict[str, Any]] = ()
+    sweep: Sweep,
+    figures: dict[str, str],
+    missing: Sequence[dict[str, Any]] = (),
+    missing_transfer: Sequence[dict[str, Any]] = (),
 ) -> dict[str, Any]:
     return {
         "baseline": sweep.baseline,
@@ -324,6 +411,8 @@ def sweep_json(
         "interval_method": INTERVAL_METHOD,
         "figures": figures,
         "missing": list(missing),
+        "transfer": sweep.transfer,
+        "missing_transfer": list(missing_transfer),
         "groups": [
             {
                 "setting": g.setting,
