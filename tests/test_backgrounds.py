@@ -246,7 +246,8 @@ def test_evaluate_tool_recognises_the_layout(tree, tmp_path) -> None:
     assert "in9_report.md" in out
     line = next(x for x in out.splitlines() if "]: hard: " in x)
     assert "original 11.1% (ref 95.6%)" in line and "mixed_rand 5.9% (ref 78.9%)" in line
-    assert "BG-Gap 21.4% (ref 7.3%" in line  # 3/11 - 1/17
+    # 3/11 - 1/17, from a model at chance (1 of 9 classes) on the original images: no verdict
+    assert "BG-Gap 21.4% (at or near chance on original: no verdict) (ref 7.3%" in line
     refused = subprocess.run(
         [
             sys.executable,

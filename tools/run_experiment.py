@@ -8,8 +8,8 @@ compare.
         --partition gpu --account lab  # with --dry-run: each job's sbatch options
     python tools/run_experiment.py --plan configs/experiments/demo.yaml \\
         --seeds 3  # `make demo SEEDS=3`
-    python tools/run_experiment.py --plan configs/experiments/demo.yaml \\
-        --threads 2  # one stage at a time on 2 CPUs, 2 threads each (the plan's: 1, two at once)
+    python tools/run_experiment.py --plan configs/experiments/demo.yaml --out demo_t1 \\
+        --threads 1  # two stages side by side on 2 CPUs (the plan's: 2 threads, one at a time)
 
 Finished stages are reused (fingerprint of command and inputs), interrupted trainings resume from
 their checkpoint, and a failed stage stops only the stages that need it. Run the same command
