@@ -407,6 +407,16 @@ def test_local_launcher_runs_independent_stages_side_by_side_within_the_cpus(tmp
             assert (st.outputs[0]).read_text() == "alone"
             assert json.loads(st.marker.read_text())["threads"] == threads
 
+    # stages that ask for GPUs run one at a time, however many CPUs there are
+    gpu = Resources(gpus_per_node=1, cpus_per_proc=1)
+    stages = [
+        dataclasses.replace(_stage(tmp_path, f"g{i}", ALONE, str(flags)), resources=gpu)
+        for i in range(3)
+    ]
+    outcome = run_local(stages, cpus=8, threads=1, console=_quiet(stages))
+    assert sorted(outcome.ran) == ["g0", "g1", "g2"], outcome
+    assert [st.outputs[0].read_text() for st in stages] == ["alone"] * 3
+
 
 # A script that runs stages needs multiprocessing's main guard: warm starts use its forkserver.
 INTERRUPTED = """

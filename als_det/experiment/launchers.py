@@ -140,7 +140,8 @@ def run_local(
     """The stages on this machine, side by side within a budget of `cpus` (default: the CPUs
     this process may use): a stage whose dependencies are done starts, in the stages' order,
     while the threads of the running ones (threads per process x processes, `local_threads`)
-    leave room for its own; one that needs more than the budget runs alone. Each stage's output
+    leave room for its own; one that needs more than the budget runs alone, and a stage that
+    asks for GPUs never runs beside another that does. Each stage's output
     goes to its log and, a line at a time with its name in front, to `console`.
     `before(stage, outcome so far)` is called before each stage that runs (a sweep's progress
     line). Ctrl-C stops every running stage; the next invocation resumes them."""
@@ -184,6 +185,10 @@ def run_local(
                 cost = staged.threads * st.resources.processes
                 if running and used + cost > budget:
                     return  # in order: a stage that needs more CPUs is not overtaken
+                if st.resources.gpus_per_node and any(
+                    r.resources.gpus_per_node for r, _ in running.values()
+                ):
+                    return  # each GPU stage takes this machine's GPUs from device 0: one at a time
                 if staged.threads < (threads or st.resources.cpus_per_proc):
                     logger.info(
                         f"{st.name}: {staged.threads} thread(s) per process, all that fit "
