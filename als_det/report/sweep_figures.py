@@ -103,6 +103,23 @@ def _label_points(ax, names: list[str], pts: list[tuple[float, float]]) -> None:
         )
 
 
+def _setting_point(ax, x: float, y: float, xerr: float, yerr: float, style: dict) -> None:
+    """One setting's mean, with its ± std in both directions, in the setting's style."""
+    ax.errorbar(
+        x,
+        y,
+        xerr=xerr,
+        yerr=yerr,
+        linestyle="none",
+        capsize=3,
+        elinewidth=1,
+        **style,
+        markeredgecolor="black",
+        markeredgewidth=0.6,
+        zorder=3,
+    )
+
+
 def _panel(ax, sweep: Sweep, groups: list[Group], key: str, ylabel: str) -> None:
     base = next(g for g in groups if g.setting == sweep.baseline)
     hx, _ = _mean_std(base, "top1", 100)
@@ -112,19 +129,7 @@ def _panel(ax, sweep: Sweep, groups: list[Group], key: str, ylabel: str) -> None
         x, xerr = _mean_std(g, "top1", 100)
         y, yerr = (1.0, 0.0) if g is base else _mean_std(g, key)
         pts.append((x, y))
-        ax.errorbar(
-            x,
-            y,
-            xerr=xerr,
-            yerr=yerr,
-            linestyle="none",
-            capsize=3,
-            elinewidth=1,
-            **styles[g.setting],
-            markeredgecolor="black",
-            markeredgewidth=0.6,
-            zorder=3,
-        )
+        _setting_point(ax, x, y, xerr, yerr, styles[g.setting])
     ok = [i for i, p in enumerate(pts) if np.isfinite(p).all()]
     front = [ok[i] for i in pareto_front([pts[i] for i in ok])]
     if len(front) > 1:
@@ -265,19 +270,7 @@ def transfer_figure(sweep: Sweep, path: str | Path) -> Path | None:
             y, yerr = (0.0, 0.0) if base else _mean_std(g, f"d_transfer_{protocol}", 100)
             names.append(g.setting)
             pts.append((x, y))
-            ax.errorbar(
-                x,
-                y,
-                xerr=xerr,
-                yerr=yerr,
-                linestyle="none",
-                capsize=3,
-                elinewidth=1,
-                **styles[g.setting],
-                markeredgecolor="black",
-                markeredgewidth=0.6,
-                zorder=3,
-            )
+            _setting_point(ax, x, y, xerr, yerr, styles[g.setting])
         ax.axhline(0.0, color="grey", linestyle=":", linewidth=1, zorder=1)
         ax.axvline(1.0, color="grey", linestyle=":", linewidth=1, zorder=1)
         _label_points(ax, names, pts)
