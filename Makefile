@@ -1,4 +1,4 @@
-# README command 1: make setup   README command 2: make test   README command 3: make demo
+# The README's two commands: `make demo` and `make test`; `make setup` alone sets up .venv.
 # `make test` and `make demo` set up .venv first when it is missing or older than
 # pyproject.toml / constraints.txt (the stamp file records the last completed set-up).
 PYTHON ?= python3
