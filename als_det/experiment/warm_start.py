@@ -1,15 +1,16 @@
 """Stages started from a warm interpreter.
 
 Before its first line of work, every tool imports torch, torchvision and detectron2: about 5 s of
-CPU per process on a 2-core machine, most of what a smoke-sized stage costs (a sweep of 35 cells
-starts 70 such processes). The local launcher therefore starts single-process stages through
-multiprocessing's forkserver with those modules preloaded (`set_forkserver_preload`, the use its
-authors intend): the server imports them once, and each stage is a fork of it that runs the tool
-as `python tools/X.py ARGS` would, through `runpy`, with its own argv, environment, working folder,
-thread count and output pipe. Multi-process launches (torchrun, `--num-gpus`) and submitit jobs
-start a fresh interpreter as before. `ALS_DET_WARM_START=0` turns this off. As with any
-multiprocessing start method but fork, a script that runs stages (tools/run_experiment.py does)
-needs the `if __name__ == "__main__":` guard: each child imports the script's module.
+CPU per process on a 2-core machine, most of what a smoke-sized stage costs (the shipped sweep
+starts over a hundred such processes). The local launcher therefore starts single-process stages
+through multiprocessing's forkserver with those modules preloaded (`set_forkserver_preload`, the
+use its authors intend): the server imports them once, and each stage is a fork of it that runs
+the tool as `python tools/X.py ARGS` would, through `runpy`, with its own argv, environment,
+working folder, thread count and output pipe. torchrun launches and submitit jobs start a fresh
+interpreter as before; a fine-tune with `--num-gpus N` starts warm, and detectron2's launch
+spawns its N workers afresh. `ALS_DET_WARM_START=0` turns this off. As with any multiprocessing
+start method but fork, a script that runs stages (tools/run_experiment.py does) needs the
+`if __name__ == "__main__":` guard: each child imports the script's module.
 
 The server lives as long as the runner: every stage of one invocation runs the code that was on
 disk when the runner started (and records that code's revision, computed once in the server).
