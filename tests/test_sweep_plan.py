@@ -53,11 +53,11 @@ def test_sweep_plan_is_settings_x_seeds_x_lengths_one_cell_after_the_other():
     } <= set(grid.settings)
     assert (
         plan.seeds == [0, 1, 2]
-        and grid.epochs == [8, 16, 32]
+        and grid.epochs == [8, 32]
         and grid.lengths_for == ["hard", "als"]
         and grid.length_seeds == [0, 1]
     )
-    expected = {(s, 8) for s in grid.settings} | {(s, e) for s in ("hard", "als") for e in (16, 32)}
+    expected = {(s, 8) for s in grid.settings} | {(s, 32) for s in ("hard", "als")}
     assert {(setting, e) for _, setting, e in grid.cells()} == expected
     # every setting is what its name says, at the length its arm names
     for name, arm in plan.arms.items():
@@ -104,7 +104,7 @@ def test_sweep_plan_is_settings_x_seeds_x_lengths_one_cell_after_the_other():
     assert runs[:2] == ["hard_e8_s0", "ls_e8_s0"] and runs[-1] == "als_e32_s1"
     assert "mixup_e8_s2" in runs and not any(r.endswith("_s2") and "_e8_" not in r for r in runs)
     assert runs.index("als_e8_s2") < runs.index(
-        "hard_e16_s0"
+        "hard_e32_s0"
     )  # the main length over every seed first
     # fewer seeds from the command line keep the same cell names (their results are reused)
     one = [st.name for st in build_graph(plan.with_changes(seeds=[0])).stages]
@@ -182,12 +182,12 @@ def test_dry_run_lists_every_cell():
     assert out.returncode == 0, out.stderr
     lines = out.stdout.splitlines()
     assert lines[1] == (
-        "# sweep: 9 settings x 3 seeds at 8 epochs, and hard, als at 16, 32 epochs (seeds 0, 1): "
-        "35 cells (a pretraining, an evaluation and a transfer each); report: "
+        "# sweep: 9 settings x 3 seeds at 8 epochs, and hard, als at 32 epochs (seeds 0, 1): "
+        "31 cells (a pretraining, an evaluation and a transfer each); report: "
         "output/sweep_tiny_imagenet/report.md"
     )
     commands = [ln for ln in lines if not ln.startswith("#")]
-    assert len(commands) == 105
+    assert len(commands) == 93
     emax = next(
         ln for ln in commands if "pretrain/als_emax03_e8_s2" in ln and "tools/pretrain.py" in ln
     )
@@ -201,7 +201,7 @@ def test_dry_run_lists_every_cell():
         "python tools/transfer.py --checkpoint "
         "output/sweep_tiny_imagenet/pretrain/ls_e8_s2/last.pth --name ls_e8_s2 --data "
         "../shared/data/tiny-imagenet-transfer --out "
-        "output/sweep_tiny_imagenet/transfer/ls_e8_s2"
+        "output/sweep_tiny_imagenet/transfer/ls_e8_s2 --max-per-class 100 --epochs 3"
     ) in commands
     stage = next(ln for ln in lines if ". transfer_ls_e8_s2 [" in ln)
     assert stage.endswith("[1 node, no GPU, 2 CPUs/process, 60 min; after pretrain_ls_e8_s2]")

@@ -29,7 +29,7 @@ Strings in `args`, override values, `data.root` and `transfer.data` may say `{ou
 and override values `{data}` (the data root). Arm and detector names name folders and files under
 `out`: plain names of letters, digits and `_ . + -`, starting with a letter or digit.
 
-A sweep (`sweep: {epochs: [8, 16, 32], lengths_for: [hard, als]}`) reads `arms` as its settings and
+A sweep (`sweep: {epochs: [8, 32], lengths_for: [hard, als]}`) reads `arms` as its settings and
 runs every setting x seed x training length as one cell: the arm `<setting>_e<epochs>` (the setting
 with `SOLVER.EPOCHS` set), the run `<setting>_e<epochs>_s<seed>` (the seed always named, so
 `--seeds N` keeps the finished cells), one evaluation (and with `transfer`, one transfer) per run
