@@ -11,6 +11,7 @@ from test_trainer import tiny_cfg
 from tiny_runs import TINY_GEN
 
 from als_det.data.generated import generate
+from als_det.engine.loops import emulated_bf16_warning
 from als_det.engine.trainer import train
 from als_det.metrics.calibration import calibration_metrics_from_logits
 from als_det.targets import LabelStrategy, loss_for_batch
@@ -85,6 +86,20 @@ def test_bf16_autocast_and_channels_last_run_on_the_cpu(tiny_root, tmp_path):
     )
     (row,) = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert row["val_n"] == 9 and 0.0 <= row["val_top1"] <= 1.0 and row["train_loss"] > 0
+    # emulated bf16 (several times slower than float32) is said in the log where the CPU lacks it
+    native = torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+    warned = "bf16 is emulated" in (out / "log.txt").read_text()
+    assert warned != native
+
+
+def test_emulated_bf16_is_named_only_for_bf16_on_the_cpu():
+    cpu, gpu = torch.device("cpu"), torch.device("cuda")
+    assert emulated_bf16_warning("none", cpu) is None and emulated_bf16_warning("bf16", gpu) is None
+    native = torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+    warning = emulated_bf16_warning("bf16", cpu)
+    assert (warning is None) == native
+    if warning:
+        assert torch.backends.cpu.get_cpu_capability() in warning and "TRAIN.AMP none" in warning
 
 
 def test_fp16_on_the_cpu_is_refused_before_anything_is_written(tiny_root, tmp_path):

@@ -43,6 +43,21 @@ def resolve_precision(cfg: CfgNode, device: torch.device) -> tuple[str, bool]:
     return cfg.TRAIN.AMP, bool(cfg.TRAIN.CHANNELS_LAST)
 
 
+def emulated_bf16_warning(amp: str, device: torch.device) -> str | None:
+    """A warning when bf16 autocast will run on a CPU without bf16 instructions (AVX512-BF16 or
+    AMX): there PyTorch emulates it, several times slower than float32. None otherwise."""
+    if amp != "bf16" or device.type != "cpu":
+        return None
+    if torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported():
+        return None
+    return (
+        f"TRAIN.AMP bf16 on a CPU without bf16 instructions (no AVX512-BF16 or AMX; PyTorch sees "
+        f"{torch.backends.cpu.get_cpu_capability()}): bf16 is emulated, and a ResNet-50 forward "
+        f"pass took 5.6x as long as in float32 on such a CPU (docs/benchmarks.md). It runs as "
+        f"configured; TRAIN.AMP none trains in float32"
+    )
+
+
 def train_one_epoch(
     model: nn.Module,
     loader: DataLoader,

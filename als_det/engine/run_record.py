@@ -12,6 +12,7 @@ from fvcore.common.config import CfgNode
 from als_det.data.imagenet import IMAGENET_MEAN, IMAGENET_STD
 from als_det.engine.data import DataBundle, fallback_names
 from als_det.engine.distributed import DistInfo
+from als_det.engine.loops import emulated_bf16_warning
 from als_det.revision import code_revision
 from als_det.targets import LabelStrategy
 from als_det.versions import package_versions
@@ -107,3 +108,6 @@ def log_start(
         f"{cfg.SOLVER.BATCH_SIZE * info.world_size}, {iters_per_epoch} iterations/epoch; precision "
         f"{'float32' if amp == 'none' else amp + ' autocast'}, channels_last {channels_last}"
     )
+    slow = emulated_bf16_warning(amp, info.device)
+    if slow:
+        logger.warning(slow)
