@@ -8,6 +8,7 @@ import dataclasses
 import io
 import json
 import logging
+import multiprocessing
 import os
 import re
 import signal
@@ -634,6 +635,7 @@ print("to stderr", file=sys.stderr)
     "env": os.environ.get("PROBE_VALUE"), "unbuffered": os.environ.get("PYTHONUNBUFFERED"),
     "threads": __import__("torch").get_num_threads(),
     "usr2_blocked": signal.SIGUSR2 in signal.pthread_sigmask(signal.SIG_BLOCK, []),
+    "start_method": __import__("multiprocessing").get_start_method(),
 }))
 (out / "done").write_text("ok")
 sys.exit(int(sys.argv[2]))
@@ -665,5 +667,8 @@ def test_a_local_stage_runs_as_python_would_warm_or_cold(tmp_path, monkeypatch, 
         assert (probe["cwd"], probe["path0"]) == (str(REPO), str(tmp_path))
         assert (probe["env"], probe["unbuffered"], probe["threads"]) == ("seen", "1", n)
         assert probe["usr2_blocked"]  # submitit's preemption signal is for the job, not the tool
+        # DataLoader workers start as a fresh interpreter's would, not through the forkserver
+        # (which re-imports torch in every worker, every epoch)
+        assert probe["start_method"] == multiprocessing.get_start_method()
         log = st.log.read_text()
         assert "to stdout" in log and "to stderr" in log

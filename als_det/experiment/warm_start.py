@@ -114,6 +114,10 @@ def _run_tool(
     os.chdir(cwd)
     os.environ.clear()
     os.environ.update(env)
+    # A forkserver child inherits "forkserver" as its default start method; a fresh interpreter has
+    # the platform's (fork on Linux before Python 3.14), and with the forkserver every DataLoader
+    # worker would import torch again, every epoch (10 s per epoch for 4 workers on a GPU machine).
+    multiprocessing.set_start_method(None, force=True)
     import torch  # preloaded: the thread count a fresh interpreter would take from its environment
 
     if env.get("OMP_NUM_THREADS", "").isdigit():
