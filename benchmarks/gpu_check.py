@@ -103,7 +103,7 @@ def gpu_plan() -> Plan:
         ft_iters=40,
         ft_batch=8,
         ft_config="configs/detection/faster_rcnn_R_50_FPN_1x.yaml",
-        caps={"pretrain": 160, "input": 90, "gpu_decode": 50, "finetune": 110},
+        caps={"pretrain": 160, "input": 90, "gpu_decode": 80, "finetune": 110},
     )
 
 

@@ -7,6 +7,8 @@
 # under 10 minutes on one H100.
 #
 # usage: benchmarks/gpu_check.sh [--out DIR] [--cpu-smoke] [--wheelhouse DIR] [--python PY]
+#   environment: GPU_CHECK_SECTIONS (default pretrain,input,gpu_decode,finetune), GPU_CHECK_TIMEOUT
+#   (all sections, default 450 s), GPU_SMOKE_TIMEOUT (the chain, default 150 s)
 #   GPU machine: build the wheelhouse first on a machine with network
 #                (python benchmarks/build_wheelhouse.py --python-version 3.12 wheelhouse),
 #                bring wheelhouse/ along with the tree, then run this script.
@@ -113,7 +115,8 @@ SMOKE_FLAG=()
 cd "$REPO"
 RC=0
 timeout --kill-after=10 "${GPU_CHECK_TIMEOUT:-450}" \
-  "$VPY" "$REPO/benchmarks/gpu_check.py" --out "$OUT" "${SMOKE_FLAG[@]}" 2>&1 | tee "$OUT/gpu_check.log" \
+  "$VPY" "$REPO/benchmarks/gpu_check.py" --out "$OUT" "${SMOKE_FLAG[@]}" \
+  --sections "${GPU_CHECK_SECTIONS:-pretrain,input,gpu_decode,finetune}" 2>&1 | tee "$OUT/gpu_check.log" \
   || RC=$?
 
 # On a GPU: every stage of the chain for a few iterations with the GPU settings

@@ -271,6 +271,13 @@ class DeviceDecoder:
 def _decode_jpeg(data: list[torch.Tensor], device: torch.device) -> list[torch.Tensor]:
     """One batched JPEG decode into RGB (greyscale expanded) on `device`. torchvision 0.29
     deprecates its image decoders in favour of TorchCodec; this is the one call to change."""
+    if device.type == "cuda":
+        # nvJPEG's hardware decoder writes its output before the work already queued on the
+        # caller's stream has run, into blocks the caching allocator recycled from that work
+        # (pytorch/vision#9606, meta-pytorch/torchcodec#1634): on an H200 the training step read
+        # overwritten activations and its loss became NaN within 6 steps. Wait for that work first;
+        # decode_jpeg blocks the host until the decode is done in any case.
+        torch.cuda.current_stream(device).synchronize()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
         return decode_jpeg(data, mode=ImageReadMode.RGB, device=device)
