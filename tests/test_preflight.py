@@ -189,3 +189,29 @@ def test_an_arm_whose_config_does_not_load_is_left_to_fail_on_its_own(tmp_path):
     assert all(f.ok for f in findings)  # the other arms run; the broken one fails as its stage
     text = preflight.listing(findings)
     assert "unchecked  pretrain_broken: its config does not load: " in text and "NOT.A" in text
+
+
+def test_the_gpu_smoke_plan_runs_its_cuda_settings_on_a_gpu_and_is_refused_without_one():
+    """`gpu_check.sh`'s chain: fp16 + GradScaler on the workers path for one arm, bf16 + nvJPEG
+    for the other, detectron2's AMP, one GPU for every stage that trains or evaluates."""
+    plan = parse_plan(_raw("gpu_smoke"), "gpu_smoke.yaml")
+    graph = build_graph(plan)
+    gpu_stages = {st.name for st in graph.stages if st.resources.gpus_per_node == 1}
+    kinds = {name.split("_")[0] for name in gpu_stages}
+    assert kinds == {"pretrain", "evaluate", "transfer", "finetune"}
+    args = {
+        st.name: dict(zip(st.command.args[::2], st.command.args[1::2]))
+        for st in graph.stages
+        if st.name.startswith("pretrain_")
+    }
+    hard, als = args["pretrain_hard_fp16"], args["pretrain_als"]
+    assert (hard["TRAIN.AMP"], hard["DATA.DECODE"]) == ("fp16", "workers")
+    assert (als["TRAIN.AMP"], als["DATA.DECODE"], als["TRAIN.CHANNELS_LAST"]) == (
+        "bf16",
+        "device",
+        "True",
+    )
+    (finetune, *_) = [st for st in graph.stages if st.name.startswith("finetune_")]
+    assert "SOLVER.AMP.ENABLED" in finetune.command.args
+    refused = [p for p in _problems(_raw("gpu_smoke")) if "ask for 1 per node" in p]
+    assert bool(refused) == (torch.cuda.device_count() == 0)

@@ -289,8 +289,8 @@ def detectron2_finding() -> Finding:
     if (folder / "_missing_extension.py").is_file():
         return Finding(
             True,
-            f"detectron2: {version}, the pure-Python build (torchvision ops; its speed on GPUs is "
-            "unmeasured: benchmarks/gpu_check.sh)",
+            f"detectron2: {version}, the pure-Python build (torchvision ops; R50-FPN at 0.131 "
+            "s/iteration for 8 images on one H200: docs/benchmarks.md)",
         )
     return Finding(False, f"detectron2: {folder} has neither the C++ extension nor the stand-in")
 
