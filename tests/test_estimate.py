@@ -9,6 +9,7 @@ from pathlib import Path
 
 import yaml
 
+from als_det.experiment.estimate import RECORDED_GPU_CHECK
 from als_det.experiment.plan import load_plan, parse_plan
 from als_det.experiment.runner import dry_run
 
@@ -33,7 +34,7 @@ def _hours(line: str) -> float:
 
 
 def test_every_stage_of_the_paper_plan_has_a_labelled_estimate(tmp_path: Path) -> None:
-    text = dry_run(load_plan(PAPER), bench_dir=tmp_path)  # nothing measured there
+    text = dry_run(load_plan(PAPER), bench_dir=tmp_path, recorded=None)  # nothing measured
     est = _estimates(text)
     assert len(est) == 14
     pre = est["pretrain_als"]
@@ -61,7 +62,8 @@ def test_measured_rates_replace_the_assumed_ones(tmp_path: Path) -> None:
     (tmp_path / "bench_decode.json").write_text(
         json.dumps({"images_per_s_per_core": {"workers": 400.0}, "machine": machine})
     )
-    pre = _estimates(dry_run(load_plan(PAPER), bench_dir=tmp_path))["pretrain_hard"]
+    plan = load_plan(PAPER)
+    pre = _estimates(dry_run(plan, bench_dir=tmp_path, recorded=None))["pretrain_hard"]
     assert "measured: bench_decode.py on Test CPU, 2026-12-03 10:00:00 UTC" in pre[0]
     # 8 workers x 400 img/s per core outrun the GPU step: both paths are GPU-bound
     assert "(GPU step-bound)" in pre[1] and _hours(pre[1]) == _hours(pre[2])
@@ -70,7 +72,8 @@ def test_measured_rates_replace_the_assumed_ones(tmp_path: Path) -> None:
 def test_transfer_estimate_counts_the_downstream_set(tmp_path: Path, tiny_imagenet_transfer):
     raw = yaml.safe_load(PAPER.read_text())
     raw["transfer"]["data"] = str(tiny_imagenet_transfer)
-    line = _estimates(dry_run(parse_plan(raw, "p.yaml"), bench_dir=tmp_path))["transfer_ls"][0]
+    plan = parse_plan(raw, "p.yaml")
+    line = _estimates(dry_run(plan, bench_dir=tmp_path, recorded=None))["transfer_ls"][0]
     # 20 classes x 300 train and 50 val images; 10 epochs x 6000 fine-tuning images at the
     # published step (ResNet-50 at 224 px), 6000 + 1000 feature images and 1000 predictions at 3x
     assert "6000 train and 1000 val images, linear_probe, knn, finetune: 60000 fine-tuning" in line
@@ -78,3 +81,38 @@ def test_transfer_estimate_counts_the_downstream_set(tmp_path: Path, tiny_imagen
     assert "8000 forward-only at 3x that (assumed: a forward pass alone" in line
     minutes = (60000 / 2470 + 8000 / (3 * 2470)) / 60
     assert f"one process, {minutes:.1f} min, {minutes / 60:.2f} GPU-hours" in line
+
+
+def test_the_recorded_gpu_check_gives_the_step_and_the_device_decode(tmp_path: Path) -> None:
+    """Without a GPU check of its own, a checkout estimates from the project's recorded one: the
+    eager step (the paper configs do not compile), the compiled one where a config compiles, and
+    on `DATA.DECODE device` the decode in series with the step."""
+    recorded = json.loads(RECORDED_GPU_CHECK.read_text())
+    env, sections = recorded["environment"], recorded["sections"]
+    step = sections["pretrain"]["eager_als_img_s"]
+    (decode,) = [v for k, v in sections["gpu_decode"].items() if k.startswith("decode_device_")]
+    pre = _estimates(dry_run(load_plan(PAPER), bench_dir=tmp_path))["pretrain_als"]
+    source = f"measured: gpu_check.sh on {env['gpu']}, {env['date']}, benchmarks/measured/"
+    assert f"step {step:.0f} img/s per GPU ({source}" in pre[0]
+    assert f"device decode {decode:.0f} img/s per GPU ({source}" in pre[1]
+    in_series = 1 / (1 / step + 1 / decode)
+    assert pre[3].startswith(f"#    DATA.DECODE device: {in_series:.0f} img/s per GPU")
+    assert _hours(pre[3]) == round(90 * 1281167 / (8 * in_series) / 3600, 1)
+
+    raw = yaml.safe_load(PAPER.read_text())
+    raw["pretrain"]["overrides"] = {"TRAIN.COMPILE": True}
+    plan = parse_plan(raw, "p.yaml")
+    compiled = _estimates(dry_run(plan, bench_dir=tmp_path))["pretrain_als"][0]
+    assert f"step {sections['pretrain']['compiled_als_img_s']:.0f} img/s per GPU" in compiled
+    assert "torch.compile" in compiled
+
+    # this checkout's own GPU check wins over the recorded one
+    mine = {
+        "environment": {"device": "cuda", "gpu": "Test GPU", "date": "2026-12-05 00:00:00 UTC"},
+        "sections": {"pretrain": {"eager_als_img_s": 1000.0}},
+    }
+    (tmp_path / "gpu_check").mkdir()
+    (tmp_path / "gpu_check" / "gpu_check.json").write_text(json.dumps(mine))
+    own = _estimates(dry_run(load_plan(PAPER), bench_dir=tmp_path))["pretrain_als"]
+    assert "step 1000 img/s per GPU (measured: gpu_check.sh on Test GPU" in own[0]
+    assert not any("device decode" in line for line in own)  # not measured there

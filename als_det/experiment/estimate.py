@@ -5,7 +5,12 @@ Rates, measured ones first where this checkout has them:
   decode per core  `benchmarks/out/bench_decode.json` (images/s per core of the `workers` path,
                    from `benchmarks/bench_decode.py`), else issue 21's assumption of 150
   step per GPU     `benchmarks/out/gpu_check/gpu_check.json` (the trainer's own step, ResNet-50,
-                   224 px, bf16), else NVIDIA's published ResNet-50 figure (DALI + AMP, one A100)
+                   224 px, bf16; compiled where the config compiles), else the project's recorded
+                   run of it (`benchmarks/measured/gpu_check_h200.json`, one H200), else NVIDIA's
+                   published ResNet-50 figure (DALI + AMP, one A100)
+  device decode    the same check's `DATA.DECODE device` decode rate (nvJPEG): each batch's decode
+                   waits for the previous step (docs/benchmarks.md), so decode and step add up;
+                   without a measurement the device path is counted at the step rate
   detection        detectron2's model-zoo training speed of the config (8 V100, float32)
   transfer         the step rate for its fine-tuning images, 3x it for its forward-only images
                    (features, predictions; assumed: a backward pass costs about two forwards)
@@ -30,6 +35,8 @@ import numpy as np
 from als_det.data.pack import PACK_SUFFIX, is_packed, read_index
 from als_det.experiment.stages import Stage
 
+REPO = Path(__file__).resolve().parents[2]
+RECORDED_GPU_CHECK = REPO / "benchmarks" / "measured" / "gpu_check_h200.json"
 ILSVRC2012_TRAIN = 1_281_167
 RESNET_GFLOPS = {
     "resnet18": 1.8,
@@ -57,8 +64,11 @@ ZOO_SOURCE = "published: detectron2 model zoo, 8 V100, float32"
 FORWARD_SPEEDUP = (3.0, "assumed: a forward pass alone costs a third of a training step")
 
 
-def measured_rates(bench_dir: Path) -> dict[str, tuple[float, str]]:
-    """The rates this checkout has measured (git-ignored `benchmarks/out`), by name."""
+def measured_rates(
+    bench_dir: Path, recorded: Path | None = RECORDED_GPU_CHECK
+) -> dict[str, tuple[float, str]]:
+    """The rates measured in this checkout (git-ignored `benchmarks/out`), and for the GPU the
+    project's `recorded` run where this checkout has none, by name."""
     out: dict[str, tuple[float, str]] = {}
     decode = bench_dir / "bench_decode.json"
     if decode.is_file():
@@ -68,15 +78,28 @@ def measured_rates(bench_dir: Path) -> dict[str, tuple[float, str]]:
         out["decode"] = (rate, f"measured: bench_decode.py on {machine['cpu']}, {machine['date']}")
     check = bench_dir / "gpu_check" / "gpu_check.json"
     if check.is_file():
-        d = json.loads(check.read_text())
-        env, pre = d.get("environment", {}), d.get("sections", {}).get("pretrain", {})
-        rate = pre.get("compiled_als_img_s") or pre.get("eager_als_img_s")
-        if rate and env.get("device") == "cuda":
-            out["step"] = (
-                float(rate),
-                f"measured: gpu_check.sh on {env.get('gpu')}, {env['date']}",
-            )
+        out.update(_gpu_check_rates(check, "this checkout"))
+    elif recorded is not None and recorded.is_file():
+        out.update(_gpu_check_rates(recorded, str(recorded.relative_to(REPO))))
     return out
+
+
+def _gpu_check_rates(path: Path, where: str) -> dict[str, tuple[float, str]]:
+    """`step` (eager), `step_compiled` and `device_decode` images/s of a GPU check's JSON."""
+    d = json.loads(path.read_text())
+    env, sections = d.get("environment", {}), d.get("sections", {})
+    if env.get("device") != "cuda":
+        return {}
+    src = f"measured: gpu_check.sh on {env.get('gpu')}, {env['date']}, {where}"
+    pre, dec = sections.get("pretrain", {}), sections.get("gpu_decode", {})
+    figures = {
+        "step": pre.get("eager_als_img_s"),
+        "step_compiled": pre.get("compiled_als_img_s"),
+        "device_decode": next(
+            (v for k, v in dec.items() if re.fullmatch(r"decode_device_\d+w_img_s", k)), None
+        ),
+    }
+    return {name: (float(rate), src) for name, rate in figures.items() if rate}
 
 
 def _pretrain_images(cfg: Any, generated: bool) -> tuple[int, str]:
@@ -115,6 +138,9 @@ def _config_and_overrides(args: Sequence[str]) -> tuple[str, list[str]]:
 def _step_rate(cfg: Any, rates: dict[str, tuple[float, str]]) -> tuple[float, str]:
     """Training images/s per GPU of the config's architecture at its crop size, and its source."""
     step, step_src = rates.get("step", PUBLISHED_STEP)
+    if cfg.TRAIN.COMPILE and "step_compiled" in rates:
+        step, step_src = rates["step_compiled"]
+        step_src += ", torch.compile"
     scale = RESNET_GFLOPS["resnet50"] / RESNET_GFLOPS.get(cfg.MODEL.ARCH, 4.1)
     return step * scale * (224 / cfg.DATA.IMAGE_SIZE) ** 2, step_src
 
@@ -151,15 +177,27 @@ def pretrain_estimate(
         f"on {gpus} GPU(s): step {step:.0f} img/s per GPU ({step_src}; scaled by FLOPs and "
         f"pixels), decode {decode:.0f} img/s per core x {cores} ({decode_src})"
     ]
+    device_decode = rates.get("device_decode")
+    if device_decode:
+        lines.append(
+            f"#    device decode {device_decode[0]:.0f} img/s per GPU ({device_decode[1]}), "
+            "in series with the step"
+        )
     gpu_hours = {}
     for path in ("workers", "device"):
-        rate = min(step, decode * cores) if path == "workers" else step
+        if path == "workers":
+            rate = min(step, decode * cores)
+            bound = "CPU decode-bound" if decode * cores < step else "GPU step-bound"
+        elif device_decode:
+            rate = 1 / (1 / step + 1 / device_decode[0])
+            bound = "device decode + GPU step"
+        else:
+            rate, bound = step, "GPU step-bound"
         hours = work / (rate * gpus) / 3600
         gpu_hours[path] = hours * gpus
         ran = " (the config's)" if path == cfg.DATA.DECODE else ""
-        bound = "CPU decode" if path == "workers" and decode * cores < step else "GPU step"
         lines.append(
-            f"#    DATA.DECODE {path}{ran}: {rate:.0f} img/s per GPU ({bound}-bound), "
+            f"#    DATA.DECODE {path}{ran}: {rate:.0f} img/s per GPU ({bound}), "
             f"{hours:.1f} h, {hours * gpus:.0f} GPU-hours"
         )
     gpu_hours["config"] = gpu_hours.get(cfg.DATA.DECODE, gpu_hours["device"])
@@ -240,9 +278,11 @@ def transfer_estimate(
     ], hours
 
 
-def estimate_lines(stages: Sequence[Stage], bench_dir: Path) -> str:
+def estimate_lines(
+    stages: Sequence[Stage], bench_dir: Path, recorded: Path | None = RECORDED_GPU_CHECK
+) -> str:
     """The `--dry-run` estimate of every stage, in order, and the plan's total."""
-    rates = measured_rates(bench_dir)
+    rates = measured_rates(bench_dir, recorded)
     lines = ["# estimates (training time on each stage's resources; sources in brackets):"]
     total = {"config": 0.0, "device": 0.0}
     limits = 0.0

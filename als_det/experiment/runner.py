@@ -12,7 +12,7 @@ from pathlib import Path
 import submitit
 
 from als_det.experiment import preflight, sweep
-from als_det.experiment.estimate import estimate_lines
+from als_det.experiment.estimate import RECORDED_GPU_CHECK, estimate_lines
 from als_det.experiment.graph import Graph, build_graph
 from als_det.experiment.launchers import Outcome, SubmititLauncher, run_local, sbatch_flags
 from als_det.experiment.plan import Plan
@@ -27,10 +27,15 @@ BENCH_DIR = Path(__file__).resolve().parents[2] / "benchmarks" / "out"
 logger = logging.getLogger(__name__)
 
 
-def dry_run(plan: Plan, launcher: str = "local", bench_dir: Path = BENCH_DIR) -> str:
+def dry_run(
+    plan: Plan,
+    launcher: str = "local",
+    bench_dir: Path = BENCH_DIR,
+    recorded: Path | None = RECORDED_GPU_CHECK,
+) -> str:
     """Every command in dependency order with its resources, each stage's estimated time and
-    GPU-hours (rates measured under `bench_dir` where there are some), then the pre-flight check;
-    nothing runs."""
+    GPU-hours (rates measured under `bench_dir` where there are some, else in the project's
+    `recorded` GPU check), then the pre-flight check; nothing runs."""
     graph = build_graph(plan)
     head = (
         f"# plan {plan.name} ({plan.source}): {len(graph.stages)} "
@@ -40,7 +45,7 @@ def dry_run(plan: Plan, launcher: str = "local", bench_dir: Path = BENCH_DIR) ->
         head += "\n" + sweep.describe_grid(plan)
     check = preflight.listing(preflight.check(plan, graph, launcher), "#")
     jobs = "\n" + slurm_jobs(plan, graph) if launcher == "slurm" else ""
-    estimate = "\n" + estimate_lines(graph.stages, bench_dir)
+    estimate = "\n" + estimate_lines(graph.stages, bench_dir, recorded)
     return (
         head + "\n" + describe(graph.stages) + jobs + estimate + "\n# pre-flight check:\n" + check
     )
