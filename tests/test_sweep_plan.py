@@ -281,6 +281,13 @@ def test_progress_names_the_cell_and_estimates_the_time_left(tmp_path, caplog):
         "per transfer so far)" in caplog.text
     )
     caplog.clear()
+    # two stages side by side (each record already includes sharing the CPUs): half the wall time
+    Progress(cells, at_once=2)(cells[1].pretrain, Outcome())
+    assert (
+        "about 52 min left with 2 stages side by side (1 h 44 min of stage time; 633.3 s per "
+        "training epoch" in caplog.text
+    )
+    caplog.clear()
     # a cell is finished once its transfer is: the one before it has only been evaluated
     progress(cells[1].transfer, Outcome(ran=[st.name for st in cells[0].stages[:2]]))
     assert "cell 2/8 als_e1_s0 (als, seed 0, 1 epoch): transfer; 0 cells finished" in caplog.text

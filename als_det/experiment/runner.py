@@ -14,7 +14,14 @@ import submitit
 from als_det.experiment import preflight, sweep
 from als_det.experiment.estimate import RECORDED_GPU_CHECK, estimate_lines
 from als_det.experiment.graph import Graph, build_graph
-from als_det.experiment.launchers import Outcome, SubmititLauncher, run_local, sbatch_flags
+from als_det.experiment.launchers import (
+    Outcome,
+    SubmititLauncher,
+    cpu_budget,
+    local_threads,
+    run_local,
+    sbatch_flags,
+)
 from als_det.experiment.plan import Plan
 from als_det.experiment.stages import describe, other_revisions, recorded_seconds, resolve
 from als_det.output_dir import check_output_folder
@@ -186,9 +193,15 @@ def run_experiment(
         (out / "logs").mkdir(parents=True, exist_ok=True)
         check_revisions(graph, rerun_other_revisions)
         if launcher == "local":
-            progress = (
-                sweep.Progress(sweep.sweep_cells(plan, graph)) if plan.sweep is not None else None
-            )
+            progress = None
+            if plan.sweep is not None:
+                budget = cpus or cpu_budget()
+                cells = sweep.sweep_cells(plan, graph)
+                widest = max(
+                    local_threads(c.pretrain, budget, threads) * c.pretrain.resources.processes
+                    for c in cells
+                )
+                progress = sweep.Progress(cells, at_once=budget // widest)
             outcome = run_local(graph.stages, before=progress, cpus=cpus, threads=threads)
         else:
             cluster = "slurm" if launcher == "slurm" else "local"

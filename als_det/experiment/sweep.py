@@ -111,10 +111,12 @@ class Progress:
     """`run_local`'s `before` hook: before each stage, one line saying which cell of how many, how
     many cells finished (every stage of it), failed, and about how long the rest takes. The rates
     come from every stage record of this sweep (this invocation's and earlier ones'): seconds per
-    training epoch, seconds per evaluation, seconds per transfer."""
+    training epoch, seconds per evaluation, seconds per transfer; with `at_once` stages side by
+    side (their records already include that they share the CPUs) the wall time is that sum
+    divided by `at_once`."""
 
-    def __init__(self, cells: list[Cell]) -> None:
-        self.cells = cells
+    def __init__(self, cells: list[Cell], at_once: int = 1) -> None:
+        self.cells, self.at_once = cells, max(1, at_once)
         self.where = {st.name: (i, c) for i, c in enumerate(cells) for st in c.stages}
 
     def _rates(self) -> dict[str, float | None]:
@@ -155,7 +157,12 @@ class Progress:
         )
         if "transfer" in kinds:
             per += f", {rates['transfer']:.0f} s per transfer"
-        return f"about {_duration(seconds)} left ({per} so far)"
+        if self.at_once == 1:
+            return f"about {_duration(seconds)} left ({per} so far)"
+        return (
+            f"about {_duration(seconds / self.at_once)} left with {self.at_once} stages side by "
+            f"side ({_duration(seconds)} of stage time; {per} so far)"
+        )
 
     def __call__(self, stage: Stage, outcome: Outcome) -> None:
         i, cell = self.where[stage.name]
