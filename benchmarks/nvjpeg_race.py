@@ -41,6 +41,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=50)
     args = parser.parse_args()
+    if not torch.cuda.is_available():
+        raise SystemExit("nvjpeg_race.py: needs a CUDA GPU (nvJPEG); none is visible here")
     device = torch.device("cuda")
     sums = args.rounds * 16
     result = {
