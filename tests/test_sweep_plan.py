@@ -6,6 +6,7 @@ and transfers, a second invocation that runs nothing)."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import re
@@ -55,7 +56,7 @@ def test_sweep_plan_is_settings_x_seeds_x_lengths_one_cell_after_the_other():
         plan.seeds == [0, 1, 2]
         and grid.epochs == [8, 32]
         and grid.lengths_for == ["hard", "als"]
-        and grid.length_seeds == [0, 1]
+        and grid.length_seeds is None  # every seed
     )
     expected = {(s, 8) for s in grid.settings} | {(s, 32) for s in ("hard", "als")}
     assert {(setting, e) for _, setting, e in grid.cells()} == expected
@@ -83,8 +84,7 @@ def test_sweep_plan_is_settings_x_seeds_x_lengths_one_cell_after_the_other():
         assert (labels.STRATEGY, labels.COVERAGE, labels.E_MAX, labels.POWER) == want, name
 
     graph = build_graph(plan)
-    longer = {(s, e) for s, e in expected if e != 8}
-    assert len(graph.stages) == 3 * ((len(expected) - len(longer)) * 3 + len(longer) * 2)
+    assert len(graph.stages) == 3 * len(expected) * 3  # every (setting, length) over 3 seeds
     runs = []
     # each cell trained, evaluated, then transferred (after its pretraining only)
     for pre, ev, tr in zip(graph.stages[::3], graph.stages[1::3], graph.stages[2::3]):
@@ -101,8 +101,20 @@ def test_sweep_plan_is_settings_x_seeds_x_lengths_one_cell_after_the_other():
             == REPO / "output/sweep_tiny_imagenet/evaluation" / run[0] / "metrics.json"
         )
         runs.append(run[0])
-    assert runs[:2] == ["hard_e8_s0", "ls_e8_s0"] and runs[-1] == "als_e32_s1"
-    assert "mixup_e8_s2" in runs and not any(r.endswith("_s2") and "_e8_" not in r for r in runs)
+    assert runs[:2] == ["hard_e8_s0", "ls_e8_s0"] and runs[-1] == "als_e32_s2"
+    assert "mixup_e8_s2" in runs
+    assert {r for r in runs if "_e32_" in r} == {
+        f"{s}_e32_s{seed}" for s in ("hard", "als") for seed in (0, 1, 2)
+    }
+    # length_seeds limits the longer runs to those seeds; the main length keeps every seed
+    limited = dataclasses.replace(plan, sweep=dataclasses.replace(grid, length_seeds=[0, 1]))
+    names = [
+        st.name.removeprefix("pretrain_")
+        for st in build_graph(limited).stages
+        if st.kind == "pretrain"
+    ]
+    assert "mixup_e8_s2" in names and "hard_e32_s1" in names
+    assert not any(n.endswith("_s2") and "_e8_" not in n for n in names)
     assert runs.index("als_e8_s2") < runs.index(
         "hard_e32_s0"
     )  # the main length over every seed first
@@ -182,12 +194,12 @@ def test_dry_run_lists_every_cell():
     assert out.returncode == 0, out.stderr
     lines = out.stdout.splitlines()
     assert lines[1] == (
-        "# sweep: 9 settings x 3 seeds at 8 epochs, and hard, als at 32 epochs (seeds 0, 1): "
-        "31 cells (a pretraining, an evaluation and a transfer each); report: "
+        "# sweep: 9 settings x 3 seeds at 8 epochs, and hard, als at 32 epochs: "
+        "33 cells (a pretraining, an evaluation and a transfer each); report: "
         "output/sweep_tiny_imagenet/report.md"
     )
     commands = [ln for ln in lines if not ln.startswith("#")]
-    assert len(commands) == 93
+    assert len(commands) == 99
     emax = next(
         ln for ln in commands if "pretrain/als_emax03_e8_s2" in ln and "tools/pretrain.py" in ln
     )
