@@ -421,14 +421,18 @@ def test_local_launcher_runs_independent_stages_side_by_side_within_the_cpus(tmp
 
 # A script that runs stages needs multiprocessing's main guard: warm starts use its forkserver.
 INTERRUPTED = """
-import sys
+import signal, sys
 from pathlib import Path
+# Ctrl-C as a terminal delivers it, whatever this process inherited: a pytest worker that ran other
+# tests first can hand its children SIGINT ignored or blocked (CI saw the runner ignore it)
+signal.signal(signal.SIGINT, signal.default_int_handler)
+signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
 sys.path.insert(0, sys.argv[2])
 from test_experiment import STEPPER, _stage
 from als_det.experiment.launchers import run_local
 if __name__ == "__main__":
     tmp = Path(sys.argv[1])
-    stages = [_stage(tmp, name, STEPPER, sys.argv[3], resumable=True) for name in ("one", "two")]
+    stages = [_stage(tmp, name, STEPPER, "15", resumable=True) for name in ("one", "two")]
     try:
         run_local(stages, cpus=2, threads=1)
     except KeyboardInterrupt:
@@ -443,11 +447,8 @@ def test_ctrl_c_stops_every_running_stage_and_the_next_run_resumes_them(tmp_path
     env = dict(
         os.environ, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])
     )
-    # 40 steps of 0.2 s: the signal must come while the stages run, even when a busy machine
-    # holds this test back for seconds (with 15 steps, CI once saw both finish before it)
-    steps = 40
     proc = subprocess.Popen(
-        [sys.executable, str(runner), str(tmp_path), str(REPO / "tests"), str(steps)],
+        [sys.executable, str(runner), str(tmp_path), str(REPO / "tests")],
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
@@ -462,20 +463,18 @@ def test_ctrl_c_stops_every_running_stage_and_the_next_run_resumes_them(tmp_path
     out = proc.communicate(timeout=60)[0]
     assert proc.returncode == 130 and "interrupted" in out, out
     for name, state in zip(("one", "two"), states):
-        assert json.loads(state.read_text())["step"] < steps
+        assert json.loads(state.read_text())["step"] < 15
         with pytest.raises(ProcessLookupError):
             os.kill(int((tmp_path / name / "pid").read_text()), 0)
 
     # resumed with another thread count: said, and recorded beside the one it started with
-    stages = [
-        _stage(tmp_path, name, STEPPER, str(steps), resumable=True) for name in ("one", "two")
-    ]
+    stages = [_stage(tmp_path, name, STEPPER, "15", resumable=True) for name in ("one", "two")]
     with caplog.at_level(logging.WARNING, logger="als_det"):
         outcome = run_local(stages, cpus=4, threads=2, console=_quiet(stages))
     assert sorted(outcome.ran) == ["one", "two"]
     for st in stages:
         log = st.log.read_text()
-        assert "resumed at step" in log and log.splitlines().count(f"step {steps}") == 1
+        assert "resumed at step" in log and log.splitlines().count("step 15") == 1
         record = json.loads(st.marker.read_text())
         assert (record["threads"], record["threads_before_resume"]) == (2, 1)
         assert f"{st.name}: resumed with 2 threads per process, started with 1" in caplog.text
