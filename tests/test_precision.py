@@ -58,10 +58,18 @@ def test_bf16_autocast_and_channels_last_run_on_the_cpu(tiny_root, tmp_path):
         model.register_forward_hook(hook)
         seen["conv1"] = model.conv1
 
+    # The demo's 64 px, not the tiny tests' 16: there layer4 sees 1x1 inputs, mostly padding to
+    # its 3x3 stride-2 convolutions. On the CI host of 2026-12-04 that one bf16 step left
+    # layer4.0.conv1.weight non-finite (the trainer refused it, as it should); no oneDNN ISA
+    # limit reproduced it here, where the gradients stay below 0.4.
     out = train(
         tiny_cfg(
             tiny_root,
             tmp_path,
+            "DATA.IMAGE_SIZE",
+            "64",
+            "DATA.VAL_RESIZE",
+            "73",
             "TRAIN.AMP",
             "bf16",
             "TRAIN.CHANNELS_LAST",
