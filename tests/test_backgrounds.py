@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +10,7 @@ import pytest
 import torch
 import torchvision.transforms.functional as TF
 from PIL import Image
+from tiny_runs import run_tool
 
 from als_det.analysis.backgrounds import IN9_VARIANTS, evaluate_in9
 from als_det.analysis.evaluate import EvalOptions
@@ -21,7 +20,6 @@ from als_det.engine.checkpoint import save_checkpoint
 from als_det.models import build_resnet
 from als_det.report.backgrounds import render_in9_report, summary_lines, write_in9_report
 
-REPO = Path(__file__).resolve().parents[1]
 IN9 = [
     "00_dog",
     "01_bird",
@@ -222,46 +220,22 @@ def test_bad_inputs_are_clear_errors(tree, tmp_path) -> None:
     assert not (tmp_path / "o").exists()
 
 
-def test_evaluate_tool_recognises_the_layout(tree, tmp_path) -> None:
+def test_evaluate_tool_recognises_the_layout(tree, tmp_path, capsys) -> None:
     ckpt = make_checkpoint(tmp_path / "in9.pth", IN9, predict=4)
-    out = subprocess.run(
-        [
-            sys.executable,
-            str(REPO / "tools" / "evaluate.py"),
-            "--checkpoint",
-            str(ckpt),
-            "--data",
-            str(tree),
-            "--out",
-            str(tmp_path / "out"),
-            "--device",
-            "cpu",
-            "--workers",
-            "0",
-        ],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stderr
+    args = ["--checkpoint", str(ckpt), "--data", str(tree)]
+    capsys.readouterr()
+    assert (
+        run_tool(
+            "evaluate", [*args, "--out", str(tmp_path / "out"), "--device", "cpu", "--workers", "0"]
+        )
+        == 0
+    )
+    out = capsys.readouterr().err
     assert "in9_report.md" in out
     line = next(x for x in out.splitlines() if "]: hard: " in x)
     assert "original 11.1% (ref 95.6%)" in line and "mixed_rand 5.9% (ref 78.9%)" in line
     # 3/11 - 1/17, from a model at chance (1 of 9 classes) on the original images: no verdict
     assert "BG-Gap 21.4% (at or near chance on original: no verdict) (ref 7.3%" in line
-    refused = subprocess.run(
-        [
-            sys.executable,
-            str(REPO / "tools" / "evaluate.py"),
-            "--checkpoint",
-            str(ckpt),
-            "--data",
-            str(tree),
-            "--fill",
-            "mean",
-        ],
-        capture_output=True,
-        text=True,
-    )
-    assert (
-        refused.returncode == 2 and "--fill do(es) not apply to ImageNet-9 data" in refused.stderr
-    )
+    code = run_tool("evaluate", [*args, "--fill", "mean"])
+    refused = capsys.readouterr().err
+    assert code == 2 and "--fill do(es) not apply to ImageNet-9 data" in refused

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import pickle
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 import torchvision
+from tiny_runs import run_tool
 
 from als_det.convert import (
     ConversionError,
@@ -254,22 +253,14 @@ def test_existing_output_needs_force(r18_files, tmp_path):
     assert pickle.loads(out.read_bytes())["als_det"]["depth"] == 18
 
 
-def test_tool_converts_and_verifies_resnet18(tmp_path, repo_root):
+def test_tool_converts_and_verifies_resnet18(tmp_path, capsys):
     torch.save(resnet(18, seed=1).state_dict(), tmp_path / "resnet18.pth")
-    cmd = [
-        sys.executable,
-        str(repo_root / "tools" / "convert_to_d2.py"),
-        str(tmp_path / "resnet18.pth"),
-        str(tmp_path / "out.pkl"),
-        "--verify",
-        "--verify-size",
-        "64",
-    ]
-    run = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path)
-    assert run.returncode == 0, run.stderr
-    assert "loaded 100/100 backbone tensors" in run.stderr and "max abs difference" in run.stderr
-    again = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path)
-    assert again.returncode == 2 and "already exists" in again.stderr
+    args = [str(tmp_path / "resnet18.pth"), str(tmp_path / "out.pkl"), "--verify"]
+    code, err = _tool(capsys, *args, "--verify-size", "64")
+    assert code == 0, err
+    assert "loaded 100/100 backbone tensors" in err and "max abs difference" in err
+    code, err = _tool(capsys, *args, "--verify-size", "64")
+    assert code == 2 and "already exists" in err
 
 
 @pytest.mark.slow
@@ -282,23 +273,21 @@ def test_resnet50_verifies_in_fpn_and_c4(tmp_path):
     assert c4.ok and c4.loaded_tensors == 265, c4.summary()
 
 
-def _tool(repo_root: Path, *args: str, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, str(repo_root / "tools" / "convert_to_d2.py"), *args],
-        capture_output=True,
-        text=True,
-        cwd=cwd,
-    )
+def _tool(capsys, *args: str) -> tuple[int, str]:
+    """tools/convert_to_d2.py ARGS in this process: its exit status and its stderr."""
+    capsys.readouterr()
+    code = run_tool("convert_to_d2", list(args))
+    return code, capsys.readouterr().err
 
 
-def test_tool_refuses_crafted_files_and_runs_nothing(tmp_path, repo_root):
+def test_tool_refuses_crafted_files_and_runs_nothing(tmp_path, capsys):
     from test_weights_io import crafted_files
 
     pth, pkl, marker = crafted_files(tmp_path)
     for src in (pth, pkl):
-        run = _tool(repo_root, str(src), str(tmp_path / "out.pkl"), "--verify", cwd=tmp_path)
-        assert run.returncode == 2, run.stderr
-        assert f"error: {src}: refused" in run.stderr and "--unsafe-load" in run.stderr
+        code, err = _tool(capsys, str(src), str(tmp_path / "out.pkl"), "--verify")
+        assert code == 2, err
+        assert f"error: {src}: refused" in err and "--unsafe-load" in err
         assert not marker.exists() and not (tmp_path / "out.pkl").exists()
 
 
@@ -312,7 +301,7 @@ def test_verify_reads_the_pkl_without_unpickling_code(r18_files, tmp_path):
     assert not marker.exists()
 
 
-def test_unsafe_load_converts_a_trusted_legacy_checkpoint_and_says_so(tmp_path, repo_root):
+def test_unsafe_load_converts_a_trusted_legacy_checkpoint_and_says_so(tmp_path, capsys):
     import argparse
 
     src = tmp_path / "reference.pth"  # torchvision's reference scripts pickle their args
@@ -321,17 +310,9 @@ def test_unsafe_load_converts_a_trusted_legacy_checkpoint_and_says_so(tmp_path, 
     with pytest.raises(ConversionError, match="argparse.Namespace.*--unsafe-load"):
         convert_file(src, out)
     assert not out.exists()
-    run = _tool(
-        repo_root,
-        str(src),
-        str(out),
-        "--unsafe-load",
-        "--verify",
-        "--verify-size",
-        "32",
-        cwd=tmp_path,
-    )
-    assert run.returncode == 0, run.stderr
-    assert "loading with full unpickling (--unsafe-load" in run.stderr
-    assert "INPUT read with full unpickling: --unsafe-load" in run.stderr
+    unsafe = ["--unsafe-load", "--verify", "--verify-size", "32"]
+    code, err = _tool(capsys, str(src), str(out), *unsafe)
+    assert code == 0, err
+    assert "loading with full unpickling (--unsafe-load" in err
+    assert "INPUT read with full unpickling: --unsafe-load" in err
     assert pickle.loads(out.read_bytes())["als_det"]["unsafe_load"] is True

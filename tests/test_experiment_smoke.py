@@ -117,7 +117,10 @@ def test_smoke_plan_as_submitit_jobs_survives_a_kill_and_a_broken_arm(tmp_path):
     out = tmp_path / "smoke"
     epochs = 4
 
+    # hard and a broken arm: the local test above runs every stage of both real arms, here each
+    # stage is a cold-started job
     def broken_and_slow(raw):
+        del raw["arms"]["als"]
         raw["arms"]["hard"]["overrides"] = {"SOLVER.EPOCHS": epochs}
         raw["arms"]["broken"] = {
             "config": "configs/pretrain/demo_hard.yaml",
@@ -172,14 +175,15 @@ def test_smoke_plan_as_submitit_jobs_survives_a_kill_and_a_broken_arm(tmp_path):
         f"resumed from {out / 'pretrain' / 'hard' / 'last.pth'} after epoch {len(before)}"
         in (out / "logs" / "pretrain_hard.log").read_text()
     )
-    for arm in ARMS:
-        assert (out / "detection" / DET / arm / "results.json").is_file()
+    assert (out / "detection" / DET / "hard" / "results.json").is_file()
     assert not (out / "report.md").exists()
 
     # 3. Without the broken arm, a third invocation runs only what is left, and the report appears.
-    plan = _plan(
-        tmp_path, lambda raw: raw["arms"]["hard"].update(overrides={"SOLVER.EPOCHS": epochs})
-    )
+    def slow(raw):
+        del raw["arms"]["als"]
+        raw["arms"]["hard"]["overrides"] = {"SOLVER.EPOCHS": epochs}
+
+    plan = _plan(tmp_path, slow)
     third = subprocess.run(
         [*cmd[:3], str(plan), *cmd[4:]], cwd=REPO, capture_output=True, text=True, timeout=600
     )
@@ -190,7 +194,7 @@ def test_smoke_plan_as_submitit_jobs_survives_a_kill_and_a_broken_arm(tmp_path):
         if ": submitted job" in ln
     ]
     assert sorted(ran) == ["compare_" + DET, "evaluate"]
-    _check_outputs(out)
+    _check_outputs(out, arms=("hard",))
 
 
 def _slurm_cluster() -> bool:

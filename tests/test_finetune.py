@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 from detectron2.modeling import build_model
-from tiny_runs import DETECTION_DEMO, FINETUNE_TINY, TORCHVISION_PRE, finetune, tiny_coco
+from tiny_runs import DETECTION_DEMO, FINETUNE_TINY, TORCHVISION_PRE, finetune, run_tool, tiny_coco
 
 from als_det.convert import tensors_digest
 from als_det.detection.command_line import finetune_argument_parser
@@ -272,19 +272,16 @@ def test_retinanet_and_mask_rcnn_fine_tune_on_coco_mini(
         assert dets and all("segmentation" in d for d in dets)
 
 
-def test_finetune_tool_refuses_crafted_weights_and_runs_nothing(tmp_path, repo_root):
-    import subprocess
-    import sys
-
+def test_finetune_tool_refuses_crafted_weights_and_runs_nothing(tmp_path, capsys):
     from test_weights_io import crafted_files
 
     js, img = tiny_coco(tmp_path / "data")
     pth, pkl, marker = crafted_files(tmp_path)
     for weights in (pkl, pth):
-        run = subprocess.run(
+        capsys.readouterr()
+        code = run_tool(
+            "finetune_coco",
             [
-                sys.executable,
-                str(repo_root / "tools/finetune_coco.py"),
                 "--config-file",
                 DETECTION_DEMO,
                 "--dataset",
@@ -301,12 +298,10 @@ def test_finetune_tool_refuses_crafted_weights_and_runs_nothing(tmp_path, repo_r
                 "SOLVER.MAX_ITER",
                 "1",
             ],
-            capture_output=True,
-            text=True,
-            cwd=tmp_path,
         )
-        assert run.returncode != 0
-        assert f"error: {weights}: refused" in run.stderr and "--unsafe-load" in run.stderr
+        err = capsys.readouterr().err
+        assert code != 0
+        assert f"error: {weights}: refused" in err and "--unsafe-load" in err
         assert not marker.exists()
         assert not (tmp_path / "out" / "model_final.pth").exists()
 

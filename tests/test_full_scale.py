@@ -4,24 +4,24 @@
 ImageNet-with-boxes tree through tools/coco_to_imagenet.py. Each
 configs/pretrain/imagenet_r50_*.yaml then trains ResNet-50 for one short epoch at 224 px, unchanged
 except data root, output folder, length, batch size and workers (and SOLVER.WARMUP_EPOCHS 0: a
-one-epoch run has no room for the 5-epoch warm-up): hard in this process, als through
-tools/pretrain.py, ls through torchrun with two gloo processes. tools/evaluate.py evaluates the
-three, tools/convert_to_d2.py --verify converts each, and each configs/detection/*_1x.yaml
-fine-tunes from the converted als ResNet-50 at its own input sizes (640-800 px training, 800 px
-test) and writes results.json, evaluated on one val photo to stay cheap (C4 with fewer regions per
-image, see FEWER_REGIONS).
+one-epoch run has no room for the 5-epoch warm-up): hard through the trainer, als through
+tools/pretrain.py's main (both in this process), ls through torchrun with two gloo processes.
+tools/evaluate.py evaluates the three, tools/convert_to_d2.py --verify converts each, and each
+configs/detection/*_1x.yaml fine-tunes from the converted als ResNet-50 at its own input sizes
+(640-800 px training, 800 px test) and writes results.json, evaluated on one val photo to stay
+cheap (C4 with fewer regions per image, see FEWER_REGIONS).
 """
 
 from __future__ import annotations
 
 import json
 import os
-import runpy
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from tiny_runs import run_tool
 
 from als_det.config import load_config
 from als_det.detection.command_line import finetune_argument_parser
@@ -46,12 +46,6 @@ SHORT = [
 pytestmark = pytest.mark.slow
 
 
-def _tool(name: str, argv: list[str]) -> int:
-    """Run tools/NAME.py's main(argv) in this process (as its __main__ would, minus the
-    interpreter start)."""
-    return runpy.run_path(str(REPO / "tools" / f"{name}.py"))["main"](argv)
-
-
 def _subprocess(cmd: list[str], threads: str | None = None) -> str:
     env = dict(os.environ, **({"OMP_NUM_THREADS": threads} if threads else {}))
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
@@ -62,7 +56,7 @@ def _subprocess(cmd: list[str], threads: str | None = None) -> str:
 @pytest.fixture(scope="module")
 def tree(coco_mini, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("full") / "coco_cls"
-    assert _tool("coco_to_imagenet", ["--coco-root", str(coco_mini), "--out", str(out)]) == 0
+    assert run_tool("coco_to_imagenet", ["--coco-root", str(coco_mini), "--out", str(out)]) == 0
     return out
 
 
@@ -76,18 +70,20 @@ def r50_runs(tree, tmp_path_factory) -> dict[str, Path]:
             str(PRETRAIN / "imagenet_r50_hard.yaml"), [*data, "OUTPUT_DIR", str(runs["hard"])]
         )
     )
-    _subprocess(
-        [
-            sys.executable,
-            "tools/pretrain.py",
-            "--config-file",
-            "configs/pretrain/imagenet_r50_als.yaml",
-            "TRAIN.DEVICE",
-            "cpu",
-            *data,
-            "OUTPUT_DIR",
-            str(runs["als"]),
-        ]
+    assert (
+        run_tool(
+            "pretrain",
+            [
+                "--config-file",
+                str(PRETRAIN / "imagenet_r50_als.yaml"),
+                "TRAIN.DEVICE",
+                "cpu",
+                *data,
+                "OUTPUT_DIR",
+                str(runs["als"]),
+            ],
+        )
+        == 0
     )
     _subprocess(
         [
@@ -142,24 +138,26 @@ def test_evaluate_tool_reports_the_three_r50s(r50_runs, tree, tmp_path):
         for arm in ("hard", "ls", "als")
         for a in ("--checkpoint", str(r50_runs[arm] / "last.pth"))
     ]
-    _subprocess(
-        [
-            sys.executable,
-            "tools/evaluate.py",
-            *ckpts,
-            "--data",
-            str(tree),
-            "--out",
-            str(out),
-            "--max-images",
-            "4",
-            "--batch-size",
-            "4",
-            "--workers",
-            "0",
-            "--grid-images",
-            "2",
-        ]
+    assert (
+        run_tool(
+            "evaluate",
+            [
+                *ckpts,
+                "--data",
+                str(tree),
+                "--out",
+                str(out),
+                "--max-images",
+                "4",
+                "--batch-size",
+                "4",
+                "--workers",
+                "0",
+                "--grid-images",
+                "2",
+            ],
+        )
+        == 0
     )
     metrics = json.loads((out / "metrics.json").read_text())
     assert sorted(metrics["models"]) == ["als", "hard", "ls"]
@@ -179,7 +177,7 @@ def r50_pkl(r50_runs, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("pkl")
     for arm in ("hard", "ls", "als"):
         assert (
-            _tool(
+            run_tool(
                 "convert_to_d2",
                 [str(r50_runs[arm] / "last.pth"), str(out / f"r50_{arm}.pkl"), "--verify"],
             )

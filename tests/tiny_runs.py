@@ -1,10 +1,12 @@
 """What every tiny CPU training in the tests shares (pytest puts this folder on sys.path): the
-generated data set's parameters, pretraining overrides, a hand-made COCO set and the fine-tuning
-settings (the ResNet-18 backbones they start from are fixtures of conftest.py)."""
+generated data set's parameters, pretraining overrides, a hand-made COCO set, the fine-tuning
+settings (the ResNet-18 backbones they start from are fixtures of conftest.py), and a tool run in
+the test's own process."""
 
 from __future__ import annotations
 
 import json
+import runpy
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +14,14 @@ import numpy as np
 from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+def run_tool(name: str, argv: list[str]) -> int:
+    """tools/NAME.py's main(argv) in this process: what `python tools/NAME.py ARGV` does, minus
+    the interpreter start (importing torch and detectron2, seconds per process here). Its output
+    goes to this process's stderr (capsys)."""
+    return runpy.run_path(str(REPO / "tools" / f"{name}.py"))["main"](argv)
+
 
 # The generated data set at its smallest: 24 train / 9 val images of 3 classes, 16 pixels.
 TINY_GEN = {
