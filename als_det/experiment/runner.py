@@ -211,7 +211,7 @@ def run_experiment(
                 cluster,
                 plan.name,
                 plan.slurm,
-                poll_s=10.0 if cluster == "slurm" else 0.5,
+                poll_s=10.0 if cluster == "slurm" else 0.1,  # local: a job ends in a process here
             ).run(wait=wait)
         for line in summary(outcome).splitlines():
             (logger.error if line.startswith("FAILED") else logger.info)(line)
