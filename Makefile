@@ -6,7 +6,8 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.als_det-setup
 SEEDS ?= 1
-# pytest-xdist workers for `make test` (each runs one test file at a time, one thread each)
+# pytest-xdist workers for `make test` (each runs one test file at a time, one thread each, in
+# the order tests/conftest.py gives: the longest files first)
 TEST_WORKERS ?= 2
 
 .PHONY: setup test demo clean-demo bench
@@ -26,7 +27,7 @@ $(STAMP): pyproject.toml constraints.txt scripts/install_detectron2.py
 test: $(STAMP)
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
-	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile tests
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder tests
 
 demo: $(STAMP)
 	$(PY) tools/run_experiment.py --plan configs/experiments/demo.yaml --seeds $(SEEDS)
