@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 import submitit
 import yaml
+from tiny_runs import run_tool
 
 from als_det.experiment import commands
 from als_det.experiment.commands import Command, Node, launch_argv
@@ -105,6 +106,15 @@ def test_shipped_plans_build():
         for st in graph.stages:  # dependency order
             assert set(st.deps) <= seen, st.name
             seen.add(st.name)
+
+
+@pytest.mark.parametrize("option", ["--seeds", "--cpus", "--threads"])
+def test_a_count_below_one_is_refused_before_anything_runs(option, capsys):
+    # `make demo SEEDS=0` once ran the plan's own seeds, a whole demo, without a word
+    with pytest.raises(SystemExit) as exit_info:
+        run_tool("run_experiment", ["--plan", str(PAPER), "--dry-run", option, "0"])
+    assert exit_info.value.code == 2
+    assert f"argument {option}: must be at least 1, got 0" in capsys.readouterr().err
 
 
 def test_dry_run_lists_every_command_in_order_with_resources():

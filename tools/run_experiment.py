@@ -63,7 +63,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--out", default=None, metavar="DIR", help="output folder (default: the plan's `out`)"
     )
     parser.add_argument(
-        "--seeds", type=int, default=None, metavar="N", help="seeds 0..N-1 instead of the plan's"
+        "--seeds",
+        type=positive_int,
+        default=None,
+        metavar="N",
+        help="seeds 0..N-1 instead of the plan's",
     )
     for option in ("partition", "account"):
         parser.add_argument(
