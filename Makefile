@@ -6,8 +6,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.als_det-setup
 SEEDS ?= 1
-# pytest-xdist workers for `make test` (each runs one test file at a time, one thread each, in
-# the order tests/conftest.py gives: the longest files first)
+# pytest-xdist workers for `make test` (each runs one test file at a time, one thread each)
 TEST_WORKERS ?= 2
 
 .PHONY: setup test demo clean-demo bench
@@ -27,7 +26,7 @@ $(STAMP): pyproject.toml constraints.txt scripts/install_detectron2.py
 test: $(STAMP)
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
-	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder tests
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile tests
 
 demo: $(STAMP)
 	$(PY) tools/run_experiment.py --plan configs/experiments/demo.yaml --seeds $(SEEDS)

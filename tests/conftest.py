@@ -22,26 +22,6 @@ _THREADS = max(1, min(2, (os.cpu_count() or 1) // _WORKERS))
 os.environ.setdefault("OMP_NUM_THREADS", str(_THREADS))
 torch.set_num_threads(_THREADS)
 
-# The files that take longest under `make test`, longest first (docs/benchmarks.md, 2026-12-04).
-# `make test` hands whole files to the two workers in collection order (`--dist loadfile
-# --no-loadscope-reorder`), so these start first and the short files fill in at the end: xdist's
-# own order (most tests first) started these end-to-end runs last, and one worker could end half
-# a minute after the other.
-LONGEST_FIRST = (
-    "test_sweep_plan.py",
-    "test_experiment_smoke.py",
-    "test_full_scale.py",
-    "test_cluster_smoke.py",
-    "test_revision.py",
-    "test_sweep_report.py",
-    "test_experiment.py",
-)
-
-
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
-    items.sort(key=lambda item: rank.get(item.path.name, len(LONGEST_FIRST)))
-
 
 def _shared(sub: str) -> Path:
     path = SHARED_DATA / sub
