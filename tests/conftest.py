@@ -51,11 +51,6 @@ def coco_mini() -> Path:
     return _shared("coco-mini")
 
 
-@pytest.fixture(scope="session")
-def repo_root() -> Path:
-    return REPO
-
-
 @pytest.fixture(scope="module")
 def resnet18_pth(tmp_path_factory) -> Path:
     """A random torchvision ResNet-18 saved like an als_det pretraining checkpoint."""

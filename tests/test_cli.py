@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import argparse
 import re
-import runpy
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-from tiny_runs import tiny_coco
+from tiny_runs import tiny_coco, tool_module
 
 from als_det.config import load_config
 
@@ -20,12 +19,8 @@ CONFIG_TOOLS = {"pretrain", "generate_data", "finetune_coco"}
 DEMO = "configs/pretrain/demo_als.yaml"
 
 
-def _tool(name: str) -> dict:
-    return runpy.run_path(str(REPO / "tools" / f"{name}.py"))
-
-
 def _parser(name: str) -> argparse.ArgumentParser:
-    return _tool(name)["build_parser"]()
+    return tool_module(name)["build_parser"]()
 
 
 @pytest.mark.parametrize("name", TOOLS)
@@ -71,7 +66,7 @@ def test_help_shows_defaults():
 def test_help_shows_the_usage_examples_as_written(name):
     """Every line of a tool's docstring, its `\\` continuations included, is in its --help as
     written."""
-    tool = _tool(name)
+    tool = tool_module(name)
     help_lines = tool["build_parser"]().format_help().splitlines()
     doc_lines = [line.rstrip() for line in tool["__doc__"].strip().splitlines()]
     for i, line in enumerate(doc_lines):
@@ -157,7 +152,7 @@ def test_a_user_error_is_one_line_and_its_traceback_stays_in_the_log(tmp_path, c
         "OUTPUT_DIR",
         str(out),
     ]
-    assert _tool("finetune_coco")["main"](argv) == 2
+    assert tool_module("finetune_coco")["main"](argv) == 2
     stderr = capsys.readouterr().err
     err = [line for line in stderr.splitlines() if line.startswith("error:")]
     assert (
@@ -169,8 +164,8 @@ def test_a_user_error_is_one_line_and_its_traceback_stays_in_the_log(tmp_path, c
     # started keeps its traceback in log.txt (tests/test_finetune_faults.py, the full disk)
     assert err[0].endswith("(--debug shows the traceback)") and not out.exists()
     with pytest.raises(ValueError, match="no usable box"):
-        _tool("finetune_coco")["main"](["--debug", *argv])
-    assert _tool("pretrain")["main"](["--config-file", DEMO, "SOLVER.EPOCH", "3"]) == 2
+        tool_module("finetune_coco")["main"](["--debug", *argv])
+    assert tool_module("pretrain")["main"](["--config-file", DEMO, "SOLVER.EPOCH", "3"]) == 2
     assert capsys.readouterr().err.strip().splitlines()[-1] == (
         "error: config overrides: Non-existent key: SOLVER.EPOCH (--debug shows the traceback)"
     )

@@ -5,11 +5,11 @@ the resources of this machine and small images."""
 from __future__ import annotations
 
 import json
-import runpy
 from pathlib import Path
 
 import pytest
 import yaml
+from tiny_runs import tool_module
 
 from als_det.experiment.graph import build_graph
 from als_det.experiment.plan import load_plan
@@ -74,7 +74,7 @@ def test_cluster_smoke_runs_end_to_end_on_the_real_data_fixtures(
     )
     plan = tmp_path / "cluster_smoke.yaml"
     plan.write_text(yaml.safe_dump(raw, sort_keys=False))
-    main = runpy.run_path(str(REPO / "tools" / "run_experiment.py"))["main"]
+    main = tool_module("run_experiment")["main"]
 
     assert main(["--plan", str(plan)]) == 0  # the pre-flight check included
     err = capsys.readouterr().err

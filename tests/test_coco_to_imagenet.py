@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import json
 import logging
-import runpy
 from pathlib import Path
 
 import numpy as np
 import pytest
 from exif_photos import rotated_photo
 from PIL import Image
+from tiny_runs import tool_module
 
 from als_det.data.boxes import build_index
 from als_det.data.coco_to_imagenet import (
@@ -21,7 +21,6 @@ from als_det.data.coco_to_imagenet import (
     voc_corners,
 )
 
-REPO = Path(__file__).resolve().parents[1]
 CATS = [{"id": 3, "name": "cat"}, {"id": 7, "name": "hot dog"}]
 
 
@@ -155,7 +154,7 @@ def test_voc_corners_stay_inside_the_image():
 
 
 def test_tool_with_split_specs(train_split, tmp_path, capsys):
-    main = runpy.run_path(str(REPO / "tools" / "coco_to_imagenet.py"))["main"]
+    main = tool_module("coco_to_imagenet")["main"]
     spec = f"train={train_split.json_file}:{train_split.image_dir}"
     assert main(["--split", spec, "--out", str(tmp_path / "out"), "--symlink"]) == 0
     # once, not repeated by the tool

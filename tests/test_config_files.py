@@ -3,19 +3,15 @@ each a one-line error naming the file, in both config systems and in plans."""
 
 from __future__ import annotations
 
-import runpy
 from pathlib import Path
 
 import pytest
+from tiny_runs import run_tool
 
 from als_det.config import ConfigError, load_config
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO = "configs/pretrain/demo_als.yaml"
-
-
-def _main(tool: str):
-    return runpy.run_path(str(REPO / "tools" / f"{tool}.py"))["main"]
 
 
 def _error_line(capsys) -> str:
@@ -31,12 +27,12 @@ def test_a_tagged_or_malformed_pretraining_config_is_one_line(tmp_path, capsys):
     tagged.write_text(
         f"_BASE_: {REPO / DEMO}\nSEED: !!python/object/apply:os.system [touch {marker}]\n"
     )
-    assert _main("pretrain")(["--config-file", str(tagged)]) == 2
+    assert run_tool("pretrain", ["--config-file", str(tagged)]) == 2
     assert _error_line(capsys).startswith(f"error: {tagged}: refused at line 2")
     assert not marker.exists()
     malformed = tmp_path / "malformed.yaml"
     malformed.write_text("SOLVER:\n  EPOCHS: [1\n")
-    assert _main("pretrain")(["--config-file", str(malformed)]) == 2
+    assert run_tool("pretrain", ["--config-file", str(malformed)]) == 2
     assert _error_line(capsys).startswith(f"error: {malformed}: not valid YAML: line 3")
     (tmp_path / "child.yaml").write_text("_BASE_: tagged.yaml\n")
     with pytest.raises(ConfigError, match=rf"tagged.yaml \(a _BASE_ of {tmp_path}/child.yaml\)"):
@@ -94,7 +90,7 @@ def test_a_plan_naming_a_tagged_or_malformed_config_is_one_line(tmp_path, capsys
         (tmp_path / name).write_text(text)
         (tmp_path / "plan.yaml").write_text(plan.replace(DEMO, str(tmp_path / name)))
         argv = ["--plan", str(tmp_path / "plan.yaml"), "--out", str(tmp_path / "out")]
-        assert _main("run_experiment")([*argv, "--dry-run"]) == 2
+        assert run_tool("run_experiment", [*argv, "--dry-run"]) == 2
         assert _error_line(capsys).startswith(f"error: {tmp_path / name}: ")
         assert not marker.exists() and not (tmp_path / "out").exists()
     # the plan file itself
@@ -103,7 +99,7 @@ def test_a_plan_naming_a_tagged_or_malformed_config_is_one_line(tmp_path, capsys
         ("name: [x\n", "not valid YAML: line 2, column 1"),
     ):
         (tmp_path / "plan.yaml").write_text(text)
-        assert _main("run_experiment")(["--plan", str(tmp_path / "plan.yaml"), "--dry-run"]) == 2
+        assert run_tool("run_experiment", ["--plan", str(tmp_path / "plan.yaml"), "--dry-run"]) == 2
         assert _error_line(capsys).startswith(f"error: {tmp_path / 'plan.yaml'}: {message}")
         assert not marker.exists()
 
@@ -161,5 +157,5 @@ def test_detection_configs_are_range_checked_up_front(tmp_path, capsys, yaml_tex
     with pytest.raises(ValueError, match=message):
         get_detection_cfg(str(bad))
     if "nan" in message:  # the tool: one line, before any model or data set
-        assert _main("finetune_coco")(["--config-file", str(bad)]) == 2
+        assert run_tool("finetune_coco", ["--config-file", str(bad)]) == 2
         assert _error_line(capsys).startswith(f"error: {message}")

@@ -7,19 +7,16 @@ from __future__ import annotations
 import errno
 import json
 import os
-import runpy
 import shutil
 from pathlib import Path
 
 import pytest
 import torch
-from tiny_runs import DETECTION_DEMO, FINETUNE_TINY, finetune, tiny_coco
+from tiny_runs import DETECTION_DEMO, FINETUNE_TINY, finetune, run_tool, tiny_coco
 
 from als_det.config import ResumeError
 from als_det.detection.datasets import DatasetError
 from als_det.detection.weights import WeightsError
-
-REPO = Path(__file__).resolve().parents[1]
 
 
 def test_an_option_after_the_config_overrides_says_where_options_go(tmp_path):
@@ -87,10 +84,6 @@ def test_divergence_error_says_what_to_change(resnet18_pkl, tmp_path):
     assert not (tmp_path / "run" / "results.json").exists()
 
 
-def _tool(name: str):
-    return runpy.run_path(str(REPO / "tools" / f"{name}.py"))["main"]
-
-
 def _tagged(path: Path, marker: Path, base: str = DETECTION_DEMO) -> Path:
     """A detection config inheriting `base` whose SEED would run a command if constructed."""
     path.write_text(
@@ -116,8 +109,9 @@ def test_a_tagged_detection_config_runs_nothing_from_any_entry_point(
     out = tmp_path / "run"
     # fine-tuning (an unknown data set would stop it right after the config is read)
     assert (
-        _tool("finetune_coco")(
-            ["--config-file", str(tagged), "--train-dataset", "nope", "OUTPUT_DIR", str(out)]
+        run_tool(
+            "finetune_coco",
+            ["--config-file", str(tagged), "--train-dataset", "nope", "OUTPUT_DIR", str(out)],
         )
         == 2
     )
@@ -126,8 +120,8 @@ def test_a_tagged_detection_config_runs_nothing_from_any_entry_point(
     # conversion with --verify in that config: nothing converted either
     pkl = tmp_path / "r18.pkl"
     assert (
-        _tool("convert_to_d2")(
-            [str(resnet18_pth), str(pkl), "--verify", "--config-file", str(tagged)]
+        run_tool(
+            "convert_to_d2", [str(resnet18_pth), str(pkl), "--verify", "--config-file", str(tagged)]
         )
         == 2
     )
@@ -141,8 +135,9 @@ def test_a_tagged_detection_config_runs_nothing_from_any_entry_point(
     (tmp_path / "ok.yaml").write_text("SOLVER:\n  MAX_ITER: 3\n", encoding="utf-8")
     before = (out / "config.yaml").read_bytes()
     assert (
-        _tool("finetune_coco")(
-            ["--eval-only", "--config-file", str(out / "config.yaml"), "OUTPUT_DIR", str(out)]
+        run_tool(
+            "finetune_coco",
+            ["--eval-only", "--config-file", str(out / "config.yaml"), "OUTPUT_DIR", str(out)],
         )
         == 2
     )
@@ -239,7 +234,7 @@ def test_resume_without_a_checkpoint_is_refused_and_creates_nothing(finished, tm
         str(out),
         *FINETUNE_TINY,
     ]
-    assert _tool("finetune_coco")(argv) == 2
+    assert run_tool("finetune_coco", argv) == 2
     assert _one_error_line(capsys).startswith(
         f"error: cannot resume: {out} holds no checkpoint (no last_checkpoint file); start a "
         "fresh run without --resume"
@@ -254,7 +249,7 @@ def test_resume_without_a_checkpoint_is_refused_and_creates_nothing(finished, tm
         "OUTPUT_DIR",
         str(out),
     ]
-    assert _tool("finetune_coco")(fresh) == 2
+    assert run_tool("finetune_coco", fresh) == 2
     assert _one_error_line(capsys).startswith(
         "error: --allow-config-change only applies with --resume"
     )
@@ -365,7 +360,7 @@ def test_a_full_disk_while_saving_a_checkpoint_is_one_line_and_leaves_no_partial
         "SOLVER.CHECKPOINT_PERIOD",
         "1",
     ]
-    assert _tool("finetune_coco")(argv) == 2
+    assert run_tool("finetune_coco", argv) == 2
     assert _one_error_line(capsys) == (
         f"error: no space left on device writing {out / 'model_0000001.pth'} "
         f"(traceback in {out / 'log.txt'})"

@@ -4,22 +4,18 @@ exit status 2, before anything is written."""
 from __future__ import annotations
 
 import os
-import runpy
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from tiny_runs import run_tool
 
 REPO = Path(__file__).resolve().parents[1]
 PRETRAIN = ["--config-file", "configs/pretrain/demo_als.yaml", "OUTPUT_DIR"]
 FINETUNE = ["--config-file", "configs/detection/faster_rcnn_R_18_FPN_demo.yaml", "OUTPUT_DIR"]
 SMOKE_PLAN = ["--plan", "configs/experiments/smoke.yaml"]
-
-
-def _main(tool: str, argv: list[str]) -> int:
-    return runpy.run_path(str(REPO / "tools" / f"{tool}.py"))["main"](argv)
 
 
 def _error_line(capsys) -> str:
@@ -43,9 +39,9 @@ def test_an_output_folder_that_is_a_file(tool, argv, option, tmp_path, monkeypat
     monkeypatch.chdir(REPO)
     afile = tmp_path / "afile"
     afile.write_text("a user's file")
-    assert _main(tool, argv(str(afile))) == 2
+    assert run_tool(tool, argv(str(afile))) == 2
     assert _error_line(capsys).startswith(f"error: {option} {afile} is a file, not a folder (")
-    assert _main(tool, argv(str(afile / "sub"))) == 2
+    assert run_tool(tool, argv(str(afile / "sub"))) == 2
     assert _error_line(capsys).startswith(
         f"error: {option} {afile / 'sub'} cannot be made: {afile} is a file, not a folder ("
     )
@@ -55,12 +51,12 @@ def test_an_output_folder_that_is_a_file(tool, argv, option, tmp_path, monkeypat
 def test_a_conversion_into_a_file_or_a_folder(tmp_path, capsys):
     afile = tmp_path / "afile"
     afile.write_text("a user's file")
-    assert _main("convert_to_d2", ["in.pth", str(afile / "x.pkl")]) == 2
+    assert run_tool("convert_to_d2", ["in.pth", str(afile / "x.pkl")]) == 2
     assert _error_line(capsys).startswith(
         f"error: OUTPUT's folder {afile} is a file, not a folder ("
     )
     (tmp_path / "d.pkl").mkdir()
-    assert _main("convert_to_d2", ["in.pth", str(tmp_path / "d.pkl")]) == 2
+    assert run_tool("convert_to_d2", ["in.pth", str(tmp_path / "d.pkl")]) == 2
     assert _error_line(capsys).startswith(f"error: {tmp_path / 'd.pkl'} is a folder: OUTPUT names")
 
 
@@ -110,7 +106,7 @@ def test_slurm_launcher_without_slurm(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(REPO)
     monkeypatch.setenv("PATH", str(tmp_path / "no-slurm-here"))
     out = tmp_path / "exp"
-    assert _main("run_experiment", [*SMOKE_PLAN, "--out", str(out), "--launcher", "slurm"]) == 2
+    assert run_tool("run_experiment", [*SMOKE_PLAN, "--out", str(out), "--launcher", "slurm"]) == 2
     assert _error_line(capsys).startswith(
         "error: --launcher slurm needs SLURM, and there is no `srun` on PATH here"
     )
@@ -120,8 +116,8 @@ def test_slurm_launcher_without_slurm(tmp_path, monkeypatch, capsys):
 def test_an_empty_output_folder_name_is_not_the_current_folder(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     config = str(REPO / "configs/pretrain/demo_als.yaml")
-    assert _main("pretrain", ["--config-file", config, "OUTPUT_DIR", ""]) == 2
+    assert run_tool("pretrain", ["--config-file", config, "OUTPUT_DIR", ""]) == 2
     assert _error_line(capsys).startswith("error: OUTPUT_DIR is empty: name the output folder (")
-    assert _main("compare", ["run", "--out", ""]) == 2
+    assert run_tool("compare", ["run", "--out", ""]) == 2
     assert _error_line(capsys).startswith("error: --out is empty")
     assert list(tmp_path.iterdir()) == []

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import runpy
 import shutil
 from pathlib import Path
 from types import SimpleNamespace
@@ -14,6 +13,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
+from tiny_runs import tool_module
 
 from als_det.data.annotations import DataError
 from als_det.data.boxes import build_index, layout_problems
@@ -22,8 +22,7 @@ from als_det.data.imagenet import ImageNetBoxes
 from als_det.data.pack import index_path, pack_path
 from als_det.experiment.estimate import _pretrain_images
 
-REPO = Path(__file__).resolve().parents[1]
-main = runpy.run_path(str(REPO / "tools" / "prepare_imagenet.py"))["main"]
+main = tool_module("prepare_imagenet")["main"]
 CLASSES, TRAIN, VAL = 2, 3, 2  # classes, train and val images per class
 
 

@@ -3,12 +3,12 @@ prerequisite is one line and the command stops with exit 2; the shipped CPU plan
 
 from __future__ import annotations
 
-import runpy
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
+from tiny_runs import tool_module
 
 from als_det.data.boxes import layout_problems
 from als_det.experiment import preflight
@@ -32,7 +32,7 @@ def _problems(raw: dict, launcher: str = "local") -> list[str]:
 def test_paper_plan_without_imagenet_stops_before_launching_with_one_line_per_problem(
     tmp_path, capsys
 ):
-    main = runpy.run_path(str(REPO / "tools" / "run_experiment.py"))["main"]
+    main = tool_module("run_experiment")["main"]
     out = tmp_path / "paper"
     assert main(["--plan", str(PLANS / "paper_r50.yaml"), "--out", str(out)]) == 2
     err = capsys.readouterr().err
@@ -58,7 +58,7 @@ def test_paper_plan_without_imagenet_stops_before_launching_with_one_line_per_pr
 
 
 def test_skip_preflight_launches_anyway(tmp_path, capsys):
-    main = runpy.run_path(str(REPO / "tools" / "run_experiment.py"))["main"]
+    main = tool_module("run_experiment")["main"]
     raw = {
         "name": "nowhere",
         "out": str(tmp_path / "out"),

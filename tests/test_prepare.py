@@ -4,12 +4,12 @@ same layout and index, boxes scaled, and coverage invariant to the scale within 
 from __future__ import annotations
 
 import json
-import runpy
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
+from tiny_runs import tool_module
 
 from als_det.data.boxes import build_index
 from als_det.data.crops import coverage
@@ -17,8 +17,7 @@ from als_det.data.imagenet import ImageNetBoxes
 from als_det.data.prepare import new_size
 
 pytestmark = pytest.mark.slow  # the module fixture prepares all 3500 images
-REPO = Path(__file__).resolve().parents[1]
-main = runpy.run_path(str(REPO / "tools" / "prepare_imagenet.py"))["main"]
+main = tool_module("prepare_imagenet")["main"]
 # Each box and crop edge in the copy lies within half a pixel of the exactly scaled one (crops:
 # whole pixels; boxes: 2 decimals, or a side under one pixel widened to one).
 EDGE = 0.5

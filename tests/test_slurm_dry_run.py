@@ -3,17 +3,13 @@ sbatch writer over the launcher's parameters), and `--partition` / `--account` s
 
 from __future__ import annotations
 
-import runpy
 from pathlib import Path
 
 import yaml
+from tiny_runs import run_tool
 
 REPO = Path(__file__).resolve().parents[1]
 PAPER = REPO / "configs/experiments/paper_r50.yaml"
-
-
-def _main():
-    return runpy.run_path(str(REPO / "tools" / "run_experiment.py"))["main"]
 
 
 def _jobs(text: str) -> dict[str, list[str]]:
@@ -37,7 +33,13 @@ def test_slurm_dry_run_shows_each_jobs_resources_and_dependencies(tmp_path, caps
     plan.write_text(yaml.safe_dump(raw, sort_keys=False))
     argv = ["--plan", str(plan), "--out", str(tmp_path / "out"), "--dry-run"]
 
-    assert _main()([*argv, "--launcher", "slurm", "--partition", "gpu", "--account", "lab"]) == 0
+    assert (
+        run_tool(
+            "run_experiment",
+            [*argv, "--launcher", "slurm", "--partition", "gpu", "--account", "lab"],
+        )
+        == 0
+    )
     jobs = _jobs(capsys.readouterr().out)
     assert len(jobs) == 14
     pretrain = jobs["pretrain_hard"]
@@ -67,11 +69,11 @@ def test_slurm_dry_run_shows_each_jobs_resources_and_dependencies(tmp_path, caps
         assert flag in transfer, (flag, transfer)
     assert "--dependency=afterok:pretrain_als" in transfer  # not after the evaluation
 
-    assert _main()([*argv, "--launcher", "slurm"]) == 0
+    assert run_tool("run_experiment", [*argv, "--launcher", "slurm"]) == 0
     jobs = _jobs(capsys.readouterr().out)
     assert (
         "--partition=from_plan" in jobs["evaluate"] and "--account=plan_account" in jobs["evaluate"]
     )
 
-    assert _main()(argv) == 0  # the local launcher submits nothing
+    assert run_tool("run_experiment", argv) == 0  # the local launcher submits nothing
     assert "# SLURM" not in capsys.readouterr().out

@@ -7,14 +7,13 @@ from __future__ import annotations
 import json
 import math
 import re
-import runpy
 import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from tiny_runs import tiny_data_overrides
+from tiny_runs import tiny_data_overrides, tool_module
 
 from als_det.analysis.models import LoadedModel
 from als_det.analysis.transfer import Cache, DownstreamData, seen_classes
@@ -30,10 +29,6 @@ from als_det.metrics.transfer import (
 from als_det.report.transfer import render_transfer_report
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def _tool(name: str) -> dict:
-    return runpy.run_path(str(REPO / "tools" / f"{name}.py"))
 
 
 def _clusters(k: int, per_class: int, dim: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -172,7 +167,7 @@ def test_paired_bootstrap_known_cases():
 def checkpoints(tiny_imagenet: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """Two tiny pretraining runs (hard, als) on the real-photo fixture: one iteration at 16 px."""
     base = tmp_path_factory.mktemp("transfer_pretrain")
-    pretrain = _tool("pretrain")["main"]
+    pretrain = tool_module("pretrain")["main"]
     out = {}
     for strategy in ("hard", "als"):
         run = base / strategy
@@ -205,7 +200,7 @@ TINY = ["--max-per-class", "4", "--epochs", "1", "--batch-size", "16", "--worker
 
 def _transfer(ckpts: dict[str, Path], data: Path, out: Path, *extra: str) -> int:
     args = [a for p in ckpts.values() for a in ("--checkpoint", str(p))]
-    return _tool("transfer")["main"]([*args, "--data", str(data), "--out", str(out), *extra])
+    return tool_module("transfer")["main"]([*args, "--data", str(data), "--out", str(out), *extra])
 
 
 @pytest.mark.slow
@@ -271,7 +266,7 @@ def test_transfer_command_is_the_tools_command_line(checkpoints, tmp_path):
         ["--epochs", "3"],
     )
     assert cmd.tool == "tools/transfer.py" and cmd.launch == "single"
-    args = _tool("transfer")["build_parser"]().parse_args(list(cmd.args))
+    args = tool_module("transfer")["build_parser"]().parse_args(list(cmd.args))
     assert args.checkpoint == [str(checkpoints["hard"]), str(checkpoints["als"])]
     assert args.name == ["h", "a"] and args.baseline == "a" and args.epochs == 3
 

@@ -8,7 +8,6 @@ import logging
 import os
 import pickle
 import pickletools
-import runpy
 import struct
 from pathlib import Path
 
@@ -16,6 +15,7 @@ import numpy as np
 import pytest
 import torch
 import torchvision
+from tiny_runs import tool_module
 
 from als_det.weights_io import (
     UnsafeFileError,
@@ -233,7 +233,7 @@ def test_a_refusal_names_what_the_file_references_and_advises_only_real_options(
             ["--checkpoint", str(crafted), "--data", str(tmp_path), "--out", str(tmp_path / "ev")],
         ),
     ):
-        main = runpy.run_path(str(repo / "tools" / f"{tool}.py"))["main"]
+        main = tool_module(tool)["main"]
         assert main(argv) == 2
         (line,) = [l for l in capsys.readouterr().err.splitlines() if l.startswith("error:")]
         assert line.startswith(f"error: {crafted}: refused: ") and "posix.system" in line

@@ -16,11 +16,16 @@ from PIL import Image
 REPO = Path(__file__).resolve().parents[1]
 
 
+def tool_module(name: str) -> dict[str, Any]:
+    """tools/NAME.py's namespace (its `main`, `build_parser`, ...), loaded in this process."""
+    return runpy.run_path(str(REPO / "tools" / f"{name}.py"))
+
+
 def run_tool(name: str, argv: list[str]) -> int:
     """tools/NAME.py's main(argv) in this process: what `python tools/NAME.py ARGV` does, minus
     the interpreter start (importing torch and detectron2, seconds per process here). Its output
     goes to this process's stderr (capsys)."""
-    return runpy.run_path(str(REPO / "tools" / f"{name}.py"))["main"](argv)
+    return tool_module(name)["main"](argv)
 
 
 # The generated data set at its smallest: 24 train / 9 val images of 3 classes, 16 pixels.
