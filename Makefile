@@ -6,7 +6,8 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.als_det-setup
 SEEDS ?= 1
-# pytest-xdist workers for `make test` (each runs one test file at a time, one thread each)
+# pytest-xdist workers for `make test` (each runs one test file at a time on its own share of the
+# CPUs: tests/conftest.py)
 TEST_WORKERS ?= 2
 
 .PHONY: setup test demo clean-demo bench
