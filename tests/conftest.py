@@ -19,7 +19,8 @@ SHARED_DATA = Path(os.environ.get("ALS_DET_SHARED_DATA", REPO.parent / "shared" 
 # its own share of the CPUs (its affinity, which the local launcher reads as its CPU budget), with
 # a thread per core of that share, two at most. Time-sharing the cores instead (every process
 # free to run on both) made the tests that start several processes 2-3x slower than alone, in CPU
-# time as well as in wall time, and the suite a fifth slower (docs/benchmarks.md).
+# time as well as in wall time, and the suite a fifth slower (docs/benchmarks.md). With more
+# workers than CPUs (`make test TEST_WORKERS=3` here), the workers share them, as before.
 _WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
 _CPUS = sorted(os.sched_getaffinity(0))
 _SHARE = _CPUS[int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw")) :: _WORKERS]
