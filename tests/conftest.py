@@ -16,18 +16,22 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("ALS_DET_SHARED_DATA", REPO.parent / "shared" / "data"))
 
 # pytest-xdist (`make test` runs `-n 2`): each worker, and every process its tests start, runs on
-# its own share of the CPUs (its affinity, which the local launcher reads as its CPU budget), with
-# a thread per core of that share, two at most. Time-sharing the cores instead (every process
-# free to run on both) made the tests that start several processes 2-3x slower than alone, in CPU
-# time as well as in wall time, and the suite a fifth slower (docs/benchmarks.md). With more
-# workers than CPUs (`make test TEST_WORKERS=3` here), the workers share them, as before.
+# its own share of the CPUs (its affinity, which the local launcher reads as its CPU budget) with
+# a thread per core of that share, two at most. A worker sets OMP_NUM_THREADS itself: the value it
+# inherits is the controller's, for all the CPUs. Processes with more threads than their cores,
+# on cores the other worker uses, made the tests that start them 2-3x slower (docs/benchmarks.md).
+# With more workers than CPUs (`make test TEST_WORKERS=3` here), the workers share them.
+_WORKER = os.environ.get("PYTEST_XDIST_WORKER")
 _WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
 _CPUS = sorted(os.sched_getaffinity(0))
-_SHARE = _CPUS[int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw")) :: _WORKERS]
+_SHARE = _CPUS[int((_WORKER or "gw0").removeprefix("gw")) :: _WORKERS]
 if len(_CPUS) >= _WORKERS > 1:
     os.sched_setaffinity(0, _SHARE)
 _THREADS = max(1, min(2, len(_SHARE)))
-os.environ.setdefault("OMP_NUM_THREADS", str(_THREADS))
+if _WORKER is None:
+    os.environ.setdefault("OMP_NUM_THREADS", str(_THREADS))
+else:
+    os.environ["OMP_NUM_THREADS"] = str(_THREADS)
 torch.set_num_threads(_THREADS)
 
 
