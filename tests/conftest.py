@@ -20,12 +20,14 @@ SHARED_DATA = Path(os.environ.get("ALS_DET_SHARED_DATA", REPO.parent / "shared" 
 # a thread per core of that share, two at most. A worker sets OMP_NUM_THREADS itself: the value it
 # inherits is the controller's, for all the CPUs. Processes with more threads than their cores,
 # on cores the other worker uses, made the tests that start them 2-3x slower (docs/benchmarks.md).
-# With more workers than CPUs (`make test TEST_WORKERS=3` here), the workers share them.
+# With more workers than CPUs (`make test TEST_WORKERS=3` here), or without affinities (macOS),
+# the workers share the CPUs and only the thread count is set.
 _WORKER = os.environ.get("PYTEST_XDIST_WORKER")
 _WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
-_CPUS = sorted(os.sched_getaffinity(0))
+_AFFINITY = hasattr(os, "sched_setaffinity")
+_CPUS = sorted(os.sched_getaffinity(0)) if _AFFINITY else list(range(os.cpu_count() or 1))
 _SHARE = _CPUS[int((_WORKER or "gw0").removeprefix("gw")) :: _WORKERS]
-if len(_CPUS) >= _WORKERS > 1:
+if _AFFINITY and len(_CPUS) >= _WORKERS > 1:
     os.sched_setaffinity(0, _SHARE)
 _THREADS = max(1, min(2, len(_SHARE)))
 if _WORKER is None:
