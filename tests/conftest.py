@@ -19,7 +19,7 @@ SHARED_DATA = Path(os.environ.get("ALS_DET_SHARED_DATA", REPO.parent / "shared" 
 # its own share of the CPUs (its affinity, which the local launcher reads as its CPU budget) with
 # a thread per core of that share, two at most. A worker sets OMP_NUM_THREADS itself: the value it
 # inherits is the controller's, for all the CPUs. Processes with more threads than their cores,
-# on cores the other worker uses, made the tests that start them 2-3x slower (docs/benchmarks.md).
+# on cores the other worker uses, made the tests that start them 2-4x slower (docs/benchmarks.md).
 # With more workers than CPUs (`make test TEST_WORKERS=3` here), or without affinities (macOS),
 # the workers share the CPUs and only the thread count is set.
 _WORKER = os.environ.get("PYTEST_XDIST_WORKER")
